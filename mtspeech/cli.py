@@ -1,0 +1,108 @@
+"""The `mtspeech` command.
+
+Each sub-command is one `_add_<name>(subparsers)` function that declares its arguments and
+points `func` at a small runner; runners import their modules lazily so `mtspeech --help`
+stays fast and a broken optional part never breaks the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def _add_synth(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("synth", help="synthesize the embedded LibriSpeech-format demo corpus")
+    p.set_defaults(func=_run_synth)
+    # Arguments are declared by the synthesizer itself so they live next to their code.
+    from mtspeech.data import synth
+
+    synth.add_arguments(p)
+
+
+def _run_synth(args: argparse.Namespace) -> int:
+    from mtspeech.data import synth
+
+    return synth.main(args)
+
+
+def _add_prepare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("prepare", help="scan a corpus into JSON Lines manifests")
+    kinds = p.add_subparsers(dest="corpus", required=True)
+    lib = kinds.add_parser("librispeech", help="a LibriSpeech-layout tree (real or synthetic)")
+    lib.set_defaults(func=_run_prepare_librispeech)
+    from mtspeech.data import librispeech
+
+    librispeech.add_arguments(lib)
+
+
+def _run_prepare_librispeech(args: argparse.Namespace) -> int:
+    from mtspeech.data import librispeech
+
+    return librispeech.main(args)
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a multi-task model (resumes from EXP_DIR/last.pt)",
+                       description="Single process, or DDP under torchrun (WORLD_SIZE>1).")
+    p.add_argument("--config", required=True, help="experiment YAML (may name a `base:`)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="dotted override, e.g. --set optim.lr=1e-3 (repeatable; null deletes)")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from mtspeech.experiment import load_experiment
+    from mtspeech.train import train
+
+    train(load_experiment(args.config, args.overrides))
+    return 0
+
+
+def _add_module_command(name: str, module: str, help: str):
+    """A sub-command whose arguments and runner live in `module` (add_arguments / main)."""
+
+    def add(sub: argparse._SubParsersAction) -> None:
+        import importlib
+
+        p = sub.add_parser(name, help=help)
+        importlib.import_module(module).add_arguments(p)
+        p.set_defaults(func=lambda args: importlib.import_module(module).main(args))
+
+    return add
+
+
+# Order here is the order in `mtspeech --help`.
+_COMMANDS = [
+    _add_synth,
+    _add_prepare,
+    _add_train,
+    _add_module_command("evaluate", "mtspeech.evaluate", "evaluate a checkpoint on a manifest (every task)"),
+    _add_module_command("ablate", "mtspeech.ablate", "train and evaluate a grid of task sets × seeds; report"),
+    _add_module_command("transcribe", "mtspeech.client", "transcribe files locally or through a server"),
+    _add_module_command("serve", "serve.app", "run the streaming recognition server"),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mtspeech", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in _COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""EncoderCache: the streaming state of a chunked encoder, typed, fixed-size and batched.
+
+Every tensor has the batch on a fixed axis and a size that never changes while a stream
+runs, so caches of streams at different progress stack into one batch and split back.
+Attention keys are stored *after* rotary embedding (at their absolute positions), so they
+stay valid as later chunks arrive; `frames_seen` gives each row the position of its next
+frame.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True, eq=False)
+class EncoderCache:
+    """Streaming state for `L` layers, batch `B`.
+
+    keys, values: (L, B, H, left_frames, Dh) rotated keys / values of the left context,
+        oldest first; `left_frames = left_chunks * chunk_frames`.
+    key_valid: (B, left_frames) bool, False where a slot holds no frame yet.
+    conv: (L, B, D, kernel-1) input history of each layer's causal depthwise convolution
+        (size 0 for encoders without one).
+    frames_seen: (B,) int64 encoder frames already produced (rotary position of the next one).
+    chunk_frames: encoder frames per chunk this cache was built for (the same for every row).
+    """
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    key_valid: torch.Tensor
+    conv: torch.Tensor
+    frames_seen: torch.Tensor
+    chunk_frames: int
+
+    def __post_init__(self):
+        b = self.frames_seen.shape[0]
+        if self.keys.shape != self.values.shape:
+            raise ValueError(f"keys {tuple(self.keys.shape)} and values {tuple(self.values.shape)} differ")
+        if self.keys.shape[1] != b or self.conv.shape[1] != b or self.key_valid.shape[0] != b:
+            raise ValueError("EncoderCache tensors disagree on the batch size")
+        if self.key_valid.shape[1] != self.keys.shape[3]:
+            raise ValueError("key_valid and keys disagree on left_frames")
+
+    @classmethod
+    def empty(
+        cls,
+        *,
+        num_layers: int,
+        batch: int,
+        heads: int,
+        head_dim: int,
+        dim: int,
+        conv_history: int,
+        chunk_frames: int,
+        left_chunks: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> "EncoderCache":
+        """The state before any audio: no valid keys, zero convolution history, position 0."""
+        left = left_chunks * chunk_frames
+        return cls(
+            keys=torch.zeros(num_layers, batch, heads, left, head_dim, device=device, dtype=dtype),
+            values=torch.zeros(num_layers, batch, heads, left, head_dim, device=device, dtype=dtype),
+            key_valid=torch.zeros(batch, left, dtype=torch.bool, device=device),
+            conv=torch.zeros(num_layers, batch, dim, conv_history, device=device, dtype=dtype),
+            frames_seen=torch.zeros(batch, dtype=torch.long, device=device),
+            chunk_frames=chunk_frames,
+        )
+
+    @property
+    def batch_size(self) -> int:
+        return self.frames_seen.shape[0]
+
+    @property
+    def left_frames(self) -> int:
+        return self.keys.shape[3]
+
+    @staticmethod
+    def stack(caches: list["EncoderCache"]) -> "EncoderCache":
+        """Concatenate caches along the batch (rows keep their own progress)."""
+        if not caches:
+            raise ValueError("EncoderCache.stack needs at least one cache")
+        first = caches[0]
+        for c in caches[1:]:
+            if (c.chunk_frames != first.chunk_frames or _geometry(c) != _geometry(first)):
+                raise ValueError(
+                    "cannot stack EncoderCaches built for different geometry "
+                    f"(chunk_frames {c.chunk_frames} vs {first.chunk_frames}, "
+                    f"keys {tuple(c.keys.shape)} vs {tuple(first.keys.shape)})"
+                )
+        return EncoderCache(
+            keys=torch.cat([c.keys for c in caches], dim=1),
+            values=torch.cat([c.values for c in caches], dim=1),
+            key_valid=torch.cat([c.key_valid for c in caches], dim=0),
+            conv=torch.cat([c.conv for c in caches], dim=1),
+            frames_seen=torch.cat([c.frames_seen for c in caches], dim=0),
+            chunk_frames=first.chunk_frames,
+        )
+
+    def unstack(self) -> list["EncoderCache"]:
+        """Split into one batch-of-1 cache per row."""
+        return [
+            EncoderCache(
+                keys=self.keys[:, i : i + 1],
+                values=self.values[:, i : i + 1],
+                key_valid=self.key_valid[i : i + 1],
+                conv=self.conv[:, i : i + 1],
+                frames_seen=self.frames_seen[i : i + 1],
+                chunk_frames=self.chunk_frames,
+            )
+            for i in range(self.batch_size)
+        ]
+
+    def to(self, device: torch.device | str) -> "EncoderCache":
+        """The same cache on another device."""
+        return dataclasses.replace(
+            self,
+            keys=self.keys.to(device),
+            values=self.values.to(device),
+            key_valid=self.key_valid.to(device),
+            conv=self.conv.to(device),
+            frames_seen=self.frames_seen.to(device),
+        )
+
+
+def _geometry(cache: EncoderCache) -> tuple:
+    """Every size but the batch: what must agree for caches to stack."""
+    k, conv = cache.keys.shape, cache.conv.shape
+    return (k[0], k[2], k[3], k[4], conv[0], conv[2], conv[3], cache.keys.dtype)

@@ -1,0 +1,80 @@
+"""Endpoint detection for streaming recognition: when does an utterance end?
+
+Three rules shaped like sherpa-onnx's (https://k2-fsa.github.io/sherpa/onnx/endpoint.html),
+all measured in encoder frames and configured in seconds:
+
+- rule 1: trailing non-speech >= `rule1_trailing_silence_s` and nothing decoded yet
+  (a long silence: drop the empty utterance so rule 3 does not count silence);
+- rule 2: trailing non-speech >= `rule2_trailing_silence_s` after something was decoded
+  (the speaker paused: emit a final);
+- rule 3: the utterance is `rule3_max_utterance_s` long (force a final).
+
+What counts as "non-speech" is the `mode`: `"vad"` reads the VAD head's speech probability
+(`p < speech_threshold`), `"blank"` uses CTC's own evidence (the greedy label is the blank),
+which is what sherpa does. Keeping both lets a benchmark measure how much earlier the VAD head
+finalizes than the blank-only endpointer on the same audio.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ENDPOINT_MODES = ("vad", "blank")
+
+
+@dataclass(frozen=True)
+class EndpointConfig:
+    """Endpointing rules; times in seconds of audio."""
+
+    mode: str = "vad"
+    speech_threshold: float = 0.5
+    rule1_trailing_silence_s: float = 2.4
+    rule2_trailing_silence_s: float = 1.2
+    rule3_max_utterance_s: float = 20.0
+
+    def __post_init__(self) -> None:
+        if self.mode not in ENDPOINT_MODES:
+            raise ValueError(f"endpoint.mode={self.mode!r}: expected one of {ENDPOINT_MODES}")
+        if not 0.0 < self.speech_threshold < 1.0:
+            raise ValueError(f"endpoint.speech_threshold={self.speech_threshold}: expected 0 < t < 1")
+        for name in ("rule1_trailing_silence_s", "rule2_trailing_silence_s", "rule3_max_utterance_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"endpoint.{name}={getattr(self, name)}: expected a positive number of seconds")
+
+
+class Endpointer:
+    """Frame-by-frame endpoint state of one utterance.
+
+    Feed it one boolean per encoder frame (`update`), then ask `check(has_words)`; after an
+    endpoint, `reset()` starts the next utterance.
+    """
+
+    def __init__(self, config: EndpointConfig, frame_shift_s: float) -> None:
+        self.config = config
+        self.frame_shift_s = frame_shift_s
+        self.trailing_nonspeech_frames = 0
+        self.utterance_frames = 0
+
+    def update(self, nonspeech: bool) -> None:
+        """Account for one more encoder frame."""
+        self.utterance_frames += 1
+        self.trailing_nonspeech_frames = self.trailing_nonspeech_frames + 1 if nonspeech else 0
+
+    def check(self, has_words: bool) -> str | None:
+        """The rule that fires now (`"rule1"`, `"rule2"`, `"rule3"`), or None."""
+        cfg = self.config
+        trailing_s = self.trailing_nonspeech_frames * self.frame_shift_s
+        # A small epsilon so 1.2 s at 40 ms frames (30 frames) fires on frame 30, not 31.
+        eps = 1e-6
+        if not has_words and trailing_s + eps >= cfg.rule1_trailing_silence_s:
+            return "rule1"
+        if has_words and trailing_s + eps >= cfg.rule2_trailing_silence_s:
+            return "rule2"
+        if self.utterance_frames * self.frame_shift_s + eps >= cfg.rule3_max_utterance_s:
+            return "rule3"
+        return None
+
+    def reset(self) -> None:
+        """Start counting a new utterance."""
+        self.trailing_nonspeech_frames = 0
+        self.utterance_frames = 0

@@ -1,0 +1,185 @@
+"""The experiment config and how a model is built from it.
+
+An experiment YAML names its data, features, encoder (`kind` + fields), tasks (a mapping
+name → `kind` + fields; the first `ctc` task on `text` is the main ASR task unless
+`main_task` says otherwise), loss weighting, optimizer and training schedule. The
+resolved plain dict travels inside every checkpoint so a model rebuilds from its file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from mtspeech.config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
+from mtspeech.data.features import FeatureConfig, SpecAugmentConfig
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Manifests and batching."""
+
+    train: str
+    dev: str | None = None
+    max_batch_seconds: float = 60.0
+    num_workers: int = 2
+    speed_perturb: tuple[float, ...] | None = (0.9, 1.0, 1.1)
+    max_utterance_seconds: float | None = 30.0
+    cmvn_utterances: int = 300
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with linear warm-up then cosine decay to `min_lr_ratio`."""
+
+    lr: float = 2e-3
+    weight_decay: float = 1e-2
+    betas: tuple[float, float] = (0.9, 0.98)
+    warmup_steps: int = 500
+    min_lr_ratio: float = 0.05
+    clip_grad_norm: float = 5.0
+    accum_steps: int = 1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How long and how to train."""
+
+    epochs: int = 30
+    max_steps: int | None = None
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: str = "auto"  # auto (bf16 on CUDA) | off | bf16 | fp16
+    log_every_steps: int = 10
+    checkpoint_every_steps: int | None = None
+    keep_last: int = 2
+    average_best: int = 3
+    best_metric: str = "cer"  # a dev metric of the main task, lower is better
+    stream_eval_chunk_frames: int | None = None
+    threads: int | None = None
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """The whole resolved experiment. `encoder`/`tasks` hold typed configs of their kinds."""
+
+    exp_dir: str
+    data: DataConfig
+    encoder: Any
+    tasks: Mapping[str, Any]
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    specaugment: SpecAugmentConfig | None = field(default_factory=SpecAugmentConfig)
+    weighting: Any = None
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    main_task: str | None = None
+
+    @property
+    def asr_task(self) -> str:
+        if self.main_task is not None:
+            return self.main_task
+        for name, cfg in self.tasks.items():
+            if cfg.kind == "ctc" and getattr(cfg, "label", "text") == "text":
+                return name
+        raise ConfigError("no main task: add a `ctc` task with `label: text` or set `main_task`")
+
+
+def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
+    """YAML file (+ `base:` chain) + dotted overrides → validated Experiment."""
+    data = apply_overrides(load_yaml(path), list(overrides))
+    return experiment_from_dict(data)
+
+
+def experiment_from_dict(data: Mapping) -> Experiment:
+    """Plain dict (as stored in checkpoints) → Experiment, with typed encoder/task configs."""
+    from mtspeech.encoders import ENCODERS
+    from mtspeech.tasks import TASKS
+    from mtspeech.weighting import WeightingConfig
+
+    data = dict(data)
+    for key in ("exp_dir", "data", "encoder", "tasks"):
+        if key not in data:
+            raise ConfigError(f"missing config key {key!r}")
+    encoder = dict(data.pop("encoder"))
+    kind = encoder.pop("kind", None)
+    if kind not in ENCODERS:
+        raise ConfigError(f"encoder.kind: {kind!r} is not one of {sorted(ENCODERS)}")
+    encoder_cfg = from_dict(ENCODERS[kind].Config, encoder, "encoder")
+
+    tasks_raw = data.pop("tasks")
+    if not isinstance(tasks_raw, Mapping) or not tasks_raw:
+        raise ConfigError("tasks: expected a non-empty mapping name → {kind: ..., ...}")
+    tasks = {}
+    for name, raw in tasks_raw.items():
+        raw = dict(raw or {})
+        tkind = raw.get("kind")
+        if tkind not in TASKS:
+            raise ConfigError(f"tasks.{name}.kind: {tkind!r} is not one of {sorted(TASKS)}")
+        raw.setdefault("name", name)
+        tasks[name] = from_dict(TASKS[tkind].Config, raw, f"tasks.{name}")
+
+    weighting = from_dict(WeightingConfig, data.pop("weighting", {}) or {}, "weighting")
+    partial = from_dict(_ExperimentRest, data)
+    exp = Experiment(encoder=_Tagged.wrap(kind, encoder_cfg), tasks=tasks, weighting=weighting,
+                     **{f.name: getattr(partial, f.name) for f in dataclasses.fields(partial)})
+    exp.asr_task  # noqa: B018 — validate now, not mid-training
+    if exp.train.best_metric and not exp.data.dev:
+        pass  # without dev data, "best" falls back to the training loss (see train.py)
+    return exp
+
+
+def experiment_to_dict(exp: Experiment) -> dict:
+    """Experiment → plain dict that `experiment_from_dict` reads back."""
+    out = to_dict(exp)
+    out["encoder"] = {"kind": exp.encoder.kind, **to_dict(exp.encoder.cfg)}
+    return out
+
+
+@dataclass(frozen=True)
+class _ExperimentRest:
+    exp_dir: str
+    data: DataConfig
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    specaugment: SpecAugmentConfig | None = field(default_factory=SpecAugmentConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    main_task: str | None = None
+
+
+@dataclass(frozen=True)
+class _Tagged:
+    """An encoder config together with the registry name that built it."""
+
+    kind: str
+    cfg: Any
+
+    @staticmethod
+    def wrap(kind: str, cfg: Any) -> "_Tagged":
+        return _Tagged(kind, cfg)
+
+
+def fit_labels(exp: Experiment, train_utts: list) -> dict:
+    """Every task's label space from the training manifest (JSON-able, saved in checkpoints)."""
+    from mtspeech.tasks import TASKS
+
+    exp_dir = Path(exp.exp_dir)
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    return {name: TASKS[cfg.kind].fit_labels(cfg, train_utts, exp_dir) for name, cfg in exp.tasks.items()}
+
+
+def build_model(exp: Experiment, labels: dict):
+    """Experiment + label spaces → MultiTaskModel (CMVN statistics still at identity)."""
+    from mtspeech.data.features import Fbank, GlobalCMVN, SpecAugment
+    from mtspeech.encoders import ENCODERS
+    from mtspeech.model import MultiTaskModel
+    from mtspeech.tasks import TASKS
+
+    encoder = ENCODERS[exp.encoder.kind](exp.encoder.cfg)
+    tasks = {name: TASKS[cfg.kind](cfg, encoder.dim, labels[name]) for name, cfg in exp.tasks.items()}
+    for name, task in tasks.items():
+        if not -encoder.num_layers <= task.layer < encoder.num_layers:
+            raise ConfigError(f"tasks.{name}.layer: {task.layer} outside the encoder's {encoder.num_layers} layers")
+    specaug = SpecAugment(exp.specaugment) if exp.specaugment is not None else None
+    return MultiTaskModel(Fbank(exp.features), GlobalCMVN(exp.features.n_mels), encoder, tasks, exp.asr_task, specaug)

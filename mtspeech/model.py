@@ -1,0 +1,93 @@
+"""MultiTaskModel: features + shared encoder + {name: task}.
+
+Features run inside the model, on its device, so training, evaluation and streaming share
+one filterbank and one normalisation. The model never names a task: it routes encoder
+layer `task.layer` to each task and returns their losses.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mtspeech.data.features import Fbank, GlobalCMVN, SpecAugment
+from mtspeech.encoders import EncoderOutput
+
+
+class MultiTaskModel(nn.Module):
+    """Waveforms → log-mel → encoder → every task's logits and loss.
+
+    Args:
+        fbank: batched log-mel front end.
+        cmvn: global mean/variance normalisation fitted on the training set.
+        specaugment: masking applied in train mode only (None: off).
+        encoder: any registered encoder (returns every layer's output).
+        tasks: name → task module; `asr_task` names the main (transcription) task.
+    """
+
+    def __init__(
+        self,
+        fbank: Fbank,
+        cmvn: GlobalCMVN,
+        encoder: nn.Module,
+        tasks: dict[str, nn.Module],
+        asr_task: str,
+        specaugment: SpecAugment | None = None,
+    ):
+        super().__init__()
+        if asr_task not in tasks:
+            raise ValueError(f"main task {asr_task!r} is not among the tasks {sorted(tasks)}")
+        self.fbank = fbank
+        self.cmvn = cmvn
+        self.specaugment = specaugment
+        self.encoder = encoder
+        self.tasks = nn.ModuleDict(tasks)
+        self.asr_task = asr_task
+
+    def features(self, wav: torch.Tensor, wav_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """wav (B,S), wav_lens (B,) → normalised log-mel (B,T,F), feat_lens (B,)."""
+        feats, feat_lens = self.fbank(wav, wav_lens)
+        feats = self.cmvn(feats)
+        if self.specaugment is not None and self.training:
+            feats = self.specaugment(feats, feat_lens)
+        return feats, feat_lens
+
+    def encode(
+        self,
+        wav: torch.Tensor,
+        wav_lens: torch.Tensor,
+        chunk_frames: int | None = None,
+        left_chunks: int | None = None,
+    ) -> EncoderOutput:
+        """wav (B,S) → EncoderOutput with every layer (B,T',D) and lens (B,)."""
+        feats, feat_lens = self.features(wav, wav_lens)
+        return self.encoder(feats, feat_lens, chunk_frames=chunk_frames, left_chunks=left_chunks)
+
+    def task_logits(self, enc: EncoderOutput) -> dict[str, torch.Tensor]:
+        """Every task's logits from its own encoder layer."""
+        return {name: task(enc.layers[task.layer], enc.lens) for name, task in self.tasks.items()}
+
+    def forward(
+        self,
+        wav: torch.Tensor,
+        wav_lens: torch.Tensor,
+        targets: dict,
+        chunk_frames: int | None = None,
+        left_chunks: int | None = None,
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]:
+        """Returns (losses by task, logits by task, encoder lens (B,)).
+
+        A task whose targets are absent from `targets` contributes no loss.
+        """
+        enc = self.encode(wav, wav_lens, chunk_frames, left_chunks)
+        logits = self.task_logits(enc)
+        losses = {
+            name: task.loss(logits[name], enc.lens, targets[name])
+            for name, task in self.tasks.items()
+            if name in targets
+        }
+        return losses, logits, enc.lens
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """Parameters every task shares (the encoder): what gradient surgery operates on."""
+        return [p for p in self.encoder.parameters() if p.requires_grad]

@@ -1,0 +1,134 @@
+"""Ablation plots (matplotlib, Agg) with a JSON sidecar holding exactly the plotted numbers.
+
+Every `plot_*` writes `out.png` and `out.json`; the sidecar lets tests and reports check
+the figure against the table it came from without reading pixels.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: no display on training machines or CI
+import matplotlib.pyplot as plt  # noqa: E402
+
+from mtspeech.stats import mean_std_ci  # noqa: E402
+
+
+def _finite_or_none(x: float) -> float | None:
+    return None if math.isnan(x) else x  # JSON has no nan
+
+
+def _save(fig, out_png: Path, sidecar: dict) -> Path:
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    out_png.with_suffix(".json").write_text(json.dumps(sidecar, indent=2), encoding="utf-8")
+    return out_png
+
+
+def plot_metric_bars(
+    table: Mapping[str, Mapping[str, Sequence[float] | float]],
+    metrics: Sequence[str],
+    out_png: str | Path,
+    error: str = "ci",
+    confidence: float = 0.95,
+    title: str | None = None,
+) -> Path:
+    """Bar chart of variants x metrics: one panel per metric (they have different scales).
+
+    table[variant][metric] is the list of per-seed values (or one float). Bars show the
+    mean; error bars show the t confidence interval half-width (`error="ci"`) or the
+    sample std (`error="std"`); with one seed there is no error bar (recorded as null).
+    """
+    if error not in ("ci", "std"):
+        raise ValueError(f"error must be 'ci' or 'std', got {error!r}")
+    out_png = Path(out_png)
+    variants = list(table)
+    for v in variants:
+        missing = [m for m in metrics if m not in table[v]]
+        if missing:
+            raise ValueError(f"variant {v!r} has no value for metric(s) {missing}")
+    fig, axes = plt.subplots(1, len(metrics), figsize=(max(4.0, 1.2 * len(variants)) * len(metrics), 4), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    sidecar = {"kind": "metric_bars", "error": error, "confidence": confidence, "variants": variants, "metrics": {}}
+    for ax, metric in zip(axes[0], metrics):
+        rows = {}
+        for v in variants:
+            raw = table[v][metric]
+            values = [float(raw)] if isinstance(raw, (int, float)) else [float(x) for x in raw]
+            s = mean_std_ci(values, confidence)
+            err = s.half_width if error == "ci" else s.std
+            rows[v] = {"mean": s.mean, "err": _finite_or_none(err), "n": s.n, "values": values}
+        means = [rows[v]["mean"] for v in variants]
+        errs = [rows[v]["err"] or 0.0 for v in variants]
+        x = range(len(variants))
+        ax.bar(x, means, color=[colors[i % len(colors)] for i in x], edgecolor="black", linewidth=0.5)
+        has_err = [i for i, v in enumerate(variants) if rows[v]["err"] is not None]  # no bar for one seed
+        if has_err:
+            ax.errorbar(has_err, [means[i] for i in has_err], yerr=[errs[i] for i in has_err],
+                        fmt="none", ecolor="black", capsize=4, linewidth=1.2)
+        for i, (m, e) in enumerate(zip(means, errs)):
+            ax.annotate(f"{m:.3g}", (i, m + e), textcoords="offset points", xytext=(0, 3), ha="center", fontsize=8)
+        ax.set_xticks(list(x), variants, rotation=30 if len(variants) > 3 else 0, ha="right" if len(variants) > 3 else "center")
+        ax.set_title(metric)
+        ax.set_ylabel(metric)
+        ax.margins(y=0.15)
+        ax.grid(axis="y", alpha=0.3)
+        sidecar["metrics"][metric] = rows
+    n_seeds = sorted({r["n"] for rows in sidecar["metrics"].values() for r in rows.values()})
+    bar_note = f"{int(confidence * 100)}% CI" if error == "ci" else "±1 std"
+    fig.suptitle(f"{title + ' — ' if title else ''}mean over seeds (n={'/'.join(map(str, n_seeds))}), bars: {bar_note}")
+    fig.tight_layout()
+    return _save(fig, out_png, sidecar)
+
+
+def plot_training_curves(
+    curves: Mapping[str, Sequence[tuple[float, float]]] | Mapping[str, Mapping[str, Sequence[tuple[float, float]]]],
+    out_png: str | Path,
+    ylabel: str = "loss",
+    log_y: bool = False,
+    title: str | None = None,
+) -> Path:
+    """Loss (or metric) against step, one line per variant.
+
+    curves: {variant: [(step, value), ...]} for one panel, or
+    {variant: {task: [(step, value), ...]}} for one panel per task.
+    """
+    out_png = Path(out_png)
+    nested = any(isinstance(c, Mapping) for c in curves.values())
+    per_task: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    for variant, c in curves.items():
+        tasks = c if nested else {ylabel: c}
+        for task, points in tasks.items():
+            per_task.setdefault(task, {})[variant] = [(float(s), float(y)) for s, y in points]
+    if not per_task:
+        raise ValueError("plot_training_curves got no curves")
+    fig, axes = plt.subplots(1, len(per_task), figsize=(5 * len(per_task), 3.8), squeeze=False)
+    variants = list(curves)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, (task, lines) in zip(axes[0], per_task.items()):
+        for variant, points in lines.items():
+            if points:
+                steps, ys = zip(*points)
+                ax.plot(steps, ys, label=variant, color=colors[variants.index(variant) % len(colors)], linewidth=1.4)
+        ax.set_title(task)
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        if log_y:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    sidecar = {
+        "kind": "training_curves",
+        "ylabel": ylabel,
+        "panels": {task: {v: [list(p) for p in pts] for v, pts in lines.items()} for task, lines in per_task.items()},
+    }
+    return _save(fig, out_png, sidecar)

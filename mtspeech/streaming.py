@@ -1,0 +1,512 @@
+"""Streaming recognition: incremental features, chunked encoder, greedy CTC, endpointing.
+
+`StreamingRecognizer` owns no thread and no socket. A caller (the server's batcher, the local
+client, a test) drives it:
+
+    rec = StreamingRecognizer(model, tokenizer)
+    s = rec.new_stream(sample_rate=8000)
+    rec.accept(s, samples)              # any chunk size, any rate (resampled to 16 kHz)
+    while rec.ready(s):                 # one full encoder window buffered?
+        rec.step([s])                   # batch as many ready streams as you like
+    rec.finish(s)                       # flush the last partial chunk
+    for event in rec.events(s): ...     # PartialEvent / FinalEvent
+
+Frame arithmetic (docs/interfaces.md): feature frame i covers samples [160 i, 160 i + 400);
+an encoder chunk of `c` output frames reads a window of 4c+3 feature frames and the next chunk
+starts 4c frames later, so chunk k reads frames [4ck, 4ck + 4c + 3). Every stream keeps only
+the samples and feature frames it has not consumed yet, plus a fixed-size encoder cache, so
+memory stays flat however long a stream runs.
+
+Thread model: `accept`/`ready` may run on one thread while `step`/`finish` of the *same*
+stream run on another (the server's event loop and its executor); a per-stream lock guards the
+sample buffer they share. Two `step` calls must never hold the same stream at once.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import numpy as np
+import torch
+import torchaudio
+
+from mtspeech.decode import Word  # word, start, end (stream seconds), confidence
+from mtspeech.endpoint import EndpointConfig, Endpointer
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+HOP_SAMPLES = 160
+WIN_SAMPLES = 400
+WORD_BOUNDARY = "\u2581"  # sentencepiece's "▁"
+
+
+def feature_frames(num_samples: int) -> int:
+    """Number of complete filterbank frames in `num_samples` samples (center=False)."""
+    return 0 if num_samples < WIN_SAMPLES else (num_samples - WIN_SAMPLES) // HOP_SAMPLES + 1
+
+
+class TokenTable(Protocol):
+    """What the recognizer needs from a tokenizer (mtspeech.text.tokenizer.Tokenizer fits)."""
+
+    blank_id: int
+
+    def id_to_piece(self, i: int) -> str: ...
+
+
+@dataclass(frozen=True)
+class StreamingConfig:
+    """Chunking and endpointing of the streaming recognizer.
+
+    `chunk_frames` counts encoder frames (40 ms each); `left_chunks` bounds the attention
+    cache to `chunk_frames * left_chunks` frames (streaming needs a finite cache, so no None).
+    """
+
+    chunk_frames: int = 8
+    left_chunks: int = 16
+    endpoint: EndpointConfig = field(default_factory=EndpointConfig)
+
+    def __post_init__(self) -> None:
+        if self.chunk_frames < 1:
+            raise ValueError(f"streaming.chunk_frames={self.chunk_frames}: expected >= 1")
+        if self.left_chunks < 1:
+            raise ValueError(f"streaming.left_chunks={self.left_chunks}: expected >= 1")
+
+
+# ----------------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True)
+class PartialEvent:
+    """The current (unstable) hypothesis of the utterance in progress."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class FinalEvent:
+    """A finished utterance.
+
+    `start`/`end` span its words (absolute stream seconds); `detected_at` is the stream time at
+    which it was finalized, `reason` the rule that fired (`rule2`, `rule3`, or `eos` at
+    `finish`); `tokens` are the CTC token ids (for tests and benchmarks; not sent on the wire).
+    """
+
+    text: str
+    start: float
+    end: float
+    words: tuple[Word, ...]
+    tokens: tuple[int, ...]
+    reason: str
+    detected_at: float
+
+
+Event = PartialEvent | FinalEvent
+
+
+# ----------------------------------------------------------------------------- resampling
+
+
+class StreamResampler:
+    """Chunk-size-independent resampling to 16 kHz with torchaudio's sinc kernel.
+
+    Input is cut at multiples of the reduced input period `o` (o input samples -> n output
+    samples) with `pad` samples of context on each side, so every output sample is computed
+    from the same input neighbourhood as `torchaudio.functional.resample` on the whole signal
+    (zeros before the start and after the end, as torchaudio pads) - no clicks at chunk edges.
+    """
+
+    def __init__(self, orig_rate: int, new_rate: int = SAMPLE_RATE) -> None:
+        g = math.gcd(orig_rate, new_rate)
+        self.orig_rate, self.new_rate = orig_rate, new_rate
+        self.o, self.n = orig_rate // g, new_rate // g
+        # torchaudio's kernel half-width in (reduced) input samples, lowpass_filter_width=6.
+        width = math.ceil(6 * self.o / (min(self.o, self.n) * 0.99))
+        self.pad = self.o * math.ceil((width + 1) / self.o)
+        self._buf = np.zeros(self.pad, dtype=np.float32)  # buf[0] is input index done - pad
+        self._done = 0  # input samples already converted (a multiple of o)
+        self._total = 0
+
+    def _resample(self, x: np.ndarray) -> np.ndarray:
+        y = torchaudio.functional.resample(torch.from_numpy(x), self.orig_rate, self.new_rate)
+        return y.numpy()
+
+    def push(self, x: np.ndarray) -> np.ndarray:
+        """Feed input samples (N,); returns the 16 kHz samples that are now final."""
+        if self.o == self.n:
+            return x
+        self._buf = np.concatenate([self._buf, x.astype(np.float32, copy=False)])
+        self._total += len(x)
+        blocks = (len(self._buf) - 2 * self.pad) // self.o
+        if blocks <= 0:
+            return np.zeros(0, dtype=np.float32)
+        seg = self._buf[: 2 * self.pad + blocks * self.o]
+        skip = self.pad * self.n // self.o
+        out = self._resample(seg)[skip : skip + blocks * self.n]
+        self._buf = self._buf[blocks * self.o :]
+        self._done += blocks * self.o
+        return out
+
+    def flush(self) -> np.ndarray:
+        """The remaining output, as if the input ended here."""
+        if self.o == self.n or self._total == self._done:
+            return np.zeros(0, dtype=np.float32)
+        seg = np.concatenate([self._buf, np.zeros(self.pad, dtype=np.float32)])
+        skip = self.pad * self.n // self.o
+        count = math.ceil(self.n * self._total / self.o) - self._done * self.n // self.o
+        out = self._resample(seg)[skip : skip + count]
+        self._buf = self._buf[:0]
+        self._done = self._total
+        return out
+
+
+# ----------------------------------------------------------------------------- decoding state
+
+
+@dataclass
+class _Token:
+    id: int
+    first_frame: int
+    last_frame: int
+    prob: float
+
+
+class _Utterance:
+    """Incremental greedy CTC decoding of one utterance (tokens with frame spans)."""
+
+    def __init__(self, blank_id: int) -> None:
+        self.blank_id = blank_id
+        self.tokens: list[_Token] = []
+        self.prev_id = blank_id
+
+    def push(self, frame: int, token_id: int, prob: float) -> bool:
+        """One frame's argmax; returns True when a new token was emitted."""
+        if token_id == self.blank_id:
+            self.prev_id = token_id
+            return False
+        if token_id == self.prev_id:  # CTC: a repeated label without blank in between merges
+            tok = self.tokens[-1]
+            tok.last_frame, tok.prob = frame, max(tok.prob, prob)
+            return False
+        self.tokens.append(_Token(token_id, frame, frame, prob))
+        self.prev_id = token_id
+        return True
+
+
+def _words(tokens: list[_Token], table: TokenTable, frame_shift_s: float) -> list[Word]:
+    """Group sentencepiece pieces into words ("▁" starts a word); mean token prob = confidence."""
+    groups: list[list[tuple[str, _Token]]] = []
+    for tok in tokens:
+        piece = table.id_to_piece(tok.id)
+        if piece.startswith(WORD_BOUNDARY) or not groups:
+            groups.append([])
+        groups[-1].append((piece, tok))
+    words = []
+    for group in groups:
+        text = "".join(p for p, _ in group).replace(WORD_BOUNDARY, "")
+        if not text:
+            continue
+        toks = [t for _, t in group]
+        words.append(
+            Word(
+                word=text,
+                start=round(toks[0].first_frame * frame_shift_s, 3),
+                end=round((toks[-1].last_frame + 1) * frame_shift_s, 3),
+                confidence=round(float(np.mean([t.prob for t in toks])), 4),
+            )
+        )
+    return words
+
+
+# ----------------------------------------------------------------------------- the stream
+
+
+class Stream:
+    """State of one audio stream. Create with `StreamingRecognizer.new_stream`."""
+
+    _ids = itertools.count()
+
+    def __init__(self, sample_rate: int, endpointing: bool, interim: bool, cache, blank_id: int,
+                 endpointer: Endpointer) -> None:
+        self.id = next(Stream._ids)
+        self.sample_rate = sample_rate
+        self.endpointing = endpointing
+        self.interim = interim
+        self.finished = False
+        self.samples_accepted = 0  # at 16 kHz
+        self._lock = threading.Lock()
+        self._resampler = StreamResampler(sample_rate) if sample_rate != SAMPLE_RATE else None
+        self._pending: list[np.ndarray] = []  # 16 kHz samples not yet turned into features
+        self._pending_len = 0
+        self._samples = np.zeros(0, dtype=np.float32)
+        self._feats: torch.Tensor | None = None  # (T, F) feature frames not yet consumed
+        self._cache = cache
+        self._frames_done = 0  # encoder frames decoded so far (absolute frame index)
+        self._utt = _Utterance(blank_id)
+        self._endpointer = endpointer
+        self._last_partial: tuple[int, ...] = ()
+        self._events: list[Event] = []
+
+    @property
+    def audio_seconds(self) -> float:
+        """Audio accepted so far, in seconds."""
+        return self.samples_accepted / SAMPLE_RATE
+
+    def _unconsumed_frames(self) -> int:
+        with self._lock:
+            have = 0 if self._feats is None else self._feats.shape[0]
+            return have + feature_frames(len(self._samples) + self._pending_len)
+
+
+# ----------------------------------------------------------------------------- the recognizer
+
+
+class StreamingRecognizer:
+    """Batched streaming decoding of a `MultiTaskModel`'s ASR (CTC) and VAD heads.
+
+    `model` needs `.features(wav (B,S), wav_lens (B,)) -> (feats (B,T,F), feat_lens (B,))`,
+    `.encoder` (`init_cache`, `forward_chunk`, `subsampling`), `.tasks[name]` and the name
+    of its ASR task (`asr_task`). The VAD head, if any, is the task with `speech_probs`.
+    """
+
+    def __init__(self, model: torch.nn.Module, tokenizer: TokenTable,
+                 config: StreamingConfig | None = None, device: str | torch.device | None = None) -> None:
+        self.config = config or StreamingConfig()
+        self.model = model.eval()
+        if device is not None:
+            self.model.to(device)
+        self.device = next(self.model.parameters()).device
+        self.tokenizer = tokenizer
+        self.asr = model.tasks[_asr_task_name(model)]
+        self.vad = _vad_task(model)
+        if self.config.endpoint.mode == "vad" and self.vad is None:
+            log.warning("model has no VAD task; endpointing falls back to CTC blanks (mode 'blank')")
+        c = self.config.chunk_frames
+        self.window_frames = 4 * c + 3
+        self.stride_frames = 4 * c
+        self.frame_shift_s = model.encoder.subsampling * HOP_SAMPLES / SAMPLE_RATE
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, config: StreamingConfig | None = None,
+                        device: str = "cpu") -> "StreamingRecognizer":
+        """Load a training checkpoint (`mtspeech.checkpoint.load_model`) and wrap it."""
+        from mtspeech.checkpoint import load_model
+
+        model, _config, _labels = load_model(path)
+        model.to(device)
+        return cls(model, _tokenizer_of(model), config, device)
+
+    @property
+    def uses_vad(self) -> bool:
+        return self.config.endpoint.mode == "vad" and self.vad is not None
+
+    # -- the stream API -----------------------------------------------------------------------
+
+    def new_stream(self, sample_rate: int = SAMPLE_RATE, endpointing: bool = True,
+                   interim: bool = True) -> Stream:
+        """A fresh stream for audio at `sample_rate` Hz."""
+        if not isinstance(sample_rate, int) or sample_rate <= 0:
+            raise ValueError(f"sample_rate={sample_rate!r}: expected a positive integer (Hz)")
+        cache = self.model.encoder.init_cache(1, self.config.chunk_frames, self.config.left_chunks,
+                                              self.device)
+        return Stream(sample_rate, endpointing, interim, cache, self.tokenizer.blank_id,
+                      Endpointer(self.config.endpoint, self.frame_shift_s))
+
+    def accept(self, stream: Stream, samples: np.ndarray | torch.Tensor) -> None:
+        """Append mono float samples (N,) at the stream's sample rate (any N)."""
+        if stream.finished:
+            raise ValueError(f"stream {stream.id} is finished; it accepts no more audio")
+        if isinstance(samples, torch.Tensor):
+            samples = samples.detach().cpu().numpy()
+        x = np.asarray(samples, dtype=np.float32)
+        if x.ndim != 1:
+            raise ValueError(f"samples of shape {x.shape}: expected mono (N,)")
+        if not np.all(np.isfinite(x)):
+            raise ValueError("samples contain NaN or infinity")
+        if stream._resampler is not None:
+            x = stream._resampler.push(x)
+        self._append(stream, x)
+
+    def ready(self, stream: Stream) -> bool:
+        """Whether one full encoder window (4c+3 feature frames) is buffered."""
+        return not stream.finished and stream._unconsumed_frames() >= self.window_frames
+
+    @torch.inference_mode()
+    def step(self, streams: Sequence[Stream]) -> None:
+        """Decode one chunk of every stream in `streams`, batched (all must be `ready`)."""
+        if not streams:
+            return
+        if len({id(s) for s in streams}) != len(streams):
+            raise ValueError("step() got the same stream twice")
+        for s in streams:
+            if not self.ready(s):
+                raise ValueError(f"stream {s.id} is not ready (needs {self.window_frames} feature frames)")
+        self._compute_features(streams)
+        x = torch.stack([s._feats[: self.window_frames] for s in streams])  # (B, 4c+3, F)
+        cache_type = type(streams[0]._cache)
+        cache = cache_type.stack([s._cache for s in streams]) if len(streams) > 1 else streams[0]._cache
+        out, cache = self.model.encoder.forward_chunk(x, cache)
+        caches = cache.unstack() if len(streams) > 1 else [cache]
+        for s, c in zip(streams, caches):
+            s._cache = c
+            with s._lock:
+                s._feats = s._feats[self.stride_frames :]
+        self._decode_frames(streams, out)
+
+    @torch.inference_mode()
+    def finish(self, stream: Stream) -> None:
+        """End of audio: decode what is buffered (full chunks, then the last partial one)."""
+        if stream.finished:
+            return
+        if stream._resampler is not None:
+            self._append(stream, stream._resampler.flush())
+        while self.ready(stream):
+            self.step([stream])
+        self._compute_features([stream])
+        rest = stream._feats
+        # Fewer than 7 frames give no encoder output ((T-1)//2-1)//2 <= 0: nothing to decode.
+        if rest is not None and rest.shape[0] >= 7:
+            out, stream._cache = self.model.encoder.forward_chunk(rest[None], stream._cache)
+            self._decode_frames([stream], out)
+        with stream._lock:
+            stream._feats = None
+        stream.finished = True
+        self._finalize(stream, "eos")
+
+    def events(self, stream: Stream) -> list[Event]:
+        """Events produced since the last call (partials and finals, in order)."""
+        with stream._lock:
+            events, stream._events = stream._events, []
+        return events
+
+    def transcribe(self, samples: np.ndarray | torch.Tensor, sample_rate: int = SAMPLE_RATE,
+                   endpointing: bool = True) -> list[FinalEvent]:
+        """Decode a whole recording through the streaming path (single stream); the finals."""
+        s = self.new_stream(sample_rate, endpointing=endpointing, interim=False)
+        self.accept(s, samples)
+        while self.ready(s):
+            self.step([s])
+        self.finish(s)
+        return [e for e in self.events(s) if isinstance(e, FinalEvent)]
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _append(self, stream: Stream, x: np.ndarray) -> None:
+        if len(x) == 0:
+            return
+        with stream._lock:
+            stream._pending.append(x)
+            stream._pending_len += len(x)
+            stream.samples_accepted += len(x)
+
+    def _compute_features(self, streams: Sequence[Stream]) -> None:
+        """Turn every stream's buffered samples into feature frames (one batched fbank call)."""
+        wavs, counts = [], []
+        for s in streams:
+            with s._lock:
+                if s._pending:
+                    s._samples = np.concatenate([s._samples, *s._pending])
+                    s._pending, s._pending_len = [], 0
+            wavs.append(s._samples)
+            counts.append(feature_frames(len(s._samples)))
+        todo = [i for i, n in enumerate(counts) if n > 0]
+        if not todo:
+            return
+        lens = torch.tensor([len(wavs[i]) for i in todo], dtype=torch.long)
+        batch = torch.zeros(len(todo), int(lens.max()))
+        for row, i in enumerate(todo):
+            batch[row, : len(wavs[i])] = torch.from_numpy(wavs[i])
+        feats, _ = self.model.features(batch.to(self.device), lens.to(self.device))
+        for row, i in enumerate(todo):
+            s, n = streams[i], counts[i]
+            new = feats[row, :n]
+            with s._lock:  # feats and samples change together for `ready` on another thread
+                s._feats = new if s._feats is None else torch.cat([s._feats, new])
+                s._samples = s._samples[n * HOP_SAMPLES :]
+
+    def _decode_frames(self, streams: Sequence[Stream], out) -> None:
+        """Run the heads on a chunk's encoder output and advance decoding + endpointing."""
+        frames = out.layers[-1].shape[1]
+        lens = torch.full((len(streams),), frames, dtype=torch.long, device=self.device)
+        asr_logits = self.asr(out.layers[self.asr.layer], lens)  # (B, c, V)
+        probs = asr_logits.float().softmax(-1)
+        best_prob, best_id = probs.max(-1)
+        best_prob, best_id = best_prob.cpu().numpy(), best_id.cpu().numpy()
+        if self.uses_vad:
+            speech = self.vad.speech_probs(self.vad(out.layers[self.vad.layer], lens)).float().cpu().numpy()
+            nonspeech = speech < self.config.endpoint.speech_threshold
+        else:
+            nonspeech = best_id == self.tokenizer.blank_id
+        for b, s in enumerate(streams):
+            for t in range(frames):
+                frame = s._frames_done
+                s._utt.push(frame, int(best_id[b, t]), float(best_prob[b, t]))
+                s._endpointer.update(bool(nonspeech[b, t]))
+                s._frames_done += 1
+                if s.endpointing:
+                    rule = s._endpointer.check(has_words=bool(s._utt.tokens))
+                    if rule is not None:
+                        self._finalize(s, rule)
+            self._maybe_partial(s)
+
+    def _maybe_partial(self, s: Stream) -> None:
+        ids = tuple(t.id for t in s._utt.tokens)
+        if s.interim and ids and ids != s._last_partial:
+            s._last_partial = ids
+            self._emit(s, PartialEvent(self._text(s._utt.tokens)))
+
+    def _text(self, tokens: list[_Token]) -> str:
+        return " ".join(w.word for w in _words(tokens, self.tokenizer, self.frame_shift_s))
+
+    def _finalize(self, s: Stream, reason: str) -> None:
+        """Close the current utterance (emit a final if it has words) and reset the decoder."""
+        tokens = s._utt.tokens
+        words = _words(tokens, self.tokenizer, self.frame_shift_s)
+        if words:
+            self._emit(s, FinalEvent(
+                text=" ".join(w.word for w in words),
+                start=words[0].start,
+                end=words[-1].end,
+                words=tuple(words),
+                tokens=tuple(t.id for t in tokens),
+                reason=reason,
+                detected_at=round(s._frames_done * self.frame_shift_s, 3),
+            ))
+        s._utt = _Utterance(self.tokenizer.blank_id)
+        s._endpointer.reset()
+        s._last_partial = ()
+
+    def _emit(self, s: Stream, event: Event) -> None:
+        with s._lock:
+            s._events.append(event)
+
+
+def _asr_task_name(model: torch.nn.Module) -> str:
+    name = getattr(model, "asr_task_name", None) or getattr(model, "asr_task", None)
+    if name not in model.tasks:
+        raise ValueError(f"model names no ASR task among {sorted(model.tasks)}")
+    return name
+
+
+def _vad_task(model: torch.nn.Module):
+    """The VAD task (the one exposing `speech_probs`), or None."""
+    name = getattr(model, "vad_task_name", None)
+    if name:
+        return model.tasks[name]
+    found = [t for t in model.tasks.values() if hasattr(t, "speech_probs")]
+    return found[0] if found else None
+
+
+def _tokenizer_of(model: torch.nn.Module) -> TokenTable:
+    """The ASR task's tokenizer (the task owns its label space)."""
+    name = _asr_task_name(model)
+    try:
+        return model.tasks[name].tokenizer
+    except AttributeError as e:
+        raise ValueError(f"ASR task {name!r} has no tokenizer; cannot decode text ({e})") from e

@@ -1,0 +1,256 @@
+"""CTC head + loss, configured twice: ASR on sentencepiece units and phones on ARPAbet.
+
+One class, two label kinds:
+  - `label: "text"` — units of a sentencepiece model trained on the training transcripts
+    by `fit_labels` (id 0 is `<blank>`, the CTC blank). The label space embeds the model
+    file's bytes, so a checkpoint decodes without the experiment folder.
+  - `label: "phones"` — ARPAbet phones (`utt.phones`); the label space is the sorted
+    phone set of the training manifest, id = index + 1, blank 0. An utterance with a phone
+    outside that set has no representable label and is masked (`present=False`).
+
+Loss normalisation: the summed CTC negative log-likelihood of the present utterances is
+divided by their total number of target units (nats per unit). That puts CTC on the same
+scale as per-utterance cross-entropy, so static task weights mean what they say, and long
+utterances weigh in proportion to their length (as in a per-token mean).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from rapidfuzz.distance import Levenshtein  # C edit distance (installed with jiwer)
+from torch import nn
+
+from mtspeech.config import ConfigError
+from mtspeech.tasks import Targets, zero_loss
+
+log = logging.getLogger(__name__)
+
+LABEL_KINDS = ("text", "phones")
+
+
+@dataclass(frozen=True)
+class CTCConfig:
+    """A CTC task. `vocab_size`/`model_type` apply to `label: text` only."""
+
+    kind: str = "ctc"
+    name: str = "asr"
+    layer: int = -1
+    weight: float = 1.0
+    label: str = "text"  # text | phones
+    vocab_size: int = 256
+    model_type: str = "unigram"  # sentencepiece model type
+    proj_dim: int | None = None  # hidden width of an optional projection before the output layer
+    dropout: float = 0.1
+
+    def __post_init__(self):
+        if self.label not in LABEL_KINDS:
+            raise ConfigError(f"tasks.{self.name}.label: {self.label!r} is not one of {LABEL_KINDS}")
+
+
+class CTCTask(nn.Module):
+    """Projection (optional) + linear to the vocabulary; CTC loss with blank 0.
+
+    Args:
+        cfg: the task's `CTCConfig`.
+        dim: width D of the encoder layer it reads.
+        labels: what `fit_labels` returned (tokenizer or phone list).
+    """
+
+    Config = CTCConfig
+
+    def __init__(self, cfg: CTCConfig, dim: int, labels: dict):
+        super().__init__()
+        if labels.get("label") != cfg.label:
+            raise ValueError(
+                f"task {cfg.name!r}: label space is for {labels.get('label')!r} but the config says "
+                f"label={cfg.label!r}; refit the labels (fit_labels) for this config"
+            )
+        self.cfg = cfg
+        self.name = cfg.name
+        self.layer = cfg.layer
+        self.labels = labels
+        self._tokenizer = None  # built lazily; dropped when pickled (see __getstate__)
+        if cfg.label == "phones":
+            self.phones: list[str] = list(labels["phones"])
+            self._phone_ids = {p: i + 1 for i, p in enumerate(self.phones)}
+            self.vocab_size = len(self.phones) + 1
+        else:
+            self.vocab_size = int(labels["vocab_size"])
+        if cfg.proj_dim is None:
+            self.proj = nn.Identity()
+            out_in = dim
+        else:
+            self.proj = nn.Sequential(nn.Linear(dim, cfg.proj_dim), nn.GELU())
+            out_in = cfg.proj_dim
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.out = nn.Linear(out_in, self.vocab_size)
+
+    # ---- label space -------------------------------------------------------------------
+
+    @classmethod
+    def fit_labels(cls, cfg: CTCConfig, train_utts: list, exp_dir: str | Path) -> dict:
+        """Phones: sorted phone set. Text: train sentencepiece into `exp_dir/<name>_spm.model`.
+
+        Returns a JSON-able dict: `{"label": "phones", "phones": [...]}` or
+        `{"label": "text", "tokenizer": path, "vocab_size": n, "model_b64": <model bytes>}`.
+        """
+        if cfg.label == "phones":
+            phones = sorted({p for u in train_utts if u.phones is not None for p in u.phones})
+            if not phones:
+                raise ValueError(f"task {cfg.name!r}: no training utterance has phones")
+            return {"label": "phones", "phones": phones}
+        from mtspeech.text.tokenizer import Tokenizer, train_tokenizer
+
+        texts = [u.text for u in train_utts if u.text]
+        if not texts:
+            raise ValueError(f"task {cfg.name!r}: no training utterance has a transcript")
+        exp_dir = Path(exp_dir)
+        exp_dir.mkdir(parents=True, exist_ok=True)
+        path = Path(train_tokenizer(texts, str(exp_dir / f"{cfg.name}_spm"), cfg.vocab_size, cfg.model_type))
+        tok = Tokenizer(path)
+        if tok.blank_id != 0:
+            raise ValueError(f"tokenizer {path} has blank id {tok.blank_id}; CTC needs 0")
+        return {
+            "label": "text",
+            "tokenizer": str(path.resolve()),
+            "vocab_size": int(tok.vocab_size),
+            "model_b64": base64.b64encode(path.read_bytes()).decode("ascii"),
+        }
+
+    @property
+    def tokenizer(self):
+        """The sentencepiece `Tokenizer` (text tasks), rebuilt from the embedded model bytes."""
+        if self.cfg.label != "text":
+            raise AttributeError(f"task {self.name!r} predicts phones and has no tokenizer")
+        if self._tokenizer is None:
+            from mtspeech.text.tokenizer import Tokenizer
+
+            self._tokenizer = Tokenizer(_model_file(self.labels))
+        return self._tokenizer
+
+    def __getstate__(self):
+        # Sent to DataLoader workers (spawn) with the module: the tokenizer is rebuilt there.
+        state = self.__dict__.copy()
+        state["_tokenizer"] = None
+        return state
+
+    # ---- targets -----------------------------------------------------------------------
+
+    def encode(self, utt: Any) -> list[int] | None:
+        """One utterance's unit ids, or None when it has no (representable) label."""
+        if self.cfg.label == "text":
+            return None if utt.text is None else self.tokenizer.encode(utt.text)
+        if utt.phones is None:
+            return None
+        try:
+            return [self._phone_ids[p] for p in utt.phones]
+        except KeyError as e:
+            log.debug("utterance %s: phone %s not in the training phone set; masked", utt.id, e)
+            return None
+
+    def collate(self, utts: list) -> Targets:
+        """Utterances → Targets(values (B,U) long padded with 0, lens (B,), present (B,))."""
+        seqs = [self.encode(u) for u in utts]
+        present = torch.tensor([s is not None for s in seqs], dtype=torch.bool)
+        seqs = [s or [] for s in seqs]
+        lens = torch.tensor([len(s) for s in seqs], dtype=torch.long)
+        values = torch.zeros(len(seqs), max(1, int(lens.max()) if len(seqs) else 1), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            values[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        return Targets(values=values, lens=lens, present=present)
+
+    # ---- model -------------------------------------------------------------------------
+
+    def forward(self, h: torch.Tensor, h_lens: torch.Tensor) -> torch.Tensor:
+        """h (B,T,D), h_lens (B,) → logits (B,T,V) (unnormalised; blank is index 0)."""
+        return self.out(self.dropout(self.proj(h)))
+
+    def loss(self, logits: torch.Tensor, h_lens: torch.Tensor, targets: Targets) -> torch.Tensor:
+        """CTC NLL of present rows summed, divided by their number of target units."""
+        idx = targets.present.nonzero(as_tuple=True)[0]
+        if idx.numel() == 0:
+            return zero_loss(logits)
+        log_probs = logits[idx].float().log_softmax(-1).transpose(0, 1)  # (T,B',V)
+        target_lens = targets.lens[idx]
+        nll = F.ctc_loss(
+            log_probs,
+            targets.values[idx],
+            h_lens[idx],
+            target_lens,
+            blank=0,
+            reduction="sum",
+            zero_infinity=True,  # a target longer than its input contributes 0, not inf
+        )
+        return nll / target_lens.sum().clamp(min=1)
+
+    # ---- decoding and metrics ----------------------------------------------------------
+
+    @staticmethod
+    def greedy_decode(logits: torch.Tensor, lens: torch.Tensor) -> list[list[int]]:
+        """logits (B,T,V), lens (B,) → per row the best path with repeats merged, blanks dropped."""
+        best = logits.argmax(-1).cpu()
+        out = []
+        for row, n in zip(best, lens.cpu().tolist()):
+            ids = torch.unique_consecutive(row[:n])
+            out.append(ids[ids != 0].tolist())
+        return out
+
+    def decode_text(self, ids: list[int]) -> str:
+        """Unit ids → text (sentencepiece detokenised) or space-separated phones."""
+        if self.cfg.label == "text":
+            return self.tokenizer.decode(list(ids))
+        return " ".join(self.phones[i - 1] for i in ids if 0 < i <= len(self.phones))
+
+    def metrics(
+        self, logits: torch.Tensor, h_lens: torch.Tensor, targets: Targets
+    ) -> dict[str, tuple[float, float]]:
+        """Greedy-decoding error counts over present rows.
+
+        Text: `wer` (word edits, reference words) and `cer` (character edits, reference
+        characters, spaces included); the reference is the detokenised target ids.
+        Phones: `per` (phone edits, reference phones).
+        """
+        present = targets.present.cpu()
+        hyps = self.greedy_decode(logits.detach(), h_lens)
+        values, lens = targets.values.cpu(), targets.lens.cpu()
+        counts = {"wer": [0, 0], "cer": [0, 0]} if self.cfg.label == "text" else {"per": [0, 0]}
+        for i, hyp in enumerate(hyps):
+            if not present[i]:
+                continue
+            ref = values[i, : lens[i]].tolist()
+            if self.cfg.label == "phones":
+                _add(counts["per"], ref, hyp)
+                continue
+            ref_text, hyp_text = self.decode_text(ref), self.decode_text(hyp)
+            _add(counts["wer"], ref_text.split(), hyp_text.split())
+            _add(counts["cer"], list(ref_text), list(hyp_text))
+        return {k: (float(n), float(d)) for k, (n, d) in counts.items()}
+
+
+def _add(acc: list[int], ref: list, hyp: list) -> None:
+    acc[0] += Levenshtein.distance(ref, hyp)
+    acc[1] += len(ref)
+
+
+def _model_file(labels: dict) -> str:
+    """Path of the sentencepiece model: the embedded bytes, materialised once per content."""
+    data = labels.get("model_b64")
+    if data is None:
+        return labels["tokenizer"]
+    raw = base64.b64decode(data)
+    path = Path(tempfile.gettempdir()) / f"mtspeech_spm_{hashlib.sha1(raw).hexdigest()[:16]}.model"
+    if not path.exists() or path.read_bytes() != raw:
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(raw)
+        tmp.replace(path)  # atomic: concurrent workers never read a half-written file
+    return str(path)

@@ -1,0 +1,173 @@
+"""Speaker classification from pooled encoder states, optionally adversarial.
+
+Head: attentive statistics pooling over the valid frames → linear embedding (`embed_dim`)
+→ cosine classifier with an additive angular margin (AAM / ArcFace) softmax. The label
+space is the set of training speakers; an utterance whose speaker is unknown (missing, or
+not a training speaker, e.g. test-unseen) is masked (`present=False`).
+
+With `adversarial: true` a gradient-reversal layer sits between the encoder and the head:
+the head still learns to recognise speakers, while the encoder receives the negated
+(× `grl_lambda`) gradient and so learns speaker-invariant features.
+
+The pooling is our own rather than speechbrain's `AttentiveStatisticsPooling`: that one
+takes relative lengths and runs BatchNorm over padded frames, so a row's result would
+depend on the other rows of the batch; here each row only sees its own valid frames.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from speechbrain.nnet.losses import AdditiveAngularMargin
+from torch import nn
+
+from mtspeech.tasks import Targets, zero_loss
+
+
+@dataclass(frozen=True)
+class SpeakerConfig:
+    """A speaker task. `margin` (radians) and `scale` shape the AAM softmax."""
+
+    kind: str = "speaker"
+    name: str = "speaker"
+    layer: int = -1
+    weight: float = 1.0
+    embed_dim: int = 128
+    attention_dim: int = 64
+    margin: float = 0.2
+    scale: float = 30.0
+    adversarial: bool = False
+    grl_lambda: float = 1.0
+
+
+class GradientReversal(torch.autograd.Function):
+    """Identity forward; backward multiplies the gradient by `-scale` (Ganin & Lempitsky 2015)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return -ctx.scale * grad, None
+
+
+def grad_reverse(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """x (any shape) unchanged; its gradient flips sign and is scaled by `scale`."""
+    return GradientReversal.apply(x, scale)
+
+
+def length_mask(lens: torch.Tensor, max_len: int) -> torch.Tensor:
+    """lens (B,) → (B, max_len) bool, True on valid frames."""
+    return torch.arange(max_len, device=lens.device)[None, :] < lens[:, None]
+
+
+class AttentiveStatsPooling(nn.Module):
+    """Attentive mean + std over valid frames, with global context (Okabe et al. 2018,
+    as in ECAPA-TDNN): h (B,T,D), h_lens (B,) → (B, 2D).
+
+    A row with `h_len == 0` pools its first frame rather than producing NaN.
+    """
+
+    def __init__(self, dim: int, attention_dim: int = 64):
+        super().__init__()
+        self.attention = nn.Sequential(
+            nn.Linear(3 * dim, attention_dim), nn.Tanh(), nn.Linear(attention_dim, dim)
+        )
+
+    def forward(self, h: torch.Tensor, h_lens: torch.Tensor) -> torch.Tensor:
+        mask = length_mask(h_lens.clamp(min=1), h.shape[1]).unsqueeze(-1)  # (B,T,1)
+        h = h.masked_fill(~mask, 0.0)  # padding never reaches the statistics
+        uniform = mask / mask.sum(1, keepdim=True)
+        mean, std = _weighted_stats(h, uniform)
+        context = torch.cat([h, mean.unsqueeze(1).expand_as(h), std.unsqueeze(1).expand_as(h)], -1)
+        scores = self.attention(context).masked_fill(~mask, float("-inf"))
+        mean, std = _weighted_stats(h, scores.softmax(dim=1))
+        return torch.cat([mean, std], dim=-1)
+
+
+def _weighted_stats(h: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """h (B,T,D), weights (B,T,D or 1) summing to 1 over T → mean, std (B,D)."""
+    mean = (w * h).sum(1)
+    var = (w * (h - mean.unsqueeze(1)).pow(2)).sum(1)
+    return mean, var.clamp(min=1e-6).sqrt()  # clamp: sqrt'(0) is inf
+
+
+class SpeakerTask(nn.Module):
+    """Pooling → embedding → AAM cosine classifier over the training speakers.
+
+    Args:
+        cfg: the task's `SpeakerConfig`.
+        dim: width D of the encoder layer it reads.
+        labels: `{"speakers": [...]}` from `fit_labels`.
+    """
+
+    Config = SpeakerConfig
+
+    def __init__(self, cfg: SpeakerConfig, dim: int, labels: dict):
+        super().__init__()
+        self.cfg = cfg
+        self.name = cfg.name
+        self.layer = cfg.layer
+        self.speakers: list[str] = list(labels["speakers"])
+        self._speaker_ids = {s: i for i, s in enumerate(self.speakers)}
+        self.pool = AttentiveStatsPooling(dim, cfg.attention_dim)
+        self.embedding = nn.Linear(2 * dim, cfg.embed_dim)
+        self.classifier = nn.Parameter(torch.empty(len(self.speakers), cfg.embed_dim))
+        nn.init.xavier_uniform_(self.classifier)
+        self.aam = AdditiveAngularMargin(margin=cfg.margin, scale=cfg.scale)
+
+    @classmethod
+    def fit_labels(cls, cfg: SpeakerConfig, train_utts: list, exp_dir: str | Path) -> dict:
+        """`{"speakers": sorted training speaker ids}`."""
+        speakers = sorted({u.speaker for u in train_utts if u.speaker is not None})
+        if not speakers:
+            raise ValueError(f"task {cfg.name!r}: no training utterance names its speaker")
+        return {"speakers": speakers}
+
+    def collate(self, utts: list) -> Targets:
+        """Utterances → Targets(values (B,) speaker index (0 where absent), lens (B,) ones, present)."""
+        ids = [self._speaker_ids.get(u.speaker) if u.speaker is not None else None for u in utts]
+        return Targets(
+            values=torch.tensor([i if i is not None else 0 for i in ids], dtype=torch.long),
+            lens=torch.ones(len(ids), dtype=torch.long),
+            present=torch.tensor([i is not None for i in ids], dtype=torch.bool),
+        )
+
+    def embed(self, h: torch.Tensor, h_lens: torch.Tensor) -> torch.Tensor:
+        """h (B,T,D), h_lens (B,) → speaker embeddings (B,E) (unnormalised; use cosine for EER)."""
+        if self.cfg.adversarial:
+            h = grad_reverse(h, self.cfg.grl_lambda)
+        return self.embedding(self.pool(h, h_lens))
+
+    def forward(self, h: torch.Tensor, h_lens: torch.Tensor) -> torch.Tensor:
+        """h (B,T,D), h_lens (B,) → cosine similarities to every training speaker (B,S) in [-1,1].
+
+        The margin depends on the target, so it is applied in `loss`; argmax of the
+        cosines is the prediction.
+        """
+        e = self.embed(h, h_lens)
+        with torch.autocast(device_type=h.device.type, enabled=False):  # cosines near ±1 need fp32
+            e = F.normalize(e.float(), dim=-1)
+            return e @ F.normalize(self.classifier.float(), dim=-1).t()
+
+    def loss(self, logits: torch.Tensor, h_lens: torch.Tensor, targets: Targets) -> torch.Tensor:
+        """AAM-softmax cross-entropy, mean over present rows."""
+        idx = targets.present.nonzero(as_tuple=True)[0]
+        if idx.numel() == 0:
+            return zero_loss(logits)
+        labels = targets.values[idx]
+        one_hot = F.one_hot(labels, logits.shape[-1]).to(logits.dtype)
+        return F.cross_entropy(self.aam(logits[idx], one_hot), labels)
+
+    def metrics(
+        self, logits: torch.Tensor, h_lens: torch.Tensor, targets: Targets
+    ) -> dict[str, tuple[float, float]]:
+        """`accuracy`: (correct, present rows)."""
+        present = targets.present
+        correct = (logits.argmax(-1) == targets.values) & present
+        return {"accuracy": (float(correct.sum()), float(present.sum()))}

@@ -1,0 +1,151 @@
+"""Frame-level voice activity detection at the encoder frame rate (40 ms).
+
+Frame arithmetic (docs/interfaces.md): feature frame k covers samples [160k, 160k + 400);
+the 4× subsampling (two Conv2d k=3 s=2, no padding) makes encoder frame i read feature
+frames 4i … 4i+6, i.e. samples [640i, 640i + 1360). Frame i is labelled speech when the
+centre of that window, `(640 i + 680) / 16000` s, lies inside a speech segment
+`[start, end)` of `utt.speech`. The frame count comes from `round(duration × 16000)`
+samples; the loss uses `min(h_lens, targets.lens)` frames per row, so a one-frame
+disagreement with the audio actually loaded is harmless. (A dataset that speed-perturbs
+audio must rescale `duration` and `speech` of the utterance it collates.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mtspeech.tasks import Targets, zero_loss
+
+SAMPLE_RATE = 16000
+HOP_SAMPLES = 160
+WINDOW_SAMPLES = 400
+SUBSAMPLING = 4
+
+
+@dataclass(frozen=True)
+class VADConfig:
+    """A VAD task. `pos_weight` > 1 favours recall of speech frames (None: unweighted)."""
+
+    kind: str = "vad"
+    name: str = "vad"
+    layer: int = -1
+    weight: float = 1.0
+    hidden_dim: int | None = None  # width of a tiny MLP before the logit (None: linear head)
+    pos_weight: float | None = None
+    threshold: float = 0.5  # speech probability above which a frame counts as speech in metrics
+
+
+def encoder_frames(num_samples: int) -> int:
+    """Number of encoder (40 ms) frames for `num_samples` samples at 16 kHz."""
+    if num_samples < WINDOW_SAMPLES:
+        return 0
+    t = (num_samples - WINDOW_SAMPLES) // HOP_SAMPLES + 1
+    return max(0, ((t - 1) // 2 - 1) // 2)
+
+
+def frame_centres_s(num_frames: int) -> torch.Tensor:
+    """(num_frames,) centre time in seconds of each encoder frame's receptive window."""
+    i = torch.arange(num_frames, dtype=torch.float64)
+    window_start = i * HOP_SAMPLES * SUBSAMPLING
+    window_samples = (2 * SUBSAMPLING - 2) * HOP_SAMPLES + WINDOW_SAMPLES  # 6 hops + 1 window
+    return (window_start + window_samples / 2) / SAMPLE_RATE
+
+
+def frame_labels(speech: list, num_frames: int) -> torch.Tensor:
+    """Speech segments [[start_s, end_s], ...] → (num_frames,) float 0/1 labels."""
+    centres = frame_centres_s(num_frames)
+    labels = torch.zeros(num_frames, dtype=torch.bool)
+    for start, end in speech:
+        labels |= (centres >= start) & (centres < end)
+    return labels.float()
+
+
+class VADTask(nn.Module):
+    """Linear (or tiny MLP) head → one speech logit per encoder frame; masked BCE loss.
+
+    Args:
+        cfg: the task's `VADConfig`.
+        dim: width D of the encoder layer it reads.
+        labels: `{}` (VAD needs no label space).
+    """
+
+    Config = VADConfig
+
+    def __init__(self, cfg: VADConfig, dim: int, labels: dict):
+        super().__init__()
+        self.cfg = cfg
+        self.name = cfg.name
+        self.layer = cfg.layer
+        if cfg.hidden_dim is None:
+            self.head = nn.Linear(dim, 1)
+        else:
+            self.head = nn.Sequential(nn.Linear(dim, cfg.hidden_dim), nn.GELU(), nn.Linear(cfg.hidden_dim, 1))
+        pos_weight = None if cfg.pos_weight is None else torch.tensor(float(cfg.pos_weight))
+        self.register_buffer("pos_weight", pos_weight, persistent=False)  # from the config
+
+    @classmethod
+    def fit_labels(cls, cfg: VADConfig, train_utts: list, exp_dir: str | Path) -> dict:
+        """VAD has no label space to fit."""
+        return {}
+
+    def collate(self, utts: list) -> Targets:
+        """Utterances → Targets(values (B,T') float 0/1, lens (B,) frames, present (B,))."""
+        counts = [encoder_frames(round(u.duration * SAMPLE_RATE)) for u in utts]
+        values = torch.zeros(len(utts), max(counts, default=0), dtype=torch.float32)
+        present = torch.tensor([u.speech is not None for u in utts], dtype=torch.bool)
+        for i, (u, n) in enumerate(zip(utts, counts)):
+            if u.speech is not None:
+                values[i, :n] = frame_labels(u.speech, n)
+        return Targets(values=values, lens=torch.tensor(counts, dtype=torch.long), present=present)
+
+    def forward(self, h: torch.Tensor, h_lens: torch.Tensor) -> torch.Tensor:
+        """h (B,T,D), h_lens (B,) → speech logits (B,T)."""
+        return self.head(h).squeeze(-1)
+
+    @staticmethod
+    def speech_probs(logits: torch.Tensor) -> torch.Tensor:
+        """logits (B,T) → speech probabilities (B,T)."""
+        return torch.sigmoid(logits)
+
+    def _valid(self, logits: torch.Tensor, h_lens: torch.Tensor, targets: Targets):
+        """(labels (B,T) aligned to the logits, mask (B,T) of frames that count)."""
+        t = logits.shape[1]
+        labels = targets.values[:, :t]
+        labels = F.pad(labels, (0, t - labels.shape[1]))
+        lens = torch.minimum(h_lens.to(targets.lens.device), targets.lens)
+        mask = (torch.arange(t, device=logits.device)[None, :] < lens[:, None]) & targets.present[:, None]
+        return labels.to(logits.dtype), mask
+
+    def loss(self, logits: torch.Tensor, h_lens: torch.Tensor, targets: Targets) -> torch.Tensor:
+        """BCE-with-logits averaged over the valid frames of present rows."""
+        labels, mask = self._valid(logits, h_lens, targets)
+        if not mask.any():
+            return zero_loss(logits)
+        bce = F.binary_cross_entropy_with_logits(
+            logits[mask].float(), labels[mask].float(), pos_weight=self.pos_weight, reduction="sum"
+        )
+        return bce / mask.sum()
+
+    def metrics(
+        self, logits: torch.Tensor, h_lens: torch.Tensor, targets: Targets
+    ) -> dict[str, tuple[float, float]]:
+        """Frame counts: `precision` (TP, TP+FP), `recall` (TP, TP+FN), `f1` (2TP, 2TP+FP+FN),
+        `accuracy` (correct, frames)."""
+        labels, mask = self._valid(logits.detach(), h_lens, targets)
+        pred = self.speech_probs(logits.detach()) > self.cfg.threshold
+        truth = labels > 0.5
+        tp = float((pred & truth & mask).sum())
+        fp = float((pred & ~truth & mask).sum())
+        fn = float((~pred & truth & mask).sum())
+        frames = float(mask.sum())
+        return {
+            "precision": (tp, tp + fp),
+            "recall": (tp, tp + fn),
+            "f1": (2 * tp, 2 * tp + fp + fn),
+            "accuracy": (frames - fp - fn, frames),
+        }

@@ -1,0 +1,1 @@
+"""The mtspeech inference server (FastAPI)."""

@@ -1,0 +1,71 @@
+"""Server settings and the limits they impose: stream slots, sizes, durations, API key."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+from starlette.requests import HTTPConnection
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Everything the server is configured with (the `mtspeech serve` flags).
+
+    `max_streams` bounds open WebSocket streams and in-flight HTTP transcriptions together;
+    past it, WebSockets are closed with code 1013 and HTTP answers 503.
+    """
+
+    max_streams: int = 64
+    max_batch_size: int = 16
+    max_wait_ms: float = 10.0
+    max_frame_bytes: int = 256 * 1024  # one WebSocket binary frame
+    max_upload_bytes: int = 50 * 1024 * 1024
+    max_stream_seconds: float = 3600.0  # audio per WebSocket stream
+    max_file_seconds: float = 3600.0
+    idle_timeout_s: float = 30.0  # no message from the client for this long ends the stream
+    min_sample_rate: int = 8000
+    max_sample_rate: int = 96000
+    api_key: str | None = None
+    shutdown_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        for name in ("max_streams", "max_batch_size", "max_frame_bytes", "max_upload_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)}: expected >= 1")
+        for name in ("max_stream_seconds", "max_file_seconds", "idle_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}={getattr(self, name)}: expected a positive number of seconds")
+        if self.max_wait_ms < 0:
+            raise ValueError(f"max_wait_ms={self.max_wait_ms}: expected >= 0")
+
+
+def authorized(conn: HTTPConnection, api_key: str | None) -> bool:
+    """True when no key is configured, or the request carries it (Bearer header or ?api_key=)."""
+    if api_key is None:
+        return True
+    given = conn.query_params.get("api_key")
+    header = conn.headers.get("authorization", "")
+    if header.lower().startswith("bearer "):
+        given = header[7:].strip()
+    return given is not None and secrets.compare_digest(given.encode(), api_key.encode())
+
+
+class StreamSlots:
+    """A non-blocking counter of open streams: `try_acquire` fails instead of queueing.
+
+    Used only from the event loop thread, so plain integers suffice.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.in_use = 0
+
+    def try_acquire(self) -> bool:
+        if self.in_use >= self.capacity:
+            return False
+        self.in_use += 1
+        return True
+
+    def release(self) -> None:
+        self.in_use = max(0, self.in_use - 1)

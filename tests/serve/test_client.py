@@ -1,0 +1,84 @@
+"""`mtspeech.client` against a live server, and local decoding from a real checkpoint file."""
+
+from __future__ import annotations
+
+import argparse
+import io
+
+import pytest
+import torch
+
+from mtspeech import client
+from mtspeech.streaming import StreamingConfig, StreamingRecognizer
+from serve.app import create_app
+from serve_helpers import live_server, reference_text, signal, wav_bytes
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A randomly initialised model saved the way training saves it (config + labels + weights)."""
+    from mtspeech.data.manifest import Utterance
+    from mtspeech.experiment import build_model, experiment_from_dict, experiment_to_dict, fit_labels
+
+    tmp = tmp_path_factory.mktemp("ckpt")
+    exp = experiment_from_dict({
+        "exp_dir": str(tmp), "data": {"train": "unused.jsonl"},
+        "encoder": {"kind": "conformer", "dim": 32, "layers": 2, "heads": 2, "conv_kernel": 5, "dropout": 0.0},
+        "tasks": {"asr": {"kind": "ctc", "vocab_size": 40, "dropout": 0.0}, "vad": {"kind": "vad"}},
+    })
+    texts = ["HELLO WORLD", "THE QUICK BROWN FOX JUMPS OVER THE LAZY DOG", "STREAMING SPEECH IS FUN"]
+    utts = [Utterance(id=str(i), audio="x.wav", duration=1.0, text=t) for i, t in enumerate(texts)]
+    torch.manual_seed(0)
+    labels = fit_labels(exp, utts)
+    model = build_model(exp, labels)
+    path = tmp / "model.pt"
+    torch.save({"model": model.state_dict(), "config": experiment_to_dict(exp), "labels": labels}, path)
+    return path
+
+
+def test_transcribe_files_through_the_server(recognizer, tmp_path):
+    wavs = [signal(1.2, seed=k) for k in range(2)]
+    paths = []
+    for k, w in enumerate(wavs):
+        paths.append(tmp_path / f"{k}.wav")
+        paths[-1].write_bytes(wav_bytes(w))
+    out = io.StringIO()
+    with live_server(create_app(recognizer)) as (addr, _):
+        results = client.transcribe_files(f"http://{addr}", paths, realtime=False, out=out)
+        paced = client.transcribe_files(f"ws://{addr}", paths[:1], realtime=True, frame_ms=200, out=io.StringIO())
+    for w, r in zip(wavs, results):
+        assert r.text == reference_text(recognizer, w, endpointing=True) != "" and not r.errors
+    assert paced[0].text == results[0].text
+    printed = out.getvalue()
+    assert " ... " in printed and f"{paths[0]} [" in printed
+
+
+def test_local_decoding_and_server_from_checkpoint(checkpoint, tmp_path):
+    wav = signal(1.5, seed=4)
+    path = tmp_path / "a.wav"
+    path.write_bytes(wav_bytes(wav))
+    cfg = StreamingConfig(chunk_frames=4, left_chunks=3)
+    rec = StreamingRecognizer.from_checkpoint(checkpoint, cfg)
+    expected = reference_text(rec, wav, endpointing=True)
+    assert expected, "the random model should emit some pieces"
+    local = client.transcribe_local(checkpoint, [path], streaming=cfg, out=io.StringIO())
+    assert local[0].text == expected
+    # the real sentencepiece tokenizer's detokenisation matches the recognizer's word assembly
+    finals = rec.transcribe(wav, endpointing=False)
+    assert finals[0].text == rec.tokenizer.decode(list(finals[0].tokens)).strip()
+    with live_server(create_app(checkpoint, streaming=cfg)) as (addr, _):
+        remote = client.transcribe_files(f"ws://{addr}", [path], out=io.StringIO())
+    assert remote[0].text == expected
+
+
+def test_cli_arguments_parse():
+    from serve import app as serve_app
+
+    p = argparse.ArgumentParser()
+    client.add_arguments(p)
+    args = p.parse_args(["a.wav", "--server", "ws://127.0.0.1:1", "--realtime"])
+    assert args.realtime and args.files == ["a.wav"]
+    p = argparse.ArgumentParser()
+    serve_app.add_arguments(p)
+    args = p.parse_args(["--model", "m.pt", "--max-streams", "3", "--endpoint-mode", "blank"])
+    assert args.max_streams == 3 and args.port == 8000 and args.host == "127.0.0.1"

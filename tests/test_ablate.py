@@ -1,0 +1,185 @@
+"""The ablation grid: variant resolution, resuming an interrupted grid, the report and its plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mtspeech.ablate import Run, build_report, load_grid, nest, plan_runs, run_config, run_grid
+from mtspeech.config import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_recipe(manifests: dict) -> dict:
+    """All four tasks on a 2-layer, 32-dim model; a couple of seconds per run."""
+    return {
+        "exp_dir": "unused",
+        "data": {"train": str(manifests["train"]), "dev": str(manifests["dev"]), "max_batch_seconds": 8.0,
+                 "num_workers": 0, "cmvn_utterances": 10, "speed_perturb": None},
+        "encoder": {"kind": "conformer", "input_dim": 80, "dim": 32, "layers": 2, "heads": 2,
+                    "conv_kernel": 5, "dropout": 0.0, "max_chunk_frames": 4},
+        "tasks": {
+            "asr": {"kind": "ctc", "label": "text", "layer": -1, "vocab_size": 30},
+            "phones": {"kind": "ctc", "label": "phones", "layer": 0, "weight": 0.3},
+            "speaker": {"kind": "speaker", "layer": 0, "weight": 0.3},
+            "vad": {"kind": "vad", "layer": 0, "weight": 0.3},
+        },
+        "optim": {"lr": 3e-3, "warmup_steps": 2},
+        "train": {"epochs": 5, "log_every_steps": 1, "average_best": 1},
+    }
+
+
+def tiny_grid(manifests: dict) -> dict:
+    return {
+        "recipe": tiny_recipe(manifests),
+        "seeds": [0, 1],
+        "baseline": "asr_only",
+        "test": {"test": str(manifests["test"]), "test-unseen": str(manifests["test-unseen"])},
+        "shared": {"train.epochs": 2},
+        "evaluate": {"decoder": "greedy"},
+        "variants": {
+            "asr_only": {"tasks": {"phones": None, "speaker": None, "vad": None}},
+            "+speaker_adv": {"tasks": {"phones": None, "vad": None}, "tasks.speaker.adversarial": True},
+        },
+    }
+
+
+def events(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+
+
+def test_variants_merge_dotted_and_nested_overrides_and_null_removes_tasks(prepared_manifests, tmp_path):
+    assert nest({"a.b": 1, "a": {"c.d": 2}, "x": None}) == {"a": {"b": 1, "c": {"d": 2}}, "x": None}
+    grid = load_grid(tiny_grid(prepared_manifests))
+    base = run_config(grid, "asr_only", 1, tmp_path / "r")
+    assert list(base["tasks"]) == ["asr"]
+    assert base["train"]["seed"] == 1 and base["train"]["epochs"] == 2 and base["exp_dir"] == str(tmp_path / "r")
+    adv = run_config(grid, "+speaker_adv", 0, tmp_path / "r")
+    assert set(adv["tasks"]) == {"asr", "speaker"} and adv["tasks"]["speaker"]["adversarial"] is True
+    with pytest.raises(ConfigError, match="nope"):
+        load_grid(tiny_grid(prepared_manifests), variants=["nope"])
+    bad = tiny_grid(prepared_manifests)
+    bad["variants"]["typo"] = {"tasks.asr.vocab_sise": 3}
+    with pytest.raises(ConfigError, match="typo"):
+        plan_runs(load_grid(bad), tmp_path / "out")
+    # a run planned with one config refuses to continue under another
+    plan_runs(grid, tmp_path / "out2")
+    changed = tiny_grid(prepared_manifests)
+    changed["shared"]["train.epochs"] = 3
+    with pytest.raises(ConfigError, match="train.epochs"):
+        plan_runs(load_grid(changed), tmp_path / "out2")
+
+
+def test_demo_grid_resolves_every_variant(tmp_path):
+    grid = load_grid(REPO / "recipes" / "synthetic" / "ablation.yaml")
+    assert len(grid.variants) >= 4 and len(grid.seeds) >= 2 and grid.baseline in grid.variants
+    runs = plan_runs(grid, tmp_path / "demo")
+    assert len(runs) == len(grid.variants) * len(grid.seeds)
+    tasks = {r.variant: set(json.loads((r.dir / "run.json").read_text())["config"]["tasks"]) for r in runs}
+    assert len(tasks[grid.baseline]) == 1  # the baseline is ASR alone
+
+
+def _fake_run(root: Path, variant: str, seed: int, errors: list[int]) -> Run:
+    run = Run(variant, seed, root / variant / f"seed{seed}")
+    path = run.dir / "eval" / "test" / "hypotheses.jsonl"
+    path.parent.mkdir(parents=True)
+    path.write_text("".join(json.dumps({"id": f"u{i}", "asr": {"errors": e, "ref_words": 10, "char_errors": e,
+                                                                "ref_chars": 50}}) + "\n"
+                            for i, e in enumerate(errors)))
+    return run
+
+
+@pytest.mark.parametrize("shift", [-3, 3])
+def test_bootstrap_reports_either_sign(tmp_path, shift):
+    """Nothing assumes auxiliary tasks help: a worse variant comes out worse, a better one better."""
+    from mtspeech.ablate import paired_seed_bootstrap
+
+    base = [5, 4, 6, 5, 7, 4, 5, 6, 5, 4] * 3
+    pairs = [(_fake_run(tmp_path, "base", k, base), _fake_run(tmp_path, "v", k, [e + shift for e in base]))
+             for k in (0, 1)]
+    res = paired_seed_bootstrap(pairs, "test", "asr", "wer")
+    assert res["delta"] == pytest.approx(shift / 10)
+    assert res["p_value"] < 0.05 and (res["ci_high"] < 0 if shift < 0 else res["ci_low"] > 0)
+    assert res["utterances"] == len(base) and res["seeds_paired"] == [0, 1]
+
+
+class Crash(Exception):
+    pass
+
+
+@pytest.mark.slow
+def test_interrupted_grid_resumes_without_retraining_and_reports(prepared_manifests, tmp_path, monkeypatch):
+    from mtspeech.train import Trainer
+
+    out = tmp_path / "grid"
+    spec = tiny_grid(prepared_manifests)
+
+    # 1) only the baseline, and its seed-1 run dies after epoch 1 of 2 (last.pt written, no final.pt)
+    original = Trainer._keep_best
+
+    def dying(self, results):
+        original(self, results)
+        if self.exp_dir.name == "seed1" and self.epoch == 1:
+            raise Crash("killed")
+
+    monkeypatch.setattr(Trainer, "_keep_best", dying)
+    first = run_grid(load_grid(spec, variants=["asr_only"]), out, jobs=1)
+    monkeypatch.setattr(Trainer, "_keep_best", original)
+    assert list(first["failed"]) == ["asr_only/seed1"]
+    done = Run("asr_only", 0, out / "runs" / "asr_only" / "seed0")
+    half = Run("asr_only", 1, out / "runs" / "asr_only" / "seed1")
+    assert done.done(spec["test"]) and half.state(spec["test"]) == "resume"
+    mtime = (done.dir / "final.pt").stat().st_mtime_ns
+    half_steps = len((half.dir / "train_log.jsonl").read_text().splitlines())
+
+    # 2) the whole grid, two worker subprocesses: the finished run is skipped, the half one resumed
+    report = run_grid(load_grid(spec), out, jobs=2)
+    assert not report["failed"]
+    assert (done.dir / "final.pt").stat().st_mtime_ns == mtime
+    actions = {(e["run"], e["event"]) for e in events(out)}
+    assert ("asr_only/seed0", "skip") in actions and ("asr_only/seed0", "train") in actions
+    assert ("asr_only/seed1", "resume") in actions
+    assert [e["event"] for e in events(out) if e["run"] == "asr_only/seed0"].count("train") == 1
+    steps = [json.loads(line)["step"] for line in (half.dir / "train_log.jsonl").read_text().splitlines()]
+    assert len(steps) == len(set(steps)) > half_steps  # resumed after epoch 1, nothing redone
+    assert steps == sorted(steps)
+
+    # 3) a third call has nothing left to do
+    run_grid(load_grid(spec), out, jobs=1)
+    last = events(out)[-4:]
+    assert all(e["event"] == "skip" for e in last)
+
+    # the report: a table per split, bootstrap against the baseline, plots whose sidecars hold the table
+    results = json.loads((out / "results.json").read_text())
+    assert len(results["runs_finished"]) == 4
+    for split in ("test", "test-unseen"):
+        sec = results["splits"][split]
+        wer = sec["table"]["asr_only"]["asr/wer"]
+        assert wer["n"] == 2 and len(wer["values"]) == 2
+        assert wer["ci_low"] <= wer["mean"] <= wer["ci_high"]
+        for metric in ("wer", "cer"):
+            boot = sec["bootstrap"][metric]["+speaker_adv"]
+            assert 0.0 <= boot["p_value"] <= 1.0 and boot["seeds_paired"] == [0, 1]
+            assert boot["delta"] == pytest.approx(boot["variant"] - boot["baseline"])
+            # the pooled rate is the mean over seeds of the per-seed rates (same references per seed)
+            assert boot["baseline"] == pytest.approx(sec["table"]["asr_only"][f"asr/{metric}"]["mean"])
+            assert boot["variant"] == pytest.approx(sec["table"]["+speaker_adv"][f"asr/{metric}"]["mean"])
+        sidecar = json.loads((out / "plots" / f"{split}_asr.json").read_text())
+        for variant, row in sec["table"].items():
+            for metric in ("asr/wer", "asr/cer"):
+                assert sidecar["metrics"][metric][variant]["mean"] == pytest.approx(row[metric]["mean"])
+                assert sidecar["metrics"][metric][variant]["values"] == row[metric]["values"]
+        speaker_plot = json.loads((out / "plots" / f"{split}_speaker.json").read_text())
+        assert speaker_plot["variants"] == ["+speaker_adv"]  # only variants that have the task
+        assert (out / "plots" / f"{split}_asr.png").stat().st_size > 0
+    curves = json.loads((out / "plots" / "train_asr_loss.json").read_text())
+    assert set(next(iter(curves["panels"].values()))) == {"asr_only", "+speaker_adv"}
+    md = (out / "report.md").read_text()
+    assert "+speaker_adv" in md and "p" in md and "plots/test_asr.png" in md
+
+    # rebuilding the report from disk alone gives the same numbers
+    again = build_report(load_grid(spec), out)
+    assert again["splits"]["test"]["table"] == results["splits"]["test"]["table"]

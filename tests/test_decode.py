@@ -1,0 +1,159 @@
+"""Decoding (greedy, beam, word times) and n-gram LM building on hand-built cases."""
+
+import math
+
+import pytest
+import torch
+
+from mtspeech.decode import BeamSearchDecoder, GreedyDecoder, add_word_times, build_decoder, word_alignments
+from mtspeech.lm import ArpaLM, build_lexicon, build_ngram_lm
+
+PIECES = ["<blank>", "<unk>", "▁THE", "▁CAT", "▁C", "AT", "S", "▁SAT", "▁MAT", "▁ON", "▁HAT"]
+
+
+class PieceTokenizer:
+    """A hand-built sentencepiece look-alike: greedy longest-match encoding."""
+
+    vocab_size = len(PIECES)
+
+    def id_to_piece(self, i):
+        return PIECES[i]
+
+    def decode(self, ids):
+        return "".join(PIECES[i] for i in ids).replace("▁", " ").strip()
+
+    def encode(self, text):
+        ids = []
+        for word in text.split():
+            rest = "▁" + word
+            while rest:
+                i = max((j for j in range(2, len(PIECES)) if rest.startswith(PIECES[j])),
+                        key=lambda j: len(PIECES[j]), default=1)
+                ids.append(i)
+                rest = rest[len(PIECES[i]):] if i != 1 else ""
+        return ids
+
+
+TOK = PieceTokenizer()
+V = len(PIECES)
+
+
+def peaked(path, floor=-8.0):
+    """(T, V) log-probs whose argmax follows `path` (one token id per frame)."""
+    lp = torch.full((len(path), V), floor)
+    for t, tok in enumerate(path):
+        lp[t, tok] = 0.0
+    return lp.log_softmax(-1)
+
+
+def test_greedy_collapses_repeats_and_blanks_and_respects_lens():
+    path = [2, 2, 0, 3, 3, 0, 3, 6, 0, 7]
+    lp = torch.stack([peaked(path), peaked(path)])
+    hyps = GreedyDecoder(TOK).decode(lp, torch.tensor([10, 4]))
+    assert hyps[0].tokens == [2, 3, 3, 6, 7]
+    assert hyps[0].token_frames == [0, 3, 6, 7, 9]
+    assert hyps[0].text == "THE CAT CATS SAT"
+    assert hyps[1].tokens == [2, 3] and hyps[1].token_frames == [0, 3]
+    assert hyps[0].score == pytest.approx(float(lp[0].max(-1).values.sum()))
+
+
+def test_beam_never_worse_than_greedy_on_random_peaked_log_probs():
+    gen = torch.Generator().manual_seed(0)
+    greedy = GreedyDecoder(TOK)
+    beam = BeamSearchDecoder(TOK, beam_size=8)
+    logits = torch.randn(6, 40, V, generator=gen) * 3
+    logits[..., 0] += 2  # blank-heavy, like a trained CTC model
+    lp = logits.log_softmax(-1)
+    lens = torch.tensor([40, 40, 33, 25, 12, 1])
+    for g, b in zip(greedy.decode(lp, lens), beam.decode(lp, lens)):
+        assert b.score >= g.score - 1e-4
+    # strongly peaked: beam and greedy agree on text and timing
+    sharp = (logits * 10).log_softmax(-1)
+    for g, b in zip(greedy.decode(sharp, lens), beam.decode(sharp, lens)):
+        assert b.text == g.text and b.tokens == g.tokens
+        assert b.token_frames == g.token_frames
+        assert b.score == pytest.approx(g.score, abs=1e-3)
+
+
+def test_beam_prefix_sum_beats_best_path_where_greedy_misses():
+    # Two frames; per frame "▁CAT" 0.4, blank 0.35, "▁MAT" 0.25 (rest tiny).
+    # Greedy: "CAT CAT"? no: argmax path CAT,CAT -> "CAT" with p .16.  Prefix "CAT" also
+    # gets CAT-blank and blank-CAT: .16 + .14 + .14 = .44. Sum scoring keeps that mass.
+    p = torch.full((2, V), 1e-6)
+    p[:, 3], p[:, 0], p[:, 8] = 0.4, 0.35, 0.25
+    lp = (p / p.sum(-1, keepdim=True)).log()[None]
+    hyp = BeamSearchDecoder(TOK, beam_size=5, log_add=True).decode(lp, torch.tensor([2]))[0]
+    assert hyp.text == "CAT"
+    assert math.exp(hyp.score) == pytest.approx(0.16 + 0.14 + 0.14, rel=1e-3)
+
+
+def test_build_decoder_registry():
+    assert isinstance(build_decoder("greedy", TOK), GreedyDecoder)
+    assert isinstance(build_decoder("beam", TOK, beam_size=4), BeamSearchDecoder)
+    with pytest.raises(ValueError, match="unknown decoder kind"):
+        build_decoder("viterbi", TOK)
+
+
+def test_word_alignments_times_and_confidence():
+    path = [0, 2, 2, 0, 0, 3, 6, 0, 7, 7, 7, 0]
+    lp = peaked(path)
+    words = word_alignments(lp, [2, 3, 6, 7], TOK, frame_shift_s=0.04)
+    assert [w.word for w in words] == ["THE", "CATS", "SAT"]
+    assert [round(w.start, 2) for w in words] == [0.04, 0.20, 0.32]
+    assert [round(w.end, 2) for w in words] == [0.12, 0.28, 0.44]
+    assert all(0.99 < w.confidence <= 1.0 for w in words)
+    # a flat frame lowers that word's confidence only
+    lp[9] = torch.full((V,), -math.log(V))
+    words2 = word_alignments(lp, [2, 3, 6, 7], TOK)
+    assert words2[2].confidence < 0.8 and words2[0].confidence > 0.99
+    assert word_alignments(lp, [], TOK) == []
+    # batch helper: padded frames beyond lens are ignored
+    batch = torch.stack([peaked(path), torch.cat([peaked(path[:6]), peaked([2] * 6)])])
+    lens = torch.tensor([12, 6])
+    hyps = add_word_times(GreedyDecoder(TOK).decode(batch, lens), batch, lens, TOK)
+    assert [w.word for w in hyps[0].words] == ["THE", "CATS", "SAT"]
+    assert [w.word for w in hyps[1].words] == ["THE", "CAT"] and hyps[1].words[-1].end <= 6 * 0.04
+
+
+TEXTS = ["THE CAT SAT ON THE MAT", "THE CATS SAT", "THE CAT SAT", "THE HAT SAT ON THE CAT"]
+
+
+def test_arpa_parses_back_and_every_context_sums_to_one(tmp_path):
+    path = build_ngram_lm(TEXTS, order=3, out_path=tmp_path / "lm.arpa")
+    lm = ArpaLM.load(path)
+    assert lm.order == 3 and {"THE", "</s>", "<unk>", "<s>"} <= set(lm.vocab)
+    predicted = [w for w in lm.vocab if w != "<s>"]
+    contexts = [(), ("THE",), ("<s>",), ("SAT",), ("MAT",), ("THE", "CAT"), ("<s>", "THE"), ("ON", "HAT")]
+    for h in contexts:
+        total = sum(10 ** lm.log10_prob(w, h) for w in predicted)
+        assert total == pytest.approx(1.0, abs=1e-4), h
+    # seen continuations beat unseen ones
+    assert lm.log10_prob("CAT", ["THE"]) > lm.log10_prob("SAT", ["THE"])
+    assert lm.log10_prob("ZEBRA") == lm.log10_prob("<unk>")
+
+
+def test_arpa_matches_kenlm_when_installed(tmp_path):
+    kenlm = pytest.importorskip("kenlm")
+    path = build_ngram_lm(TEXTS, order=3, out_path=tmp_path / "lm.arpa")
+    ours, theirs = ArpaLM.load(path), kenlm.Model(str(path))
+    for s in ["THE CAT SAT ON THE HAT", "SAT THE", "THE DOG SAT"]:
+        assert ours.sentence_log10_prob(s.split()) == pytest.approx(theirs.score(s), abs=1e-4)
+
+
+def test_lm_beam_picks_the_word_the_lm_prefers(tmp_path):
+    # Acoustics say "THE ?AT SAT" with "▁CAT" and "▁HAT" almost tied (HAT a bit ahead);
+    # the LM saw "THE CAT SAT" many times, never "THE HAT SAT".
+    lm = build_ngram_lm(["THE CAT SAT"] * 5 + ["THE HAT"], order=2, out_path=tmp_path / "lm.arpa")
+    lex = build_lexicon(["THE", "CAT", "HAT", "SAT"], TOK, tmp_path / "lex.txt")
+    assert "CAT\t▁CAT" in lex.read_text()
+    lp = peaked([2, 0, 10, 0, 7])
+    lp[2, 3] = lp[2, 10] - 0.2
+    lp = lp.log_softmax(-1)[None]
+    lens = torch.tensor([5])
+    assert GreedyDecoder(TOK).decode(lp, lens)[0].text == "THE HAT SAT"
+    with_lm = BeamSearchDecoder(TOK, beam_size=8, lm=lm, lexicon=lex, lm_weight=1.0)
+    assert with_lm.decode(lp, lens)[0].text == "THE CAT SAT"
+    # the lexicon is derived from the LM when not given
+    auto = BeamSearchDecoder(TOK, beam_size=8, lm=lm, lm_weight=1.0)
+    assert auto.decode(lp, lens)[0].text == "THE CAT SAT"
+    assert (tmp_path / "lm.lexicon.txt").exists()

@@ -1,0 +1,275 @@
+"""StreamingRecognizer: streamed == offline (same chunk mask), batching invariance, endpointing.
+
+A tiny randomly initialised model: "correct" means token-for-token equal to decoding the
+whole utterance offline with the same chunk configuration (chunk-masked full forward +
+greedy CTC, `CTCTask.greedy_decode`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torchaudio
+
+from mtspeech.data.features import Fbank, GlobalCMVN
+from mtspeech.encoders import ConformerConfig, ConformerEncoder
+from mtspeech.endpoint import EndpointConfig, Endpointer
+from mtspeech.model import MultiTaskModel
+from mtspeech.streaming import FinalEvent, PartialEvent, StreamingConfig, StreamingRecognizer, StreamResampler
+from mtspeech.tasks.ctc import CTCConfig, CTCTask
+from mtspeech.tasks.vad import VADConfig, VADTask
+
+# Tiny models on 2 shared cores: one intra-op thread is ~100x faster than contended pools.
+torch.set_num_threads(1)
+
+PIECES = ["<blank>", "<unk>", "\u2581A", "\u2581B", "C", "D", "\u2581E", "F", "\u2581G", "H", "I", "\u2581J"]
+CHUNK, LEFT = 4, 3
+
+
+class PieceTable:
+    """A fixed piece list standing in for a sentencepiece model."""
+
+    blank_id = 0
+
+    def id_to_piece(self, i: int) -> str:
+        return PIECES[i]
+
+
+def tiny_model(seed: int = 0) -> MultiTaskModel:
+    torch.manual_seed(seed)
+    enc = ConformerEncoder(ConformerConfig(dim=32, layers=2, heads=2, conv_kernel=5, dropout=0.0,
+                                           dynamic_chunk=False))
+    ctc = CTCTask(CTCConfig(name="asr", vocab_size=len(PIECES), dropout=0.0), 32,
+                  {"label": "text", "vocab_size": len(PIECES)})
+    vad = VADTask(VADConfig(), 32, {})
+    cmvn = GlobalCMVN(80)
+    cmvn.set_stats(torch.full((80,), -6.0), torch.full((80,), 4.0))
+    return MultiTaskModel(Fbank(), cmvn, enc, {"asr": ctc, "vad": vad}, "asr").eval()
+
+
+def tiny_recognizer(endpoint: EndpointConfig | None = None, seed: int = 0) -> StreamingRecognizer:
+    cfg = StreamingConfig(chunk_frames=CHUNK, left_chunks=LEFT, endpoint=endpoint or EndpointConfig())
+    return StreamingRecognizer(tiny_model(seed), PieceTable(), cfg)
+
+
+def signal(seconds: float, seed: int = 0, rate: int = 16000) -> np.ndarray:
+    """Noise bursts with a moving tone: enough structure to make a random model emit tokens."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * rate)) / rate
+    env = 0.5 + 0.5 * np.sin(2 * np.pi * 1.3 * t + seed)
+    x = 0.3 * env * np.sin(2 * np.pi * (300 + 200 * np.sin(2 * np.pi * 0.7 * t)) * t)
+    return (x + 0.05 * rng.standard_normal(len(t))).astype(np.float32)
+
+
+def offline_tokens(rec: StreamingRecognizer, wav: np.ndarray) -> list[int]:
+    """Reference: chunk-masked full forward + greedy CTC on the whole utterance."""
+    model = rec.model
+    with torch.inference_mode():
+        feats, lens = model.features(torch.from_numpy(wav)[None], torch.tensor([len(wav)]))
+        enc = model.encoder(feats, lens, chunk_frames=CHUNK, left_chunks=LEFT)
+        logits = model.tasks["asr"](enc.layers[-1], enc.lens)
+    return CTCTask.greedy_decode(logits, enc.lens)[0]
+
+
+def feed_randomly(rec, stream, wav, rng, rate=16000, step_when_ready=True):
+    """Accept `wav` in random 20-100 ms pieces, stepping whenever a chunk is ready."""
+    i = 0
+    while i < len(wav):
+        n = int(rng.integers(20, 101) * rate / 1000)
+        rec.accept(stream, wav[i : i + n])
+        i += n
+        while step_when_ready and rec.ready(stream):
+            rec.step([stream])
+
+
+def finals_of(events) -> list[FinalEvent]:
+    return [e for e in events if isinstance(e, FinalEvent)]
+
+
+def test_streamed_equals_offline_decoding():
+    rec = tiny_recognizer()
+    wav = signal(3.0)
+    ref = offline_tokens(rec, wav)
+    assert len(ref) >= 5, "the random model should emit tokens for the test to mean anything"
+    s = rec.new_stream(endpointing=False)
+    feed_randomly(rec, s, wav, np.random.default_rng(1))
+    rec.finish(s)
+    events = rec.events(s)
+    finals = finals_of(events)
+    assert len(finals) == 1 and finals[0].reason == "eos"
+    assert list(finals[0].tokens) == ref
+    assert any(isinstance(e, PartialEvent) for e in events)
+    words = finals[0].words
+    assert finals[0].text == " ".join(w.word for w in words)
+    assert all(0 <= w.start < w.end <= 3.0 + 1e-6 and 0 < w.confidence <= 1 for w in words)
+    assert [w.start for w in words] == sorted(w.start for w in words)
+    # the whole-recording helper agrees
+    assert list(rec.transcribe(wav, endpointing=False)[0].tokens) == ref
+
+
+def test_batched_streams_at_different_progress_equal_one_by_one():
+    rec = tiny_recognizer()
+    wavs = [signal(2.0 + 0.37 * k, seed=k) for k in range(3)]
+    alone = [rec.transcribe(w, endpointing=False)[0] for w in wavs]
+    streams = [rec.new_stream(endpointing=False) for _ in wavs]
+    # Stream k starts k * 0.5 s late, so the batch mixes caches at different positions.
+    pos, piece = [0, 0, 0], 800
+    for tick in range(400):
+        for k, (s, w) in enumerate(zip(streams, wavs)):
+            if tick >= 12 * k and pos[k] < len(w):
+                rec.accept(s, w[pos[k] : pos[k] + piece])
+                pos[k] += piece
+        ready = [s for s in streams if rec.ready(s)]
+        if ready:
+            rec.step(ready)
+        if all(p >= len(w) for p, w in zip(pos, wavs)) and not ready:
+            break
+    for s in streams:
+        rec.finish(s)
+    batched = [finals_of(rec.events(s))[0] for s in streams]
+    for a, b in zip(alone, batched):
+        assert a.tokens == b.tokens
+        assert a.words == b.words
+
+
+def test_stream_resampler_matches_whole_signal_resampling():
+    rng = np.random.default_rng(0)
+    for rate in (8000, 22050, 44100, 48000):
+        x = rng.standard_normal(rate // 2 + 123).astype(np.float32)
+        ref = torchaudio.functional.resample(torch.from_numpy(x), rate, 16000).numpy()
+        r = StreamResampler(rate)
+        out, i = [], 0
+        while i < len(x):
+            n = int(rng.integers(1, 2000))
+            out.append(r.push(x[i : i + n]))
+            i += n
+        out.append(r.flush())
+        got = np.concatenate(out)
+        assert got.shape == ref.shape, rate
+        np.testing.assert_allclose(got, ref, atol=2e-5)
+
+
+def test_other_sample_rates_are_resampled():
+    rec = tiny_recognizer()
+    wav16 = signal(2.0)
+    wav8 = torchaudio.functional.resample(torch.from_numpy(wav16), 16000, 8000).numpy()
+    ref = rec.transcribe(torchaudio.functional.resample(torch.from_numpy(wav8), 8000, 16000).numpy(),
+                         endpointing=False)[0]
+    s = rec.new_stream(sample_rate=8000, endpointing=False)
+    feed_randomly(rec, s, wav8, np.random.default_rng(2), rate=8000)
+    rec.finish(s)
+    assert finals_of(rec.events(s))[0].tokens == ref.tokens
+
+
+class ScriptedVAD(torch.nn.Module):
+    """A VAD head that reads no audio: speech probability from a per-frame schedule (B=1)."""
+
+    layer = -1
+
+    def __init__(self, speech: np.ndarray):
+        super().__init__()
+        self.speech = speech
+        self.frame = 0
+
+    def forward(self, h, h_lens):
+        t = h.shape[1]
+        p = self.speech[self.frame : self.frame + t]
+        self.frame += t
+        return torch.from_numpy(np.where(p, 8.0, -8.0)).float()[None]
+
+    @staticmethod
+    def speech_probs(logits):
+        return torch.sigmoid(logits)
+
+
+def test_vad_endpointing_cuts_a_long_stream_into_utterances():
+    # 40 ms frames: speech 0-1.6 s, pause 1.6-3.2 s, speech 3.2-4.8 s, then silence to 7 s.
+    schedule = np.zeros(175, dtype=bool)
+    schedule[:40] = True
+    schedule[80:120] = True
+    rec = tiny_recognizer(EndpointConfig(mode="vad", rule2_trailing_silence_s=1.2))
+    rec.vad = ScriptedVAD(schedule)
+    s = rec.new_stream()
+    feed_randomly(rec, s, signal(7.0), np.random.default_rng(3))
+    rec.finish(s)
+    finals = finals_of(rec.events(s))
+    # Each pause is detected 1.2 s after speech stops (frame 40 + 30 frames, frame 120 + 30);
+    # the tail after 6.0 s is too short for rule 2 and is flushed by finish().
+    assert [(f.reason, f.detected_at) for f in finals[:2]] == [("rule2", pytest.approx(2.8)),
+                                                              ("rule2", pytest.approx(6.0))]
+    assert [f.reason for f in finals[2:]] in ([], ["eos"])
+    for a, b in zip(finals, finals[1:]):
+        assert a.end <= b.start and a.detected_at < b.detected_at
+    assert finals[-1].end <= 7.0
+
+
+def test_blank_endpointer_and_max_utterance_rule():
+    # A CTC head that only ever says blank: rule 1 resets, no final, nothing grows.
+    rec = tiny_recognizer(EndpointConfig(mode="blank", rule1_trailing_silence_s=0.8))
+    with torch.no_grad():
+        rec.asr.out.bias[0] = 1e4
+    s = rec.new_stream()
+    feed_randomly(rec, s, signal(3.0), np.random.default_rng(4))
+    rec.finish(s)
+    assert rec.events(s) == []
+    assert s._endpointer.utterance_frames < 20
+
+    # rule 3: VAD says speech all the time, so only the length limit cuts (every 1.0 s).
+    rec = tiny_recognizer(EndpointConfig(mode="vad", rule3_max_utterance_s=1.0))
+    rec.vad = ScriptedVAD(np.ones(200, dtype=bool))
+    s = rec.new_stream()
+    feed_randomly(rec, s, signal(4.0), np.random.default_rng(5))
+    finals = finals_of(rec.events(s))
+    assert [f.reason for f in finals] == ["rule3"] * 3
+    assert [f.detected_at for f in finals] == pytest.approx([1.0, 2.0, 3.0])
+
+
+def test_endpointer_rules():
+    ep = Endpointer(EndpointConfig(rule1_trailing_silence_s=1.0, rule2_trailing_silence_s=0.4,
+                                   rule3_max_utterance_s=2.0), frame_shift_s=0.04)
+    for _ in range(9):
+        ep.update(True)
+    assert ep.check(has_words=True) is None
+    ep.update(True)
+    assert ep.check(has_words=True) == "rule2" and ep.check(has_words=False) is None
+    for _ in range(15):
+        ep.update(True)
+    assert ep.check(has_words=False) == "rule1"
+    ep.reset()
+    for _ in range(50):
+        ep.update(False)
+    assert ep.check(has_words=True) == "rule3"
+    with pytest.raises(ValueError, match="endpoint.mode"):
+        EndpointConfig(mode="energy")
+
+
+def test_long_stream_memory_is_bounded():
+    rec = tiny_recognizer(EndpointConfig(rule3_max_utterance_s=2.0))
+    s = rec.new_stream()
+    wav = signal(1.0)
+    for _ in range(20):  # 20 s of audio
+        rec.accept(s, wav)
+        while rec.ready(s):
+            rec.step([s])
+        assert s._feats.shape[0] < rec.window_frames
+        assert len(s._samples) < 400 + 160
+        assert len(s._utt.tokens) <= 2.0 / 0.04
+    assert s._cache.keys.shape[3] == CHUNK * LEFT
+    assert len(finals_of(rec.events(s))) >= 8
+
+
+def test_misuse_is_reported():
+    rec = tiny_recognizer()
+    s = rec.new_stream()
+    with pytest.raises(ValueError, match="not ready"):
+        rec.step([s])
+    with pytest.raises(ValueError, match="NaN"):
+        rec.accept(s, np.array([0.0, np.nan], dtype=np.float32))
+    with pytest.raises(ValueError, match="mono"):
+        rec.accept(s, np.zeros((2, 10), dtype=np.float32))
+    rec.finish(s)
+    with pytest.raises(ValueError, match="finished"):
+        rec.accept(s, np.zeros(10, dtype=np.float32))
+    with pytest.raises(ValueError, match="sample_rate"):
+        rec.new_stream(sample_rate=0)

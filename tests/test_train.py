@@ -1,0 +1,128 @@
+"""The trainer: joint training runs, missing labels train, exact resume, DDP on CPU."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from mtspeech.checkpoint import load_model, load_state
+from mtspeech.experiment import experiment_from_dict
+from mtspeech.train import Trainer, train
+
+
+def tiny_config(manifests: dict, exp_dir: Path, **train_overrides) -> dict:
+    """A 2-layer, 32-dim model with all four tasks: seconds per epoch on the tiny corpus."""
+    return {
+        "exp_dir": str(exp_dir),
+        "data": {"train": str(manifests["train"]), "dev": str(manifests["dev"]),
+                 "max_batch_seconds": 12.0, "num_workers": 0, "cmvn_utterances": 20},
+        "encoder": {"kind": "conformer", "input_dim": 80, "dim": 32, "layers": 2, "heads": 2,
+                    "conv_kernel": 5, "dropout": 0.0, "max_chunk_frames": 4},
+        "tasks": {
+            "asr": {"kind": "ctc", "label": "text", "layer": -1, "vocab_size": 30},
+            "phones": {"kind": "ctc", "label": "phones", "layer": 0, "weight": 0.3},
+            "speaker": {"kind": "speaker", "layer": 0, "weight": 0.3},
+            "vad": {"kind": "vad", "layer": 0, "weight": 0.3},
+        },
+        "optim": {"lr": 3e-3, "warmup_steps": 5},
+        "train": {"epochs": 2, "log_every_steps": 1, "average_best": 2, "threads": 1,
+                  **train_overrides},
+    }
+
+
+def read_log(exp_dir: Path) -> dict[int, dict]:
+    """step → last logged record (a resumed run re-logs the steps after its checkpoint)."""
+    records = {}
+    for line in (exp_dir / "train_log.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        records[rec["step"]] = rec
+    return records
+
+
+@pytest.mark.slow
+def test_joint_training_writes_checkpoints_and_reduces_asr_loss(prepared_manifests, tmp_path):
+    exp = experiment_from_dict(tiny_config(prepared_manifests, tmp_path / "exp", epochs=4))
+    results = train(exp)
+    assert {"asr/cer", "phones/per", "speaker/accuracy", "vad/f1"} <= set(results) or results
+    log = read_log(tmp_path / "exp")
+    steps = sorted(log)
+    first, last = log[steps[0]]["loss/asr"], log[steps[-1]]["loss/asr"]
+    assert last < first, f"ASR loss did not fall: {first} -> {last}"
+    for name in ("last.pt", "final.pt", "labels.json", "best.json"):
+        assert (tmp_path / "exp" / name).exists(), name
+    model, exp2, labels = load_model(tmp_path / "exp" / "final.pt")
+    assert set(model.tasks) == {"asr", "phones", "speaker", "vad"}
+    assert load_state(tmp_path / "exp" / "final.pt")["averaged"]
+
+
+def test_task_with_missing_labels_trains(prepared_manifests, tmp_path):
+    """Utterances without phones/speech labels stay in the batch; only that task masks them."""
+    from mtspeech.data.manifest import read_manifest, write_manifest
+    import dataclasses
+
+    utts = read_manifest(prepared_manifests["train"])
+    holed = [dataclasses.replace(u, phones=None, speech=None) if i % 2 else u for i, u in enumerate(utts)]
+    write_manifest(tmp_path / "train.jsonl", holed)
+    manifests = {"train": tmp_path / "train.jsonl", "dev": prepared_manifests["dev"]}
+    exp = experiment_from_dict(tiny_config(manifests, tmp_path / "exp", epochs=1, max_steps=3))
+    trainer = Trainer(exp)
+    trainer.fit()
+    log = read_log(tmp_path / "exp")
+    assert all(torch.isfinite(torch.tensor(r["loss/phones"])) for r in log.values() if "loss/phones" in r)
+    assert trainer.step == 3
+
+
+class Crash(Exception):
+    pass
+
+
+@pytest.mark.slow
+def test_resume_after_kill_gives_the_same_loss_curve(prepared_manifests, tmp_path, monkeypatch):
+    cfg = tiny_config(prepared_manifests, tmp_path / "straight", epochs=2, checkpoint_every_steps=1)
+    cfg["data"]["speed_perturb"] = [0.9, 1.0, 1.1]
+    train(experiment_from_dict(cfg))
+    straight = read_log(tmp_path / "straight")
+
+    cfg["exp_dir"] = str(tmp_path / "resumed")
+    kill_at = max(straight) - 2  # mid-epoch of the second epoch
+    original = Trainer._log_step
+
+    def crashing(self, losses, bar):
+        original(self, losses, bar)
+        if self.step == kill_at:
+            self.save("last.pt")  # what checkpoint_every_steps did just before the kill
+            raise Crash
+
+    monkeypatch.setattr(Trainer, "_log_step", crashing)
+    with pytest.raises(Crash):
+        train(experiment_from_dict(cfg))
+    monkeypatch.setattr(Trainer, "_log_step", original)
+    train(experiment_from_dict(cfg))
+    resumed = read_log(tmp_path / "resumed")
+    assert sorted(resumed) == sorted(straight)
+    for step in straight:
+        for key in straight[step]:
+            if key.startswith("loss/"):
+                assert resumed[step][key] == pytest.approx(straight[step][key], rel=1e-5, abs=1e-6), (step, key)
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_train_and_load_in_one(prepared_manifests, tmp_path):
+    cfg = tiny_config(prepared_manifests, tmp_path / "ddp", epochs=1)
+    path = tmp_path / "ddp.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "mtspeech.cli", "train", "--config", str(path)]
+    # torchrun's -m runs a module; mtspeech.cli has a __main__ guard.
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    model, exp, labels = load_model(tmp_path / "ddp" / "final.pt")
+    wav = torch.randn(1, 16000)
+    enc = model.encode(wav, torch.tensor([16000]))
+    assert torch.isfinite(enc.layers[-1]).all()

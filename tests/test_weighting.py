@@ -1,0 +1,131 @@
+"""Loss weighting strategies: each moves its weights the way its paper says; exact resume."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mtspeech.weighting import (
+    WEIGHTINGS,
+    DWAWeighting,
+    PCGradWeighting,
+    UncertaintyWeighting,
+    WeightingConfig,
+    build_weighting,
+)
+
+NAMES = ["asr", "vad"]
+STATIC = {"asr": 1.0, "vad": 0.5}
+
+
+def test_registry_and_build():
+    assert set(WEIGHTINGS) == {"static", "uncertainty", "dwa", "pcgrad"}
+    assert isinstance(build_weighting({"kind": "dwa", "window_steps": 3}, NAMES, STATIC), DWAWeighting)
+    assert build_weighting(None, NAMES, STATIC).weights() == STATIC
+    with pytest.raises(ValueError, match="weighting.kind"):
+        build_weighting(WeightingConfig(kind="gradnorm"), NAMES, STATIC)
+
+
+def test_static_stays_put_and_skips_missing_tasks():
+    w = build_weighting(WeightingConfig(), NAMES, STATIC)
+    p = torch.nn.Parameter(torch.tensor(2.0))
+    for step in range(3):
+        total = w.backward({"asr": p * 3, "vad": p * 4}, [p], step)
+        assert total.item() == pytest.approx(2.0 * 3 + 0.5 * 2.0 * 4)
+    assert p.grad.item() == pytest.approx(3 * (3 + 0.5 * 4))  # accumulated over 3 calls
+    assert w.combine({"vad": p * 4}, 3).item() == pytest.approx(4.0)
+    assert w.weights() == STATIC and w.state_dict() == {}
+    with pytest.raises(KeyError, match="spk"):
+        w.combine({"spk": p}, 0)
+
+
+def test_uncertainty_gives_the_lower_loss_task_more_weight():
+    w = build_weighting({"kind": "uncertainty"}, NAMES, {"asr": 1.0, "vad": 1.0})
+    assert w.weights() == {"asr": 1.0, "vad": 1.0}
+    opt = torch.optim.SGD(w.parameters(), lr=0.1)
+    for step in range(200):
+        opt.zero_grad()
+        w.backward({"asr": torch.tensor(4.0), "vad": torch.tensor(0.5)}, [], step)
+        opt.step()
+    weights = w.weights()
+    assert weights["vad"] > 1.0 > weights["asr"]
+    # optimum exp(-s) = 1 / L
+    assert weights["asr"] == pytest.approx(1 / 4.0, rel=0.05)
+    assert weights["vad"] == pytest.approx(1 / 0.5, rel=0.05)
+
+
+def test_uncertainty_starts_at_static_weights_and_round_trips():
+    w = UncertaintyWeighting(NAMES, STATIC)
+    assert w.weights() == pytest.approx(STATIC)
+    with torch.no_grad():
+        w.log_vars.add_(0.3)
+    w2 = UncertaintyWeighting(NAMES, STATIC)
+    w2.load_state_dict(w.state_dict())
+    assert w2.weights() == pytest.approx(w.weights())
+
+
+def test_dwa_raises_the_weight_of_a_task_that_stops_improving():
+    w = build_weighting({"kind": "dwa", "window_steps": 2, "temperature": 1.0}, NAMES, {"asr": 1.0, "vad": 1.0})
+    for step in range(8):  # asr halves every window, vad stays flat
+        asr = torch.tensor(8.0 * 0.5 ** (step // 2))
+        w.combine({"asr": asr, "vad": torch.tensor(1.0)}, step)
+        if step < 4:  # two windows must close before DWA reacts
+            assert w.weights() == {"asr": 1.0, "vad": 1.0}
+    weights = w.weights()
+    assert weights["vad"] > 1.0 > weights["asr"]
+    assert sum(weights.values()) == pytest.approx(2.0)
+    # ratios 0.5 and 1.0 at T=1: λ = 2·softmax([0.5, 1])
+    expected = 2 * torch.softmax(torch.tensor([0.5, 1.0]), 0)
+    assert [weights["asr"], weights["vad"]] == pytest.approx(expected.tolist())
+
+
+def test_dwa_resume_is_exact():
+    def run(w, steps):
+        out = []
+        for step in steps:
+            loss = {"asr": torch.tensor(1.0 / (step + 1)), "vad": torch.tensor(1.0 + step % 3)}
+            out.append(w.combine(loss, step).item())
+        return out
+
+    cfg = {"kind": "dwa", "window_steps": 2}
+    straight = run(build_weighting(cfg, NAMES, STATIC), range(10))
+    first = build_weighting(cfg, NAMES, STATIC)
+    head = run(first, range(5))
+    resumed = build_weighting(cfg, NAMES, STATIC)
+    resumed.load_state_dict(first.state_dict())
+    assert head + run(resumed, range(5, 10)) == pytest.approx(straight)
+
+
+def test_pcgrad_removes_the_conflicting_component():
+    a, b = torch.tensor([1.0, 0.0]), torch.tensor([-1.0, 1.0])  # a·b = -1 < 0: conflict
+    shared = torch.nn.Parameter(torch.zeros(2))
+    head = torch.nn.Parameter(torch.tensor(1.0))  # task-specific: plain gradient
+    w = PCGradWeighting(NAMES, {"asr": 1.0, "vad": 1.0})
+    losses = {"asr": shared @ a * head, "vad": shared @ b}
+    total = w.backward(losses, [shared], step=0)
+    # g_a' = a - (a·b)/|b|² b = [0.5, 0.5];  g_b' = b - (a·b)/|a|² a = [0, 1]
+    torch.testing.assert_close(shared.grad, torch.tensor([0.5, 1.5]))
+    assert torch.dot(torch.tensor([0.5, 0.5]), b) == 0
+    assert head.grad.item() == 0.0 and total.item() == 0.0
+    # no conflict: plain sum
+    shared.grad = None
+    w.backward({"asr": shared @ a, "vad": shared @ torch.tensor([1.0, 1.0])}, [shared], step=1)
+    torch.testing.assert_close(shared.grad, torch.tensor([2.0, 1.0]))
+
+
+def test_pcgrad_trains_a_tiny_two_head_model():
+    torch.manual_seed(0)
+    trunk, head_a, head_b = torch.nn.Linear(4, 4), torch.nn.Linear(4, 1), torch.nn.Linear(4, 1)
+    x, ya, yb = torch.randn(16, 4), torch.randn(16, 1), torch.randn(16, 1)
+    params = [*trunk.parameters(), *head_a.parameters(), *head_b.parameters()]
+    opt = torch.optim.SGD(params, lr=0.05)
+    w = build_weighting({"kind": "pcgrad"}, NAMES, {"asr": 1.0, "vad": 1.0})
+    totals = []
+    for step in range(30):
+        opt.zero_grad()
+        z = trunk(x)
+        losses = {"asr": ((head_a(z) - ya) ** 2).mean(), "vad": ((head_b(z) - yb) ** 2).mean()}
+        totals.append(w.backward(losses, trunk.parameters(), step).item())
+        opt.step()
+    assert totals[-1] < totals[0]
+    assert w.weights() == {"asr": 1.0, "vad": 1.0}
