@@ -1,0 +1,566 @@
+"""Server load: latency, real-time factor and CPU of `mtspeech serve` under N concurrent live streams.
+
+Starts `mtspeech serve --model CKPT` (the same command line, `python -m mtspeech.cli serve`)
+on a free loopback port in a subprocess, then for N = 1, 2, 4, ... up to `--max-streams`
+(each level `--seconds-per-level` long) opens N concurrent WebSocket streams
+(`/v1/stream`, docs/server.md). Each stream sends test utterances one after another (one
+connection per utterance: start, audio, stop, wait for `end`) as 16-bit PCM in `--frame-ms`
+frames paced at real time; streams start staggered across one encoder chunk so their chunk
+boundaries do not line up artificially. No new utterance starts after the level's time is
+up; a level is cut off (and its unfinished utterances counted as errors) at
+`seconds-per-level + longest utterance + 60 s`.
+
+Definitions (per level):
+
+  partial latency   receive time of a `partial` minus the send time of the audio frame that
+                    completed the encoder chunk whose decoding produced it. The chunk is known
+                    exactly: each utterance is replayed once, before the levels, through a local
+                    `StreamingRecognizer` built from the same checkpoint and chunking, frame by
+                    frame, which gives the sequence of partial texts and the frame after which
+                    each appears; received partials are matched to it in order by text
+                    (`partials_unmatched` counts any that do not match, e.g. from float
+                    differences of batched decoding). Partials produced by the flush at `stop`
+                    are measured from the send time of `stop`. This includes queueing in the
+                    batcher, so it grows when the server falls behind.
+  final latency     send time of `stop` to receive time of the utterance's last `final` (or of
+                    `end` when no final follows `stop`: the endpointer had already closed it).
+  rtf               the server's own `mtspeech_real_time_factor` from `/metrics`: mean over the
+                    level's decoding steps of (step compute time / audio in the batch).
+  cpu_cores         CPU seconds of the server process (psutil, else /proc/PID/stat) / wall seconds.
+  rtf_cpu           server CPU seconds / audio seconds it received (`mtspeech_audio_seconds_total`).
+  x_realtime        audio seconds received by the server / wall seconds (about N when it keeps up).
+  efficiency        audio seconds per server CPU second (= 1 / rtf_cpu); `vs_n1` is it relative to
+                    the N=1 level of the same run (the baseline), i.e. what batching buys.
+  keeps up          no errors or unfinished utterances, p95 final latency < --max-final-latency
+                    (1 s), p95 partial latency < --max-partial-latency (1 s) and rtf < 1.
+                    `max_streams_keeping_up` is the largest N that keeps up.
+
+By default the run stops after the first level that does not keep up (`--keep-going` runs all).
+
+    python benchmarks/server_load.py --model exp/synthetic/all/final.pt --max-streams 16 --out load.json
+    python benchmarks/server_load.py --random-model --max-streams 4 --seconds-per-level 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_MANIFEST = "data/synthetic/test.jsonl"
+SAMPLE_RATE = 16000
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    model = ap.add_mutually_exclusive_group(required=True)
+    model.add_argument("--model", help="checkpoint to serve (from `mtspeech train`)")
+    model.add_argument("--random-model", action="store_true",
+                       help="serve a tiny randomly initialised checkpoint (for smoke runs)")
+    ap.add_argument("--audio", nargs="+", help="test audio files (default: utterances of --manifest)")
+    ap.add_argument("--manifest", default=DEFAULT_MANIFEST, help="JSONL manifest to take test utterances from")
+    ap.add_argument("--utterances", type=int, default=4, help="how many manifest utterances to cycle through")
+    ap.add_argument("--max-streams", type=int, default=16, help="levels are 1, 2, 4, ... up to this")
+    ap.add_argument("--levels", help="explicit comma-separated stream counts (overrides --max-streams)")
+    ap.add_argument("--seconds-per-level", type=float, default=10.0,
+                    help="streams start new utterances for this long at each level")
+    ap.add_argument("--frame-ms", type=int, default=40, help="audio per WebSocket frame")
+    ap.add_argument("--no-endpointing", action="store_true", help='streams ask for "endpointing": false')
+    ap.add_argument("--keep-going", action="store_true", help="run every level even after one fails to keep up")
+    ap.add_argument("--max-final-latency", type=float, default=1.0, help="keep-up bound on p95 final latency (s)")
+    ap.add_argument("--max-partial-latency", type=float, default=1.0,
+                    help="keep-up bound on p95 partial latency (s)")
+    ap.add_argument("--out", help="write the results as JSON here")
+    srv = ap.add_argument_group("server (passed to `mtspeech serve`)")
+    srv.add_argument("--device", default="cpu")
+    srv.add_argument("--chunk-frames", type=int, default=8)
+    srv.add_argument("--left-chunks", type=int, default=16)
+    srv.add_argument("--max-batch-size", type=int, default=16)
+    srv.add_argument("--max-wait-ms", type=float, default=10.0)
+    srv.add_argument("--endpoint-mode", choices=["vad", "blank"], default="vad")
+    srv.add_argument("--server-threads", type=int, default=None,
+                     help="torch threads of the server (OMP_NUM_THREADS; default: torch's choice)")
+    srv.add_argument("--startup-timeout", type=float, default=180.0, help="seconds to wait for /healthz")
+
+
+# ----------------------------------------------------------------------------- test audio
+
+
+@dataclass
+class TestAudio:
+    """One test utterance as the client sends it, with the locally replayed partial schedule."""
+
+    name: str
+    frames: list[bytes]  # pcm_s16le, frame_ms each (the last may be shorter)
+    duration: float
+    partials: list[tuple[str, int]] = field(default_factory=list)  # (text, frame index; len(frames) = stop)
+
+
+def load_test_audio(args) -> tuple[list[tuple[str, np.ndarray]], str]:
+    """[(name, 16 kHz float samples)] and a description of where they came from."""
+    from mtspeech.data.audio import load_audio
+
+    def load(path) -> np.ndarray:
+        wav = load_audio(path, SAMPLE_RATE)
+        return np.asarray(wav.numpy() if hasattr(wav, "numpy") else wav, dtype=np.float32)
+
+    if args.audio:
+        return [(Path(p).name, load(p)) for p in args.audio], "files"
+    manifest = Path(args.manifest)
+    if manifest.is_file():
+        from mtspeech.data.manifest import read_manifest
+
+        utts = read_manifest(manifest)[: args.utterances]
+        return [(u.id, load(u.audio)) for u in utts], f"first {len(utts)} of {manifest}"
+    # Nothing to read: a tone sweep with noise (enough for a random model; meaningless text).
+    t = np.arange(3 * SAMPLE_RATE) / SAMPLE_RATE
+    x = 0.3 * np.sin(2 * np.pi * (300 + 200 * np.sin(2 * np.pi * 0.7 * t)) * t)
+    x += 0.05 * np.random.default_rng(0).standard_normal(len(t))
+    print(f"note: {manifest} not found and no --audio: using a 3 s synthetic signal", file=sys.stderr)
+    return [("synthetic-3s", x.astype(np.float32))], "synthetic signal"
+
+
+def prepare_audio(samples: list[tuple[str, np.ndarray]], ckpt: str, args) -> list[TestAudio]:
+    """Cut into PCM frames and replay locally to learn which frame each partial waits for."""
+    import torch
+
+    from mtspeech.client import to_pcm16
+    from mtspeech.endpoint import EndpointConfig
+    from mtspeech.streaming import PartialEvent, StreamingConfig, StreamingRecognizer
+    from serve.protocol import decode_frame
+
+    torch.set_num_threads(1)
+    cfg = StreamingConfig(chunk_frames=args.chunk_frames, left_chunks=args.left_chunks,
+                          endpoint=EndpointConfig(mode=args.endpoint_mode))
+    rec = StreamingRecognizer.from_checkpoint(ckpt, cfg, "cpu")
+    step = SAMPLE_RATE * args.frame_ms // 1000
+    out = []
+    for name, wav in samples:
+        frames = [to_pcm16(wav[i : i + step]) for i in range(0, len(wav), step)]
+        audio = TestAudio(name, frames, len(wav) / SAMPLE_RATE)
+        s = rec.new_stream(SAMPLE_RATE, endpointing=not args.no_endpointing, interim=True)
+        for j, frame in enumerate(frames):
+            rec.accept(s, decode_frame(frame, "pcm_s16le"))  # exactly the samples the server gets
+            while rec.ready(s):
+                rec.step([s])
+            audio.partials += [(e.text, j) for e in rec.events(s) if isinstance(e, PartialEvent)]
+        rec.finish(s)
+        audio.partials += [(e.text, len(frames)) for e in rec.events(s) if isinstance(e, PartialEvent)]
+        out.append(audio)
+    return out
+
+
+# ----------------------------------------------------------------------------- the server
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str, timeout: float = 10.0) -> bytes:
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return r.read()
+
+
+class ServerProcess:
+    """`python -m mtspeech.cli serve ...` on a free loopback port."""
+
+    def __init__(self, ckpt: str, args, max_streams: int) -> None:
+        self.port = _free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.cmd = [sys.executable, "-m", "mtspeech.cli", "serve", "--model", str(ckpt),
+                    "--host", "127.0.0.1", "--port", str(self.port), "--device", args.device,
+                    "--max-streams", str(max(64, max_streams)), "--max-batch-size", str(args.max_batch_size),
+                    "--max-wait-ms", str(args.max_wait_ms), "--chunk-frames", str(args.chunk_frames),
+                    "--left-chunks", str(args.left_chunks), "--endpoint-mode", args.endpoint_mode,
+                    "--log-level", "warning"]
+        self.env = os.environ.copy()
+        if args.server_threads:
+            self.env["OMP_NUM_THREADS"] = self.env["MKL_NUM_THREADS"] = str(args.server_threads)
+        self.startup_timeout = args.startup_timeout
+        self.proc: subprocess.Popen | None = None
+        self.log = tempfile.TemporaryFile(mode="w+")
+
+    def __enter__(self) -> "ServerProcess":
+        self.proc = subprocess.Popen(self.cmd, cwd=REPO, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < self.startup_timeout:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_tail()}")
+            with contextlib.suppress(OSError, ValueError):
+                if json.loads(_get(self.base + "/healthz", 2.0))["status"] == "ok":
+                    self.startup_s = time.monotonic() - t0
+                    return self
+            time.sleep(0.2)
+        self.__exit__(None, None, None)
+        raise RuntimeError(f"server did not answer /healthz within {self.startup_timeout:g} s:\n{self.log_tail()}")
+
+    def __exit__(self, *exc) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)  # graceful: drains open streams
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def log_tail(self, chars: int = 3000) -> str:
+        self.log.seek(0)
+        return self.log.read()[-chars:]
+
+    def cpu_seconds(self) -> float | None:
+        """User + system CPU seconds of the server process so far."""
+        try:
+            import psutil
+
+            t = psutil.Process(self.proc.pid).cpu_times()
+            return t.user + t.system
+        except ImportError:
+            pass
+        try:
+            stat = Path(f"/proc/{self.proc.pid}/stat").read_text()
+        except OSError:
+            return None
+        fields = stat[stat.rfind(")") + 2 :].split()  # fields from 3 (state) on; utime = 14, stime = 15
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def metrics(self) -> dict:
+        """The /metrics samples as {(name, ((label, value), ...)): value}."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = _get(self.base + "/metrics").decode()
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+    def wait_idle(self, timeout: float = 30.0) -> None:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            if json.loads(_get(self.base + "/healthz"))["streams_open"] == 0:
+                return
+            time.sleep(0.1)
+
+
+def _delta(m1: dict, m0: dict, name: str, **labels) -> float:
+    key = (name, tuple(sorted((k, str(v)) for k, v in labels.items())))
+    return m1.get(key, 0.0) - m0.get(key, 0.0)
+
+
+def _hist_quantile(m1: dict, m0: dict, name: str, q: float) -> float | None:
+    """Prometheus-style histogram_quantile over the level's bucket deltas (None: no observations)."""
+    buckets = sorted((float(dict(lbl)["le"]), _delta(m1, m0, n, **dict(lbl)))
+                     for (n, lbl) in m1 if n == name + "_bucket")
+    if not buckets or buckets[-1][1] <= 0:
+        return None
+    rank = q * buckets[-1][1]
+    prev_le, prev_c = 0.0, 0.0
+    for le, c in buckets:
+        if c >= rank:
+            if math.isinf(le):
+                return prev_le
+            return prev_le + (le - prev_le) * (rank - prev_c) / max(c - prev_c, 1e-12)
+        prev_le, prev_c = le, c
+    return prev_le
+
+
+# ----------------------------------------------------------------------------- the clients
+
+
+async def one_utterance(url: str, audio: TestAudio, frame_s: float, endpointing: bool) -> dict:
+    """Stream one utterance at real-time pace; latencies as defined in the module doc."""
+    from websockets.asyncio.client import connect
+
+    res = {"audio_s": audio.duration, "partial_latencies": [], "partials": 0, "unmatched": 0,
+           "final_latency": None, "errors": [], "completed": False}
+    sent = [None] * (len(audio.frames) + 1)  # send time of each frame; the last slot is `stop`
+    async with connect(url, max_size=2**22, open_timeout=20) as ws:
+        await ws.send(json.dumps({"type": "start", "sample_rate": SAMPLE_RATE, "encoding": "pcm_s16le",
+                                  "interim_results": True, "endpointing": endpointing}))
+
+        async def sender():
+            t0 = time.monotonic()
+            for j, frame in enumerate(audio.frames):
+                wait = t0 + j * frame_s - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                await ws.send(frame)
+                sent[j] = time.monotonic()
+            await ws.send(json.dumps({"type": "stop"}))
+            sent[-1] = time.monotonic()
+
+        task = asyncio.create_task(sender())
+        ptr = 0  # next candidate in the local partial schedule
+        try:
+            async for raw in ws:
+                now = time.monotonic()
+                msg = json.loads(raw)
+                kind = msg["type"]
+                if kind == "partial":
+                    res["partials"] += 1
+                    idx = next((k for k in range(ptr, len(audio.partials)) if audio.partials[k][0] == msg["text"]), None)
+                    ref = None if idx is None else sent[audio.partials[idx][1]]
+                    if ref is None:
+                        res["unmatched"] += 1
+                    else:
+                        ptr = idx + 1
+                        res["partial_latencies"].append(now - ref)
+                elif kind == "final" and sent[-1] is not None:
+                    res["final_latency"] = now - sent[-1]  # the last final after stop wins
+                elif kind == "error":
+                    res["errors"].append(msg.get("code", "?"))
+                elif kind == "end":
+                    if res["final_latency"] is None and sent[-1] is not None:
+                        res["final_latency"] = now - sent[-1]
+                    res["completed"] = sent[-1] is not None
+                    break
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+    return res
+
+
+async def run_level(url: str, audios: list[TestAudio], n: int, args) -> list[dict]:
+    """N streams, each sending utterances back to back until the level's time is up."""
+    frame_s = args.frame_ms / 1000
+    chunk_s = args.chunk_frames * 0.04
+    deadline = time.monotonic() + args.seconds_per_level
+
+    async def stream(i: int) -> list[dict]:
+        await asyncio.sleep(chunk_s * i / n)  # spread chunk boundaries across streams
+        results, k = [], i
+        while not results or time.monotonic() < deadline:
+            audio = audios[k % len(audios)]
+            k += 1
+            try:
+                results.append(await asyncio.wait_for(
+                    one_utterance(url, audio, frame_s, not args.no_endpointing), audio.duration + 60))
+            except Exception as e:  # a refused or broken connection, a timeout: count it, go on
+                results.append({"audio_s": 0.0, "partial_latencies": [], "partials": 0, "unmatched": 0,
+                                "final_latency": None, "errors": [type(e).__name__], "completed": False})
+                await asyncio.sleep(0.2)  # do not spin on a server that refuses everything
+        return results
+
+    tasks = [asyncio.create_task(stream(i)) for i in range(n)]
+    limit = args.seconds_per_level + max(a.duration for a in audios) + 60
+    done, pending = await asyncio.wait(tasks, timeout=limit)
+    for t in pending:
+        t.cancel()
+    out = [r for t in done if not t.cancelled() and t.exception() is None for r in t.result()]
+    out += [{"audio_s": 0.0, "partial_latencies": [], "partials": 0, "unmatched": 0, "final_latency": None,
+             "errors": ["level_timeout"], "completed": False} for _ in pending]
+    return out
+
+
+# ----------------------------------------------------------------------------- the benchmark
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    return round(float(np.percentile(values, q)), 4) if values else None
+
+
+def levels_of(args) -> list[int]:
+    if args.levels:
+        return sorted({int(x) for x in args.levels.split(",") if x.strip()})
+    out, n = [], 1
+    while n < args.max_streams:
+        out.append(n)
+        n *= 2
+    return out + [args.max_streams]
+
+
+def summarize(n: int, utts: list[dict], m0: dict, m1: dict, cpu_s: float | None, wall: float,
+              client_cpu_s: float, args) -> dict:
+    partial = [x for u in utts for x in u["partial_latencies"]]
+    final = [u["final_latency"] for u in utts if u["final_latency"] is not None]
+    errors = [e for u in utts for e in u["errors"]]
+    audio_s = _delta(m1, m0, "mtspeech_audio_seconds_total", source="stream")
+    steps = _delta(m1, m0, "mtspeech_real_time_factor_count")
+    rtf = _delta(m1, m0, "mtspeech_real_time_factor_sum") / steps if steps else None
+    batches = _delta(m1, m0, "mtspeech_batch_size_count")
+    level = {
+        "streams": n,
+        "wall_s": round(wall, 3),
+        "utterances": len(utts),
+        "completed": sum(u["completed"] for u in utts),
+        "errors": len(errors),
+        "error_codes": sorted(set(errors)),
+        "audio_s": round(audio_s, 3),
+        "x_realtime": round(audio_s / wall, 3) if wall else None,
+        "partials": sum(u["partials"] for u in utts),
+        "partials_unmatched": sum(u["unmatched"] for u in utts),
+        "partial_latency_p50_s": _pct(partial, 50),
+        "partial_latency_p95_s": _pct(partial, 95),
+        "partial_latency_max_s": _pct(partial, 100),
+        "final_latency_p50_s": _pct(final, 50),
+        "final_latency_p95_s": _pct(final, 95),
+        "final_latency_max_s": _pct(final, 100),
+        "server_partial_latency_p95_s": _round(_hist_quantile(m1, m0, "mtspeech_partial_latency_seconds", 0.95)),
+        "server_final_latency_p95_s": _round(_hist_quantile(m1, m0, "mtspeech_final_latency_seconds", 0.95)),
+        "rtf": _round(rtf),
+        "decode_steps": int(steps),
+        "mean_batch_size": _round(_delta(m1, m0, "mtspeech_batch_size_sum") / batches if batches else None),
+        "server_cpu_s": _round(cpu_s),
+        "cpu_cores": _round(cpu_s / wall if cpu_s is not None and wall else None),
+        "rtf_cpu": _round(cpu_s / audio_s if cpu_s and audio_s else None),
+        "efficiency_audio_s_per_cpu_s": _round(audio_s / cpu_s if cpu_s else None),
+        "client_cpu_s": round(client_cpu_s, 3),
+        "client_cpu_cores": _round(client_cpu_s / wall if wall else None),
+    }
+    why = []
+    if level["errors"] or level["completed"] < level["utterances"]:
+        why.append(f"{level['errors']} errors, {level['utterances'] - level['completed']} unfinished")
+    if level["final_latency_p95_s"] is None or level["final_latency_p95_s"] >= args.max_final_latency:
+        why.append(f"final p95 {level['final_latency_p95_s']} s >= {args.max_final_latency:g} s")
+    if level["partial_latency_p95_s"] is not None and level["partial_latency_p95_s"] >= args.max_partial_latency:
+        why.append(f"partial p95 {level['partial_latency_p95_s']} s >= {args.max_partial_latency:g} s")
+    if rtf is not None and rtf >= 1.0:
+        why.append(f"rtf {rtf:.3f} >= 1")
+    level["keeps_up"] = not why
+    level["why_not"] = why
+    return level
+
+
+def _round(x: float | None, digits: int = 4) -> float | None:
+    return None if x is None else round(float(x), digits)
+
+
+async def _run_levels(server: ServerProcess, audios: list[TestAudio], args) -> list[dict]:
+    url = f"ws://127.0.0.1:{server.port}/v1/stream"
+    # Warm-up: one utterance (first-call allocations, lazy imports) outside every level.
+    await one_utterance(url, audios[0], args.frame_ms / 1000, not args.no_endpointing)
+    results = []
+    for n in levels_of(args):
+        server.wait_idle()
+        m0, c0, r0, t0 = server.metrics(), server.cpu_seconds(), resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
+        utts = await run_level(url, audios, n, args)
+        server.wait_idle()
+        wall = time.monotonic() - t0
+        m1, c1, r1 = server.metrics(), server.cpu_seconds(), resource.getrusage(resource.RUSAGE_SELF)
+        cpu = None if c0 is None or c1 is None else c1 - c0
+        client_cpu = (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime)
+        level = summarize(n, utts, m0, m1, cpu, wall, client_cpu, args)
+        results.append(level)
+        print(_row(level, results[0]), flush=True)
+        if not level["keeps_up"] and not args.keep_going:
+            break
+    return results
+
+
+def run(args) -> dict:
+    if min(levels_of(args)) < 1:
+        raise SystemExit("stream counts (--max-streams, --levels) must be >= 1")
+    ckpt, tmp = args.model, None
+    if args.random_model:
+        from _tiny_model import build_random_checkpoint
+
+        tmp = tempfile.TemporaryDirectory(prefix="mtspeech_bench_")
+        ckpt = str(build_random_checkpoint(Path(tmp.name) / "tiny_random.pt"))
+    try:
+        samples, source = load_test_audio(args)
+        audios = prepare_audio(samples, ckpt, args)
+        with ServerProcess(ckpt, args, max(levels_of(args))) as server:
+            print(f"server up on port {server.port} after {server.startup_s:.1f} s; "
+                  f"{len(audios)} test utterances ({source}), {sum(a.duration for a in audios):.1f} s", flush=True)
+            print(_header(), flush=True)
+            levels = asyncio.run(_run_levels(server, audios, args))
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    base = levels[0]
+    for lv in levels:
+        lv["efficiency_vs_n1"] = _vs(lv, base)
+    ok = [lv["streams"] for lv in levels if lv["keeps_up"]]
+    return {
+        "benchmark": "server_load",
+        "model": "random-tiny" if args.random_model else str(args.model),
+        "audio": {"source": source, "utterances": [{"name": a.name, "duration_s": round(a.duration, 3),
+                                                    "local_partials": len(a.partials)} for a in audios]},
+        "settings": {k: getattr(args, k) for k in ("frame_ms", "seconds_per_level", "chunk_frames", "left_chunks",
+                                                   "max_batch_size", "max_wait_ms", "endpoint_mode", "device",
+                                                   "server_threads", "max_final_latency", "max_partial_latency")}
+                    | {"endpointing": not args.no_endpointing, "cpu_count": os.cpu_count()},
+        "keep_up_definition": (f"no errors or unfinished utterances, p95 final latency < {args.max_final_latency:g} s, "
+                               f"p95 partial latency < {args.max_partial_latency:g} s, rtf < 1"),
+        "baseline": {"streams": base["streams"], "efficiency_audio_s_per_cpu_s": base["efficiency_audio_s_per_cpu_s"]},
+        "levels": levels,
+        "max_streams_keeping_up": max(ok) if ok else 0,
+    }
+
+
+def _vs(level: dict, base: dict) -> float | None:
+    """Efficiency (audio-s per server CPU-s) of `level` relative to the baseline level."""
+    e0, e = base["efficiency_audio_s_per_cpu_s"], level["efficiency_audio_s_per_cpu_s"]
+    return _round(e / e0 if e and e0 else None, 3)
+
+
+def _ms(x: float | None) -> str:
+    return "-" if x is None else f"{1000 * x:.0f}"
+
+
+def _num(x, fmt="{:.3f}") -> str:
+    return "-" if x is None else fmt.format(x)
+
+
+def _header() -> str:
+    return (f"{'N':>3} {'utts':>5} {'audio s':>8} {'xRT':>6} {'partial p50/p95 ms':>19} {'final p50/p95 ms':>17} "
+            f"{'rtf':>6} {'batch':>5} {'cpu':>5} {'client':>6} {'audio-s/cpu-s':>13} {'vs N1':>6} {'keeps up':>8}")
+
+
+def _row(lv: dict, base: dict) -> str:
+    part = f"{_ms(lv['partial_latency_p50_s'])}/{_ms(lv['partial_latency_p95_s'])}"
+    fin = f"{_ms(lv['final_latency_p50_s'])}/{_ms(lv['final_latency_p95_s'])}"
+    return (f"{lv['streams']:>3} {lv['completed']:>2}/{lv['utterances']:<2} {lv['audio_s']:>8.1f} "
+            f"{_num(lv['x_realtime'], '{:.2f}'):>6} {part:>19} {fin:>17} {_num(lv['rtf']):>6} "
+            f"{_num(lv['mean_batch_size'], '{:.1f}'):>5} {_num(lv['cpu_cores'], '{:.2f}'):>5} "
+            f"{_num(lv['client_cpu_cores'], '{:.2f}'):>6} {_num(lv['efficiency_audio_s_per_cpu_s'], '{:.1f}'):>13} "
+            f"{_num(_vs(lv, base), '{:.2f}x'):>6} {'yes' if lv['keeps_up'] else 'NO':>8}"
+            + ("" if lv["keeps_up"] else f"  ({'; '.join(lv['why_not'])})"))
+
+
+def render(result: dict) -> str:
+    levels = result["levels"]
+    lines = [_header()] + [_row(lv, levels[0]) for lv in levels]
+    b = result["baseline"]
+    lines.append(f"throughput relative to the baseline (N={b['streams']}, "
+                 f"{_num(b['efficiency_audio_s_per_cpu_s'], '{:.1f}')} audio-s per server CPU-s, this run): "
+                 + ", ".join(f"N={lv['streams']}: {_num(lv['efficiency_vs_n1'], '{:.2f}')}x" for lv in levels))
+    lines.append(f"keeps up = {result['keep_up_definition']}")
+    lines.append(f"largest N that keeps up with real time: {result['max_streams_keeping_up']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(ap)
+    args = ap.parse_args(argv)
+    result = run(args)
+    print()
+    print(render(result))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=1))
+        print(f"wrote {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""Smoke test of the serving benchmarks (benchmarks/server_load.py, benchmarks/endpoint_latency.py).
+
+A tiny randomly initialised checkpoint, two 1.6 s utterances of synthetic "speech" with
+known speech segments, one or two streams: the benchmarks must run end to end and write
+JSON with every headline number present and finite. (Their values mean nothing here.)
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+RATE = 16000
+
+pytestmark = pytest.mark.slow  # starts a server subprocess: ~20 s on two shared cores
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+def _utterance(seed: int) -> np.ndarray:
+    """0.2 s of faint noise, 1.2 s of a swept tone with noise ("speech"), 0.2 s of faint noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(1.2 * RATE)) / RATE
+    voiced = 0.3 * np.sin(2 * np.pi * (300 + 200 * np.sin(2 * np.pi * 0.7 * t + seed)) * t)
+    voiced += 0.05 * rng.standard_normal(len(t))
+    quiet = lambda n: 0.003 * rng.standard_normal(n)  # noqa: E731
+    return np.concatenate([quiet(int(0.2 * RATE)), voiced, quiet(int(0.2 * RATE))]).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory) -> dict:
+    tiny = _load("_tiny_model")
+    root = tmp_path_factory.mktemp("bench_smoke")
+    ckpt = tiny.build_random_checkpoint(root / "tiny.pt")
+    lines = []
+    for i in range(2):
+        wav = root / f"utt{i}.wav"
+        soundfile.write(wav, _utterance(i), RATE, subtype="PCM_16")
+        lines.append(json.dumps({"id": f"utt{i}", "audio": wav.name, "duration": 1.6, "text": "THE LITTLE MAN",
+                                 "speaker": "s", "sex": "F", "phones": None, "speech": [[0.2, 1.4]]}))
+    manifest = root / "smoke.jsonl"
+    manifest.write_text("\n".join(lines) + "\n")
+    return {"root": root, "ckpt": ckpt, "manifest": manifest, "wav": root / "utt0.wav"}
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def test_endpoint_latency_benchmark(assets):
+    bench = _load("endpoint_latency")
+    out = assets["root"] / "endpoint.json"
+    bench.main(["--model", str(assets["ckpt"]), "--manifest", str(assets["manifest"]), "--limit", "2",
+                "--tail-silence", "1.0", "--rule1", "0.8", "--rule2", "0.4", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert set(result["modes"]) == {"vad", "blank"}
+    for mode in result["modes"].values():
+        assert mode["utterances"] == 2
+        assert mode["finalized"] + mode["no_output"] == 2
+        assert mode["endpointed"] + mode["at_eos"] == mode["finalized"]
+        assert _finite(mode["wer"]) and _finite(mode["cer"])
+        for key in ("mean", "p50", "p95"):
+            assert mode["delay_s"][key] is None or _finite(mode["delay_s"][key])
+    assert result["modes"]["vad"]["finalized"] > 0, "the random model should emit something on this audio"
+    c = result["comparison"]
+    assert set(c) >= {"paired_utterances", "vad_earlier_by_s", "delay_ratio_vad_over_blank", "wer_diff_vad_minus_blank"}
+    if c["paired_utterances"]:
+        assert _finite(c["vad_earlier_by_s"]["mean"]) and _finite(c["mean_delay_blank_s"])
+    for row in result["per_utterance"]:
+        assert row["speech_end"] == pytest.approx(1.4) and row["audio_end"] == pytest.approx(2.6)
+
+
+def test_server_load_benchmark(assets):
+    bench = _load("server_load")
+    out = assets["root"] / "load.json"
+    bench.main(["--model", str(assets["ckpt"]), "--audio", str(assets["wav"]), "--levels", "1,2",
+                "--seconds-per-level", "0.5", "--server-threads", "1", "--keep-going", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert [lv["streams"] for lv in result["levels"]] == [1, 2]
+    assert result["baseline"]["streams"] == 1
+    assert result["max_streams_keeping_up"] in (0, 1, 2)
+    for lv in result["levels"]:
+        assert lv["errors"] == 0 and lv["completed"] == lv["utterances"] >= lv["streams"]
+        assert lv["partials"] > 0 and lv["partials_unmatched"] == 0
+        for key in ("audio_s", "x_realtime", "partial_latency_p50_s", "partial_latency_p95_s",
+                    "final_latency_p50_s", "final_latency_p95_s", "rtf", "mean_batch_size",
+                    "server_cpu_s", "cpu_cores", "rtf_cpu", "efficiency_audio_s_per_cpu_s", "efficiency_vs_n1"):
+            assert _finite(lv[key]), (key, lv[key])
+        assert lv["audio_s"] == pytest.approx(1.6 * lv["utterances"], rel=0.05)
+        assert isinstance(lv["keeps_up"], bool)
+    assert result["levels"][0]["efficiency_vs_n1"] == 1.0
