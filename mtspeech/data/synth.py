@@ -71,6 +71,8 @@ class SynthConfig:
     unseen_fraction: float = 0.07
     min_words: int = 4
     max_words: int = 16
+    vocab_words: int | None = 1000  # keep sentences within the pool's N most frequent words
+    held_out_sentences: float = 0.1  # dev and test each get at most this share of the pool
     jobs: int | None = None     # worker processes (None = os.cpu_count()); not in the output
     progress: bool = True
 
@@ -127,6 +129,23 @@ def load_sentences(min_words: int = 4, max_words: int = 16) -> tuple[str, ...]:
         raise RuntimeError(f"no usable sentences under {FORTUNES_DIR}; install Debian's "
                            "'fortunes' package (apt-get install fortunes)")
     return tuple(sorted(out))
+
+
+def sentence_pool(cfg: "SynthConfig") -> tuple[str, ...]:
+    """The sentences a corpus draws from: `load_sentences`, cut to a closed vocabulary of
+    the `cfg.vocab_words` most frequent words (None: no cut). A smaller vocabulary means
+    each word, and each sentence, is heard more often and from several voices, like the
+    1000-word DARPA Resource Management task; it also stops a speaker head from naming the
+    speaker by the sentence, since sentences are no longer tied to one reader."""
+    sentences = load_sentences(cfg.min_words, cfg.max_words)
+    if cfg.vocab_words is None:
+        return sentences
+    counts = Counter(w for s in sentences for w in s.split())
+    top = {w for w, _ in counts.most_common(cfg.vocab_words)}
+    kept = tuple(s for s in sentences if all(w in top for w in s.split()))
+    if len(kept) < 20:
+        raise RuntimeError(f"only {len(kept)} sentences fit a {cfg.vocab_words}-word vocabulary; raise vocab_words")
+    return kept
 
 
 def split_sentences(sentences: tuple[str, ...] | list[str], n_dev: int, n_test: int,
@@ -308,10 +327,12 @@ def synthesize_corpus(out_dir: str | os.PathLike, cfg: SynthConfig = SynthConfig
     target = {"dev": cfg.dev_fraction * total_s, "test": cfg.test_fraction * total_s,
               "test-unseen": cfg.unseen_fraction * total_s}
     target["train"] = max(total_s - sum(target.values()), 1.0)
-    sentences = load_sentences(cfg.min_words, cfg.max_words)
+    sentences = sentence_pool(cfg)
     mean_s = float(np.mean([_estimate_seconds(s, 160) for s in sentences]))
-    # 20% spare sentences so held-out splits need not repeat a sentence across speakers.
-    n_dev, n_test = (max(1, int(1.2 * target[k] / mean_s) + 1) for k in ("dev", "test"))
+    # Enough sentences for each held-out split (20% spare), but at most a share of the pool
+    # so training keeps most of it; held-out sentences are then read by several speakers.
+    cap = max(1, int(cfg.held_out_sentences * len(sentences)))
+    n_dev, n_test = (min(cap, max(1, int(1.2 * target[k] / mean_s) + 1)) for k in ("dev", "test"))
     train_s, dev_s, test_s = split_sentences(sentences, n_dev, n_test, rng)
     if not (train_s and dev_s and test_s):
         raise RuntimeError(f"sentence pool too small to split ({len(sentences)} sentences of "
@@ -422,6 +443,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="speakers in total (default %(default)s)")
     parser.add_argument("--unseen-speakers", type=int, default=d.unseen_speakers,
                         help="of which held out for test-unseen (default %(default)s)")
+    parser.add_argument("--vocab-words", type=int, default=d.vocab_words,
+                        help="closed vocabulary: the N most frequent words of the sentence pool "
+                             "(default %(default)s; 0 = every word)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -429,6 +453,7 @@ def main(args: argparse.Namespace) -> int:
     snr = None if args.no_noise else args.noise_snr
     cfg = SynthConfig(hours=args.hours, seed=args.seed, speakers=args.speakers,
                       unseen_speakers=args.unseen_speakers, noise_snr_db=snr, jobs=args.jobs,
+                      vocab_words=args.vocab_words or None,
                       progress=not args.no_progress)
     summary = synthesize_corpus(args.out, cfg)
     print(json.dumps(summary, indent=2))

@@ -82,9 +82,9 @@ def test_splits_speakers_and_sentences(synth_corpus):
     assert texts["test-unseen"] <= texts["test"]
     # the demo is closed-vocabulary: every held-out word also occurs in the train sentences
     # (the sentence pool of the split, which this tiny corpus only samples)
-    from mtspeech.data.synth import load_sentences
+    from mtspeech.data.synth import sentence_pool
     held = texts["dev"] | texts["test"]
-    pool_train = set(load_sentences()) - held
+    pool_train = set(sentence_pool(SynthConfig(**meta["config"]))) - held
     train_vocab = {w for s in pool_train for w in s.split()}
     assert {w for s in held for w in s.split()} <= train_vocab
 
