@@ -132,3 +132,30 @@ def plot_training_curves(
         "panels": {task: {v: [list(p) for p in pts] for v, pts in lines.items()} for task, lines in per_task.items()},
     }
     return _save(fig, out_png, sidecar)
+
+
+def plot_train_log(train_log: str | Path, out_png: str | Path) -> Path:
+    """One training run at a glance, from its `train_log.jsonl`: every task's training loss
+    (left) and every dev metric per epoch (one panel per task). Re-logged steps of a resumed
+    run count once (the last record wins)."""
+    train: dict[str, dict[float, float]] = {}
+    dev: dict[str, dict[str, dict[float, float]]] = {}
+    for line in Path(train_log).read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        rec = json.loads(line)
+        for key, value in rec.items():
+            if key.startswith("loss/"):
+                train.setdefault(key[5:], {})[rec["step"]] = value
+            elif key.startswith("dev/") and not key.endswith("/loss"):
+                task, metric = key[4:].split("/", 1)
+                dev.setdefault(task, {}).setdefault(metric, {})[rec["step"]] = value
+    # plot_training_curves wants {line: {panel: points}}: one panel of training losses (a
+    # line per task), then a panel per task of its dev metrics (a line per metric).
+    by_line: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    for task, points in train.items():
+        by_line.setdefault(task, {})["training loss"] = sorted(points.items())
+    for task, metrics in dev.items():
+        for metric, points in metrics.items():
+            by_line.setdefault(metric, {})[f"dev {task}"] = sorted(points.items())
+    return plot_training_curves(by_line, out_png, ylabel="value", title=f"{Path(train_log).parent.name}")

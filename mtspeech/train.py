@@ -363,6 +363,9 @@ class Trainer:
         if self.tb is not None:
             for k, v in results.items():
                 self.tb.add_scalar(f"dev/{k}", v, self.step)
+            record = {"step": self.step, "epoch": self.epoch + 1, **{f"dev/{k}": v for k, v in results.items()}}
+            self.step_log.write(json.dumps(record) + "\n")
+            self.step_log.flush()
         return results
 
     def _best_key(self) -> str:
@@ -406,6 +409,12 @@ class Trainer:
         if self.tb is not None:
             self.tb.close()
             self.step_log.close()
+        try:  # a picture of the run; never worth failing a finished training for
+            from mtspeech.plots import plot_train_log
+
+            plot_train_log(self.exp_dir / "train_log.jsonl", self.exp_dir / "curves.png")
+        except Exception as e:  # noqa: BLE001
+            log.warning("could not plot the training curves: %s", e)
         log.info("wrote %s (averaged %s); %d batches skipped", self.exp_dir / "final.pt",
                  state.get("averaged", "none"), self.skipped_batches)
         self._barrier()

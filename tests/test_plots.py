@@ -46,3 +46,21 @@ def test_training_curves_flat_and_per_task(tmp_path):
     side2 = json.loads(plot_training_curves(nested, tmp_path / "t.png").with_suffix(".json").read_text())
     assert set(side2["panels"]) == {"asr", "vad"}
     assert side2["panels"]["asr"]["b"] == [[0, 5.2]] and "b" not in side2["panels"]["vad"]
+
+
+def test_train_log_plot_holds_losses_and_dev_metrics(tmp_path):
+    from mtspeech.plots import plot_train_log
+
+    log = tmp_path / "exp" / "train_log.jsonl"
+    log.parent.mkdir()
+    rows = [{"step": 10, "epoch": 0, "lr": 1e-3, "loss/asr": 3.0, "loss/vad": 0.5},
+            {"step": 20, "epoch": 0, "lr": 1e-3, "loss/asr": 2.0, "loss/vad": 0.4},
+            {"step": 20, "epoch": 1, "dev/asr/cer": 0.9, "dev/asr/loss": 2.5, "dev/vad/f1": 0.8},
+            {"step": 20, "epoch": 0, "lr": 1e-3, "loss/asr": 1.5, "loss/vad": 0.3}]  # resumed: re-logged
+    log.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    png = plot_train_log(log, tmp_path / "curves.png")
+    side = json.loads(png.with_suffix(".json").read_text())
+    assert png.stat().st_size > 1000
+    assert side["panels"]["training loss"]["asr"] == [[10.0, 3.0], [20.0, 1.5]]
+    assert side["panels"]["dev asr"] == {"cer": [[20.0, 0.9]]}  # dev losses are left out
+    assert side["panels"]["dev vad"] == {"f1": [[20.0, 0.8]]}
