@@ -36,11 +36,13 @@ def tiny_config(manifests: dict, exp_dir: Path, **train_overrides) -> dict:
 
 
 def read_log(exp_dir: Path) -> dict[int, dict]:
-    """step → last logged record (a resumed run re-logs the steps after its checkpoint)."""
+    """step → last logged training record (a resumed run re-logs the steps after its
+    checkpoint); the per-epoch dev records are left out."""
     records = {}
     for line in (exp_dir / "train_log.jsonl").read_text().splitlines():
         rec = json.loads(line)
-        records[rec["step"]] = rec
+        if "lr" in rec:
+            records[rec["step"]] = rec
     return records
 
 
