@@ -12,54 +12,13 @@ import pytest
 import torch
 import torchaudio
 
-from mtspeech.data.features import Fbank, GlobalCMVN
-from mtspeech.encoders import ConformerConfig, ConformerEncoder
 from mtspeech.endpoint import EndpointConfig, Endpointer
-from mtspeech.model import MultiTaskModel
-from mtspeech.streaming import FinalEvent, PartialEvent, StreamingConfig, StreamingRecognizer, StreamResampler
-from mtspeech.tasks.ctc import CTCConfig, CTCTask
-from mtspeech.tasks.vad import VADConfig, VADTask
+from mtspeech.streaming import FinalEvent, PartialEvent, StreamingRecognizer, StreamResampler
+from mtspeech.tasks.ctc import CTCTask
+from tiny_asr import CHUNK, LEFT, signal, tiny_recognizer
 
 # Tiny models on 2 shared cores: one intra-op thread is ~100x faster than contended pools.
 torch.set_num_threads(1)
-
-PIECES = ["<blank>", "<unk>", "\u2581A", "\u2581B", "C", "D", "\u2581E", "F", "\u2581G", "H", "I", "\u2581J"]
-CHUNK, LEFT = 4, 3
-
-
-class PieceTable:
-    """A fixed piece list standing in for a sentencepiece model."""
-
-    blank_id = 0
-
-    def id_to_piece(self, i: int) -> str:
-        return PIECES[i]
-
-
-def tiny_model(seed: int = 0) -> MultiTaskModel:
-    torch.manual_seed(seed)
-    enc = ConformerEncoder(ConformerConfig(dim=32, layers=2, heads=2, conv_kernel=5, dropout=0.0,
-                                           dynamic_chunk=False))
-    ctc = CTCTask(CTCConfig(name="asr", vocab_size=len(PIECES), dropout=0.0), 32,
-                  {"label": "text", "vocab_size": len(PIECES)})
-    vad = VADTask(VADConfig(), 32, {})
-    cmvn = GlobalCMVN(80)
-    cmvn.set_stats(torch.full((80,), -6.0), torch.full((80,), 4.0))
-    return MultiTaskModel(Fbank(), cmvn, enc, {"asr": ctc, "vad": vad}, "asr").eval()
-
-
-def tiny_recognizer(endpoint: EndpointConfig | None = None, seed: int = 0) -> StreamingRecognizer:
-    cfg = StreamingConfig(chunk_frames=CHUNK, left_chunks=LEFT, endpoint=endpoint or EndpointConfig())
-    return StreamingRecognizer(tiny_model(seed), PieceTable(), cfg)
-
-
-def signal(seconds: float, seed: int = 0, rate: int = 16000) -> np.ndarray:
-    """Noise bursts with a moving tone: enough structure to make a random model emit tokens."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * rate)) / rate
-    env = 0.5 + 0.5 * np.sin(2 * np.pi * 1.3 * t + seed)
-    x = 0.3 * env * np.sin(2 * np.pi * (300 + 200 * np.sin(2 * np.pi * 0.7 * t)) * t)
-    return (x + 0.05 * rng.standard_normal(len(t))).astype(np.float32)
 
 
 def offline_tokens(rec: StreamingRecognizer, wav: np.ndarray) -> list[int]:

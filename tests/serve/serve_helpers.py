@@ -1,4 +1,5 @@
-"""Helpers for the server tests: a tiny random recognizer, test audio, uvicorn in a thread.
+"""Helpers for the server tests: test audio, uvicorn in a thread (the tiny random
+recognizer comes from tests/tiny_asr.py).
 
 "Correct" with a random model means: equal to decoding the same (16-bit quantised) audio
 with the same recognizer in-process. (A module of its own, not conftest, so test files can
@@ -17,47 +18,19 @@ import numpy as np
 import soundfile
 import torch
 
-from mtspeech.data.features import Fbank, GlobalCMVN
-from mtspeech.encoders import ConformerConfig, ConformerEncoder
-from mtspeech.model import MultiTaskModel
-from mtspeech.streaming import StreamingConfig, StreamingRecognizer
-from mtspeech.tasks.ctc import CTCConfig, CTCTask
-from mtspeech.tasks.vad import VADConfig, VADTask
 from serve.app import build_uvicorn
+from tiny_asr import signal as _signal
+from tiny_asr import tiny_recognizer
 
 # Tiny models on 2 shared cores: one intra-op thread is ~100x faster than contended pools.
 torch.set_num_threads(1)
 
-PIECES = ["<blank>", "<unk>", "\u2581A", "\u2581B", "C", "D", "\u2581E", "F", "\u2581G", "H", "I", "\u2581J"]
-
-
-class PieceTable:
-    blank_id = 0
-
-    def id_to_piece(self, i: int) -> str:
-        return PIECES[i]
-
-
-def tiny_recognizer(seed: int = 0) -> StreamingRecognizer:
-    torch.manual_seed(seed)
-    enc = ConformerEncoder(ConformerConfig(dim=32, layers=2, heads=2, conv_kernel=5, dropout=0.0,
-                                           dynamic_chunk=False))
-    ctc = CTCTask(CTCConfig(name="asr", vocab_size=len(PIECES), dropout=0.0), 32,
-                  {"label": "text", "vocab_size": len(PIECES)})
-    cmvn = GlobalCMVN(80)
-    cmvn.set_stats(torch.full((80,), -6.0), torch.full((80,), 4.0))
-    model = MultiTaskModel(Fbank(), cmvn, enc, {"asr": ctc, "vad": VADTask(VADConfig(), 32, {})}, "asr")
-    return StreamingRecognizer(model.eval(), PieceTable(), StreamingConfig(chunk_frames=4, left_chunks=3))
+__all__ = ["live_server", "reference_text", "signal", "tiny_recognizer", "wav_bytes"]
 
 
 def signal(seconds: float, seed: int = 0, rate: int = 16000) -> np.ndarray:
-    """Tone sweeps and noise, quantised to 16 bits (what a pcm_s16le client sends)."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * rate)) / rate
-    env = 0.5 + 0.5 * np.sin(2 * np.pi * 1.3 * t + seed)
-    x = 0.3 * env * np.sin(2 * np.pi * (300 + 200 * np.sin(2 * np.pi * 0.7 * t)) * t)
-    x = x + 0.05 * rng.standard_normal(len(t))
-    return (np.round(np.clip(x, -1, 1) * 32767) / 32768).astype(np.float32)
+    """The test signal quantised to 16 bits: what a pcm_s16le client sends."""
+    return _signal(seconds, seed, rate, pcm16=True)
 
 
 def wav_bytes(samples: np.ndarray, rate: int = 16000) -> bytes:
