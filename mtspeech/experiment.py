@@ -26,6 +26,7 @@ class DataConfig:
     max_batch_seconds: float = 60.0
     num_workers: int = 2
     speed_perturb: tuple[float, ...] | None = (0.9, 1.0, 1.1)
+    perturbed_speaker: bool = False  # keep speaker labels on speed-perturbed copies
     max_utterance_seconds: float | None = 30.0
     cmvn_utterances: int = 300
 

@@ -226,6 +226,7 @@ class Trainer:
             utts, dict(self.model.tasks), train=train,
             speed_factors=self.exp.data.speed_perturb if train else None,
             seed=self.exp.train.seed * 100_003 + self.epoch,
+            perturbed_speaker=self.exp.data.perturbed_speaker,
         )
         # A private generator: creating the loader must not consume the global torch RNG
         # (that would shift dropout/SpecAugment after a resume mid-epoch).

@@ -74,17 +74,21 @@ class UtteranceDataset(torch.utils.data.Dataset):
         seed: with the item index, picks each item's speed factor (the trainer mixes the
             epoch into it, so factors differ between epochs yet survive a resume exactly).
         sample_rate: rate of the loaded audio.
+        perturbed_speaker: keep the speaker label on a speed-perturbed copy. Off by default:
+            resampling moves pitch and formants with the speed, so the copy sounds like
+            another person, and training a speaker head on it is label noise.
     """
 
     def __init__(self, utts: Sequence[Utterance], tasks: Mapping, train: bool,
                  speed_factors: Sequence[float] | None = (0.9, 1.0, 1.1), seed: int = 0,
-                 sample_rate: int = SAMPLE_RATE):
+                 sample_rate: int = SAMPLE_RATE, perturbed_speaker: bool = False):
         self.utts = list(utts)
         self.tasks = dict(tasks)
         self.train = train
         self.speed_factors = tuple(speed_factors) if (train and speed_factors) else (1.0,)
         self.seed = seed
         self.sample_rate = sample_rate
+        self.perturbed_speaker = perturbed_speaker
 
     def __len__(self) -> int:
         return len(self.utts)
@@ -106,18 +110,21 @@ class UtteranceDataset(torch.utils.data.Dataset):
         factor = self._factor(index)
         if factor != 1.0:
             wav = speed_perturb(wav, factor, self.sample_rate)
-            utt = perturbed_utterance(utt, factor, wav.numel() / self.sample_rate)
+            utt = perturbed_utterance(utt, factor, wav.numel() / self.sample_rate, self.perturbed_speaker)
         return Example(utt, wav, self.tasks)
 
     def collate(self, examples: Sequence[Example | None]) -> Batch | None:
         return collate_batch(examples)
 
 
-def perturbed_utterance(utt: Utterance, factor: float, duration: float) -> Utterance:
+def perturbed_utterance(utt: Utterance, factor: float, duration: float,
+                        keep_speaker: bool = False) -> Utterance:
     """A copy of `utt` for audio played `factor`× faster: speech segments scaled by 1/factor,
-    `duration` the perturbed audio's actual length in seconds."""
+    `duration` the perturbed audio's actual length in seconds; speaker unknown (None, so
+    the speaker task masks the row) unless `keep_speaker`."""
     speech = None if utt.speech is None else [[s / factor, e / factor] for s, e in utt.speech]
-    return dataclasses.replace(utt, duration=duration, speech=speech)
+    speaker = utt.speaker if keep_speaker else None
+    return dataclasses.replace(utt, duration=duration, speech=speech, speaker=speaker)
 
 
 def collate_batch(examples: Sequence[Example | None]) -> Batch | None:

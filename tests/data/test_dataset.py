@@ -41,7 +41,8 @@ def utts(tmp_path) -> list[Utterance]:
     for i, seconds in enumerate([0.5, 0.3, 0.4]):
         path = tmp_path / f"u{i}.flac"
         soundfile.write(path, (rng.normal(0, 0.1, int(seconds * 16000))).astype(np.float32), 16000)
-        out.append(Utterance(f"u{i}", str(path), seconds, text="HELLO" * (i + 1), speech=[[0.1, seconds - 0.1]]))
+        out.append(Utterance(f"u{i}", str(path), seconds, text="HELLO" * (i + 1), speech=[[0.1, seconds - 0.1]],
+                             speaker=f"s{i}"))
     out[1] = Utterance("u1", out[1].audio, 0.3)  # no labels at all
     return out
 
@@ -68,6 +69,10 @@ def test_speed_perturbation_scales_time_labels(utts):
     assert ex.wav.numel() == 6400  # 0.5 s played 1.25× faster
     assert ex.utt.duration == pytest.approx(0.4) and ex.utt.speech == [[pytest.approx(0.08), pytest.approx(0.32)]]
     assert utts[0].duration == 0.5  # the original record is left alone
+    # A perturbed voice is another voice: its speaker label is dropped unless asked for.
+    assert utts[0].speaker is not None and ex.utt.speaker is None
+    kept = UtteranceDataset(utts, TASKS, train=True, speed_factors=(1.25,), perturbed_speaker=True)
+    assert kept[0].utt.speaker == utts[0].speaker
     assert UtteranceDataset(utts, TASKS, train=False, speed_factors=(1.25,))[0].wav.numel() == 8000
     # The factor is a pure function of (seed, index): repeatable for one item (so workers and
     # resumes agree), varied across seeds (the trainer mixes the epoch into the seed).
