@@ -41,6 +41,25 @@ class Tokenizer(Protocol):
     def id_to_piece(self, i: int) -> str: ...
 
 
+class PhoneTable:
+    """The `Tokenizer` interface over a phone CTC head's labels (id 0 the blank, id i
+    `phones[i-1]`), so the beam decoder can spell lexicon words in phones."""
+
+    def __init__(self, phones: list[str]):
+        self.phones = list(phones)
+        self.vocab_size = len(self.phones) + 1
+        self._ids = {p: i + 1 for i, p in enumerate(self.phones)}
+
+    def id_to_piece(self, i: int) -> str:
+        return "<blank>" if i == BLANK_ID else self.phones[i - 1]
+
+    def encode(self, text: str) -> list[int]:
+        return [self._ids[p] for p in text.split()]
+
+    def decode(self, ids: list[int]) -> str:
+        return " ".join(self.phones[i - 1] for i in ids if 0 < i <= len(self.phones))
+
+
 @dataclass(frozen=True)
 class Word:
     """A recognised word with its time span in seconds and a confidence in [0, 1]."""

@@ -7,7 +7,9 @@ Metrics (keys are `<task name>/<metric>`, as in the trainer's dev results):
   - text CTC task (ASR): `wer`, `cer` — corpus rates sum(S+D+I)/sum(N) after
     `metrics.normalize_for_scoring` on both sides (jiwer alignment), decoded with the chosen
     decoder (greedy or beam, optionally with a word n-gram LM);
-  - phone CTC task: `per` — greedy decoding against the manifest's phones;
+  - phone CTC task: `per` — greedy decoding against the manifest's phones; with a word LM
+    (`--decoder beam --lm ...`) also `wer`, `cer` of the words a beam search finds in the
+    phone posteriors, spelled in phones through CMUdict (`lm.build_phone_lexicon`);
   - speaker task: `accuracy` over utterances whose speaker the model was trained on, and
     `eer` from cosine trials (`metrics.make_trials`) on the pooled embeddings of every
     utterance with a speaker label — the measure that also works for unseen speakers;
@@ -41,7 +43,7 @@ from mtspeech import metrics as M
 from mtspeech.checkpoint import CheckpointError, load_model
 from mtspeech.data.audio import AudioError, load_audio
 from mtspeech.data.manifest import ManifestError, Utterance, read_manifest
-from mtspeech.decode import add_word_times, build_decoder
+from mtspeech.decode import PhoneTable, add_word_times, build_decoder
 
 log = logging.getLogger(__name__)
 
@@ -118,13 +120,21 @@ class _TextCTC:
 
 
 class _PhoneCTC:
+    """PER of greedy phones; with a word decoder (a phone lexicon and word LM), also WER and
+    CER of the words it finds in the phone posteriors."""
+
     def __init__(self, name: str, task, decoder=None):
-        self.name, self.task = name, task
+        self.name, self.task, self.decoder = name, task, decoder
         self.refs: list[list[str]] = []
         self.hyps: list[list[str]] = []
+        self.text_refs: list[str] = []
+        self.text_hyps: list[str] = []
 
     def add(self, utts, logits, enc, rows, frame_shift_s):
-        for u, ids, row in zip(utts, self.task.greedy_decode(logits, enc.lens), rows):
+        words = None
+        if self.decoder is not None:
+            words = self.decoder.decode(logits.float().log_softmax(-1).cpu(), enc.lens.cpu())
+        for k, (u, ids, row) in enumerate(zip(utts, self.task.greedy_decode(logits, enc.lens), rows)):
             hyp = self.task.decode_text(ids).split()
             rec = {"hyp": hyp}
             if u.phones is not None:
@@ -132,13 +142,28 @@ class _PhoneCTC:
                 rec.update(ref=list(u.phones), errors=counts.errors, ref_len=counts.ref_len)
                 self.refs.append(list(u.phones))
                 self.hyps.append(hyp)
+            if words is not None:
+                rec["words"] = words[k].text
+                if u.text is not None:
+                    rec["word_errors"] = M.utterance_word_errors([u.text], [words[k].text])[0].errors
+                    self.text_refs.append(u.text)
+                    self.text_hyps.append(words[k].text)
             row[self.name] = rec
 
     def finish(self):
-        if not self.refs:
-            return {}, {}, {f"{self.name}/per": "no utterance has phones"}
-        p = M.per(self.refs, self.hyps)
-        return {f"{self.name}/per": p.rate}, {f"{self.name}/per": asdict(p)}, {}
+        metrics, counts, not_scored = {}, {}, {}
+        if self.refs:
+            p = M.per(self.refs, self.hyps)
+            metrics[f"{self.name}/per"], counts[f"{self.name}/per"] = p.rate, asdict(p)
+        else:
+            not_scored[f"{self.name}/per"] = "no utterance has phones"
+        if self.text_refs:
+            w, c = M.wer(self.text_refs, self.text_hyps), M.cer(self.text_refs, self.text_hyps)
+            metrics.update({f"{self.name}/wer": w.rate, f"{self.name}/cer": c.rate})
+            counts.update({f"{self.name}/wer": asdict(w), f"{self.name}/cer": asdict(c)})
+        elif self.decoder is not None:
+            not_scored[f"{self.name}/wer"] = "no utterance has a transcript"
+        return metrics, counts, not_scored
 
 
 class _Speaker:
@@ -223,7 +248,7 @@ class _VAD:
 def _scorer(name: str, task, decoder, max_trials: int):
     kind = task.cfg.kind
     if kind == "ctc":
-        return _TextCTC(name, task, decoder) if task.cfg.label == "text" else _PhoneCTC(name, task)
+        return _TextCTC(name, task, decoder) if task.cfg.label == "text" else _PhoneCTC(name, task, decoder)
     if kind == "speaker":
         return _Speaker(name, task, max_trials=max_trials)
     if kind == "vad":
@@ -233,6 +258,20 @@ def _scorer(name: str, task, decoder, max_trials: int):
 
 
 # --------------------------------------------------------------------------- LM
+def _phone_word_decoder(task, lm_path: Path, lexicon_path: Path, options: dict):
+    """A beam decoder that finds the LM's words in a phone head's posteriors, spelled with
+    CMUdict pronunciations: a word needs only be heard, never spelled, which on a closed
+    vocabulary with little text beats spelling it from sub-word units."""
+    if lm_path.suffix != ".arpa":
+        log.warning("task %s: no words decoded from phones: that needs an ARPA LM (its vocabulary "
+                    "is the lexicon), got %s", task.cfg.name, lm_path)
+        return None
+    from mtspeech.lm import ArpaLM, build_phone_lexicon
+
+    lexicon = build_phone_lexicon(ArpaLM.load(lm_path).vocab, task.phones, lexicon_path)
+    return build_decoder("beam", PhoneTable(task.phones), **{**options, "lexicon": lexicon})
+
+
 def training_transcripts_lm(exp, out_dir: Path, order: int = 3, checkpoint: Path | None = None) -> Path:
     """Build a word n-gram LM (ARPA) from the training transcripts named in the checkpoint's config.
 
@@ -317,6 +356,8 @@ def evaluate(
         dec = None
         if task.cfg.kind == "ctc" and task.cfg.label == "text":
             dec = build_decoder(decoder, task.tokenizer, **options)
+        elif task.cfg.kind == "ctc" and lm_path is not None:
+            dec = _phone_word_decoder(task, lm_path, out_dir / f"{name}.lexicon.txt", options)
         s = _scorer(name, task, dec, max_trials)
         if s is not None:
             scorers[name] = s

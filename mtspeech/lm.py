@@ -268,3 +268,31 @@ def build_lexicon(words: Iterable[str], tokenizer: PieceTokenizer, out_path: str
             lines.append(f"{w}\t{' '.join(pieces)}")
     out_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return out_path
+
+
+def build_phone_lexicon(words: Iterable[str], phones: Sequence[str], out_path: str | Path,
+                        oov: str = "g2p") -> Path:
+    """Write a flashlight lexicon over phones: one `WORD<tab>PH PH ...` line per word.
+
+    Pronunciations come from CMUdict (`mtspeech.data.lexicon.Lexicon`, espeak-ng letter-to-
+    sound for a word it lacks, as when the phone labels were made). A word that has no
+    pronunciation, or one using a phone outside `phones` (the phone task's label set), is
+    left out and logged: a decoder can only spell words in the units its head emits.
+    """
+    from mtspeech.data.lexicon import Lexicon
+
+    lexicon, known = Lexicon(oov=oov), set(phones)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    lines, dropped = [], []
+    for w in sorted(set(words) - {BOS, EOS, UNK}):
+        spelling = lexicon.word_phones(w)
+        if spelling and set(spelling) <= known:
+            lines.append(f"{w}\t{' '.join(spelling)}")
+        else:
+            dropped.append(w)
+    if dropped:
+        log.warning("phone lexicon: %d word(s) without a pronunciation in the phone set left out, e.g. %s",
+                    len(dropped), dropped[:5])
+    out_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return out_path

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from mtspeech.decode import BeamSearchDecoder, GreedyDecoder, add_word_times, build_decoder, word_alignments
-from mtspeech.lm import ArpaLM, build_lexicon, build_ngram_lm
+from mtspeech.decode import BeamSearchDecoder, GreedyDecoder, PhoneTable, add_word_times, build_decoder, word_alignments
+from mtspeech.lm import ArpaLM, build_lexicon, build_ngram_lm, build_phone_lexicon
 
 PIECES = ["<blank>", "<unk>", "▁THE", "▁CAT", "▁C", "AT", "S", "▁SAT", "▁MAT", "▁ON", "▁HAT"]
 
@@ -157,3 +157,24 @@ def test_lm_beam_picks_the_word_the_lm_prefers(tmp_path):
     auto = BeamSearchDecoder(TOK, beam_size=8, lm=lm, lm_weight=1.0)
     assert auto.decode(lp, lens)[0].text == "THE CAT SAT"
     assert (tmp_path / "lm.lexicon.txt").exists()
+
+
+def test_words_from_phone_posteriors_through_a_phone_lexicon(tmp_path, caplog):
+    # CMUdict: CAT = K AE T, HAT = HH AE T, THE = DH AH, SAT = S AE T. The phone head hears
+    # "DH AH ?AE T S AE T" with K and HH nearly tied (HH a bit ahead); the LM knows "THE CAT SAT".
+    phones = ["AE", "AH", "DH", "HH", "K", "S", "T"]  # no "N": a word needing it is left out
+    table = PhoneTable(phones)
+    assert table.decode(table.encode("DH AH K")) == "DH AH K" and table.id_to_piece(0) == "<blank>"
+    lm = build_ngram_lm(["THE CAT SAT"] * 5 + ["THE HAT"] + ["THE MAN"], order=2, out_path=tmp_path / "lm.arpa")
+    lex = build_phone_lexicon(ArpaLM.load(lm).vocab, phones, tmp_path / "phones.lex")
+    assert lex.read_text().splitlines() == ["CAT\tK AE T", "HAT\tHH AE T", "SAT\tS AE T", "THE\tDH AH"]
+    assert "MAN" in caplog.text  # M and N are not in the phone set
+    ids = [table.encode(p)[0] for p in "DH AH HH AE T S AE T".split()]
+    lp = peaked([ids[0], 0, ids[1], 0, ids[2], ids[3], ids[4], 0, ids[5], ids[6], ids[7]])
+    lp[4, table.encode("K")[0]] = lp[4, ids[2]] - 0.2
+    lp = lp[:, : table.vocab_size].log_softmax(-1)[None]  # one column per phone-table id
+    lens = torch.tensor([lp.shape[1]])
+    no_lm = BeamSearchDecoder(table, beam_size=8, lm=lm, lexicon=lex, lm_weight=0.0)
+    assert no_lm.decode(lp, lens)[0].text == "THE HAT SAT"
+    with_lm = BeamSearchDecoder(table, beam_size=8, lm=lm, lexicon=lex, lm_weight=1.0)
+    assert with_lm.decode(lp, lens)[0].text == "THE CAT SAT"

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from mtspeech import metrics as M
 from mtspeech.checkpoint import load_model
 from mtspeech.data.audio import load_audio
 from mtspeech.data.manifest import read_manifest, write_manifest
@@ -167,8 +168,17 @@ def test_beam_with_auto_lm_from_training_transcripts(trained, prepared_manifests
     assert (tmp_path / "lm" / "lm.arpa").is_file()
     assert res["decoder_options"]["lm"].endswith("lm.arpa")
     train_words = {w for u in read_manifest(prepared_manifests["train"]) for w in (u.text or "").split()}
-    for r in _read(tmp_path / "lm" / "hypotheses.jsonl"):  # the lexicon closes the vocabulary
+    rows = _read(tmp_path / "lm" / "hypotheses.jsonl")
+    for r in rows:  # the lexicon closes the vocabulary, for pieces and for phones alike
         assert set(r["asr"]["hyp"].split()) <= train_words
+        assert set(r["phones"]["words"].split()) <= train_words
+    # Words found in the phone posteriors are scored like the ASR head's transcripts.
+    refs = [r["asr"]["ref"] for r in rows]
+    hyps = [r["phones"]["words"] for r in rows]
+    assert res["metrics"]["phones/wer"] == pytest.approx(M.wer(refs, hyps).rate)
+    assert res["metrics"]["phones/cer"] == pytest.approx(M.cer(refs, hyps).rate)
+    c = res["counts"]["phones/wer"]
+    assert sum(r["phones"]["word_errors"] for r in rows) == c["substitutions"] + c["deletions"] + c["insertions"]
 
 
 @pytest.mark.slow
