@@ -25,16 +25,24 @@ echo "== 3/5 train $EXP (resumes from $EXP/last.pt)"
 [ -f "$EXP/final.pt" ] || mtspeech train --config recipes/synthetic/conformer.yaml "${overrides[@]}"
 
 echo "== 4/5 evaluate every task on test (seen speakers) and test-unseen (new voices)"
+# eval-SPLIT: greedy decoding, what the streaming server does. eval-SPLIT-lm: beam search with
+# a word trigram of the training transcripts, on the ASR head's pieces and on the phone head
+# (words spelled in phones through CMUdict: phones/wer, phones/cer).
 for split in test test-unseen; do
   [ -f "$EXP/eval-$split/results.json" ] || \
     mtspeech evaluate "$EXP/final.pt" "$DATA/$split.jsonl" --out "$EXP/eval-$split"
+  [ -f "$EXP/eval-$split-lm/results.json" ] || \
+    mtspeech evaluate "$EXP/final.pt" "$DATA/$split.jsonl" --out "$EXP/eval-$split-lm" \
+      --decoder beam --lm auto --lm-weight 1.0
 done
 python - "$EXP" <<'PY'
 import json, sys
 exp = sys.argv[1]
 for split in ("test", "test-unseen"):
-    r = json.load(open(f"{exp}/eval-{split}/results.json"))
-    print(f"{split:12s}", "  ".join(f"{k}={v:.4g}" for k, v in sorted(r["metrics"].items()) if isinstance(v, (int, float))))
+    for kind, suffix in (("greedy", ""), ("word LM", "-lm")):
+        r = json.load(open(f"{exp}/eval-{split}{suffix}/results.json"))
+        print(f"{split:12s} {kind:8s}", "  ".join(f"{k}={v:.4g}" for k, v in sorted(r["metrics"].items())
+                                               if isinstance(v, (int, float))))
 PY
 
 echo "== 5/5 transcribe a test file through the streaming server"
