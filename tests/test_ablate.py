@@ -9,27 +9,15 @@ import pytest
 
 from mtspeech.ablate import Run, build_report, load_grid, nest, plan_runs, run_config, run_grid
 from mtspeech.config import ConfigError
+from tiny_experiment import tiny_experiment
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def tiny_recipe(manifests: dict) -> dict:
     """All four tasks on a 2-layer, 32-dim model; a couple of seconds per run."""
-    return {
-        "exp_dir": "unused",
-        "data": {"train": str(manifests["train"]), "dev": str(manifests["dev"]), "max_batch_seconds": 8.0,
-                 "num_workers": 0, "cmvn_utterances": 10, "speed_perturb": None},
-        "encoder": {"kind": "conformer", "input_dim": 80, "dim": 32, "layers": 2, "heads": 2,
-                    "conv_kernel": 5, "dropout": 0.0, "max_chunk_frames": 4},
-        "tasks": {
-            "asr": {"kind": "ctc", "label": "text", "layer": -1, "vocab_size": 30},
-            "phones": {"kind": "ctc", "label": "phones", "layer": 0, "weight": 0.3},
-            "speaker": {"kind": "speaker", "layer": 0, "weight": 0.3},
-            "vad": {"kind": "vad", "layer": 0, "weight": 0.3},
-        },
-        "optim": {"lr": 3e-3, "warmup_steps": 2},
-        "train": {"epochs": 5, "log_every_steps": 1, "average_best": 1},
-    }
+    return tiny_experiment(manifests, data={"max_batch_seconds": 8.0, "cmvn_utterances": 10, "speed_perturb": None},
+                           optim={"warmup_steps": 2}, train={"epochs": 5, "average_best": 1})
 
 
 def tiny_grid(manifests: dict) -> dict:

@@ -19,26 +19,14 @@ from mtspeech.data.audio import load_audio
 from mtspeech.data.manifest import read_manifest, write_manifest
 from mtspeech.evaluate import EvaluationError, add_arguments, duration_batches, evaluate, main
 from mtspeech.tasks.vad import frame_labels
+from tiny_experiment import tiny_experiment
 
 
 def tiny_overfit_config(manifests: dict, exp_dir: Path, epochs: int) -> dict:
     """2-layer, 32-dim, all four tasks; no augmentation so a few dozen epochs give real words."""
-    return {
-        "exp_dir": str(exp_dir),
-        "data": {"train": str(manifests["train"]), "dev": str(manifests["dev"]), "max_batch_seconds": 5.0,
-                 "num_workers": 0, "cmvn_utterances": 20, "speed_perturb": None},
-        "encoder": {"kind": "conformer", "input_dim": 80, "dim": 32, "layers": 2, "heads": 2,
-                    "conv_kernel": 5, "dropout": 0.0, "max_chunk_frames": 4},
-        "specaugment": None,
-        "tasks": {
-            "asr": {"kind": "ctc", "label": "text", "layer": -1, "vocab_size": 30},
-            "phones": {"kind": "ctc", "label": "phones", "layer": 0, "weight": 0.3},
-            "speaker": {"kind": "speaker", "layer": 0, "weight": 0.3},
-            "vad": {"kind": "vad", "layer": 0, "weight": 0.3},
-        },
-        "optim": {"lr": 5e-3, "warmup_steps": 5},
-        "train": {"epochs": epochs, "log_every_steps": 5, "average_best": 1, "threads": 1},
-    }
+    return tiny_experiment(manifests, exp_dir, data={"max_batch_seconds": 5.0, "speed_perturb": None},
+                           specaugment=None, optim={"lr": 5e-3},
+                           train={"epochs": epochs, "log_every_steps": 5, "average_best": 1})
 
 
 @pytest.fixture(scope="module")

@@ -13,26 +13,12 @@ import yaml
 from mtspeech.checkpoint import load_model, load_state
 from mtspeech.experiment import experiment_from_dict
 from mtspeech.train import Trainer, train
+from tiny_experiment import tiny_experiment
 
 
 def tiny_config(manifests: dict, exp_dir: Path, **train_overrides) -> dict:
     """A 2-layer, 32-dim model with all four tasks: seconds per epoch on the tiny corpus."""
-    return {
-        "exp_dir": str(exp_dir),
-        "data": {"train": str(manifests["train"]), "dev": str(manifests["dev"]),
-                 "max_batch_seconds": 12.0, "num_workers": 0, "cmvn_utterances": 20},
-        "encoder": {"kind": "conformer", "input_dim": 80, "dim": 32, "layers": 2, "heads": 2,
-                    "conv_kernel": 5, "dropout": 0.0, "max_chunk_frames": 4},
-        "tasks": {
-            "asr": {"kind": "ctc", "label": "text", "layer": -1, "vocab_size": 30},
-            "phones": {"kind": "ctc", "label": "phones", "layer": 0, "weight": 0.3},
-            "speaker": {"kind": "speaker", "layer": 0, "weight": 0.3},
-            "vad": {"kind": "vad", "layer": 0, "weight": 0.3},
-        },
-        "optim": {"lr": 3e-3, "warmup_steps": 5},
-        "train": {"epochs": 2, "log_every_steps": 1, "average_best": 2, "threads": 1,
-                  **train_overrides},
-    }
+    return tiny_experiment(manifests, exp_dir, train={"epochs": 2, **train_overrides})
 
 
 def read_log(exp_dir: Path) -> dict[int, dict]:
