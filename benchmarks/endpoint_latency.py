@@ -38,7 +38,6 @@ endpointer measured in the same run: `ratio` = mean delay (vad) / mean delay (bl
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import tempfile
@@ -51,6 +50,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _cli import add_model_arguments, run_main  # noqa: E402
+
 from mtspeech.endpoint import EndpointConfig  # noqa: E402
 from mtspeech.streaming import SAMPLE_RATE, FinalEvent, StreamingConfig, StreamingRecognizer  # noqa: E402
 
@@ -60,10 +61,7 @@ MODES = ("vad", "blank")
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     d = EndpointConfig()
-    model = ap.add_mutually_exclusive_group(required=True)
-    model.add_argument("--model", help="checkpoint (from `mtspeech train`)")
-    model.add_argument("--random-model", action="store_true",
-                       help="a tiny randomly initialised checkpoint (nonsense text; for smoke runs)")
+    add_model_arguments(ap)
     ap.add_argument("--manifest", default=DEFAULT_MANIFEST, help="JSONL manifest with `speech` segments and `text`")
     ap.add_argument("--limit", type=int, default=50, help="first N usable utterances (0: all)")
     ap.add_argument("--out", help="write the results as JSON here")
@@ -281,16 +279,7 @@ def render(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(ap)
-    args = ap.parse_args(argv)
-    result = run(args)
-    print(render(result))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=1))
-        print(f"wrote {args.out}")
-    return result
+    return run_main(__doc__, add_arguments, run, render, argv)
 
 
 if __name__ == "__main__":

@@ -64,16 +64,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _cli import add_model_arguments, run_main  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MANIFEST = "data/synthetic/test.jsonl"
 SAMPLE_RATE = 16000
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
-    model = ap.add_mutually_exclusive_group(required=True)
-    model.add_argument("--model", help="checkpoint to serve (from `mtspeech train`)")
-    model.add_argument("--random-model", action="store_true",
-                       help="serve a tiny randomly initialised checkpoint (for smoke runs)")
+    add_model_arguments(ap)
     ap.add_argument("--audio", nargs="+", help="test audio files (default: utterances of --manifest)")
     ap.add_argument("--manifest", default=DEFAULT_MANIFEST, help="JSONL manifest to take test utterances from")
     ap.add_argument("--utterances", type=int, default=4, help="how many manifest utterances to cycle through")
@@ -549,17 +548,7 @@ def render(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(ap)
-    args = ap.parse_args(argv)
-    result = run(args)
-    print()
-    print(render(result))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=1))
-        print(f"wrote {args.out}")
-    return result
+    return run_main(__doc__, add_arguments, run, render, argv)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,31 @@
+"""The command line the benchmarks share: the model to measure, and `main()`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Callable
+
+
+def add_model_arguments(ap: argparse.ArgumentParser) -> None:
+    """--model CKPT or --random-model (a tiny random checkpoint, `_tiny_model.py`), one required."""
+    model = ap.add_mutually_exclusive_group(required=True)
+    model.add_argument("--model", help="checkpoint (from `mtspeech train`)")
+    model.add_argument("--random-model", action="store_true",
+                       help="a tiny randomly initialised checkpoint (nonsense text; for smoke runs)")
+
+
+def run_main(doc: str, add_arguments: Callable, run: Callable, render: Callable,
+             argv: list[str] | None = None) -> dict:
+    """Parse `argv`, run, print the rendered result, write it as JSON to `--out` if given."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    add_arguments(ap)
+    args = ap.parse_args(argv)
+    result = run(args)
+    print(render(result))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=1))
+        print(f"wrote {args.out}")
+    return result
