@@ -31,16 +31,16 @@ from mtspeech.encoders.subsampling import RIGHT_CONTEXT, SUBSAMPLING, Conv2dSubs
 
 
 @dataclass(frozen=True)
-class ConformerConfig:
-    """Conformer sizes and chunking. `left_chunks` limits left context during training
-    (None = unlimited); `dynamic_left_chunks` samples it per batch in 0..left_chunks."""
+class EncoderConfig:
+    """Sizes and chunking shared by the streaming encoders. `left_chunks` limits left context
+    during training (None = unlimited); `dynamic_left_chunks` samples it per batch in
+    0..left_chunks."""
 
     input_dim: int = 80
     dim: int = 144
     layers: int = 8
     heads: int = 4
     ff_mult: int = 4
-    conv_kernel: int = 15
     dropout: float = 0.1
     dynamic_chunk: bool = True
     max_chunk_frames: int = 25
@@ -51,12 +51,22 @@ class ConformerConfig:
     def __post_init__(self):
         if self.dim % self.heads or (self.dim // self.heads) % 2:
             raise ValueError(f"dim {self.dim} must split into {self.heads} heads of even size (rotary pairs)")
-        if self.conv_kernel < 1:
-            raise ValueError(f"conv_kernel must be >= 1, got {self.conv_kernel}")
         if self.max_chunk_frames < 1:
             raise ValueError(f"max_chunk_frames must be >= 1, got {self.max_chunk_frames}")
         if self.left_chunks is not None and self.left_chunks < 0:
             raise ValueError(f"left_chunks must be >= 0 or None, got {self.left_chunks}")
+
+
+@dataclass(frozen=True)
+class ConformerConfig(EncoderConfig):
+    """Conformer: the shared sizes plus the convolution module's kernel."""
+
+    conv_kernel: int = 15
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.conv_kernel < 1:
+            raise ValueError(f"conv_kernel must be >= 1, got {self.conv_kernel}")
 
 
 def apply_rope(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:

@@ -11,32 +11,12 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from mtspeech.encoders.conformer import ConformerEncoder, FeedForward, RotarySelfAttention
+from mtspeech.encoders.conformer import ConformerEncoder, EncoderConfig, FeedForward, RotarySelfAttention
 
 
 @dataclass(frozen=True)
-class TransformerConfig:
-    """Transformer sizes and chunking (fields mean what they mean in `ConformerConfig`)."""
-
-    input_dim: int = 80
-    dim: int = 144
-    layers: int = 8
-    heads: int = 4
-    ff_mult: int = 4
-    dropout: float = 0.1
-    dynamic_chunk: bool = True
-    max_chunk_frames: int = 25
-    left_chunks: int | None = None
-    dynamic_left_chunks: bool = False
-    subsampling_channels: int | None = None  # conv front-end width (None: dim)
-
-    def __post_init__(self):
-        if self.dim % self.heads or (self.dim // self.heads) % 2:
-            raise ValueError(f"dim {self.dim} must split into {self.heads} heads of even size (rotary pairs)")
-        if self.max_chunk_frames < 1:
-            raise ValueError(f"max_chunk_frames must be >= 1, got {self.max_chunk_frames}")
-        if self.left_chunks is not None and self.left_chunks < 0:
-            raise ValueError(f"left_chunks must be >= 0 or None, got {self.left_chunks}")
+class TransformerConfig(EncoderConfig):
+    """Transformer sizes and chunking: exactly the shared `EncoderConfig` fields."""
 
 
 class TransformerBlock(nn.Module):
