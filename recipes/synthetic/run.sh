@@ -33,7 +33,7 @@ for split in test test-unseen; do
     mtspeech evaluate "$EXP/final.pt" "$DATA/$split.jsonl" --out "$EXP/eval-$split"
   [ -f "$EXP/eval-$split-lm/results.json" ] || \
     mtspeech evaluate "$EXP/final.pt" "$DATA/$split.jsonl" --out "$EXP/eval-$split-lm" \
-      --decoder beam --lm auto --lm-weight 1.0
+      --decoder beam --beam-size 20 --lm auto --lm-weight 1.0
 done
 python - "$EXP" <<'PY'
 import json, sys
