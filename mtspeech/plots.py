@@ -134,10 +134,10 @@ def plot_training_curves(
     return _save(fig, out_png, sidecar)
 
 
-def plot_train_log(train_log: str | Path, out_png: str | Path) -> Path:
+def plot_train_log(train_log: str | Path, out_png: str | Path, title: str | None = None) -> Path:
     """One training run at a glance, from its `train_log.jsonl`: every task's training loss
     (left) and every dev metric per epoch (one panel per task). Re-logged steps of a resumed
-    run count once (the last record wins)."""
+    run count once (the last record wins). `title` defaults to the run folder's name."""
     train: dict[str, dict[float, float]] = {}
     dev: dict[str, dict[str, dict[float, float]]] = {}
     for line in Path(train_log).read_text(encoding="utf-8").splitlines():
@@ -158,4 +158,5 @@ def plot_train_log(train_log: str | Path, out_png: str | Path) -> Path:
     for task, metrics in dev.items():
         for metric, points in metrics.items():
             by_line.setdefault(metric, {})[f"dev {task}"] = sorted(points.items())
-    return plot_training_curves(by_line, out_png, ylabel="value", title=f"{Path(train_log).parent.name}")
+    return plot_training_curves(by_line, out_png, ylabel="value",
+                                title=title or Path(train_log).parent.name)
