@@ -65,6 +65,33 @@ def test_task_with_missing_labels_trains(prepared_manifests, tmp_path):
     assert trainer.step == 3
 
 
+def test_task_absent_from_a_batch_still_gives_its_head_a_zero_gradient(prepared_manifests, tmp_path, monkeypatch):
+    """DDP needs a gradient for every parameter from every rank: a batch without any speaker
+    label leaves the speaker loss out, yet the speaker head gets a (zero) gradient."""
+    from mtspeech.data.manifest import read_manifest, write_manifest
+    import dataclasses
+
+    utts = read_manifest(prepared_manifests["train"])
+    one_speaker = [u if i == 0 else dataclasses.replace(u, speaker=None) for i, u in enumerate(utts)]
+    write_manifest(tmp_path / "train.jsonl", one_speaker)
+    manifests = {"train": tmp_path / "train.jsonl", "dev": prepared_manifests["dev"]}
+    exp = experiment_from_dict(tiny_config(manifests, tmp_path / "exp", epochs=1, max_steps=4))
+    grads = []
+    original = Trainer._optimizer_step
+
+    def spy(self):
+        head = list(self.model.tasks["speaker"].parameters())
+        grads.append([None if p.grad is None else bool(p.grad.any()) for p in head])
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "_optimizer_step", spy)
+    Trainer(exp).fit()
+    assert len(grads) == 4 and all(None not in g for g in grads)
+    assert any(not any(g) for g in grads), "some batch should lack every speaker label"
+    logged = read_log(tmp_path / "exp")
+    assert any("loss/speaker" not in r for r in logged.values())
+
+
 class Crash(Exception):
     pass
 
