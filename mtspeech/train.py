@@ -268,8 +268,9 @@ class Trainer:
                 # would otherwise drag adaptive weightings). Its zero loss, which has a graph,
                 # rides along on another task's loss: the value is unchanged, but its head
                 # gets a (zero) gradient, which DDP needs from every rank for every parameter.
-                absent = [v for k, v in losses.items() if not batch.targets[k].present.any()]
-                losses = {k: v.float() for k, v in losses.items() if batch.targets[k].present.any()}
+                labelled = {k: bool(batch.targets[k].present.any()) for k in losses}
+                absent = [v for k, v in losses.items() if not labelled[k]]
+                losses = {k: v.float() for k, v in losses.items() if labelled[k]}
                 if not losses:
                     continue
                 if absent:
