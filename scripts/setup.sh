@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up on a fresh Debian/Ubuntu machine: system packages where missing,
-# then a virtual environment in .venv with mtspeech installed (editable) and its test extras.
+# then a virtual environment in .venv with exactly requirements.lock installed, then mtspeech
+# itself (editable, no dependencies), then an import check of the native extensions.
 #   MTSPEECH_BROWSER=1 also installs Debian's chromium (for the web-page test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,11 +20,20 @@ fi
 
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-# Skip pip entirely when the installed package already matches pyproject.toml.
+# Install exactly requirements.lock (every transitive package pinned, with hashes), then the
+# project itself without dependencies. Skipped when the venv was installed from these very
+# files: the stamp holds their checksum, so a changed lock re-installs.
 stamp=.venv/.mtspeech-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  echo "setup: installing Python packages into .venv (first time: ~5 GB, a few minutes)"
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[test]"
-  touch "$stamp"
+want=$(cat requirements.lock pyproject.toml | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "setup: installing Python packages from requirements.lock into .venv (first time: ~5.6 GB, a few minutes)"
+  .venv/bin/python -m pip install -q --upgrade "pip>=24"
+  .venv/bin/python -m pip install -q --require-hashes --no-deps -r requirements.lock
+  # (setuptools' editable-install warnings are noise: shown only if the step fails)
+  out=$(.venv/bin/python -m pip install -q --no-deps --no-build-isolation -e . 2>&1) || { echo "$out" >&2; exit 1; }
+  rm -f "$stamp"
+  # Both checks run before the stamp is written, so a failed install is retried next time.
+  .venv/bin/python scripts/check_install.py
+  .venv/bin/python -m pip check || { echo "setup: pip check found conflicts (above)" >&2; exit 1; }
+  echo "$want" > "$stamp"
 fi
