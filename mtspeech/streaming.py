@@ -15,7 +15,14 @@ Frame arithmetic (docs/interfaces.md): feature frame i covers samples [160 i, 16
 an encoder chunk of `c` output frames reads a window of 4c+3 feature frames and the next chunk
 starts 4c frames later, so chunk k reads frames [4ck, 4ck + 4c + 3). Every stream keeps only
 the samples and feature frames it has not consumed yet, plus a fixed-size encoder cache, so
-memory stays flat however long a stream runs.
+memory stays flat however long a stream runs. A step featurizes only the samples its window
+needs: a client faster than real time leaves raw samples buffered (`Stream.buffered_seconds`),
+not an ever larger feature tensor.
+
+`accept` rejects (ValueError) any chunk with a non-finite sample or one beyond
+`MAX_ABS_SAMPLE`, before the chunk touches the stream, so the stream goes on as if it never
+came. With `endpointing=False` pauses never end an utterance, but the length limit (rule 3)
+still does: a partial never carries more than one `rule3_max_utterance_s` window.
 
 Thread model: `accept`/`ready` may run on one thread while `step`/`finish` of the *same*
 stream run on another (the server's event loop and its executor); a per-stream lock guards the
@@ -24,18 +31,20 @@ sample buffer they share. Two `step` calls must never hold the same stream at on
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import math
 import threading
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, Sequence
 
 import numpy as np
 import torch
-import torchaudio
 
+from mtspeech.data.resample import MAX_ABS_SAMPLE, StreamResampler, check_samples  # noqa: F401 (re-exported)
 from mtspeech.decode import Word  # word, start, end (stream seconds), confidence
 from mtspeech.endpoint import EndpointConfig, Endpointer
 
@@ -108,62 +117,6 @@ class FinalEvent:
 
 
 Event = PartialEvent | FinalEvent
-
-
-# ----------------------------------------------------------------------------- resampling
-
-
-class StreamResampler:
-    """Chunk-size-independent resampling to 16 kHz with torchaudio's sinc kernel.
-
-    Input is cut at multiples of the reduced input period `o` (o input samples -> n output
-    samples) with `pad` samples of context on each side, so every output sample is computed
-    from the same input neighbourhood as `torchaudio.functional.resample` on the whole signal
-    (zeros before the start and after the end, as torchaudio pads) - no clicks at chunk edges.
-    """
-
-    def __init__(self, orig_rate: int, new_rate: int = SAMPLE_RATE) -> None:
-        g = math.gcd(orig_rate, new_rate)
-        self.orig_rate, self.new_rate = orig_rate, new_rate
-        self.o, self.n = orig_rate // g, new_rate // g
-        # torchaudio's kernel half-width in (reduced) input samples, lowpass_filter_width=6.
-        width = math.ceil(6 * self.o / (min(self.o, self.n) * 0.99))
-        self.pad = self.o * math.ceil((width + 1) / self.o)
-        self._buf = np.zeros(self.pad, dtype=np.float32)  # buf[0] is input index done - pad
-        self._done = 0  # input samples already converted (a multiple of o)
-        self._total = 0
-
-    def _resample(self, x: np.ndarray) -> np.ndarray:
-        y = torchaudio.functional.resample(torch.from_numpy(x), self.orig_rate, self.new_rate)
-        return y.numpy()
-
-    def push(self, x: np.ndarray) -> np.ndarray:
-        """Feed input samples (N,); returns the 16 kHz samples that are now final."""
-        if self.o == self.n:
-            return x
-        self._buf = np.concatenate([self._buf, x.astype(np.float32, copy=False)])
-        self._total += len(x)
-        blocks = (len(self._buf) - 2 * self.pad) // self.o
-        if blocks <= 0:
-            return np.zeros(0, dtype=np.float32)
-        seg = self._buf[: 2 * self.pad + blocks * self.o]
-        skip = self.pad * self.n // self.o
-        out = self._resample(seg)[skip : skip + blocks * self.n]
-        self._buf = self._buf[blocks * self.o :]
-        self._done += blocks * self.o
-        return out
-
-    def flush(self) -> np.ndarray:
-        """The remaining output, as if the input ended here."""
-        if self.o == self.n or self._total == self._done:
-            return np.zeros(0, dtype=np.float32)
-        seg = np.concatenate([self._buf, np.zeros(self.pad, dtype=np.float32)])
-        skip = self.pad * self.n // self.o
-        count = math.ceil(self.n * self._total / self.o) - self._done * self.n // self.o
-        out = self._resample(seg)[skip : skip + count]
-        self._buf = self._buf[:0]
-        self._done = self._total
-        return out
 
 
 # ----------------------------------------------------------------------------- decoding state
@@ -242,9 +195,10 @@ class Stream:
         self.samples_accepted = 0  # at 16 kHz
         self._lock = threading.Lock()
         self._resampler = StreamResampler(sample_rate) if sample_rate != SAMPLE_RATE else None
-        self._pending: list[np.ndarray] = []  # 16 kHz samples not yet turned into features
+        # 16 kHz samples not yet turned into features, as accepted (no copying per step); the
+        # first starts at the next feature frame's first sample.
+        self._pending: deque[np.ndarray] = deque()
         self._pending_len = 0
-        self._samples = np.zeros(0, dtype=np.float32)
         self._feats: torch.Tensor | None = None  # (T, F) feature frames not yet consumed
         self._cache = cache
         self._frames_done = 0  # encoder frames decoded so far (absolute frame index)
@@ -258,10 +212,41 @@ class Stream:
         """Audio accepted so far, in seconds."""
         return self.samples_accepted / SAMPLE_RATE
 
+    @property
+    def buffered_seconds(self) -> float:
+        """Audio accepted but not decoded yet, in seconds at 16 kHz: pending samples plus
+        unconsumed feature frames (one hop each). Grows when the client outpaces decoding."""
+        with self._lock:
+            return (self._pending_len + self._feat_count() * HOP_SAMPLES) / SAMPLE_RATE
+
+    def _feat_count(self) -> int:
+        return 0 if self._feats is None else self._feats.shape[0]
+
     def _unconsumed_frames(self) -> int:
         with self._lock:
-            have = 0 if self._feats is None else self._feats.shape[0]
-            return have + feature_frames(len(self._samples) + self._pending_len)
+            return self._feat_count() + feature_frames(self._pending_len)
+
+    def _peek(self, n: int) -> np.ndarray:
+        """The first `n` pending samples (n,), n <= `_pending_len`. Hold `_lock`."""
+        parts, need = [], n
+        for chunk in self._pending:
+            if need <= 0:
+                break
+            parts.append(chunk[:need])
+            need -= len(parts[-1])
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def _drop(self, n: int) -> None:
+        """Forget the first `n` pending samples. Hold `_lock`."""
+        self._pending_len -= n
+        while n > 0:
+            head = self._pending[0]
+            if len(head) <= n:
+                self._pending.popleft()
+                n -= len(head)
+            else:
+                self._pending[0] = head[n:]
+                n = 0
 
 
 # ----------------------------------------------------------------------------- the recognizer
@@ -315,22 +300,37 @@ class StreamingRecognizer:
             raise ValueError(f"sample_rate={sample_rate!r}: expected a positive integer (Hz)")
         cache = self.model.encoder.init_cache(1, self.config.chunk_frames, self.config.left_chunks,
                                               self.device)
+        endpoint = self.config.endpoint
+        if not endpointing:
+            # Pauses (rule 2) never end the utterance, but rule 3 still bounds it and rule 1 still
+            # drops silence: one endless utterance would re-render an ever longer partial per chunk.
+            endpoint = dataclasses.replace(endpoint, rule2_trailing_silence_s=math.inf)
         return Stream(sample_rate, endpointing, interim, cache, self.tokenizer.blank_id,
-                      Endpointer(self.config.endpoint, self.frame_shift_s))
+                      Endpointer(endpoint, self.frame_shift_s))
 
     def accept(self, stream: Stream, samples: np.ndarray | torch.Tensor) -> None:
-        """Append mono float samples (N,) at the stream's sample rate (any N)."""
+        """Append mono float samples (N,) at the stream's sample rate (any N).
+
+        Raises ValueError, leaving the stream as it was, if a sample is NaN, infinite or beyond
+        `MAX_ABS_SAMPLE` in magnitude.
+        """
         if stream.finished:
             raise ValueError(f"stream {stream.id} is finished; it accepts no more audio")
         if isinstance(samples, torch.Tensor):
             samples = samples.detach().cpu().numpy()
-        x = np.asarray(samples, dtype=np.float32)
+        x = np.asarray(samples)
+        if x.dtype.kind != "f":
+            x = x.astype(np.float32)
         if x.ndim != 1:
             raise ValueError(f"samples of shape {x.shape}: expected mono (N,)")
-        if not np.all(np.isfinite(x)):
-            raise ValueError("samples contain NaN or infinity")
+        # Checked in the caller's precision, before the resampler sees (and keeps) any of it.
+        check_samples(x)
+        x = x.astype(np.float32)  # a copy: the stream keeps it until decoded, the caller may reuse x
         if stream._resampler is not None:
             x = stream._resampler.push(x)
+            if not np.isfinite(x).all():  # cannot happen for bounded input; never feed it on
+                raise ValueError(f"stream {stream.id}: resampling from {stream.sample_rate} Hz gave "
+                                 "non-finite samples; the stream is unusable, start a new one")
         self._append(stream, x)
 
     def ready(self, stream: Stream) -> bool:
@@ -355,8 +355,8 @@ class StreamingRecognizer:
         caches = cache.unstack() if len(streams) > 1 else [cache]
         for s, c in zip(streams, caches):
             s._cache = c
-            with s._lock:
-                s._feats = s._feats[self.stride_frames :]
+            with s._lock:  # a copy: a view would keep the whole window alive
+                s._feats = s._feats[self.stride_frames :].clone()
         self._decode_frames(streams, out)
 
     @torch.inference_mode()
@@ -368,7 +368,7 @@ class StreamingRecognizer:
             self._append(stream, stream._resampler.flush())
         while self.ready(stream):
             self.step([stream])
-        self._compute_features([stream])
+        self._compute_features([stream])  # not ready: the rest is less than one window
         rest = stream._feats
         # Fewer than 7 frames give no encoder output ((T-1)//2-1)//2 <= 0: nothing to decode.
         if rest is not None and rest.shape[0] >= 7:
@@ -406,15 +406,18 @@ class StreamingRecognizer:
             stream.samples_accepted += len(x)
 
     def _compute_features(self, streams: Sequence[Stream]) -> None:
-        """Turn every stream's buffered samples into feature frames (one batched fbank call)."""
+        """Featurize what each stream's next window lacks (one batched fbank call).
+
+        At most `window_frames` frames per stream, however much audio is pending: a client
+        faster than real time must not turn minutes of samples into features at once.
+        """
         wavs, counts = [], []
         for s in streams:
             with s._lock:
-                if s._pending:
-                    s._samples = np.concatenate([s._samples, *s._pending])
-                    s._pending, s._pending_len = [], 0
-            wavs.append(s._samples)
-            counts.append(feature_frames(len(s._samples)))
+                n = min(feature_frames(s._pending_len), max(0, self.window_frames - s._feat_count()))
+                # frame i reads samples [160 i, 160 i + 400): n frames read this many
+                wavs.append(s._peek((n - 1) * HOP_SAMPLES + WIN_SAMPLES) if n else None)
+            counts.append(n)
         todo = [i for i, n in enumerate(counts) if n > 0]
         if not todo:
             return
@@ -427,8 +430,8 @@ class StreamingRecognizer:
             s, n = streams[i], counts[i]
             new = feats[row, :n]
             with s._lock:  # feats and samples change together for `ready` on another thread
-                s._feats = new if s._feats is None else torch.cat([s._feats, new])
-                s._samples = s._samples[n * HOP_SAMPLES :]
+                s._feats = new.clone() if s._feats is None else torch.cat([s._feats, new])
+                s._drop(n * HOP_SAMPLES)
 
     def _decode_frames(self, streams: Sequence[Stream], out) -> None:
         """Run the heads on a chunk's encoder output and advance decoding + endpointing."""
@@ -449,10 +452,10 @@ class StreamingRecognizer:
                 s._utt.push(frame, int(best_id[b, t]), float(best_prob[b, t]))
                 s._endpointer.update(bool(nonspeech[b, t]))
                 s._frames_done += 1
-                if s.endpointing:
-                    rule = s._endpointer.check(has_words=bool(s._utt.tokens))
-                    if rule is not None:
-                        self._finalize(s, rule)
+                # With endpointing off the stream's endpointer has no rule 2 (see new_stream).
+                rule = s._endpointer.check(has_words=bool(s._utt.tokens))
+                if rule is not None:
+                    self._finalize(s, rule)
             self._maybe_partial(s)
 
     def _maybe_partial(self, s: Stream) -> None:

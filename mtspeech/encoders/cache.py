@@ -101,14 +101,18 @@ class EncoderCache:
         )
 
     def unstack(self) -> list["EncoderCache"]:
-        """Split into one batch-of-1 cache per row."""
+        """Split into one batch-of-1 cache per row, each owning its storage.
+
+        Rows are copied, not viewed: a view would keep the whole batch's tensors alive for as
+        long as any one stream of the batch sits idle.
+        """
         return [
             EncoderCache(
-                keys=self.keys[:, i : i + 1],
-                values=self.values[:, i : i + 1],
-                key_valid=self.key_valid[i : i + 1],
-                conv=self.conv[:, i : i + 1],
-                frames_seen=self.frames_seen[i : i + 1],
+                keys=_own(self.keys[:, i : i + 1]),
+                values=_own(self.values[:, i : i + 1]),
+                key_valid=_own(self.key_valid[i : i + 1]),
+                conv=_own(self.conv[:, i : i + 1]),
+                frames_seen=_own(self.frames_seen[i : i + 1]),
                 chunk_frames=self.chunk_frames,
             )
             for i in range(self.batch_size)
@@ -124,6 +128,11 @@ class EncoderCache:
             conv=self.conv.to(device),
             frames_seen=self.frames_seen.to(device),
         )
+
+
+def _own(row: torch.Tensor) -> torch.Tensor:
+    """A contiguous copy of `row` in storage of its own size."""
+    return row.clone(memory_format=torch.contiguous_format)
 
 
 def _geometry(cache: EncoderCache) -> tuple:
