@@ -1,11 +1,16 @@
 """Cross-stream batching: one consumer drains ready streams into batched decoding steps.
 
 Connections (WebSocket streams, HTTP transcriptions) register a `Job` per stream, feed it
-audio with `StreamingRecognizer.accept` on the event loop and call `notify`. One asyncio task
-collects the jobs whose stream is `ready`, waits up to `max_wait_ms` for a fuller batch (at
-most `max_batch_size`), and runs `recognizer.step` on a single worker thread so the event loop
-keeps moving bytes while the network runs. Events come back to each job's `outbox` queue, in
-order, followed by `END` once the job was asked to finish.
+audio (`Server.feed`: `StreamingRecognizer.accept` off the event loop) and call `notify`. One
+asyncio task collects the jobs whose stream is `ready`, waits up to `max_wait_ms` for a fuller
+batch (at most `max_batch_size`), and runs `recognizer.step` on a single worker thread so the
+event loop keeps moving bytes while the network runs. Events come back to each job's `outbox`
+queue, in order, followed by `END` once the job was asked to finish.
+
+The consumer is supervised: it cannot die. A step that fails is retried stream by stream, so
+an error closes only the stream that caused it (with an `internal` error carrying an incident
+id; the detail goes to the log), and an unexpected error in the loop itself is logged and the
+loop restarts. `alive` tells `/healthz` whether the consumer runs.
 """
 
 from __future__ import annotations
@@ -15,13 +20,13 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Iterator
-
-import numpy as np
 
 from mtspeech.streaming import Event, Stream, StreamingRecognizer
+from serve.incidents import internal_error
 from serve.metrics import Metrics
 from serve.protocol import ErrorCode, ErrorMessage
+
+RESTART_DELAY_S = 0.05  # after an unexpected loop error: don't spin if it repeats
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +46,15 @@ class Outgoing:
 class Job:
     """A stream decoded by the batcher on behalf of one client.
 
-    `feed`: optional iterator of sample chunks (HTTP files) pulled whenever the stream is
-    not ready, so a long file never sits in memory as features all at once.
     `closing_error`: sent after the last final (e.g. idle timeout), before `END`.
+    `progressed`: set after each step of this stream and when it ends (feeders wait on it
+    while the stream's backlog is too long).
     """
 
     stream: Stream
     source: str = "stream"
-    feed: Iterator[np.ndarray] | None = None
     outbox: asyncio.Queue = field(default_factory=asyncio.Queue)
+    progressed: asyncio.Event = field(default_factory=asyncio.Event)
     finishing: bool = False
     finish_since: float | None = None
     ready_since: float | None = None
@@ -77,7 +82,12 @@ class Batcher:
     def start(self) -> None:
         """Start the consumer task on the running loop."""
         self._wakeup = asyncio.Event()
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="mtspeech-batcher")
+        self._task = asyncio.get_running_loop().create_task(self._supervise(), name="mtspeech-batcher")
+
+    @property
+    def alive(self) -> bool:
+        """Whether the consumer task runs (False before `start` and after `stop`)."""
+        return self._task is not None and not self._task.done()
 
     async def stop(self) -> None:
         """Stop the consumer (jobs still open get `END` after an internal error)."""
@@ -94,10 +104,9 @@ class Batcher:
 
     # -- job API (event loop thread) ------------------------------------------------------------
 
-    def add(self, stream: Stream, source: str = "stream", feed: Iterator[np.ndarray] | None = None,
-            outbox: asyncio.Queue | None = None) -> Job:
+    def add(self, stream: Stream, source: str = "stream", outbox: asyncio.Queue | None = None) -> Job:
         """Register a stream; its events arrive on `outbox` (a new queue unless given)."""
-        job = Job(stream=stream, source=source, feed=feed)
+        job = Job(stream=stream, source=source)
         if outbox is not None:
             job.outbox = outbox
         self._jobs.add(job)
@@ -124,6 +133,12 @@ class Batcher:
         """Forget a job whose client is gone (a step in flight for it is simply discarded)."""
         self._jobs.discard(job)
         job.done = True
+        job.progressed.set()
+
+    def abort(self, job: Job, error: ErrorMessage) -> None:
+        """End a job now: `error`, then END, without decoding the rest."""
+        if not job.done:
+            self._close(job, error)
 
     @property
     def open_jobs(self) -> int:
@@ -131,19 +146,17 @@ class Batcher:
 
     # -- the consumer -------------------------------------------------------------------------
 
-    def _top_up(self) -> None:
-        """Pull file chunks into streams that are not ready; mark exhausted feeds finishing."""
-        for job in list(self._jobs):
-            if job.feed is None or job.finishing:
-                continue
-            while not self.recognizer.ready(job.stream):
-                chunk = next(job.feed, None)
-                if chunk is None:
-                    job.feed = None
-                    self.finish(job)
-                    break
-                self.recognizer.accept(job.stream, chunk)
-            self.notify(job)
+    async def _supervise(self) -> None:
+        """Run the consumer loop forever: an unexpected error is logged and the loop restarts."""
+        while True:
+            try:
+                await self._run()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("batcher loop failed; restarting it")
+                self._wakeup.set()  # look at the jobs again
+                await asyncio.sleep(RESTART_DELAY_S)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -151,7 +164,6 @@ class Batcher:
             await self._wakeup.wait()
             self._wakeup.clear()
             while True:
-                self._top_up()
                 ready = [j for j in self._jobs if self.recognizer.ready(j.stream)]
                 flush = [j for j in self._jobs if j.finishing and j not in ready]
                 if not ready and not flush:
@@ -177,28 +189,52 @@ class Batcher:
         since = {id(j): j.ready_since for j in batch}
         for j in batch:
             j.ready_since = None
-        streams = [j.stream for j in batch]
         try:
-            seconds = await loop.run_in_executor(self._executor, self._work, streams, [j.stream for j in flush])
-        except Exception as e:  # a bug or a bad model must not take the server down
-            log.exception("decoding step failed for %d streams", len(batch) + len(flush))
-            for j in batch + flush:
-                self._close(j, ErrorMessage(code=ErrorCode.internal, message=f"decoding failed: {e}"))
+            seconds = await loop.run_in_executor(self._executor, self._work, [j.stream for j in batch],
+                                                 [j.stream for j in flush])
+        except Exception:
+            # One bad stream must not end the others: retry each alone, close only who fails.
+            log.warning("a batched step of %d streams failed; retrying them one by one",
+                        len(batch) + len(flush))
+            for j in batch:
+                if await self._alone(loop, j, [j.stream], []):
+                    self._after_step(j, since[id(j)])
+            for j in flush:
+                if await self._alone(loop, j, [], [j.stream]):
+                    self._after_flush(j)
             return
         if self.metrics is not None and batch:
             audio_s = len(batch) * self.recognizer.stride_frames * 0.01
             self.metrics.rtf.observe(seconds / audio_s)
             self.metrics.batch_size.observe(len(batch))
         for j in batch:
-            if j.done:
-                continue
-            self._deliver(j, since[id(j)] if j.source == "stream" else None)
-            self.notify(j)  # more audio may be buffered already
+            self._after_step(j, since[id(j)])
         for j in flush:
-            if j.done:
-                continue
-            self._deliver(j, j.finish_since if j.source == "stream" else None)
-            self._close(j, j.closing_error)
+            self._after_flush(j)
+
+    async def _alone(self, loop, job: Job, streams, flush) -> bool:
+        """One job's step or flush on its own; on failure the job is closed. True if it ran."""
+        try:
+            await loop.run_in_executor(self._executor, self._work, streams, flush)
+            return True
+        except Exception as e:
+            if not job.done:
+                self._close(job, ErrorMessage(code=ErrorCode.internal,
+                                              message=internal_error(f"decoding stream {job.stream.id}", e)))
+            return False
+
+    def _after_step(self, job: Job, since: float | None) -> None:
+        if job.done:
+            return
+        self._deliver(job, since if job.source == "stream" else None)
+        job.progressed.set()
+        self.notify(job)  # more audio may be buffered already
+
+    def _after_flush(self, job: Job) -> None:
+        if job.done:
+            return
+        self._deliver(job, job.finish_since if job.source == "stream" else None)
+        self._close(job, job.closing_error)
 
     def _work(self, streams: list[Stream], flush: list[Stream]) -> float:
         """On the worker thread: one batched step, then the finishing streams' flushes."""

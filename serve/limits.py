@@ -27,28 +27,41 @@ class ServerSettings:
     min_sample_rate: int = 8000
     max_sample_rate: int = 96000
     api_key: str | None = None
-    shutdown_timeout_s: float = 10.0
+    shutdown_timeout_s: float = 10.0  # SIGTERM: grace for open streams and HTTP transcriptions
+    # A stream whose audio waiting to be decoded exceeds this is not read until it drains
+    # (WebSocket: the socket is not read, so TCP paces the client; files: decoding pauses).
+    max_buffered_seconds: float = 4.0
 
     def __post_init__(self) -> None:
         for name in ("max_streams", "max_batch_size", "max_frame_bytes", "max_upload_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}: expected >= 1")
-        for name in ("max_stream_seconds", "max_file_seconds", "idle_timeout_s"):
+        for name in ("max_stream_seconds", "max_file_seconds", "idle_timeout_s", "max_buffered_seconds"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}={getattr(self, name)}: expected a positive number of seconds")
+        if self.shutdown_timeout_s < 0:
+            raise ValueError(f"shutdown_timeout_s={self.shutdown_timeout_s}: expected >= 0")
         if self.max_wait_ms < 0:
             raise ValueError(f"max_wait_ms={self.max_wait_ms}: expected >= 0")
 
 
-def authorized(conn: HTTPConnection, api_key: str | None) -> bool:
-    """True when no key is configured, or the request carries it (Bearer header or ?api_key=)."""
+def request_key(conn: HTTPConnection) -> str | None:
+    """The key of an `Authorization: Bearer KEY` header, or None. The key is never read from
+    the query string: uvicorn's access log would record it."""
+    header = conn.headers.get("authorization", "")
+    return header[7:].strip() if header.lower().startswith("bearer ") else None
+
+
+def key_matches(given: str | None, api_key: str | None) -> bool:
+    """True when no key is configured, or `given` is it (constant-time comparison)."""
     if api_key is None:
         return True
-    given = conn.query_params.get("api_key")
-    header = conn.headers.get("authorization", "")
-    if header.lower().startswith("bearer "):
-        given = header[7:].strip()
     return given is not None and secrets.compare_digest(given.encode(), api_key.encode())
+
+
+def authorized(conn: HTTPConnection, api_key: str | None) -> bool:
+    """True when no key is configured, or the request's Bearer header carries it."""
+    return key_matches(request_key(conn), api_key)
 
 
 class StreamSlots:

@@ -64,6 +64,8 @@ class StartMessage(BaseModel):
     encoding: Literal["pcm_s16le", "f32le"] = "pcm_s16le"
     interim_results: bool = True
     endpointing: bool = True
+    # For browsers, which cannot set an Authorization header on a WebSocket. Never logged.
+    api_key: str | None = Field(default=None, max_length=1024, repr=False)
 
 
 class StopMessage(BaseModel):
@@ -213,6 +215,9 @@ class HTTPError(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["ok", "shutting_down"]
+    """`ok`; `shutting_down` (draining); `unhealthy` (the decoding consumer is not running:
+    answered with 503 so a load balancer takes the replica out)."""
+
+    status: Literal["ok", "shutting_down", "unhealthy"]
     streams_open: int
     max_streams: int

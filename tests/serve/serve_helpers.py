@@ -8,8 +8,10 @@ import it by a name no other test folder uses.)
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
+import json
 import socket
 import threading
 import time
@@ -25,7 +27,8 @@ from tiny_asr import tiny_recognizer
 # Tiny models on 2 shared cores: one intra-op thread is ~100x faster than contended pools.
 torch.set_num_threads(1)
 
-__all__ = ["live_server", "reference_text", "signal", "tiny_recognizer", "wav_bytes"]
+__all__ = ["live_server", "next_message", "recv_all", "reference_text", "rss_bytes", "signal", "tiny_recognizer",
+           "wav_bytes"]
 
 
 def signal(seconds: float, seed: int = 0, rate: int = 16000) -> np.ndarray:
@@ -64,3 +67,32 @@ def live_server(app):
         server.should_exit = True
         thread.join(15)
         sock.close()
+
+
+async def recv_all(ws, limit: int = 100_000, timeout_s: float = 20.0) -> list[dict]:
+    """WebSocket messages until "end" or the server closes (bounded in count and time)."""
+    from websockets.exceptions import ConnectionClosed
+
+    out = []
+    try:
+        for _ in range(limit):
+            msg = json.loads(await asyncio.wait_for(ws.recv(), timeout_s))
+            out.append(msg)
+            if msg["type"] == "end":
+                break
+    except ConnectionClosed:
+        pass
+    return out
+
+
+async def next_message(ws, timeout_s: float = 10.0) -> dict:
+    return json.loads(await asyncio.wait_for(ws.recv(), timeout_s))
+
+
+def rss_bytes() -> int:
+    """This process's resident set size (tracemalloc cannot see tensors or numpy buffers)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")

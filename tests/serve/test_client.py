@@ -82,3 +82,67 @@ def test_cli_arguments_parse():
     serve_app.add_arguments(p)
     args = p.parse_args(["--model", "m.pt", "--max-streams", "3", "--endpoint-mode", "blank"])
     assert args.max_streams == 3 and args.port == 8000 and args.host == "127.0.0.1"
+
+
+@pytest.mark.slow
+def test_sigterm_drains_streams_and_uploads_then_exits_zero(checkpoint, tmp_path):
+    """`mtspeech serve` on SIGTERM: an open WebSocket stream gets its finals and
+    `shutting_down`, an HTTP transcription in flight completes, and the exit status is 0."""
+    import asyncio
+    import json
+    import signal as signals
+    import socket
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    import httpx
+    from websockets.asyncio.client import connect
+
+    from mtspeech.client import to_pcm16
+    from serve_helpers import recv_all
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "mtspeech.cli", "serve", "--model", str(checkpoint),
+                             "--port", str(port), "--shutdown-timeout", "20", "--log-level", "warning"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    base = f"127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(f"http://{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        upload: dict = {}
+        data = wav_bytes(signal(120.0, seed=11))
+        thread = threading.Thread(target=lambda: upload.setdefault(
+            "r", httpx.post(f"http://{base}/v1/transcribe", content=data, timeout=60)))
+
+        async def run():
+            async with connect(f"ws://{base}/v1/stream") as ws:
+                await ws.send(json.dumps({"type": "start", "endpointing": False}))
+                await ws.send(to_pcm16(signal(2.0, seed=12)))
+                thread.start()
+                for _ in range(200):  # both the stream and the upload hold a slot
+                    if httpx.get(f"http://{base}/healthz", timeout=1).json()["streams_open"] == 2:
+                        break
+                    await asyncio.sleep(0.05)
+                proc.send_signal(signals.SIGTERM)
+                return await recv_all(ws, timeout_s=30)
+
+        msgs = asyncio.run(run())
+        thread.join(60)
+        rc = proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    log = proc.stdout.read().decode(errors="replace")
+    assert [m["type"] for m in msgs][-3:] == ["final", "error", "end"], msgs
+    assert msgs[-2]["code"] == "shutting_down"
+    assert upload["r"].status_code == 200, upload["r"].text
+    assert upload["r"].json()["duration"] == 120.0
+    assert rc == 0, log

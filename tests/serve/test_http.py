@@ -86,7 +86,8 @@ def test_api_key_on_http(recognizer):
     with TestClient(app) as c:
         data = wav_bytes(signal(0.5))
         assert c.post("/v1/transcribe", content=data).status_code == 401
-        assert c.post("/v1/transcribe?api_key=k", content=data).status_code == 200
+        # the query string is never read: uvicorn's access log would record the key
+        assert c.post("/v1/transcribe?api_key=k", content=data).status_code == 401
         assert c.post("/v1/transcribe", content=data, headers={"Authorization": "Bearer k"}).status_code == 200
 
 

@@ -1,0 +1,333 @@
+"""The REST routes: `/v1/transcribe`, OpenAI's `/v1/audio/transcriptions`, `/healthz`, `/metrics`.
+
+An upload is never decoded whole. Its header is read first (`soundfile.info`), so a file
+whose duration is over `max_file_seconds` is refused before one sample is decoded (a 1 MB
+FLAC can hold hours of silence). Then it is decoded one second at a time on a worker thread
+and fed to its stream through `Server.feed`, the same path and backpressure as a live
+stream, so memory per upload stays a few seconds of audio whatever the file holds. A client
+that disconnects frees its slot at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import soundfile
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.datastructures import UploadFile
+
+from mtspeech.streaming import FinalEvent
+from serve import protocol as P
+from serve.batcher import END, Job
+from serve.limits import ServerSettings, authorized
+from serve.server import APIError, Server
+
+log = logging.getLogger(__name__)
+router = APIRouter()
+
+BLOCK_SECONDS = 1.0  # files are decoded and fed this much at a time
+MAX_FILE_RATE = 384_000
+# An error that ends a file's stream → the HTTP status it is answered with.
+STATUS = {P.ErrorCode.file_too_large: 413, P.ErrorCode.bad_audio: 400, P.ErrorCode.unsupported_audio: 415,
+          P.ErrorCode.shutting_down: 503}
+
+
+class ClientGone(Exception):
+    """The HTTP client disconnected before its answer was ready."""
+
+
+def _server(request: Request) -> Server:
+    return request.app.state.server
+
+
+def _check_key(request: Request, settings: ServerSettings) -> None:
+    if not authorized(request, settings.api_key):
+        raise APIError(401, P.ErrorCode.unauthorized, "missing or wrong API key (Authorization: Bearer KEY)")
+
+
+# ----------------------------------------------------------------------------- uploads
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing more than `limit` bytes without reading it all first."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise APIError(413, P.ErrorCode.file_too_large, f"upload of {declared} bytes exceeds the {limit}-byte limit")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise APIError(413, P.ErrorCode.file_too_large, f"upload exceeds the {limit}-byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _read_form(request: Request, body: bytes):
+    """Parse a multipart body already read (and size-checked) by `_read_body`."""
+    async def replay():
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        return await Request(request.scope, replay).form(max_files=2, max_fields=50)
+    except Exception as e:
+        raise APIError(400, P.ErrorCode.bad_request, f"malformed multipart body: {str(e)[:200]}") from e
+
+
+async def _form_file(form, name: str = "file") -> bytes:
+    upload = form.get(name)
+    if not isinstance(upload, UploadFile):
+        raise APIError(400, P.ErrorCode.bad_request, f"multipart field {name!r} with the audio file is missing",
+                       param=name)
+    return await upload.read()
+
+
+@dataclass(frozen=True)
+class AudioFile:
+    """An upload whose header was read: its bytes, rate and length (nothing decoded yet)."""
+
+    data: bytes
+    sample_rate: int
+    frames: int
+
+    @property
+    def seconds(self) -> float:
+        return self.frames / self.sample_rate
+
+    def blocks(self) -> Iterator[np.ndarray]:
+        """Mono float32 blocks of `BLOCK_SECONDS`, decoded as they are asked for."""
+        with soundfile.SoundFile(io.BytesIO(self.data)) as f:
+            size = max(1, int(self.sample_rate * BLOCK_SECONDS))
+            while True:
+                block = f.read(size, dtype="float32", always_2d=True)
+                if len(block) == 0:
+                    return
+                yield block.mean(axis=1) if block.shape[1] > 1 else block[:, 0]
+
+
+def probe_upload(data: bytes, settings: ServerSettings) -> AudioFile:
+    """Read an upload's header only; refuse empty, undecodable, too long or odd-rate files."""
+    if not data:
+        raise APIError(400, P.ErrorCode.empty_file, "the uploaded file is empty", param="file")
+    try:
+        info = soundfile.info(io.BytesIO(data))
+    except (RuntimeError, soundfile.LibsndfileError, OSError, EOFError, ValueError) as e:
+        raise APIError(415, P.ErrorCode.unsupported_audio,
+                       f"uploaded file: cannot decode audio ({str(e)[:200]}); send WAV, FLAC or OGG",
+                       param="file") from None
+    if not 1 <= info.samplerate <= MAX_FILE_RATE:
+        raise APIError(415, P.ErrorCode.unsupported_audio,
+                       f"uploaded file: sample rate {info.samplerate} Hz; expected 1..{MAX_FILE_RATE} Hz", param="file")
+    if info.frames <= 0:
+        raise APIError(400, P.ErrorCode.empty_file, "the uploaded file holds no audio samples", param="file")
+    seconds = info.frames / info.samplerate
+    if seconds > settings.max_file_seconds:
+        raise APIError(413, P.ErrorCode.file_too_large,
+                       f"audio of {seconds:.1f} s exceeds {settings.max_file_seconds:g} s (read from the "
+                       "file's header; nothing was decoded)")
+    return AudioFile(data, int(info.samplerate), int(info.frames))
+
+
+async def _produce(server: Server, job: Job, audio: AudioFile) -> None:
+    """Decode `audio` block by block off the loop into `job`'s stream; then finish the job."""
+    loop = asyncio.get_running_loop()
+    blocks = audio.blocks()
+    try:
+        while not job.done:
+            block = await loop.run_in_executor(server.audio_pool, next, blocks, None)
+            if block is None:
+                break
+            await server.feed(job, block)
+    except ValueError as e:  # samples the recognizer refuses (NaN, far outside [-1, 1])
+        server.batcher.abort(job, P.ErrorMessage(code=P.ErrorCode.bad_audio, message=f"uploaded file: {e}"))
+        return
+    except (RuntimeError, soundfile.LibsndfileError, OSError, EOFError) as e:
+        msg = f"uploaded file: decoding failed part way ({str(e)[:200]})"
+        server.batcher.abort(job, P.ErrorMessage(code=P.ErrorCode.unsupported_audio, message=msg))
+        return
+    finally:
+        blocks.close()
+    server.batcher.finish(job)
+
+
+async def _until_disconnect(request: Request) -> None:
+    """Return when the client goes away (the body was already read, so only that can come)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def transcribe(server: Server, request: Request, audio: AudioFile, endpointing: bool = True) -> list[FinalEvent]:
+    """Decode an upload through the batcher; its finals. Raises APIError or ClientGone."""
+    if not server.open_slot():
+        raise APIError(503, P.ErrorCode.too_many_streams,
+                       f"server at capacity ({server.settings.max_streams} streams); retry later",
+                       headers={"Retry-After": "1"})
+    stream = server.recognizer.new_stream(audio.sample_rate, endpointing=endpointing, interim=False)
+    job = server.batcher.add(stream, source="file")
+    server.transcriptions.add(job)
+    producer = asyncio.create_task(_produce(server, job, audio))
+    watcher = asyncio.create_task(_until_disconnect(request))
+    try:
+        finals: list[FinalEvent] = []
+        while True:
+            getter = asyncio.ensure_future(job.outbox.get())
+            await asyncio.wait({getter, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            if not getter.done():
+                getter.cancel()
+                raise ClientGone()
+            out = getter.result()
+            if out is END:
+                break
+            if isinstance(out.item, P.ErrorMessage):
+                raise APIError(STATUS.get(out.item.code, 500), out.item.code, out.item.message)
+            if isinstance(out.item, FinalEvent):
+                finals.append(out.item)
+        server.metrics.audio_seconds.labels("file").inc(audio.seconds)
+        return finals
+    finally:
+        for task in (producer, watcher):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if not job.done:
+            server.batcher.remove(job)
+        server.transcriptions.discard(job)
+        server.close_slot()
+
+
+# ----------------------------------------------------------------------------- answers
+
+
+def _segments(finals: list[FinalEvent]) -> list[P.Segment]:
+    return [P.Segment(id=i, start=f.start, end=f.end, text=f.text,
+                      words=[P.WordOut(word=w.word, start=w.start, end=w.end, confidence=w.confidence)
+                             for w in f.words])
+            for i, f in enumerate(finals)]
+
+
+def _timestamp(seconds: float, sep: str) -> str:
+    ms = round(seconds * 1000)
+    return f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d}{sep}{ms % 1000:03d}"
+
+
+def _subtitles(finals: list[FinalEvent], vtt: bool) -> str:
+    """SRT (numbered cues, comma before milliseconds) or WebVTT."""
+    sep = "." if vtt else ","
+    blocks = []
+    for i, f in enumerate(finals):
+        number = "" if vtt else f"{i + 1}\n"
+        blocks.append(f"{number}{_timestamp(f.start, sep)} --> {_timestamp(f.end, sep)}\n{f.text}\n")
+    return ("WEBVTT\n\n" if vtt else "") + "\n".join(blocks)
+
+
+# ----------------------------------------------------------------------------- routes
+
+# What the OpenAPI schema declares (the routes read their bodies themselves, so that size
+# limits apply before anything is parsed): the bodies they take and the errors they answer.
+_ERRORS = {status: {"model": P.HTTPError, "description": what} for status, what in (
+    (400, "bad request, empty file or bad samples"), (401, "missing or wrong API key"),
+    (413, "upload or audio too long"), (415, "undecodable audio"), (500, "internal error (incident id)"),
+    (503, "at capacity or shutting down"))}
+_BINARY = {"type": "string", "format": "binary"}
+_TRANSCRIBE_BODY = {"requestBody": {"required": True, "content": {
+    "application/octet-stream": {"schema": _BINARY},
+    "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {"file": _BINARY}}},
+}}}
+_OPENAI_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["file"], "properties": {
+        "file": _BINARY, "model": {"type": "string"},
+        "response_format": {"type": "string", "enum": ["json", "text", "verbose_json", "srt", "vtt"]},
+        "timestamp_granularities[]": {"type": "array", "items": {"type": "string", "enum": ["word", "segment"]}},
+        "language": {"type": "string"}, "prompt": {"type": "string"}, "temperature": {"type": "number"},
+    }}}}}}
+
+
+def _flag(request: Request, name: str, default: bool) -> bool:
+    value = request.query_params.get(name)
+    if value is None:
+        return default
+    if value.lower() in ("true", "1", "yes"):
+        return True
+    if value.lower() in ("false", "0", "no"):
+        return False
+    raise APIError(400, P.ErrorCode.bad_request, f"{name}={value[:20]!r}: expected true or false", param=name)
+
+
+@router.get("/healthz", response_model=P.Health,
+            responses={503: {"model": P.Health, "description": "the decoding consumer is not running"}})
+async def healthz(request: Request):
+    server = _server(request)
+    if not server.batcher.alive:
+        status = "unhealthy"
+    else:
+        status = "shutting_down" if server.shutting_down else "ok"
+    body = P.Health(status=status, streams_open=server.slots.in_use, max_streams=server.settings.max_streams)
+    return JSONResponse(body.model_dump(), status_code=503 if status == "unhealthy" else 200)
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(request: Request):
+    return Response(_server(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.post("/v1/transcribe", response_model=P.TranscribeResponse, responses=_ERRORS,
+             openapi_extra={**_TRANSCRIBE_BODY, "parameters": [
+                 {"name": "endpointing", "in": "query", "required": False, "schema": {"type": "boolean", "default": True}}]})
+async def transcribe_route(request: Request):
+    """Audio file as the raw body (any container soundfile reads) or multipart `file`;
+    `?endpointing=false` keeps pauses inside utterances."""
+    server = _server(request)
+    settings = server.settings
+    _check_key(request, settings)
+    endpointing = _flag(request, "endpointing", True)
+    body = await _read_body(request, settings.max_upload_bytes)
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        body = await _form_file(await _read_form(request, body))
+    audio = probe_upload(body, settings)
+    finals = await transcribe(server, request, audio, endpointing)
+    return P.TranscribeResponse(text=" ".join(f.text for f in finals), duration=round(audio.seconds, 3),
+                                segments=_segments(finals))
+
+
+@router.post("/v1/audio/transcriptions", responses={200: {"description": "json, text, verbose_json, srt or vtt"},
+                                                     **_ERRORS}, openapi_extra=_OPENAI_BODY)
+async def openai_transcriptions(request: Request):
+    """OpenAI's transcription API: multipart `file`, `model`, `response_format`,
+    `timestamp_granularities[]` (`language`, `prompt`, `temperature` are accepted, ignored)."""
+    server = _server(request)
+    settings = server.settings
+    _check_key(request, settings)
+    form = await _read_form(request, await _read_body(request, settings.max_upload_bytes))
+    fmt = str(form.get("response_format") or "json")
+    if fmt not in ("json", "text", "verbose_json", "srt", "vtt"):
+        raise APIError(400, P.ErrorCode.bad_request,
+                       f"response_format {fmt[:40]!r} is not supported; use json, text, verbose_json, srt or vtt",
+                       param="response_format")
+    granularities = set(form.getlist("timestamp_granularities[]") or form.getlist("timestamp_granularities"))
+    if granularities - {"word", "segment"}:
+        raise APIError(400, P.ErrorCode.bad_request, f"timestamp_granularities {sorted(map(str, granularities))[:4]}: "
+                       "expected 'word' and/or 'segment'", param="timestamp_granularities[]")
+    audio = probe_upload(await _form_file(form), settings)
+    finals = await transcribe(server, request, audio)
+    text = " ".join(f.text for f in finals)
+    if fmt == "text":
+        return PlainTextResponse(text + "\n")
+    if fmt in ("srt", "vtt"):
+        return PlainTextResponse(_subtitles(finals, fmt == "vtt"))
+    if fmt == "json":
+        return P.OpenAITranscription(text=text)
+    granularities = granularities or {"segment"}
+    out = P.OpenAIVerboseTranscription(duration=round(audio.seconds, 3), text=text)
+    if "segment" in granularities:
+        out.segments = [P.OpenAISegment(id=i, start=f.start, end=f.end, text=f.text, tokens=list(f.tokens))
+                        for i, f in enumerate(finals)]
+    if "word" in granularities:
+        out.words = [P.OpenAIWord(word=w.word, start=w.start, end=w.end) for f in finals for w in f.words]
+    return JSONResponse(out.model_dump(mode="json", exclude_none=True))

@@ -1,0 +1,95 @@
+"""The shared state every route uses: settings, stream slots, the batcher, metrics, API errors.
+
+`ws.py` and `http.py` import this module only; `app.py` composes them. Audio enters a stream
+through `Server.feed`, which resamples and checks it on a worker thread (never on the event
+loop) and then holds the caller back while more than `max_buffered_seconds` of that stream's
+audio waits to be decoded: a client faster than real time is paced by its own socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from mtspeech.streaming import StreamingRecognizer
+from serve import protocol as P
+from serve.batcher import Batcher, Job
+from serve.limits import ServerSettings, StreamSlots
+from serve.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+class APIError(Exception):
+    """An HTTP error answered as `{"error": {...}}` (OpenAI's shape)."""
+
+    def __init__(self, status: int, code: P.ErrorCode, message: str, param: str | None = None,
+                 headers: dict | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.param, self.headers = status, code, message, param, headers
+
+
+class Server:
+    """Shared state of one app: recognizer, batcher, limits, metrics, open connections."""
+
+    def __init__(self, recognizer: StreamingRecognizer, settings: ServerSettings) -> None:
+        self.recognizer = recognizer
+        self.settings = settings
+        self.metrics = Metrics()
+        self.slots = StreamSlots(settings.max_streams)
+        self.batcher = Batcher(recognizer, settings.max_batch_size, settings.max_wait_ms, self.metrics)
+        self.connections: set = set()  # open WebSocket connections (ws.StreamConnection)
+        self.transcriptions: set[Job] = set()  # HTTP transcriptions in flight
+        self.shutting_down = False
+        # Resampling, checks and file decoding: off the event loop, and off the decoding thread.
+        self.audio_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="mtspeech-audio")
+
+    def open_slot(self) -> bool:
+        if self.shutting_down or not self.slots.try_acquire():
+            return False
+        self.metrics.streams_open.set(self.slots.in_use)
+        return True
+
+    def close_slot(self) -> None:
+        self.slots.release()
+        self.metrics.streams_open.set(self.slots.in_use)
+
+    async def feed(self, job: Job, samples: np.ndarray) -> None:
+        """Accept `samples` (at the stream's rate) into `job`, then wait while its backlog is
+        over `max_buffered_seconds`. Raises ValueError for unusable audio (nothing accepted)."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self.audio_pool, self.recognizer.accept, job.stream, samples)
+        self.batcher.notify(job)
+        limit = self.settings.max_buffered_seconds
+        while not job.done and not job.finishing and _buffered_seconds(job) > limit:
+            job.progressed.clear()
+            await job.progressed.wait()
+
+    async def drain(self) -> None:
+        """Graceful shutdown: refuse new streams, finalize open ones, and wait (bounded by
+        `shutdown_timeout_s`) for them and for HTTP transcriptions in flight."""
+        if self.shutting_down:
+            return
+        self.shutting_down = True
+        for conn in list(self.connections):
+            conn.shutdown()
+        deadline = time.monotonic() + self.settings.shutdown_timeout_s
+        while (self.connections or self.transcriptions) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        if self.connections or self.transcriptions:
+            log.warning("%d streams and %d transcriptions still open after %.1f s of shutdown",
+                        len(self.connections), len(self.transcriptions), self.settings.shutdown_timeout_s)
+            for job in list(self.transcriptions):
+                self.batcher.abort(job, P.ErrorMessage(code=P.ErrorCode.shutting_down,
+                                                       message="server shut down before the file was decoded"))
+
+    def close(self) -> None:
+        self.audio_pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _buffered_seconds(job: Job) -> float:
+    return job.stream.buffered_seconds

@@ -1,0 +1,248 @@
+"""`WS /v1/stream`: the streaming protocol's state machine (messages in serve/protocol.py).
+
+One `StreamConnection` per socket. The reader handles one client message at a time and
+awaits `Server.feed` for audio, so while a stream's backlog is over `max_buffered_seconds`
+the server simply stops reading that socket and TCP paces the client. Every message to the
+client goes through `outbox` (a single writer keeps order); the batcher puts events there,
+the reader puts errors there, `END` ends the writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+
+from fastapi import APIRouter, WebSocket
+from pydantic import ValidationError
+
+from mtspeech.streaming import SAMPLE_RATE
+from serve import protocol as P
+from serve.batcher import END, Job, Outgoing
+from serve.limits import key_matches, request_key
+from serve.server import Server
+
+log = logging.getLogger(__name__)
+router = APIRouter()
+
+
+class StreamConnection:
+    """One `/v1/stream` WebSocket (see module doc). `key_checked`: the Authorization header
+    already carried the key (or none is needed); otherwise `start` must carry `api_key`."""
+
+    def __init__(self, ws: WebSocket, server: Server, key_checked: bool) -> None:
+        self.ws = ws
+        self.server = server
+        self.settings = server.settings
+        self.outbox: asyncio.Queue = asyncio.Queue()
+        self.job: Job | None = None
+        self.start: P.StartMessage | None = None
+        self.key_checked = key_checked
+        self.close_code = 1000
+        self.stopping = False
+
+    # -- outgoing ------------------------------------------------------------------------------
+
+    def error(self, code: P.ErrorCode, message: str) -> None:
+        self.outbox.put_nowait(Outgoing(P.ErrorMessage(code=code, message=message), None))
+
+    def terminate(self, code: P.ErrorCode, message: str, close_code: int) -> None:
+        """A fatal error: tell the client, end without flushing, close with `close_code`.
+        Nothing the client sends afterwards is read, so the close code stays."""
+        self.error(code, message)
+        self.outbox.put_nowait(END)
+        self.close_code = close_code
+        self.stopping = True
+        if self.job is not None:
+            self.server.batcher.remove(self.job)
+
+    def finish(self, closing_error: P.ErrorMessage | None = None, close_code: int = 1000) -> None:
+        """Stop reading audio; the batcher flushes the stream, sends finals, then END."""
+        self.stopping = True
+        self.close_code = close_code
+        if self.job is not None:
+            self.server.batcher.finish(self.job, closing_error)
+        else:
+            if closing_error is not None:
+                self.outbox.put_nowait(Outgoing(closing_error, None))
+            self.outbox.put_nowait(END)
+
+    def shutdown(self) -> None:
+        """Server shutdown: finalize this stream and say why."""
+        if not self.stopping:
+            self.finish(P.ErrorMessage(code=P.ErrorCode.shutting_down,
+                                       message="server is shutting down; the stream was finalized"), 1001)
+
+    async def _writer(self) -> None:
+        m = self.server.metrics
+        while (out := await self.outbox.get()) is not END:
+            item = out.item
+            msg = item if isinstance(item, P.ErrorMessage) else P.event_message(item)
+            await self.ws.send_text(msg.model_dump_json())
+            if isinstance(item, P.ErrorMessage):
+                m.errors.labels(item.code.value).inc()
+            elif out.since is not None:
+                hist = m.partial_latency if msg.type == "partial" else m.final_latency
+                hist.observe(time.monotonic() - out.since)
+        await self.ws.send_text(P.EndMessage().model_dump_json())
+
+    # -- incoming ------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        writer = asyncio.create_task(self._writer())
+        gone = False
+        try:
+            gone = await self._reader(writer)
+            if not gone:
+                await writer
+        except Exception as e:  # a send to a vanished client, or a bug: never crash the server
+            gone = True
+            log.debug("stream connection ended: %r", e)
+        finally:
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await writer
+            if self.job is not None and not self.job.done:
+                self.server.batcher.remove(self.job)
+            if gone:
+                self.server.metrics.errors.labels(P.ErrorCode.client_disconnected.value).inc()
+            else:
+                with contextlib.suppress(Exception):
+                    await self.ws.close(self.close_code)
+
+    async def _reader(self, writer: asyncio.Task) -> bool:
+        """Read until stop / a terminal error (False) or the client vanishing (True)."""
+        while not self.stopping and not writer.done():
+            receive = asyncio.ensure_future(self.ws.receive())
+            done, _ = await asyncio.wait({receive, writer}, timeout=self.settings.idle_timeout_s,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if receive not in done:
+                receive.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await receive
+                if writer.done():  # END was sent after a terminal error, or a send failed:
+                    return False  # run() awaits the writer, whose exception means "client gone"
+                msg = f"no message for {self.settings.idle_timeout_s:g} s; closing the stream"
+                self.finish(P.ErrorMessage(code=P.ErrorCode.idle_timeout, message=msg))
+                return False
+            msg = receive.result()
+            if msg["type"] == "websocket.disconnect":
+                return True
+            if msg.get("bytes") is not None:
+                await self._on_audio(msg["bytes"])
+            elif msg.get("text") is not None:
+                self._on_text(msg["text"])
+        return False
+
+    def _on_text(self, text: str) -> None:
+        if len(text) > self.settings.max_frame_bytes:
+            self.terminate(P.ErrorCode.frame_too_large,
+                           f"text frame of {len(text)} bytes exceeds the {self.settings.max_frame_bytes}-byte limit",
+                           1009)
+            return
+        try:
+            data = json.loads(text)
+        except (ValueError, RecursionError):  # RecursionError: JSON nested thousands deep
+            data = None
+        if not isinstance(data, dict):
+            self.error(P.ErrorCode.bad_json, f"text frames must be JSON objects; got {text[:60]!r}")
+            return
+        kind = data.get("type")
+        if not isinstance(kind, str) or kind not in P.CLIENT_TYPES:
+            self.error(P.ErrorCode.unknown_type,
+                       f"unknown message type {str(kind)[:40]!r}; expected one of {list(P.CLIENT_TYPES)}")
+            return
+        try:
+            message = P.CLIENT_MESSAGE.validate_python(data)
+        except ValidationError as e:
+            detail = "; ".join(f"{'.'.join(map(str, err['loc'][1:])) or 'message'}: {err['msg']}"
+                               for err in e.errors())
+            self.error(P.ErrorCode.bad_message, f"invalid {kind!r} message: {detail[:300]}")
+            return
+        except RecursionError:
+            self.error(P.ErrorCode.bad_message, f"invalid {kind!r} message: nested too deeply")
+            return
+        if isinstance(message, P.StartMessage):
+            self._on_start(message)
+        elif not self.key_checked:
+            self._unauthorized()
+        else:
+            self.finish()
+
+    def _unauthorized(self) -> None:
+        self.terminate(P.ErrorCode.unauthorized, "missing or wrong API key (Authorization: Bearer KEY, "
+                       'or "api_key" in the start message)', 1008)
+
+    def _on_start(self, start: P.StartMessage) -> None:
+        s = self.settings
+        if not self.key_checked:
+            if not key_matches(start.api_key, s.api_key):
+                return self._unauthorized()
+            self.key_checked = True
+        if self.start is not None:
+            self.error(P.ErrorCode.already_started, "the stream is already started; send audio or stop")
+            return
+        if not s.min_sample_rate <= start.sample_rate <= s.max_sample_rate:
+            self.error(P.ErrorCode.unsupported_sample_rate,
+                       f"sample_rate {start.sample_rate} Hz is not supported; use {s.min_sample_rate}"
+                       f"..{s.max_sample_rate} Hz (audio is resampled to {SAMPLE_RATE} Hz)")
+            return
+        self.start = start
+        stream = self.server.recognizer.new_stream(start.sample_rate, endpointing=start.endpointing,
+                                                   interim=start.interim_results)
+        self.job = self.server.batcher.add(stream, outbox=self.outbox)
+
+    async def _on_audio(self, data: bytes) -> None:
+        s = self.settings
+        if len(data) > s.max_frame_bytes:
+            self.terminate(P.ErrorCode.frame_too_large,
+                           f"audio frame of {len(data)} bytes exceeds the {s.max_frame_bytes}-byte limit; "
+                           "send smaller frames (e.g. 100 ms)", 1009)
+            return
+        if not self.key_checked:
+            return self._unauthorized()
+        if self.job is None:
+            self.error(P.ErrorCode.audio_before_start, 'audio before {"type": "start"}; frame dropped')
+            return
+        try:
+            samples = P.decode_frame(data, self.start.encoding)
+            await self.server.feed(self.job, samples)
+        except ValueError as e:
+            self.error(P.ErrorCode.bad_audio, f"{e}; frame dropped")
+            return
+        self.server.metrics.audio_seconds.labels("stream").inc(len(samples) / self.start.sample_rate)
+        if self.job.stream.audio_seconds > s.max_stream_seconds:
+            self.finish(P.ErrorMessage(code=P.ErrorCode.stream_too_long,
+                                       message=f"stream exceeds {s.max_stream_seconds:g} s of audio; finalized"))
+
+
+@router.websocket("/v1/stream")
+async def stream(ws: WebSocket):
+    server: Server = ws.app.state.server
+    settings = server.settings
+    await ws.accept()
+    given = request_key(ws)
+    if given is not None and not key_matches(given, settings.api_key):
+        return await _refuse(ws, server, P.ErrorCode.unauthorized, "wrong API key", 1008)
+    if server.shutting_down:
+        return await _refuse(ws, server, P.ErrorCode.shutting_down, "server is shutting down", 1001)
+    if not server.open_slot():
+        return await _refuse(ws, server, P.ErrorCode.too_many_streams,
+                             f"server at capacity ({settings.max_streams} streams); retry later", 1013)
+    conn = StreamConnection(ws, server, key_checked=settings.api_key is None or given is not None)
+    server.connections.add(conn)
+    try:
+        await conn.run()
+    finally:
+        server.connections.discard(conn)
+        server.close_slot()
+
+
+async def _refuse(ws: WebSocket, server: Server, code: P.ErrorCode, message: str, close_code: int) -> None:
+    """Tell a client why it is not served, then close with `close_code` and the reason."""
+    server.metrics.errors.labels(code.value).inc()
+    with contextlib.suppress(Exception):
+        await ws.send_text(P.ErrorMessage(code=code, message=message).model_dump_json())
+        await ws.close(close_code, reason=message[:120])
