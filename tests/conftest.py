@@ -13,6 +13,22 @@ import pytest
 from mtspeech.data.librispeech import prepare_librispeech
 from mtspeech.data.synth import SynthConfig, synthesize_corpus
 
+def _hide_lazy_modules_from_hypothesis() -> None:
+    """Hypothesis collects constants from every module in `sys.modules` (at collection and
+    before the first draw) with `getattr(module, "__file__", None)`. On speechbrain's lazy
+    modules (imported through mtspeech.tasks.speaker) that lookup imports the target:
+    `speechbrain.k2_integration` raises ImportError without k2, an INTERNALERROR at collection
+    or a failed draw. A class-level `__file__ = None` answers the lookup without importing
+    (inspect.getmodule, which speechbrain guards the same way, skips such modules too); any
+    real attribute still goes through the lazy `__getattr__`."""
+    import speechbrain.utils.importutils as importutils
+
+    if "__file__" not in vars(importutils.LazyModule):
+        importutils.LazyModule.__file__ = None
+
+
+_hide_lazy_modules_from_hypothesis()  # at import: hypothesis's pytest plugin scans at collection
+
 TINY_SYNTH = SynthConfig(
     hours=0.015, seed=1234, speakers=6, unseen_speakers=2, noise_snr_db=30.0,
     dev_fraction=0.1, test_fraction=0.1, unseen_fraction=0.1, jobs=2, progress=False,
