@@ -103,6 +103,8 @@ def test_pcgrad_removes_the_conflicting_component():
     w = PCGradWeighting(NAMES, {"asr": 1.0, "vad": 1.0})
     losses = {"asr": shared @ a * head, "vad": shared @ b}
     total = w.backward(losses, [shared], step=0)
+    assert shared.grad is None  # the shared gradient comes with sync_grads, once per step
+    w.sync_grads()
     # g_a' = a - (a·b)/|b|² b = [0.5, 0.5];  g_b' = b - (a·b)/|a|² a = [0, 1]
     torch.testing.assert_close(shared.grad, torch.tensor([0.5, 1.5]))
     assert torch.dot(torch.tensor([0.5, 0.5]), b) == 0
@@ -110,7 +112,44 @@ def test_pcgrad_removes_the_conflicting_component():
     # no conflict: plain sum
     shared.grad = None
     w.backward({"asr": shared @ a, "vad": shared @ torch.tensor([1.0, 1.0])}, [shared], step=1)
+    w.sync_grads()
     torch.testing.assert_close(shared.grad, torch.tensor([2.0, 1.0]))
+
+
+def test_pcgrad_projects_the_sum_of_accumulated_micro_batches():
+    """One gradient per task per optimizer step: micro-batches add up, then one projection."""
+    shared = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        shared.weight.copy_(torch.tensor([[0.5, -1.0]]))
+    head = torch.nn.Parameter(torch.tensor(1.0))  # asr's own parameter
+    w = PCGradWeighting(NAMES, {"asr": 1.0, "vad": 1.0})
+    a1, a2, b2 = torch.tensor([1.0, 0.0]), torch.tensor([1.0, 0.0]), torch.tensor([-2.0, 1.0])
+    # micro-batch 1: vad absent (adds nothing); micro-batch 2: both, conflicting
+    total = w.backward({"asr": head * shared(a1).sum()}, shared.parameters(), step=7)
+    assert total.item() == pytest.approx(0.5)
+    w.backward({"asr": head * shared(a2).sum(), "vad": shared(b2).sum()}, shared.parameters(), step=7)
+    assert shared.weight.grad is None and head.grad.item() == pytest.approx(0.5 + 0.5)  # plain, accumulated
+    w.sync_grads()
+    # g_a = a1 + a2 = [2, 0], g_b = b2 = [-2, 1], g_a·g_b = -4:
+    # g_a' = g_a + 4/5 g_b = [0.4, 0.8];  g_b' = g_b + 4/4 g_a = [0, 1]
+    torch.testing.assert_close(shared.weight.grad, torch.tensor([[0.4, 1.8]]))
+    # (projecting each micro-batch and summing, as before, gives [1, 0] + [0.2, 1.4] = [1.2, 1.4])
+    w.sync_grads()  # the buffer is empty after a sync: nothing is added twice
+    torch.testing.assert_close(shared.weight.grad, torch.tensor([[0.4, 1.8]]))
+    assert w.state_dict() == {}
+
+
+def test_pcgrad_buffer_is_empty_at_step_boundaries():
+    shared = torch.nn.Parameter(torch.zeros(2))
+    w = PCGradWeighting(NAMES, STATIC)
+    w.backward({"asr": shared @ torch.tensor([1.0, 2.0])}, [shared], step=0)
+    with pytest.raises(RuntimeError, match="sync_grads"):  # a step without sync_grads
+        w.backward({"asr": shared @ torch.tensor([1.0, 2.0])}, [shared], step=1)
+    w.zero_grad()  # a dropped accumulation window
+    w.backward({"vad": shared @ torch.tensor([3.0, 0.0])}, [shared], step=1)
+    w.sync_grads()
+    torch.testing.assert_close(shared.grad, torch.tensor([1.5, 0.0]))
+    assert PCGradWeighting.syncs_model_grads and not DWAWeighting.syncs_model_grads
 
 
 def test_pcgrad_trains_a_tiny_two_head_model():
@@ -126,6 +165,7 @@ def test_pcgrad_trains_a_tiny_two_head_model():
         z = trunk(x)
         losses = {"asr": ((head_a(z) - ya) ** 2).mean(), "vad": ((head_b(z) - yb) ** 2).mean()}
         totals.append(w.backward(losses, trunk.parameters(), step).item())
+        w.sync_grads(params)
         opt.step()
     assert totals[-1] < totals[0]
     assert w.weights() == {"asr": 1.0, "vad": 1.0}
