@@ -44,6 +44,9 @@ class OptimConfig:
     accum_steps: int = 1
 
 
+AMP_MODES = ("auto", "off", "bf16", "fp16")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """How long and how to train."""
@@ -60,6 +63,11 @@ class TrainConfig:
     best_metric: str = "cer"  # a dev metric of the main task, lower is better
     stream_eval_chunk_frames: int | None = None
     threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"train.amp={self.amp!r}: expected one of {AMP_MODES} (fp16 trains with a "
+                             "GradScaler; bf16 needs none)")
 
 
 @dataclass(frozen=True)

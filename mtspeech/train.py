@@ -75,11 +75,17 @@ def lr_lambda(optim_cfg, total_steps: int):
     return f
 
 
+def resolve_amp(device: torch.device, amp: str) -> str:
+    """`auto` → bf16 on CUDA, off elsewhere; other values as given (validated by TrainConfig)."""
+    if amp == "auto":
+        return "bf16" if device.type == "cuda" else "off"
+    return amp
+
+
 def _autocast(device: torch.device, amp: str):
-    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+    if amp == "off":
         return contextlib.nullcontext()
-    dtype = torch.float16 if amp == "fp16" else torch.bfloat16
-    return torch.autocast(device.type, dtype=dtype)
+    return torch.autocast(device.type, dtype=torch.float16 if amp == "fp16" else torch.bfloat16)
 
 
 class Trainer:
@@ -109,12 +115,19 @@ class Trainer:
         self.task_names = list(exp.tasks)
         self.weighting = build_weighting(exp.weighting, self.task_names, {n: c.weight for n, c in exp.tasks.items()})
         self.weighting.to(self.rt.device)
-        params = list(self.model.parameters()) + list(self.weighting.parameters())
         o = exp.optim
+        # The weighting's own parameters (uncertainty's log-variances) get no weight decay:
+        # decay would pull every task's learned weight towards 1 for no reason.
+        groups = [{"params": list(self.model.parameters())}]
+        if list(self.weighting.parameters()):
+            groups.append({"params": list(self.weighting.parameters()), "weight_decay": 0.0})
         # The fused kernel is one pass over all parameters: on a 2-core CPU the default
         # per-tensor loop took 19 ms a step for the demo model, the fused one 4 ms.
-        self.optimizer = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay,
+        self.optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay,
                                            fused=self.rt.device.type in ("cpu", "cuda"))
+        self.amp = resolve_amp(self.rt.device, exp.train.amp)
+        # fp16 needs loss scaling (its gradients underflow); bf16 has fp32's range and does not.
+        self.scaler = torch.amp.GradScaler(self.rt.device.type, enabled=self.amp == "fp16")
 
         self.sampler = DurationBatchSampler(
             [u.duration for u in self.train_utts], exp.data.max_batch_seconds, shuffle=True,
@@ -128,6 +141,7 @@ class Trainer:
         self.batches_done = 0  # of this epoch, as consumed by the loop (workers prefetch ahead)
         self.history: list[dict] = []  # per-epoch dev results
         self.skipped_batches = 0
+        self._rng_of_ranks: list[dict] | None = None  # set by save_last() around its state_dict()
 
         resumed = self._maybe_resume()
         if not resumed:
@@ -199,16 +213,37 @@ class Trainer:
             "step": self.step,
             "epoch": self.epoch,
             "history": self.history,
-            "rng": ckpt.rng_state(),
+            "scaler": self.scaler.state_dict(),
+            # Every rank's own RNG state (dropout, SpecAugment draw from them): index = rank.
+            "rng": {"per_rank": self._rng_of_ranks or [ckpt.rng_state()]},
         }
 
     def save(self, name: str) -> Path | None:
+        """Write a checkpoint from rank 0 (other ranks return None)."""
         if not self.rt.main:
             return None
         return ckpt.save_atomic(self.state_dict(), self.exp_dir / name)
 
+    def save_last(self) -> Path | None:
+        """`last.pt`, for resumption: call on every rank, which all hand in their RNG states."""
+        rng = ckpt.rng_state()
+        if self.rt.world_size > 1:
+            gathered: list = [None] * self.rt.world_size
+            dist.all_gather_object(gathered, rng)
+            self._rng_of_ranks = gathered
+        else:
+            self._rng_of_ranks = [rng]
+        try:
+            return self.save("last.pt")
+        finally:
+            self._rng_of_ranks = None
+
     def _maybe_resume(self) -> bool:
         path = self.exp_dir / "last.pt"
+        if self.rt.main:  # a process killed mid-write leaves its temp file; the rename never ran
+            for stale in self.exp_dir.glob(".*.pt.*.tmp"):
+                log.warning("removing %s, left by a checkpoint write that was interrupted", stale)
+                stale.unlink(missing_ok=True)
         if not path.exists():
             return False
         state = ckpt.load_state(path)
@@ -219,9 +254,30 @@ class Trainer:
         self.sampler.load_state_dict(state["sampler"])
         self.step, self.epoch, self.history = state["step"], state["epoch"], state["history"]
         self.batches_done = state["sampler"]["position"]
-        ckpt.set_rng_state(state["rng"])
+        if "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+        ckpt.set_rng_state(self._own_rng(state["rng"]))
         log.info("resumed from %s at epoch %d step %d", path, self.epoch, self.step)
         return True
+
+    def _own_rng(self, rng: dict) -> dict:
+        """This rank's RNG state from a checkpoint (older checkpoints hold rank 0's only)."""
+        per_rank = rng.get("per_rank", [rng])
+        if len(per_rank) != self.rt.world_size:
+            log.warning("checkpoint holds RNG states of %d ranks, this run has %d: ranks beyond "
+                        "them reuse rank 0's", len(per_rank), self.rt.world_size)
+        return per_rank[self.rt.rank] if self.rt.rank < len(per_rank) else per_rank[0]
+
+    def _agree(self, *flags: bool) -> list[bool]:
+        """Each flag ANDed over all ranks (one tiny all-reduce), so every skip decision is
+        taken by all ranks together: a rank that skipped alone would leave the others
+        waiting in the gradient all-reduce for ever."""
+        if self.rt.world_size == 1:
+            return list(flags)
+        t = torch.tensor([int(f) for f in flags], dtype=torch.int32,
+                         device=self.rt.device if self.rt.device.type == "cuda" else "cpu")
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        return [bool(v) for v in t.tolist()]
 
     # ---------------------------------------------------------------- training
     def _loader(self, utts, sampler, train: bool):
@@ -257,12 +313,17 @@ class Trainer:
             for batch in loader:
                 bar.update(1)
                 self.batches_done += 1
-                if batch is None:  # every utterance of the batch was unreadable
+                # The sampler gives every rank the same number of batches, so all ranks agree
+                # on the last one; it syncs, so no accumulated gradient crosses the epoch.
+                last_of_epoch = self.batches_done == len(self.sampler)
+                (readable,) = self._agree(batch is not None)
+                if not readable:  # some rank's batch was entirely unreadable audio
                     continue
                 batch = batch.to(self.rt.device)
-                sync = accum + 1 == exp.optim.accum_steps
-                ctx = contextlib.nullcontext() if (sync or self.ddp is None) else self.ddp.no_sync()
-                with ctx, _autocast(self.rt.device, exp.train.amp):
+                sync = accum + 1 == exp.optim.accum_steps or last_of_epoch
+                no_sync = self.ddp is not None and (not sync or self.weighting.syncs_model_grads)
+                with self.ddp.no_sync() if no_sync else contextlib.nullcontext(), \
+                        _autocast(self.rt.device, self.amp):
                     losses, _, _ = module(batch.wav, batch.wav_lens, batch.targets)
                 # A task without any label in this batch sits the step out (its zero loss
                 # would otherwise drag adaptive weightings). Its zero loss, which has a graph,
@@ -271,35 +332,40 @@ class Trainer:
                 labelled = {k: bool(batch.targets[k].present.any()) for k in losses}
                 absent = [v for k, v in losses.items() if not labelled[k]]
                 losses = {k: v.float() for k, v in losses.items() if labelled[k]}
-                if not losses:
-                    continue
-                if absent:
+                if losses and absent:
                     first = next(iter(losses))
                     losses[first] = losses[first] + sum(absent)
-                if not all(torch.isfinite(v) for v in losses.values()):
+                finite = all(torch.isfinite(v) for v in losses.values())
+                any_labels, finite = self._agree(bool(losses), finite)
+                if not finite:  # on some rank: the whole accumulation window is dropped
                     self._skip(batch, losses)
                     accum = 0
                     continue
+                if not any_labels:  # some rank's batch has no label for any task
+                    continue
                 # Accumulation scales what is differentiated, not the losses the weighting sees.
                 self.weighting.backward(losses, self.model.shared_parameters(), self.step,
-                                        scale_fn=lambda total: total / exp.optim.accum_steps)
+                                        scale_fn=lambda total: self.scaler.scale(total / exp.optim.accum_steps))
                 accum += 1
-                if accum < exp.optim.accum_steps:
+                if not sync:
                     continue
                 accum = 0
                 if self._optimizer_step():
                     self._log_step(losses, bar)
                 if exp.train.checkpoint_every_steps and self.step % exp.train.checkpoint_every_steps == 0:
-                    self.save("last.pt")
+                    self.save_last()
                 if self.step >= self.total_steps:
                     break
+            if accum:  # the epoch's last batches were skipped after some were accumulated
+                log.warning("epoch %d: dropped the gradients of %d micro-batches left at its end", self.epoch, accum)
+                self._drop_gradients()
             bar.close()
             self.epoch += 1
             self.batches_done = 0
             self.sampler.set_epoch(self.epoch)  # position 0 of the next epoch, for resume
             results = self.evaluate_dev()
             self.history.append({"epoch": self.epoch, "step": self.step, **results})
-            self.save("last.pt")
+            self.save_last()
             self._keep_best(results)
             if self.rt.main:
                 log.info("epoch %d step %d: %s", self.epoch, self.step,
@@ -308,16 +374,21 @@ class Trainer:
         return self.history[-1] if self.history else {}
 
     def _optimizer_step(self) -> bool:
-        """Clip, guard against non-finite gradients, step. Returns False if skipped."""
-        self.weighting.sync_grads()
+        """Clip, guard against non-finite gradients, step. Returns False if skipped.
+        Gradients are already averaged over ranks here, so every rank decides alike."""
+        self.weighting.sync_grads(list(self.model.parameters()))
+        self.scaler.unscale_(self.optimizer)
         params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
         norm = torch.nn.utils.clip_grad_norm_(params, self.exp.optim.clip_grad_norm)
         if not torch.isfinite(norm):
             self.skipped_batches += 1
+            if self.scaler.is_enabled():  # fp16 overflow: lower the scale and go on
+                self.scaler.update()
             log.warning("step %d: non-finite gradient norm, update skipped (%d so far)", self.step, self.skipped_batches)
             self.optimizer.zero_grad(set_to_none=True)
             return False
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
@@ -327,8 +398,13 @@ class Trainer:
         self.skipped_batches += 1
         bad = [k for k, v in losses.items() if not torch.isfinite(v)]
         log.warning("step %d: non-finite loss for %s on batch %s…, batch skipped (%d so far)",
-                    self.step, bad, batch.ids[:3], self.skipped_batches)
+                    self.step, bad or "(another rank)", batch.ids[:3], self.skipped_batches)
+        self._drop_gradients()
+
+    def _drop_gradients(self) -> None:
+        """Forget the accumulation window: the optimizer's and the weighting's (PCGrad's buffer)."""
         self.optimizer.zero_grad(set_to_none=True)
+        self.weighting.zero_grad(set_to_none=True)
 
     def _log_step(self, losses: dict, bar) -> None:
         if not self.rt.main or self.step % self.exp.train.log_every_steps:
@@ -336,7 +412,9 @@ class Trainer:
         weights = self.weighting.weights()
         record = {"step": self.step, "epoch": self.epoch, "lr": self.scheduler.get_last_lr()[0],
                   **{f"loss/{k}": v.item() for k, v in losses.items()},
-                  **{f"weight/{k}": float(w) for k, w in weights.items()}}
+                  **{f"weight/{k}": float(w) for k, w in weights.items()},
+                  **{f"too_short/{k}": t.too_short for k, t in self.model.tasks.items()
+                     if getattr(t, "too_short", 0)}}
         for key, value in record.items():
             if key not in ("step", "epoch"):
                 self.tb.add_scalar(key, value, self.step)

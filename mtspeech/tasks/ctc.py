@@ -79,6 +79,7 @@ class CTCTask(nn.Module):
         self.name = cfg.name
         self.layer = cfg.layer
         self.labels = labels
+        self.too_short = 0  # utterances left out of the loss: too few frames for their labels
         self._tokenizer = None  # built lazily; dropped when pickled (see __getstate__)
         if cfg.label == "phones":
             self.phones: list[str] = list(labels["phones"])
@@ -176,21 +177,25 @@ class CTCTask(nn.Module):
         return self.out(self.dropout(self.proj(h)))
 
     def loss(self, logits: torch.Tensor, h_lens: torch.Tensor, targets: Targets) -> torch.Tensor:
-        """CTC NLL of present rows summed, divided by their number of target units."""
+        """CTC NLL of present rows summed, divided by their number of target units.
+
+        Rows whose encoder frames cannot hold their labels (fewer frames than labels plus
+        adjacent repeats, which need a blank between them) are left out and counted in
+        `too_short`: their loss would be infinite. Computed in fp32 even under autocast.
+        """
         idx = targets.present.nonzero(as_tuple=True)[0]
+        if idx.numel():
+            values, target_lens = targets.values[idx], targets.lens[idx]
+            fits = h_lens[idx] >= target_lens + _adjacent_repeats(values, target_lens)
+            if not bool(fits.all()):
+                self.too_short += int((~fits).sum())
+                idx, values, target_lens = idx[fits], values[fits], target_lens[fits]
         if idx.numel() == 0:
             return zero_loss(logits)
-        log_probs = logits[idx].float().log_softmax(-1).transpose(0, 1)  # (T,B',V)
-        target_lens = targets.lens[idx]
-        nll = F.ctc_loss(
-            log_probs,
-            targets.values[idx],
-            h_lens[idx],
-            target_lens,
-            blank=0,
-            reduction="sum",
-            zero_infinity=True,  # a target longer than its input contributes 0, not inf
-        )
+        with torch.autocast(logits.device.type, enabled=False):
+            log_probs = logits[idx].float().log_softmax(-1).transpose(0, 1)  # (T,B',V)
+            nll = F.ctc_loss(log_probs, values, h_lens[idx], target_lens, blank=0, reduction="sum",
+                             zero_infinity=True)  # belt and braces: the guard above should catch all
         return nll / target_lens.sum().clamp(min=1)
 
     # ---- decoding and metrics ----------------------------------------------------------
@@ -254,3 +259,10 @@ def _model_file(labels: dict) -> str:
         tmp.write_bytes(raw)
         tmp.replace(path)  # atomic: concurrent workers never read a half-written file
     return str(path)
+
+
+def _adjacent_repeats(values: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+    """values (B,U) label ids, lens (B,) → (B,) count of positions u < len with values[u] == values[u-1]."""
+    same = values[:, 1:] == values[:, :-1]
+    valid = torch.arange(1, values.shape[1], device=values.device)[None] < lens[:, None]
+    return (same & valid).sum(1)

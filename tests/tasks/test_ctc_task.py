@@ -87,6 +87,22 @@ def test_no_present_row_gives_zero_loss_with_graph(make_utt):
     assert task.out.weight.grad is not None and not task.out.weight.grad.any()
 
 
+def test_utterances_too_short_for_their_labels_are_left_out_and_counted(make_utt):
+    """4 frames cannot hold "L L" + 3 more labels (a repeat needs a blank between): such a row
+    would give an infinite loss; it is dropped from the loss and counted, never an inf."""
+    torch.manual_seed(0)
+    task, utts = phone_task(make_utt)
+    repeats = make_utt("r", phones=["L", "L", "OW", "HH", "AH"])  # 5 labels + 1 repeat: needs 6 frames
+    h = torch.randn(3, 12, 16)
+    targets = task.collate(utts + [repeats])
+    fits = task.loss(task(h, torch.tensor([12, 12, 6])), torch.tensor([12, 12, 6]), targets)
+    assert task.too_short == 0 and torch.isfinite(fits)
+    short = task.loss(task(h, torch.tensor([12, 12, 5])), torch.tensor([12, 12, 5]), targets)
+    assert task.too_short == 1 and torch.isfinite(short)
+    two = task.loss(task(h[:2], torch.tensor([12, 12])), torch.tensor([12, 12]), task.collate(utts))
+    torch.testing.assert_close(short, two)  # exactly the loss without the short row
+
+
 def test_collate_is_picklable(make_utt):
     task, utts = phone_task(make_utt)
     collate = pickle.loads(pickle.dumps(task.collate))
