@@ -15,8 +15,9 @@ results exist; re-running the grid skips done runs, evaluates trained ones (`fin
 resumes half-trained ones from their `last.pt`, so an interrupted grid just continues.
 
 Runs execute in parallel as `--jobs` subprocesses (`python -m mtspeech.ablate --run DIR`),
-each with `train.threads = cores // jobs`. On a cluster launch each run with torchrun
-instead (`--print-commands` lists them), then run the grid once more to evaluate and report.
+each with `train.threads = cores // jobs`. On SLURM, `--launcher slurm` submits one job per
+run and waits for them (`mtspeech.ablation_launch`); elsewhere launch each run with torchrun
+(`--print-commands` lists them), then run the grid once more to evaluate and report.
 
 The report (`OUT/report.md`, `OUT/results.json`, `OUT/plots/*.png` + JSON sidecars): every
 metric as mean ± std over seeds with a 95% t interval, its difference from the baseline,
@@ -278,6 +279,19 @@ class _Events:
             f.write(json.dumps(rec) + "\n")
 
 
+def pending_runs(grid: Grid, runs: list[Run], events: _Events) -> list[tuple[Run, str]]:
+    """(run, state) of every run still to do; done runs are logged as skipped. Both launchers
+    (this module's and `mtspeech.ablation_launch`'s) use it, so they skip the same runs."""
+    todo = []
+    for run in runs:
+        state = run.state(grid.test)
+        if state == "done":
+            events(run, "skip")
+        else:
+            todo.append((run, state))
+    return todo
+
+
 def cpu_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -309,13 +323,7 @@ def run_grid(
     in_process = jobs == 1 if in_process is None else in_process
     runs = plan_runs(grid, out)
     events = _Events(out / "events.jsonl")
-    todo = []
-    for run in runs:
-        state = run.state(grid.test)
-        if state == "done":
-            events(run, "skip")
-        else:
-            todo.append((run, state))
+    todo = pending_runs(grid, runs, events)
     log.info("%d runs: %d done, %d to do (%d jobs × %d threads)", len(runs), len(runs) - len(todo),
              len(todo), jobs, threads)
     failures: dict[str, str] = {}
@@ -581,13 +589,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `mtspeech ablate`."""
     parser.add_argument("--grid", required=True, help="grid YAML (e.g. recipes/synthetic/ablation.yaml)")
     parser.add_argument("--out", default=None, help="output folder (default: the grid's `out`)")
-    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (subprocesses)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (subprocesses; local launcher)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per run (default: cores // jobs)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default: the grid's)")
     parser.add_argument("--variants", nargs="+", default=None, help="variants to run (default: the grid's selection)")
     parser.add_argument("--report-only", action="store_true", help="only aggregate finished runs")
     parser.add_argument("--print-commands", action="store_true",
                         help="plan the runs and print one training command per unfinished run (for a cluster)")
+    from mtspeech import ablation_launch  # --launcher and the SLURM options live with their code
+
+    ablation_launch.add_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -605,6 +616,10 @@ def main(args: argparse.Namespace) -> int:
             return 0
         if args.report_only:
             report = build_report(grid, out)
+        elif args.launcher == "slurm":
+            from mtspeech.ablation_launch import options_from_args, run_grid_submitit
+
+            report = run_grid_submitit(grid, out, options_from_args(args), threads=args.threads)
         else:
             report = run_grid(grid, out, jobs=args.jobs, threads=args.threads)
     except ConfigError as e:

@@ -35,12 +35,23 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     from mtspeech.data import librispeech
 
     librispeech.add_arguments(lib)
+    cuts = kinds.add_parser("lhotse", help="a lhotse CutSet (icefall, NeMo) in JSON Lines")
+    cuts.set_defaults(func=_run_prepare_lhotse)
+    from mtspeech.data import lhotse_import  # imports lhotse itself only when run
+
+    lhotse_import.add_arguments(cuts)
 
 
 def _run_prepare_librispeech(args: argparse.Namespace) -> int:
     from mtspeech.data import librispeech
 
     return librispeech.main(args)
+
+
+def _run_prepare_lhotse(args: argparse.Namespace) -> int:
+    from mtspeech.data import lhotse_import
+
+    return lhotse_import.main(args)
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:

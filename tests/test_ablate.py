@@ -177,3 +177,66 @@ def test_interrupted_grid_resumes_without_retraining_and_reports(prepared_manife
     # rebuilding the report from disk alone gives the same numbers
     again = build_report(load_grid(spec), out)
     assert again["splits"]["test"]["table"] == results["splits"]["test"]["table"]
+
+
+def test_slurm_options_become_submitit_parameters(prepared_manifests, tmp_path, monkeypatch, capsys):
+    from mtspeech.ablate import add_arguments, main
+    from mtspeech.ablation_launch import SlurmOptions, parse_slurm_args
+
+    extra = parse_slurm_args(["account=proj", "constraint=a100|h100"])
+    params = SlurmOptions(partition="gpu", gpus_per_node=1, cpus_per_task=8, time_min=240,
+                          extra=extra).executor_parameters()
+    assert params["slurm_partition"] == "gpu" and params["timeout_min"] == 240
+    assert params["gpus_per_node"] == 1 and params["cpus_per_task"] == 8
+    assert params["slurm_additional_parameters"] == {"account": "proj", "constraint": "a100|h100"}
+    assert "slurm_partition" not in SlurmOptions().executor_parameters()
+    with pytest.raises(ConfigError, match="--slurm-arg 'account'"):
+        parse_slurm_args(["account"])
+
+    import argparse
+
+    import yaml
+
+    grid_file = tmp_path / "grid.yaml"
+    grid_file.write_text(yaml.safe_dump(tiny_grid(prepared_manifests)))
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    base = ["--grid", str(grid_file), "--out", str(tmp_path / "out"), "--seeds", "0"]
+    # --print-commands is untouched by the launcher options
+    assert main(parser.parse_args(base + ["--print-commands", "--launcher", "slurm"])) == 0
+    assert capsys.readouterr().out.count("-m mtspeech.ablate --run") == 2
+    # no SLURM here: a clear error, not a traceback from deep inside submitit
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert main(parser.parse_args(base + ["--launcher", "slurm", "--slurm-partition", "gpu"])) == 2
+
+
+@pytest.mark.slow
+def test_slurm_launcher_reports_like_the_local_one(prepared_manifests, tmp_path):
+    """submitit's local executor stands in for SLURM: one job per unfinished run, a failed
+    job reported with its log, finished runs skipped on the next call, the local report."""
+    from mtspeech.ablation_launch import SlurmOptions, run_grid_submitit
+
+    out = tmp_path / "grid"
+    grid = load_grid(tiny_grid(prepared_manifests), seeds=[0])
+    options = SlurmOptions(partition="ignored-here", time_min=5, extra=(("account", "x"),), poll_s=0.2)
+    broken = Run("+speaker_adv", 0, out / "runs" / "+speaker_adv" / "seed0")
+    broken.dir.mkdir(parents=True)
+    (broken.dir / "final.pt").write_bytes(b"not a checkpoint")  # its job fails fast, in evaluation
+
+    first = run_grid_submitit(grid, out, options, threads=1, cluster="local")
+    assert first["runs_finished"] == ["asr_only/seed0"] and list(first["failed"]) == ["+speaker_adv/seed0"]
+    log_path = Path(first["failed"]["+speaker_adv/seed0"].rsplit("log: ", 1)[1])
+    assert log_path.is_file() and "Traceback" in log_path.read_text()
+    assert str(log_path) in (out / "report.md").read_text()
+    assert first["splits"]["test"]["table"]["asr_only"]["asr/wer"]["n"] == 1
+
+    (broken.dir / "final.pt").unlink()
+    second = run_grid_submitit(grid, out, options, threads=1, cluster="local")
+    assert not second["failed"] and len(second["runs_finished"]) == 2
+    done = [(e["event"], e.get("job_id") is not None) for e in events(out) if e["run"] == "asr_only/seed0"]
+    assert done == [("train", True), ("finished", True), ("skip", False)]
+
+    # the local launcher, with nothing left to run, writes the very same report
+    slurm_md = (out / "report.md").read_text()
+    assert run_grid(grid, out, jobs=1) == second
+    assert (out / "report.md").read_text() == slurm_md
