@@ -43,6 +43,7 @@ from typing import Any, Mapping
 import yaml
 
 from mtspeech.config import ConfigError, load_yaml, merge
+from mtspeech.stats import format_p
 
 log = logging.getLogger(__name__)
 
@@ -574,7 +575,7 @@ def render_report(report: dict) -> str:
                 else:
                     reading = "no significant difference"
                 lines.append(f"| {variant} | {b['baseline']:.4f} | {b['variant']:.4f} | {b['delta']:+.4f} | "
-                             f"[{b['ci_low']:+.4f}, {b['ci_high']:+.4f}] | {b['p_value']:.3f} | {reading} |")
+                             f"[{b['ci_low']:+.4f}, {b['ci_high']:+.4f}] | {format_p(b['p_value'], b['n_resamples'])} | {reading} |")
         if sec["plots"]:
             lines += [""] + [f"![{p}]({p})" for p in sec["plots"]]
     if report.get("training_curve_plot"):

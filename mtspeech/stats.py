@@ -60,6 +60,23 @@ class BootstrapResult:
     p_value: float
     n_resamples: int
 
+    def p_text(self) -> str:
+        """The p-value at the resolution the resampling allows (see `format_p`)."""
+        return format_p(self.p_value, self.n_resamples)
+
+
+def format_p(p: float, n_resamples: int) -> str:
+    """A two-sided bootstrap p-value as text, never finer than the resampling resolves.
+
+    With n resamples the smallest non-zero two-sided p is 2/n; when no resample crossed zero
+    the honest statement is "p < 2/n" (e.g. "< 0.002" with 1,000), never "p < 0.001".
+    """
+    floor = 2.0 / n_resamples
+    if p < floor:
+        return f"< {floor:.2g} (0 of {n_resamples:,} resamples crossed zero)"
+    digits = max(3, math.ceil(-math.log10(floor)))  # enough to show a p of 2/n
+    return f"{p:.{digits}f}"
+
 
 def paired_bootstrap(
     errors_a: Sequence[tuple[int, int]],

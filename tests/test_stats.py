@@ -63,3 +63,13 @@ def test_mismatched_utterances_rejected():
     a = _system(np.random.default_rng(4), 10, 0.2)
     with pytest.raises(ValueError):
         paired_bootstrap(a, a[:9])
+
+
+def test_p_values_are_never_finer_than_the_resampling():
+    from mtspeech.stats import format_p
+
+    assert format_p(0.0, 1000) == "< 0.002 (0 of 1,000 resamples crossed zero)"
+    assert format_p(0.002, 1000) == "0.002"
+    assert format_p(0.0314, 1000) == "0.031"
+    assert format_p(0.0, 100_000).startswith("< 2e-05")
+    assert format_p(0.00004, 100_000) == "0.00004"

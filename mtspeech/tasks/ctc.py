@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from rapidfuzz.distance import Levenshtein  # C edit distance (installed with jiwer)
 from torch import nn
 
+from mtspeech import metrics
 from mtspeech.config import ConfigError
 from mtspeech.tasks import Targets, zero_loss
 
@@ -221,8 +222,8 @@ class CTCTask(nn.Module):
     ) -> dict[str, tuple[float, float]]:
         """Greedy-decoding error counts over present rows.
 
-        Text: `wer` (word edits, reference words) and `cer` (character edits, reference
-        characters, spaces included); the reference is the detokenised target ids.
+        Text: `wer` and `cer` exactly as `mtspeech.metrics` scores them (normalised text;
+        CER over characters, word gaps included); the reference is the detokenised target ids.
         Phones: `per` (phone edits, reference phones).
         """
         present = targets.present.cpu()
@@ -236,9 +237,13 @@ class CTCTask(nn.Module):
             if self.cfg.label == "phones":
                 _add(counts["per"], ref, hyp)
                 continue
+            # The same normalised WER/CER as `mtspeech evaluate` (mtspeech.metrics), so the
+            # best checkpoint is selected by the metric that is reported.
             ref_text, hyp_text = self.decode_text(ref), self.decode_text(hyp)
-            _add(counts["wer"], ref_text.split(), hyp_text.split())
-            _add(counts["cer"], list(ref_text), list(hyp_text))
+            for name, score in (("wer", metrics.wer), ("cer", metrics.cer)):
+                counted = score([ref_text], [hyp_text])
+                counts[name][0] += counted.errors
+                counts[name][1] += counted.ref_len
         return {k: (float(n), float(d)) for k, (n, d) in counts.items()}
 
 

@@ -152,3 +152,17 @@ def test_text_overfit(make_utt, tmp_path, overfit_fn):
     h, h_lens = torch.randn(2, 30, 16), torch.tensor([30, 28])
     first, last = overfit_fn(task, h, h_lens, targets, steps=60)
     assert last < 0.3 * first
+
+
+def test_text_metrics_are_the_reported_metric(make_utt, tmp_path, monkeypatch):
+    """Checkpoint selection scores exactly what `mtspeech evaluate` reports (normalised text),
+    not raw strings: case, punctuation and spacing differences are no errors."""
+    from mtspeech import metrics
+
+    task, utts = text_task(make_utt, tmp_path)
+    t = task.collate(utts[:1])
+    texts = iter(["Hello,  world!", "HELLO WORLD"])  # reference, then hypothesis
+    monkeypatch.setattr(task, "decode_text", lambda ids: next(texts))
+    m = task.metrics(torch.zeros(1, 4, task.vocab_size), torch.tensor([4]), t)
+    assert m["wer"] == (0.0, 2.0)
+    assert m["cer"] == (0.0, float(metrics.cer(["Hello,  world!"], ["x"]).ref_len))
