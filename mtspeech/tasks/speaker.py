@@ -1,7 +1,8 @@
 """Speaker classification from pooled encoder states, optionally adversarial.
 
 Head: attentive statistics pooling over the valid frames → linear embedding (`embed_dim`)
-→ cosine classifier with an additive angular margin (AAM / ArcFace) softmax. The label
+→ cosine classifier with an additive angular margin (AAM / ArcFace) softmax, the margin
+warmed up from 0 over `margin_warmup_steps` updates. The label
 space is the set of training speakers; an utterance whose speaker is unknown (missing, or
 not a training speaker, e.g. test-unseen) is masked (`present=False`).
 
@@ -16,12 +17,12 @@ depend on the other rows of the batch; here each row only sees its own valid fra
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from speechbrain.nnet.losses import AdditiveAngularMargin
 from torch import nn
 
 from mtspeech.tasks import Targets, zero_loss
@@ -39,6 +40,12 @@ class SpeakerConfig:
     attention_dim: int = 64
     margin: float = 0.2
     scale: float = 30.0
+    # The margin grows linearly from 0 (plain cosine softmax) to `margin` over this many
+    # training updates of the head. A full margin from the start, while the embeddings are
+    # still random, can drive every utterance to one class (seen once in a 30-epoch demo
+    # run). 0 (the default, as before) starts at the full margin; the demo has not yet been
+    # re-measured with a warm-up.
+    margin_warmup_steps: int = 0
     adversarial: bool = False
     grl_lambda: float = 1.0
 
@@ -119,7 +126,13 @@ class SpeakerTask(nn.Module):
         self.embedding = nn.Linear(2 * dim, cfg.embed_dim)
         self.classifier = nn.Parameter(torch.empty(len(self.speakers), cfg.embed_dim))
         nn.init.xavier_uniform_(self.classifier)
-        self.aam = AdditiveAngularMargin(margin=cfg.margin, scale=cfg.scale)
+        # Training updates seen (a buffer: checkpointed, so a resumed run keeps its margin).
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints from before the warm-up trained with the full margin throughout.
+        state_dict.setdefault(prefix + "updates", torch.tensor(max(self.cfg.margin_warmup_steps, 0)))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @classmethod
     def fit_labels(cls, cfg: SpeakerConfig, train_utts: list, exp_dir: str | Path) -> dict:
@@ -155,14 +168,30 @@ class SpeakerTask(nn.Module):
             e = F.normalize(e.float(), dim=-1)
             return e @ F.normalize(self.classifier.float(), dim=-1).t()
 
+    @property
+    def margin(self) -> float:
+        """The additive angular margin now (radians): warmed up over `margin_warmup_steps`."""
+        warmup = self.cfg.margin_warmup_steps
+        return self.cfg.margin * (1.0 if warmup <= 0 else min(1.0, int(self.updates) / warmup))
+
     def loss(self, logits: torch.Tensor, h_lens: torch.Tensor, targets: Targets) -> torch.Tensor:
-        """AAM-softmax cross-entropy, mean over present rows."""
+        """AAM-softmax cross-entropy (ArcFace: the target's angle gets `margin` added),
+        mean over present rows. Each call in training mode counts one update."""
+        if self.training:
+            self.updates += 1
         idx = targets.present.nonzero(as_tuple=True)[0]
         if idx.numel() == 0:
             return zero_loss(logits)
         labels = targets.values[idx]
-        one_hot = F.one_hot(labels, logits.shape[-1]).to(logits.dtype)
-        return F.cross_entropy(self.aam(logits[idx], one_hot), labels)
+        cos = logits[idx].float().clamp(-1 + 1e-7, 1 - 1e-7)
+        m = self.margin
+        target_cos = cos.gather(1, labels[:, None])
+        # cos(θ + m); past θ = π - m it would turn back up, so fall back to cos θ - m·sin m
+        # there (ArcFace's "easy margin = False" rule).
+        with_margin = target_cos * math.cos(m) - (1 - target_cos.pow(2)).sqrt() * math.sin(m)
+        with_margin = torch.where(target_cos > math.cos(math.pi - m), with_margin, target_cos - math.sin(math.pi - m) * m)
+        cos = cos.scatter(1, labels[:, None], with_margin)
+        return F.cross_entropy(self.cfg.scale * cos, labels)
 
     def metrics(
         self, logits: torch.Tensor, h_lens: torch.Tensor, targets: Targets

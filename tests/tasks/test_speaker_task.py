@@ -72,3 +72,55 @@ def test_gradient_reversal_flips_encoder_gradient(make_utt):
         grads[adversarial] = (h.grad, task.embedding.weight.grad)
     torch.testing.assert_close(grads[True][0], -0.5 * grads[False][0])
     torch.testing.assert_close(grads[True][1], grads[False][1])  # the head itself still learns speakers
+
+
+def test_margin_warms_up_and_matches_speechbrain_aam_when_full(make_utt):
+    from speechbrain.nnet.losses import AdditiveAngularMargin
+
+    task, utts = speaker_task(make_utt, margin=0.2, scale=30.0, margin_warmup_steps=4)
+    targets = task.collate(utts)
+    h, h_lens = torch.randn(3, 10, 16), torch.tensor([10, 9, 8])
+    margins = []
+    for _ in range(6):
+        margins.append(task.margin)
+        task.loss(task(h, h_lens), h_lens, targets)
+    assert margins == [0.0, 0.05, 0.1, 0.15000000000000002, 0.2, 0.2]
+    cos = task(h, h_lens)
+    one_hot = torch.nn.functional.one_hot(targets.values, 2).float()
+    reference = torch.nn.functional.cross_entropy(AdditiveAngularMargin(0.2, 30.0)(cos, one_hot), targets.values)
+    task.eval()  # no update counted
+    torch.testing.assert_close(task.loss(cos, h_lens, targets), reference)
+
+
+def test_accuracy_holds_after_the_margin_reaches_its_final_value(make_utt):
+    """8 speakers, noisy fixed features: trained on through the end of the warm-up, the head
+    stays accurate instead of collapsing to one class."""
+    utts = [make_utt(f"u{i}", speaker=f"s{i % 8}") for i in range(64)]
+    config = SpeakerConfig(embed_dim=16, attention_dim=8, margin=0.3, scale=30.0, margin_warmup_steps=60)
+    task = SpeakerTask(config, 16, SpeakerTask.fit_labels(config, utts, "/nonexistent"))
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(8, 1, 16, generator=g)
+    h = centres[torch.arange(64) % 8] + 0.8 * torch.randn(64, 12, 16, generator=g)
+    h_lens, targets = torch.full((64,), 12), task.collate(utts)
+    opt = torch.optim.Adam(task.parameters(), lr=1e-2)
+    accuracy = []
+    for _ in range(150):
+        task.train()
+        loss = task.loss(task(h, h_lens), h_lens, targets)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        task.eval()
+        correct, total = task.metrics(task(h, h_lens), h_lens, targets)["accuracy"]
+        accuracy.append(correct / total)
+    assert task.margin == 0.3
+    after = accuracy[60:]  # from the step the margin is full
+    assert min(after) >= 0.9, f"accuracy fell to {min(after):.2f} after the warm-up"
+
+
+def test_checkpoints_from_before_the_warm_up_load_with_the_full_margin(make_utt):
+    task, _ = speaker_task(make_utt, margin_warmup_steps=100)
+    state = {k: v for k, v in task.state_dict().items() if k != "updates"}
+    fresh, _ = speaker_task(make_utt, margin_warmup_steps=100)
+    fresh.load_state_dict(state)  # strict: no missing-key error
+    assert int(fresh.updates) == 100 and fresh.margin == fresh.cfg.margin
