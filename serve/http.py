@@ -261,7 +261,7 @@ def _flag(request: Request, name: str, default: bool) -> bool:
 
 
 @router.get("/healthz", response_model=P.Health,
-            responses={503: {"model": P.Health, "description": "the decoding consumer is not running"}})
+            responses={503: {"model": P.Health, "description": "draining (SIGTERM) or the decoding consumer is not running"}})
 async def healthz(request: Request):
     server = _server(request)
     if not server.batcher.alive:
@@ -269,7 +269,8 @@ async def healthz(request: Request):
     else:
         status = "shutting_down" if server.shutting_down else "ok"
     body = P.Health(status=status, streams_open=server.slots.in_use, max_streams=server.settings.max_streams)
-    return JSONResponse(body.model_dump(), status_code=503 if status == "unhealthy" else 200)
+    # Readiness: a draining replica answers 503 too, so a load balancer stops sending it work.
+    return JSONResponse(body.model_dump(), status_code=200 if status == "ok" else 503)
 
 
 @router.get("/metrics", include_in_schema=False)

@@ -105,3 +105,16 @@ def test_server_load_benchmark(assets):
         assert lv["audio_s"] == pytest.approx(1.6 * lv["utterances"], rel=0.05)
         assert isinstance(lv["keeps_up"], bool)
     assert result["levels"][0]["efficiency_vs_n1"] == 1.0
+
+
+def test_capacity_table_from_a_load_run(tmp_path, capsys):
+    """The arithmetic behind docs/deploy.md's capacity table."""
+    capacity = _load("capacity")
+    rows = capacity.capacity_table({"max_streams_keeping_up": 16, "settings": {"cpu_count": 2}}, 8, 0.7)
+    assert [(r["cores"], r["replicas"]) for r in rows] == [(179, 23), (1786, 224), (17858, 2233)]
+    load = tmp_path / "load.json"
+    load.write_text(json.dumps({"max_streams_keeping_up": 16, "settings": {"cpu_count": 2}, "model": "m"}))
+    capacity.main([str(load)])
+    assert "| 100,000 | 5.6 | 17,858 | 2,233 |" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="kept up with no level"):
+        capacity.capacity_table({"max_streams_keeping_up": 0, "settings": {"cpu_count": 2}}, 8, 0.7)

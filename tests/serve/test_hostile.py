@@ -81,6 +81,15 @@ def test_healthz_reports_a_dead_consumer(recognizer):
         assert r.status_code == 503 and r.json()["status"] == "unhealthy"
 
 
+def test_healthz_fails_readiness_while_draining(recognizer):
+    app = create_app(recognizer)
+    with TestClient(app) as c:
+        app.state.server.shutting_down = True  # what SIGTERM's drain sets first
+        r = c.get("/healthz")
+        assert r.status_code == 503 and r.json()["status"] == "shutting_down"
+        app.state.server.shutting_down = False
+
+
 def test_a_failing_step_closes_only_its_stream_with_an_incident_id(make_server, recognizer, caplog):
     """Internal errors reach the client as a code and an incident id, never the exception text;
     the other streams of the same batch go on."""
