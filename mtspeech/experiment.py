@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from mtspeech.config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
+from mtspeech.data.augment import AugmentConfig
 from mtspeech.data.features import FeatureConfig, SpecAugmentConfig
 
 
@@ -27,6 +28,7 @@ class DataConfig:
     num_workers: int = 2
     speed_perturb: tuple[float, ...] | None = (0.9, 1.0, 1.1)
     perturbed_speaker: bool = False  # keep speaker labels on speed-perturbed copies
+    augment: AugmentConfig | None = None  # noise / reverberation / gain in training (off when absent)
     max_utterance_seconds: float | None = 30.0
     cmvn_utterances: int = 300
 

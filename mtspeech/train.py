@@ -286,6 +286,7 @@ class Trainer:
             speed_factors=self.exp.data.speed_perturb if train else None,
             seed=self.exp.train.seed * 100_003 + self.epoch,
             perturbed_speaker=self.exp.data.perturbed_speaker,
+            augment=self.exp.data.augment if train else None,
         )
         # A private generator: creating the loader must not consume the global torch RNG
         # (that would shift dropout/SpecAugment after a resume mid-epoch).

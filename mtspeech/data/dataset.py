@@ -19,6 +19,7 @@ from typing import Mapping, Sequence
 import torch
 
 from mtspeech.data.audio import SAMPLE_RATE, AudioError, load_audio
+from mtspeech.data.augment import AugmentConfig, Augmenter
 from mtspeech.data.features import speed_perturb
 from mtspeech.data.manifest import Utterance
 
@@ -77,11 +78,14 @@ class UtteranceDataset(torch.utils.data.Dataset):
         perturbed_speaker: keep the speaker label on a speed-perturbed copy. Off by default:
             resampling moves pitch and formants with the speed, so the copy sounds like
             another person, and training a speaker head on it is label noise.
+        augment: noise / reverberation / gain (`mtspeech.data.augment`), training only;
+            babble draws from these same utterances. Seeded like the speed factor.
     """
 
     def __init__(self, utts: Sequence[Utterance], tasks: Mapping, train: bool,
                  speed_factors: Sequence[float] | None = (0.9, 1.0, 1.1), seed: int = 0,
-                 sample_rate: int = SAMPLE_RATE, perturbed_speaker: bool = False):
+                 sample_rate: int = SAMPLE_RATE, perturbed_speaker: bool = False,
+                 augment: AugmentConfig | None = None):
         self.utts = list(utts)
         self.tasks = dict(tasks)
         self.train = train
@@ -89,6 +93,8 @@ class UtteranceDataset(torch.utils.data.Dataset):
         self.seed = seed
         self.sample_rate = sample_rate
         self.perturbed_speaker = perturbed_speaker
+        self.augmenter = (Augmenter(augment, len(self.utts), self._pool_audio, sample_rate)
+                          if train and augment is not None else None)
 
     def __len__(self) -> int:
         return len(self.utts)
@@ -111,7 +117,16 @@ class UtteranceDataset(torch.utils.data.Dataset):
         if factor != 1.0:
             wav = speed_perturb(wav, factor, self.sample_rate)
             utt = perturbed_utterance(utt, factor, wav.numel() / self.sample_rate, self.perturbed_speaker)
+        if self.augmenter is not None:
+            wav = self.augmenter(wav, self.seed, index, utt.speech)
         return Example(utt, wav, self.tasks)
+
+    def _pool_audio(self, index: int) -> torch.Tensor | None:
+        """Audio of utterance `index` for babble (None if unreadable)."""
+        try:
+            return load_audio(self.utts[index].audio, self.sample_rate)
+        except AudioError:
+            return None
 
     def collate(self, examples: Sequence[Example | None]) -> Batch | None:
         return collate_batch(examples)

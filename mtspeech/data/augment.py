@@ -1,0 +1,194 @@
+"""Waveform augmentation in the loader: additive noise at a sampled SNR, room reverberation, gain.
+
+Every transform keeps time where it was, so the labels follow the audio unchanged: the
+speech segments of the VAD task, the words, the speaker (noise, a room and loudness do not
+change who speaks; voice changes such as speed perturbation live in `dataset.py`, where the
+speaker label is dropped). What an utterance gets is a pure function of (seed, index), so a
+batch is augmented identically whatever worker loads it and after a resume.
+
+Noise kinds:
+- `white`, `pink` (1/f power), `brown` (1/f²): Gaussian noise shaped in the frequency domain;
+- `babble`: a mix of 3-6 other utterances of the *same* split (the training set for the
+  trainer), so no test speech ever leaks into training.
+
+The SNR is measured against the speech frames when the utterance has speech segments (a
+mostly silent file is not given a quiet noise), else against the whole signal.
+
+Reverberation convolves with a synthetic room impulse response: Gaussian noise under an
+exponential envelope whose energy falls 60 dB in `rt60` seconds, after a unit direct path at
+t = 0 (so nothing is delayed). tests/data/test_augment.py checks, by Schroeder backward
+integration, that the generated responses decay at the requested RT60.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+NOISE_KINDS = ("white", "pink", "brown", "babble")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """`data.augment` (off when absent). Ranges are (low, high), drawn uniformly."""
+
+    prob: float = 0.5  # share of training utterances augmented at all
+    noise: tuple[str, ...] = NOISE_KINDS  # kinds drawn uniformly; () for no noise
+    snr_db: tuple[float, float] = (0.0, 30.0)
+    reverb_prob: float = 0.3  # share of augmented utterances that get a room
+    rt60_s: tuple[float, float] = (0.2, 0.8)
+    gain_db: tuple[float, float] = (-6.0, 6.0)
+    babble_utterances: tuple[int, int] = (3, 6)
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.noise) - set(NOISE_KINDS))
+        if unknown:
+            raise ValueError(f"data.augment.noise: unknown kind(s) {unknown}; expected some of {NOISE_KINDS}")
+        for name in ("prob", "reverb_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"data.augment.{name}={getattr(self, name)}: expected a probability in [0, 1]")
+        for name in ("snr_db", "rt60_s", "gain_db", "babble_utterances"):
+            low, high = getattr(self, name)
+            if low > high:
+                raise ValueError(f"data.augment.{name}=({low}, {high}): expected low <= high")
+        if self.rt60_s[0] <= 0 or self.babble_utterances[0] < 1:
+            raise ValueError("data.augment: rt60_s must be > 0 and babble_utterances >= 1")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What one utterance gets (None: not that transform)."""
+
+    noise: str | None
+    snr_db: float | None
+    rt60_s: float | None
+    gain_db: float | None
+    babble: tuple[int, ...] = ()  # pool indices mixed into babble
+
+
+class Augmenter:
+    """Applies `AugmentConfig` to waveforms.
+
+    Args:
+        config: the ranges and probabilities.
+        pool_size: number of utterances babble may draw from (the dataset's own split).
+        load: pool index → waveform (S,) at `sample_rate`, or None if unreadable.
+        sample_rate: of every waveform.
+    """
+
+    def __init__(self, config: AugmentConfig, pool_size: int, load: Callable[[int], torch.Tensor | None],
+                 sample_rate: int = 16000) -> None:
+        self.config = config
+        self.pool_size = pool_size
+        self.load = load
+        self.sample_rate = sample_rate
+
+    def recipe(self, seed: int, index: int) -> Recipe | None:
+        """The transforms of item `index` under `seed` (a pure function of both)."""
+        c = self.config
+        rng = np.random.default_rng([seed & 0xFFFFFFFF, index, 0xA06])
+        if rng.random() >= c.prob:
+            return None
+        kinds = [k for k in c.noise if k != "babble" or self.pool_size > 1]
+        noise = str(rng.choice(kinds)) if kinds else None
+        babble: tuple[int, ...] = ()
+        if noise == "babble":
+            n = int(rng.integers(c.babble_utterances[0], c.babble_utterances[1] + 1))
+            others = [i for i in rng.choice(self.pool_size, size=min(self.pool_size, n + 1), replace=False)
+                      if i != index][:n]
+            babble = tuple(int(i) for i in others)
+        return Recipe(
+            noise=noise,
+            snr_db=float(rng.uniform(*c.snr_db)) if noise else None,
+            rt60_s=float(rng.uniform(*c.rt60_s)) if rng.random() < c.reverb_prob else None,
+            gain_db=float(rng.uniform(*c.gain_db)),
+            babble=babble,
+        )
+
+    def __call__(self, wav: torch.Tensor, seed: int, index: int,
+                 speech: Sequence[Sequence[float]] | None = None) -> torch.Tensor:
+        """wav (S,) → augmented wav (S,), same length; `speech` segments (seconds) set the SNR reference."""
+        r = self.recipe(seed, index)
+        if r is None or wav.numel() == 0:
+            return wav
+        rng = np.random.default_rng([seed & 0xFFFFFFFF, index, 0xB0B])
+        x = wav.numpy().astype(np.float64)
+        if r.rt60_s is not None:
+            x = reverberate(x, room_impulse_response(r.rt60_s, self.sample_rate, rng))
+        if r.noise is not None:
+            n = babble(len(x), [self.load(i) for i in r.babble]) if r.noise == "babble" \
+                else colored_noise(r.noise, len(x), rng)
+            x = add_at_snr(x, n, r.snr_db, speech_mask(len(x), speech, self.sample_rate))
+        x = x * 10 ** (r.gain_db / 20)
+        return torch.from_numpy(np.clip(x, -1.0, 1.0).astype(np.float32))
+
+
+def colored_noise(kind: str, length: int, rng: np.random.Generator) -> np.ndarray:
+    """Gaussian noise (length,) with power spectrum 1 (white), 1/f (pink) or 1/f² (brown)."""
+    white = rng.standard_normal(length)
+    if kind == "white" or length < 2:
+        return white
+    spectrum = np.fft.rfft(white)
+    f = np.arange(len(spectrum), dtype=np.float64)
+    f[0] = 1.0  # keep DC finite
+    exponent = {"pink": 0.5, "brown": 1.0}[kind]  # amplitude ∝ f^-exponent
+    shaped = np.fft.irfft(spectrum / f**exponent, n=length)
+    return shaped / (shaped.std() + 1e-12)
+
+
+def babble(length: int, voices: Sequence[torch.Tensor | None]) -> np.ndarray:
+    """Sum of the readable `voices`, each looped to `length` and normalised to unit power."""
+    out = np.zeros(length)
+    for v in voices:
+        if v is None or v.numel() == 0:
+            continue
+        a = np.resize(v.numpy().astype(np.float64), length)  # loops a short utterance
+        out += a / (a.std() + 1e-12)
+    return out
+
+
+def speech_mask(length: int, speech: Sequence[Sequence[float]] | None, sample_rate: int) -> np.ndarray | None:
+    """Bool (length,) True inside the speech segments, or None (no segments, or none inside)."""
+    if not speech:
+        return None
+    mask = np.zeros(length, dtype=bool)
+    for start, end in speech:
+        mask[max(0, int(start * sample_rate)): max(0, int(end * sample_rate))] = True
+    return mask if mask.any() else None
+
+
+def add_at_snr(x: np.ndarray, noise: np.ndarray, snr_db: float, mask: np.ndarray | None = None) -> np.ndarray:
+    """x + noise scaled so that power(x[mask]) / power(noise) = 10^(snr_db/10)."""
+    signal_power = np.mean(x[mask] ** 2) if mask is not None else np.mean(x**2)
+    noise_power = np.mean(noise**2)
+    if signal_power <= 0 or noise_power <= 0:
+        return x
+    return x + noise * math.sqrt(signal_power / (noise_power * 10 ** (snr_db / 10)))
+
+
+def room_impulse_response(rt60_s: float, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
+    """A synthetic RIR: 1 at t = 0, then Gaussian noise under exp(-6.908 t / rt60) (60 dB in
+    rt60 seconds of energy decay), 1.5 × rt60 long, early part scaled to a direct-to-reverb
+    ratio near 0 dB."""
+    n = max(2, int(1.5 * rt60_s * sample_rate))
+    t = np.arange(n) / sample_rate
+    tail = rng.standard_normal(n) * np.exp(-6.908 * t / rt60_s)  # amplitude: energy decays 60 dB in rt60
+    tail[0] = 0.0
+    tail /= math.sqrt(np.sum(tail**2)) + 1e-12
+    rir = tail
+    rir[0] = 1.0
+    return rir
+
+
+def reverberate(x: np.ndarray, rir: np.ndarray) -> np.ndarray:
+    """x convolved with `rir`, cut to len(x) (the direct path is at t = 0: nothing moves),
+    rescaled to x's power so the SNR that follows means what it says."""
+    from scipy.signal import fftconvolve
+
+    y = fftconvolve(x, rir)[: len(x)]
+    px, py = np.mean(x**2), np.mean(y**2)
+    return y * math.sqrt(px / py) if py > 0 else y
