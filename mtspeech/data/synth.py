@@ -15,6 +15,9 @@ so every word also occurs in some training sentence. The demo is therefore a clo
 vocabulary task on purpose: a tiny CPU model can reach a low CER on it, and the test /
 test-unseen pair isolates speaker generalisation (same sentences, new voices).
 
+`--noisy-twins` also writes test and test-unseen at 10 and 0 dB SNR (white, pink, brown and
+babble noise; `mtspeech/data/noisy_twins.py`).
+
 Each utterance is assembled from 1-3 phrases, each synthesised separately, trimmed of its
 leading/trailing silence and placed at known offsets with random pauses around and between
 them; those placements are the speech segments. Optional white noise at `--noise-snr` dB
@@ -446,15 +449,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vocab-words", type=int, default=d.vocab_words,
                         help="closed vocabulary: the N most frequent words of the sentence pool "
                              "(default %(default)s; 0 = every word)")
+    parser.add_argument("--noisy-twins", action="store_true",
+                        help="also write test and test-unseen at 10 and 0 dB SNR (test-snr10, ...)")
+    parser.add_argument("--twins-only", action="store_true",
+                        help="only write the noisy twins of the corpus already in --out")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def main(args: argparse.Namespace) -> int:
+    from mtspeech.data.noisy_twins import make_noisy_twins
+
+    if args.twins_only:
+        print(json.dumps(make_noisy_twins(args.out, seed=args.seed, progress=not args.no_progress), indent=2))
+        return 0
     snr = None if args.no_noise else args.noise_snr
     cfg = SynthConfig(hours=args.hours, seed=args.seed, speakers=args.speakers,
                       unseen_speakers=args.unseen_speakers, noise_snr_db=snr, jobs=args.jobs,
                       vocab_words=args.vocab_words or None,
                       progress=not args.no_progress)
     summary = synthesize_corpus(args.out, cfg)
+    if args.noisy_twins:
+        summary["noisy_twins"] = make_noisy_twins(args.out, seed=args.seed, progress=not args.no_progress)
     print(json.dumps(summary, indent=2))
     return 0

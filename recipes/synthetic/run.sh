@@ -15,11 +15,13 @@ HOURS=${HOURS:-1.5}
 overrides=(--set "exp_dir=$EXP")
 [ -n "${EPOCHS:-}" ] && overrides+=(--set "train.epochs=$EPOCHS")
 
-echo "== 1/5 synthesize the corpus ($HOURS h) into $CORPUS"
+echo "== 1/5 synthesize the corpus ($HOURS h) into $CORPUS, and noisy twins of its test splits"
 [ -f "$CORPUS/SPEAKERS.TXT" ] || mtspeech synth --out "$CORPUS" --hours "$HOURS"
+# test and test-unseen again at 10 and 0 dB SNR (white, pink, brown, babble): test-snr10, ...
+[ -f "$CORPUS/noisy_twins.json" ] || mtspeech synth --out "$CORPUS" --twins-only
 
 echo "== 2/5 prepare manifests into $DATA"
-[ -f "$DATA/train.jsonl" ] || mtspeech prepare librispeech "$CORPUS" --out "$DATA"
+[ -f "$DATA/test-snr0.jsonl" ] || mtspeech prepare librispeech "$CORPUS" --out "$DATA"
 
 echo "== 3/5 train $EXP (resumes from $EXP/last.pt)"
 [ -f "$EXP/final.pt" ] || mtspeech train --config recipes/synthetic/conformer.yaml "${overrides[@]}"
@@ -35,14 +37,20 @@ for split in test test-unseen; do
     mtspeech evaluate "$EXP/final.pt" "$DATA/$split.jsonl" --out "$EXP/eval-$split-lm" \
       --decoder beam --beam-size 20 --lm auto --lm-weight 1.0
 done
+# The noisy twins, greedy: how the heads hold up in noise (the demo trains on clean audio).
+for split in test-snr10 test-snr0 test-unseen-snr10 test-unseen-snr0; do
+  [ -f "$EXP/eval-$split/results.json" ] || \
+    mtspeech evaluate "$EXP/final.pt" "$DATA/$split.jsonl" --out "$EXP/eval-$split"
+done
 python - "$EXP" <<'PY'
 import json, sys
 exp = sys.argv[1]
-for split in ("test", "test-unseen"):
-    for kind, suffix in (("greedy", ""), ("word LM", "-lm")):
-        r = json.load(open(f"{exp}/eval-{split}{suffix}/results.json"))
-        print(f"{split:12s} {kind:8s}", "  ".join(f"{k}={v:.4g}" for k, v in sorted(r["metrics"].items())
-                                               if isinstance(v, (int, float))))
+runs = [(s, k, x) for s in ("test", "test-unseen") for k, x in (("greedy", ""), ("word LM", "-lm"))]
+runs += [(s, "greedy", "") for s in ("test-snr10", "test-snr0", "test-unseen-snr10", "test-unseen-snr0")]
+for split, kind, suffix in runs:
+    r = json.load(open(f"{exp}/eval-{split}{suffix}/results.json"))
+    print(f"{split:18s} {kind:8s}", "  ".join(f"{k}={v:.4g}" for k, v in sorted(r["metrics"].items())
+                                           if isinstance(v, (int, float))))
 PY
 
 echo "== 5/5 transcribe a test file through the streaming server"
