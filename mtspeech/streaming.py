@@ -1,10 +1,13 @@
-"""Streaming recognition: incremental features, chunked encoder, greedy CTC, endpointing.
+"""Streaming recognition: incremental features, chunked encoder, a token decoder, endpointing.
+
+The token decoder of a stream (greedy CTC, or beam search over the ASR pieces or the phone head)
+lives behind a small seam in `mtspeech/streaming_decoders.py`; this module owns the rest.
 
 `StreamingRecognizer` owns no thread and no socket. A caller (the server's batcher, the local
 client, a test) drives it:
 
     rec = StreamingRecognizer(model, tokenizer)
-    s = rec.new_stream(sample_rate=8000)
+    s = rec.new_stream(sample_rate=8000)  # decoder=: a name in rec.decoders
     rec.accept(s, samples)              # any chunk size, any rate (resampled to 16 kHz)
     while rec.ready(s):                 # one full encoder window buffered?
         rec.step([s])                   # batch as many ready streams as you like
@@ -47,13 +50,13 @@ import torch
 from mtspeech.data.resample import MAX_ABS_SAMPLE, StreamResampler, check_samples  # noqa: F401 (re-exported)
 from mtspeech.decode import Word  # word, start, end (stream seconds), confidence
 from mtspeech.endpoint import EndpointConfig, Endpointer
+from mtspeech.streaming_decoders import GreedyDecoder, TokenDecoder
 
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
 HOP_SAMPLES = 160
 WIN_SAMPLES = 400
-WORD_BOUNDARY = "\u2581"  # sentencepiece's "▁"
 
 
 def feature_frames(num_samples: int) -> int:
@@ -93,9 +96,13 @@ class StreamingConfig:
 
 @dataclass(frozen=True)
 class PartialEvent:
-    """The current (unstable) hypothesis of the utterance in progress."""
+    """The current hypothesis of the utterance in progress: `text` = `stable` + " " + `unstable`
+    (either may be empty). `stable` only ever extends within an utterance; for the greedy
+    decoder the utterance's final text starts with it (see `mtspeech/streaming_decoders.py`)."""
 
     text: str
+    stable: str = ""
+    unstable: str = ""
 
 
 @dataclass(frozen=True)
@@ -119,64 +126,6 @@ class FinalEvent:
 Event = PartialEvent | FinalEvent
 
 
-# ----------------------------------------------------------------------------- decoding state
-
-
-@dataclass
-class _Token:
-    id: int
-    first_frame: int
-    last_frame: int
-    prob: float
-
-
-class _Utterance:
-    """Incremental greedy CTC decoding of one utterance (tokens with frame spans)."""
-
-    def __init__(self, blank_id: int) -> None:
-        self.blank_id = blank_id
-        self.tokens: list[_Token] = []
-        self.prev_id = blank_id
-
-    def push(self, frame: int, token_id: int, prob: float) -> bool:
-        """One frame's argmax; returns True when a new token was emitted."""
-        if token_id == self.blank_id:
-            self.prev_id = token_id
-            return False
-        if token_id == self.prev_id:  # CTC: a repeated label without blank in between merges
-            tok = self.tokens[-1]
-            tok.last_frame, tok.prob = frame, max(tok.prob, prob)
-            return False
-        self.tokens.append(_Token(token_id, frame, frame, prob))
-        self.prev_id = token_id
-        return True
-
-
-def _words(tokens: list[_Token], table: TokenTable, frame_shift_s: float) -> list[Word]:
-    """Group sentencepiece pieces into words ("▁" starts a word); mean token prob = confidence."""
-    groups: list[list[tuple[str, _Token]]] = []
-    for tok in tokens:
-        piece = table.id_to_piece(tok.id)
-        if piece.startswith(WORD_BOUNDARY) or not groups:
-            groups.append([])
-        groups[-1].append((piece, tok))
-    words = []
-    for group in groups:
-        text = "".join(p for p, _ in group).replace(WORD_BOUNDARY, "")
-        if not text:
-            continue
-        toks = [t for _, t in group]
-        words.append(
-            Word(
-                word=text,
-                start=round(toks[0].first_frame * frame_shift_s, 3),
-                end=round((toks[-1].last_frame + 1) * frame_shift_s, 3),
-                confidence=round(float(np.mean([t.prob for t in toks])), 4),
-            )
-        )
-    return words
-
-
 # ----------------------------------------------------------------------------- the stream
 
 
@@ -185,7 +134,7 @@ class Stream:
 
     _ids = itertools.count()
 
-    def __init__(self, sample_rate: int, endpointing: bool, interim: bool, cache, blank_id: int,
+    def __init__(self, sample_rate: int, endpointing: bool, interim: bool, cache, decoder: TokenDecoder,
                  endpointer: Endpointer) -> None:
         self.id = next(Stream._ids)
         self.sample_rate = sample_rate
@@ -202,9 +151,12 @@ class Stream:
         self._feats: torch.Tensor | None = None  # (T, F) feature frames not yet consumed
         self._cache = cache
         self._frames_done = 0  # encoder frames decoded so far (absolute frame index)
-        self._utt = _Utterance(blank_id)
+        self.decoder = decoder
+        self._utt = decoder.begin()
+        self._utt_has_tokens = False  # a non-blank argmax of the decoder's head in this utterance
         self._endpointer = endpointer
-        self._last_partial: tuple[int, ...] = ()
+        self._last_partial: tuple = ()
+        self._stable: tuple[str, ...] = ()  # stable words sent in this utterance's partials
         self._events: list[Event] = []
 
     @property
@@ -257,11 +209,16 @@ class StreamingRecognizer:
 
     `model` needs `.features(wav (B,S), wav_lens (B,)) -> (feats (B,T,F), feat_lens (B,))`,
     `.encoder` (`init_cache`, `forward_chunk`, `subsampling`), `.tasks[name]` and the name
-    of its ASR task (`asr_task`). The VAD head, if any, is the task with `speech_probs`.
+    of its ASR task (`asr_task`). The VAD head, if any, is the task with `speech_probs`; the
+    phone head, if any, the CTC task with `label: phones`.
+
+    `decoders`: token decoders by name (`mtspeech.streaming_decoders`), besides "greedy", which
+    is always there; `default_decoder` is what `new_stream` uses unless told otherwise.
     """
 
     def __init__(self, model: torch.nn.Module, tokenizer: TokenTable,
-                 config: StreamingConfig | None = None, device: str | torch.device | None = None) -> None:
+                 config: StreamingConfig | None = None, device: str | torch.device | None = None,
+                 decoders: dict[str, TokenDecoder] | None = None, default_decoder: str = "greedy") -> None:
         self.config = config or StreamingConfig()
         self.model = model.eval()
         if device is not None:
@@ -276,11 +233,21 @@ class StreamingRecognizer:
         self.window_frames = 4 * c + 3
         self.stride_frames = 4 * c
         self.frame_shift_s = model.encoder.subsampling * HOP_SAMPLES / SAMPLE_RATE
+        self.phones = phone_task(model)
+        self.decoders: dict[str, TokenDecoder] = {
+            "greedy": GreedyDecoder(tokenizer, tokenizer.blank_id, self.frame_shift_s), **(decoders or {})}
+        for name, dec in self.decoders.items():
+            if dec.head == "phones" and self.phones is None:
+                raise ValueError(f"decoder {name!r} reads a phone head, but the model has none")
+        if default_decoder not in self.decoders:
+            raise ValueError(f"default_decoder={default_decoder!r}: not among {sorted(self.decoders)}")
+        self.default_decoder = default_decoder
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, config: StreamingConfig | None = None,
                         device: str = "cpu") -> "StreamingRecognizer":
-        """Load a training checkpoint (`mtspeech.checkpoint.load_model`) and wrap it."""
+        """Load a training checkpoint (`mtspeech.checkpoint.load_model`) and wrap it (greedy
+        decoding; `mtspeech.streaming_decoders.build_recognizer` adds the beam decoders)."""
         from mtspeech.checkpoint import load_model
 
         model, _config, _labels = load_model(path)
@@ -294,10 +261,15 @@ class StreamingRecognizer:
     # -- the stream API -----------------------------------------------------------------------
 
     def new_stream(self, sample_rate: int = SAMPLE_RATE, endpointing: bool = True,
-                   interim: bool = True) -> Stream:
-        """A fresh stream for audio at `sample_rate` Hz."""
+                   interim: bool = True, decoder: str | None = None) -> Stream:
+        """A fresh stream for audio at `sample_rate` Hz, decoded by `decoder` (a name in
+        `self.decoders`; default `self.default_decoder`)."""
         if not isinstance(sample_rate, int) or sample_rate <= 0:
             raise ValueError(f"sample_rate={sample_rate!r}: expected a positive integer (Hz)")
+        decoder = decoder or self.default_decoder
+        if decoder not in self.decoders:
+            raise ValueError(f"decoder {decoder!r} is not available here; this recognizer has "
+                             f"{sorted(self.decoders)}")
         cache = self.model.encoder.init_cache(1, self.config.chunk_frames, self.config.left_chunks,
                                               self.device)
         endpoint = self.config.endpoint
@@ -305,7 +277,7 @@ class StreamingRecognizer:
             # Pauses (rule 2) never end the utterance, but rule 3 still bounds it and rule 1 still
             # drops silence: one endless utterance would re-render an ever longer partial per chunk.
             endpoint = dataclasses.replace(endpoint, rule2_trailing_silence_s=math.inf)
-        return Stream(sample_rate, endpointing, interim, cache, self.tokenizer.blank_id,
+        return Stream(sample_rate, endpointing, interim, cache, self.decoders[decoder],
                       Endpointer(endpoint, self.frame_shift_s))
 
     def accept(self, stream: Stream, samples: np.ndarray | torch.Tensor) -> None:
@@ -386,9 +358,9 @@ class StreamingRecognizer:
         return events
 
     def transcribe(self, samples: np.ndarray | torch.Tensor, sample_rate: int = SAMPLE_RATE,
-                   endpointing: bool = True) -> list[FinalEvent]:
+                   endpointing: bool = True, decoder: str | None = None) -> list[FinalEvent]:
         """Decode a whole recording through the streaming path (single stream); the finals."""
-        s = self.new_stream(sample_rate, endpointing=endpointing, interim=False)
+        s = self.new_stream(sample_rate, endpointing=endpointing, interim=False, decoder=decoder)
         self.accept(s, samples)
         while self.ready(s):
             self.step([s])
@@ -434,56 +406,80 @@ class StreamingRecognizer:
                 s._drop(n * HOP_SAMPLES)
 
     def _decode_frames(self, streams: Sequence[Stream], out) -> None:
-        """Run the heads on a chunk's encoder output and advance decoding + endpointing."""
+        """Run the heads on a chunk's encoder output and advance decoding + endpointing.
+
+        Each stream's token decoder gets its head's log-probs in contiguous pieces, cut where
+        an endpoint rule fires. Rule 1 ("nothing decoded") asks whether the decoder's head had a
+        non-blank argmax in the utterance: for greedy exactly "it emitted a token", and cheap
+        for every decoder (a beam search is not asked for its hypothesis every frame).
+        """
         frames = out.layers[-1].shape[1]
         lens = torch.full((len(streams),), frames, dtype=torch.long, device=self.device)
-        asr_logits = self.asr(out.layers[self.asr.layer], lens)  # (B, c, V)
-        probs = asr_logits.float().softmax(-1)
-        best_prob, best_id = probs.max(-1)
-        best_prob, best_id = best_prob.cpu().numpy(), best_id.cpu().numpy()
+        heads = {"asr": self.asr(out.layers[self.asr.layer], lens).float().log_softmax(-1)}  # (B, c, V)
+        if any(s.decoder.head == "phones" for s in streams):
+            heads["phones"] = self.phones(out.layers[self.phones.layer], lens).float().log_softmax(-1)
+        heads = {k: v.cpu() for k, v in heads.items()}
         if self.uses_vad:
             speech = self.vad.speech_probs(self.vad(out.layers[self.vad.layer], lens)).float().cpu().numpy()
             nonspeech = speech < self.config.endpoint.speech_threshold
         else:
-            nonspeech = best_id == self.tokenizer.blank_id
+            nonspeech = (heads["asr"].argmax(-1) == self.tokenizer.blank_id).numpy()
         for b, s in enumerate(streams):
+            log_probs = heads[s.decoder.head][b]  # (c, V)
+            nonblank = (log_probs.argmax(-1) != s.decoder.blank_id).tolist()
+            pushed = 0  # frames of this chunk given to the decoder
             for t in range(frames):
-                frame = s._frames_done
-                s._utt.push(frame, int(best_id[b, t]), float(best_prob[b, t]))
+                s._utt_has_tokens |= nonblank[t]
                 s._endpointer.update(bool(nonspeech[b, t]))
                 s._frames_done += 1
                 # With endpointing off the stream's endpointer has no rule 2 (see new_stream).
-                rule = s._endpointer.check(has_words=bool(s._utt.tokens))
+                rule = s._endpointer.check(has_words=s._utt_has_tokens)
                 if rule is not None:
+                    s._utt.push(log_probs[pushed : t + 1], s._frames_done - (t + 1 - pushed))
+                    pushed = t + 1
                     self._finalize(s, rule)
+            if pushed < frames:
+                s._utt.push(log_probs[pushed:], s._frames_done - (frames - pushed))
             self._maybe_partial(s)
 
     def _maybe_partial(self, s: Stream) -> None:
-        ids = tuple(t.id for t in s._utt.tokens)
-        if s.interim and ids and ids != s._last_partial:
-            s._last_partial = ids
-            self._emit(s, PartialEvent(self._text(s._utt.tokens)))
-
-    def _text(self, tokens: list[_Token]) -> str:
-        return " ".join(w.word for w in _words(tokens, self.tokenizer, self.frame_shift_s))
+        """Emit a partial if the hypothesis changed. The stable prefix sent is never retracted:
+        it grows when the decoder's stable words extend it, and while the decoder disagrees with
+        it (beam only) it stays as sent."""
+        if not s.interim:
+            return
+        p = s._utt.partial()
+        if p is None or p.key == s._last_partial:
+            return
+        s._last_partial = p.key
+        n = len(s._stable)
+        if p.stable > n and p.words[:n] == s._stable:
+            s._stable = p.words[: p.stable]
+        stable = " ".join(s._stable)
+        unstable = " ".join(p.words[len(s._stable):]) if p.words[: len(s._stable)] == s._stable \
+            else " ".join(p.words[n:])
+        text = " ".join(x for x in (stable, unstable) if x)
+        self._emit(s, PartialEvent(text, stable, unstable))
 
     def _finalize(self, s: Stream, reason: str) -> None:
         """Close the current utterance (emit a final if it has words) and reset the decoder."""
-        tokens = s._utt.tokens
-        words = _words(tokens, self.tokenizer, self.frame_shift_s)
+        result = s._utt.end()
+        words = result.words
         if words:
             self._emit(s, FinalEvent(
                 text=" ".join(w.word for w in words),
                 start=words[0].start,
                 end=words[-1].end,
                 words=tuple(words),
-                tokens=tuple(t.id for t in tokens),
+                tokens=result.tokens,
                 reason=reason,
                 detected_at=round(s._frames_done * self.frame_shift_s, 3),
             ))
-        s._utt = _Utterance(self.tokenizer.blank_id)
+        s._utt = s.decoder.begin()
+        s._utt_has_tokens = False
         s._endpointer.reset()
         s._last_partial = ()
+        s._stable = ()
 
     def _emit(self, s: Stream, event: Event) -> None:
         with s._lock:
@@ -495,6 +491,12 @@ def _asr_task_name(model: torch.nn.Module) -> str:
     if name not in model.tasks:
         raise ValueError(f"model names no ASR task among {sorted(model.tasks)}")
     return name
+
+
+def phone_task(model: torch.nn.Module):
+    """The phone CTC task (a `phones` label list), or None."""
+    found = [t for t in model.tasks.values() if getattr(getattr(t, "cfg", None), "label", None) == "phones"]
+    return found[0] if found else None
 
 
 def _vad_task(model: torch.nn.Module):

@@ -150,6 +150,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="encoder frames (40 ms) per chunk")
     parser.add_argument("--left-chunks", type=int, default=StreamingConfig.left_chunks)
     parser.add_argument("--endpoint-mode", choices=["vad", "blank"], default="vad")
+    parser.add_argument("--decoder", choices=["greedy", "beam", "phones"], default="greedy",
+                        help="default token decoder of streams: greedy CTC; beam (prefix beam search over the "
+                             "ASR pieces, with --lm through a piece lexicon); phones (beam search over the phone "
+                             "head, words through CMUdict; needs --lm). A start message may pick another one "
+                             "the server has")
+    parser.add_argument("--lm", default=None, metavar="ARPA|auto",
+                        help="word n-gram LM for the beam decoders; 'auto' builds a trigram from the training "
+                             "transcripts named in the checkpoint, as `mtspeech evaluate --lm auto` does")
+    parser.add_argument("--beam-size", type=int, default=10)
+    parser.add_argument("--lm-weight", type=float, default=0.5)
     parser.add_argument("--log-level", default="info")
 
 
@@ -168,6 +178,14 @@ def main(args: argparse.Namespace) -> int:
     )
     streaming = StreamingConfig(chunk_frames=args.chunk_frames, left_chunks=args.left_chunks,
                                 endpoint=EndpointConfig(mode=args.endpoint_mode))
-    app = create_app(args.model, settings, streaming, args.device)
+    from mtspeech.streaming_decoders import load_recognizer
+
+    try:
+        recognizer = load_recognizer(args.model, streaming, args.device, decoder=args.decoder, lm=args.lm,
+                                     beam_size=args.beam_size, lm_weight=args.lm_weight)
+    except ValueError as e:
+        log.error("mtspeech serve: %s", e)
+        return 2
+    app = create_app(recognizer, settings)
     run(app, args.host, args.port, args.log_level)
     return 0

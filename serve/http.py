@@ -1,4 +1,5 @@
-"""The REST routes: `/v1/transcribe`, OpenAI's `/v1/audio/transcriptions`, `/healthz`, `/metrics`.
+"""The REST routes: `/v1/transcribe`, OpenAI's `/v1/audio/transcriptions` and `/v1/models`,
+`/healthz`, `/metrics`.
 
 An upload is never decoded whole. Its header is read first (`soundfile.info`), so a file
 whose duration is over `max_file_seconds` is refused before one sample is decoded (a 1 MB
@@ -14,6 +15,7 @@ import asyncio
 import contextlib
 import io
 import logging
+import time
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -271,6 +273,27 @@ async def healthz(request: Request):
     body = P.Health(status=status, streams_open=server.slots.in_use, max_streams=server.settings.max_streams)
     # Readiness: a draining replica answers 503 too, so a load balancer stops sending it work.
     return JSONResponse(body.model_dump(), status_code=200 if status == "ok" else 503)
+
+
+MODEL_ID = "mtspeech"  # the one model a server has; transcription requests may name any model
+_CREATED = int(time.time())  # OpenAI's `created`: here, when the server process started
+
+
+@router.get("/v1/models", response_model=P.ModelList, responses=_ERRORS)
+async def models(request: Request):
+    """OpenAI's model list (the SDKs call it, e.g. `client.models.list()`): the one model served."""
+    _check_key(request, _server(request).settings)
+    return P.ModelList(data=[P.ModelCard(id=MODEL_ID, created=_CREATED)])
+
+
+@router.get("/v1/models/{model_id}", response_model=P.ModelCard, responses=_ERRORS)
+async def model(request: Request, model_id: str):
+    """OpenAI's model retrieval (`client.models.retrieve("mtspeech")`)."""
+    _check_key(request, _server(request).settings)
+    if model_id != MODEL_ID:
+        raise APIError(404, P.ErrorCode.model_not_found, f"model {model_id[:80]!r} does not exist; "
+                       f"this server has {MODEL_ID!r}", param="model")
+    return P.ModelCard(id=MODEL_ID, created=_CREATED)
 
 
 @router.get("/metrics", include_in_schema=False)

@@ -5,7 +5,8 @@ WebSocket `/v1/stream` (see docs/server.md):
     client → {"type": "start", "sample_rate": 16000, "encoding": "pcm_s16le", ...}
     client → binary frames of audio in that encoding (any size up to the frame limit)
     client → {"type": "stop"}                 flush: the server finalizes and answers "end"
-    server → {"type": "partial", "text": ...} the utterance in progress (may still change)
+    server → {"type": "partial", "text", "stable", "unstable"}  the utterance in progress:
+                                              `stable` words only ever extend, `unstable` may change
     server → {"type": "final", "text", "start", "end", "words": [...]}   times in seconds
     server → {"type": "error", "code", "message"}
     server → {"type": "end"}                  nothing more follows; the server closes
@@ -50,6 +51,7 @@ class ErrorCode(str, Enum):
     unsupported_audio = "unsupported_audio"  # corrupt or an unknown container/codec
     file_too_large = "file_too_large"
     bad_request = "bad_request"
+    model_not_found = "model_not_found"  # GET /v1/models/{id} of another id
 
 
 # ----------------------------------------------------------------------------- client → server
@@ -64,6 +66,9 @@ class StartMessage(BaseModel):
     encoding: Literal["pcm_s16le", "f32le"] = "pcm_s16le"
     interim_results: bool = True
     endpointing: bool = True
+    # The token decoder of this stream (None: the server's default). Only decoders the server
+    # was started with are accepted (`ws.py` answers `bad_message` otherwise).
+    decoder: Literal["greedy", "beam", "phones"] | None = None
     # For browsers, which cannot set an Authorization header on a WebSocket. Never logged.
     api_key: str | None = Field(default=None, max_length=1024, repr=False)
 
@@ -91,8 +96,12 @@ class WordOut(BaseModel):
 
 
 class PartialMessage(BaseModel):
+    """`text` = `stable` + " " + `unstable` (either may be empty; `text` is for older clients)."""
+
     type: Literal["partial"] = "partial"
     text: str
+    stable: str = ""
+    unstable: str = ""
 
 
 class FinalMessage(BaseModel):
@@ -122,7 +131,7 @@ SERVER_MESSAGE = TypeAdapter(ServerMessage)
 def event_message(event: PartialEvent | FinalEvent) -> PartialMessage | FinalMessage:
     """A recognizer event as its wire message."""
     if isinstance(event, PartialEvent):
-        return PartialMessage(text=event.text)
+        return PartialMessage(text=event.text, stable=event.stable, unstable=event.unstable)
     return FinalMessage(
         text=event.text,
         start=event.start,
@@ -212,6 +221,22 @@ class HTTPErrorBody(BaseModel):
 
 class HTTPError(BaseModel):
     error: HTTPErrorBody
+
+
+class ModelCard(BaseModel):
+    """One entry of `GET /v1/models` (OpenAI's model object)."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "mtspeech"
+
+
+class ModelList(BaseModel):
+    """`GET /v1/models`: OpenAI's list shape, so `client.models.list()` works."""
+
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
 
 
 class Health(BaseModel):

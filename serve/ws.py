@@ -189,9 +189,15 @@ class StreamConnection:
                        f"sample_rate {start.sample_rate} Hz is not supported; use {s.min_sample_rate}"
                        f"..{s.max_sample_rate} Hz (audio is resampled to {SAMPLE_RATE} Hz)")
             return
+        decoders = self.server.recognizer.decoders
+        if start.decoder is not None and start.decoder not in decoders:
+            self.error(P.ErrorCode.bad_message,
+                       f"decoder {start.decoder!r} is not available on this server (it has {sorted(decoders)}; "
+                       "'beam' and 'phones' need the server started with --decoder/--lm, 'phones' a phone head)")
+            return
         self.start = start
         stream = self.server.recognizer.new_stream(start.sample_rate, endpointing=start.endpointing,
-                                                   interim=start.interim_results)
+                                                   interim=start.interim_results, decoder=start.decoder)
         self.job = self.server.batcher.add(stream, outbox=self.outbox)
 
     async def _on_audio(self, data: bytes) -> None:

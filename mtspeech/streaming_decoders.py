@@ -1,0 +1,429 @@
+"""Token decoders of the streaming recognizer: the per-utterance search behind one small seam.
+
+The recognizer (`mtspeech/streaming.py`) owns features, the encoder and its cache, and
+endpointing; what turns a head's log-probabilities into words lives here, so a decoder can be
+swapped without touching the rest (torchaudio's streaming bundles split inference the same way).
+
+    decoder = GreedyDecoder(table)              # or BeamDecoder(table, head="asr"|"phones", lm=...)
+    utt = decoder.begin()                       # one per utterance
+    utt.push(log_probs, first_frame)            # (T, V) log-softmax of the decoder's head, any T
+    utt.partial()                               # Partial(words, stable, key) or None
+    utt.end()                                   # Decoded(words with times, token ids)
+
+Frames are absolute encoder frame indices of the stream; pushes of one utterance are
+contiguous. Words carry times and a confidence by one scheme for every decoder: a word spans
+[first frame of its first token, last frame of its last token + 1) x frame_shift_s, and its
+confidence is the mean, over its tokens, of the token's highest posterior on the frames the
+chosen CTC path gives it (for greedy that is what it always was).
+
+Stable words (`Partial.stable`, a count of leading words):
+  - greedy: every word but the last. Greedy CTC never revises an emitted token, and a word can
+    only grow at its end (a later piece without "▁"); once a piece that starts a new word has
+    been emitted, every word before it is final. So the stable prefix is guaranteed: it only
+    extends, and the utterance's final text starts with it.
+  - beam: the longest common word prefix of the current best hypothesis and the previous
+    `stable_history` partial hypotheses, never counting the current last word. A heuristic:
+    the beam may still revise such a prefix (rarely: all of the last hypotheses agreed on it),
+    so for beam decoders the final text is not guaranteed to start with it. The recognizer
+    never retracts a stable prefix it has sent (see `StreamingRecognizer._maybe_partial`).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from mtspeech.decode import Word
+
+log = logging.getLogger(__name__)
+
+WORD_BOUNDARY = "\u2581"  # sentencepiece's "▁"
+DECODER_KINDS = ("greedy", "beam", "phones")
+
+
+class TokenTable(Protocol):
+    """What decoders need from a label table (mtspeech's Tokenizer, decode.PhoneTable fit)."""
+
+    def id_to_piece(self, i: int) -> str: ...
+
+
+@dataclass
+class Token:
+    """One emitted CTC token and the frames (absolute, inclusive) the path gives it."""
+
+    id: int
+    first_frame: int
+    last_frame: int
+    prob: float
+
+
+@dataclass(frozen=True)
+class Partial:
+    """A partial hypothesis: `words`; the first `stable` of them will not change (see the module
+    docstring for what each decoder guarantees); `key` changes whenever the hypothesis does."""
+
+    words: tuple[str, ...]
+    stable: int
+    key: tuple
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """An utterance's result: words with absolute times (seconds) and the CTC token ids."""
+
+    words: list[Word]
+    tokens: tuple[int, ...]
+
+
+class UtteranceDecoder(Protocol):
+    """The search state of one utterance."""
+
+    def push(self, log_probs: torch.Tensor, first_frame: int) -> None:
+        """log_probs (T, V): log-softmax of the head for frames first_frame .. first_frame+T-1."""
+
+    def partial(self) -> Partial | None:
+        """The current hypothesis, or None while it has no token."""
+
+    def end(self) -> Decoded:
+        """No more frames: the utterance's words."""
+
+
+class TokenDecoder(Protocol):
+    """A decoder shared by all streams; `begin` makes the state of one utterance.
+
+    `head`: the CTC head whose log-probs it reads (`"asr"` pieces or `"phones"`); `blank_id`
+    the blank of that head's labels.
+    """
+
+    name: str
+    head: str
+    blank_id: int
+
+    def begin(self) -> UtteranceDecoder: ...
+
+
+# ----------------------------------------------------------------------------- word timing
+
+
+def _word(text: str, toks: list[Token], frame_shift_s: float) -> Word:
+    return Word(
+        word=text,
+        start=round(toks[0].first_frame * frame_shift_s, 3),
+        end=round((toks[-1].last_frame + 1) * frame_shift_s, 3),
+        confidence=round(float(np.mean([t.prob for t in toks])), 4),
+    )
+
+
+def _piece_groups(tokens: list[Token], table: TokenTable) -> list[tuple[str, list[Token]]]:
+    """Group sentencepiece pieces into words ("▁" starts a word) → (text, tokens) per group;
+    a group may have empty text (a lone "▁")."""
+    groups: list[list[tuple[str, Token]]] = []
+    for tok in tokens:
+        piece = table.id_to_piece(tok.id)
+        if piece.startswith(WORD_BOUNDARY) or not groups:
+            groups.append([])
+        groups[-1].append((piece, tok))
+    return [("".join(p for p, _ in g).replace(WORD_BOUNDARY, ""), [t for _, t in g]) for g in groups]
+
+
+def piece_words(tokens: list[Token], table: TokenTable, frame_shift_s: float) -> list[Word]:
+    """Words of a piece sequence with times and confidences (see the module docstring)."""
+    return [_word(text, toks, frame_shift_s) for text, toks in _piece_groups(tokens, table) if text]
+
+
+# ----------------------------------------------------------------------------- greedy
+
+
+class GreedyDecoder:
+    """Best path over the ASR head's pieces: argmax per frame, merge repeats, drop blanks."""
+
+    name = "greedy"
+    head = "asr"
+
+    def __init__(self, table: TokenTable, blank_id: int, frame_shift_s: float):
+        self.table, self.blank_id, self.frame_shift_s = table, blank_id, frame_shift_s
+
+    def begin(self) -> "_GreedyUtterance":
+        return _GreedyUtterance(self)
+
+
+class _GreedyUtterance:
+    def __init__(self, decoder: GreedyDecoder) -> None:
+        self.d = decoder
+        self.tokens: list[Token] = []
+        self.prev_id = decoder.blank_id
+
+    def push(self, log_probs: torch.Tensor, first_frame: int) -> None:
+        best_logp, best_id = log_probs.max(-1)
+        best_prob = best_logp.exp().cpu().numpy()
+        for t, token_id in enumerate(best_id.cpu().tolist()):
+            frame, prob = first_frame + t, float(best_prob[t])
+            if token_id == self.d.blank_id:
+                self.prev_id = token_id
+                continue
+            if token_id == self.prev_id:  # CTC: a repeated label without blank in between merges
+                tok = self.tokens[-1]
+                tok.last_frame, tok.prob = frame, max(tok.prob, prob)
+                continue
+            self.tokens.append(Token(token_id, frame, frame, prob))
+            self.prev_id = token_id
+
+    def partial(self) -> Partial | None:
+        if not self.tokens:
+            return None
+        groups = _piece_groups(self.tokens, self.d.table)
+        # every group but the last is closed: a later "▁" piece started the next one
+        stable = sum(1 for text, _ in groups[:-1] if text)
+        return Partial(tuple(text for text, _ in groups if text), stable, tuple(t.id for t in self.tokens))
+
+    def end(self) -> Decoded:
+        return Decoded(piece_words(self.tokens, self.d.table, self.d.frame_shift_s),
+                       tuple(t.id for t in self.tokens))
+
+
+# ----------------------------------------------------------------------------- beam (flashlight)
+
+
+class BeamDecoder:
+    """CTC prefix beam search, online: torchaudio's `CTCDecoder` (flashlight-text) driven with
+    `decode_begin` / `decode_step` / `decode_end`, one search per utterance.
+
+    `head="asr"`: over the ASR pieces, lexicon-free without an LM; with a word LM (ARPA) through
+    a piece lexicon (`lexicon`, or written from the LM's vocabulary as `mtspeech evaluate` does).
+    `head="phones"`: over the phone head, `lexicon` a phone lexicon (`lm.build_phone_lexicon`,
+    CMUdict), an LM required. Options as `mtspeech.decode.BeamSearchDecoder`. The LM, the
+    lexicon trie and the dictionaries are built once and shared by every stream; each
+    utterance gets only a fresh search object.
+    """
+
+    def __init__(self, table, head: str, frame_shift_s: float, beam_size: int = 10,
+                 lm: str | Path | None = None, lexicon: str | Path | None = None,
+                 lm_weight: float = 0.5, word_score: float = 0.0, beam_threshold: float = 50.0,
+                 stable_history: int = 3):
+        from torchaudio.models.decoder import ctc_decoder  # needs flashlight-text
+
+        if head not in ("asr", "phones"):
+            raise ValueError(f"head={head!r}: expected 'asr' or 'phones'")
+        if head == "phones" and (lm is None or lexicon is None):
+            raise ValueError("the phones decoder needs a word LM and a phone lexicon (lm=, lexicon=)")
+        if lm is not None and lexicon is None:
+            from mtspeech.decode import _lexicon_for_lm
+
+            lexicon = _lexicon_for_lm(Path(lm), table)
+        self.name = "phones" if head == "phones" else "beam"
+        self.head, self.table, self.frame_shift_s = head, table, frame_shift_s
+        self.blank_id = 0
+        self.stable_history = stable_history
+        self.lexicon = None if lexicon is None else str(lexicon)
+        self.vocab_size = table.vocab_size
+        pieces = [table.id_to_piece(i) for i in range(table.vocab_size)]
+        blank = pieces[self.blank_id]
+        # The same settings as the offline BeamSearchDecoder: blank doubles as silence.
+        self._proto = ctc_decoder(
+            lexicon=self.lexicon, tokens=pieces, lm=None if lm is None else str(lm), nbest=1,
+            beam_size=beam_size, beam_threshold=beam_threshold,
+            lm_weight=lm_weight if lm is not None else 0.0, word_score=word_score,
+            sil_token=blank, sil_score=0.0, blank_token=blank, unk_word="<unk>", log_add=False,
+        )
+        self._make_search = self._search_factory(beam_size, beam_threshold,
+                                                 lm_weight if lm is not None else 0.0, word_score)
+
+    def _search_factory(self, beam_size, beam_threshold, lm_weight, word_score):
+        """A function returning a fresh flashlight search sharing the prototype's LM and trie.
+
+        torchaudio builds the trie inside `ctc_decoder` and does not keep it, so it is built once
+        more here with torchaudio's own helper; options mirror `ctc_decoder`'s.
+        """
+        from torchaudio.models.decoder import _ctc_decoder as T
+
+        p = self._proto
+        v = p.tokens_dict.index_size()
+        if self.lexicon is None:
+            opts = T._LexiconFreeDecoderOptions(
+                beam_size=beam_size, beam_size_token=v, beam_threshold=beam_threshold, lm_weight=lm_weight,
+                sil_score=0.0, log_add=False, criterion_type=T._CriterionType.CTC)
+            return lambda: T._LexiconFreeDecoder(opts, p.lm, p.blank, p.blank, [])
+        opts = T._LexiconDecoderOptions(
+            beam_size=beam_size, beam_size_token=v, beam_threshold=beam_threshold, lm_weight=lm_weight,
+            word_score=word_score, unk_score=-math.inf, sil_score=0.0, log_add=False,
+            criterion_type=T._CriterionType.CTC)
+        trie = T._construct_trie(p.tokens_dict, p.word_dict, T._load_words(self.lexicon), p.lm, p.blank)
+        unk = p.word_dict.get_index("<unk>")
+        return lambda: T._LexiconDecoder(opts, trie, p.lm, p.blank, p.blank, unk, [], False)
+
+    def begin(self) -> "_BeamUtterance":
+        search = copy.copy(self._proto)  # torchaudio's online API on a search of its own
+        search.decoder = self._make_search()
+        return _BeamUtterance(self, search)
+
+
+class _BeamUtterance:
+    def __init__(self, decoder: BeamDecoder, search) -> None:
+        self.d, self.search = decoder, search
+        self.first_frame: int | None = None
+        self.frames = 0
+        # the utterance's log-probs, for confidences of the tokens on the chosen path; bounded
+        # by the endpointer's maximum utterance length
+        self.log_probs: list[torch.Tensor] = []
+        self.history: deque[tuple[str, ...]] = deque(maxlen=decoder.stable_history)
+        self.search.decode_begin()
+
+    def push(self, log_probs: torch.Tensor, first_frame: int) -> None:
+        if self.first_frame is None:
+            self.first_frame = first_frame
+        lp = log_probs.detach().to("cpu", torch.float32).contiguous()
+        self.search.decode_step(lp)
+        self.log_probs.append(lp)
+        self.frames += lp.shape[0]
+
+    def _best(self):
+        results = self.search.decoder.get_all_final_hypothesis()
+        # mid-utterance flashlight returns the beam unsorted
+        return max(results, key=lambda r: r.score) if results else None
+
+    def _tokens(self, path: list[int]) -> list[Token]:
+        """CTC path (one label per frame of this utterance) → tokens with frame spans."""
+        lp = torch.cat(self.log_probs) if len(self.log_probs) > 1 else self.log_probs[0]
+        self.log_probs = [lp]
+        lp = lp.numpy()  # indexing numpy per frame is far cheaper than indexing a tensor
+        tokens: list[Token] = []
+        prev = self.d.blank_id
+        for t, tok in enumerate(path):
+            if tok != self.d.blank_id:
+                prob = math.exp(float(lp[t, tok]))
+                if tok == prev:
+                    tokens[-1].last_frame, tokens[-1].prob = self.first_frame + t, max(tokens[-1].prob, prob)
+                else:
+                    tokens.append(Token(tok, self.first_frame + t, self.first_frame + t, prob))
+            prev = tok
+        return tokens
+
+    def _words(self, result) -> tuple[list[Word], list[Token]]:
+        # torchaudio's path starts with flashlight's leading step (and decode_end adds one)
+        path = list(result.tokens)[1 : 1 + self.frames]
+        tokens = self._tokens(path)
+        if self.d.lexicon is None:
+            return piece_words(tokens, self.d.table, self.d.frame_shift_s), tokens
+        # With a lexicon flashlight emits a word id on the frame its last token begins: the
+        # tokens that begin before or on that frame (and after the previous word) spell it.
+        words, i = [], 0
+        for t, w in enumerate(list(result.words)[1 : 1 + self.frames]):
+            if w < 0:
+                continue
+            frame = self.first_frame + t
+            j = i
+            while j < len(tokens) and tokens[j].first_frame <= frame:
+                j += 1
+            if j > i:
+                words.append(_word(self.search.word_dict.get_entry(w), tokens[i:j], self.d.frame_shift_s))
+            i = j
+        return words, tokens
+
+    def partial(self) -> Partial | None:
+        if not self.frames:
+            return None
+        best = self._best()
+        if best is None:
+            return None
+        words, tokens = self._words(best)
+        if not words:  # with a lexicon, tokens of a word not yet complete show nothing
+            return None
+        texts = tuple(w.word for w in words)
+        stable = len(texts) - 1 if texts else 0  # the last word may still change
+        for past in self.history:
+            stable = min(stable, next((k for k, (a, b) in enumerate(zip(texts, past)) if a != b),
+                                      min(len(texts), len(past))))
+        if len(self.history) < self.history.maxlen:
+            stable = 0  # too few hypotheses yet to call anything agreed
+        self.history.append(texts)
+        return Partial(texts, max(stable, 0), tuple(t.id for t in tokens) + texts)
+
+    def end(self) -> Decoded:
+        self.search.decode_end()
+        if not self.frames:
+            return Decoded([], ())
+        best = self._best()
+        if best is None:
+            return Decoded([], ())
+        words, tokens = self._words(best)
+        return Decoded(words, tuple(t.id for t in tokens))
+
+
+# ----------------------------------------------------------------------------- building them
+
+
+def build_decoders(model: torch.nn.Module, tokenizer, frame_shift_s: float, lm: str | Path | None = None,
+                   beam_size: int = 10, lm_weight: float = 0.5, word_score: float = 0.0,
+                   work_dir: str | Path | None = None) -> dict[str, TokenDecoder]:
+    """The beam decoders a model and an LM allow (greedy the recognizer always has).
+
+    "beam": over the ASR pieces; lexicon-free without `lm`, else with the LM through a piece
+    lexicon spelling its vocabulary. "phones": only with an ARPA `lm` and a phone head: the LM's
+    words spelled in phones through CMUdict (`lm.build_phone_lexicon`), written to `work_dir`
+    (default: next to the LM), as `mtspeech evaluate --decoder beam --lm` does.
+    """
+    from mtspeech.decode import PhoneTable
+    from mtspeech.streaming import phone_task
+
+    options = dict(beam_size=beam_size, lm_weight=lm_weight, word_score=word_score)
+    out = {"beam": BeamDecoder(tokenizer, "asr", frame_shift_s, lm=lm, **options)}
+    phones = phone_task(model)
+    if lm is not None and phones is not None:
+        lm = Path(lm)
+        if lm.suffix != ".arpa":
+            log.warning("no 'phones' decoder: it needs an ARPA LM (its vocabulary is the lexicon), got %s", lm)
+            return out
+        from mtspeech.lm import ArpaLM, build_phone_lexicon
+
+        lexicon = Path(work_dir or lm.parent) / f"{lm.stem}.phones.lexicon.txt"
+        build_phone_lexicon(ArpaLM.load(lm).vocab, phones.phones, lexicon)
+        out["phones"] = BeamDecoder(PhoneTable(phones.phones), "phones", frame_shift_s, lm=lm,
+                                    lexicon=lexicon, **options)
+    return out
+
+
+def load_recognizer(checkpoint: str | Path, config=None, device: str = "cpu", decoder: str = "greedy",
+                    lm: str | Path | None = None, beam_size: int = 10, lm_weight: float = 0.5):
+    """A `StreamingRecognizer` for a checkpoint with the decoders `mtspeech serve` offers.
+
+    `lm`: an ARPA (or KenLM binary) word LM, or "auto" to build a trigram from the training
+    transcripts named in the checkpoint's config, exactly as `mtspeech evaluate --lm auto`
+    does (a checkpoint does not carry its LM yet, so "auto" needs that manifest on disk; the LM
+    is rebuilt at every start into a temporary folder). `decoder` is the default of streams.
+    """
+    import tempfile
+
+    from mtspeech.checkpoint import load_model
+    from mtspeech.streaming import SAMPLE_RATE, HOP_SAMPLES, StreamingRecognizer, _tokenizer_of
+
+    if decoder not in DECODER_KINDS:
+        raise ValueError(f"decoder {decoder!r}: choose one of {DECODER_KINDS}")
+    if decoder == "phones" and lm is None:
+        raise ValueError("--decoder phones needs a word LM: pass --lm ARPA or --lm auto")
+    if lm not in (None, "auto") and not Path(lm).is_file():
+        raise ValueError(f"LM file {lm} does not exist: pass an ARPA file or 'auto'")
+    checkpoint = Path(checkpoint)
+    model, exp, _labels = load_model(checkpoint)
+    model.to(device)
+    tokenizer = _tokenizer_of(model)
+    work_dir = None
+    if lm == "auto":
+        from mtspeech.evaluate import training_transcripts_lm
+
+        work_dir = Path(tempfile.mkdtemp(prefix="mtspeech-serve-lm-"))
+        lm = training_transcripts_lm(exp, work_dir, 3, checkpoint)
+    decoders = {}
+    if decoder != "greedy" or lm is not None:
+        frame_shift_s = model.encoder.subsampling * HOP_SAMPLES / SAMPLE_RATE
+        decoders = build_decoders(model, tokenizer, frame_shift_s, lm, beam_size, lm_weight, work_dir=work_dir)
+    if decoder not in ("greedy", *decoders):
+        raise ValueError(f"decoder {decoder!r} is not possible with this model: it has no phone head")
+    return StreamingRecognizer(model, tokenizer, config, device, decoders=decoders, default_decoder=decoder)

@@ -1,0 +1,172 @@
+"""Decoders over the wire: `decoder` in `start`, stable/unstable partials, `GET /v1/models`,
+and `mtspeech serve`'s decoder flags."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+
+import openai
+import pytest
+from fastapi.testclient import TestClient
+from websockets.asyncio.client import connect
+
+from mtspeech.client import to_pcm16
+from mtspeech.streaming import PartialEvent
+from mtspeech.streaming_decoders import BeamDecoder, load_recognizer
+from serve import app as serve_app
+from serve import protocol as P
+from serve.app import create_app
+from serve.limits import ServerSettings
+from serve_helpers import live_server, recv_all, signal, tiny_recognizer
+from tiny_asr import PIECES
+
+
+class Pieces:
+    blank_id = 0
+    vocab_size = len(PIECES)
+
+    def id_to_piece(self, i: int) -> str:
+        return PIECES[i]
+
+
+@pytest.fixture(scope="module")
+def beam_server():
+    """A live server whose recognizer has a lexicon-free 'beam' decoder besides greedy."""
+    rec = tiny_recognizer()
+    rec.decoders["beam"] = BeamDecoder(Pieces(), "asr", rec.frame_shift_s, beam_size=8)
+    with live_server(create_app(rec, ServerSettings())) as (addr, _server):
+        yield addr, rec
+
+
+async def _stream(addr, wav, start: dict, chunk=1600):
+    async with connect(f"ws://{addr}/v1/stream") as ws:
+        await ws.send(json.dumps({"type": "start", **start}))
+        for i in range(0, len(wav), chunk):
+            await ws.send(to_pcm16(wav[i : i + chunk]))
+        await ws.send(json.dumps({"type": "stop"}))
+        return await recv_all(ws)
+
+
+@pytest.mark.parametrize("decoder", ["greedy", "beam"])
+def test_decoder_per_stream_equals_in_process(beam_server, decoder):
+    addr, rec = beam_server
+    wav = signal(3.0, seed=4)
+    msgs = asyncio.run(_stream(addr, wav, {"decoder": decoder, "endpointing": False}))
+    finals = [m for m in msgs if m["type"] == "final"]
+    expected = " ".join(f.text for f in rec.transcribe(wav, endpointing=False, decoder=decoder))
+    assert expected and " ".join(f["text"] for f in finals) == expected
+    partials = [m for m in msgs if m["type"] == "partial"]
+    assert partials
+    stable: list[str] = []
+    for m in partials:
+        assert set(m) == {"type", "text", "stable", "unstable"}
+        assert m["text"] == " ".join(x for x in (m["stable"], m["unstable"]) if x)
+        assert m["stable"].split()[: len(stable)] == stable  # one utterance: stable only extends
+        stable = m["stable"].split()
+    if decoder == "greedy":
+        assert finals[0]["text"].split()[: len(stable)] == stable
+
+
+def test_unavailable_decoder_is_a_bad_message_and_the_stream_goes_on(beam_server):
+    addr, rec = beam_server
+    wav = signal(1.5, seed=2)
+
+    async def run():
+        async with connect(f"ws://{addr}/v1/stream") as ws:
+            await ws.send(json.dumps({"type": "start", "decoder": "phones"}))
+            err = json.loads(await ws.recv())
+            await ws.send(json.dumps({"type": "start", "decoder": "viterbi"}))
+            err2 = json.loads(await ws.recv())
+            await ws.send(json.dumps({"type": "start", "endpointing": False}))  # the server's default
+            await ws.send(to_pcm16(wav))
+            await ws.send(json.dumps({"type": "stop"}))
+            return err, err2, await recv_all(ws)
+
+    err, err2, msgs = asyncio.run(run())
+    assert err["code"] == "bad_message" and "'phones' is not available" in err["message"]
+    assert err2["code"] == "bad_message"
+    assert msgs[-1] == {"type": "end"}
+    assert " ".join(m["text"] for m in msgs if m["type"] == "final") == \
+        " ".join(f.text for f in rec.transcribe(wav, endpointing=False))
+
+
+def test_partial_message_round_trip():
+    msg = P.event_message(PartialEvent("a b c", "a b", "c"))
+    assert msg.model_dump() == {"type": "partial", "text": "a b c", "stable": "a b", "unstable": "c"}
+    assert P.SERVER_MESSAGE.validate_python(msg.model_dump()) == msg
+    assert P.CLIENT_MESSAGE.validate_python({"type": "start", "decoder": "beam"}).decoder == "beam"
+
+
+def test_models_list_with_the_openai_client(make_server):
+    addr, _app = make_server(api_key="sk-test")
+    api = openai.OpenAI(base_url=f"http://{addr}/v1", api_key="sk-test", max_retries=0, timeout=30)
+    models = api.models.list()
+    assert [m.id for m in models.data] == ["mtspeech"]
+    m = models.data[0]
+    assert m.object == "model" and m.owned_by == "mtspeech" and m.created > 0
+    assert api.models.retrieve("mtspeech").id == "mtspeech"
+    with pytest.raises(openai.NotFoundError):
+        api.models.retrieve("whisper-1")
+    bad = openai.OpenAI(base_url=f"http://{addr}/v1", api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        bad.models.list()
+
+
+def test_models_list_shape(recognizer):
+    with TestClient(create_app(recognizer, ServerSettings())) as c:
+        body = c.get("/v1/models").json()
+    assert body["object"] == "list"
+    assert body["data"] == [{"id": "mtspeech", "object": "model", "created": body["data"][0]["created"],
+                             "owned_by": "mtspeech"}]
+
+
+def test_serve_decoder_flags_are_checked_before_loading(tmp_path):
+    parser = argparse.ArgumentParser()
+    serve_app.add_arguments(parser)
+    args = parser.parse_args(["--model", str(tmp_path / "none.pt"), "--decoder", "phones"])
+    assert args.decoder == "phones" and args.lm is None and args.beam_size == 10
+    assert serve_app.main(args) == 2  # phones without an LM: a clear error, no server
+    with pytest.raises(ValueError, match="needs a word LM"):
+        load_recognizer(tmp_path / "none.pt", decoder="phones")
+    with pytest.raises(ValueError, match="does not exist"):
+        load_recognizer(tmp_path / "none.pt", decoder="beam", lm=tmp_path / "missing.arpa")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--model", "x.pt", "--decoder", "viterbi"])
+
+
+def test_checkpoint_with_lm_auto_serves_every_decoder(tmp_path):
+    """`serve --model X.pt --lm auto`: the trigram of the training transcripts (as `evaluate --lm
+    auto` builds it), a piece lexicon for 'beam', CMUdict phones for 'phones'."""
+    import torch
+
+    from mtspeech.data.lexicon import Lexicon
+    from mtspeech.data.manifest import Utterance, write_manifest
+    from mtspeech.experiment import build_model, experiment_from_dict, experiment_to_dict, fit_labels
+
+    texts = ["HELLO WORLD", "THE QUICK BROWN FOX", "THE LAZY DOG", "HELLO THE DOG"]
+    lex = Lexicon(oov="g2p")
+    utts = [Utterance(id=str(i), audio="x.wav", duration=1.0, text=t,
+                      phones=[p for w in t.split() for p in lex.word_phones(w)]) for i, t in enumerate(texts)]
+    write_manifest(tmp_path / "train.jsonl", utts)
+    exp = experiment_from_dict({
+        "exp_dir": str(tmp_path), "data": {"train": str(tmp_path / "train.jsonl")},
+        "encoder": {"kind": "conformer", "dim": 32, "layers": 2, "heads": 2, "conv_kernel": 5, "dropout": 0.0},
+        "tasks": {"asr": {"kind": "ctc", "vocab_size": 30, "dropout": 0.0},
+                  "phones": {"kind": "ctc", "label": "phones", "layer": 0, "dropout": 0.0}, "vad": {"kind": "vad"}},
+    })
+    torch.manual_seed(0)
+    labels = fit_labels(exp, utts)
+    model = build_model(exp, labels)
+    path = tmp_path / "model.pt"
+    torch.save({"model": model.state_dict(), "config": experiment_to_dict(exp), "labels": labels}, path)
+
+    rec = load_recognizer(path, decoder="phones", lm="auto", beam_size=4)
+    assert set(rec.decoders) == {"greedy", "beam", "phones"} and rec.default_decoder == "phones"
+    wav = signal(1.5, seed=1)
+    for name in rec.decoders:
+        finals = rec.transcribe(wav, decoder=name)
+        vocab = {w for t in texts for w in t.split()}
+        if name != "greedy":  # closed vocabulary: the LM's words only
+            assert all(w.word in vocab for f in finals for w in f.words)
