@@ -118,3 +118,14 @@ def test_capacity_table_from_a_load_run(tmp_path, capsys):
     assert "| 100,000 | 5.6 | 17,858 | 2,233 |" in capsys.readouterr().out
     with pytest.raises(ValueError, match="kept up with no level"):
         capacity.capacity_table({"max_streams_keeping_up": 0, "settings": {"cpu_count": 2}}, 8, 0.7)
+
+
+def test_streaming_decoders_benchmark(assets):
+    bench = _load("streaming_decoders")
+    out = assets["root"] / "decoders.json"
+    result = bench.main(["--model", str(assets["ckpt"]), "--manifest", str(assets["manifest"]),
+                         "--beam-size", "4", "--out", str(out)])
+    assert json.loads(out.read_text())["decoders"].keys() == {"greedy", "beam"}  # no LM: no phones decoder
+    for r in result["decoders"].values():
+        assert 0.0 <= r["cer"] and _finite(r["rtf"]) and r["rtf"] > 0
+    assert result["decoders"]["greedy"]["rtf_vs_greedy"] == 1.0 and result["utterances"] == 2
