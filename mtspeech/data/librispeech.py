@@ -212,6 +212,12 @@ def prepare_librispeech(
                 "speakers": len({u.speaker for u in utts}),
                 "rejected": dict(Counter(r[0] for r in rejected)),
             }
+    except BaseException:
+        # Ctrl-C reaches the workers too; a task they drop is never finished, so close() +
+        # join() would wait forever (seen: prepare hung after Ctrl-C). Stop them instead.
+        if pool is not None:
+            pool.terminate()
+        raise
     finally:
         if pool is not None:
             pool.close()
