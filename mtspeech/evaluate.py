@@ -272,12 +272,21 @@ def _phone_word_decoder(task, lm_path: Path, lexicon_path: Path, options: dict):
     return build_decoder("beam", PhoneTable(task.phones), **{**options, "lexicon": lexicon})
 
 
-def training_transcripts_lm(exp, out_dir: Path, order: int = 3, checkpoint: Path | None = None) -> Path:
-    """Build a word n-gram LM (ARPA) from the training transcripts named in the checkpoint's config.
+def training_transcripts_lm(exp, out_dir: Path, order: int = 3, checkpoint: Path | None = None,
+                            use_embedded: bool = True) -> Path:
+    """The `--lm auto` LM (ARPA): the one embedded in the checkpoint (`mtspeech embed-lm`) if
+    any, else a word n-gram built from the training transcripts named in its config.
 
     `exp.data.train` is resolved against the working directory first, then the checkpoint's folder.
     """
+    from mtspeech.embed_lm import embedded_lm
     from mtspeech.lm import build_ngram_lm
+
+    if use_embedded and checkpoint is not None:
+        embedded = embedded_lm(checkpoint, out_dir)
+        if embedded is not None:
+            log.info("--lm auto: using the word LM embedded in %s", checkpoint)
+            return embedded
 
     candidates = [Path(exp.data.train)]
     if checkpoint is not None and not Path(exp.data.train).is_absolute():

@@ -170,3 +170,26 @@ def test_checkpoint_with_lm_auto_serves_every_decoder(tmp_path):
         vocab = {w for t in texts for w in t.split()}
         if name != "greedy":  # closed vocabulary: the LM's words only
             assert all(w.word in vocab for f in finals for w in f.words)
+
+
+def test_an_embedded_lm_makes_the_checkpoint_self_contained(tmp_path):
+    """`mtspeech embed-lm X.pt`: afterwards `--lm auto` needs no training manifest on disk."""
+    from mtspeech import cli
+    from mtspeech.checkpoint import load_state
+    from mtspeech.embed_lm import LM_KEY
+    from mtspeech.evaluate import training_transcripts_lm
+    from mtspeech.experiment import experiment_from_dict
+
+    test_checkpoint_with_lm_auto_serves_every_decoder(tmp_path)  # writes model.pt and train.jsonl
+    path = tmp_path / "model.pt"
+    assert cli.main(["embed-lm", str(path)]) == 0
+    arpa = load_state(path)[LM_KEY]
+    assert arpa.lstrip().startswith("\\data\\") and "HELLO" in arpa
+    (tmp_path / "train.jsonl").unlink()  # the checkpoint travels alone
+    rec = load_recognizer(path, decoder="phones", lm="auto", beam_size=4)
+    assert set(rec.decoders) == {"greedy", "beam", "phones"}
+    exp = experiment_from_dict(load_state(path)["config"])
+    lm = training_transcripts_lm(exp, tmp_path / "eval", 3, path)
+    assert lm.read_text() == arpa
+    with pytest.raises(ValueError, match="not an ARPA file"):
+        cli.main(["embed-lm", str(path), "--lm", str(tmp_path / "model.pt")])

@@ -1,0 +1,68 @@
+"""`mtspeech embed-lm CKPT [--lm ARPA|auto]`: store a word LM inside a checkpoint.
+
+With the LM inside, `--lm auto` (in `mtspeech evaluate` and `mtspeech serve`) needs nothing
+but the checkpoint: no training manifest on disk. `auto` here builds the trigram of the
+training transcripts named in the checkpoint's config, exactly as `--lm auto` does when no LM
+is embedded. The checkpoint is rewritten atomically (temp file + rename).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+LM_KEY = "lm_arpa"  # checkpoint entry: the ARPA text of a word n-gram LM
+
+
+def embedded_lm(checkpoint: str | Path, out_dir: str | Path) -> Path | None:
+    """Write the checkpoint's embedded LM to `out_dir/lm.arpa` and return that path (None: none)."""
+    from mtspeech.checkpoint import load_state
+
+    text = load_state(checkpoint).get(LM_KEY)
+    if not text:
+        return None
+    path = Path(out_dir) / "lm.arpa"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def embed_lm(checkpoint: str | Path, lm: str | Path = "auto", order: int = 3) -> int:
+    """Store the ARPA LM `lm` (or `auto`: the training-transcript n-gram) in `checkpoint`;
+    returns the number of bytes embedded."""
+    from mtspeech.checkpoint import load_state, save_atomic
+    from mtspeech.experiment import experiment_from_dict
+
+    checkpoint = Path(checkpoint)
+    state = load_state(checkpoint)
+    with tempfile.TemporaryDirectory() as tmp:
+        if lm == "auto":
+            from mtspeech.evaluate import training_transcripts_lm
+
+            state.pop(LM_KEY, None)  # build afresh from the transcripts, not from a stale copy
+            lm = training_transcripts_lm(experiment_from_dict(state["config"]), Path(tmp), order, checkpoint,
+                                         use_embedded=False)
+        raw = Path(lm).read_bytes()
+    if b"\\data\\" not in raw[:1000]:
+        raise ValueError(f"{lm}: not an ARPA file (no \\data\\ header); embed-lm stores ARPA text only")
+    text = raw.decode("utf-8")
+    state[LM_KEY] = text
+    save_atomic(state, checkpoint)
+    log.info("embedded a %d-byte word LM in %s", len(text), checkpoint)
+    return len(text)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="checkpoint to store the LM in (rewritten in place)")
+    parser.add_argument("--lm", default="auto", help="ARPA file, or 'auto' (trigram of the training transcripts)")
+    parser.add_argument("--order", type=int, default=3, help="n-gram order for --lm auto")
+
+
+def main(args: argparse.Namespace) -> int:
+    size = embed_lm(args.checkpoint, args.lm, args.order)
+    print(f"embedded a {size:,}-byte word LM in {args.checkpoint}; --lm auto now needs nothing else")
+    return 0
