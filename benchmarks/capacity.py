@@ -42,7 +42,7 @@ def main(argv=None) -> list[dict]:
     rows = capacity_table(load, args.replica_cores, args.utilization)
     print(f"measured: {load['max_streams_keeping_up']} streams kept up on {load['settings']['cpu_count']} cores "
           f"(model {load['model']}); planned at {args.utilization:.0%} of it, {args.replica_cores}-core replicas")
-    print(f"| concurrent streams | streams per core | cores | replicas |\n|---:|---:|---:|---:|")
+    print("| concurrent streams | streams per core | cores | replicas |\n|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['streams']:,} | {r['streams_per_core']} | {r['cores']:,} | {r['replicas']:,} |")
     return rows

@@ -247,7 +247,7 @@ class StreamingRecognizer:
     def from_checkpoint(cls, path: str | Path, config: StreamingConfig | None = None,
                         device: str = "cpu") -> "StreamingRecognizer":
         """Load a training checkpoint (`mtspeech.checkpoint.load_model`) and wrap it (greedy
-        decoding; `mtspeech.streaming_decoders.build_recognizer` adds the beam decoders)."""
+        decoding; `mtspeech.streaming_decoders.load_recognizer` adds the beam decoders)."""
         from mtspeech.checkpoint import load_model
 
         model, _config, _labels = load_model(path)

@@ -65,7 +65,7 @@ class Server:
         await loop.run_in_executor(self.audio_pool, self.recognizer.accept, job.stream, samples)
         self.batcher.notify(job)
         limit = self.settings.max_buffered_seconds
-        while not job.done and not job.finishing and _buffered_seconds(job) > limit:
+        while not job.done and not job.finishing and job.stream.buffered_seconds > limit:
             job.progressed.clear()
             await job.progressed.wait()
 
@@ -90,6 +90,3 @@ class Server:
     def close(self) -> None:
         self.audio_pool.shutdown(wait=False, cancel_futures=True)
 
-
-def _buffered_seconds(job: Job) -> float:
-    return job.stream.buffered_seconds

@@ -112,7 +112,6 @@ def test_babble_draws_from_the_same_split_only():
 
 def test_dataset_augments_training_only_and_keeps_every_label(prepared_manifests):
     """Through UtteranceDataset: the audio changes, the targets (VAD frames included) do not."""
-    from tiny_experiment import tiny_experiment  # noqa: F401  (tests/ on sys.path)
     from mtspeech.tasks.vad import VADConfig, VADTask
 
     utts = read_manifest(prepared_manifests["train"])[:6]

@@ -10,7 +10,6 @@ import struct
 import numpy as np
 import pytest
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
 
 from serve_helpers import next_message, recv_all, reference_text, rss_bytes, signal
 from mtspeech.client import stream_samples, to_pcm16
