@@ -3,6 +3,7 @@
 # then a virtual environment in .venv with exactly requirements.lock installed, then mtspeech
 # itself (editable, no dependencies), then an import check of the native extensions.
 #   MTSPEECH_BROWSER=1 also installs Debian's chromium (for the web-page test).
+#   MTSPEECH_PEERS=1 also installs the peer tools of benchmarks/peers.py (requirements-peers.lock).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,6 +35,14 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   rm -f "$stamp"
   # Both checks run before the stamp is written, so a failed install is retried next time.
   .venv/bin/python scripts/check_install.py
-  .venv/bin/python -m pip check || { echo "setup: pip check found conflicts (above)" >&2; exit 1; }
+  # (resemblyzer's stated `typing` is the Python 2 backport: the standard library has it)
+  report=$(.venv/bin/python -m pip check || true)
+  if problems=$(grep -v -e "requires typing, which is not installed" -e "^No broken requirements" <<<"$report"); then
+    echo "$problems" >&2; echo "setup: pip check found conflicts (above)" >&2; exit 1
+  fi
   echo "$want" > "$stamp"
+fi
+if [ "${MTSPEECH_PEERS:-0}" = 1 ] && ! .venv/bin/python -c "import silero_vad, resemblyzer" 2>/dev/null; then
+  echo "setup: installing the peer tools (silero-vad, resemblyzer) from requirements-peers.lock"
+  .venv/bin/python -m pip install -q --require-hashes --no-deps -r requirements-peers.lock
 fi
