@@ -27,11 +27,27 @@ rules can fire at all. Definitions, per utterance and mode:
                  An utterance not endpointed within the tail is finalized at the end of the
                  audio, so its delay is censored at (audio end - speech end).
 
+  premature      a rule fired (rule2/rule3) before the true speech end: the endpointer
+                 closed the utterance while the speaker was still to say something;
+  cut in pause   (with --pauses) a premature endpoint detected inside the inserted pause.
+
 WER/CER are of the concatenated finals against the reference text (corpus rates). The
 comparison is paired over utterances both modes finalized; the baseline is the blank-only
 endpointer measured in the same run: `ratio` = mean delay (vad) / mean delay (blank).
 
+Noise: pass a noisy twin as `--manifest` (`test-snr10.jsonl`, ...) with `--tail background`:
+the tail (and the pause) then loops the recording's own non-speech audio, i.e. the twin's
+noise of its own kind and level, instead of white noise at its RMS.
+
+Internal pauses (`--pauses MIN MAX`): utterances are taken two by two (seeded shuffle of the
+usable ones) and joined as A up to the end of its last speech segment, a pause of MIN-MAX
+seconds (uniform, seeded) filled as the tail is, then B from the start of its first segment;
+the reference text is A's then B's, the segments A's and B's shifted. So the pause is
+exactly the drawn length, and a rule that fires inside it cut a sentence in two.
+
     python benchmarks/endpoint_latency.py --model exp/synthetic/all/final.pt --limit 50 --out ep.json
+    python benchmarks/endpoint_latency.py --model M --manifest data/synthetic/test-snr10.jsonl --tail background \
+        --pauses 0.4 0.8
     python benchmarks/endpoint_latency.py --random-model --limit 5     # no training needed
 """
 
@@ -68,8 +84,11 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--frame-ms", type=int, default=40, help="audio fed per step, like a client's frames")
     ap.add_argument("--tail-silence", type=float, default=3.0,
                     help="seconds of non-speech appended after each utterance (>= rule 1 to let rules fire)")
-    ap.add_argument("--tail", choices=["noise", "zeros"], default="noise",
-                    help="noise: Gaussian at the utterance's own non-speech RMS; zeros: digital silence")
+    ap.add_argument("--tail", choices=["noise", "zeros", "background"], default="noise",
+                    help="noise: Gaussian at the utterance's own non-speech RMS; zeros: digital silence; "
+                         "background: the recording's own non-speech audio, looped")
+    ap.add_argument("--pauses", type=float, nargs=2, metavar=("MIN_S", "MAX_S"),
+                    help="join utterances two by two with a pause of MIN-MAX seconds (seeded)")
     ap.add_argument("--chunk-frames", type=int, default=StreamingConfig.chunk_frames)
     ap.add_argument("--left-chunks", type=int, default=StreamingConfig.left_chunks)
     ap.add_argument("--speech-threshold", type=float, default=d.speech_threshold, help="VAD mode only")
@@ -78,7 +97,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--rule3", type=float, default=d.rule3_max_utterance_s, help="seconds (both modes)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    ap.add_argument("--seed", type=int, default=0, help="tail noise")
+    ap.add_argument("--seed", type=int, default=0, help="tail noise, pairing and pause lengths")
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -103,15 +122,46 @@ def _nonspeech_rms(wav: np.ndarray, speech: list) -> float:
     return float(np.sqrt(np.mean(rest.astype(np.float64) ** 2))) if len(rest) else 0.0
 
 
+def _nonspeech(wav: np.ndarray, speech: list, margin_s: float = 0.05) -> np.ndarray:
+    """The samples of `wav` at least `margin_s` away from every speech segment."""
+    mask = np.ones(len(wav), dtype=bool)
+    for start, end in speech:
+        mask[max(0, int((start - margin_s) * SAMPLE_RATE)) : int(math.ceil((end + margin_s) * SAMPLE_RATE))] = False
+    return wav[mask]
+
+
+def filler(wav: np.ndarray, speech: list, n: int, kind: str, rng: np.random.Generator) -> np.ndarray:
+    """`n` samples of non-speech for a tail or a pause: zeros, Gaussian noise at the recording's
+    non-speech RMS, or (`background`) its own non-speech audio looped (Gaussian when it has
+    under 0.1 s of it)."""
+    if kind == "zeros" or n <= 0:
+        return np.zeros(max(n, 0), dtype=np.float32)
+    rest = _nonspeech(wav, speech)
+    if kind == "background" and len(rest) >= SAMPLE_RATE // 10:
+        start = int(rng.integers(len(rest)))
+        return np.resize(np.roll(rest, -start), n).astype(np.float32)
+    return (rng.standard_normal(n) * _nonspeech_rms(wav, speech)).astype(np.float32)
+
+
 def with_tail(wav: np.ndarray, speech: list, seconds: float, kind: str, rng: np.random.Generator) -> np.ndarray:
-    """`wav` followed by `seconds` of zeros or of noise at its non-speech level."""
+    """`wav` followed by `seconds` of non-speech (`filler`)."""
     n = int(round(seconds * SAMPLE_RATE))
     if n <= 0:
         return wav
-    tail = np.zeros(n, dtype=np.float32)
-    if kind == "noise":
-        tail = (rng.standard_normal(n) * _nonspeech_rms(wav, speech)).astype(np.float32)
-    return np.concatenate([wav.astype(np.float32), tail])
+    return np.concatenate([wav.astype(np.float32), filler(wav, speech, n, kind, rng)])
+
+
+def join_with_pause(a: np.ndarray, a_speech: list, b: np.ndarray, b_speech: list, pause_s: float,
+                    kind: str, rng: np.random.Generator) -> tuple[np.ndarray, list, tuple[float, float]]:
+    """A up to its last speech end, `pause_s` of `filler` (from A), B from its first speech start
+    → (audio, speech segments in seconds, (pause start, pause end) in seconds)."""
+    a_end = int(math.ceil(max(e for _, e in a_speech) * SAMPLE_RATE))
+    b_start = int(min(s for s, _ in b_speech) * SAMPLE_RATE)
+    gap = filler(a, a_speech, int(round(pause_s * SAMPLE_RATE)), kind, rng)
+    wav = np.concatenate([a[:a_end].astype(np.float32), gap, b[b_start:].astype(np.float32)])
+    shift = (a_end + len(gap) - b_start) / SAMPLE_RATE
+    speech = [list(seg) for seg in a_speech] + [[s + shift, e + shift] for s, e in b_speech]
+    return wav, speech, (a_end / SAMPLE_RATE, (a_end + len(gap)) / SAMPLE_RATE)
 
 
 def stream_utterance(rec: StreamingRecognizer, wav: np.ndarray, frame: int) -> list[tuple[FinalEvent, float]]:
@@ -155,8 +205,37 @@ def load_recognizers(args) -> dict[str, StreamingRecognizer]:
 # ----------------------------------------------------------------------------- the benchmark
 
 
-def run(args) -> dict:
+def _audio(u) -> np.ndarray:
     from mtspeech.data.audio import load_audio
+
+    raw = load_audio(u.audio, SAMPLE_RATE)
+    return np.asarray(raw.numpy() if hasattr(raw, "numpy") else raw, dtype=np.float32)
+
+
+def build_items(utts: list, args, rng: np.random.Generator) -> list[dict]:
+    """What is streamed: each utterance with its tail, or (--pauses) seeded pairs joined by a pause.
+    Items: id, ref, wav (S,), speech [[s, e]...], pause (start_s, end_s) or None."""
+    items = []
+    if args.pauses is None:
+        for u in utts:
+            items.append({"id": u.id, "ref": u.text, "wav": _audio(u), "speech": u.speech, "pause": None})
+    else:
+        low, high = args.pauses
+        if not 0 <= low <= high:
+            raise SystemExit(f"--pauses {low} {high}: expected 0 <= MIN <= MAX")
+        order = rng.permutation(len(utts))
+        for i in range(0, len(order) - 1, 2):
+            a, b = utts[order[i]], utts[order[i + 1]]
+            wav, speech, pause = join_with_pause(_audio(a), a.speech, _audio(b), b.speech,
+                                                 float(rng.uniform(low, high)), args.tail, rng)
+            items.append({"id": f"{a.id}+{b.id}", "ref": f"{a.text} {b.text}", "wav": wav, "speech": speech,
+                          "pause": pause})
+    for it in items:
+        it["wav"] = with_tail(it["wav"], it["speech"], args.tail_silence, args.tail, rng)
+    return items
+
+
+def run(args) -> dict:
     from mtspeech.data.manifest import read_manifest
     from mtspeech.metrics import cer, wer
 
@@ -172,19 +251,26 @@ def run(args) -> dict:
     recs = load_recognizers(args)
     frame = SAMPLE_RATE * args.frame_ms // 1000
     rng = np.random.default_rng(args.seed)
+    items = build_items(utts, args, rng)
+    if not items:
+        raise SystemExit(f"{manifest}: --pauses needs at least two usable utterances")
 
     per_utt = []
     t0 = time.perf_counter()
-    for u in utts:
-        raw = load_audio(u.audio, SAMPLE_RATE)
-        raw = np.asarray(raw.numpy() if hasattr(raw, "numpy") else raw, dtype=np.float32)
-        wav = with_tail(raw, u.speech, args.tail_silence, args.tail, rng)
-        speech_end = max(end for _, end in u.speech)
-        row = {"id": u.id, "ref": u.text, "speech_end": round(speech_end, 4),
+    for it in items:
+        wav = it["wav"]
+        speech_end = max(end for _, end in it["speech"])
+        row = {"id": it["id"], "ref": it["ref"], "speech_end": round(speech_end, 4),
                "audio_end": round(len(wav) / SAMPLE_RATE, 4)}
+        if it["pause"] is not None:
+            row["pause"] = [round(t, 4) for t in it["pause"]]
         for mode, rec in recs.items():
             finals = stream_utterance(rec, wav, frame)
-            res = {"hyp": " ".join(f.text for f, _ in finals), "finals": len(finals)}
+            cuts = [f.detected_at for f, _ in finals if f.reason != "eos" and f.detected_at < speech_end]
+            res = {"hyp": " ".join(f.text for f, _ in finals), "finals": len(finals),
+                   "premature_at": [round(t, 4) for t in cuts]}
+            if it["pause"] is not None:
+                res["cut_in_pause"] = any(it["pause"][0] <= t <= it["pause"][1] for t in cuts)
             if finals:
                 last, emitted = finals[-1]
                 res.update(reason=last.reason, finalized_at=round(emitted, 4),
@@ -205,6 +291,8 @@ def run(args) -> dict:
             "no_output": len(rows) - len(done),
             "endpointed": sum(r["reason"] != "eos" for r in done),
             "at_eos": sum(r["reason"] == "eos" for r in done),
+            "premature": sum(bool(r["premature_at"]) for r in rows),
+            "cut_in_pause": sum(r.get("cut_in_pause", False) for r in rows) if args.pauses else None,
             "delay_s": _stats([r["delay"] for r in done]),
             "rule_delay_s": _stats([r["rule_delay"] for r in done]),
             "wer": round(wer(refs, hyps).rate, 4),
@@ -231,6 +319,7 @@ def run(args) -> dict:
         "model": "random-tiny" if args.random_model else str(args.model),
         "manifest": str(manifest),
         "settings": {"frame_ms": args.frame_ms, "tail_silence_s": args.tail_silence, "tail": args.tail,
+                     "pauses_s": args.pauses, "seed": args.seed,
                      "chunk_frames": args.chunk_frames, "left_chunks": args.left_chunks,
                      "speech_threshold": args.speech_threshold, "rule1_s": args.rule1, "rule2_s": args.rule2,
                      "rule3_s": args.rule3, "threads": args.threads, "device": args.device},
@@ -250,17 +339,19 @@ def render(result: dict) -> str:
     lines = [
         f"endpoint latency: {result['modes']['vad']['utterances']} utterances of {result['manifest']} "
         f"(model {result['model']}), {s['tail_silence_s']:g} s {s['tail']} tail, {s['frame_ms']} ms frames, "
-        f"chunk {s['chunk_frames']} frames",
+        f"chunk {s['chunk_frames']} frames"
+        + (f"; joined two by two with {s['pauses_s'][0]:g}-{s['pauses_s'][1]:g} s pauses" if s["pauses_s"] else ""),
         f"rules (both modes): rule1 {s['rule1_s']:g} s, rule2 {s['rule2_s']:g} s, rule3 {s['rule3_s']:g} s; "
         f"VAD threshold {s['speech_threshold']:g}",
-        "delay = finalization - true end of speech (s)",
-        f"{'mode':<6} {'endpointed':>10} {'at eos':>6} {'mean':>7} {'p50':>7} {'p95':>7} {'rule mean':>9} "
-        f"{'WER':>6} {'CER':>6}",
+        "delay = finalization - true end of speech (s); premature = a rule fired before it",
+        f"{'mode':<6} {'endpointed':>10} {'at eos':>6} {'premature':>9} {'in pause':>8} {'mean':>7} {'p50':>7} "
+        f"{'p95':>7} {'rule mean':>9} {'WER':>6} {'CER':>6}",
     ]
     for mode, m in result["modes"].items():
         d, r = m["delay_s"], m["rule_delay_s"]
-        lines.append(f"{mode:<6} {m['endpointed']:>5}/{m['utterances']:<4} {m['at_eos']:>6} {_f(d['mean']):>7} "
-                     f"{_f(d['p50']):>7} {_f(d['p95']):>7} {_f(r['mean']):>9} {_f(m['wer']):>6} {_f(m['cer']):>6}")
+        lines.append(f"{mode:<6} {m['endpointed']:>5}/{m['utterances']:<4} {m['at_eos']:>6} {m['premature']:>9} "
+                     f"{_f(m['cut_in_pause'], '{}'):>8} {_f(d['mean']):>7} {_f(d['p50']):>7} {_f(d['p95']):>7} "
+                     f"{_f(r['mean']):>9} {_f(m['wer']):>6} {_f(m['cer']):>6}")
     c = result["comparison"]
     e = c["vad_earlier_by_s"]
     if c["paired_utterances"]:
@@ -275,6 +366,13 @@ def render(result: dict) -> str:
                      "WER differs between the modes: the delays are NOT compared at equal WER")
     else:
         lines.append("no utterance was finalized in both modes: nothing to compare")
+    pauses = f"{s['pauses_s'][0]:g}-{s['pauses_s'][1]:g} s" if s["pauses_s"] else "-"
+    lines += ["", "| manifest | pauses | mode | items | endpointed | premature | cut in pause | delay mean (s) | "
+              "delay p95 (s) | WER | CER |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for mode, m in result["modes"].items():
+        lines.append(f"| {Path(result['manifest']).stem} | {pauses} | {mode} | {m['utterances']} | {m['endpointed']} | "
+                     f"{m['premature']} | {_f(m['cut_in_pause'], '{}')} | {_f(m['delay_s']['mean'])} | "
+                     f"{_f(m['delay_s']['p95'])} | {_f(m['wer'])} | {_f(m['cer'])} |")
     return "\n".join(lines)
 
 

@@ -1,10 +1,13 @@
-"""Waveform augmentation in the loader: additive noise at a sampled SNR, room reverberation, gain.
+"""Waveform augmentation in the loader: additive noise at a sampled SNR, room reverberation, gain,
+and a formant shift that makes a new voice.
 
 Every transform keeps time where it was, so the labels follow the audio unchanged: the
-speech segments of the VAD task, the words, the speaker (noise, a room and loudness do not
-change who speaks; voice changes such as speed perturbation live in `dataset.py`, where the
-speaker label is dropped). What an utterance gets is a pure function of (seed, index), so a
-batch is augmented identically whatever worker loads it and after a resume.
+speech segments of the VAD task, the words. Noise, a room and loudness do not change who
+speaks, so the speaker label stays; a formant shift does (it moves the vocal tract's
+resonances, the cue a speaker model reads most), so `Augmenter.changes_voice` tells the
+dataset to drop that label, as it does for speed perturbation. What an utterance gets is a
+pure function of (seed, index), so a batch is augmented identically whatever worker loads
+it and after a resume.
 
 Noise kinds:
 - `white`, `pink` (1/f power), `brown` (1/f²): Gaussian noise shaped in the frequency domain;
@@ -18,6 +21,15 @@ Reverberation convolves with a synthetic room impulse response: Gaussian noise u
 exponential envelope whose energy falls 60 dB in `rt60` seconds, after a unit direct path at
 t = 0 (so nothing is delayed). tests/data/test_augment.py checks, by Schroeder backward
 integration, that the generated responses decay at the requested RT60.
+
+Formant shift (VTLP-style, Jaitly & Hinton 2013, but applied to the spectral envelope only):
+per 32 ms STFT frame the envelope is the cepstrally smoothed log spectrum (quefrencies below
+2 ms, shorter than any pitch period up to 500 Hz); it is warped along frequency by the VTLP
+piecewise-linear map (f → α f up to a knee, then linearly to Nyquist), and each frame is
+multiplied by warped / original envelope with its phase kept. The formants move by α, the
+harmonics (pitch) and the time axis stay where they were; the resampling trick would move
+pitch and duration too. The draw is independent of `prob`: `formant_prob` is the share of
+all training utterances that become a new voice.
 """
 
 from __future__ import annotations
@@ -43,20 +55,24 @@ class AugmentConfig:
     rt60_s: tuple[float, float] = (0.2, 0.8)
     gain_db: tuple[float, float] = (-6.0, 6.0)
     babble_utterances: tuple[int, int] = (3, 6)
+    formant_prob: float = 0.0  # share of training utterances given a new voice (speaker label dropped)
+    formant_warp: tuple[float, float] = (0.85, 1.15)  # VTLP factor α: formants move to α × f
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.noise) - set(NOISE_KINDS))
         if unknown:
             raise ValueError(f"data.augment.noise: unknown kind(s) {unknown}; expected some of {NOISE_KINDS}")
-        for name in ("prob", "reverb_prob"):
+        for name in ("prob", "reverb_prob", "formant_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"data.augment.{name}={getattr(self, name)}: expected a probability in [0, 1]")
-        for name in ("snr_db", "rt60_s", "gain_db", "babble_utterances"):
+        for name in ("snr_db", "rt60_s", "gain_db", "babble_utterances", "formant_warp"):
             low, high = getattr(self, name)
             if low > high:
                 raise ValueError(f"data.augment.{name}=({low}, {high}): expected low <= high")
         if self.rt60_s[0] <= 0 or self.babble_utterances[0] < 1:
             raise ValueError("data.augment: rt60_s must be > 0 and babble_utterances >= 1")
+        if not (0.5 <= self.formant_warp[0] and self.formant_warp[1] <= 2.0):
+            raise ValueError(f"data.augment.formant_warp={self.formant_warp}: expected factors in [0.5, 2]")
 
 
 @dataclass(frozen=True)
@@ -68,6 +84,7 @@ class Recipe:
     rt60_s: float | None
     gain_db: float | None
     babble: tuple[int, ...] = ()  # pool indices mixed into babble
+    formant_warp: float | None = None  # VTLP factor α of a new voice
 
 
 class Augmenter:
@@ -90,9 +107,10 @@ class Augmenter:
     def recipe(self, seed: int, index: int) -> Recipe | None:
         """The transforms of item `index` under `seed` (a pure function of both)."""
         c = self.config
+        formant = self._formant_warp(seed, index)
         rng = np.random.default_rng([seed & 0xFFFFFFFF, index, 0xA06])
         if rng.random() >= c.prob:
-            return None
+            return None if formant is None else Recipe(None, None, None, None, formant_warp=formant)
         kinds = [k for k in c.noise if k != "babble" or self.pool_size > 1]
         noise = str(rng.choice(kinds)) if kinds else None
         babble: tuple[int, ...] = ()
@@ -107,7 +125,21 @@ class Augmenter:
             rt60_s=float(rng.uniform(*c.rt60_s)) if rng.random() < c.reverb_prob else None,
             gain_db=float(rng.uniform(*c.gain_db)),
             babble=babble,
+            formant_warp=formant,
         )
+
+    def _formant_warp(self, seed: int, index: int) -> float | None:
+        """α of item `index`, or None. A stream of its own, so turning formant shifts on
+        leaves every other draw of an existing recipe as it was."""
+        c = self.config
+        if c.formant_prob <= 0:
+            return None
+        rng = np.random.default_rng([seed & 0xFFFFFFFF, index, 0xF0A])
+        return float(rng.uniform(*c.formant_warp)) if rng.random() < c.formant_prob else None
+
+    def changes_voice(self, seed: int, index: int) -> bool:
+        """Whether item `index` under `seed` becomes another voice (its speaker label no longer holds)."""
+        return self._formant_warp(seed, index) is not None
 
     def __call__(self, wav: torch.Tensor, seed: int, index: int,
                  speech: Sequence[Sequence[float]] | None = None) -> torch.Tensor:
@@ -117,13 +149,16 @@ class Augmenter:
             return wav
         rng = np.random.default_rng([seed & 0xFFFFFFFF, index, 0xB0B])
         x = wav.numpy().astype(np.float64)
+        if r.formant_warp is not None:  # first: the voice is the source, the room and noise come after
+            x = formant_shift(x, r.formant_warp, self.sample_rate)
         if r.rt60_s is not None:
             x = reverberate(x, room_impulse_response(r.rt60_s, self.sample_rate, rng))
         if r.noise is not None:
             n = babble(len(x), [self.load(i) for i in r.babble]) if r.noise == "babble" \
                 else colored_noise(r.noise, len(x), rng)
             x = add_at_snr(x, n, r.snr_db, speech_mask(len(x), speech, self.sample_rate))
-        x = x * 10 ** (r.gain_db / 20)
+        if r.gain_db is not None:
+            x = x * 10 ** (r.gain_db / 20)
         return torch.from_numpy(np.clip(x, -1.0, 1.0).astype(np.float32))
 
 
@@ -190,5 +225,51 @@ def reverberate(x: np.ndarray, rir: np.ndarray) -> np.ndarray:
     from scipy.signal import fftconvolve
 
     y = fftconvolve(x, rir)[: len(x)]
+    px, py = np.mean(x**2), np.mean(y**2)
+    return y * math.sqrt(px / py) if py > 0 else y
+
+
+def vtlp_source_hz(freqs_hz: np.ndarray, warp: float, sample_rate: int, knee: float = 0.6) -> np.ndarray:
+    """For output frequencies (F,), the input frequencies the VTLP map f → α f sends there.
+
+    The map (Jaitly & Hinton 2013) is α f below knee_hz · min(α, 1) / α and then a straight
+    line to Nyquist, so 0 and Nyquist stay fixed and nothing folds over; knee_hz is `knee` ×
+    Nyquist (their 4.8 kHz at 16 kHz).
+    """
+    nyquist = sample_rate / 2
+    knee_hz = knee * nyquist
+    boundary = knee_hz * min(warp, 1.0) / warp
+    grid = np.linspace(0.0, nyquist, 1025)
+    upper = nyquist - (nyquist - knee_hz * min(warp, 1.0)) / (nyquist - boundary) * (nyquist - grid)
+    warped = np.where(grid <= boundary, warp * grid, upper)
+    return np.interp(freqs_hz, warped, grid)  # the map is increasing: invert by interpolation
+
+
+def formant_shift(x: np.ndarray, warp: float, sample_rate: int, n_fft: int = 512, hop: int = 128,
+                  max_gain_db: float = 30.0) -> np.ndarray:
+    """x (S,) → (S,) with the spectral envelope warped by `warp` (formants move to α f), the
+    fine structure (pitch) and the time axis kept, rescaled to x's power.
+
+    The envelope is the real cepstrum liftered below 2 ms; the per-bin gain is clamped to
+    ±`max_gain_db` so near-empty frames (digital silence) cannot blow up.
+    """
+    if len(x) < n_fft or warp == 1.0:
+        return x
+    window = torch.hann_window(n_fft, dtype=torch.float64)
+    spec = torch.stft(torch.from_numpy(x), n_fft, hop, window=window, return_complex=True).numpy()  # (F, T)
+    log_mag = np.log(np.abs(spec) + 1e-8)
+    cepstrum = np.fft.irfft(log_mag, n=n_fft, axis=0)
+    cutoff = max(1, int(0.002 * sample_rate))  # 2 ms: below the shortest pitch period (500 Hz)
+    cepstrum[cutoff: n_fft - cutoff + 1] = 0.0
+    envelope = np.fft.rfft(cepstrum, axis=0).real  # (F, T) smoothed log magnitude
+    freqs = np.arange(spec.shape[0]) * sample_rate / n_fft
+    source_bins = vtlp_source_hz(freqs, warp, sample_rate) * n_fft / sample_rate
+    low = np.clip(np.floor(source_bins).astype(int), 0, len(freqs) - 1)
+    high = np.minimum(low + 1, len(freqs) - 1)
+    frac = (source_bins - low)[:, None]
+    warped = envelope[low] * (1 - frac) + envelope[high] * frac
+    limit = max_gain_db / 20 * math.log(10)
+    gain = np.exp(np.clip(warped - envelope, -limit, limit))
+    y = torch.istft(torch.from_numpy(spec * gain), n_fft, hop, window=window, length=len(x)).numpy()
     px, py = np.mean(x**2), np.mean(y**2)
     return y * math.sqrt(px / py) if py > 0 else y

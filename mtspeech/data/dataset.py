@@ -75,11 +75,12 @@ class UtteranceDataset(torch.utils.data.Dataset):
         seed: with the item index, picks each item's speed factor (the trainer mixes the
             epoch into it, so factors differ between epochs yet survive a resume exactly).
         sample_rate: rate of the loaded audio.
-        perturbed_speaker: keep the speaker label on a speed-perturbed copy. Off by default:
-            resampling moves pitch and formants with the speed, so the copy sounds like
-            another person, and training a speaker head on it is label noise.
-        augment: noise / reverberation / gain (`mtspeech.data.augment`), training only;
-            babble draws from these same utterances. Seeded like the speed factor.
+        perturbed_speaker: keep the speaker label on a speed- or formant-perturbed copy. Off
+            by default: resampling moves pitch and formants with the speed (a formant shift
+            moves the formants), so the copy sounds like another person, and training a
+            speaker head on it is label noise.
+        augment: noise / reverberation / gain / formant shift (`mtspeech.data.augment`),
+            training only; babble draws from these same utterances. Seeded like the speed factor.
     """
 
     def __init__(self, utts: Sequence[Utterance], tasks: Mapping, train: bool,
@@ -119,6 +120,8 @@ class UtteranceDataset(torch.utils.data.Dataset):
             utt = perturbed_utterance(utt, factor, wav.numel() / self.sample_rate, self.perturbed_speaker)
         if self.augmenter is not None:
             wav = self.augmenter(wav, self.seed, index, utt.speech)
+            if self.augmenter.changes_voice(self.seed, index) and not self.perturbed_speaker:
+                utt = dataclasses.replace(utt, speaker=None)  # a formant shift made another voice
         return Example(utt, wav, self.tasks)
 
     def _pool_audio(self, index: int) -> torch.Tensor | None:

@@ -1,16 +1,18 @@
-"""Loader augmentation: labels stay aligned, the SNR and RT60 are what was asked, every draw is
-a pure function of (seed, index), babble comes from the same split only."""
+"""Loader augmentation: labels stay aligned (a new voice drops only the speaker), the SNR, RT60 and
+formant shift are what was asked, every draw is a pure function of (seed, index), babble comes
+from the same split only."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from mtspeech.data.augment import (AugmentConfig, Augmenter, add_at_snr, colored_noise, room_impulse_response,
-                                   speech_mask)
+from mtspeech.data.augment import (AugmentConfig, Augmenter, add_at_snr, colored_noise, formant_shift,
+                                   room_impulse_response, speech_mask, vtlp_source_hz)
 from mtspeech.data.dataset import UtteranceDataset
 from mtspeech.data.manifest import read_manifest
 
@@ -128,3 +130,108 @@ def test_dataset_augments_training_only_and_keeps_every_label(prepared_manifests
     batch_b = noisy.collate([noisy[i] for i in range(len(utts))])
     for name in batch_a.targets:
         assert torch.equal(batch_a.targets[name].values, batch_b.targets[name].values)
+
+
+def _vowel(f0_hz=100.0, formants_hz=(1000.0, 2200.0), seconds=1.0):
+    """An impulse train at `f0_hz` through two resonances: a vowel with known pitch and formants."""
+    from scipy.signal import lfilter
+
+    x = np.zeros(int(seconds * RATE))
+    x[:: int(RATE / f0_hz)] = 1.0
+    for f in formants_hz:
+        r, theta = math.exp(-math.pi * 100 / RATE), 2 * math.pi * f / RATE
+        x = lfilter([1 - r], [1, -2 * r * math.cos(theta), r * r], x)
+    return 0.5 * x / np.abs(x).max()
+
+
+def _strongest_harmonic_hz(x, f0_hz, lo_hz, hi_hz):
+    """Frequency of the loudest harmonic of `f0_hz` between lo and hi (the formant, to one harmonic)."""
+    spectrum = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+    harmonics = np.arange(math.ceil(lo_hz / f0_hz), int(hi_hz / f0_hz) + 1) * f0_hz
+    bins = np.round(harmonics * len(x) / RATE).astype(int)
+    return float(harmonics[int(np.argmax(spectrum[bins]))])
+
+
+@pytest.mark.parametrize("warp", [0.85, 1.2])
+def test_formant_shift_moves_the_formants_and_keeps_pitch_and_length(warp):
+    x = _vowel()
+    y = formant_shift(x, warp, RATE)
+    assert y.shape == x.shape
+    for lo, hi, formant in ((500, 1600, 1000.0), (1700, 3200, 2200.0)):
+        assert _strongest_harmonic_hz(x, 100.0, lo, hi) == pytest.approx(formant, abs=100)
+        assert _strongest_harmonic_hz(y, 100.0, lo, hi) == pytest.approx(warp * formant, abs=100)
+    spectrum = np.abs(np.fft.rfft(y * np.hanning(len(y)))) ** 2
+    f = np.fft.rfftfreq(len(y), 1 / RATE)
+    on_harmonics = np.abs(f / 100.0 - np.round(f / 100.0)) < 0.1  # within 10 Hz of a multiple of f0
+    assert spectrum[on_harmonics].sum() > 0.9 * spectrum.sum()  # the pitch did not move
+
+
+def test_vtlp_map_fixes_zero_and_nyquist_and_is_linear_below_the_knee():
+    f = np.array([0.0, 1000.0, 2000.0, 8000.0])
+    for warp in (0.85, 1.15):
+        src = vtlp_source_hz(f, warp, RATE)
+        assert src[0] == 0.0 and src[-1] == pytest.approx(8000.0)
+        assert src[1:3] == pytest.approx(f[1:3] / warp)
+        assert np.all(np.diff(vtlp_source_hz(np.linspace(0, 8000, 257), warp, RATE)) > 0)
+
+
+def test_formant_shift_keeps_speech_in_its_segments():
+    """The same frames are speech before and after: the 10 ms envelope lines up at lag 0 and
+    what was silence 20 ms away from a segment is still silence."""
+    wav, speech = _tone_with_pause()
+    cfg = AugmentConfig(prob=0.0, formant_prob=1.0, formant_warp=(1.15, 1.15))
+    aug = Augmenter(cfg, 1, lambda i: None, RATE)
+    out = aug(wav, seed=0, index=0, speech=speech).numpy()
+    assert aug.changes_voice(0, 0) and out.shape == wav.shape
+    frame = RATE // 100
+    env = lambda x: np.sqrt((x[: len(x) // frame * frame].reshape(-1, frame) ** 2).mean(1))  # noqa: E731
+    clean, shifted = env(wav.numpy()), env(out)
+    corr = [np.corrcoef(np.roll(shifted, lag), clean)[0, 1] for lag in range(-20, 21)]
+    assert int(np.argmax(corr)) - 20 == 0
+    padded = [[s - 0.02, e + 0.02] for s, e in speech]
+    far = ~speech_mask(len(clean), [[s * 100, e * 100] for s, e in padded], 1)
+    assert shifted[far].max() < 1e-3 * shifted[~far].max()
+
+
+def test_formant_draws_are_seeded_and_leave_the_other_draws_alone():
+    pool = _pool()
+    base = AugmentConfig(prob=0.7, reverb_prob=0.5)
+    voiced = AugmentConfig(prob=0.7, reverb_prob=0.5, formant_prob=0.5)
+    plain = Augmenter(base, len(pool), pool.__getitem__, RATE)
+    aug = Augmenter(voiced, len(pool), pool.__getitem__, RATE)
+    changed = [aug.changes_voice(3, i) for i in range(200)]
+    assert 70 < sum(changed) < 130  # about half
+    assert changed == [Augmenter(voiced, len(pool), pool.__getitem__, RATE).changes_voice(3, i) for i in range(200)]
+    assert not any(plain.changes_voice(3, i) for i in range(200))  # off by default
+    for i in range(50):
+        a, b = plain.recipe(3, i), aug.recipe(3, i)
+        if a is not None:  # noise, room, gain: as they were before formant shifts were turned on
+            assert dataclasses.replace(b, formant_warp=None) == a
+        assert (b is not None and b.formant_warp is not None) == changed[i]
+        if changed[i]:
+            assert 0.85 <= b.formant_warp <= 1.15
+
+
+def test_dataset_drops_the_speaker_of_a_new_voice_only_and_resumes_identically(prepared_manifests):
+    """Formant-shifted copies lose their speaker label (the task masks them), keep every other
+    label, and a fresh dataset with the same seed (a resumed run) loads exactly the same items."""
+    from mtspeech.tasks.vad import VADConfig, VADTask
+
+    utts = read_manifest(prepared_manifests["train"])[:8]
+    tasks = {"vad": VADTask(VADConfig(), 8, {})}
+    cfg = AugmentConfig(prob=0.5, formant_prob=0.5)
+    make = lambda: UtteranceDataset(utts, tasks, train=True, speed_factors=None, seed=11, augment=cfg)  # noqa: E731
+    first, resumed = make(), make()
+    plain = UtteranceDataset(utts, tasks, train=True, speed_factors=None, seed=11)
+    changed = [first.augmenter.changes_voice(11, i) for i in range(len(utts))]
+    assert any(changed) and not all(changed)
+    for i, u in enumerate(utts):
+        a, b = first[i], resumed[i]
+        assert torch.equal(a.wav, b.wav) and a.utt == b.utt
+        assert a.utt.speaker == (None if changed[i] else u.speaker)
+        assert a.utt.speech == u.speech and a.utt.text == u.text and a.wav.shape == plain[i].wav.shape
+    kept = UtteranceDataset(utts, tasks, train=True, speed_factors=None, seed=11, augment=cfg, perturbed_speaker=True)
+    assert [kept[i].utt.speaker for i in range(len(utts))] == [u.speaker for u in utts]
+    batch = first.collate([first[i] for i in range(len(utts))])
+    reference = plain.collate([plain[i] for i in range(len(utts))])
+    assert torch.equal(batch.targets["vad"].values, reference.targets["vad"].values)
