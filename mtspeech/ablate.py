@@ -22,7 +22,9 @@ run and waits for them (`mtspeech.ablation_launch`); elsewhere launch each run w
 The report (`OUT/report.md`, `OUT/results.json`, `OUT/plots/*.png` + JSON sidecars): every
 metric as mean ± std over seeds with a 95% t interval, its difference from the baseline,
 and a paired bootstrap over utterances of the WER and CER differences (seed k of each variant paired
-with seed k of the baseline; per-utterance errors summed over the paired seeds).
+with seed k of the baseline; per-utterance errors summed over the paired seeds). Runs that
+logged task relatedness (`train.relatedness_every`) add a table of it beside each variant's
+effect on ASR, and its curves (`relatedness_report`).
 """
 
 from __future__ import annotations
@@ -517,9 +519,95 @@ def build_report(grid: Grid, out: str | Path, runs: list[Run] | None = None, n_r
                                    log_y=True, title="main-task training loss, mean over seeds")
         report["plots"].append(str(png.relative_to(out)))
         report["training_curve_plot"] = str(png.relative_to(out))
+    report["relatedness"] = relatedness_report(grid, finished, report, plots_dir)
+    report["plots"] += report["relatedness"].get("plots", [])
     (out / "report.md").write_text(render_report(report), encoding="utf-8")
     (out / "results.json").write_text(json.dumps(report, indent=1))
     return report
+
+
+def relatedness_report(grid: Grid, finished: list[Run], report: dict, plots_dir: Path) -> dict:
+    """Per variant and auxiliary task: the relatedness its runs logged (`train.relatedness_every`;
+    each run's mean over its last half of measurements, then mean ± std over seeds) beside
+    the variant's measured effect on ASR (Δ CER against the baseline, from `report`'s splits)."""
+    from mtspeech.plots import plot_training_curves
+    from mtspeech.relatedness import PREFIX, late_means, read_relatedness
+
+    main = report.get("asr_task")
+    rows: dict[str, dict] = {}
+    curves: dict[str, dict[str, dict]] = {"cos": {}, "affinity": {}}
+    for variant in grid.variants:
+        logs = [log for log in (read_relatedness(r.dir / "train_log.jsonl") for r in finished if r.variant == variant)
+                if log]
+        if not logs or main is None:
+            continue
+        means = [late_means(log) for log in logs]
+
+        def summary(key: str) -> dict | None:
+            values = [m[key] for m in means if key in m]
+            return _summary(values) if values else None
+
+        tasks = list(dict.fromkeys(k.split("/")[2] for m in means for k in m if k.startswith(f"{PREFIX}/cos/")))
+        effect = {}
+        for split, sec in report["splits"].items():
+            boot = sec["bootstrap"]["cer"].get(variant)
+            delta = sec["delta_vs_baseline"].get(variant, {}).get(f"{main}/cer")
+            effect[split] = ({"delta": boot["delta"], "ci_low": boot["ci_low"], "ci_high": boot["ci_high"]}
+                             if boot else None if delta is None else {"delta": delta, "ci_low": None, "ci_high": None})
+        rows[variant] = {"effect_on_asr_cer": effect, "tasks": {}}
+        for task in tasks:
+            groups = dict.fromkeys(k.split("/", 3)[3] for m in means for k in m if k.startswith(f"{PREFIX}/cos/{task}/"))
+            rows[variant]["tasks"][task] = {
+                "cos": summary(f"{PREFIX}/cos/{task}"),
+                "cos_by_group": {g: summary(f"{PREFIX}/cos/{task}/{g}") for g in groups},
+                "affinity_on_asr": summary(f"{PREFIX}/affinity/{task}/{main}"),
+                "affinity_of_asr": summary(f"{PREFIX}/affinity/{main}/{task}"),
+            }
+            for kind, key in (("cos", f"{PREFIX}/cos/{task}"), ("affinity", f"{PREFIX}/affinity/{task}/{main}")):
+                series = [dict(log[key]) for log in logs if key in log]
+                if series:
+                    steps = sorted(set.intersection(*(set(c) for c in series)))
+                    curves[kind].setdefault(variant, {})[task] = [(st, sum(c[st] for c in series) / len(series))
+                                                                   for st in steps]
+    out: dict = {"variants": rows, "plots": []}
+    labels = {"cos": "gradient cosine with ASR", "affinity": "lookahead affinity on ASR loss"}
+    for kind, by_variant in curves.items():
+        if by_variant:
+            png = plot_training_curves(by_variant, plots_dir / f"relatedness_{kind}.png", ylabel=labels[kind],
+                                       title=f"{labels[kind]} per auxiliary task, mean over seeds")
+            out["plots"].append(str(png.relative_to(plots_dir.parent)))
+    return out
+
+
+def _render_relatedness(report: dict) -> list[str]:
+    rel = report.get("relatedness", {})
+    if not rel.get("variants"):
+        return []
+    splits = list(report["splits"])
+    main = report.get("asr_task")
+    cell = lambda s: "—" if s is None else (  # noqa: E731
+        f"{s['mean']:+.3f}" + (f" ± {s['std']:.3f}" if s["std"] is not None else "") + f" (n={s['n']})")
+    lines = ["", "## Task relatedness", "",
+             f"Measured during training on the shared encoder (docs/ablation.md): cos = gradient cosine with "
+             f"`{main}` over all shared parameters, Z = lookahead affinity (relative drop of the other task's loss "
+             f"after an SGD step on one task's gradient); each run's mean over its last half of measurements, then "
+             f"mean ± std over seeds. Effect = the variant's Δ {main} CER against the baseline (paired bootstrap "
+             f"95% CI): the task's own effect only where it is the variant's one auxiliary task.", "",
+             "| variant | task | cos | cos by layer group | Z task→ASR | Z ASR→task | "
+             + " | ".join(f"effect on CER, {s}" for s in splits) + " |",
+             "|---|---|---:|---|---:|---:|" + "---:|" * len(splits)]
+    for variant, row in rel["variants"].items():
+        effects = []
+        for split in splits:
+            e = row["effect_on_asr_cer"].get(split)
+            ci = f" [{e['ci_low']:+.4f}, {e['ci_high']:+.4f}]" if e and e["ci_low"] is not None else ""
+            effects.append("—" if e is None else f"{e['delta']:+.4f}{ci}")
+        for task, t in row["tasks"].items():
+            groups = ", ".join(f"{g} {s['mean']:+.2f}" for g, s in t["cos_by_group"].items() if s)
+            lines.append(f"| {variant} | {task} | {cell(t['cos'])} | {groups or '—'} | {cell(t['affinity_on_asr'])} | "
+                         f"{cell(t['affinity_of_asr'])} | " + " | ".join(effects) + " |")
+    lines += [""] + [f"![{p}]({p})" for p in rel.get("plots", [])]
+    return lines
 
 
 def _fmt(x: float | None, digits: int = 4) -> str:
@@ -578,6 +666,7 @@ def render_report(report: dict) -> str:
                              f"[{b['ci_low']:+.4f}, {b['ci_high']:+.4f}] | {format_p(b['p_value'], b['n_resamples'])} | {reading} |")
         if sec["plots"]:
             lines += [""] + [f"![{p}]({p})" for p in sec["plots"]]
+    lines += _render_relatedness(report)
     if report.get("training_curve_plot"):
         lines += ["", "## Training", "", f"![ASR loss]({report['training_curve_plot']})"]
     if report.get("failed"):

@@ -97,6 +97,14 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
+def _describe(tp: Any) -> str:
+    """A type as an error message names it: `an integer`, `'learned'`, ..."""
+    if typing.get_origin(tp) is typing.Literal:
+        return " or ".join(repr(v) for v in typing.get_args(tp))
+    names = {int: "an integer", float: "a number", bool: "true/false", str: "a string"}
+    return names.get(tp, getattr(tp, "__name__", str(tp)))
+
+
 def _join(where: str, key: str) -> str:
     return f"{where}.{key}" if where else key
 
@@ -117,7 +125,10 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
                 return _coerce(option, value, where)
             except ConfigError as e:
                 errors.append(str(e))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} fits none of {tp}")
+        if len(errors) == 1:
+            raise ConfigError(errors[0])
+        accepted = " or ".join(_describe(o) for o in options if o is not type(None))
+        raise ConfigError(f"{where}: {value!r} is not {accepted}")
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, where)
     if origin in (tuple, list):

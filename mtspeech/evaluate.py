@@ -44,6 +44,7 @@ from mtspeech.checkpoint import CheckpointError, load_model
 from mtspeech.data.audio import AudioError, load_audio
 from mtspeech.data.manifest import ManifestError, Utterance, read_manifest
 from mtspeech.decode import PhoneTable, add_word_times, build_decoder
+from mtspeech.tasks.layer_mix import task_input
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +175,7 @@ class _Speaker:
         self.correct = self.known = 0
 
     def add(self, utts, logits, enc, rows, frame_shift_s):
-        emb = self.task.embed(enc.layers[self.task.layer], enc.lens).float().cpu().numpy()
+        emb = self.task.embed(task_input(self.task, enc.layers), enc.lens).float().cpu().numpy()
         pred = logits.argmax(-1).cpu().tolist()
         for u, e, p, row in zip(utts, emb, pred, rows):
             rec = {"predicted": self.task.speakers[p], "ref": u.speaker}

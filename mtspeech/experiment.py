@@ -65,8 +65,13 @@ class TrainConfig:
     best_metric: str = "cer"  # a dev metric of the main task, lower is better
     stream_eval_chunk_frames: int | None = None
     threads: int | None = None
+    relatedness_every: int = 0  # measure task relatedness every N steps (0: off; mtspeech/relatedness.py)
+    relatedness_lookahead_lr: float = 0.01  # SGD step of the lookahead affinity (linear regime: docs/ablation.md)
 
     def __post_init__(self) -> None:
+        if self.relatedness_every < 0 or self.relatedness_lookahead_lr <= 0:
+            raise ValueError(f"train.relatedness_every={self.relatedness_every} must be >= 0 (0: off) and "
+                             f"train.relatedness_lookahead_lr={self.relatedness_lookahead_lr} > 0")
         if self.amp not in AMP_MODES:
             raise ValueError(f"train.amp={self.amp!r}: expected one of {AMP_MODES} (fp16 trains with a "
                              "GradScaler; bf16 needs none)")
@@ -129,6 +134,14 @@ def experiment_from_dict(data: Mapping) -> Experiment:
         if tkind not in TASKS:
             raise ConfigError(f"tasks.{name}.kind: {tkind!r} is not one of {sorted(TASKS)}")
         raw.setdefault("name", name)
+        if tkind != "ctc":
+            from mtspeech.tasks.ctc import HIERARCHY_KEYS
+
+            misplaced = [k for k in HIERARCHY_KEYS if k in raw]
+            if misplaced:
+                raise ConfigError(f"tasks.{name}.{misplaced[0]}: only `ctc` tasks condition the encoder or add "
+                                  f"intermediate losses (their posteriors are what the layers above read); "
+                                  f"{name!r} is a {tkind!r} task")
         tasks[name] = from_dict(TASKS[tkind].Config, raw, f"tasks.{name}")
 
     weighting = from_dict(WeightingConfig, data.pop("weighting", {}) or {}, "weighting")
@@ -186,11 +199,18 @@ def build_model(exp: Experiment, labels: dict):
     from mtspeech.encoders import ENCODERS
     from mtspeech.model import MultiTaskModel
     from mtspeech.tasks import TASKS
+    from mtspeech.tasks.layer_mix import LEARNED, attach_layer_mix
 
     encoder = ENCODERS[exp.encoder.kind](exp.encoder.cfg)
     tasks = {name: TASKS[cfg.kind](cfg, encoder.dim, labels[name]) for name, cfg in exp.tasks.items()}
     for name, task in tasks.items():
-        if not -encoder.num_layers <= task.layer < encoder.num_layers:
-            raise ConfigError(f"tasks.{name}.layer: {task.layer} outside the encoder's {encoder.num_layers} layers")
+        attach_layer_mix(task, encoder.num_layers, f"tasks.{name}.layer")  # checks the index; `learned` gets its mix
+        cfg = exp.tasks[name]
+        if cfg.kind == "ctc" and task.layer != LEARNED:
+            cfg.reading_layers(encoder.num_layers)  # validates the intermediate layers
+            # Conditioning lives in the encoder (forward and forward_chunk alike) and shares the
+            # task's head, so streaming and export run it without knowing about tasks.
+            for layer in cfg.conditioning_layers(encoder.num_layers):
+                encoder.add_conditioner(layer, name, task, task.vocab_size)
     specaug = SpecAugment(exp.specaugment) if exp.specaugment is not None else None
     return MultiTaskModel(Fbank(exp.features), GlobalCMVN(exp.features.n_mels), encoder, tasks, exp.asr_task, specaug)

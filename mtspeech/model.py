@@ -2,7 +2,10 @@
 
 Features run inside the model, on its device, so training, evaluation and streaming share
 one filterbank and one normalisation. The model never names a task: it routes encoder
-layer `task.layer` to each task and returns their losses.
+layer `task.layer` to each task and returns their losses. A task with
+`intermediate_layers` (CTC) also gets its head's logits at those layers for its loss. Heads
+that condition the encoder (`encoder.add_conditioner`) have already run inside it: their
+logits come back in `EncoderOutput.head_logits` and are reused, not computed twice.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from torch import nn
 
 from mtspeech.data.features import Fbank, GlobalCMVN, SpecAugment
 from mtspeech.encoders import EncoderOutput
+from mtspeech.tasks.layer_mix import LEARNED, task_input
 
 
 class MultiTaskModel(nn.Module):
@@ -64,8 +68,17 @@ class MultiTaskModel(nn.Module):
         return self.encoder(feats, feat_lens, chunk_frames=chunk_frames, left_chunks=left_chunks)
 
     def task_logits(self, enc: EncoderOutput) -> dict[str, torch.Tensor]:
-        """Every task's logits from its own encoder layer."""
-        return {name: task(enc.layers[task.layer], enc.lens) for name, task in self.tasks.items()}
+        """Every task's logits from its own encoder layer (or its learned mix of all layers)."""
+        return {name: task(task_input(task, enc.layers), enc.lens) if task.layer == LEARNED
+                else self._logits_at(enc, name, task.layer) for name, task in self.tasks.items()}
+
+    def _logits_at(self, enc: EncoderOutput, name: str, layer: int) -> torch.Tensor:
+        """Task `name`'s head on encoder layer `layer`: the conditioning pass's logits when
+        the head conditioned that layer (same head, same input), else computed here."""
+        index = layer % len(enc.layers)
+        if (name, index) in enc.head_logits:
+            return enc.head_logits[(name, index)]
+        return self.tasks[name](enc.layers[index], enc.lens)
 
     def forward(
         self,
@@ -81,11 +94,13 @@ class MultiTaskModel(nn.Module):
         """
         enc = self.encode(wav, wav_lens, chunk_frames, left_chunks)
         logits = self.task_logits(enc)
-        losses = {
-            name: task.loss(logits[name], enc.lens, targets[name])
-            for name, task in self.tasks.items()
-            if name in targets
-        }
+        losses = {}
+        for name, task in self.tasks.items():
+            if name not in targets:
+                continue
+            inter = [self._logits_at(enc, name, k) for k in getattr(task, "intermediate_layers", ())]
+            extra = {"intermediate": inter} if inter else {}
+            losses[name] = task.loss(logits[name], enc.lens, targets[name], **extra)
         return losses, logits, enc.lens
 
     def shared_parameters(self) -> list[nn.Parameter]:

@@ -160,3 +160,38 @@ def plot_train_log(train_log: str | Path, out_png: str | Path, title: str | None
             by_line.setdefault(metric, {})[f"dev {task}"] = sorted(points.items())
     return plot_training_curves(by_line, out_png, ylabel="value",
                                 title=title or Path(train_log).parent.name)
+
+
+def plot_learned(train_log: str | Path, out_png: str | Path, title: str | None = None) -> Path | None:
+    """What a run learned besides its heads, from its `train_log.jsonl`, over steps: each
+    auxiliary task's gradient cosine with the main task and its lookahead affinity on the
+    main task's loss (mtspeech/relatedness.py), and each `layer: learned` task's layer
+    weights (one panel per task, a line per layer). None (nothing drawn) if none was logged."""
+    cos: dict[str, dict[float, float]] = {}
+    affinity: dict[tuple[str, str], dict[float, float]] = {}
+    weights: dict[str, dict[str, dict[float, float]]] = {}
+    for line in Path(train_log).read_text(encoding="utf-8").splitlines():
+        rec = json.loads(line) if line.strip() else {}
+        for key, value in rec.items():
+            parts = key.split("/")
+            if parts[:2] == ["relatedness", "cos"] and len(parts) == 3:  # all shared parameters
+                cos.setdefault(parts[2], {})[rec["step"]] = value
+            elif parts[:2] == ["relatedness", "affinity"] and len(parts) == 4:
+                affinity.setdefault((parts[2], parts[3]), {})[rec["step"]] = value
+            elif parts[0] == "layer_weight" and len(parts) == 3:
+                weights.setdefault(parts[1], {}).setdefault(f"layer {parts[2]}", {})[rec["step"]] = value
+    # The main task is the one the affinities measure that has no cosine of its own.
+    mains = {i for _, i in affinity} - set(cos)
+    main = next(iter(mains)) if len(mains) == 1 else None
+    by_line: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    for task, points in cos.items():
+        by_line.setdefault(task, {})["gradient cosine with the main task"] = sorted(points.items())
+    for (j, i), points in affinity.items():
+        if i == main and j != main:
+            by_line.setdefault(j, {})[f"affinity: a step on the task, {main}'s loss"] = sorted(points.items())
+    for task, layers in weights.items():
+        for layer, points in layers.items():
+            by_line.setdefault(layer, {})[f"layer weights: {task}"] = sorted(points.items())
+    if not by_line:
+        return None
+    return plot_training_curves(by_line, out_png, ylabel="value", title=title or Path(train_log).parent.name)

@@ -28,6 +28,8 @@ from mtspeech.data.dataset import UtteranceDataset, collate_batch
 from mtspeech.data.manifest import read_manifest
 from mtspeech.data.sampler import DurationBatchSampler
 from mtspeech.experiment import Experiment, build_model, experiment_to_dict, fit_labels
+from mtspeech.relatedness import RelatednessProbe
+from mtspeech.tasks.layer_mix import layer_weights
 from mtspeech.weighting import build_weighting
 
 log = logging.getLogger(__name__)
@@ -151,6 +153,9 @@ class Trainer:
             self.ddp = DistributedDataParallel(
                 self.model, device_ids=[self.rt.device.index] if self.rt.device.type == "cuda" else None
             )
+        self.relatedness = (RelatednessProbe(self.model, exp.train.relatedness_lookahead_lr)
+                            if exp.train.relatedness_every else None)
+        self._related_step: int | None = None  # the step last measured (a skipped batch must not repeat it)
         self.tb = None
         if self.rt.main:
             from torch.utils.tensorboard import SummaryWriter
@@ -321,6 +326,8 @@ class Trainer:
                 if not readable:  # some rank's batch was entirely unreadable audio
                     continue
                 batch = batch.to(self.rt.device)
+                if accum == 0 and self.relatedness is not None:
+                    self._measure_relatedness(batch)
                 sync = accum + 1 == exp.optim.accum_steps or last_of_epoch
                 no_sync = self.ddp is not None and (not sync or self.weighting.syncs_model_grads)
                 with self.ddp.no_sync() if no_sync else contextlib.nullcontext(), \
@@ -415,13 +422,30 @@ class Trainer:
                   **{f"loss/{k}": v.item() for k, v in losses.items()},
                   **{f"weight/{k}": float(w) for k, w in weights.items()},
                   **{f"too_short/{k}": t.too_short for k, t in self.model.tasks.items()
-                     if getattr(t, "too_short", 0)}}
+                     if getattr(t, "too_short", 0)},
+                  **{f"layer_weight/{t}/{k}": w for t, ws in layer_weights(self.model.tasks).items()
+                     for k, w in enumerate(ws)}}
         for key, value in record.items():
             if key not in ("step", "epoch"):
                 self.tb.add_scalar(key, value, self.step)
         self.step_log.write(json.dumps(record) + "\n")
         self.step_log.flush()
         bar.set_postfix({k.split("/")[1]: f"{v:.3g}" for k, v in record.items() if k.startswith("loss/")})
+
+    def _measure_relatedness(self, batch) -> None:
+        """Task relatedness (mtspeech/relatedness.py) on a step's first batch, every
+        `relatedness_every` steps, before the step trains on it (which it leaves unchanged)."""
+        if self.step % self.exp.train.relatedness_every or self.step == self._related_step:
+            return
+        self._related_step = self.step
+        values = self.relatedness.measure(batch.wav, batch.wav_lens, batch.targets,
+                                          autocast=lambda: _autocast(self.rt.device, self.amp))
+        values = self.relatedness.average_over_ranks(values, self.rt.device)  # all ranks call it alike
+        if self.rt.main:
+            for key, value in values.items():
+                self.tb.add_scalar(key, value, self.step)
+            self.step_log.write(json.dumps({"step": self.step, "epoch": self.epoch, **values}) + "\n")
+            self.step_log.flush()
 
     # -------------------------------------------------------------- evaluation
     @torch.no_grad()
@@ -500,9 +524,10 @@ class Trainer:
             self.tb.close()
             self.step_log.close()
         try:  # a picture of the run; never worth failing a finished training for
-            from mtspeech.plots import plot_train_log
+            from mtspeech.plots import plot_learned, plot_train_log
 
             plot_train_log(self.exp_dir / "train_log.jsonl", self.exp_dir / "curves.png")
+            plot_learned(self.exp_dir / "train_log.jsonl", self.exp_dir / "learned.png")  # if anything was
         except Exception as e:  # noqa: BLE001
             log.warning("could not plot the training curves: %s", e)
         log.info("wrote %s (averaged %s); %d batches skipped", self.exp_dir / "final.pt",

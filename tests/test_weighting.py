@@ -8,6 +8,7 @@ import torch
 from mtspeech.weighting import (
     WEIGHTINGS,
     DWAWeighting,
+    GradNormWeighting,
     PCGradWeighting,
     UncertaintyWeighting,
     WeightingConfig,
@@ -19,11 +20,12 @@ STATIC = {"asr": 1.0, "vad": 0.5}
 
 
 def test_registry_and_build():
-    assert set(WEIGHTINGS) == {"static", "uncertainty", "dwa", "pcgrad"}
+    assert set(WEIGHTINGS) == {"static", "uncertainty", "dwa", "pcgrad", "gradnorm"}
     assert isinstance(build_weighting({"kind": "dwa", "window_steps": 3}, NAMES, STATIC), DWAWeighting)
+    assert isinstance(build_weighting({"kind": "gradnorm", "alpha": 0.5}, NAMES, STATIC), GradNormWeighting)
     assert build_weighting(None, NAMES, STATIC).weights() == STATIC
     with pytest.raises(ValueError, match="weighting.kind"):
-        build_weighting(WeightingConfig(kind="gradnorm"), NAMES, STATIC)
+        build_weighting(WeightingConfig(kind="mgda"), NAMES, STATIC)
 
 
 def test_static_stays_put_and_skips_missing_tasks():
@@ -169,3 +171,95 @@ def test_pcgrad_trains_a_tiny_two_head_model():
         opt.step()
     assert totals[-1] < totals[0]
     assert w.weights() == {"asr": 1.0, "vad": 1.0}
+
+
+def gradnorm_step(w, p, step, scale_fn=None):
+    """One optimizer step of the two linear tasks below: ‖∇L_asr‖ = 5, ‖∇L_vad‖ = 1."""
+    losses = {"asr": p @ torch.tensor([3.0, 4.0]) + 2.0, "vad": p @ torch.tensor([0.0, 1.0]) + 1.0}
+    total = w.backward(losses, [p], step, scale_fn)
+    w.sync_grads()
+    return total
+
+
+def test_gradnorm_moves_weight_to_the_task_with_the_smaller_gradient():
+    p = torch.nn.Parameter(torch.zeros(2))
+    w = build_weighting({"kind": "gradnorm", "lr": 0.3}, NAMES, {"asr": 1.0, "vad": 1.0})
+    assert w.weights() == {"asr": 1.0, "vad": 1.0} and list(w.parameters()) == []
+    total = gradnorm_step(w, p, 0)
+    assert total.item() == pytest.approx(3.0)
+    torch.testing.assert_close(p.grad, torch.tensor([3.0, 5.0]))  # Σ λ_k ∇L_k with λ = 1 (before the update)
+    # G = [5, 1], Ḡ = 3, equal training rates → targets [3, 3]; ∂/∂λ = sign(G - T)·‖∇L‖/Ḡ = [5/3, -1/3]
+    # λ = [1 - 0.3·5/3, 1 + 0.3/3] = [0.5, 1.1], renormalised to Σ = 2
+    assert list(w.weights().values()) == pytest.approx([0.5 * 2 / 1.6, 1.1 * 2 / 1.6])
+    w = GradNormWeighting(NAMES, {"asr": 1.0, "vad": 1.0}, lr=0.01)  # sign steps: small ones to settle
+    for step in range(100):
+        gradnorm_step(w, p, step)
+    weights = w.weights()  # around equal weighted norms, λ_asr·5 = λ_vad·1, within a step or two
+    assert sum(weights.values()) == pytest.approx(2.0)
+    assert weights["vad"] / weights["asr"] == pytest.approx(5.0, rel=0.15)
+
+
+def test_gradnorm_gives_the_slower_task_a_larger_gradient_target():
+    p = torch.nn.Parameter(torch.zeros(2))
+    w = GradNormWeighting(NAMES, {"asr": 1.0, "vad": 1.0}, alpha=1.5, lr=0.05)
+    for step in range(20):  # equal gradient norms; asr's loss stays, vad's halves every step
+        a, b = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+        w.backward({"asr": p @ a + 4.0, "vad": p @ b + 4.0 * 0.5 ** step}, [p], step)
+        w.sync_grads()
+    assert w.weights()["asr"] > 1.0 > w.weights()["vad"]
+
+
+def test_gradnorm_ignores_the_loss_scale():
+    """fp16 loss scaling and accumulation scale every norm alike: the update is the same."""
+    plain, scaled = (GradNormWeighting(NAMES, STATIC, lr=0.1) for _ in range(2))
+    for step in range(3):
+        gradnorm_step(plain, torch.nn.Parameter(torch.zeros(2)), step)
+        gradnorm_step(scaled, torch.nn.Parameter(torch.zeros(2)), step, scale_fn=lambda t: t * 1024 / 3)
+    assert scaled.weights() == pytest.approx(plain.weights())
+    assert plain.weights() != pytest.approx({"asr": 1.0, "vad": 0.5})  # it did move
+
+
+def test_gradnorm_resume_is_exact_and_skips_absent_tasks():
+    def run(w, steps):
+        p = torch.nn.Parameter(torch.zeros(2))
+        out = []
+        for step in steps:
+            losses = {"asr": p @ torch.tensor([3.0, 1.0]) * (1 + step) + 5.0 / (step + 1)}
+            if step % 3:  # vad has no label every third step: it sits the step out
+                losses["vad"] = p @ torch.tensor([-1.0, 2.0]) + 1.0
+            out.append(w.backward(losses, [p], step).item())
+            w.sync_grads()
+            out.extend(w.weights().values())
+        return out
+
+    cfg = {"kind": "gradnorm", "lr": 0.05}
+    straight = run(build_weighting(cfg, NAMES, STATIC), range(8))
+    first = build_weighting(cfg, NAMES, STATIC)
+    head = run(first, range(4))
+    resumed = build_weighting(cfg, NAMES, STATIC)
+    resumed.load_state_dict(first.state_dict())
+    assert set(first.state_dict()) == {"lambdas", "initial_losses"}
+    assert head + run(resumed, range(4, 8)) == pytest.approx(straight)
+    assert straight[3 * 3 + 1: 3 * 3 + 3] == straight[2 * 3 + 1: 2 * 3 + 3]  # step 3, vad absent: no update
+    assert straight[1 * 3 + 1: 1 * 3 + 3] != straight[0 * 3 + 1: 0 * 3 + 3]
+    assert sum(first.weights().values()) == pytest.approx(1.5)  # Σ λ stays Σ w
+
+
+def test_gradnorm_trains_a_tiny_two_head_model():
+    torch.manual_seed(0)
+    trunk, head_a, head_b = torch.nn.Linear(4, 4), torch.nn.Linear(4, 1), torch.nn.Linear(4, 1)
+    x, ya, yb = torch.randn(16, 4), torch.randn(16, 1), 10 * torch.randn(16, 1)
+    params = [*trunk.parameters(), *head_a.parameters(), *head_b.parameters()]
+    opt = torch.optim.SGD(params, lr=0.01)
+    w = build_weighting({"kind": "gradnorm", "lr": 0.02}, NAMES, {"asr": 1.0, "vad": 1.0})
+    raw = []
+    for step in range(30):
+        opt.zero_grad()
+        z = trunk(x)
+        losses = {"asr": ((head_a(z) - ya) ** 2).mean(), "vad": ((head_b(z) - yb) ** 2).mean()}
+        w.backward(losses, trunk.parameters(), step)
+        w.sync_grads(params)
+        opt.step()
+        raw.append(sum(v.item() for v in losses.values()))
+    assert raw[-1] < raw[0]
+    assert w.weights()["vad"] < 1.0 < w.weights()["asr"]  # vad's 10x targets: the larger gradient

@@ -3,7 +3,9 @@
 `ENCODERS` maps a config's `kind` to an encoder class; each class has a `Config` frozen
 dataclass. Every encoder: `forward(x (B,T,F), x_lens (B,), chunk_frames=None,
 left_chunks=None) -> EncoderOutput`, `init_cache`, `forward_chunk`, and the attributes
-`dim`, `num_layers`, `subsampling`, `right_context`, `output_lens(x_lens)`.
+`dim`, `num_layers`, `subsampling`, `right_context`, `output_lens(x_lens)`, and
+`add_conditioner(layer, name, head, vocab_size)` (a CTC head whose posteriors feed the
+layers above `layer`; see `conditioning.py`).
 
 Registered: `conformer` (streaming Conformer, the default) and `transformer` (baseline:
 same front end, masks and cache, no convolution module; also streaming-capable).
@@ -12,7 +14,7 @@ same front end, masks and cache, no convolution module; also streaming-capable).
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import torch
@@ -25,10 +27,14 @@ class EncoderOutput:
     layers: list of L tensors (B, T', D); `layers[k]` is block k's output, `layers[-1]` the top.
         Frames at or past `lens` are zero.
     lens: (B,) int64 valid encoder frames per row.
+    head_logits: (task name, layer index >= 0) → logits (B, T', V) of the heads that
+        condition the layers above them (see `conditioning.py`), for the losses to reuse.
+        Empty without conditioning.
     """
 
     layers: list[torch.Tensor]
     lens: torch.Tensor
+    head_logits: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict)
 
 
 # Imported after EncoderOutput: these modules import it from this package.

@@ -26,6 +26,7 @@ from torch import nn
 
 from mtspeech.encoders import EncoderOutput  # defined before __init__ imports this module
 from mtspeech.encoders.cache import EncoderCache
+from mtspeech.encoders.conditioning import Conditioner, condition
 from mtspeech.encoders.masks import attention_mask, padding_mask, sample_chunk
 from mtspeech.encoders.subsampling import RIGHT_CONTEXT, SUBSAMPLING, Conv2dSubsampling4, chunk_window, subsampled_lens
 
@@ -186,7 +187,9 @@ class ConformerEncoder(nn.Module):
     """Conv 4x subsampling + `layers` Conformer blocks; every block's output is returned.
 
     Attributes: `dim`, `num_layers`, `subsampling` (4), `right_context` (6 feature frames:
-    a chunk of c encoder frames needs 4c+3 feature frames, the next starts 4c later).
+    a chunk of c encoder frames needs 4c+3 feature frames, the next starts 4c later),
+    `conditioners` (layer index → task name → `Conditioner`; empty unless
+    `add_conditioner` was called, so checkpoints without conditioning load unchanged).
     """
 
     Config = ConformerConfig
@@ -202,6 +205,24 @@ class ConformerEncoder(nn.Module):
         self.heads, self.head_dim = cfg.heads, cfg.dim // cfg.heads
         self.front = Conv2dSubsampling4(cfg.input_dim, cfg.dim, cfg.subsampling_channels)
         self.blocks = nn.ModuleList(self.make_block(cfg) for _ in range(cfg.layers))
+        self.conditioners = nn.ModuleDict()
+
+    def add_conditioner(self, layer: int, name: str, head: nn.Module, vocab_size: int) -> None:
+        """Condition the blocks above `layer` on `head`'s posteriors (see `conditioning.py`).
+
+        layer: block index, negative from the top; the top block has nothing above it.
+        head: `head(h (B,T,D), h_lens (B,)) -> logits (B,T,vocab_size)`, e.g. a CTC task.
+        """
+        index = layer + self.num_layers if layer < 0 else layer
+        if not 0 <= index < self.num_layers - 1:
+            raise ValueError(
+                f"cannot condition on layer {layer} of a {self.num_layers}-layer encoder: it needs a "
+                f"block above it (layers 0..{self.num_layers - 2}, or {-self.num_layers}..-2)")
+        group = self.conditioners[str(index)] if str(index) in self.conditioners else nn.ModuleDict()
+        if name in group:
+            raise ValueError(f"{name!r} already conditions layer {index}")
+        group[name] = Conditioner(head, vocab_size, self.dim)
+        self.conditioners[str(index)] = group
 
     def make_block(self, cfg) -> nn.Module:
         """One block; the block's forward signature is ConformerBlock's."""
@@ -241,11 +262,12 @@ class ConformerEncoder(nn.Module):
         mask = attention_mask(lens, t, chunk_frames, left_chunks)
         pad = ~padding_mask(lens, t).unsqueeze(-1)
         positions = torch.arange(t, device=h.device).expand(b, t)
-        layers = []
-        for block in self.blocks:
+        layers, head_logits = [], {}
+        for i, block in enumerate(self.blocks):
             h = block(h, positions, mask)[0].masked_fill(pad, 0.0)
             layers.append(h)
-        return EncoderOutput(layers=layers, lens=lens)
+            h = condition(self.conditioners, i, h, lens, pad, head_logits)
+        return EncoderOutput(layers=layers, lens=lens, head_logits=head_logits)
 
     def init_cache(
         self, batch: int, chunk_frames: int, left_chunks: int, device: torch.device | str | None = None
@@ -307,11 +329,12 @@ class ConformerEncoder(nn.Module):
         keep_conv = lens.unsqueeze(1) + torch.arange(self.conv_history_frames, device=h.device)
         pad = ~valid.unsqueeze(-1)
 
-        layers, keys, values, convs = [], [], [], []
+        layers, keys, values, convs, head_logits = [], [], [], [], {}
         for i, block in enumerate(self.blocks):
             h, k, v, conv_in = block(h, positions, mask, cache.keys[i], cache.values[i], cache.conv[i])
             h = h.masked_fill(pad, 0.0)
             layers.append(h)
+            h = condition(self.conditioners, i, h, lens, pad, head_logits)  # this chunk's posteriors only
             idx = keep[:, None, :, None].expand(b, self.heads, left, self.head_dim)
             keys.append(k.gather(2, idx))
             values.append(v.gather(2, idx))
@@ -321,4 +344,4 @@ class ConformerEncoder(nn.Module):
             key_valid=key_valid.gather(1, keep), conv=torch.stack(convs),
             frames_seen=cache.frames_seen + lens, chunk_frames=c,
         )
-        return EncoderOutput(layers=layers, lens=lens), new_cache
+        return EncoderOutput(layers=layers, lens=lens, head_logits=head_logits), new_cache

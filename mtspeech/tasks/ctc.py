@@ -8,6 +8,15 @@ One class, two label kinds:
     phone set of the training manifest, id = index + 1, blank 0. An utterance with a phone
     outside that set has no representable label and is masked (`present=False`).
 
+Hierarchy (all off by default, so older configs and checkpoints are unchanged):
+  - `condition: true` — the task's posteriors at its layer (and at its intermediate layers)
+    are projected and added to the input of the layer above (self-conditioned CTC, Nozaki &
+    Komatsu 2021; hierarchical conditioning on phones, Higuchi et al. 2022). The encoder
+    holds the mechanism (`mtspeech.encoders.conditioning`), so streaming and export use it.
+  - `intermediate_layers: [2, 4]` — the same head (shared) also reads those layers, and the
+    task's loss becomes `(1 - w)·L_top + w·mean_k L_k` with `w = intermediate_weight`
+    (ESPnet's `interctc_weight`; Lee & Watanabe 2021 use w = 0.3, our default).
+
 Loss normalisation: the summed CTC negative log-likelihood of the present utterances is
 divided by their total number of target units (nats per unit). That puts CTC on the same
 scale as per-utterance cross-entropy, so static task weights mean what they say, and long
@@ -23,7 +32,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -33,10 +42,13 @@ from torch import nn
 from mtspeech import metrics
 from mtspeech.config import ConfigError
 from mtspeech.tasks import Targets, zero_loss
+from mtspeech.tasks.layer_mix import LayerSpec
 
 log = logging.getLogger(__name__)
 
 LABEL_KINDS = ("text", "phones")
+# Keys only a CTC task has: the experiment loader names them in the error for other kinds.
+HIERARCHY_KEYS = ("condition", "intermediate_layers", "intermediate_weight")
 
 
 @dataclass(frozen=True)
@@ -45,17 +57,57 @@ class CTCConfig:
 
     kind: str = "ctc"
     name: str = "asr"
-    layer: int = -1
+    layer: LayerSpec = -1  # an encoder layer index, or "learned" (tasks/layer_mix.py)
     weight: float = 1.0
     label: str = "text"  # text | phones
     vocab_size: int = 256
     model_type: str = "unigram"  # sentencepiece model type
     proj_dim: int | None = None  # hidden width of an optional projection before the output layer
     dropout: float = 0.1
+    condition: bool = False  # feed the posteriors to the layer above (see the module docstring)
+    intermediate_layers: tuple[int, ...] = ()  # more layers the shared head reads, below `layer`
+    intermediate_weight: float = 0.3  # w in (1 - w)·L_top + w·mean(L_intermediate)
 
     def __post_init__(self):
         if self.label not in LABEL_KINDS:
             raise ConfigError(f"tasks.{self.name}.label: {self.label!r} is not one of {LABEL_KINDS}")
+        if not 0.0 <= self.intermediate_weight <= 1.0:
+            raise ConfigError(f"tasks.{self.name}.intermediate_weight: {self.intermediate_weight} is not in [0, 1]")
+        if len(set(self.intermediate_layers)) != len(self.intermediate_layers):
+            raise ConfigError(f"tasks.{self.name}.intermediate_layers: {list(self.intermediate_layers)} repeats a layer")
+
+    def reading_layers(self, num_layers: int) -> tuple[int, list[int]]:
+        """(the task's layer, its intermediate layers), as indices 0..num_layers-1.
+
+        Raises ConfigError for a layer outside the encoder or an intermediate layer that is
+        not below the task's own layer.
+        """
+        def index(layer: int, key: str) -> int:
+            if not -num_layers <= layer < num_layers:
+                raise ConfigError(f"tasks.{self.name}.{key}: layer {layer} is outside the encoder's {num_layers} "
+                                  f"layers (0..{num_layers - 1}, or {-num_layers}..-1)")
+            return layer % num_layers
+
+        top = index(self.layer, "layer")
+        inter = [index(k, "intermediate_layers") for k in self.intermediate_layers]
+        above = [k for k, i in zip(self.intermediate_layers, inter) if i >= top]
+        if above:
+            raise ConfigError(f"tasks.{self.name}.intermediate_layers: {above} not below the task's layer "
+                              f"{self.layer} (index {top}); intermediate layers lie under the one the task reads")
+        return top, inter
+
+    def conditioning_layers(self, num_layers: int) -> list[int]:
+        """Layer indices whose posteriors feed the layer above (empty unless `condition`)."""
+        if not self.condition:
+            return []
+        top, inter = self.reading_layers(num_layers)
+        layers = sorted(i for i in [*inter, top] if i < num_layers - 1)
+        if not layers:
+            raise ConfigError(
+                f"tasks.{self.name}.condition: the task reads layer {self.layer}, the encoder's top layer of "
+                f"{num_layers}, and no intermediate layer: there is no layer above to condition. Set a lower "
+                f"`layer`, add `intermediate_layers`, or `condition: false`")
+        return layers
 
 
 class CTCTask(nn.Module):
@@ -79,6 +131,7 @@ class CTCTask(nn.Module):
         self.cfg = cfg
         self.name = cfg.name
         self.layer = cfg.layer
+        self.intermediate_layers = tuple(cfg.intermediate_layers)
         self.labels = labels
         self.too_short = 0  # utterances left out of the loss: too few frames for their labels
         self._tokenizer = None  # built lazily; dropped when pickled (see __getstate__)
@@ -177,12 +230,21 @@ class CTCTask(nn.Module):
         """h (B,T,D), h_lens (B,) → logits (B,T,V) (unnormalised; blank is index 0)."""
         return self.out(self.dropout(self.proj(h)))
 
-    def loss(self, logits: torch.Tensor, h_lens: torch.Tensor, targets: Targets) -> torch.Tensor:
+    def loss(
+        self,
+        logits: torch.Tensor,
+        h_lens: torch.Tensor,
+        targets: Targets,
+        intermediate: Sequence[torch.Tensor] = (),
+    ) -> torch.Tensor:
         """CTC NLL of present rows summed, divided by their number of target units.
 
+        `intermediate`: the head's logits (B,T,V) at the intermediate layers; when given,
+        returns `(1 - w)·L(logits) + w·mean_k L(intermediate_k)`, w = `intermediate_weight`.
         Rows whose encoder frames cannot hold their labels (fewer frames than labels plus
         adjacent repeats, which need a blank between them) are left out and counted in
-        `too_short`: their loss would be infinite. Computed in fp32 even under autocast.
+        `too_short` (once, whatever the number of layers): their loss would be infinite.
+        Computed in fp32 even under autocast.
         """
         idx = targets.present.nonzero(as_tuple=True)[0]
         if idx.numel():
@@ -192,12 +254,19 @@ class CTCTask(nn.Module):
                 self.too_short += int((~fits).sum())
                 idx, values, target_lens = idx[fits], values[fits], target_lens[fits]
         if idx.numel() == 0:
-            return zero_loss(logits)
-        with torch.autocast(logits.device.type, enabled=False):
-            log_probs = logits[idx].float().log_softmax(-1).transpose(0, 1)  # (T,B',V)
-            nll = F.ctc_loss(log_probs, values, h_lens[idx], target_lens, blank=0, reduction="sum",
-                             zero_infinity=True)  # belt and braces: the guard above should catch all
-        return nll / target_lens.sum().clamp(min=1)
+            return zero_loss(logits) + sum(zero_loss(x) for x in intermediate)
+
+        def ctc(layer_logits: torch.Tensor) -> torch.Tensor:
+            with torch.autocast(layer_logits.device.type, enabled=False):
+                log_probs = layer_logits[idx].float().log_softmax(-1).transpose(0, 1)  # (T,B',V)
+                nll = F.ctc_loss(log_probs, values, h_lens[idx], target_lens, blank=0, reduction="sum",
+                                 zero_infinity=True)  # belt and braces: the guard above should catch all
+            return nll / target_lens.sum().clamp(min=1)
+
+        if not intermediate:
+            return ctc(logits)
+        w = self.cfg.intermediate_weight
+        return (1.0 - w) * ctc(logits) + w * sum(ctc(x) for x in intermediate) / len(intermediate)
 
     # ---- decoding and metrics ----------------------------------------------------------
 

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mtspeech.tasks import Targets, zero_loss
+from mtspeech.tasks.layer_mix import LayerSpec
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class SpeakerConfig:
 
     kind: str = "speaker"
     name: str = "speaker"
-    layer: int = -1
+    layer: LayerSpec = -1  # an encoder layer index, or "learned" (tasks/layer_mix.py)
     weight: float = 1.0
     embed_dim: int = 128
     attention_dim: int = 64

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mtspeech.tasks import Targets, zero_loss
+from mtspeech.tasks.layer_mix import LayerSpec
 
 SAMPLE_RATE = 16000
 HOP_SAMPLES = 160
@@ -33,7 +34,7 @@ class VADConfig:
 
     kind: str = "vad"
     name: str = "vad"
-    layer: int = -1
+    layer: LayerSpec = -1  # an encoder layer index, or "learned" (tasks/layer_mix.py)
     weight: float = 1.0
     hidden_dim: int | None = None  # width of a tiny MLP before the logit (None: linear head)
     pos_weight: float | None = None

@@ -3,22 +3,11 @@
 import pytest
 import torch
 
-from encoder_helpers import feats
+from encoder_helpers import feats, stream_alone
 from mtspeech.encoders import EncoderCache
 from mtspeech.encoders.subsampling import chunk_window, chunk_windows
 
 TOL = dict(atol=1e-5, rtol=1e-5)
-
-
-def stream_alone(enc, x, chunk_frames, left_chunks):
-    """Drive forward_chunk over one utterance x (1,T,F) with the 4c+3 / 4c windows."""
-    cache = enc.init_cache(1, chunk_frames, left_chunks)
-    outs = [[] for _ in range(enc.num_layers)]
-    for start, end in chunk_windows(x.shape[1], chunk_frames):
-        out, cache = enc.forward_chunk(x[:, start:end], cache)
-        for k, layer in enumerate(out.layers):
-            outs[k].append(layer)
-    return [torch.cat(o, dim=1) for o in outs], cache
 
 
 @pytest.mark.parametrize("chunk_frames,left_chunks", [(1, 3), (3, 1), (4, 0), (5, 2)])
@@ -26,7 +15,7 @@ def stream_alone(enc, x, chunk_frames, left_chunks):
 def test_chunked_equals_masked_full(encoder, chunk_frames, left_chunks):
     x, lens = feats(79)  # 19 encoder frames: not a multiple of any chunk size here
     full = encoder(x, lens, chunk_frames=chunk_frames, left_chunks=left_chunks)
-    chunked, cache = stream_alone(encoder, x, chunk_frames, left_chunks)
+    chunked, _, cache = stream_alone(encoder, x, chunk_frames, left_chunks)
     assert int(cache.frames_seen) == int(full.lens) == 19
     for k in range(encoder.num_layers):
         assert chunked[k].shape == full.layers[k].shape

@@ -1,0 +1,80 @@
+"""Learned layer selection: a task reads a softmax-weighted sum of every encoder layer.
+
+`layer: learned` in a task's config replaces the fixed layer index with SUPERB's weighted
+sum (Yang et al. 2021): one learned scalar per encoder layer, softmax-normalised, so the
+weights sum to one and show where the task finds its information. The sum is per frame,
+so a streaming chunk's mix equals the full forward's mix on the same frames.
+
+The task owns its `LayerMix` (`task.layer_mix`, attached by `experiment.build_model`, which
+knows the encoder's depth); `task_input` is the one place every caller (model, streaming,
+evaluation) turns an encoder output into the tensor a task reads.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+LEARNED = "learned"
+LayerSpec = int | Literal["learned"]  # a task config's `layer`: an index (negative = from the top) or "learned"
+
+
+class LayerMix(nn.Module):
+    """Softmax-weighted sum of L encoder layers, weights learned (uniform at start).
+
+    Args:
+        num_layers: L, the encoder's depth.
+    """
+
+    def __init__(self, num_layers: int):
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"LayerMix needs at least one layer, got num_layers={num_layers}")
+        # Logits, not weights: the softmax keeps the weights positive and summing to one.
+        self.logits = nn.Parameter(torch.zeros(num_layers))
+
+    def weights(self) -> torch.Tensor:
+        """(L,) the current layer weights, summing to one."""
+        return self.logits.softmax(-1)
+
+    def forward(self, layers: list[torch.Tensor]) -> torch.Tensor:
+        """layers: L tensors (B,T,D) → their weighted sum (B,T,D)."""
+        if len(layers) != self.logits.numel():
+            raise ValueError(f"LayerMix was built for {self.logits.numel()} encoder layers, got {len(layers)}")
+        w = self.weights().to(layers[0].dtype)
+        return sum(w_k * h for w_k, h in zip(w, layers))
+
+
+def task_input(task: nn.Module, layers: list[torch.Tensor]) -> torch.Tensor:
+    """The (B,T,D) tensor `task` reads from an encoder output's `layers` (L tensors (B,T,D))."""
+    if task.layer == LEARNED:
+        return task.layer_mix(layers)
+    return layers[task.layer]
+
+
+def attach_layer_mix(task: nn.Module, num_layers: int, where: str) -> None:
+    """Check `task.layer` against an encoder of `num_layers` layers; give a `learned` task its mix.
+
+    `where` names the config key in errors (e.g. `tasks.phones.layer`).
+    """
+    from mtspeech.config import ConfigError
+
+    if task.layer == LEARNED:
+        # Intermediate losses and conditioning tie a head to fixed layers: no mix to learn there.
+        fixed = [k for k in ("intermediate_layers", "condition") if getattr(getattr(task, "cfg", None), k, None)]
+        if fixed:
+            raise ConfigError(f"{where}: {LEARNED!r} cannot be combined with `{fixed[0]}`, which reads fixed "
+                              "layers; give the task a layer index, or drop that key")
+        task.layer_mix = LayerMix(num_layers)
+    elif isinstance(task.layer, bool) or not isinstance(task.layer, int):
+        raise ConfigError(f"{where}: {task.layer!r} is neither a layer index nor {LEARNED!r}")
+    elif not -num_layers <= task.layer < num_layers:
+        raise ConfigError(f"{where}: {task.layer} is outside the encoder's {num_layers} layers "
+                          f"(use 0..{num_layers - 1}, negative from the top, or {LEARNED!r})")
+
+
+def layer_weights(tasks: dict[str, nn.Module]) -> dict[str, list[float]]:
+    """task name → its learned layer weights (bottom layer first), for tasks with `layer: learned`."""
+    return {name: task.layer_mix.weights().tolist() for name, task in tasks.items() if task.layer == LEARNED}
