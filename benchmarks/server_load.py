@@ -31,11 +31,15 @@ Definitions (per level):
   x_realtime        audio seconds received by the server / wall seconds (about N when it keeps up).
   efficiency        audio seconds per server CPU second (= 1 / rtf_cpu); `vs_n1` is it relative to
                     the N=1 level of the same run (the baseline), i.e. what batching buys.
+  rss_per_stream    (peak server RSS during the level - server RSS after the warm-up) / N, in MiB:
+                    what one more open stream costs in memory (caches, buffers, queues).
   keeps up          no errors or unfinished utterances, p95 final latency < --max-final-latency
                     (1 s), p95 partial latency < --max-partial-latency (1 s) and rtf < 1.
                     `max_streams_keeping_up` is the largest N that keeps up.
 
 By default the run stops after the first level that does not keep up (`--keep-going` runs all).
+`--backend torch onnx onnx-int8` repeats the whole run per backend (`mtspeech serve --backend`;
+the ONNX graphs are exported once, into a temporary folder) and reports each one.
 
     python benchmarks/server_load.py --model exp/synthetic/all/final.pt --max-streams 16 --out load.json
     python benchmarks/server_load.py --random-model --max-streams 4 --seconds-per-level 5
@@ -69,6 +73,7 @@ from _cli import add_model_arguments, run_main  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MANIFEST = "data/synthetic/test.jsonl"
 SAMPLE_RATE = 16000
+BACKENDS = ("torch", "onnx", "onnx-int8")
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
@@ -89,6 +94,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--out", help="write the results as JSON here")
     srv = ap.add_argument_group("server (passed to `mtspeech serve`)")
     srv.add_argument("--device", default="cpu")
+    srv.add_argument("--backend", nargs="+", choices=BACKENDS, default=["torch"],
+                     help="encoder backends to measure, one full run each")
     srv.add_argument("--chunk-frames", type=int, default=8)
     srv.add_argument("--left-chunks", type=int, default=16)
     srv.add_argument("--max-batch-size", type=int, default=16)
@@ -136,7 +143,8 @@ def load_test_audio(args) -> tuple[list[tuple[str, np.ndarray]], str]:
     return [("synthetic-3s", x.astype(np.float32))], "synthetic signal"
 
 
-def prepare_audio(samples: list[tuple[str, np.ndarray]], ckpt: str, args) -> list[TestAudio]:
+def prepare_audio(samples: list[tuple[str, np.ndarray]], ckpt: str, args, backend: str = "torch",
+                  onnx_dir: str | None = None) -> list[TestAudio]:
     """Cut into PCM frames and replay locally to learn which frame each partial waits for."""
     import torch
 
@@ -149,6 +157,10 @@ def prepare_audio(samples: list[tuple[str, np.ndarray]], ckpt: str, args) -> lis
     cfg = StreamingConfig(chunk_frames=args.chunk_frames, left_chunks=args.left_chunks,
                           endpoint=EndpointConfig(mode=args.endpoint_mode))
     rec = StreamingRecognizer.from_checkpoint(ckpt, cfg, "cpu")
+    if backend != "torch":  # partial texts as this backend's server will produce them
+        from mtspeech.export.runtime import OnnxEncoderStep
+
+        rec = rec.with_encoder_step(OnnxEncoderStep(onnx_dir, int8=backend == "onnx-int8", threads=1))
     step = SAMPLE_RATE * args.frame_ms // 1000
     out = []
     for name, wav in samples:
@@ -183,7 +195,7 @@ def _get(url: str, timeout: float = 10.0) -> bytes:
 class ServerProcess:
     """`python -m mtspeech.cli serve ...` on a free loopback port."""
 
-    def __init__(self, ckpt: str, args, max_streams: int) -> None:
+    def __init__(self, ckpt: str, args, max_streams: int, backend: str = "torch", onnx_dir: str | None = None) -> None:
         self.port = _free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.cmd = [sys.executable, "-m", "mtspeech.cli", "serve", "--model", str(ckpt),
@@ -192,6 +204,8 @@ class ServerProcess:
                     "--max-wait-ms", str(args.max_wait_ms), "--chunk-frames", str(args.chunk_frames),
                     "--left-chunks", str(args.left_chunks), "--endpoint-mode", args.endpoint_mode,
                     "--log-level", "warning"]
+        if backend != "torch":
+            self.cmd += ["--backend", "onnx", "--onnx-dir", str(onnx_dir)] + (["--int8"] if backend == "onnx-int8" else [])
         self.env = os.environ.copy()
         if args.server_threads:
             self.env["OMP_NUM_THREADS"] = self.env["MKL_NUM_THREADS"] = str(args.server_threads)
@@ -241,6 +255,16 @@ class ServerProcess:
             return None
         fields = stat[stat.rfind(")") + 2 :].split()  # fields from 3 (state) on; utime = 14, stime = 15
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def rss_bytes(self) -> int | None:
+        """Resident set size of the server process now."""
+        try:
+            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return None
 
     def metrics(self) -> dict:
         """The /metrics samples as {(name, ((label, value), ...)): value}."""
@@ -387,7 +411,7 @@ def levels_of(args) -> list[int]:
 
 
 def summarize(n: int, utts: list[dict], m0: dict, m1: dict, cpu_s: float | None, wall: float,
-              client_cpu_s: float, args) -> dict:
+              client_cpu_s: float, args, rss_peak: int | None = None, rss_base: int | None = None) -> dict:
     partial = [x for u in utts for x in u["partial_latencies"]]
     final = [u["final_latency"] for u in utts if u["final_latency"] is not None]
     errors = [e for u in utts for e in u["errors"]]
@@ -422,6 +446,8 @@ def summarize(n: int, utts: list[dict], m0: dict, m1: dict, cpu_s: float | None,
         "rtf_cpu": _round(cpu_s / audio_s if cpu_s and audio_s else None),
         "efficiency_audio_s_per_cpu_s": _round(audio_s / cpu_s if cpu_s else None),
         "client_cpu_s": round(client_cpu_s, 3),
+        "rss_peak_mib": _round(rss_peak / 2**20 if rss_peak else None, 1),
+        "rss_per_stream_mib": _round((rss_peak - rss_base) / 2**20 / n if rss_peak and rss_base else None, 3),
         "client_cpu_cores": _round(client_cpu_s / wall if wall else None),
     }
     why = []
@@ -446,17 +472,28 @@ async def _run_levels(server: ServerProcess, audios: list[TestAudio], args) -> l
     url = f"ws://127.0.0.1:{server.port}/v1/stream"
     # Warm-up: one utterance (first-call allocations, lazy imports) outside every level.
     await one_utterance(url, audios[0], args.frame_ms / 1000, not args.no_endpointing)
+    server.wait_idle()
+    rss_base = server.rss_bytes()
     results = []
     for n in levels_of(args):
         server.wait_idle()
         m0, c0, r0, t0 = server.metrics(), server.cpu_seconds(), resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
+        rss_peak = [server.rss_bytes() or 0]
+
+        async def watch_rss():  # the level's peak RSS, sampled while its streams are open
+            while True:
+                rss_peak[0] = max(rss_peak[0], server.rss_bytes() or 0)
+                await asyncio.sleep(0.25)
+
+        watcher = asyncio.create_task(watch_rss())
         utts = await run_level(url, audios, n, args)
+        watcher.cancel()
         server.wait_idle()
         wall = time.monotonic() - t0
         m1, c1, r1 = server.metrics(), server.cpu_seconds(), resource.getrusage(resource.RUSAGE_SELF)
         cpu = None if c0 is None or c1 is None else c1 - c0
         client_cpu = (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime)
-        level = summarize(n, utts, m0, m1, cpu, wall, client_cpu, args)
+        level = summarize(n, utts, m0, m1, cpu, wall, client_cpu, args, rss_peak[0] or None, rss_base)
         results.append(level)
         print(_row(level, results[0]), flush=True)
         if not level["keeps_up"] and not args.keep_going:
@@ -473,17 +510,46 @@ def run(args) -> dict:
 
         tmp = tempfile.TemporaryDirectory(prefix="mtspeech_bench_")
         ckpt = str(build_random_checkpoint(Path(tmp.name) / "tiny_random.pt"))
+    onnx_tmp = None
     try:
         samples, source = load_test_audio(args)
-        audios = prepare_audio(samples, ckpt, args)
-        with ServerProcess(ckpt, args, max(levels_of(args))) as server:
-            print(f"server up on port {server.port} after {server.startup_s:.1f} s; "
-                  f"{len(audios)} test utterances ({source}), {sum(a.duration for a in audios):.1f} s", flush=True)
-            print(_header(), flush=True)
-            levels = asyncio.run(_run_levels(server, audios, args))
+        onnx_dir = None
+        if any(b != "torch" for b in args.backend):
+            onnx_tmp = tempfile.TemporaryDirectory(prefix="mtspeech_bench_onnx_")
+            onnx_dir = _export_onnx(ckpt, onnx_tmp.name, args)
+        per_backend = {}
+        for backend in dict.fromkeys(args.backend):
+            audios = prepare_audio(samples, ckpt, args, backend, onnx_dir)
+            with ServerProcess(ckpt, args, max(levels_of(args)), backend, onnx_dir) as server:
+                print(f"[{backend}] server up on port {server.port} after {server.startup_s:.1f} s; "
+                      f"{len(audios)} test utterances ({source}), {sum(a.duration for a in audios):.1f} s",
+                      flush=True)
+                print(_header(), flush=True)
+                per_backend[backend] = asyncio.run(_run_levels(server, audios, args))
     finally:
-        if tmp is not None:
-            tmp.cleanup()
+        for t in (tmp, onnx_tmp):
+            if t is not None:
+                t.cleanup()
+    results = {b: _result(levels, args, source, audios) for b, levels in per_backend.items()}
+    first = results[next(iter(results))]
+    return first | {"backend": next(iter(results)), "backends": results}
+
+
+def _export_onnx(ckpt: str, out_dir: str, args) -> str:
+    """The checkpoint's streaming step as ONNX (+ int8 when measured) in `out_dir`."""
+    from mtspeech.checkpoint import load_model
+    from mtspeech.export.onnx import export_onnx
+    from mtspeech.export.quantize import quantize_int8
+
+    model, _, _ = load_model(ckpt)
+    export_onnx(model, out_dir, args.chunk_frames, args.left_chunks, checkpoint=ckpt)
+    if "onnx-int8" in args.backend:
+        quantize_int8(out_dir)
+    return out_dir
+
+
+def _result(levels: list[dict], args, source: str, audios: list[TestAudio]) -> dict:
+    """One backend's run as the benchmark reports it."""
     base = levels[0]
     for lv in levels:
         lv["efficiency_vs_n1"] = _vs(lv, base)
@@ -536,6 +602,19 @@ def _row(lv: dict, base: dict) -> str:
 
 
 def render(result: dict) -> str:
+    runs = result.get("backends") or {"torch": result}
+    out = [(f"== backend {name}\n" if len(runs) > 1 else "") + _render_one(r) for name, r in runs.items()]
+    if len(runs) > 1:
+        out.append("backend     streams kept up  mean batch  p95 final s  p95 partial s  RSS/stream MiB (at that N)")
+        for name, r in runs.items():
+            best = next((lv for lv in r["levels"] if lv["streams"] == r["max_streams_keeping_up"]), r["levels"][0])
+            out.append(f"{name:<11} {r['max_streams_keeping_up']:>15} {_num(best['mean_batch_size'], '{:.2f}'):>11} "
+                       f"{_num(best['final_latency_p95_s']):>12} {_num(best['partial_latency_p95_s']):>14} "
+                       f"{_num(best.get('rss_per_stream_mib'), '{:.2f}'):>15}")
+    return "\n".join(out)
+
+
+def _render_one(result: dict) -> str:
     levels = result["levels"]
     lines = [_header()] + [_row(lv, levels[0]) for lv in levels]
     b = result["baseline"]

@@ -42,7 +42,7 @@ import threading
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Mapping, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -51,6 +51,8 @@ from mtspeech.data.resample import MAX_ABS_SAMPLE, StreamResampler, check_sample
 from mtspeech.decode import Word  # word, start, end (stream seconds), confidence
 from mtspeech.endpoint import EndpointConfig, Endpointer
 from mtspeech.streaming_decoders import GreedyDecoder, TokenDecoder
+from mtspeech.streaming_encoder import (  # noqa: F401 (phone_task, vad_task re-exported)
+    ChunkOutput, EncoderStep, TorchEncoderStep, asr_task, phone_task, vad_task)
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +125,18 @@ class FinalEvent:
     detected_at: float
 
 
-Event = PartialEvent | FinalEvent
+@dataclass(frozen=True)
+class SpeechActivityEvent:
+    """The VAD head's p(speech) for each encoder frame of one decoded chunk, frames from
+    `start` (stream seconds) at `frame_shift_s`; only for streams made with `speech_activity`
+    (a live activity display; issue 12)."""
+
+    start: float
+    frame_shift_s: float
+    speech: tuple[float, ...]
+
+
+Event = PartialEvent | FinalEvent | SpeechActivityEvent
 
 
 # ----------------------------------------------------------------------------- the stream
@@ -133,6 +146,7 @@ class Stream:
     """State of one audio stream. Create with `StreamingRecognizer.new_stream`."""
 
     _ids = itertools.count()
+    speech_activity = False  # emit a SpeechActivityEvent per chunk (set once by new_stream)
 
     def __init__(self, sample_rate: int, endpointing: bool, interim: bool, cache, decoder: TokenDecoder,
                  endpointer: Endpointer) -> None:
@@ -214,26 +228,33 @@ class StreamingRecognizer:
 
     `decoders`: token decoders by name (`mtspeech.streaming_decoders`), besides "greedy", which
     is always there; `default_decoder` is what `new_stream` uses unless told otherwise.
+    `encoder_step`: what runs the encoder chunk and the heads (`mtspeech.streaming_encoder`;
+    default: PyTorch on the model, `mtspeech.export.runtime.OnnxEncoderStep` runs onnxruntime).
+    Features and token decoding stay in PyTorch / Python either way.
     """
 
     def __init__(self, model: torch.nn.Module, tokenizer: TokenTable,
                  config: StreamingConfig | None = None, device: str | torch.device | None = None,
-                 decoders: dict[str, TokenDecoder] | None = None, default_decoder: str = "greedy") -> None:
+                 decoders: dict[str, TokenDecoder] | None = None, default_decoder: str = "greedy",
+                 encoder_step: EncoderStep | None = None) -> None:
         self.config = config or StreamingConfig()
         self.model = model.eval()
         if device is not None:
             self.model.to(device)
         self.device = next(self.model.parameters()).device
         self.tokenizer = tokenizer
-        self.asr = model.tasks[_asr_task_name(model)]
-        self.vad = _vad_task(model)
+        self.asr = asr_task(model)
+        self.vad = vad_task(model)
+        self.phones = phone_task(model)
+        self.encoder_step = encoder_step or TorchEncoderStep(
+            model, self.config.chunk_frames, self.config.left_chunks, _RecognizerHeads(self))
+        _check_encoder_step(self.encoder_step, self.config, model)
         if self.config.endpoint.mode == "vad" and self.vad is None:
             log.warning("model has no VAD task; endpointing falls back to CTC blanks (mode 'blank')")
         c = self.config.chunk_frames
         self.window_frames = 4 * c + 3
         self.stride_frames = 4 * c
         self.frame_shift_s = model.encoder.subsampling * HOP_SAMPLES / SAMPLE_RATE
-        self.phones = phone_task(model)
         self.decoders: dict[str, TokenDecoder] = {
             "greedy": GreedyDecoder(tokenizer, tokenizer.blank_id, self.frame_shift_s), **(decoders or {})}
         for name, dec in self.decoders.items():
@@ -242,6 +263,13 @@ class StreamingRecognizer:
         if default_decoder not in self.decoders:
             raise ValueError(f"default_decoder={default_decoder!r}: not among {sorted(self.decoders)}")
         self.default_decoder = default_decoder
+
+    def with_encoder_step(self, encoder_step: EncoderStep) -> "StreamingRecognizer":
+        """The same recognizer (model, tokenizer, config, decoders) running `encoder_step`
+        instead (e.g. `mtspeech.export.runtime.OnnxEncoderStep`); streams are not shared."""
+        decoders = {k: v for k, v in self.decoders.items() if k != "greedy"}
+        return StreamingRecognizer(self.model, self.tokenizer, self.config, decoders=decoders,
+                                   default_decoder=self.default_decoder, encoder_step=encoder_step)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, config: StreamingConfig | None = None,
@@ -261,24 +289,28 @@ class StreamingRecognizer:
     # -- the stream API -----------------------------------------------------------------------
 
     def new_stream(self, sample_rate: int = SAMPLE_RATE, endpointing: bool = True,
-                   interim: bool = True, decoder: str | None = None) -> Stream:
+                   interim: bool = True, decoder: str | None = None,
+                   endpoint: EndpointConfig | None = None, speech_activity: bool = False) -> Stream:
         """A fresh stream for audio at `sample_rate` Hz, decoded by `decoder` (a name in
-        `self.decoders`; default `self.default_decoder`)."""
+        `self.decoders`; default `self.default_decoder`). `endpoint`: this stream's endpoint
+        rules (default `self.config.endpoint`); `speech_activity`: also emit the VAD head's
+        per-frame p(speech) as a `SpeechActivityEvent` per chunk (needs a VAD head)."""
         if not isinstance(sample_rate, int) or sample_rate <= 0:
             raise ValueError(f"sample_rate={sample_rate!r}: expected a positive integer (Hz)")
         decoder = decoder or self.default_decoder
         if decoder not in self.decoders:
             raise ValueError(f"decoder {decoder!r} is not available here; this recognizer has "
                              f"{sorted(self.decoders)}")
-        cache = self.model.encoder.init_cache(1, self.config.chunk_frames, self.config.left_chunks,
-                                              self.device)
-        endpoint = self.config.endpoint
+        cache = self.encoder_step.init_cache(1)
+        endpoint = endpoint or self.config.endpoint
         if not endpointing:
             # Pauses (rule 2) never end the utterance, but rule 3 still bounds it and rule 1 still
             # drops silence: one endless utterance would re-render an ever longer partial per chunk.
             endpoint = dataclasses.replace(endpoint, rule2_trailing_silence_s=math.inf)
-        return Stream(sample_rate, endpointing, interim, cache, self.decoders[decoder],
-                      Endpointer(endpoint, self.frame_shift_s))
+        stream = Stream(sample_rate, endpointing, interim, cache, self.decoders[decoder],
+                        Endpointer(endpoint, self.frame_shift_s))
+        stream.speech_activity = speech_activity and self.vad is not None
+        return stream
 
     def accept(self, stream: Stream, samples: np.ndarray | torch.Tensor) -> None:
         """Append mono float samples (N,) at the stream's sample rate (any N).
@@ -323,7 +355,7 @@ class StreamingRecognizer:
         x = torch.stack([s._feats[: self.window_frames] for s in streams])  # (B, 4c+3, F)
         cache_type = type(streams[0]._cache)
         cache = cache_type.stack([s._cache for s in streams]) if len(streams) > 1 else streams[0]._cache
-        out, cache = self.model.encoder.forward_chunk(x, cache)
+        out, cache = self.encoder_step(x, cache, self._roles(streams))
         caches = cache.unstack() if len(streams) > 1 else [cache]
         for s, c in zip(streams, caches):
             s._cache = c
@@ -344,7 +376,7 @@ class StreamingRecognizer:
         rest = stream._feats
         # Fewer than 7 frames give no encoder output ((T-1)//2-1)//2 <= 0: nothing to decode.
         if rest is not None and rest.shape[0] >= 7:
-            out, stream._cache = self.model.encoder.forward_chunk(rest[None], stream._cache)
+            out, stream._cache = self.encoder_step(rest[None], stream._cache, self._roles([stream]))
             self._decode_frames([stream], out)
         with stream._lock:
             stream._feats = None
@@ -405,26 +437,38 @@ class StreamingRecognizer:
                 s._feats = new.clone() if s._feats is None else torch.cat([s._feats, new])
                 s._drop(n * HOP_SAMPLES)
 
-    def _decode_frames(self, streams: Sequence[Stream], out) -> None:
-        """Run the heads on a chunk's encoder output and advance decoding + endpointing.
+    def _roles(self, streams: Sequence[Stream]) -> tuple[str, ...]:
+        """The heads a step of `streams` needs: ASR always (blank endpointing, rule 1), the phone
+        head for phone decoders, VAD for endpointing or an activity display."""
+        roles = ["asr"]
+        if any(s.decoder.head == "phones" for s in streams):
+            roles.append("phones")
+        if self.vad is not None and (self.uses_vad or any(s.speech_activity for s in streams)):
+            roles.append("vad")
+        return tuple(roles)
+
+    def _decode_frames(self, streams: Sequence[Stream], out: ChunkOutput) -> None:
+        """Advance decoding + endpointing on one step's head logits (`out`, see `_roles`).
 
         Each stream's token decoder gets its head's log-probs in contiguous pieces, cut where
         an endpoint rule fires. Rule 1 ("nothing decoded") asks whether the decoder's head had a
         non-blank argmax in the utterance: for greedy exactly "it emitted a token", and cheap
         for every decoder (a beam search is not asked for its hypothesis every frame).
         """
-        frames = out.layers[-1].shape[1]
-        lens = torch.full((len(streams),), frames, dtype=torch.long, device=self.device)
-        heads = {"asr": self.asr(out.layers[self.asr.layer], lens).float().log_softmax(-1)}  # (B, c, V)
-        if any(s.decoder.head == "phones" for s in streams):
-            heads["phones"] = self.phones(out.layers[self.phones.layer], lens).float().log_softmax(-1)
-        heads = {k: v.cpu() for k, v in heads.items()}
+        frames = out.frames
+        # (B, c, V) log-probs of the token heads this batch's decoders read (see `_roles`)
+        heads = {k: out.logits[k].float().log_softmax(-1).cpu() for k in ("asr", "phones") if k in out.logits}
+        speech = None  # (B, c) p(speech), when endpointing or an activity display needs it
+        if "vad" in out.logits:
+            speech = self.vad.speech_probs(out.logits["vad"]).float().cpu().numpy()
         if self.uses_vad:
-            speech = self.vad.speech_probs(self.vad(out.layers[self.vad.layer], lens)).float().cpu().numpy()
             nonspeech = speech < self.config.endpoint.speech_threshold
         else:
             nonspeech = (heads["asr"].argmax(-1) == self.tokenizer.blank_id).numpy()
         for b, s in enumerate(streams):
+            if s.speech_activity:
+                self._emit(s, SpeechActivityEvent(round(s._frames_done * self.frame_shift_s, 3), self.frame_shift_s,
+                                                  tuple(round(float(p), 3) for p in speech[b])))
             log_probs = heads[s.decoder.head][b]  # (c, V)
             nonblank = (log_probs.argmax(-1) != s.decoder.blank_id).tolist()
             pushed = 0  # frames of this chunk given to the decoder
@@ -486,32 +530,44 @@ class StreamingRecognizer:
             s._events.append(event)
 
 
-def _asr_task_name(model: torch.nn.Module) -> str:
-    name = getattr(model, "asr_task_name", None) or getattr(model, "asr_task", None)
-    if name not in model.tasks:
-        raise ValueError(f"model names no ASR task among {sorted(model.tasks)}")
-    return name
+class _RecognizerHeads(Mapping):
+    """role → the recognizer's own `asr` / `phones` / `vad` head, read when used, so the torch
+    step runs whatever head the recognizer holds now (tests swap in a scripted VAD)."""
+
+    def __init__(self, recognizer: StreamingRecognizer) -> None:
+        self._rec = recognizer
+
+    def __getitem__(self, role: str) -> torch.nn.Module:
+        task = getattr(self._rec, role, None) if role in ("asr", "phones", "vad") else None
+        if task is None:
+            raise KeyError(role)
+        return task
+
+    def __iter__(self):
+        return (r for r in ("asr", "phones", "vad") if r in self)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
 
-def phone_task(model: torch.nn.Module):
-    """The phone CTC task (a `phones` label list), or None."""
-    found = [t for t in model.tasks.values() if getattr(getattr(t, "cfg", None), "label", None) == "phones"]
-    return found[0] if found else None
-
-
-def _vad_task(model: torch.nn.Module):
-    """The VAD task (the one exposing `speech_probs`), or None."""
-    name = getattr(model, "vad_task_name", None)
-    if name:
-        return model.tasks[name]
-    found = [t for t in model.tasks.values() if hasattr(t, "speech_probs")]
-    return found[0] if found else None
+def _check_encoder_step(step: EncoderStep, config: StreamingConfig, model: torch.nn.Module) -> None:
+    """An encoder step must chunk as `config` says and compute every head the model has: a
+    graph exported for another chunk size or without the phone head would decode wrongly."""
+    if (step.chunk_frames, step.left_chunks) != (config.chunk_frames, config.left_chunks):
+        raise ValueError(
+            f"encoder step {step.name!r} runs chunk_frames={step.chunk_frames}, left_chunks={step.left_chunks} "
+            f"but the streaming config asks for {config.chunk_frames}, {config.left_chunks}: export it again "
+            f"with those (mtspeech export onnx --chunk-frames/--left-chunks) or change the config")
+    missing = [r for r, t in (("phones", phone_task(model)), ("vad", vad_task(model))) if t and r not in step.roles]
+    if missing:
+        raise ValueError(f"encoder step {step.name!r} lacks the model's {missing} head(s); export it again")
 
 
 def _tokenizer_of(model: torch.nn.Module) -> TokenTable:
     """The ASR task's tokenizer (the task owns its label space)."""
-    name = _asr_task_name(model)
+    task = asr_task(model)
+    name = getattr(task, "name", "asr")
     try:
-        return model.tasks[name].tokenizer
+        return task.tokenizer
     except AttributeError as e:
         raise ValueError(f"ASR task {name!r} has no tokenizer; cannot decode text ({e})") from e

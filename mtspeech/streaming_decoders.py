@@ -38,10 +38,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-import numpy as np
 import torch
 
-from mtspeech.decode import Word
+from mtspeech.decode import TokenSpan, Word, align_tokens, piece_groups, timed_words
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +54,9 @@ class TokenTable(Protocol):
     def id_to_piece(self, i: int) -> str: ...
 
 
-@dataclass
-class Token:
-    """One emitted CTC token and the frames (absolute, inclusive) the path gives it."""
-
-    id: int
-    first_frame: int
-    last_frame: int
-    prob: float
+# One emitted CTC token, the frames (absolute, inclusive) the path gives it and the sum of the
+# path label's posterior on them: the word-time scheme's own type (mtspeech/decode.py).
+Token = TokenSpan
 
 
 @dataclass(frozen=True)
@@ -111,15 +105,8 @@ class TokenDecoder(Protocol):
 
 
 # ----------------------------------------------------------------------------- word timing
-
-
-def _word(text: str, toks: list[Token], frame_shift_s: float) -> Word:
-    return Word(
-        word=text,
-        start=round(toks[0].first_frame * frame_shift_s, 3),
-        end=round((toks[-1].last_frame + 1) * frame_shift_s, 3),
-        confidence=round(float(np.mean([t.prob for t in toks])), 4),
-    )
+# Times and confidences come from mtspeech/decode.py's one scheme (`timed_words`), the code
+# `mtspeech evaluate` uses too.
 
 
 def _piece_groups(tokens: list[Token], table: TokenTable) -> list[tuple[str, list[Token]]]:
@@ -135,8 +122,8 @@ def _piece_groups(tokens: list[Token], table: TokenTable) -> list[tuple[str, lis
 
 
 def piece_words(tokens: list[Token], table: TokenTable, frame_shift_s: float) -> list[Word]:
-    """Words of a piece sequence with times and confidences (see the module docstring)."""
-    return [_word(text, toks, frame_shift_s) for text, toks in _piece_groups(tokens, table) if text]
+    """Words of a piece sequence with times and confidences (mtspeech/decode.py's scheme)."""
+    return timed_words(tokens, piece_groups([t.id for t in tokens], table), frame_shift_s)
 
 
 # ----------------------------------------------------------------------------- greedy
@@ -171,7 +158,7 @@ class _GreedyUtterance:
                 continue
             if token_id == self.prev_id:  # CTC: a repeated label without blank in between merges
                 tok = self.tokens[-1]
-                tok.last_frame, tok.prob = frame, max(tok.prob, prob)
+                tok.last_frame, tok.prob_sum = frame, tok.prob_sum + prob
                 continue
             self.tokens.append(Token(token_id, frame, frame, prob))
             self.prev_id = token_id
@@ -300,32 +287,39 @@ class _BeamUtterance:
             if tok != self.d.blank_id:
                 prob = math.exp(float(lp[t, tok]))
                 if tok == prev:
-                    tokens[-1].last_frame, tokens[-1].prob = self.first_frame + t, max(tokens[-1].prob, prob)
+                    tokens[-1].last_frame, tokens[-1].prob_sum = self.first_frame + t, tokens[-1].prob_sum + prob
                 else:
                     tokens.append(Token(tok, self.first_frame + t, self.first_frame + t, prob))
             prev = tok
         return tokens
 
-    def _words(self, result) -> tuple[list[Word], list[Token]]:
+    def _words(self, result, realign: bool = False) -> tuple[list[Word], list[Token]]:
+        """The hypothesis' words with times. `realign` (at the utterance's end): time its tokens
+        on their Viterbi path, the one word-time scheme (mtspeech/decode.py), not the search's."""
         # torchaudio's path starts with flashlight's leading step (and decode_end adds one)
         path = list(result.tokens)[1 : 1 + self.frames]
         tokens = self._tokens(path)
+        ids = [t.id for t in tokens]
         if self.d.lexicon is None:
-            return piece_words(tokens, self.d.table, self.d.frame_shift_s), tokens
-        # With a lexicon flashlight emits a word id on the frame its last token begins: the
-        # tokens that begin before or on that frame (and after the previous word) spell it.
-        words, i = [], 0
-        for t, w in enumerate(list(result.words)[1 : 1 + self.frames]):
-            if w < 0:
-                continue
-            frame = self.first_frame + t
-            j = i
-            while j < len(tokens) and tokens[j].first_frame <= frame:
-                j += 1
-            if j > i:
-                words.append(_word(self.search.word_dict.get_entry(w), tokens[i:j], self.d.frame_shift_s))
-            i = j
-        return words, tokens
+            groups = piece_groups(ids, self.d.table)
+        else:
+            # With a lexicon flashlight emits a word id on the frame its last token begins: the
+            # tokens that begin before or on that frame (and after the previous word) spell it.
+            groups, i = [], 0
+            for t, w in enumerate(list(result.words)[1 : 1 + self.frames]):
+                if w < 0:
+                    continue
+                frame = self.first_frame + t
+                j = i
+                while j < len(tokens) and tokens[j].first_frame <= frame:
+                    j += 1
+                if j > i:
+                    groups.append((self.search.word_dict.get_entry(w), j - i))
+                i = j
+            groups.append(("", len(tokens) - i))  # tokens of no finished word: untimed
+        if realign:
+            tokens = align_tokens(self.log_probs[0], ids, self.d.blank_id, self.first_frame)
+        return timed_words(tokens, groups, self.d.frame_shift_s), tokens
 
     def partial(self) -> Partial | None:
         if not self.frames:
@@ -353,7 +347,7 @@ class _BeamUtterance:
         best = self._best()
         if best is None:
             return Decoded([], ())
-        words, tokens = self._words(best)
+        words, tokens = self._words(best, realign=True)
         return Decoded(words, tuple(t.id for t in tokens))
 
 

@@ -160,6 +160,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "transcripts named in the checkpoint, as `mtspeech evaluate --lm auto` does")
     parser.add_argument("--beam-size", type=int, default=10)
     parser.add_argument("--lm-weight", type=float, default=0.5)
+    parser.add_argument("--backend", choices=["torch", "onnx"], default="torch",
+                        help="what runs the encoder and heads: PyTorch, or the ONNX export under onnxruntime "
+                             "(features and token decoding stay the same)")
+    parser.add_argument("--onnx-dir", default=None,
+                        help="with --backend onnx: a `mtspeech export onnx` folder of this checkpoint "
+                             "(default: export at startup into a temporary folder)")
+    parser.add_argument("--int8", action="store_true", help="with --backend onnx: run the int8 (quantized) graph")
     parser.add_argument("--log-level", default="info")
 
 
@@ -183,6 +190,13 @@ def main(args: argparse.Namespace) -> int:
     try:
         recognizer = load_recognizer(args.model, streaming, args.device, decoder=args.decoder, lm=args.lm,
                                      beam_size=args.beam_size, lm_weight=args.lm_weight)
+        if args.backend == "onnx":
+            from mtspeech.export.runtime import onnx_step_for
+
+            recognizer = recognizer.with_encoder_step(onnx_step_for(
+                recognizer.model, args.model, streaming.chunk_frames, streaming.left_chunks, args.onnx_dir, args.int8))
+        elif args.int8 or args.onnx_dir:
+            raise ValueError("--int8 and --onnx-dir apply to --backend onnx only")
     except ValueError as e:
         log.error("mtspeech serve: %s", e)
         return 2

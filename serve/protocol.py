@@ -8,6 +8,8 @@ WebSocket `/v1/stream` (see docs/server.md):
     server → {"type": "partial", "text", "stable", "unstable"}  the utterance in progress:
                                               `stable` words only ever extend, `unstable` may change
     server → {"type": "final", "text", "start", "end", "words": [...]}   times in seconds
+    server → {"type": "activity", "start", "frame_s", "speech": [...]}  per chunk, if asked for:
+                                              the VAD head's p(speech) of each encoder frame
     server → {"type": "error", "code", "message"}
     server → {"type": "end"}                  nothing more follows; the server closes
 
@@ -17,13 +19,15 @@ official `openai` client reports them as it does for OpenAI itself.
 
 from __future__ import annotations
 
+import dataclasses
 from enum import Enum
 from typing import Annotated, Literal, Union
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from mtspeech.streaming import FinalEvent, PartialEvent
+from mtspeech.endpoint import EndpointConfig
+from mtspeech.streaming import FinalEvent, PartialEvent, SpeechActivityEvent
 
 ENCODINGS = {"pcm_s16le": (np.dtype("<i2"), 32768.0), "f32le": (np.dtype("<f4"), 1.0)}
 
@@ -56,6 +60,33 @@ class ErrorCode(str, Enum):
 
 # ----------------------------------------------------------------------------- client → server
 
+# Bounds of a stream's endpoint rules. A silence rule longer than 30 s never fires in speech
+# anyone waits for, and an utterance is bounded because a partial re-renders it whole and a
+# beam decoder keeps its log-probs: past 60 s a stream costs more per chunk than it should.
+MAX_ENDPOINT_SILENCE_S = 30.0
+MAX_UTTERANCE_S = 60.0
+
+
+class EndpointRules(BaseModel):
+    """A stream's endpoint rules (`start.endpoint`), in seconds of audio; a field left out keeps
+    the server's default (docs/server.md, Endpointing). Non-finite, non-positive or larger than
+    the bounds above is `bad_message`."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    # rule 2: trailing non-speech after something was decoded ends the utterance (a final)
+    silence_after_speech_s: float | None = Field(default=None, gt=0, le=MAX_ENDPOINT_SILENCE_S)
+    # rule 1: trailing non-speech with nothing decoded drops the empty utterance
+    silence_without_speech_s: float | None = Field(default=None, gt=0, le=MAX_ENDPOINT_SILENCE_S)
+    # rule 3: an utterance this long is finalized whatever follows
+    max_utterance_s: float | None = Field(default=None, gt=0, le=MAX_UTTERANCE_S)
+
+    def apply(self, default: EndpointConfig) -> EndpointConfig:
+        """`default` with the fields given here replaced."""
+        given = {"rule2_trailing_silence_s": self.silence_after_speech_s,
+                 "rule1_trailing_silence_s": self.silence_without_speech_s,
+                 "rule3_max_utterance_s": self.max_utterance_s}
+        return dataclasses.replace(default, **{k: v for k, v in given.items() if v is not None})
+
 
 class StartMessage(BaseModel):
     """Opens a stream. Audio frames after it are in `encoding` at `sample_rate` Hz, mono."""
@@ -69,6 +100,10 @@ class StartMessage(BaseModel):
     # The token decoder of this stream (None: the server's default). Only decoders the server
     # was started with are accepted (`ws.py` answers `bad_message` otherwise).
     decoder: Literal["greedy", "beam", "phones"] | None = None
+    # This stream's endpoint rules (None: the server's); see EndpointRules.
+    endpoint: EndpointRules | None = None
+    # Also send the VAD head's per-frame p(speech) as `activity` messages (a live display).
+    speech_activity: bool = False
     # For browsers, which cannot set an Authorization header on a WebSocket. Never logged.
     api_key: str | None = Field(default=None, max_length=1024, repr=False)
 
@@ -112,6 +147,16 @@ class FinalMessage(BaseModel):
     words: list[WordOut]
 
 
+class ActivityMessage(BaseModel):
+    """The VAD head's p(speech) of each encoder frame of one chunk: frame i covers
+    [start + i * frame_s, start + (i + 1) * frame_s) seconds of the stream."""
+
+    type: Literal["activity"] = "activity"
+    start: float
+    frame_s: float
+    speech: list[float]
+
+
 class ErrorMessage(BaseModel):
     type: Literal["error"] = "error"
     code: ErrorCode
@@ -123,15 +168,17 @@ class EndMessage(BaseModel):
 
 
 ServerMessage = Annotated[
-    Union[PartialMessage, FinalMessage, ErrorMessage, EndMessage], Field(discriminator="type")
+    Union[PartialMessage, FinalMessage, ActivityMessage, ErrorMessage, EndMessage], Field(discriminator="type")
 ]
 SERVER_MESSAGE = TypeAdapter(ServerMessage)
 
 
-def event_message(event: PartialEvent | FinalEvent) -> PartialMessage | FinalMessage:
+def event_message(event: PartialEvent | FinalEvent | SpeechActivityEvent) -> PartialMessage | FinalMessage | ActivityMessage:
     """A recognizer event as its wire message."""
     if isinstance(event, PartialEvent):
         return PartialMessage(text=event.text, stable=event.stable, unstable=event.unstable)
+    if isinstance(event, SpeechActivityEvent):
+        return ActivityMessage(start=event.start, frame_s=event.frame_shift_s, speech=list(event.speech))
     return FinalMessage(
         text=event.text,
         start=event.start,

@@ -83,7 +83,7 @@ class StreamConnection:
             await self.ws.send_text(msg.model_dump_json())
             if isinstance(item, P.ErrorMessage):
                 m.errors.labels(item.code.value).inc()
-            elif out.since is not None:
+            elif out.since is not None and msg.type in ("partial", "final"):
                 hist = m.partial_latency if msg.type == "partial" else m.final_latency
                 hist.observe(time.monotonic() - out.since)
         await self.ws.send_text(P.EndMessage().model_dump_json())
@@ -195,9 +195,18 @@ class StreamConnection:
                        f"decoder {start.decoder!r} is not available on this server (it has {sorted(decoders)}; "
                        "'beam' and 'phones' need the server started with --decoder/--lm, 'phones' a phone head)")
             return
+        recognizer = self.server.recognizer
+        endpoint = None
+        if start.endpoint is not None:
+            try:  # the protocol bounded each field; EndpointConfig checks what remains
+                endpoint = start.endpoint.apply(recognizer.config.endpoint)
+            except ValueError as e:
+                self.error(P.ErrorCode.bad_message, f"invalid 'start' message: endpoint: {e}")
+                return
         self.start = start
-        stream = self.server.recognizer.new_stream(start.sample_rate, endpointing=start.endpointing,
-                                                   interim=start.interim_results, decoder=start.decoder)
+        stream = recognizer.new_stream(start.sample_rate, endpointing=start.endpointing,
+                                       interim=start.interim_results, decoder=start.decoder,
+                                       endpoint=endpoint, speech_activity=start.speech_activity)
         self.job = self.server.batcher.add(stream, outbox=self.outbox)
 
     async def _on_audio(self, data: bytes) -> None:

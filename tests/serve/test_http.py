@@ -120,3 +120,32 @@ def test_official_openai_client_round_trip(make_server, recognizer, tmp_path):
     with open(path, "rb") as f, pytest.raises(openai.AuthenticationError):
         bad.audio.transcriptions.create(model="mtspeech", file=f)
     assert httpx.get(f"http://{addr}/healthz").json()["status"] == "ok"
+
+
+def test_verbose_json_honours_timestamp_granularities(make_server, recognizer, tmp_path):
+    """OpenAI's rule: verbose_json carries `segments` by default, `words` only when asked for
+    (`timestamp_granularities[]`), and exactly the granularities asked for."""
+    addr, _ = make_server()
+    wav = signal(2.5, seed=6)
+    path = tmp_path / "a.wav"
+    path.write_bytes(wav_bytes(wav))
+    finals = recognizer.transcribe(wav, endpointing=True)
+    words = [w for f in finals for w in f.words]
+    assert words
+    api = openai.OpenAI(base_url=f"http://{addr}/v1", api_key="any", max_retries=0, timeout=30)
+
+    def ask(**kw):
+        with open(path, "rb") as f:
+            return api.audio.transcriptions.create(model="mtspeech", file=f, response_format="verbose_json", **kw)
+
+    only_words = ask(timestamp_granularities=["word"])
+    assert only_words.segments is None
+    assert [(w.word, w.start, w.end) for w in only_words.words] == [(w.word, w.start, w.end) for w in words]
+    only_segments = ask(timestamp_granularities=["segment"])
+    assert only_segments.words is None
+    assert [(s.start, s.end, s.text) for s in only_segments.segments] == [(f.start, f.end, f.text) for f in finals]
+    default = ask()
+    assert default.words is None and len(default.segments) == len(finals)
+    both = ask(timestamp_granularities=["segment", "word"])
+    assert len(both.segments) == len(finals) and len(both.words) == len(words)
+    assert all(s.start <= s.end for s in both.segments) and all(w.start < w.end for w in both.words)
