@@ -19,6 +19,7 @@ import sys
 
 import torch
 import yaml
+from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
 from mtspeech.experiment import experiment_from_dict
 from mtspeech.model import MultiTaskModel
@@ -76,6 +77,32 @@ def crashing_save(original):
     return save
 
 
+def logged_collectives(original_init):
+    """Record every collective this rank calls: the trainer's own all-reduces and each DDP
+    gradient bucket (through a comm hook), with where in the run it happened. In step, both
+    ranks record the same sequence; a rank that skipped alone shifts its sequence, which can
+    otherwise pass unnoticed (gloo pairs unrelated collectives of equal size)."""
+    def note(trainer, what):
+        with open(record, "a") as f:
+            f.write(json.dumps({"rank": rank, "collective": [trainer.epoch, trainer.batches_done, what]}) + "\n")
+
+    def init(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        if self.ddp is not None:
+            def hook(state, bucket):
+                note(self, f"grad bucket {bucket.index()}")
+                return allreduce_hook(None, bucket)
+            self.ddp.register_comm_hook(None, hook)
+        all_reduce = torch.distributed.all_reduce
+
+        def logged_all_reduce(tensor, *a, **kw):
+            note(self, f"all_reduce {tuple(tensor.shape)}")
+            return all_reduce(tensor, *a, **kw)
+        torch.distributed.all_reduce = logged_all_reduce
+    return init
+
+
+Trainer.__init__ = logged_collectives(Trainer.__init__)
 Trainer._loader = faulty_loader(Trainer._loader)
 Trainer.save = crashing_save(Trainer.save)
 MultiTaskModel.forward = nan_forward

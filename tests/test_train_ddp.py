@@ -1,7 +1,9 @@
 """DDP on 2 CPU processes (gloo): no rank ever skips a step alone. Each fault hits rank 1
-only. Before every skip decision was agreed across ranks, an unreadable batch hung rank 0 in
-the gradient all-reduce (the timeout turns a hang into a failure), and a NaN loss or a batch
-without labels silently paired unrelated collectives, so the ranks' models diverged."""
+only, on the batch that closes an accumulation window (the one whose backward all-reduces).
+On the trainer before skip decisions were agreed across ranks (d778b6c), all three faults
+hang rank 0 in the gradient all-reduce, and the timeout turns the hang into a failure (checked
+by running this file against that trainer). A comm hook also records every collective each
+rank calls, so a shift that gloo would pair silently fails the test too."""
 
 from __future__ import annotations
 
@@ -51,20 +53,37 @@ def _assert_ranks_identical(record: Path) -> None:
     assert ends[0]["params_sha"] == ends[1]["params_sha"], "the ranks' models diverged"
 
 
+def _assert_collectives_in_step(record: Path) -> None:
+    """Both ranks called the same collectives at the same points of the run."""
+    calls = {0: [], 1: []}
+    for r in _records(record):
+        if "collective" in r:
+            calls[r["rank"]].append(r["collective"])
+    assert calls[0], "no collective was recorded"
+    first_diff = next((i for i, (a, b) in enumerate(zip(calls[0], calls[1])) if a != b), None)
+    assert calls[0] == calls[1], (
+        f"the ranks fell out of step: {len(calls[0])} vs {len(calls[1])} collectives, first "
+        f"difference at #{first_diff}: {calls[0][first_diff:first_diff + 2] if first_diff is not None else ''}"
+        f" vs {calls[1][first_diff:first_diff + 2] if first_diff is not None else ''}")
+
+
 def _config(manifests, exp_dir: Path, **train) -> dict:
     return tiny_experiment(manifests, exp_dir, train={"epochs": 2, **train}, optim={"accum_steps": 2})
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("fault", ["nan", "nolabels", "unreadable"])
+# Batch 2 is the one that closes the first accumulation window (accum_steps 2), i.e. the
+# batch whose backward all-reduces: a fault on a no-sync micro-batch shifts no collective.
 def test_a_fault_on_one_rank_is_skipped_by_all_ranks(prepared_manifests, tmp_path, fault):
-    done, record = _run(_config(prepared_manifests, tmp_path / fault), tmp_path, fault, at_batch=3)
+    done, record = _run(_config(prepared_manifests, tmp_path / fault), tmp_path, fault, at_batch=2)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / fault / "final.pt").exists()
     counts = _batches_per_rank_and_epoch(record)
     for epoch in (0, 1):
         assert counts[(0, epoch)] == counts[(1, epoch)] > 0, counts
     _assert_ranks_identical(record)
+    _assert_collectives_in_step(record)
     if fault == "nan":
         assert "non-finite loss" in done.stderr
 
