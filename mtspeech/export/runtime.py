@@ -95,12 +95,14 @@ def onnx_step_for(model: nn.Module, checkpoint: str | Path, chunk_frames: int, l
     """The ONNX step `mtspeech serve --backend onnx` runs: from `export_dir` (checked against
     `checkpoint`), or, without one, exported (and quantized, with `int8`) into a temporary
     folder now, which takes seconds to a minute."""
-    if export_dir is None:
-        from mtspeech.export.quantize import quantize_int8
+    if export_dir is not None:
+        return OnnxEncoderStep(export_dir, int8=int8, checkpoint=checkpoint)
+    from mtspeech.export.quantize import quantize_int8
 
-        export_dir = Path(tempfile.mkdtemp(prefix="mtspeech-onnx-"))
-        log.info("exporting %s to ONNX in %s (pass --onnx-dir to reuse an export)", checkpoint, export_dir)
-        export_onnx(model, export_dir, chunk_frames, left_chunks, checkpoint)
+    # The session holds the graph in memory once built, so the folder can go right after.
+    with tempfile.TemporaryDirectory(prefix="mtspeech-onnx-") as tmp:
+        log.info("exporting %s to ONNX (pass --onnx-dir to reuse an export)", checkpoint)
+        export_onnx(model, tmp, chunk_frames, left_chunks, checkpoint)
         if int8:
-            quantize_int8(export_dir)
-    return OnnxEncoderStep(export_dir, int8=int8, checkpoint=checkpoint)
+            quantize_int8(tmp)
+        return OnnxEncoderStep(tmp, int8=int8, checkpoint=checkpoint)

@@ -111,3 +111,23 @@ def test_export_command_rejects_a_missing_checkpoint(tmp_path, caplog):
 
     assert main(["export", "onnx", "--model", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "o")]) == 2
     assert "missing.pt does not exist" in caplog.text
+
+
+def test_serve_time_export_leaves_no_folder_behind(tiny_export, monkeypatch, tmp_path):
+    """`serve --backend onnx` without --onnx-dir exports into a temporary folder, removed once
+    the session holds the graph; the step still runs."""
+    import tempfile
+
+    from mtspeech.export.runtime import onnx_step_for
+
+    model, _ = tiny_export
+    checkpoint = tmp_path / "model.pt"  # only hashed, to name the export's source
+    checkpoint.write_bytes(b"weights")
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    step = onnx_step_for(model, checkpoint, CHUNK, LEFT, export_dir=None)
+    assert list(scratch.iterdir()) == []
+    feats = [features(model, RECORDINGS[0])]
+    diff = logit_parity(TorchEncoderStep(model, CHUNK, LEFT), step, feats)
+    assert max(diff.values()) < 1e-4, diff
