@@ -55,6 +55,9 @@ class TrainConfig:
 
     epochs: int = 30
     max_steps: int | None = None
+    # Stop once the main task's dev `best_metric` has not improved on its earlier best for this
+    # many epochs (None: train all `epochs`). `epochs` stays the cap the LR schedule spans.
+    patience: int | None = None
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str = "auto"  # auto (bf16 on CUDA) | off | bf16 | fp16
@@ -69,6 +72,8 @@ class TrainConfig:
     relatedness_lookahead_lr: float = 0.01  # SGD step of the lookahead affinity (linear regime: docs/ablation.md)
 
     def __post_init__(self) -> None:
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(f"train.patience={self.patience}: expected an epoch count >= 1, or null (off)")
         if self.relatedness_every < 0 or self.relatedness_lookahead_lr <= 0:
             raise ValueError(f"train.relatedness_every={self.relatedness_every} must be >= 0 (0: off) and "
                              f"train.relatedness_lookahead_lr={self.relatedness_lookahead_lr} > 0")

@@ -306,7 +306,7 @@ class Trainer:
         """Train to the configured length; returns the last dev results."""
         exp = self.exp
         module = self.ddp or self.model
-        while self.epoch < exp.train.epochs and self.step < self.total_steps:
+        while self.epoch < exp.train.epochs and self.step < self.total_steps and not self._plateaued():
             self.sampler.set_epoch(self.epoch)
             self.model.train()
             # Resumed at the very end of an epoch: nothing left to draw (the sampler would
@@ -481,6 +481,20 @@ class Trainer:
             self.step_log.write(json.dumps(record) + "\n")
             self.step_log.flush()
         return results
+
+    def _plateaued(self) -> bool:
+        """Early stop: the main task's dev metric of the last `patience` epochs is no better than
+        its best before them. Dev results are summed over ranks, so every rank agrees; the
+        history is in `last.pt`, so a resumed run that had stopped stays stopped."""
+        patience, key = self.exp.train.patience, self._best_key()
+        scores = [h[key] for h in self.history if key in h]
+        if not patience or len(scores) <= patience:
+            return False
+        stop = min(scores[-patience:]) >= min(scores[:-patience])
+        if stop and self.rt.main:
+            log.info("early stop after epoch %d: dev %s has not improved for %d epochs (best %.4g)",
+                     self.epoch, key, patience, min(scores))
+        return stop
 
     def _best_key(self) -> str:
         return f"{self.exp.asr_task}/{self.exp.train.best_metric}"

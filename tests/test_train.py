@@ -226,3 +226,24 @@ def test_uncertainty_log_variances_get_no_weight_decay(prepared_manifests, tmp_p
             assert ids == log_vars and group["weight_decay"] == 0.0
         else:
             assert group["weight_decay"] == trainer.exp.optim.weight_decay > 0
+
+
+def test_patience_stops_when_the_dev_metric_stops_improving_and_a_resume_stays_stopped(
+        prepared_manifests, tmp_path, monkeypatch):
+    # Dev CER by epoch: improves twice, then flat. With patience 2 the run stops after epoch 4
+    # (epochs 3-4 no better than epoch 2's 0.5), well before the cap of 8.
+    cer = iter([0.9, 0.5, 0.5, 0.6, 0.1, 0.1, 0.1, 0.1])
+    monkeypatch.setattr(Trainer, "evaluate_dev", lambda self: {"asr/cer": next(cer)})
+    cfg = tiny_config(prepared_manifests, tmp_path / "exp", epochs=8, patience=2, average_best=0)
+    trainer = Trainer(experiment_from_dict(cfg))
+    trainer.fit()
+    assert trainer.epoch == 4 and [h["asr/cer"] for h in trainer.history] == [0.9, 0.5, 0.5, 0.6]
+    again = Trainer(experiment_from_dict(cfg))  # resumes from last.pt: nothing more to train
+    assert again.epoch == 4
+    again.fit()
+    assert again.epoch == 4 and again.step == trainer.step
+
+
+def test_patience_must_be_positive(prepared_manifests, tmp_path):
+    with pytest.raises(ValueError, match="train.patience=0"):
+        experiment_from_dict(tiny_config(prepared_manifests, tmp_path, patience=0))
