@@ -92,6 +92,8 @@ _COMMANDS = [
     _add_module_command("evaluate", "mtspeech.evaluate", "evaluate a checkpoint on a manifest (every task)"),
     _add_module_command("embed-lm", "mtspeech.embed_lm", "store a word LM inside a checkpoint (for --lm auto)"),
     _add_module_command("ablate", "mtspeech.ablate", "train and evaluate a grid of task sets × seeds; report"),
+    _add_module_command("analyze", "mtspeech.analyze",
+                        "word accuracy by training-sentence count, from evaluate's hypotheses"),
     _add_module_command("export", "mtspeech.export.command",
                         "export the streaming encoder and heads to ONNX (optionally int8)"),
     _add_module_command("transcribe", "mtspeech.client", "transcribe files locally or through a server"),
