@@ -45,6 +45,9 @@ for split in test-snr10 test-snr0 test-unseen-snr10 test-unseen-snr0; do
   [ -f "$EXP/eval-$split/results.json" ] || \
     mtspeech evaluate "$EXP/final.pt" "$DATA/$split.jsonl" --out "$EXP/eval-$split"
 done
+# Word accuracy on test by how many training sentences contain the word (README table).
+mtspeech analyze --train "$DATA/train.jsonl" --manifest "$DATA/test.jsonl" \
+  --greedy "$EXP/eval-test" --lm "$EXP/eval-test-lm"
 python - "$EXP" <<'PY'
 import json, sys
 exp = sys.argv[1]
