@@ -3,7 +3,7 @@
 The peers are optional extras (`MTSPEECH_PEERS=1 bash scripts/setup.sh`); both ship their
 weights inside their packages, so nothing is downloaded. No test imports this file.
 
-    python benchmarks/peers.py --model /work/demo/exp/final.pt --data /work/demo/data --out peers.json
+    python benchmarks/peers.py --model exp/synthetic/all/final.pt --data data/synthetic --out peers.json
 
 VAD: frame F1 at 10 ms resolution against the manifests' exact speech segments, pooled over
 every frame of a split (`metrics.frame_prf`, the F1 `mtspeech evaluate` reports). 10 ms frame
@@ -120,7 +120,7 @@ class Head:
         if self.vad is not None:
             probs = self.vad.speech_probs(logits[self.vad.name].float())[0].numpy()
         if self.speaker is not None:
-            emb = self.speaker.embed(task_input(self.speaker, enc.layers), enc.lens).float()[0].numpy()
+            emb = self.speaker.embed(task_input(self.speaker, enc), enc.lens).float()[0].numpy()
         return probs, emb, int(enc.lens[0])
 
 

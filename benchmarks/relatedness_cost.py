@@ -6,8 +6,8 @@ cosines and lookahead affinities at several lookahead learning rates, to choose
 `train.relatedness_lookahead_lr` (an affinity should be well above float noise and still
 close to the first-order estimate lr·g_j·g_i / L_i, i.e. about proportional to lr).
 
-    python benchmarks/relatedness_cost.py --model /work/demo/exp/final.pt \
-        --manifest /work/demo/data/train.jsonl --batches 5 --out relatedness_cost.json
+    python benchmarks/relatedness_cost.py --model exp/synthetic/all/final.pt \
+        --manifest data/synthetic/train.jsonl --batches 5 --out relatedness_cost.json
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Error of the word-time scheme (mtspeech/decode.py) against the synthetic corpus's exact boundaries.
 
-    python benchmarks/word_times.py --model /work/demo/exp/final.pt \
-        --manifest /work/demo/data/test.jsonl --out word_times.json
+    python benchmarks/word_times.py --model exp/synthetic/all/final.pt \
+        --manifest data/synthetic/test.jsonl --out word_times.json
 
 Ground truth. `mtspeech synth` renders each sentence as 1-3 phrases (espeak-ng, silence trimmed
 at 0.2 % of the peak) with pauses between them, and its manifest's `speech` segments are those

@@ -175,7 +175,7 @@ class _Speaker:
         self.correct = self.known = 0
 
     def add(self, utts, logits, enc, rows, frame_shift_s):
-        emb = self.task.embed(task_input(self.task, enc.layers), enc.lens).float().cpu().numpy()
+        emb = self.task.embed(task_input(self.task, enc), enc.lens).float().cpu().numpy()
         pred = logits.argmax(-1).cpu().tolist()
         for u, e, p, row in zip(utts, emb, pred, rows):
             rec = {"predicted": self.task.speakers[p], "ref": u.speaker}

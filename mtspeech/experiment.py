@@ -154,6 +154,10 @@ def experiment_from_dict(data: Mapping) -> Experiment:
     exp = Experiment(encoder=_Tagged.wrap(kind, encoder_cfg), tasks=tasks, weighting=weighting,
                      **{f.name: getattr(partial, f.name) for f in dataclasses.fields(partial)})
     exp.asr_task  # noqa: B018 — validate now, not mid-training
+    towers = getattr(encoder_cfg, "towers", None)
+    unknown = [t for t in (towers.tasks if towers is not None else ()) if t not in tasks]
+    if unknown:
+        raise ConfigError(f"encoder.towers.tasks: {unknown} are not configured tasks ({sorted(tasks)})")
     if exp.train.best_metric and not exp.data.dev:
         pass  # without dev data, "best" falls back to the training loss (see train.py)
     return exp
@@ -163,6 +167,8 @@ def experiment_to_dict(exp: Experiment) -> dict:
     """Experiment → plain dict that `experiment_from_dict` reads back."""
     out = to_dict(exp)
     out["encoder"] = {"kind": exp.encoder.kind, **to_dict(exp.encoder.cfg)}
+    if out["encoder"].get("towers", 0) is None:  # without towers, the dict of configs that predate them:
+        del out["encoder"]["towers"]              # an interrupted ablation grid still resumes (ablate.py)
     return out
 
 
@@ -208,8 +214,15 @@ def build_model(exp: Experiment, labels: dict):
 
     encoder = ENCODERS[exp.encoder.kind](exp.encoder.cfg)
     tasks = {name: TASKS[cfg.kind](cfg, encoder.dim, labels[name]) for name, cfg in exp.tasks.items()}
+    towers = getattr(encoder, "towers", None)
     for name, task in tasks.items():
-        attach_layer_mix(task, encoder.num_layers, f"tasks.{name}.layer")  # checks the index; `learned` gets its mix
+        tower_layers = towers.depth if towers is not None and name in towers.tasks else 0
+        # checks the index (a tower task must read its tower); `learned` gets its mix
+        attach_layer_mix(task, encoder.num_layers, f"tasks.{name}.layer", tower_layers)
+        if tower_layers and not towers.cfg.cross_stitch and task.layer not in (LEARNED, -1, encoder.num_layers - 1):
+            raise ConfigError(f"tasks.{name}.layer: {task.layer} is below the top of {name}'s tower, whose blocks "
+                              "above would get no gradient without cross-stitch (and stop DDP): read the top "
+                              "(-1), use fewer encoder.towers.layers, or set encoder.towers.cross_stitch")
         cfg = exp.tasks[name]
         if cfg.kind == "ctc" and task.layer != LEARNED:
             cfg.reading_layers(encoder.num_layers)  # validates the intermediate layers

@@ -69,7 +69,7 @@ class MultiTaskModel(nn.Module):
 
     def task_logits(self, enc: EncoderOutput) -> dict[str, torch.Tensor]:
         """Every task's logits from its own encoder layer (or its learned mix of all layers)."""
-        return {name: task(task_input(task, enc.layers), enc.lens) if task.layer == LEARNED
+        return {name: task(task_input(task, enc), enc.lens) if task.layer == LEARNED
                 else self._logits_at(enc, name, task.layer) for name, task in self.tasks.items()}
 
     def _logits_at(self, enc: EncoderOutput, name: str, layer: int) -> torch.Tensor:
@@ -78,7 +78,7 @@ class MultiTaskModel(nn.Module):
         index = layer % len(enc.layers)
         if (name, index) in enc.head_logits:
             return enc.head_logits[(name, index)]
-        return self.tasks[name](enc.layers[index], enc.lens)
+        return self.tasks[name](enc.task_layers(name)[index], enc.lens)  # its tower, if it has one
 
     def forward(
         self,

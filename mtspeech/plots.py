@@ -165,11 +165,14 @@ def plot_train_log(train_log: str | Path, out_png: str | Path, title: str | None
 def plot_learned(train_log: str | Path, out_png: str | Path, title: str | None = None) -> Path | None:
     """What a run learned besides its heads, from its `train_log.jsonl`, over steps: each
     auxiliary task's gradient cosine with the main task and its lookahead affinity on the
-    main task's loss (mtspeech/relatedness.py), and each `layer: learned` task's layer
-    weights (one panel per task, a line per layer). None (nothing drawn) if none was logged."""
+    main task's loss (mtspeech/relatedness.py), each `layer: learned` task's layer
+    weights (one panel per task, a line per layer), and the cross-stitch α of task towers
+    (encoders/towers.py: one panel per tower layer, a line per entry "to ← from").
+    None (nothing drawn) if none was logged."""
     cos: dict[str, dict[float, float]] = {}
     affinity: dict[tuple[str, str], dict[float, float]] = {}
     weights: dict[str, dict[str, dict[float, float]]] = {}
+    alphas: dict[str, dict[str, dict[float, float]]] = {}  # tower layer → "to ← from" → step → α
     for line in Path(train_log).read_text(encoding="utf-8").splitlines():
         rec = json.loads(line) if line.strip() else {}
         for key, value in rec.items():
@@ -180,6 +183,8 @@ def plot_learned(train_log: str | Path, out_png: str | Path, title: str | None =
                 affinity.setdefault((parts[2], parts[3]), {})[rec["step"]] = value
             elif parts[0] == "layer_weight" and len(parts) == 3:
                 weights.setdefault(parts[1], {}).setdefault(f"layer {parts[2]}", {})[rec["step"]] = value
+            elif parts[0] == "cross_stitch" and len(parts) == 4:
+                alphas.setdefault(parts[1], {}).setdefault(f"{parts[2]} ← {parts[3]}", {})[rec["step"]] = value
     # The main task is the one the affinities measure that has no cosine of its own.
     mains = {i for _, i in affinity} - set(cos)
     main = next(iter(mains)) if len(mains) == 1 else None
@@ -192,6 +197,9 @@ def plot_learned(train_log: str | Path, out_png: str | Path, title: str | None =
     for task, layers in weights.items():
         for layer, points in layers.items():
             by_line.setdefault(layer, {})[f"layer weights: {task}"] = sorted(points.items())
+    for layer, entries in alphas.items():
+        for entry, points in entries.items():
+            by_line.setdefault(entry, {})[f"cross-stitch α, tower layer {layer}"] = sorted(points.items())
     if not by_line:
         return None
     return plot_training_curves(by_line, out_png, ylabel="value", title=title or Path(train_log).parent.name)

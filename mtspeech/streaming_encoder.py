@@ -23,6 +23,7 @@ from typing import Iterable, Mapping, Protocol
 import torch
 from torch import nn
 
+from mtspeech.encoders import EncoderOutput
 from mtspeech.encoders.cache import EncoderCache
 from mtspeech.tasks.layer_mix import task_input
 
@@ -89,10 +90,9 @@ def head_tasks(model: nn.Module) -> dict[str, nn.Module]:
     return {role: task for role, task in found.items() if task is not None}
 
 
-def head_logits(heads: dict[str, nn.Module], layers: list[torch.Tensor], lens: torch.Tensor,
-                roles: Iterable[str]) -> dict[str, torch.Tensor]:
-    """role → logits of `heads[role]` on its input among the encoder `layers` (L × (B, c, D))."""
-    return {r: heads[r](task_input(heads[r], layers), lens) for r in roles}
+def head_logits(heads: dict[str, nn.Module], out: EncoderOutput, roles: Iterable[str]) -> dict[str, torch.Tensor]:
+    """role → logits of `heads[role]` on its input in the encoder output `out` (its layer, mix or tower)."""
+    return {r: heads[r](task_input(heads[r], out), out.lens) for r in roles}
 
 
 # ----------------------------------------------------------------------------- the torch step
@@ -121,4 +121,4 @@ class TorchEncoderStep:
                  roles: Iterable[str] = ("asr",)) -> tuple[ChunkOutput, EncoderCache]:
         """feats (B, N <= 4c+3, F) → (heads `roles` of the chunk, the new cache)."""
         out, cache = self.encoder.forward_chunk(feats, cache)
-        return ChunkOutput(head_logits(self.heads, out.layers, out.lens, roles), out.lens), cache
+        return ChunkOutput(head_logits(self.heads, out, roles), out.lens), cache

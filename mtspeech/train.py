@@ -29,6 +29,7 @@ from mtspeech.data.manifest import read_manifest
 from mtspeech.data.sampler import DurationBatchSampler
 from mtspeech.experiment import Experiment, build_model, experiment_to_dict, fit_labels
 from mtspeech.relatedness import RelatednessProbe
+from mtspeech.encoders.towers import cross_stitch_alphas, cross_stitch_param_group
 from mtspeech.tasks.layer_mix import layer_weights
 from mtspeech.weighting import build_weighting
 
@@ -120,7 +121,10 @@ class Trainer:
         o = exp.optim
         # The weighting's own parameters (uncertainty's log-variances) get no weight decay:
         # decay would pull every task's learned weight towards 1 for no reason.
-        groups = [{"params": list(self.model.parameters())}]
+        # Cross-stitch α (encoders/towers.py) trains at its own, higher rate, as Misra et al. do.
+        stitch = cross_stitch_param_group(self.model.encoder, o.lr)
+        own = {id(p) for p in stitch["params"]} if stitch else set()
+        groups = [{"params": [p for p in self.model.parameters() if id(p) not in own]}, *([stitch] if stitch else [])]
         if list(self.weighting.parameters()):
             groups.append({"params": list(self.weighting.parameters()), "weight_decay": 0.0})
         # The fused kernel is one pass over all parameters: on a 2-core CPU the default
@@ -424,7 +428,8 @@ class Trainer:
                   **{f"too_short/{k}": t.too_short for k, t in self.model.tasks.items()
                      if getattr(t, "too_short", 0)},
                   **{f"layer_weight/{t}/{k}": w for t, ws in layer_weights(self.model.tasks).items()
-                     for k, w in enumerate(ws)}}
+                     for k, w in enumerate(ws)},
+                  **cross_stitch_alphas(self.model.encoder)}
         for key, value in record.items():
             if key not in ("step", "epoch"):
                 self.tb.add_scalar(key, value, self.step)

@@ -6,6 +6,8 @@ left_chunks=None) -> EncoderOutput`, `init_cache`, `forward_chunk`, and the attr
 `dim`, `num_layers`, `subsampling`, `right_context`, `output_lens(x_lens)`, and
 `add_conditioner(layer, name, head, vocab_size)` (a CTC head whose posteriors feed the
 layers above `layer`; see `conditioning.py`).
+Their configs may split the top layers into per-task towers (`encoder.towers`; see
+`towers.py`); the encoder then has `towers` and a `cache_layers` larger than `num_layers`.
 
 Registered: `conformer` (streaming Conformer, the default) and `transformer` (baseline:
 same front end, masks and cache, no convolution module; also streaming-capable).
@@ -30,11 +32,23 @@ class EncoderOutput:
     head_logits: (task name, layer index >= 0) → logits (B, T', V) of the heads that
         condition the layers above them (see `conditioning.py`), for the losses to reuse.
         Empty without conditioning.
+    towers: task name → its tower's K outputs (B, T', D), bottom first, for an encoder with
+        task towers (`towers.py`); then `layers` is the trunk followed by the first tower.
+        Empty without towers. Read a task's layers with `task_layers`.
     """
 
     layers: list[torch.Tensor]
     lens: torch.Tensor
     head_logits: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict)
+    towers: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+
+    def task_layers(self, task: str | None) -> list[torch.Tensor]:
+        """The L layers (B, T', D) task `task` reads: the trunk then its own tower if it has
+        one, else `layers` (the trunk then the first tower; all of them without towers)."""
+        if task not in self.towers:
+            return self.layers
+        tower = self.towers[task]
+        return self.layers[: len(self.layers) - len(tower)] + tower
 
 
 # Imported after EncoderOutput: these modules import it from this package.

@@ -19,6 +19,9 @@ import torch
 class EncoderCache:
     """Streaming state for `L` layers, batch `B`.
 
+    `L` counts every block that runs: the encoder's layers, or with task towers
+    (`towers.py`) the trunk's blocks then each tower's, tower by tower (`encoder.cache_layers`).
+
     keys, values: (L, B, H, left_frames, Dh) rotated keys / values of the left context,
         oldest first; `left_frames = left_chunks * chunk_frames`.
     key_valid: (B, left_frames) bool, False where a slot holds no frame yet.

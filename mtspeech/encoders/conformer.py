@@ -29,13 +29,14 @@ from mtspeech.encoders.cache import EncoderCache
 from mtspeech.encoders.conditioning import Conditioner, condition
 from mtspeech.encoders.masks import attention_mask, padding_mask, sample_chunk
 from mtspeech.encoders.subsampling import RIGHT_CONTEXT, SUBSAMPLING, Conv2dSubsampling4, chunk_window, subsampled_lens
+from mtspeech.encoders.towers import Towers, TowersConfig
 
 
 @dataclass(frozen=True)
 class EncoderConfig:
     """Sizes and chunking shared by the streaming encoders. `left_chunks` limits left context
     during training (None = unlimited); `dynamic_left_chunks` samples it per batch in
-    0..left_chunks."""
+    0..left_chunks. `towers` splits the top layers per task (see `towers.py`; None: fully shared)."""
 
     input_dim: int = 80
     dim: int = 144
@@ -48,8 +49,11 @@ class EncoderConfig:
     left_chunks: int | None = None
     dynamic_left_chunks: bool = False
     subsampling_channels: int | None = None  # conv front-end width (None: dim)
+    towers: TowersConfig | None = None
 
     def __post_init__(self):
+        if self.towers is not None and self.towers.layers > self.layers:
+            raise ValueError(f"encoder.towers.layers={self.towers.layers} exceeds the encoder's {self.layers} layers")
         if self.dim % self.heads or (self.dim // self.heads) % 2:
             raise ValueError(f"dim {self.dim} must split into {self.heads} heads of even size (rotary pairs)")
         if self.max_chunk_frames < 1:
@@ -189,7 +193,9 @@ class ConformerEncoder(nn.Module):
     Attributes: `dim`, `num_layers`, `subsampling` (4), `right_context` (6 feature frames:
     a chunk of c encoder frames needs 4c+3 feature frames, the next starts 4c later),
     `conditioners` (layer index → task name → `Conditioner`; empty unless
-    `add_conditioner` was called, so checkpoints without conditioning load unchanged).
+    `add_conditioner` was called, so checkpoints without conditioning load unchanged),
+    `towers` (the per-task top layers of `towers.py`, or None: then `blocks` holds all L
+    blocks and the state dict has no tower keys; with towers, `blocks` is the L-K trunk).
     """
 
     Config = ConformerConfig
@@ -204,7 +210,9 @@ class ConformerEncoder(nn.Module):
         self.dim, self.num_layers = cfg.dim, cfg.layers
         self.heads, self.head_dim = cfg.heads, cfg.dim // cfg.heads
         self.front = Conv2dSubsampling4(cfg.input_dim, cfg.dim, cfg.subsampling_channels)
-        self.blocks = nn.ModuleList(self.make_block(cfg) for _ in range(cfg.layers))
+        trunk = cfg.layers - (cfg.towers.layers if cfg.towers is not None else 0)
+        self.blocks = nn.ModuleList(self.make_block(cfg) for _ in range(trunk))
+        self.towers = Towers(cfg.towers, lambda: self.make_block(cfg), trunk) if cfg.towers is not None else None
         self.conditioners = nn.ModuleDict()
 
     def add_conditioner(self, layer: int, name: str, head: nn.Module, vocab_size: int) -> None:
@@ -218,6 +226,11 @@ class ConformerEncoder(nn.Module):
             raise ValueError(
                 f"cannot condition on layer {layer} of a {self.num_layers}-layer encoder: it needs a "
                 f"block above it (layers 0..{self.num_layers - 2}, or {-self.num_layers}..-2)")
+        if index >= len(self.blocks):  # a tower layer: which towers' inputs would it feed?
+            raise ValueError(
+                f"cannot condition on layer {layer}: it lies in the task towers (layers {len(self.blocks)}.."
+                f"{self.num_layers - 1}); conditioning inside towers is not supported, condition a trunk "
+                f"layer 0..{len(self.blocks) - 1} (the trunk's top feeds every tower)")
         group = self.conditioners[str(index)] if str(index) in self.conditioners else nn.ModuleDict()
         if name in group:
             raise ValueError(f"{name!r} already conditions layer {index}")
@@ -227,6 +240,11 @@ class ConformerEncoder(nn.Module):
     def make_block(self, cfg) -> nn.Module:
         """One block; the block's forward signature is ConformerBlock's."""
         return ConformerBlock(cfg)
+
+    @property
+    def cache_layers(self) -> int:
+        """Layers of streaming state: the trunk's blocks, then every tower's (`Towers.cache_slot`)."""
+        return len(self.blocks) + (self.towers.cache_slots if self.towers is not None else 0)
 
     @property
     def conv_history_frames(self) -> int:
@@ -254,7 +272,7 @@ class ConformerEncoder(nn.Module):
         h, lens = self.front(x, x_lens)
         b, t, _ = h.shape
         if t == 0:  # every item shorter than one receptive field (7 feature frames)
-            return EncoderOutput(layers=[h] * self.num_layers, lens=lens)
+            return self._empty_output(h, lens)
         if self.training and self.cfg.dynamic_chunk and chunk_frames is None:
             chunk_frames, left_chunks = sample_chunk(
                 self.cfg.max_chunk_frames, self.cfg.left_chunks, t, self.cfg.dynamic_left_chunks
@@ -263,11 +281,32 @@ class ConformerEncoder(nn.Module):
         pad = ~padding_mask(lens, t).unsqueeze(-1)
         positions = torch.arange(t, device=h.device).expand(b, t)
         layers, head_logits = [], {}
+
+        def step(_slot: int, block: nn.Module, h: torch.Tensor) -> torch.Tensor:
+            return block(h, positions, mask)[0].masked_fill(pad, 0.0)
+
         for i, block in enumerate(self.blocks):
-            h = block(h, positions, mask)[0].masked_fill(pad, 0.0)
+            h = step(i, block, h)
             layers.append(h)
             h = condition(self.conditioners, i, h, lens, pad, head_logits)
-        return EncoderOutput(layers=layers, lens=lens, head_logits=head_logits)
+        return self._output(layers, h, lens, head_logits, step)
+
+    def _output(self, trunk: list[torch.Tensor], h: torch.Tensor, lens: torch.Tensor,
+                head_logits: dict, step) -> EncoderOutput:
+        """The trunk's layers and (with towers) each tower's, run on the trunk output h (B,T',D).
+
+        `layers` is the trunk followed by the first tower: what tasks without a tower read.
+        """
+        if self.towers is None:
+            return EncoderOutput(layers=trunk, lens=lens, head_logits=head_logits)
+        towers = self.towers(h, step)
+        return EncoderOutput(layers=trunk + towers[self.towers.tasks[0]], lens=lens,
+                             head_logits=head_logits, towers=towers)
+
+    def _empty_output(self, h: torch.Tensor, lens: torch.Tensor) -> EncoderOutput:
+        """The output for inputs too short for one encoder frame: every layer is h (B,0,D)."""
+        towers = {} if self.towers is None else {t: [h] * self.towers.depth for t in self.towers.tasks}
+        return EncoderOutput(layers=[h] * self.num_layers, lens=lens, towers=towers)
 
     def init_cache(
         self, batch: int, chunk_frames: int, left_chunks: int, device: torch.device | str | None = None
@@ -285,7 +324,7 @@ class ConformerEncoder(nn.Module):
             raise ValueError(f"init_cache needs chunk_frames >= 1 and left_chunks >= 0, got {chunk_frames}, {left_chunks}")
         param = next(self.parameters())
         return EncoderCache.empty(
-            num_layers=self.num_layers, batch=batch, heads=self.heads, head_dim=self.head_dim,
+            num_layers=self.cache_layers, batch=batch, heads=self.heads, head_dim=self.head_dim,
             dim=self.dim, conv_history=self.conv_history_frames, chunk_frames=chunk_frames,
             left_chunks=left_chunks, device=device if device is not None else param.device, dtype=param.dtype,
         )
@@ -309,12 +348,15 @@ class ConformerEncoder(nn.Module):
             raise ValueError(f"forward_chunk got {n} feature frames; chunks of {c} frames take at most {window} (4c+3)")
         if cache.batch_size != b:
             raise ValueError(f"cache holds {cache.batch_size} streams but x has {b} rows")
+        if cache.keys.shape[0] != self.cache_layers:
+            raise ValueError(f"cache holds {cache.keys.shape[0]} layers of state but this encoder needs "
+                             f"{self.cache_layers} (trunk + towers); build it with init_cache")
         if chunk_lens is None:
             chunk_lens = torch.full((b,), n, dtype=torch.long, device=x.device)
         h, lens = self.front(x, chunk_lens)
         t = h.shape[1]
         if t == 0:
-            return EncoderOutput(layers=[h] * self.num_layers, lens=lens), cache
+            return self._empty_output(h, lens), cache
 
         left = cache.left_frames
         valid = padding_mask(lens, t)  # (B, t)
@@ -329,19 +371,25 @@ class ConformerEncoder(nn.Module):
         keep_conv = lens.unsqueeze(1) + torch.arange(self.conv_history_frames, device=h.device)
         pad = ~valid.unsqueeze(-1)
 
-        layers, keys, values, convs, head_logits = [], [], [], [], {}
+        idx = keep[:, None, :, None].expand(b, self.heads, left, self.head_dim)
+        keys, values, convs = {}, {}, {}  # cache slot → its new entries (towers run layer-major)
+
+        def step(slot: int, block: nn.Module, h: torch.Tensor) -> torch.Tensor:
+            h, k, v, conv_in = block(h, positions, mask, cache.keys[slot], cache.values[slot], cache.conv[slot])
+            keys[slot], values[slot] = k.gather(2, idx), v.gather(2, idx)
+            convs[slot] = conv_in.gather(2, keep_conv[:, None, :].expand(b, conv_in.shape[1], -1))
+            return h.masked_fill(pad, 0.0)
+
+        layers, head_logits = [], {}
         for i, block in enumerate(self.blocks):
-            h, k, v, conv_in = block(h, positions, mask, cache.keys[i], cache.values[i], cache.conv[i])
-            h = h.masked_fill(pad, 0.0)
+            h = step(i, block, h)
             layers.append(h)
             h = condition(self.conditioners, i, h, lens, pad, head_logits)  # this chunk's posteriors only
-            idx = keep[:, None, :, None].expand(b, self.heads, left, self.head_dim)
-            keys.append(k.gather(2, idx))
-            values.append(v.gather(2, idx))
-            convs.append(conv_in.gather(2, keep_conv[:, None, :].expand(b, conv_in.shape[1], -1)))
+        out = self._output(layers, h, lens, head_logits, step)
+        slots = range(self.cache_layers)
         new_cache = EncoderCache(
-            keys=torch.stack(keys), values=torch.stack(values),
-            key_valid=key_valid.gather(1, keep), conv=torch.stack(convs),
+            keys=torch.stack([keys[s] for s in slots]), values=torch.stack([values[s] for s in slots]),
+            key_valid=key_valid.gather(1, keep), conv=torch.stack([convs[s] for s in slots]),
             frames_seen=cache.frames_seen + lens, chunk_frames=c,
         )
-        return EncoderOutput(layers=layers, lens=lens, head_logits=head_logits), new_cache
+        return out, new_cache

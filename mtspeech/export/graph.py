@@ -54,6 +54,6 @@ class StreamingStepGraph(nn.Module):
         cache = EncoderCache(keys=keys, values=values, key_valid=key_valid, conv=conv,
                              frames_seen=frames_seen, chunk_frames=self.chunk_frames)
         out, new = self.encoder.forward_chunk(feats, cache, chunk_lens)
-        logits = head_logits(self.heads, out.layers, out.lens, self.roles)
+        logits = head_logits(self.heads, out, self.roles)
         return (out.lens, *(logits[r] for r in self.roles),
                 new.keys, new.values, new.key_valid, new.conv, new.frames_seen)

@@ -7,15 +7,20 @@ so a streaming chunk's mix equals the full forward's mix on the same frames.
 
 The task owns its `LayerMix` (`task.layer_mix`, attached by `experiment.build_model`, which
 knows the encoder's depth); `task_input` is the one place every caller (model, streaming,
-evaluation) turns an encoder output into the tensor a task reads.
+evaluation) turns an encoder output into the tensor a task reads. With task towers
+(`encoders/towers.py`) a task's L layers are the trunk then its own tower
+(`EncoderOutput.task_layers`): its index or mix means the same, over its own top layers.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from mtspeech.encoders import EncoderOutput
 
 LEARNED = "learned"
 LayerSpec = int | Literal["learned"]  # a task config's `layer`: an index (negative = from the top) or "learned"
@@ -47,16 +52,21 @@ class LayerMix(nn.Module):
         return sum(w_k * h for w_k, h in zip(w, layers))
 
 
-def task_input(task: nn.Module, layers: list[torch.Tensor]) -> torch.Tensor:
-    """The (B,T,D) tensor `task` reads from an encoder output's `layers` (L tensors (B,T,D))."""
+def task_input(task: nn.Module, enc: "EncoderOutput") -> torch.Tensor:
+    """The (B,T,D) tensor `task` reads from an encoder output: its layer, or its learned mix,
+    of the L layers (B,T,D) it sees (`enc.task_layers(task.name)`: its tower if it has one;
+    a head without a `name`, e.g. a test's stand-in, has none)."""
+    layers = enc.task_layers(getattr(task, "name", None))
     if task.layer == LEARNED:
         return task.layer_mix(layers)
     return layers[task.layer]
 
 
-def attach_layer_mix(task: nn.Module, num_layers: int, where: str) -> None:
+def attach_layer_mix(task: nn.Module, num_layers: int, where: str, tower_layers: int = 0) -> None:
     """Check `task.layer` against an encoder of `num_layers` layers; give a `learned` task its mix.
 
+    `tower_layers`: K when the task has a tower of its own over the top K layers; it must then
+    read a tower layer (a trunk layer would leave its tower without gradient).
     `where` names the config key in errors (e.g. `tasks.phones.layer`).
     """
     from mtspeech.config import ConfigError
@@ -73,6 +83,12 @@ def attach_layer_mix(task: nn.Module, num_layers: int, where: str) -> None:
     elif not -num_layers <= task.layer < num_layers:
         raise ConfigError(f"{where}: {task.layer} is outside the encoder's {num_layers} layers "
                           f"(use 0..{num_layers - 1}, negative from the top, or {LEARNED!r})")
+    elif tower_layers and task.layer % num_layers < num_layers - tower_layers:
+        first = num_layers - tower_layers
+        raise ConfigError(f"{where}: {task.layer} reads the shared trunk (layers 0..{first - 1}), below the "
+                          f"task's own tower (layers {first}..{num_layers - 1}), which would then get no "
+                          f"gradient: read a tower layer ({first}..{num_layers - 1}, -{tower_layers}..-1, or "
+                          f"{LEARNED!r}), or leave the task out of encoder.towers.tasks")
 
 
 def layer_weights(tasks: dict[str, nn.Module]) -> dict[str, list[float]]:
