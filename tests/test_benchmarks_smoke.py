@@ -129,3 +129,18 @@ def test_streaming_decoders_benchmark(assets):
     for r in result["decoders"].values():
         assert 0.0 <= r["cer"] and _finite(r["rtf"]) and r["rtf"] > 0
     assert result["decoders"]["greedy"]["rtf_vs_greedy"] == 1.0 and result["utterances"] == 2
+
+
+def test_server_decoders_benchmark(assets):
+    """Greedy through a real server subprocess: every utterance scored, server CPU measured."""
+    bench = _load("server_decoders")
+    out = assets["root"] / "server_decoders.json"
+    result = bench.main(["--model", str(assets["ckpt"]), "--manifest", str(assets["manifest"]),
+                         "--decoders", "greedy", "--out", str(out)])
+    greedy = json.loads(out.read_text())["decoders"]["greedy"]
+    assert result["decoders"].keys() == {"greedy"} and result["utterances"] == 2
+    assert len(greedy["hypotheses"]) == 2 and greedy["cer"] >= 0.0
+    assert greedy["audio_s"] == pytest.approx(2 * 1.6, rel=0.05)  # the server got all the audio once
+    for key in ("cpu_rtf", "step_rtf", "server_cpu_s"):
+        assert _finite(greedy[key]) and greedy[key] > 0, (key, greedy[key])
+    assert greedy["vs_greedy"] == 1.0

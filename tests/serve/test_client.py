@@ -107,7 +107,7 @@ def test_sigterm_drains_streams_and_uploads_then_exits_zero(checkpoint, tmp_path
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "mtspeech.cli", "serve", "--model", str(checkpoint),
-                             "--port", str(port), "--shutdown-timeout", "20", "--log-level", "warning"],
+                             "--port", str(port), "--shutdown-timeout", "90", "--log-level", "warning"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     base = f"127.0.0.1:{port}"
     try:
@@ -118,9 +118,11 @@ def test_sigterm_drains_streams_and_uploads_then_exits_zero(checkpoint, tmp_path
             except httpx.HTTPError:
                 time.sleep(0.1)
         upload: dict = {}
+        # The drain deadline (90 s) is far above the upload's decoding time (a few seconds on a
+        # quiet machine) so that a loaded one does not turn the test into a race.
         data = wav_bytes(signal(120.0, seed=11))
         thread = threading.Thread(target=lambda: upload.setdefault(
-            "r", httpx.post(f"http://{base}/v1/transcribe", content=data, timeout=60)))
+            "r", httpx.post(f"http://{base}/v1/transcribe", content=data, timeout=120)))
 
         async def run():
             async with connect(f"ws://{base}/v1/stream") as ws:
@@ -135,8 +137,8 @@ def test_sigterm_drains_streams_and_uploads_then_exits_zero(checkpoint, tmp_path
                 return await recv_all(ws, timeout_s=30)
 
         msgs = asyncio.run(run())
-        thread.join(60)
-        rc = proc.wait(60)
+        thread.join(120)
+        rc = proc.wait(120)
     finally:
         if proc.poll() is None:
             proc.kill()
