@@ -31,6 +31,13 @@ def embedded_lm(checkpoint: str | Path, out_dir: str | Path) -> Path | None:
     return path
 
 
+def has_embedded_lm(checkpoint: str | Path) -> bool:
+    """Whether `mtspeech embed-lm` stored a word LM in the checkpoint."""
+    from mtspeech.checkpoint import load_state
+
+    return bool(load_state(checkpoint).get(LM_KEY))
+
+
 def embed_lm(checkpoint: str | Path, lm: str | Path = "auto", order: int = 3) -> int:
     """Store the ARPA LM `lm` (or `auto`: the training-transcript n-gram) in `checkpoint`;
     returns the number of bytes embedded."""

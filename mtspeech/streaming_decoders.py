@@ -388,18 +388,25 @@ def load_recognizer(checkpoint: str | Path, config=None, device: str = "cpu", de
                     lm: str | Path | None = None, beam_size: int = 10, lm_weight: float = 0.5):
     """A `StreamingRecognizer` for a checkpoint with the decoders `mtspeech serve` offers.
 
-    `lm`: an ARPA (or KenLM binary) word LM, or "auto" to build a trigram from the training
-    transcripts named in the checkpoint's config, exactly as `mtspeech evaluate --lm auto`
-    does (a checkpoint does not carry its LM yet, so "auto" needs that manifest on disk; the LM
-    is rebuilt at every start into a temporary folder). `decoder` is the default of streams.
+    `lm`: an ARPA (or KenLM binary) word LM, or "auto": the LM embedded in the checkpoint
+    (`mtspeech embed-lm`), else a trigram of the training transcripts named in its config,
+    exactly as `mtspeech evaluate --lm auto` does (that needs the manifest on disk; the LM is
+    built at every start into a temporary folder). `decoder` is the default of streams;
+    "auto" picks the best one the checkpoint allows on its own: with an embedded LM (or an
+    `lm` given), words through the phone head if the model has one, else beam search over the
+    pieces; without any LM, greedy.
     """
     import tempfile
 
     from mtspeech.checkpoint import load_model
     from mtspeech.streaming import SAMPLE_RATE, HOP_SAMPLES, StreamingRecognizer, _tokenizer_of
 
-    if decoder not in DECODER_KINDS:
-        raise ValueError(f"decoder {decoder!r}: choose one of {DECODER_KINDS}")
+    if decoder not in (*DECODER_KINDS, "auto"):
+        raise ValueError(f"decoder {decoder!r}: choose one of {(*DECODER_KINDS, 'auto')}")
+    if decoder == "auto" and lm is None:
+        from mtspeech.embed_lm import has_embedded_lm
+
+        lm = "auto" if has_embedded_lm(checkpoint) else None
     if decoder == "phones" and lm is None:
         raise ValueError("--decoder phones needs a word LM: pass --lm ARPA or --lm auto")
     if lm not in (None, "auto") and not Path(lm).is_file():
@@ -415,9 +422,12 @@ def load_recognizer(checkpoint: str | Path, config=None, device: str = "cpu", de
         work_dir = Path(tempfile.mkdtemp(prefix="mtspeech-serve-lm-"))
         lm = training_transcripts_lm(exp, work_dir, 3, checkpoint)
     decoders = {}
-    if decoder != "greedy" or lm is not None:
+    if decoder not in ("greedy", "auto") or lm is not None:  # auto without an LM: greedy
         frame_shift_s = model.encoder.subsampling * HOP_SAMPLES / SAMPLE_RATE
         decoders = build_decoders(model, tokenizer, frame_shift_s, lm, beam_size, lm_weight, work_dir=work_dir)
+    if decoder == "auto":
+        decoder = next(d for d in ("phones", "beam", "greedy") if d == "greedy" or d in decoders)
+        log.info("decoder auto: streams default to %s", decoder)
     if decoder not in ("greedy", *decoders):
         raise ValueError(f"decoder {decoder!r} is not possible with this model: it has no phone head")
     return StreamingRecognizer(model, tokenizer, config, device, decoders=decoders, default_decoder=decoder)

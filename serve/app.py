@@ -150,16 +150,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="encoder frames (40 ms) per chunk")
     parser.add_argument("--left-chunks", type=int, default=StreamingConfig.left_chunks)
     parser.add_argument("--endpoint-mode", choices=["vad", "blank"], default="vad")
-    parser.add_argument("--decoder", choices=["greedy", "beam", "phones"], default="greedy",
-                        help="default token decoder of streams: greedy CTC; beam (prefix beam search over the "
-                             "ASR pieces, with --lm through a piece lexicon); phones (beam search over the phone "
-                             "head, words through CMUdict; needs --lm). A start message may pick another one "
-                             "the server has")
+    parser.add_argument("--decoder", choices=["auto", "greedy", "beam", "phones"], default="auto",
+                        help="default token decoder of streams: auto (the best the checkpoint allows: phones "
+                             "if it has a phone head and an LM, embedded by `mtspeech embed-lm` or given by "
+                             "--lm; else beam with an LM; else greedy); greedy CTC; beam (prefix beam search "
+                             "over the ASR pieces, with --lm through a piece lexicon); phones (beam search over "
+                             "the phone head, words through CMUdict; needs an LM). A start message may pick "
+                             "another one the server has")
     parser.add_argument("--lm", default=None, metavar="ARPA|auto",
                         help="word n-gram LM for the beam decoders; 'auto' builds a trigram from the training "
                              "transcripts named in the checkpoint, as `mtspeech evaluate --lm auto` does")
-    parser.add_argument("--beam-size", type=int, default=10)
-    parser.add_argument("--lm-weight", type=float, default=0.5)
+    # Defaults chosen on the demo's dev set (README): beam 20, LM weight 1.0.
+    parser.add_argument("--beam-size", type=int, default=20)
+    parser.add_argument("--lm-weight", type=float, default=1.0)
     parser.add_argument("--backend", choices=["torch", "onnx"], default="torch",
                         help="what runs the encoder and heads: PyTorch, or the ONNX export under onnxruntime "
                              "(features and token decoding stay the same)")

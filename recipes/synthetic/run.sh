@@ -61,9 +61,9 @@ PY
 
 echo "== 5/5 transcribe a test file through the streaming server"
 PORT=${PORT:-8765}
-# The best streaming decoder the model allows: words through the phone head and CMUdict.
-mtspeech serve --model "$EXP/final.pt" --port "$PORT" --decoder phones --lm auto --beam-size 20 \
-  --lm-weight 1.0 > "$EXP/serve.log" 2>&1 &
+# The default decoder (auto) streams the best one the checkpoint allows: it carries its LM
+# (embed-lm above) and has a phone head, so words through the phone head and CMUdict.
+mtspeech serve --model "$EXP/final.pt" --port "$PORT" > "$EXP/serve.log" 2>&1 &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true' EXIT
 python - "$PORT" <<'PY'

@@ -126,7 +126,7 @@ def test_serve_decoder_flags_are_checked_before_loading(tmp_path):
     parser = argparse.ArgumentParser()
     serve_app.add_arguments(parser)
     args = parser.parse_args(["--model", str(tmp_path / "none.pt"), "--decoder", "phones"])
-    assert args.decoder == "phones" and args.lm is None and args.beam_size == 10
+    assert args.decoder == "phones" and args.lm is None and args.beam_size == 20
     assert serve_app.main(args) == 2  # phones without an LM: a clear error, no server
     with pytest.raises(ValueError, match="needs a word LM"):
         load_recognizer(tmp_path / "none.pt", decoder="phones")
@@ -193,3 +193,22 @@ def test_an_embedded_lm_makes_the_checkpoint_self_contained(tmp_path):
     assert lm.read_text() == arpa
     with pytest.raises(ValueError, match="not an ARPA file"):
         cli.main(["embed-lm", str(path), "--lm", str(tmp_path / "model.pt")])
+
+
+def test_decoder_auto_serves_the_best_decoder_the_checkpoint_allows(tmp_path):
+    """`mtspeech serve --model X.pt` (decoder auto): greedy while the checkpoint carries no LM;
+    words through the phone head once `mtspeech embed-lm` stored one; beam when the model has
+    no phone head."""
+    from mtspeech import cli
+
+    parser = argparse.ArgumentParser()
+    serve_app.add_arguments(parser)
+    assert parser.parse_args(["--model", "x.pt"]).decoder == "auto"
+    test_checkpoint_with_lm_auto_serves_every_decoder(tmp_path)  # writes model.pt and train.jsonl
+    path = tmp_path / "model.pt"
+    bare = load_recognizer(path, decoder="auto")
+    assert bare.default_decoder == "greedy" and set(bare.decoders) == {"greedy"}
+    assert cli.main(["embed-lm", str(path)]) == 0
+    rec = load_recognizer(path, decoder="auto", beam_size=4)
+    assert rec.default_decoder == "phones" and set(rec.decoders) == {"greedy", "beam", "phones"}
+    assert rec.transcribe(signal(1.5, seed=1)) == rec.transcribe(signal(1.5, seed=1), decoder="phones")
