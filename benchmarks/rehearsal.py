@@ -19,6 +19,7 @@ synthetic corpus's files and measures, on this machine:
 from __future__ import annotations
 
 import argparse
+import filecmp
 import json
 import logging
 import os
@@ -34,7 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling rehearsa
 import rehearsal_train as rt  # noqa: E402
 import rehearsal_tree as tree  # noqa: E402
 
-LONGER = 3.0  # real LibriSpeech utterances (~12.3 s mean) over the synthetic ones (~3.7 s)
+# LibriSpeech train-960: 960.9 h in 281,241 utterances, 12.3 s each on average (its README);
+# the synthetic ones are 3-4x shorter (the ratio is taken from the prepared tree).
+REAL_MEAN_S = 960.9 * 3600 / 281_241
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -94,20 +97,65 @@ def load_average() -> list[float]:
 
 # ------------------------------------------------------------------ part 1-2: prepare
 
-def probe_costs(corpus: Path, n: int = 300) -> dict:
-    """Per-file CPU of prepare's worker with decode + energy detector vs metadata only."""
-    from mtspeech.data.librispeech import _Item, _probe
-
-    files = sorted(corpus.rglob("*.flac"))[:n]
-    costs = {}
-    for name, speech in (("full", None), ("info_only", [[0.0, 1.0]])):
-        items = [_Item(f.stem, str(f), "X", "1", speech) for f in files]
+def _median_ms(fn, items, passes: int = 3) -> float:
+    """Median over `passes` of the CPU ms per item of `fn` (the CPU is shared: medians)."""
+    runs = []
+    for _ in range(passes):
         t0 = time.process_time()
         for it in items:
-            _probe(it)
-        costs[f"{name}_ms"] = round(1000 * (time.process_time() - t0) / len(items), 3)
+            fn(it)
+        runs.append(time.process_time() - t0)
+    return round(1000 * sorted(runs)[len(runs) // 2] / len(items), 3)
+
+
+def long_files(corpus: Path, folder: Path, n: int) -> list[str]:
+    """`n` FLACs of about real LibriSpeech's mean length, each the corpus's files joined end
+    to end (16-bit like LibriSpeech), to measure the worker at real utterance lengths."""
+    import numpy as np
+    import soundfile as sf
+
+    folder.mkdir(parents=True, exist_ok=True)
+    sources = iter(sorted(corpus.rglob("*.flac")) * 50)
+    out = []
+    for i in range(n):
+        pieces, total, rate = [], 0, 16000
+        while total < REAL_MEAN_S * rate:
+            wav, rate = sf.read(next(sources), dtype="int16")
+            pieces.append(wav)
+            total += len(wav)
+        path = folder / f"long-{i:03d}.flac"
+        sf.write(path, np.concatenate(pieces), rate, subtype="PCM_16")
+        out.append(str(path))
+    return out
+
+
+def probe_costs(corpus: Path, root: Path, n: int = 300, n_long: int = 60) -> dict:
+    """Per-file CPU of prepare's worker: the whole probe with decoding + energy detector
+    (`full`) and with a sidecar (`info_only`: header only), its decoding and detector stages
+    alone, and the whole probe on files of real LibriSpeech length (`long_full`)."""
+    import soundfile as sf
+
+    from mtspeech.data.librispeech import _Item, _probe, _read_mono
+    from mtspeech.data.segments import energy_segments
+
+    files = [str(f) for f in sorted(corpus.rglob("*.flac"))[:n]]
+    wavs = []
+
+    def decode(path):
+        with sf.SoundFile(path) as f:
+            wavs.append((_read_mono(f), f.samplerate))
+
+    costs = {"full_ms": _median_ms(lambda f: _probe(_Item("x", f, "X", "1", None)), files),
+             "info_only_ms": _median_ms(lambda f: _probe(_Item("x", f, "X", "1", [[0.0, 1.0]])), files),
+             "decode_ms": _median_ms(decode, files)}
+    costs["energy_ms"] = _median_ms(lambda w: energy_segments(*w), wavs[: len(files)])
     costs["files"] = len(files)
-    costs["mean_duration_s"] = round(sum(_duration(f) for f in files) / len(files), 2)
+    costs["mean_duration_s"] = round(sum(_duration(Path(f)) for f in files) / len(files), 2)
+    longs = long_files(corpus, root / "long-probe", n_long)
+    costs["long_full_ms"] = _median_ms(lambda f: _probe(_Item("x", f, "X", "1", None)), longs)
+    costs["long_files"] = len(longs)
+    costs["long_mean_duration_s"] = round(sum(_duration(Path(f)) for f in longs) / len(longs), 2)
+    shutil.rmtree(root / "long-probe", ignore_errors=True)
     return costs
 
 
@@ -156,35 +204,57 @@ def part_prepare(args, root: Path, corpus: Path, results: dict) -> None:
         shutil.rmtree(out, ignore_errors=True)
         first = tree.run_measured(tree.prepare_cmd(froot, out, args.jobs), args.interrupt_after, quiet=True)
         left = sorted(p.name for p in out.iterdir()) if out.exists() else []
+        parts = len(list((out / ".prepare-work").rglob("*.part.jsonl")))  # finished chapters
         second = tree.run_measured(tree.prepare_cmd(froot, out, args.jobs), quiet=True)
         full = next(r for r in rows if r["tool"] == "mtspeech" and r["fraction"] == f)
+        name = f"{tree.SPLIT}.jsonl"  # manifest-resume and manifest-f sit side by side: same relative paths
+        same = (second["rc"] == 0 and full["rc"] == 0
+                and filecmp.cmp(out / name, root / f"manifest-{f:g}" / name, shallow=False))
         results["resume"] = {"fraction": f, "interrupt_after_s": args.interrupt_after, "interrupted_run": first,
-                             "files_left_by_interrupted_run": left, "rerun": second,
+                             "files_left_by_interrupted_run": left, "chapters_done_before_interrupt": parts,
+                             "chapters": full["chapters"], "rerun": second,
+                             "manifest_identical_to_uninterrupted": same,
                              "uninterrupted_wall_s": full["wall_s"], "uninterrupted_cpu_s": full["cpu_s"],
                              "rerun_over_uninterrupted": round(second["wall_s"] / full["wall_s"], 2)}
         _log(results["resume"])
-    results["probe"] = probe_costs(corpus)
+    results["probe"] = probe_costs(corpus, root)
     results["projection"] = project(results)
 
 
 def project(results: dict) -> dict:
-    """Real 960 h from the largest prepared fraction: the decode + energy detector share of
-    the CPU (from the per-file probe) grows with audio length (x LONGER); the rest
-    (scanning, metadata, manifest rows) with the file count, which is the same."""
-    mt = [r for r in results["prepare"] if r["tool"] == "mtspeech" and r["rc"] == 0]
-    if not mt:
+    """Real 960 h from the prepared fractions and the per-file probe.
+
+    The synthetic full tree's CPU is measured (or extrapolated linearly in the utterance
+    count from the smallest and largest fraction). Real utterances are longer: the worker's
+    per-file CPU grows linearly with audio length, with the slope between the probe's short
+    (`full_ms`) and real-length (`long_full_ms`) files; everything else (scan, headers,
+    labels, manifest lines) follows the file count, which is the same. Wall: on idle cores
+    the CPU spread over them (CPU-bound workers; the main process waits); at the measured
+    load, the measured wall/CPU ratio. Files are assumed to be in the page cache.
+    """
+    mt = sorted((r for r in results["prepare"] if r["tool"] == "mtspeech" and r["rc"] == 0),
+                key=lambda r: r["utterances"])
+    probe = results.get("probe", {})
+    if not mt or "long_full_ms" not in probe:
         return {}
-    big = max(mt, key=lambda r: r["fraction"])
-    scale = tree.UTTERANCES / big["utterances"]
-    probe = results["probe"]
-    decode_cpu = (probe["full_ms"] - probe["info_only_ms"]) / 1000 * big["utterances"]
-    share = min(1.0, decode_cpu / big["cpu_s"]) if big["cpu_s"] else 0.0
-    wall_960 = big["wall_s"] * scale
-    return {"from_fraction": big["fraction"], "extrapolated_in_count": scale != 1.0,
-            "synthetic_full_tree_wall_min": round(wall_960 / 60, 1),
-            "decode_share_of_cpu": round(share, 3),
-            "real_960h_wall_min": round(wall_960 * (1 - share + LONGER * share) / 60, 1),
-            "assumption": f"wall ∝ CPU; decode+energy CPU x{LONGER:g} (audio length), rest x1 (file count)"}
+    small, big = mt[0], mt[-1]
+    missing = tree.UTTERANCES - big["utterances"]
+    if missing and big is not small:  # marginal cost per utterance, fixed start-up left out
+        cpu = big["cpu_s"] + missing * (big["cpu_s"] - small["cpu_s"]) / (big["utterances"] - small["utterances"])
+    else:
+        cpu = big["cpu_s"] * tree.UTTERANCES / big["utterances"]
+    tree_mean_s = big["hours"] * 3600 / big["utterances"]
+    ms_per_audio_s = (probe["long_full_ms"] - probe["full_ms"]) / (
+        probe["long_mean_duration_s"] - probe["mean_duration_s"])
+    cpu_960 = cpu + tree.UTTERANCES * ms_per_audio_s * (REAL_MEAN_S - tree_mean_s) / 1000
+    cores = results.get("cpus") or os.cpu_count() or 1
+    return {"from_fractions": sorted({small["fraction"], big["fraction"]}),
+            "synthetic_full_tree_cpu_min": round(cpu / 60, 1),
+            "worker_ms_per_audio_s": round(ms_per_audio_s, 3),
+            "mean_utterance_s": {"tree": round(tree_mean_s, 2), "real_960h": round(REAL_MEAN_S, 2)},
+            "real_960h_cpu_min": round(cpu_960 / 60, 1),
+            f"real_960h_wall_min_{cores}_idle_cores": round(cpu_960 / cores / 60, 1),
+            "real_960h_wall_min_at_measured_load": round(cpu_960 * big["wall_s"] / big["cpu_s"] / 60, 1)}
 
 
 def part_sampler(args, root: Path, results: dict) -> None:
@@ -285,12 +355,16 @@ def render(results: dict) -> str:
             how = "did not exit within 60 s of Ctrl-C (hung; killed)"
         else:
             how = f"exited {first['exit_after_sigint_s']} s after Ctrl-C (rc {first['rc']})"
-        lines += ["", f"resume: prepare {how}; files left {z['files_left_by_interrupted_run']}",
+        lines += ["", f"resume: prepare {how}; files left {z['files_left_by_interrupted_run']}, "
+                      f"{z.get('chapters_done_before_interrupt', '?')} of {z.get('chapters', '?')} chapters done; "
+                      f"re-run's manifest identical to the uninterrupted run's: "
+                      f"{z.get('manifest_identical_to_uninterrupted', '?')}",
                   f"  re-run {z['rerun']['wall_s']} s wall / {z['rerun']['cpu_s']} cpu s vs uninterrupted "
                   f"{z['uninterrupted_wall_s']} s wall / {z.get('uninterrupted_cpu_s', '?')} cpu s "
                   f"(wall ratio {z['rerun_over_uninterrupted']})"]
     if results.get("probe"):
-        lines += [f"per-file worker CPU: {results['probe']}", f"projection: {results['projection']}"]
+        # recomputed, so that a results file renders with the current projection
+        lines += [f"per-file worker CPU: {results['probe']}", f"projection: {project(results)}"]
     if results.get("sampler"):
         s = results["sampler"]
         lines += ["", f"epoch planning, {s['utterances']} utterances, {s['max_batch_seconds']:g} s budget"]

@@ -8,7 +8,7 @@ import soundfile as sf
 from mtspeech.data.lexicon import cmu_dictionary
 from mtspeech.data.librispeech import prepare_librispeech, read_speakers_txt
 from mtspeech.data.manifest import read_manifest
-from mtspeech.data.segments import energy_segments
+from mtspeech.data.segments import energy_segments, frame_energy_db, percentile_sorted
 from mtspeech.data.synth import SPLITS
 from test_synth import _segments, _trans
 
@@ -131,3 +131,32 @@ def test_command_line(synth_corpus, tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert set(summary["splits"]) == {"dev", "test"}
     assert sorted(p.name for p in tmp_path.glob("*.jsonl")) == ["dev.jsonl", "test.jsonl"]
+
+
+@pytest.mark.parametrize("sample_rate", [16000, 8000, 22050])
+def test_frame_energy_is_the_windowed_mean_square(sample_rate):
+    # the block-sum implementation against the definition, also where frame and hop share
+    # no block (22.05 kHz: 551 and 220 samples)
+    rng = np.random.default_rng(sample_rate)
+    wav = (rng.standard_normal(sample_rate * 2 + 37) * np.linspace(0, 0.5, sample_rate * 2 + 37)).astype(np.float32)
+    frame, hop = round(0.025 * sample_rate), round(0.010 * sample_rate)
+    starts = range(0, len(wav) - frame + 1, hop)
+    expected = [10 * np.log10(np.mean(wav[s:s + frame].astype(np.float64) ** 2) + 1e-10) for s in starts]
+    assert np.allclose(frame_energy_db(wav, sample_rate), expected, rtol=0, atol=1e-9)
+
+
+def test_percentile_sorted_is_numpys_percentile():
+    rng = np.random.default_rng(0)
+    for n in [1, 2, 3, 10, 101, 997]:
+        for x in (rng.normal(-40, 20, n), np.round(rng.normal(-40, 5, n))):  # ties too
+            for q in (0, 5, 50, 99, 100):
+                assert percentile_sorted(np.sort(x), q) == float(np.percentile(x, q))
+
+
+def test_manifest_lines_keep_the_field_order():
+    from dataclasses import fields
+
+    from mtspeech.data.manifest import Utterance
+
+    u = Utterance("a", "a.flac", 1.5, "HI", "1", "F", ["HH", "AY"], [[0.1, 1.2]])
+    assert list(u.to_json()) == [f.name for f in fields(Utterance)]

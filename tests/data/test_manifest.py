@@ -44,3 +44,13 @@ def test_malformed_lines_name_file_and_line(tmp_path, line, message):
         read_manifest(path)
     assert f"{path}:3" in str(err.value) and message in str(err.value)
     assert isinstance(err.value, ValueError)
+
+
+def test_to_json_writes_every_field_in_declaration_order():
+    # to_json is written out by hand for speed; a field added to Utterance must not vanish.
+    import dataclasses
+
+    u = Utterance(id="a", audio="a.flac", duration=1.0, text="HI", speaker="s", sex="F",
+                  phones=("HH", "AY"), speech=((0.1, 0.9),))
+    assert list(u.to_json()) == [f.name for f in dataclasses.fields(Utterance)]
+    assert u.to_json()["phones"] == ["HH", "AY"] and u.to_json()["speech"] == [[0.1, 0.9]]
