@@ -84,34 +84,43 @@ def _add_module_command(name: str, module: str, help: str):
     return add
 
 
-# Order here is the order in `mtspeech --help`.
+# (name, help, full declaration). Order here is the order in `mtspeech --help`.
 _COMMANDS = [
-    _add_synth,
-    _add_prepare,
-    _add_train,
-    _add_module_command("evaluate", "mtspeech.evaluate", "evaluate a checkpoint on a manifest (every task)"),
-    _add_module_command("embed-lm", "mtspeech.embed_lm", "store a word LM inside a checkpoint (for --lm auto)"),
-    _add_module_command("ablate", "mtspeech.ablate", "train and evaluate a grid of task sets × seeds; report"),
-    _add_module_command("analyze", "mtspeech.analyze",
-                        "word accuracy by training-sentence count, from evaluate's hypotheses"),
-    _add_module_command("export", "mtspeech.export.command",
-                        "export the streaming encoder and heads to ONNX (optionally int8)"),
-    _add_module_command("transcribe", "mtspeech.client", "transcribe files locally or through a server"),
-    _add_module_command("serve", "serve.app", "run the streaming recognition server"),
+    ("synth", "synthesize the embedded LibriSpeech-format demo corpus", _add_synth),
+    ("prepare", "scan a corpus into JSON Lines manifests", _add_prepare),
+    ("train", "train a multi-task model (resumes from EXP_DIR/last.pt)", _add_train),
+    *((name, help, _add_module_command(name, module, help)) for name, module, help in [
+        ("evaluate", "mtspeech.evaluate", "evaluate a checkpoint on a manifest (every task)"),
+        ("embed-lm", "mtspeech.embed_lm", "store a word LM inside a checkpoint (for --lm auto)"),
+        ("ablate", "mtspeech.ablate", "train and evaluate a grid of task sets × seeds; report"),
+        ("analyze", "mtspeech.analyze", "word accuracy by training-sentence count, from evaluate's hypotheses"),
+        ("export", "mtspeech.export.command", "export the streaming encoder and heads to ONNX (optionally int8)"),
+        ("transcribe", "mtspeech.client", "transcribe files locally or through a server"),
+        ("serve", "serve.app", "run the streaming recognition server"),
+    ]),
 ]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser, with full arguments for the sub-command named in `argv` only (all of them
+    when none is named): declaring a sub-command imports its module, and some import torch,
+    which would cost `mtspeech prepare` half a gigabyte of memory it never uses."""
+    argv = sys.argv[1:] if argv is None else argv
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    names = {name for name, _, _ in _COMMANDS}
     parser = argparse.ArgumentParser(prog="mtspeech", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in _COMMANDS:
-        add(sub)
+    for name, help, add in _COMMANDS:
+        if chosen in names and name != chosen:
+            sub.add_parser(name, help=help)  # listed, not declared
+        else:
+            add(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv).parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
