@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import random
 from dataclasses import fields
 from pathlib import Path
 
@@ -58,24 +57,7 @@ def replay_plan(synth_json: Path) -> dict[str, tuple[int, str]]:
 
     saved = json.loads(synth_json.read_text())["config"]
     cfg = S.SynthConfig(**{f.name: saved[f.name] for f in fields(S.SynthConfig) if f.name in saved})
-    rng = random.Random(cfg.seed)
-    speakers = S.make_speakers(cfg, rng)
-    seen = [s for s in speakers if s.seen]
-    unseen = [s for s in speakers if not s.seen]
-    total_s = cfg.hours * 3600.0
-    target = {"dev": cfg.dev_fraction * total_s, "test": cfg.test_fraction * total_s,
-              "test-unseen": cfg.unseen_fraction * total_s}
-    target["train"] = max(total_s - sum(target.values()), 1.0)
-    sentences = S.sentence_pool(cfg)
-    mean_s = float(np.mean([S._estimate_seconds(s, 160) for s in sentences]))
-    cap = max(1, int(cfg.held_out_sentences * len(sentences)))
-    n_dev, n_test = (min(cap, max(1, int(1.2 * target[k] / mean_s) + 1)) for k in ("dev", "test"))
-    train_s, dev_s, test_s = S.split_sentences(sentences, n_dev, n_test, rng)
-    chapters: dict = {}
-    plan = {"train": S._plan_split("train", target["train"], seen, train_s, rng, chapters),
-            "dev": S._plan_split("dev", target["dev"], seen, dev_s, rng, chapters),
-            "test": S._plan_split("test", target["test"], seen, test_s, rng, chapters),
-            "test-unseen": S._plan_split("test-unseen", target["test-unseen"], unseen, test_s, rng, chapters)}
+    _speakers, plan, _counts = S.plan_corpus(cfg)
     index, out = 0, {}
     for split in S.SPLITS:
         for utt_id, _spk, text in plan[split]:

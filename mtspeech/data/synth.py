@@ -315,12 +315,10 @@ def _work(job: _Job) -> tuple[str, float, list[tuple[float, float]]]:
 
 # ---------------------------------------------------------------- corpus
 
-def synthesize_corpus(out_dir: str | os.PathLike, cfg: SynthConfig = SynthConfig()) -> dict:
-    """Write the demo corpus under out_dir (see module docstring); returns the summary dict
-    (also stored in `out_dir/synth.json`): per-split utterances/seconds/speakers, hours."""
-    from tqdm import tqdm
-
-    out = Path(out_dir)
+def plan_corpus(cfg: SynthConfig) -> tuple[list[Speaker], dict[str, list], dict[str, int]]:
+    """The corpus's plan, drawn from `cfg.seed` alone: (speakers, split → [(utt_id, speaker,
+    text)], sentences per split). `synthesize_corpus` renders it; benchmarks replay it to know
+    which words each utterance holds without rendering audio."""
     rng = random.Random(cfg.seed)
     speakers = make_speakers(cfg, rng)
     seen = [s for s in speakers if s.seen]
@@ -348,6 +346,16 @@ def synthesize_corpus(out_dir: str | os.PathLike, cfg: SynthConfig = SynthConfig
         "test": _plan_split("test", target["test"], seen, test_s, rng, chapters),
         "test-unseen": _plan_split("test-unseen", target["test-unseen"], unseen, test_s, rng, chapters),
     }
+    return speakers, plan, {"train": len(train_s), "dev": len(dev_s), "test": len(test_s)}
+
+
+def synthesize_corpus(out_dir: str | os.PathLike, cfg: SynthConfig = SynthConfig()) -> dict:
+    """Write the demo corpus under out_dir (see module docstring); returns the summary dict
+    (also stored in `out_dir/synth.json`): per-split utterances/seconds/speakers, hours."""
+    from tqdm import tqdm
+
+    out = Path(out_dir)
+    speakers, plan, sentence_counts = plan_corpus(cfg)
     jobs, index = [], 0
     for split in SPLITS:
         for utt_id, spk, text in plan[split]:
@@ -400,7 +408,7 @@ def synthesize_corpus(out_dir: str | os.PathLike, cfg: SynthConfig = SynthConfig
         "speakers": len(speakers),
         "splits": {s: {"utterances": v["utterances"], "seconds": round(v["seconds"], 2),
                        "speakers": len(v["speakers"])} for s, v in split_stats.items()},
-        "sentences": {"train": len(train_s), "dev": len(dev_s), "test": len(test_s)},
+        "sentences": sentence_counts,
     }
     config = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("jobs", "progress")}
     meta = {"config": config, "summary": summary,
