@@ -658,10 +658,12 @@ def render_report(report: dict) -> str:
                       f"| variant | {name} baseline | {name} variant | Δ {name} | 95% CI | p | reading |",
                       "|---|---:|---:|---:|---|---:|---|"]
             for variant, b in rows.items():
-                if b["p_value"] < 0.05:
-                    reading = "better than baseline" if b["delta"] < 0 else "worse than baseline"
+                if b["ci_high"] < 0:
+                    reading = "better than baseline (CI excludes 0)"
+                elif b["ci_low"] > 0:
+                    reading = "worse than baseline (CI excludes 0)"
                 else:
-                    reading = "no significant difference"
+                    reading = "CI includes 0: no clear effect"
                 lines.append(f"| {variant} | {b['baseline']:.4f} | {b['variant']:.4f} | {b['delta']:+.4f} | "
                              f"[{b['ci_low']:+.4f}, {b['ci_high']:+.4f}] | {format_p(b['p_value'], b['n_resamples'])} | {reading} |")
         if sec["plots"]:
