@@ -489,13 +489,16 @@ class Trainer:
 
     def _plateaued(self) -> bool:
         """Early stop: the main task's dev metric of the last `patience` epochs is no better than
-        its best before them. Dev results are summed over ranks, so every rank agrees; the
-        history is in `last.pt`, so a resumed run that had stopped stays stopped."""
+        its best before them, and that best had improved on the first epoch's value: CTC's
+        blank plateau at the start (CER 1.0 for several epochs) is flat too, but not the end.
+        Dev results are summed over ranks, so every rank agrees; the history is in `last.pt`,
+        so a resumed run that had stopped stays stopped."""
         patience, key = self.exp.train.patience, self._best_key()
         scores = [h[key] for h in self.history if key in h]
         if not patience or len(scores) <= patience:
             return False
-        stop = min(scores[-patience:]) >= min(scores[:-patience])
+        earlier = min(scores[:-patience])
+        stop = earlier < scores[0] and min(scores[-patience:]) >= earlier
         if stop and self.rt.main:
             log.info("early stop after epoch %d: dev %s has not improved for %d epochs (best %.4g)",
                      self.epoch, key, patience, min(scores))

@@ -244,6 +244,17 @@ def test_patience_stops_when_the_dev_metric_stops_improving_and_a_resume_stays_s
     assert again.epoch == 4 and again.step == trainer.step
 
 
+def test_patience_waits_out_the_blank_plateau(prepared_manifests, tmp_path, monkeypatch):
+    # CER stuck at 1.0 (CTC's blank plateau) is flat, but no reason to stop: only a metric that
+    # has improved once and then stalled is.
+    cer = iter([1.0, 1.0, 1.0, 1.0, 0.8, 0.7, 0.7, 0.7, 0.7])
+    monkeypatch.setattr(Trainer, "evaluate_dev", lambda self: {"asr/cer": next(cer)})
+    cfg = tiny_config(prepared_manifests, tmp_path / "exp", epochs=9, patience=2, average_best=0)
+    trainer = Trainer(experiment_from_dict(cfg))
+    trainer.fit()
+    assert trainer.epoch == 8  # stops after 0.7, 0.7 failed to beat epoch 6's 0.7
+
+
 def test_patience_must_be_positive(prepared_manifests, tmp_path):
     with pytest.raises(ValueError, match="train.patience=0"):
         experiment_from_dict(tiny_config(prepared_manifests, tmp_path, patience=0))
