@@ -382,6 +382,8 @@ def render(results: dict) -> str:
         lines += ["", f"training, {t['steps']} updates, {t['audio_s']} audio s (audio-s/s):",
                   f"  Trainer.fit {t['fit_audio_s_per_s']} (loop without final save {t['fit_loop_audio_s_per_s']}), "
                   f"bare {t['bare_audio_s_per_s']}: fit/bare {t['fit_over_bare']} (loop {t['fit_loop_over_bare']})",
+                  f"  Trainer.fit on the same in-memory batches {t.get('fit_mem_audio_s_per_s')}: "
+                  f"fit/bare {t.get('fit_mem_over_bare')} (loop without final save {t.get('fit_mem_loop_over_bare')})",
                   f"  SpeechBrain Brain {t.get('speechbrain_audio_s_per_s', t.get('speechbrain_error'))}, "
                   f"bare ASR-only {t['bare_asr_audio_s_per_s']}: Brain/bare {t.get('speechbrain_over_bare_asr')}"]
     return "\n".join(lines)
