@@ -194,20 +194,8 @@ def trainer_vs_bare(config: str, manifest: str, steps: int) -> dict:
         batch_ids = [b for e in range(epochs) for b in tr.sampler.batches(e)][:steps]
         dur = {i: u.duration for i, u in enumerate(tr.train_utts)}
         audio_s = sum(dur[i] for b in batch_ids for i in b)
-        finish = {}
-        orig_finish = tr._finish
-
-        def timed_finish():
-            t = time.perf_counter()
-            orig_finish()
-            finish["s"] = time.perf_counter() - t
-
-        tr._finish = timed_finish
-        t0 = time.perf_counter()
-        tr.fit()
-        fit_s = time.perf_counter() - t0
-        assert tr.step == steps, f"fit made {tr.step} updates, expected {steps}"
-        out.update(epochs=epochs, audio_s=round(audio_s, 1), fit_s=round(fit_s, 2), finish_s=round(finish["s"], 2))
+        fit_s, finish_s = _timed_fit(tr, steps)
+        out.update(epochs=epochs, audio_s=round(audio_s, 1), fit_s=round(fit_s, 2), finish_s=round(finish_s, 2))
 
         # Bare: a fresh trainer's loader, batches gathered first, then only the step is timed.
         tr = make_trainer(config, manifest, f"{tmp}/bare", *over)
@@ -234,19 +222,8 @@ def trainer_vs_bare(config: str, manifest: str, steps: int) -> dict:
         per_epoch = [len(tr.sampler.batches(e)) for e in range(epochs)]
         by_epoch = [batches[sum(per_epoch[:e]):sum(per_epoch[:e + 1])] for e in range(epochs)]
         tr._loader = lambda utts, sampler, train: iter(by_epoch[tr.epoch][tr.batches_done:]) if train else []
-        finish_mem, orig_finish_mem = {}, tr._finish
-
-        def timed_finish_mem():
-            t = time.perf_counter()
-            orig_finish_mem()
-            finish_mem["s"] = time.perf_counter() - t
-
-        tr._finish = timed_finish_mem
-        t0 = time.perf_counter()
-        tr.fit()
-        out["fit_mem_s"] = round(time.perf_counter() - t0, 2)
-        out["fit_mem_finish_s"] = round(finish_mem["s"], 2)
-        assert tr.step == steps, f"fit (in memory) made {tr.step} updates, expected {steps}"
+        fit_mem_s, fit_mem_finish_s = _timed_fit(tr, steps)
+        out.update(fit_mem_s=round(fit_mem_s, 2), fit_mem_finish_s=round(fit_mem_finish_s, 2))
 
         # Bare, encoder + ASR CTC only, fresh model.
         tr = make_trainer(config, manifest, f"{tmp}/bare_asr", *over)
@@ -275,6 +252,22 @@ def trainer_vs_bare(config: str, manifest: str, steps: int) -> dict:
     if "speechbrain_s" in out:
         out["speechbrain_over_bare_asr"] = round(out["bare_asr_s"] / out["speechbrain_s"], 3)
     return out
+
+
+def _timed_fit(tr, steps: int) -> tuple[float, float]:
+    """(wall s of tr.fit(), of which its final save and averaging `_finish`)."""
+    finish, orig_finish = {}, tr._finish
+
+    def timed_finish():
+        t = time.perf_counter()
+        orig_finish()
+        finish["s"] = time.perf_counter() - t
+
+    tr._finish = timed_finish
+    t0 = time.perf_counter()
+    tr.fit()
+    assert tr.step == steps, f"fit made {tr.step} updates, expected {steps}"
+    return time.perf_counter() - t0, finish["s"]
 
 
 def approx(x: float, rel: float = 1e-3):
