@@ -85,6 +85,21 @@ async def recv_all(ws, limit: int = 100_000, timeout_s: float = 20.0) -> list[di
     return out
 
 
+async def stream_messages(addr: str, wav: np.ndarray, start: dict, chunk: int = 1600) -> list[dict]:
+    """One /v1/stream session: `start`, the audio as PCM16 frames of `chunk` samples, `stop`;
+    every message the server sent until it closed."""
+    from websockets.asyncio.client import connect
+
+    from mtspeech.client import to_pcm16
+
+    async with connect(f"ws://{addr}/v1/stream") as ws:
+        await ws.send(json.dumps({"type": "start", **start}))
+        for i in range(0, len(wav), chunk):
+            await ws.send(to_pcm16(wav[i : i + chunk]))
+        await ws.send(json.dumps({"type": "stop"}))
+        return await recv_all(ws)
+
+
 async def next_message(ws, timeout_s: float = 10.0) -> dict:
     return json.loads(await asyncio.wait_for(ws.recv(), timeout_s))
 

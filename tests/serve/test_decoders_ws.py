@@ -19,7 +19,7 @@ from serve import app as serve_app
 from serve import protocol as P
 from serve.app import create_app
 from serve.limits import ServerSettings
-from serve_helpers import live_server, recv_all, signal, tiny_recognizer
+from serve_helpers import stream_messages, live_server, recv_all, signal, tiny_recognizer
 from tiny_asr import PIECES
 
 
@@ -40,20 +40,11 @@ def beam_server():
         yield addr, rec
 
 
-async def _stream(addr, wav, start: dict, chunk=1600):
-    async with connect(f"ws://{addr}/v1/stream") as ws:
-        await ws.send(json.dumps({"type": "start", **start}))
-        for i in range(0, len(wav), chunk):
-            await ws.send(to_pcm16(wav[i : i + chunk]))
-        await ws.send(json.dumps({"type": "stop"}))
-        return await recv_all(ws)
-
-
 @pytest.mark.parametrize("decoder", ["greedy", "beam"])
 def test_decoder_per_stream_equals_in_process(beam_server, decoder):
     addr, rec = beam_server
     wav = signal(3.0, seed=4)
-    msgs = asyncio.run(_stream(addr, wav, {"decoder": decoder, "endpointing": False}))
+    msgs = asyncio.run(stream_messages(addr, wav, {"decoder": decoder, "endpointing": False}))
     finals = [m for m in msgs if m["type"] == "final"]
     expected = " ".join(f.text for f in rec.transcribe(wav, endpointing=False, decoder=decoder))
     assert expected and " ".join(f["text"] for f in finals) == expected

@@ -6,22 +6,12 @@ import asyncio
 import dataclasses
 import json
 
-import numpy as np
 import pytest
 from websockets.asyncio.client import connect
 
 from mtspeech.client import to_pcm16
 from mtspeech.streaming import FinalEvent, SpeechActivityEvent
-from serve_helpers import next_message, recv_all, signal
-
-
-async def _stream(addr: str, wav: np.ndarray, start: dict, chunk: int = 1600) -> list[dict]:
-    async with connect(f"ws://{addr}/v1/stream") as ws:
-        await ws.send(json.dumps({"type": "start", **start}))
-        for i in range(0, len(wav), chunk):
-            await ws.send(to_pcm16(wav[i : i + chunk]))
-        await ws.send(json.dumps({"type": "stop"}))
-        return await recv_all(ws)
+from serve_helpers import next_message, recv_all, signal, stream_messages
 
 
 def _in_process(rec, wav, **options) -> list:
@@ -37,7 +27,7 @@ def test_endpoint_rules_per_stream_reach_the_endpointer(make_server, recognizer)
     addr, _ = make_server()
     wav = signal(4.0, seed=6)
     rules = {"max_utterance_s": 0.6, "silence_after_speech_s": 0.3}
-    msgs = asyncio.run(_stream(addr, wav, {"endpointing": True, "endpoint": rules}))
+    msgs = asyncio.run(stream_messages(addr, wav, {"endpointing": True, "endpoint": rules}))
     finals = [m for m in msgs if m["type"] == "final"]
     cfg = dataclasses.replace(recognizer.config.endpoint, rule3_max_utterance_s=0.6, rule2_trailing_silence_s=0.3)
     expected = [e for e in _in_process(recognizer, wav, interim=False, endpoint=cfg) if isinstance(e, FinalEvent)]
@@ -79,7 +69,7 @@ def test_nonsense_endpoint_rules_are_bad_message_and_recoverable(make_server, en
 def test_speech_activity_feed_is_the_vad_head_frame_by_frame(make_server, recognizer):
     addr, _ = make_server()
     wav = signal(2.0, seed=8)
-    msgs = asyncio.run(_stream(addr, wav, {"speech_activity": True, "endpointing": False}))
+    msgs = asyncio.run(stream_messages(addr, wav, {"speech_activity": True, "endpointing": False}))
     feed = [m for m in msgs if m["type"] == "activity"]
     expected = [e for e in _in_process(recognizer, wav, endpointing=False, speech_activity=True)
                 if isinstance(e, SpeechActivityEvent)]
@@ -92,5 +82,5 @@ def test_speech_activity_feed_is_the_vad_head_frame_by_frame(make_server, recogn
         assert all(0.0 <= p <= 1.0 for p in m["speech"])
         t += len(m["speech"]) * frame_s
     # not asked for, not sent (older clients see only partial / final / error / end)
-    plain = asyncio.run(_stream(addr, wav, {"endpointing": False}))
+    plain = asyncio.run(stream_messages(addr, wav, {"endpointing": False}))
     assert {m["type"] for m in plain} <= {"partial", "final", "end"}
