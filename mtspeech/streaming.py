@@ -174,6 +174,11 @@ class Stream:
         self._events: list[Event] = []
 
     @property
+    def resamples(self) -> bool:
+        """Whether accepted audio goes through a resampler (any rate but 16 kHz)."""
+        return self._resampler is not None
+
+    @property
     def audio_seconds(self) -> float:
         """Audio accepted so far, in seconds."""
         return self.samples_accepted / SAMPLE_RATE
@@ -353,35 +358,52 @@ class StreamingRecognizer:
                 raise ValueError(f"stream {s.id} is not ready (needs {self.window_frames} feature frames)")
         self._compute_features(streams)
         x = torch.stack([s._feats[: self.window_frames] for s in streams])  # (B, 4c+3, F)
+        for s in streams:
+            with s._lock:  # a copy: a view would keep the whole window alive
+                s._feats = s._feats[self.stride_frames :].clone()
+        self._step_rows(streams, x)
+
+    def _step_rows(self, streams: Sequence[Stream], x: torch.Tensor, chunk_lens: torch.Tensor | None = None) -> None:
+        """Run the encoder on one window per stream (x (B, N, F); `chunk_lens`: real frames per
+        row when rows are right-padded) with the streams' caches, then decode its output."""
         cache_type = type(streams[0]._cache)
         cache = cache_type.stack([s._cache for s in streams]) if len(streams) > 1 else streams[0]._cache
-        out, cache = self.encoder_step(x, cache, self._roles(streams))
+        out, cache = self.encoder_step(x, cache, self._roles(streams), chunk_lens)
         caches = cache.unstack() if len(streams) > 1 else [cache]
         for s, c in zip(streams, caches):
             s._cache = c
-            with s._lock:  # a copy: a view would keep the whole window alive
-                s._feats = s._feats[self.stride_frames :].clone()
         self._decode_frames(streams, out)
 
-    @torch.inference_mode()
     def finish(self, stream: Stream) -> None:
         """End of audio: decode what is buffered (full chunks, then the last partial one)."""
-        if stream.finished:
-            return
-        if stream._resampler is not None:
-            self._append(stream, stream._resampler.flush())
-        while self.ready(stream):
-            self.step([stream])
-        self._compute_features([stream])  # not ready: the rest is less than one window
-        rest = stream._feats
+        self.finish_many([stream])
+
+    @torch.inference_mode()
+    def finish_many(self, streams: Sequence[Stream]) -> None:
+        """`finish` for several streams in batched steps: their full windows, then every
+        stream's last, shorter window in one step (rows right-padded, `chunk_lens` per row).
+        A server ends many short utterances a second; one unbatched step each cost more than
+        all the batched steps of its live streams (benchmarks/README.md, "Server load")."""
+        streams = [s for s in dict.fromkeys(streams) if not s.finished]
+        for s in streams:
+            if s._resampler is not None:
+                self._append(s, s._resampler.flush())
+        while ready := [s for s in streams if self.ready(s)]:
+            self.step(ready)
+        self._compute_features(streams)  # not ready: each rest is less than one window
         # Fewer than 7 frames give no encoder output ((T-1)//2-1)//2 <= 0: nothing to decode.
-        if rest is not None and rest.shape[0] >= 7:
-            out, stream._cache = self.encoder_step(rest[None], stream._cache, self._roles([stream]))
-            self._decode_frames([stream], out)
-        with stream._lock:
-            stream._feats = None
-        stream.finished = True
-        self._finalize(stream, "eos")
+        last = [s for s in streams if s._feats is not None and s._feats.shape[0] >= 7]
+        if last:
+            lens = torch.tensor([s._feats.shape[0] for s in last], dtype=torch.long)
+            x = torch.zeros(len(last), int(lens.max()), last[0]._feats.shape[1], dtype=last[0]._feats.dtype)
+            for row, s in enumerate(last):
+                x[row, : lens[row]] = s._feats
+            self._step_rows(last, x, None if bool((lens == lens[0]).all()) else lens)
+        for s in streams:
+            with s._lock:
+                s._feats = None
+            s.finished = True
+            self._finalize(s, "eos")
 
     def events(self, stream: Stream) -> list[Event]:
         """Events produced since the last call (partials and finals, in order)."""
@@ -455,7 +477,7 @@ class StreamingRecognizer:
         non-blank argmax in the utterance: for greedy exactly "it emitted a token", and cheap
         for every decoder (a beam search is not asked for its hypothesis every frame).
         """
-        frames = out.frames
+        row_frames = out.lens.tolist()  # rows of a last, padded window may have fewer frames
         # (B, c, V) log-probs of the token heads this batch's decoders read (see `_roles`)
         heads = {k: out.logits[k].float().log_softmax(-1).cpu() for k in ("asr", "phones") if k in out.logits}
         speech = None  # (B, c) p(speech), when endpointing or an activity display needs it
@@ -466,10 +488,11 @@ class StreamingRecognizer:
         else:
             nonspeech = (heads["asr"].argmax(-1) == self.tokenizer.blank_id).numpy()
         for b, s in enumerate(streams):
+            frames = row_frames[b]
             if s.speech_activity:
                 self._emit(s, SpeechActivityEvent(round(s._frames_done * self.frame_shift_s, 3), self.frame_shift_s,
-                                                  tuple(round(float(p), 3) for p in speech[b])))
-            log_probs = heads[s.decoder.head][b]  # (c, V)
+                                                  tuple(round(float(p), 3) for p in speech[b, :frames])))
+            log_probs = heads[s.decoder.head][b, :frames]  # (c, V)
             nonblank = (log_probs.argmax(-1) != s.decoder.blank_id).tolist()
             pushed = 0  # frames of this chunk given to the decoder
             for t in range(frames):

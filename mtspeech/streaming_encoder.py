@@ -54,8 +54,8 @@ class EncoderStep(Protocol):
 
     def init_cache(self, batch: int) -> EncoderCache: ...
 
-    def __call__(self, feats: torch.Tensor, cache: EncoderCache,
-                 roles: Iterable[str] = ("asr",)) -> tuple[ChunkOutput, EncoderCache]: ...
+    def __call__(self, feats: torch.Tensor, cache: EncoderCache, roles: Iterable[str] = ("asr",),
+                 chunk_lens: torch.Tensor | None = None) -> tuple[ChunkOutput, EncoderCache]: ...
 
 
 # ----------------------------------------------------------------------------- heads by role
@@ -117,8 +117,9 @@ class TorchEncoderStep:
     def init_cache(self, batch: int) -> EncoderCache:
         return self.encoder.init_cache(batch, self.chunk_frames, self.left_chunks)
 
-    def __call__(self, feats: torch.Tensor, cache: EncoderCache,
-                 roles: Iterable[str] = ("asr",)) -> tuple[ChunkOutput, EncoderCache]:
-        """feats (B, N <= 4c+3, F) → (heads `roles` of the chunk, the new cache)."""
-        out, cache = self.encoder.forward_chunk(feats, cache)
+    def __call__(self, feats: torch.Tensor, cache: EncoderCache, roles: Iterable[str] = ("asr",),
+                 chunk_lens: torch.Tensor | None = None) -> tuple[ChunkOutput, EncoderCache]:
+        """feats (B, N <= 4c+3, F) → (heads `roles` of the chunk, the new cache). `chunk_lens`
+        (B,): real feature frames of right-padded rows (None: all N)."""
+        out, cache = self.encoder.forward_chunk(feats, cache, chunk_lens)
         return ChunkOutput(head_logits(self.heads, out, roles), out.lens), cache

@@ -94,6 +94,39 @@ def test_batched_streams_at_different_progress_equal_one_by_one():
         assert a.words == b.words
 
 
+def test_streams_finished_together_equal_one_by_one():
+    """`finish_many` runs every stream's last, shorter window in one right-padded batch
+    (`chunk_lens`); each stream's events must equal finishing it alone, including the speech
+    activity of the padded rows and a rest too short to decode (< 7 feature frames)."""
+    rec = tiny_recognizer()
+    # rests of 0.03 s (too short), and several lengths between 7 frames and one window
+    seconds = [1.3, 1.37, 1.45, 1.52, 1.6, 1.67, 2.9]
+    wavs = [signal(t, seed=k) for k, t in enumerate(seconds)]
+
+    def run(together: bool) -> list[list]:
+        streams = [rec.new_stream(endpointing=False, speech_activity=True) for _ in wavs]
+        for s, w in zip(streams, wavs):
+            rec.accept(s, w)
+            while rec.ready(s):
+                rec.step([s])
+        if together:
+            rec.finish_many(streams)
+        else:
+            for s in streams:
+                rec.finish(s)
+        return [rec.events(s) for s in streams]
+
+    alone, together = run(False), run(True)
+    for a, b in zip(alone, together):
+        assert [type(e) for e in a] == [type(e) for e in b]
+        for x, y in zip(a, b):
+            if isinstance(x, FinalEvent):
+                assert x.tokens == y.tokens and x.words == y.words
+            else:
+                assert x == y
+    assert sum(isinstance(e, FinalEvent) for ev in together for e in ev) >= 4
+
+
 def test_stream_resampler_output_does_not_depend_on_chunking():
     rng = np.random.default_rng(0)
     for rate in (8000, 8001, 22050, 44100, 48000, 95999):

@@ -351,6 +351,7 @@ class ConformerEncoder(nn.Module):
         if cache.keys.shape[0] != self.cache_layers:
             raise ValueError(f"cache holds {cache.keys.shape[0]} layers of state but this encoder needs "
                              f"{self.cache_layers} (trunk + towers); build it with init_cache")
+        full = chunk_lens is None  # every row a full window: the new left context is a slice
         if chunk_lens is None:
             chunk_lens = torch.full((b,), n, dtype=torch.long, device=x.device)
         h, lens = self.front(x, chunk_lens)
@@ -376,8 +377,11 @@ class ConformerEncoder(nn.Module):
 
         def step(slot: int, block: nn.Module, h: torch.Tensor) -> torch.Tensor:
             h, k, v, conv_in = block(h, positions, mask, cache.keys[slot], cache.values[slot], cache.conv[slot])
-            keys[slot], values[slot] = k.gather(2, idx), v.gather(2, idx)
-            convs[slot] = conv_in.gather(2, keep_conv[:, None, :].expand(b, conv_in.shape[1], -1))
+            if full:  # views; the stack below copies them once (a gather would copy twice)
+                keys[slot], values[slot], convs[slot] = k[:, :, t:], v[:, :, t:], conv_in[:, :, t:]
+            else:
+                keys[slot], values[slot] = k.gather(2, idx), v.gather(2, idx)
+                convs[slot] = conv_in.gather(2, keep_conv[:, None, :].expand(b, conv_in.shape[1], -1))
             return h.masked_fill(pad, 0.0)
 
         layers, head_logits = [], {}
@@ -389,7 +393,8 @@ class ConformerEncoder(nn.Module):
         slots = range(self.cache_layers)
         new_cache = EncoderCache(
             keys=torch.stack([keys[s] for s in slots]), values=torch.stack([values[s] for s in slots]),
-            key_valid=key_valid.gather(1, keep), conv=torch.stack([convs[s] for s in slots]),
+            key_valid=key_valid[:, t:] if full else key_valid.gather(1, keep),
+            conv=torch.stack([convs[s] for s in slots]),
             frames_seen=cache.frames_seen + lens, chunk_frames=c,
         )
         return out, new_cache

@@ -70,20 +70,22 @@ class OnnxEncoderStep:
                                   dim=self._conv_shape[2], conv_history=self._conv_shape[3],
                                   chunk_frames=self.chunk_frames, left_chunks=self.left_chunks, device="cpu")
 
-    def __call__(self, feats: torch.Tensor, cache: EncoderCache,
-                 roles: Iterable[str] = ("asr",)) -> tuple[ChunkOutput, EncoderCache]:
-        """feats (B, N <= 4c+3, F): a shorter window (a stream's last) is right-padded and its
-        real length passed as `chunk_lens`, so the graph keeps one input shape."""
+    def __call__(self, feats: torch.Tensor, cache: EncoderCache, roles: Iterable[str] = ("asr",),
+                 chunk_lens: torch.Tensor | None = None) -> tuple[ChunkOutput, EncoderCache]:
+        """feats (B, N <= 4c+3, F): shorter windows (streams' last) are right-padded and their
+        real lengths (`chunk_lens`, default N for every row) passed to the graph, so it keeps
+        one input shape."""
         b, n, _ = feats.shape
         if n > self.window_frames:
             raise ValueError(f"{n} feature frames; this graph takes at most {self.window_frames} (4c+3)")
         x = np.zeros((b, self.window_frames, self.feat_dim), dtype=np.float32)
         x[:, :n] = feats.detach().to("cpu", torch.float32).numpy()
-        feed = {"feats": x, "chunk_lens": np.full(b, n, dtype=np.int64)}
+        lens_in = np.full(b, n, dtype=np.int64) if chunk_lens is None else chunk_lens.cpu().numpy().astype(np.int64)
+        feed = {"feats": x, "chunk_lens": lens_in}
         feed |= {f: getattr(cache, f).detach().cpu().numpy() for f in CACHE_FIELDS}
         out = dict(zip(self._outputs, self.session.run(None, feed)))
         lens = torch.from_numpy(out["lens"])
-        frames = int(lens.max()) if b else 0  # the recognizer steps rows of equal length
+        frames = int(lens.max()) if b else 0  # rows past their own `lens` are padding
         logits = {r: torch.from_numpy(out[f"{r}_logits"][:, :frames]) for r in roles if r in self.roles}
         new = EncoderCache(**{f: torch.from_numpy(out[f"new_{f}"]) for f in CACHE_FIELDS},
                            chunk_frames=self.chunk_frames)
