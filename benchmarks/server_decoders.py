@@ -71,8 +71,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     srv.add_argument("--max-batch-size", type=int, default=16)
     srv.add_argument("--max-wait-ms", type=float, default=10.0)
     srv.add_argument("--endpoint-mode", choices=["vad", "blank"], default="vad")
-    srv.add_argument("--server-threads", type=int, default=1,
-                     help="torch threads of the server (OMP_NUM_THREADS; 0: torch's choice)")
+    srv.add_argument("--decode-threads", type=int, default=1, help="the server's concurrent decoding steps")
+    srv.add_argument("--intra-op-threads", type=int, default=1, help="the server's threads per step")
     srv.add_argument("--startup-timeout", type=float, default=300.0, help="seconds to wait for /healthz")
 
 
@@ -216,7 +216,8 @@ def run(args) -> dict:
             "manifest": args.manifest, "utterances": len(utts), "audio_s": round(seconds, 2),
             "settings": {k: getattr(args, k) for k in ("lm", "beam_size", "lm_weight", "frame_ms", "streams",
                                                        "chunk_frames", "left_chunks", "max_batch_size",
-                                                       "max_wait_ms", "endpoint_mode", "server_threads", "device")},
+                                                       "max_wait_ms", "endpoint_mode", "decode_threads", "intra_op_threads",
+                                                       "device")},
             "decoders": {name: results[name] for name in decoders}}
 
 
@@ -228,7 +229,7 @@ def render(result: dict) -> str:
     s = result["settings"]
     lines = [f"{result['utterances']} utterances, {result['audio_s']} s of audio through the server; chunk "
              f"{s['chunk_frames']} frames; LM {s['lm']}; beam {s['beam_size']}, LM weight {s['lm_weight']}; "
-             f"{s['streams']} stream(s); server threads {s['server_threads']}",
+             f"{s['streams']} stream(s); {s['decode_threads']} x {s['intra_op_threads']} server threads",
              f"{'decoder':8s} {'CER':>7s} {'WER':>7s} {'cpu RTF':>8s} {'step RTF':>9s} {'vs greedy':>10s}"]
     for name, r in result["decoders"].items():
         lines.append(f"{name:8s} {r['cer']:7.2%} {r['wer']:7.2%} {_fmt(r['cpu_rtf']):>8s} "

@@ -33,15 +33,18 @@ Definitions (per level):
                     the N=1 level of the same run (the baseline), i.e. what batching buys.
   rss_per_stream    (peak server RSS during the level - server RSS after the warm-up) / N, in MiB:
                     what one more open stream costs in memory (caches, buffers, queues).
+  mean_batch_size   streams per decoding step (`mtspeech_batch_size`), over the level.
   keeps up          no errors or unfinished utterances, p95 final latency < --max-final-latency
-                    (1 s), p95 partial latency < --max-partial-latency (1 s) and rtf < 1.
+                    (0.5 s), p95 partial latency < --max-partial-latency (one chunk + 0.1 s:
+                    0.42 s at the default 8-frame chunk) and rtf < 1.
                     `max_streams_keeping_up` is the largest N that keeps up.
 
 By default the run stops after the first level that does not keep up (`--keep-going` runs all).
 `--backend torch onnx onnx-int8` repeats the whole run per backend (`mtspeech serve --backend`;
 the ONNX graphs are exported once, into a temporary folder) and reports each one.
 
-    python benchmarks/server_load.py --model exp/synthetic/all/final.pt --max-streams 16 --out load.json
+    python benchmarks/server_load.py --model exp/synthetic/all/final.pt --levels 1,64,128,160,192 \
+        --backend torch onnx onnx-int8 --out load.json
     python benchmarks/server_load.py --random-model --max-streams 4 --seconds-per-level 5
 """
 
@@ -88,9 +91,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--frame-ms", type=int, default=40, help="audio per WebSocket frame")
     ap.add_argument("--no-endpointing", action="store_true", help='streams ask for "endpointing": false')
     ap.add_argument("--keep-going", action="store_true", help="run every level even after one fails to keep up")
-    ap.add_argument("--max-final-latency", type=float, default=1.0, help="keep-up bound on p95 final latency (s)")
-    ap.add_argument("--max-partial-latency", type=float, default=1.0,
-                    help="keep-up bound on p95 partial latency (s)")
+    ap.add_argument("--max-final-latency", type=float, default=0.5, help="keep-up bound on p95 final latency (s)")
+    ap.add_argument("--max-partial-latency", type=float, default=None,
+                    help="keep-up bound on p95 partial latency (s; default: one chunk + 0.1 s)")
     ap.add_argument("--out", help="write the results as JSON here")
     srv = ap.add_argument_group("server (passed to `mtspeech serve`)")
     srv.add_argument("--device", default="cpu")
@@ -98,11 +101,16 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
                      help="encoder backends to measure, one full run each")
     srv.add_argument("--chunk-frames", type=int, default=8)
     srv.add_argument("--left-chunks", type=int, default=16)
-    srv.add_argument("--max-batch-size", type=int, default=16)
+    srv.add_argument("--max-batch-size", type=int, default=64)
     srv.add_argument("--max-wait-ms", type=float, default=10.0)
     srv.add_argument("--endpoint-mode", choices=["vad", "blank"], default="vad")
-    srv.add_argument("--server-threads", type=int, default=None,
-                     help="torch threads of the server (OMP_NUM_THREADS; default: torch's choice)")
+    srv.add_argument("--decoder", choices=["greedy", "beam", "phones", "auto"], default="greedy",
+                     help="the streams' decoder (`mtspeech serve --decoder`; beam, phones and auto use "
+                          "the checkpoint's embedded LM, `--lm auto`)")
+    srv.add_argument("--decode-threads", type=int, default=None,
+                     help="the server's concurrent decoding steps (default: the server's)")
+    srv.add_argument("--intra-op-threads", type=int, default=None,
+                     help="the server's threads per step (default: the server's)")
     srv.add_argument("--startup-timeout", type=float, default=180.0, help="seconds to wait for /healthz")
 
 
@@ -150,13 +158,16 @@ def prepare_audio(samples: list[tuple[str, np.ndarray]], ckpt: str, args, backen
 
     from mtspeech.client import to_pcm16
     from mtspeech.endpoint import EndpointConfig
-    from mtspeech.streaming import PartialEvent, StreamingConfig, StreamingRecognizer
+    from mtspeech.streaming import PartialEvent, StreamingConfig
+    from mtspeech.streaming_decoders import load_recognizer
     from serve.protocol import decode_frame
 
     torch.set_num_threads(1)
     cfg = StreamingConfig(chunk_frames=args.chunk_frames, left_chunks=args.left_chunks,
                           endpoint=EndpointConfig(mode=args.endpoint_mode))
-    rec = StreamingRecognizer.from_checkpoint(ckpt, cfg, "cpu")
+    rec = load_recognizer(ckpt, cfg, "cpu", decoder=args.decoder,
+                          lm=None if args.decoder == "greedy" else "auto",  # as the server decodes
+                          beam_size=20, lm_weight=1.0)  # `mtspeech serve`'s defaults
     if backend != "torch":  # partial texts as this backend's server will produce them
         from mtspeech.export.runtime import OnnxEncoderStep
 
@@ -200,15 +211,18 @@ class ServerProcess:
         self.base = f"http://127.0.0.1:{self.port}"
         self.cmd = [sys.executable, "-m", "mtspeech.cli", "serve", "--model", str(ckpt),
                     "--host", "127.0.0.1", "--port", str(self.port), "--device", args.device,
-                    "--max-streams", str(max(64, max_streams)), "--max-batch-size", str(args.max_batch_size),
+                    "--max-streams", str(max(64, 2 * max_streams)),  # room for reconnects "--max-batch-size", str(args.max_batch_size),
                     "--max-wait-ms", str(args.max_wait_ms), "--chunk-frames", str(args.chunk_frames),
                     "--left-chunks", str(args.left_chunks), "--endpoint-mode", args.endpoint_mode,
                     "--log-level", "warning"]
+        if getattr(args, "decoder", None):
+            self.cmd += ["--decoder", args.decoder] + (["--lm", "auto"] if args.decoder != "greedy" else [])
         if backend != "torch":
             self.cmd += ["--backend", "onnx", "--onnx-dir", str(onnx_dir)] + (["--int8"] if backend == "onnx-int8" else [])
         self.env = os.environ.copy()
-        if args.server_threads:
-            self.env["OMP_NUM_THREADS"] = self.env["MKL_NUM_THREADS"] = str(args.server_threads)
+        for flag in ("decode_threads", "intra_op_threads"):
+            if getattr(args, flag, None):
+                self.cmd += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
         self.startup_timeout = args.startup_timeout
         self.proc: subprocess.Popen | None = None
         self.log = tempfile.TemporaryFile(mode="w+")
@@ -502,6 +516,8 @@ async def _run_levels(server: ServerProcess, audios: list[TestAudio], args) -> l
 
 
 def run(args) -> dict:
+    if args.max_partial_latency is None:  # a partial may wait for its chunk's audio, then 100 ms
+        args.max_partial_latency = round(args.chunk_frames * 0.04 + 0.1, 3)
     if min(levels_of(args)) < 1:
         raise SystemExit("stream counts (--max-streams, --levels) must be >= 1")
     ckpt, tmp = args.model, None
@@ -560,8 +576,9 @@ def _result(levels: list[dict], args, source: str, audios: list[TestAudio]) -> d
         "audio": {"source": source, "utterances": [{"name": a.name, "duration_s": round(a.duration, 3),
                                                     "local_partials": len(a.partials)} for a in audios]},
         "settings": {k: getattr(args, k) for k in ("frame_ms", "seconds_per_level", "chunk_frames", "left_chunks",
-                                                   "max_batch_size", "max_wait_ms", "endpoint_mode", "device",
-                                                   "server_threads", "max_final_latency", "max_partial_latency")}
+                                                   "max_batch_size", "max_wait_ms", "endpoint_mode", "decoder", "device",
+                                                   "decode_threads", "intra_op_threads", "max_final_latency",
+                                                   "max_partial_latency")}
                     | {"endpointing": not args.no_endpointing, "cpu_count": os.cpu_count()},
         "keep_up_definition": (f"no errors or unfinished utterances, p95 final latency < {args.max_final_latency:g} s, "
                                f"p95 partial latency < {args.max_partial_latency:g} s, rtf < 1"),

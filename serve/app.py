@@ -120,8 +120,11 @@ def build_uvicorn(app: FastAPI, host: str, port: int, log_level: str = "info"):
     # No ping timeout: under backpressure a fast client's pong waits behind megabytes of its own
     # audio in TCP buffers, and uvicorn would kill a healthy, flowing stream. Silent peers are
     # ended by the stream's own idle timeout instead.
+    # No permessage-deflate: PCM audio barely compresses, and inflating every frame cost the
+    # event loop a third of its time at 128 streams (py-spy, docs in benchmarks/README.md).
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
                             ws_max_size=4 * settings.max_frame_bytes + 1024, lifespan="on",
+                            ws_per_message_deflate=False,
                             ws_ping_timeout=None,
                             timeout_graceful_shutdown=settings.shutdown_timeout_s + 1.0)
     return GracefulServer(config)
@@ -137,6 +140,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-streams", type=int, default=d.max_streams, help="concurrent streams (then 503/1013)")
     parser.add_argument("--max-batch-size", type=int, default=d.max_batch_size)
     parser.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms, help="wait for a fuller batch")
+    parser.add_argument("--decode-threads", type=int, default=None,
+                        help="decoding steps run at once, each on its own thread with its own streams "
+                             "(default: 2 on 2 or more cores, else 1)")
+    parser.add_argument("--intra-op-threads", type=int, default=None,
+                        help="threads of one step's encoder (torch and onnxruntime; default: the cores "
+                             "divided by --decode-threads)")
     parser.add_argument("--max-frame-bytes", type=int, default=d.max_frame_bytes)
     parser.add_argument("--max-upload-bytes", type=int, default=d.max_upload_bytes)
     parser.add_argument("--max-stream-seconds", type=float, default=d.max_stream_seconds)
@@ -179,8 +188,19 @@ def main(args: argparse.Namespace) -> int:
 
     from mtspeech.endpoint import EndpointConfig
 
+    import torch
+
+    cores = os.cpu_count() or 1
+    decode_threads = args.decode_threads or (2 if cores >= 2 else 1)
+    intra_op = args.intra_op_threads or max(1, cores // decode_threads)
+    if decode_threads < 1 or intra_op < 1:
+        log.error("mtspeech serve: --decode-threads and --intra-op-threads must be >= 1")
+        return 2
+    torch.set_num_threads(intra_op)  # onnxruntime sessions take the same count (export/runtime.py)
+    log.info("decoding: %d concurrent steps x %d intra-op threads (%d cores)", decode_threads, intra_op, cores)
     settings = ServerSettings(
         max_streams=args.max_streams, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
+        decode_threads=decode_threads,
         max_frame_bytes=args.max_frame_bytes, max_upload_bytes=args.max_upload_bytes,
         max_stream_seconds=args.max_stream_seconds, idle_timeout_s=args.idle_timeout,
         max_buffered_seconds=args.max_buffered_seconds, shutdown_timeout_s=args.shutdown_timeout,

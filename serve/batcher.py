@@ -1,11 +1,14 @@
 """Cross-stream batching: one consumer drains ready streams into batched decoding steps.
 
 Connections (WebSocket streams, HTTP transcriptions) register a `Job` per stream, feed it
-audio (`Server.feed`: `StreamingRecognizer.accept` off the event loop) and call `notify`. One
-asyncio task collects the jobs whose stream is `ready`, waits up to `max_wait_ms` for a fuller
-batch (at most `max_batch_size`), and runs `recognizer.step` on a single worker thread so the
-event loop keeps moving bytes while the network runs. Events come back to each job's `outbox`
-queue, in order, followed by `END` once the job was asked to finish.
+audio (`Server.feed`: `StreamingRecognizer.accept`) and call `notify`. One asyncio task
+collects the jobs whose stream is `ready`, waits up to `max_wait_ms` for a fuller batch (at
+most `max_batch_size`), and runs `recognizer.step` on a worker thread so the event loop keeps
+moving bytes while the network runs. Up to `workers` steps run at once, each on its own
+thread with disjoint streams (a stream is in at most one step): the encoder releases the GIL,
+so two single-threaded steps use two cores without the barriers of one two-threaded step.
+Events come back to each job's `outbox` queue, in order, followed by `END` once the job was
+asked to finish.
 
 The consumer is supervised: it cannot die. A step that fails is retried stream by stream, so
 an error closes only the stream that caused it (with an `internal` error carrying an incident
@@ -60,22 +63,26 @@ class Job:
     ready_since: float | None = None
     closing_error: ErrorMessage | None = None
     done: bool = False
+    busy: bool = False  # in a step (or flush) now: not eligible for another until it returns
 
 
 class Batcher:
     """The single decoding consumer of a server (see module doc)."""
 
     def __init__(self, recognizer: StreamingRecognizer, max_batch_size: int = 16,
-                 max_wait_ms: float = 10.0, metrics: Metrics | None = None) -> None:
+                 max_wait_ms: float = 10.0, metrics: Metrics | None = None, workers: int = 1) -> None:
+        if workers < 1:
+            raise ValueError(f"workers={workers}: expected >= 1")
         self.recognizer = recognizer
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1000.0
         self.metrics = metrics
+        self.workers = workers
         self._jobs: set[Job] = set()
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
-        # One thread: steps run one after another, and torch uses its own intra-op threads.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mtspeech-decode")
+        self._steps: set[asyncio.Task] = set()  # decoding steps in flight (at most `workers`)
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mtspeech-decode")
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -98,6 +105,8 @@ class Batcher:
             except asyncio.CancelledError:
                 pass
             self._task = None
+        if self._steps:  # let the steps in flight deliver what they decoded
+            await asyncio.wait(self._steps)
         for job in list(self._jobs):
             self._close(job, ErrorMessage(code=ErrorCode.shutting_down, message="server stopped"))
         self._executor.shutdown(wait=True)
@@ -159,13 +168,13 @@ class Batcher:
                 await asyncio.sleep(RESTART_DELAY_S)
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
-            while True:
-                ready = [j for j in self._jobs if self.recognizer.ready(j.stream)]
-                flush = [j for j in self._jobs if j.finishing and j not in ready]
+            while len(self._steps) < self.workers:
+                idle = [j for j in self._jobs if not j.busy]
+                ready = [j for j in idle if self.recognizer.ready(j.stream)]
+                flush = [j for j in idle if j.finishing and j not in ready]
                 if not ready and not flush:
                     break
                 now = time.monotonic()
@@ -182,8 +191,25 @@ class Batcher:
                         self._wakeup.clear()
                         continue
                 ready.sort(key=lambda j: j.ready_since)  # oldest first: fairness
-                batch = ready[: self.max_batch_size]
-                await self._decode(loop, batch, flush)
+                self._launch(ready[: self.max_batch_size], flush)
+
+    def _launch(self, batch: list[Job], flush: list[Job]) -> None:
+        """Start one step of `batch` (and `flush`) on a worker thread; the loop goes on."""
+        for j in batch + flush:
+            j.busy = True
+        task = asyncio.get_running_loop().create_task(self._step(batch, flush))
+        self._steps.add(task)
+
+    async def _step(self, batch: list[Job], flush: list[Job]) -> None:
+        try:
+            await self._decode(asyncio.get_running_loop(), batch, flush)
+        except Exception:  # _decode handles step errors; anything else must not stall the jobs
+            log.exception("delivering a decoding step failed")
+        finally:
+            for j in batch + flush:
+                j.busy = False
+            self._steps.discard(asyncio.current_task())
+            self._wakeup.set()  # a worker is free, and the jobs may be ready again
 
     async def _decode(self, loop, batch: list[Job], flush: list[Job]) -> None:
         since = {id(j): j.ready_since for j in batch}
@@ -237,12 +263,12 @@ class Batcher:
         self._close(job, job.closing_error)
 
     def _work(self, streams: list[Stream], flush: list[Stream]) -> float:
-        """On the worker thread: one batched step, then the finishing streams' flushes."""
+        """On the worker thread: one batched step, then the finishing streams' flushes (batched too)."""
         t0 = time.perf_counter()
         if streams:
             self.recognizer.step(streams)
-        for s in flush:
-            self.recognizer.finish(s)
+        if flush:
+            self.recognizer.finish_many(flush)
         return time.perf_counter() - t0
 
     def _deliver(self, job: Job, since: float | None) -> None:

@@ -90,7 +90,7 @@ def test_server_load_benchmark(assets):
     bench = _load("server_load")
     out = assets["root"] / "load.json"
     bench.main(["--model", str(assets["ckpt"]), "--audio", str(assets["wav"]), "--levels", "1,2",
-                "--seconds-per-level", "0.5", "--server-threads", "1", "--keep-going", "--out", str(out)])
+                "--seconds-per-level", "0.5", "--intra-op-threads", "1", "--keep-going", "--out", str(out)])
     result = json.loads(out.read_text())
     assert [lv["streams"] for lv in result["levels"]] == [1, 2]
     assert result["baseline"]["streams"] == 1
@@ -105,6 +105,18 @@ def test_server_load_benchmark(assets):
         assert lv["audio_s"] == pytest.approx(1.6 * lv["utterances"], rel=0.05)
         assert isinstance(lv["keeps_up"], bool)
     assert result["levels"][0]["efficiency_vs_n1"] == 1.0
+
+
+def test_batch_step_benchmark(assets):
+    bench = _load("batch_step")
+    out = assets["root"] / "batch_step.json"
+    bench.main(["--model", str(assets["ckpt"]), "--manifest", "missing.jsonl", "--batch-sizes", "1", "3",
+                "--steps", "2", "--out", str(out)])
+    rows = json.loads(out.read_text())["backends"]["torch"]
+    assert [r["batch"] for r in rows] == [1, 3] and rows[0]["vs_first"] == 1.0
+    for r in rows:
+        assert r["step_ms"] > 0 and r["ms_per_stream"] == pytest.approx(r["step_ms"] / r["batch"], rel=0.01)
+        assert r["realtime_streams"] == pytest.approx(0.32 * r["batch"] / (r["step_ms"] / 1e3), rel=0.02)
 
 
 def test_capacity_table_from_a_load_run(tmp_path, capsys):

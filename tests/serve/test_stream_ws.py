@@ -87,6 +87,46 @@ def test_sixteen_concurrent_streams_are_batched_and_correct(make_server, recogni
     assert total / count > 1.5, "streams should share decoding steps"
 
 
+def test_two_decode_threads_run_steps_at_once_on_disjoint_streams(make_server, recognizer):
+    """`decode_threads=2`: two steps run concurrently (each slowed here so they must overlap),
+    never with a stream in both, and every stream still decodes exactly."""
+    import itertools
+    import threading
+    import time
+
+    addr, app = make_server(max_batch_size=4, max_wait_ms=0, decode_threads=2)
+    batcher = app.state.server.batcher
+    work, lock = batcher._work, threading.Lock()
+    active: dict[int, set] = {}  # step id → its streams
+    seen, step_ids = {"max_steps": 0}, itertools.count()
+
+    def spy(streams, flush):
+        ids = {s.id for s in [*streams, *flush]}
+        with lock:
+            assert all(not (ids & other) for other in active.values()), "a stream is in two steps"
+            key = next(step_ids)
+            active[key] = ids
+            seen["max_steps"] = max(seen["max_steps"], len(active))
+        try:
+            time.sleep(0.02)
+            return work(streams, flush)
+        finally:
+            with lock:
+                del active[key]
+
+    batcher._work = spy
+    wavs = [signal(1.2 + 0.1 * k, seed=k) for k in range(8)]
+
+    async def run():
+        return await asyncio.gather(*[
+            stream_samples(f"ws://{addr}/v1/stream", w, frame_ms=60, endpointing=False) for w in wavs])
+
+    for w, r in zip(wavs, asyncio.run(run())):
+        assert not r.errors
+        assert r.text == reference_text(recognizer, w)
+    assert seen["max_steps"] == 2
+
+
 def test_bad_input_gets_clear_errors_while_another_stream_works(make_server, recognizer):
     addr, app = make_server(max_frame_bytes=64 * 1024, idle_timeout_s=0.6)
     url = f"ws://{addr}/v1/stream"
