@@ -39,6 +39,7 @@ import itertools
 import logging
 import math
 import threading
+import weakref
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,7 +53,7 @@ from mtspeech.decode import Word  # word, start, end (stream seconds), confidenc
 from mtspeech.endpoint import EndpointConfig, Endpointer
 from mtspeech.streaming_decoders import GreedyDecoder, TokenDecoder
 from mtspeech.streaming_encoder import (  # noqa: F401 (phone_task, vad_task re-exported)
-    ChunkOutput, EncoderStep, TorchEncoderStep, asr_task, phone_task, vad_task)
+    CachePool, ChunkOutput, EncoderStep, TorchEncoderStep, asr_task, phone_task, vad_task)
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +149,7 @@ class Stream:
     _ids = itertools.count()
     speech_activity = False  # emit a SpeechActivityEvent per chunk (set once by new_stream)
 
-    def __init__(self, sample_rate: int, endpointing: bool, interim: bool, cache, decoder: TokenDecoder,
+    def __init__(self, sample_rate: int, endpointing: bool, interim: bool, cache_row: int, decoder: TokenDecoder,
                  endpointer: Endpointer) -> None:
         self.id = next(Stream._ids)
         self.sample_rate = sample_rate
@@ -163,7 +164,7 @@ class Stream:
         self._pending: deque[np.ndarray] = deque()
         self._pending_len = 0
         self._feats: torch.Tensor | None = None  # (T, F) feature frames not yet consumed
-        self._cache = cache
+        self._cache_row = cache_row  # this stream's row of the recognizer's CachePool
         self._frames_done = 0  # encoder frames decoded so far (absolute frame index)
         self.decoder = decoder
         self._utt = decoder.begin()
@@ -254,6 +255,7 @@ class StreamingRecognizer:
         self.encoder_step = encoder_step or TorchEncoderStep(
             model, self.config.chunk_frames, self.config.left_chunks, _RecognizerHeads(self))
         _check_encoder_step(self.encoder_step, self.config, model)
+        self._caches = CachePool(self.encoder_step.init_cache)
         if self.config.endpoint.mode == "vad" and self.vad is None:
             log.warning("model has no VAD task; endpointing falls back to CTC blanks (mode 'blank')")
         c = self.config.chunk_frames
@@ -306,14 +308,16 @@ class StreamingRecognizer:
         if decoder not in self.decoders:
             raise ValueError(f"decoder {decoder!r} is not available here; this recognizer has "
                              f"{sorted(self.decoders)}")
-        cache = self.encoder_step.init_cache(1)
         endpoint = endpoint or self.config.endpoint
         if not endpointing:
             # Pauses (rule 2) never end the utterance, but rule 3 still bounds it and rule 1 still
             # drops silence: one endless utterance would re-render an ever longer partial per chunk.
             endpoint = dataclasses.replace(endpoint, rule2_trailing_silence_s=math.inf)
-        stream = Stream(sample_rate, endpointing, interim, cache, self.decoders[decoder],
+        row = self._caches.acquire()
+        stream = Stream(sample_rate, endpointing, interim, row, self.decoders[decoder],
                         Endpointer(endpoint, self.frame_shift_s))
+        # The row returns to the pool when the stream finishes, or is dropped unfinished.
+        stream._release_cache = weakref.finalize(stream, self._caches.release, row)
         stream.speech_activity = speech_activity and self.vad is not None
         return stream
 
@@ -366,12 +370,9 @@ class StreamingRecognizer:
     def _step_rows(self, streams: Sequence[Stream], x: torch.Tensor, chunk_lens: torch.Tensor | None = None) -> None:
         """Run the encoder on one window per stream (x (B, N, F); `chunk_lens`: real frames per
         row when rows are right-padded) with the streams' caches, then decode its output."""
-        cache_type = type(streams[0]._cache)
-        cache = cache_type.stack([s._cache for s in streams]) if len(streams) > 1 else streams[0]._cache
-        out, cache = self.encoder_step(x, cache, self._roles(streams), chunk_lens)
-        caches = cache.unstack() if len(streams) > 1 else [cache]
-        for s, c in zip(streams, caches):
-            s._cache = c
+        rows = [s._cache_row for s in streams]
+        out, cache = self.encoder_step(x, self._caches.take(rows), self._roles(streams), chunk_lens)
+        self._caches.put(rows, cache)
         self._decode_frames(streams, out)
 
     def finish(self, stream: Stream) -> None:
@@ -403,7 +404,12 @@ class StreamingRecognizer:
             with s._lock:
                 s._feats = None
             s.finished = True
+            s._release_cache()
             self._finalize(s, "eos")
+
+    def cache_of(self, stream: Stream):
+        """A copy of the stream's encoder cache (`EncoderCache`, batch 1); for tests and debugging."""
+        return self._caches.take([stream._cache_row])
 
     def events(self, stream: Stream) -> list[Event]:
         """Events produced since the last call (partials and finals, in order)."""

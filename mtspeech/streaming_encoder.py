@@ -6,7 +6,7 @@ encoder step, split off as torchaudio's streaming bundles split `model.infer` fr
 feature extractor and the token processor, so another runtime can replace it alone:
 
     step = TorchEncoderStep(model, chunk_frames=8, left_chunks=16)   # or export.runtime.OnnxEncoderStep
-    cache = step.init_cache(batch=1)                                  # an EncoderCache per stream
+    cache = step.init_cache(batch=1)                                  # or rows of a CachePool
     out, cache = step(feats, cache, roles=("asr", "vad"))             # feats (B, N <= 4c+3, F)
     out.logits["asr"]  # (B, c', V) raw logits; "phones" (B, c', P); "vad" (B, c') speech logits
 
@@ -17,8 +17,9 @@ label space) and `vad` (the task with `speech_probs`), each read from its own en
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Protocol
+from typing import Callable, Iterable, Mapping, Protocol, Sequence
 
 import torch
 from torch import nn
@@ -93,6 +94,58 @@ def head_tasks(model: nn.Module) -> dict[str, nn.Module]:
 def head_logits(heads: dict[str, nn.Module], out: EncoderOutput, roles: Iterable[str]) -> dict[str, torch.Tensor]:
     """role → logits of `heads[role]` on its input in the encoder output `out` (its layer, mix or tower)."""
     return {r: heads[r](task_input(heads[r], out), out.lens) for r in roles}
+
+
+# ----------------------------------------------------------------------------- the streams' caches
+
+
+class CachePool:
+    """The encoder caches of a recognizer's streams, one row each of one batched cache.
+
+    A step gathers its streams' rows with one copy per tensor and writes them back with one,
+    where stacking B caches and splitting them back took 5·B tensor operations, each a trip
+    out of Python that another thread (the server's event loop) may hold up. Rows freed by
+    finished or dropped streams are reused; the pool grows by doubling and keeps its peak size.
+    Thread-safe: the server steps disjoint streams on several threads.
+    """
+
+    def __init__(self, init_cache: Callable[[int], EncoderCache]) -> None:
+        self._init = init_cache
+        self._lock = threading.Lock()
+        self._cache = init_cache(0)
+        self._blank = init_cache(1)
+        self._free: list[int] = []
+
+    @property
+    def capacity(self) -> int:
+        return self._cache.batch_size
+
+    def acquire(self) -> int:
+        """A row holding the state before any audio."""
+        with self._lock:
+            if not self._free:
+                n = max(8, self.capacity)
+                self._cache = EncoderCache.stack([self._cache, self._init(n)])
+                self._free = list(range(self.capacity - 1, self.capacity - n - 1, -1))
+            row = self._free.pop()
+            self._cache.put_(torch.tensor([row]), self._blank)
+            return row
+
+    def release(self, row: int) -> None:
+        with self._lock:
+            self._free.append(row)
+
+    def take(self, rows: Sequence[int]) -> EncoderCache:
+        """A copy of these rows, as one cache of batch len(rows)."""
+        index = torch.tensor(rows, dtype=torch.long)
+        with self._lock:
+            return self._cache.take(index)
+
+    def put(self, rows: Sequence[int], cache: EncoderCache) -> None:
+        """Store `cache` (batch len(rows)) as these rows."""
+        index = torch.tensor(rows, dtype=torch.long)
+        with self._lock:
+            self._cache.put_(index, cache)
 
 
 # ----------------------------------------------------------------------------- the torch step

@@ -13,7 +13,6 @@ import soxr
 import torch
 import torchaudio
 
-from mtspeech.encoders.cache import EncoderCache
 from mtspeech.endpoint import EndpointConfig, Endpointer
 from mtspeech.streaming import FinalEvent, PartialEvent, StreamingRecognizer, StreamResampler
 from mtspeech.tasks.ctc import CTCTask
@@ -265,23 +264,41 @@ def test_long_stream_memory_is_bounded():
         # less than one window is left (samples are featurized only when a window needs them)
         assert s.buffered_seconds < (rec.window_frames * 160 + 400) / 16000
         assert len(s._utt.tokens) <= 2.0 / 0.04
-    assert s._cache.keys.shape[3] == CHUNK * LEFT
+    assert rec.cache_of(s).keys.shape[3] == CHUNK * LEFT
     assert len(finals_of(rec.events(s))) >= 8
 
 
-def test_unstacked_caches_own_their_storage():
-    # A view would keep the whole batch's tensors alive while one of its streams sits idle.
+def test_cache_pool_rows_are_taken_put_reused_and_freed_with_their_stream():
+    import gc
+
+    from mtspeech.streaming_encoder import CachePool
+
     encoder = tiny_recognizer().model.encoder
-    caches = [encoder.init_cache(1, CHUNK, LEFT) for _ in range(8)]
-    for k, c in enumerate(caches):
-        c.keys.fill_(k)
-        c.frames_seen.fill_(k)
-    rows = EncoderCache.stack(caches).unstack()
-    for k, row in enumerate(rows):
-        for name in ("keys", "values", "key_valid", "conv", "frames_seen"):
-            t = getattr(row, name)
-            assert t.untyped_storage().nbytes() == t.numel() * t.element_size(), name
-        assert torch.all(row.keys == k) and row.frames_seen.item() == k
+    pool = CachePool(lambda n: encoder.init_cache(n, CHUNK, LEFT))
+    rows = [pool.acquire() for _ in range(11)]  # past the first 8: the pool grows, rows survive
+    assert sorted(rows) == list(range(11)) and pool.capacity == 16
+    for r in rows:
+        filled = pool.take([r])
+        filled.keys.fill_(r)
+        filled.key_valid.fill_(True)
+        filled.frames_seen.fill_(r)
+        pool.put([r], filled)
+    pool.acquire()  # growth again would copy; rows keep their contents either way
+    got = pool.take([7, 2, 10])
+    assert [int(x) for x in got.frames_seen] == [7, 2, 10]
+    assert torch.all(got.keys[:, 1] == 2) and got.key_valid.all()
+    pool.release(2)
+    again = pool.acquire()  # a released row comes back blank
+    assert again == 2 and not pool.take([2]).key_valid.any() and int(pool.take([2]).frames_seen) == 0
+    # A recognizer's stream returns its row when finished, or when dropped unfinished.
+    rec = tiny_recognizer()
+    a, b = rec.new_stream(), rec.new_stream()
+    taken = {a._cache_row, b._cache_row}
+    rec.finish(a)
+    del b
+    gc.collect()
+    c, d = rec.new_stream(), rec.new_stream()
+    assert {c._cache_row, d._cache_row} == taken
 
 
 def test_misuse_is_reported():

@@ -1,7 +1,8 @@
 """EncoderCache: the streaming state of a chunked encoder, typed, fixed-size and batched.
 
-Every tensor has the batch on a fixed axis and a size that never changes while a stream
-runs, so caches of streams at different progress stack into one batch and split back.
+Every tensor has the batch on a fixed axis (`BATCH_DIM`) and a size that never changes while
+a stream runs, so caches of streams at different progress are rows of one batch
+(`mtspeech.streaming_encoder.CachePool`: `take` the rows of a step, `put_` them back).
 Attention keys are stored *after* rotary embedding (at their absolute positions), so they
 stay valid as later chunks arrive; `frames_seen` gives each row the position of its next
 frame.
@@ -121,6 +122,16 @@ class EncoderCache:
             for i in range(self.batch_size)
         ]
 
+    def take(self, rows: torch.Tensor) -> "EncoderCache":
+        """A new cache of the given rows (B',) int64, in that order (one copy per tensor)."""
+        return EncoderCache(**{f: getattr(self, f).index_select(d, rows) for f, d in BATCH_DIM.items()},
+                            chunk_frames=self.chunk_frames)
+
+    def put_(self, rows: torch.Tensor, other: "EncoderCache") -> None:
+        """Write `other`'s rows into rows `rows` (B',) of this cache, in place."""
+        for f, d in BATCH_DIM.items():
+            getattr(self, f).index_copy_(d, rows, getattr(other, f))
+
     def to(self, device: torch.device | str) -> "EncoderCache":
         """The same cache on another device."""
         return dataclasses.replace(
@@ -131,6 +142,10 @@ class EncoderCache:
             conv=self.conv.to(device),
             frames_seen=self.frames_seen.to(device),
         )
+
+
+# The batch axis of each tensor field.
+BATCH_DIM = {"keys": 1, "values": 1, "key_valid": 0, "conv": 1, "frames_seen": 0}
 
 
 def _own(row: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,7 @@
 
 Only the encoder chunk and the heads run here; features and token decoding stay in the
 recognizer. The cache is the same `EncoderCache` as PyTorch's (CPU tensors, shared with
-numpy without copies), so streams stack and unstack exactly as they do with the torch step.
+numpy without copies), so the recognizer batches streams exactly as it does with the torch step.
 """
 
 from __future__ import annotations
