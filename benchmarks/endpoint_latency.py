@@ -2,7 +2,7 @@
 
 Every utterance of a manifest (which must carry exact speech segments, field `speech`) is
 streamed through the same model twice, locally (no server), with the same endpoint rules
-(`mtspeech/endpoint.py`, sherpa-onnx style) and only the non-speech criterion changed:
+(`mtspeech/streaming/endpoint.py`, sherpa-onnx style) and only the non-speech criterion changed:
 
   * vad   - a frame is non-speech when the VAD head's p(speech) < threshold;
   * blank - a frame is non-speech when the greedy CTC label is the blank (sherpa's criterion).
@@ -68,7 +68,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _cli import add_model_arguments, run_main  # noqa: E402
 
-from mtspeech.endpoint import EndpointConfig  # noqa: E402
+from mtspeech.streaming.endpoint import EndpointConfig  # noqa: E402
 from mtspeech.streaming import SAMPLE_RATE, FinalEvent, StreamingConfig, StreamingRecognizer  # noqa: E402
 
 DEFAULT_MANIFEST = "data/synthetic/test.jsonl"

@@ -157,9 +157,9 @@ def prepare_audio(samples: list[tuple[str, np.ndarray]], ckpt: str, args, backen
     import torch
 
     from mtspeech.client import to_pcm16
-    from mtspeech.endpoint import EndpointConfig
+    from mtspeech.streaming.endpoint import EndpointConfig
     from mtspeech.streaming import PartialEvent, StreamingConfig
-    from mtspeech.streaming_decoders import load_recognizer
+    from mtspeech.streaming.decoders import load_recognizer
     from serve.protocol import decode_frame
 
     torch.set_num_threads(1)

@@ -43,7 +43,7 @@ def run(args) -> dict:
     from mtspeech.data.manifest import read_manifest
     from mtspeech.metrics import cer, wer
     from mtspeech.streaming import SAMPLE_RATE, StreamingConfig
-    from mtspeech.streaming_decoders import load_recognizer
+    from mtspeech.streaming.decoders import load_recognizer
 
     torch.set_num_threads(args.threads)
     model = args.model

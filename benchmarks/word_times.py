@@ -116,7 +116,7 @@ def run(args) -> dict:
     from mtspeech.data.manifest import read_manifest
     from mtspeech.decode import GreedyDecoder, add_word_times
     from mtspeech.streaming import StreamingConfig
-    from mtspeech.streaming_decoders import load_recognizer
+    from mtspeech.streaming.decoders import load_recognizer
 
     torch.set_num_threads(args.threads)
     if args.random_model:

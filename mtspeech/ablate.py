@@ -453,7 +453,6 @@ def build_report(grid: Grid, out: str | Path, runs: list[Run] | None = None, n_r
     `failed`: run name → error, listed in the report. Returns the results dict.
     """
     from mtspeech.plots import plot_metric_bars, plot_training_curves
-    from mtspeech.stats import paired_bootstrap
 
     out = Path(out)
     runs = runs if runs is not None else [Run(v, s, out / "runs" / v / f"seed{s}")

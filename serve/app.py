@@ -186,7 +186,7 @@ def main(args: argparse.Namespace) -> int:
     """Run `mtspeech serve`."""
     import os
 
-    from mtspeech.endpoint import EndpointConfig
+    from mtspeech.streaming.endpoint import EndpointConfig
 
     import torch
 
@@ -208,7 +208,7 @@ def main(args: argparse.Namespace) -> int:
     )
     streaming = StreamingConfig(chunk_frames=args.chunk_frames, left_chunks=args.left_chunks,
                                 endpoint=EndpointConfig(mode=args.endpoint_mode))
-    from mtspeech.streaming_decoders import load_recognizer
+    from mtspeech.streaming.decoders import load_recognizer
 
     try:
         recognizer = load_recognizer(args.model, streaming, args.device, decoder=args.decoder, lm=args.lm,

@@ -26,7 +26,7 @@ from typing import Annotated, Literal, Union
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from mtspeech.endpoint import EndpointConfig
+from mtspeech.streaming.endpoint import EndpointConfig
 from mtspeech.streaming import FinalEvent, PartialEvent, SpeechActivityEvent
 
 ENCODINGS = {"pcm_s16le": (np.dtype("<i2"), 32768.0), "f32le": (np.dtype("<f4"), 1.0)}

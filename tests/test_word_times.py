@@ -8,7 +8,7 @@ import torch
 
 from mtspeech.decode import GreedyDecoder as OfflineGreedy
 from mtspeech.decode import TokenSpan, piece_groups, timed_words, word_alignments
-from mtspeech.streaming_decoders import BeamDecoder, GreedyDecoder
+from mtspeech.streaming.decoders import BeamDecoder, GreedyDecoder
 from tiny_asr import PIECES, PieceTable
 
 torch.set_num_threads(1)

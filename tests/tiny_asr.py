@@ -13,7 +13,7 @@ import torch
 
 from mtspeech.data.features import Fbank, GlobalCMVN
 from mtspeech.encoders import ConformerConfig, ConformerEncoder
-from mtspeech.endpoint import EndpointConfig
+from mtspeech.streaming.endpoint import EndpointConfig
 from mtspeech.model import MultiTaskModel
 from mtspeech.streaming import StreamingConfig, StreamingRecognizer
 from mtspeech.tasks.ctc import CTCConfig, CTCTask

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
-import os
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 

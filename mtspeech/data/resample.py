@@ -24,7 +24,7 @@ class StreamResampler:
     soxr's cost per sample does not depend on the rate ratio (torchaudio's sinc kernel grows
     with the reduced ratio: seconds and GBs per call at 8001 Hz). Its stream output is
     bit-identical however the input is chunked, and equal to `soxr.resample` on the whole
-    signal (tests/test_streaming.py checks both); after `flush` the output totals
+    signal (tests/streaming/test_streaming.py checks both); after `flush` the output totals
     round(N * new_rate / orig_rate) samples.
     """
 

@@ -2,7 +2,7 @@
 
 Every tensor has the batch on a fixed axis (`BATCH_DIM`) and a size that never changes while
 a stream runs, so caches of streams at different progress are rows of one batch
-(`mtspeech.streaming_encoder.CachePool`: `take` the rows of a step, `put_` them back).
+(`mtspeech.streaming.encoder.CachePool`: `take` the rows of a step, `put_` them back).
 Attention keys are stored *after* rotary embedding (at their absolute positions), so they
 stay valid as later chunks arrive; `frames_seen` gives each row the position of its next
 frame.

@@ -38,7 +38,7 @@ def main(args: argparse.Namespace) -> int:
     from mtspeech.export.parity import logit_parity
     from mtspeech.export.quantize import quantize_int8
     from mtspeech.export.runtime import OnnxEncoderStep
-    from mtspeech.streaming_encoder import TorchEncoderStep
+    from mtspeech.streaming.encoder import TorchEncoderStep
 
     if not Path(args.model).is_file():
         log.error("mtspeech export: checkpoint %s does not exist", args.model)

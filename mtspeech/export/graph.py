@@ -23,7 +23,7 @@ from __future__ import annotations
 from torch import nn
 
 from mtspeech.encoders.cache import EncoderCache
-from mtspeech.streaming_encoder import HEAD_ROLES, head_logits, head_tasks
+from mtspeech.streaming.encoder import HEAD_ROLES, head_logits, head_tasks
 
 CACHE_FIELDS = ("keys", "values", "key_valid", "conv", "frames_seen")
 INPUT_NAMES = ("feats", "chunk_lens", *CACHE_FIELDS)

@@ -20,7 +20,7 @@ import torch
 
 from mtspeech.encoders.subsampling import chunk_windows
 from mtspeech.metrics import cer
-from mtspeech.streaming_encoder import EncoderStep
+from mtspeech.streaming.encoder import EncoderStep
 
 
 @torch.inference_mode()

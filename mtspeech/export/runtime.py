@@ -23,7 +23,7 @@ from torch import nn
 from mtspeech.encoders.cache import EncoderCache
 from mtspeech.export.graph import CACHE_FIELDS, INPUT_NAMES
 from mtspeech.export.onnx import ExportInfo, export_onnx, file_sha256
-from mtspeech.streaming_encoder import ChunkOutput
+from mtspeech.streaming.encoder import ChunkOutput
 
 log = logging.getLogger(__name__)
 

@@ -266,7 +266,7 @@ def test_towered_model_exports_to_onnx_with_torch_parity(tmp_path):
     from mtspeech.export.onnx import export_onnx
     from mtspeech.export.parity import logit_parity
     from mtspeech.export.runtime import OnnxEncoderStep
-    from mtspeech.streaming_encoder import TorchEncoderStep
+    from mtspeech.streaming.encoder import TorchEncoderStep
     from tiny_asr import signal
 
     model = model_of(config(towers=dict(TOWERS, cross_stitch=True))).eval()

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from mtspeech.endpoint import EndpointConfig
+from mtspeech.streaming.endpoint import EndpointConfig
 from mtspeech.export.onnx import ExportInfo, export_onnx
 from mtspeech.export.parity import logit_parity, transcript_parity
 from mtspeech.export.runtime import OnnxEncoderStep
 from mtspeech.streaming import FinalEvent, StreamingConfig, StreamingRecognizer
-from mtspeech.streaming_encoder import TorchEncoderStep
+from mtspeech.streaming.encoder import TorchEncoderStep
 from tiny_asr import CHUNK, LEFT, PieceTable, signal
 
 # int8 gate on the tiny model: CER of the int8 transcripts taking the fp32 ones as reference.

@@ -14,7 +14,7 @@ from websockets.asyncio.client import connect
 
 from mtspeech.client import to_pcm16
 from mtspeech.streaming import PartialEvent
-from mtspeech.streaming_decoders import BeamDecoder, load_recognizer
+from mtspeech.streaming.decoders import BeamDecoder, load_recognizer
 from serve import app as serve_app
 from serve import protocol as P
 from serve.app import create_app

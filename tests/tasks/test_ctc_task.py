@@ -8,7 +8,7 @@ import pickle
 import pytest
 import torch
 
-from mtspeech.tasks import TASKS, Targets, build_task
+from mtspeech.tasks import TASKS, build_task
 from mtspeech.tasks.ctc import CTCConfig, CTCTask
 
 PHONES_A = ["HH", "AH", "L", "OW"]

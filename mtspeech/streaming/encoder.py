@@ -1,7 +1,7 @@
 """The encoder step of the streaming recognizer: encoder chunk + heads, behind one small seam.
 
-The recognizer (`mtspeech/streaming.py`) owns features, streams and endpointing; the token
-decoders (`mtspeech/streaming_decoders.py`) turn log-probs into words. Between them sits the
+The recognizer (`mtspeech/streaming/recognizer.py`) owns features, streams and endpointing; the token
+decoders (`mtspeech/streaming/decoders.py`) turn log-probs into words. Between them sits the
 encoder step, split off as torchaudio's streaming bundles split `model.infer` from the
 feature extractor and the token processor, so another runtime can replace it alone:
 

@@ -1,4 +1,4 @@
-"""Token decoders of the streaming recognizer (mtspeech/streaming_decoders.py).
+"""Token decoders of the streaming recognizer (mtspeech/streaming/decoders.py).
 
 Invariants on a tiny random model: each beam decoder streamed chunk by chunk equals the
 offline `BeamSearchDecoder` on the chunk-masked full forward (lexicon-free, piece lexicon + word
@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from mtspeech.decode import BeamSearchDecoder, PhoneTable
-from mtspeech.endpoint import EndpointConfig
+from mtspeech.streaming.endpoint import EndpointConfig
 from mtspeech.lm import build_ngram_lm
 from mtspeech.model import MultiTaskModel
 from mtspeech.streaming import FinalEvent, PartialEvent, StreamingConfig, StreamingRecognizer
-from mtspeech.streaming_decoders import BeamDecoder, build_decoders
+from mtspeech.streaming.decoders import BeamDecoder, build_decoders
 from mtspeech.tasks.ctc import CTCConfig, CTCTask
 from test_streaming import feed_randomly, finals_of
 from tiny_asr import CHUNK, LEFT, PIECES, PieceTable, signal, tiny_model

@@ -1,6 +1,6 @@
 """Token decoders of the streaming recognizer: the per-utterance search behind one small seam.
 
-The recognizer (`mtspeech/streaming.py`) owns features, the encoder and its cache, and
+The recognizer (`mtspeech/streaming/recognizer.py`) owns features, the encoder and its cache, and
 endpointing; what turns a head's log-probabilities into words lives here, so a decoder can be
 swapped without touching the rest (torchaudio's streaming bundles split inference the same way).
 
@@ -365,7 +365,7 @@ def build_decoders(model: torch.nn.Module, tokenizer, frame_shift_s: float, lm: 
     (default: next to the LM), as `mtspeech evaluate --decoder beam --lm` does.
     """
     from mtspeech.decode import PhoneTable
-    from mtspeech.streaming import phone_task
+    from mtspeech.streaming.encoder import phone_task
 
     options = dict(beam_size=beam_size, lm_weight=lm_weight, word_score=word_score)
     out = {"beam": BeamDecoder(tokenizer, "asr", frame_shift_s, lm=lm, **options)}
@@ -399,7 +399,7 @@ def load_recognizer(checkpoint: str | Path, config=None, device: str = "cpu", de
     import tempfile
 
     from mtspeech.checkpoint import load_model
-    from mtspeech.streaming import SAMPLE_RATE, HOP_SAMPLES, StreamingRecognizer, _tokenizer_of
+    from mtspeech.streaming.recognizer import SAMPLE_RATE, HOP_SAMPLES, StreamingRecognizer, _tokenizer_of
 
     if decoder not in (*DECODER_KINDS, "auto"):
         raise ValueError(f"decoder {decoder!r}: choose one of {(*DECODER_KINDS, 'auto')}")

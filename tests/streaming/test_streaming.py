@@ -13,7 +13,7 @@ import soxr
 import torch
 import torchaudio
 
-from mtspeech.endpoint import EndpointConfig, Endpointer
+from mtspeech.streaming.endpoint import EndpointConfig, Endpointer
 from mtspeech.streaming import FinalEvent, PartialEvent, StreamingRecognizer, StreamResampler
 from mtspeech.tasks.ctc import CTCTask
 from tiny_asr import CHUNK, LEFT, signal, tiny_recognizer
@@ -271,7 +271,7 @@ def test_long_stream_memory_is_bounded():
 def test_cache_pool_rows_are_taken_put_reused_and_freed_with_their_stream():
     import gc
 
-    from mtspeech.streaming_encoder import CachePool
+    from mtspeech.streaming.encoder import CachePool
 
     encoder = tiny_recognizer().model.encoder
     pool = CachePool(lambda n: encoder.init_cache(n, CHUNK, LEFT))

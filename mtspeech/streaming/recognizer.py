@@ -1,7 +1,7 @@
 """Streaming recognition: incremental features, chunked encoder, a token decoder, endpointing.
 
 The token decoder of a stream (greedy CTC, or beam search over the ASR pieces or the phone head)
-lives behind a small seam in `mtspeech/streaming_decoders.py`; this module owns the rest.
+lives behind a small seam in `mtspeech/streaming/decoders.py`; this module owns the rest.
 
 `StreamingRecognizer` owns no thread and no socket. A caller (the server's batcher, the local
 client, a test) drives it:
@@ -48,11 +48,11 @@ from typing import Mapping, Protocol, Sequence
 import numpy as np
 import torch
 
-from mtspeech.data.resample import MAX_ABS_SAMPLE, StreamResampler, check_samples  # noqa: F401 (re-exported)
+from mtspeech.data.resample import StreamResampler, check_samples
 from mtspeech.decode import Word  # word, start, end (stream seconds), confidence
-from mtspeech.endpoint import EndpointConfig, Endpointer
-from mtspeech.streaming_decoders import GreedyDecoder, TokenDecoder
-from mtspeech.streaming_encoder import (  # noqa: F401 (phone_task, vad_task re-exported)
+from mtspeech.streaming.endpoint import EndpointConfig, Endpointer
+from mtspeech.streaming.decoders import GreedyDecoder, TokenDecoder
+from mtspeech.streaming.encoder import (  # noqa: F401 (phone_task, vad_task re-exported)
     CachePool, ChunkOutput, EncoderStep, TorchEncoderStep, asr_task, phone_task, vad_task)
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ class StreamingConfig:
 class PartialEvent:
     """The current hypothesis of the utterance in progress: `text` = `stable` + " " + `unstable`
     (either may be empty). `stable` only ever extends within an utterance; for the greedy
-    decoder the utterance's final text starts with it (see `mtspeech/streaming_decoders.py`)."""
+    decoder the utterance's final text starts with it (see `mtspeech/streaming/decoders.py`)."""
 
     text: str
     stable: str = ""
@@ -232,9 +232,9 @@ class StreamingRecognizer:
     of its ASR task (`asr_task`). The VAD head, if any, is the task with `speech_probs`; the
     phone head, if any, the CTC task with `label: phones`.
 
-    `decoders`: token decoders by name (`mtspeech.streaming_decoders`), besides "greedy", which
+    `decoders`: token decoders by name (`mtspeech.streaming.decoders`), besides "greedy", which
     is always there; `default_decoder` is what `new_stream` uses unless told otherwise.
-    `encoder_step`: what runs the encoder chunk and the heads (`mtspeech.streaming_encoder`;
+    `encoder_step`: what runs the encoder chunk and the heads (`mtspeech.streaming.encoder`;
     default: PyTorch on the model, `mtspeech.export.runtime.OnnxEncoderStep` runs onnxruntime).
     Features and token decoding stay in PyTorch / Python either way.
     """
@@ -282,7 +282,7 @@ class StreamingRecognizer:
     def from_checkpoint(cls, path: str | Path, config: StreamingConfig | None = None,
                         device: str = "cpu") -> "StreamingRecognizer":
         """Load a training checkpoint (`mtspeech.checkpoint.load_model`) and wrap it (greedy
-        decoding; `mtspeech.streaming_decoders.load_recognizer` adds the beam decoders)."""
+        decoding; `mtspeech.streaming.decoders.load_recognizer` adds the beam decoders)."""
         from mtspeech.checkpoint import load_model
 
         model, _config, _labels = load_model(path)
