@@ -32,20 +32,28 @@ def capacity_table(load: dict, replica_cores: int, utilization: float, targets=T
              "replicas": math.ceil(n / per_replica)} for n in targets]
 
 
-def main(argv=None) -> list[dict]:
+def main(argv=None) -> dict[str, list[dict]]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("load", type=Path, help="JSON from benchmarks/server_load.py --out")
     ap.add_argument("--replica-cores", type=int, default=8)
     ap.add_argument("--utilization", type=float, default=0.7, help="share of measured capacity to plan for")
     args = ap.parse_args(argv)
     load = json.loads(args.load.read_text())
-    rows = capacity_table(load, args.replica_cores, args.utilization)
-    print(f"measured: {load['max_streams_keeping_up']} streams kept up on {load['settings']['cpu_count']} cores "
-          f"(model {load['model']}); planned at {args.utilization:.0%} of it, {args.replica_cores}-core replicas")
-    print("| concurrent streams | streams per core | cores | replicas |\n|---:|---:|---:|---:|")
-    for r in rows:
-        print(f"| {r['streams']:,} | {r['streams_per_core']} | {r['cores']:,} | {r['replicas']:,} |")
-    return rows
+    # A run over several backends (`server_load.py --backend torch onnx ...`) gives one table each.
+    runs = load.get("backends") or {load.get("backend", "torch"): load}
+    tables = {}
+    for backend, run in runs.items():
+        if run["max_streams_keeping_up"] <= 0:
+            print(f"[{backend}] kept up with no level: nothing to plan from")
+            continue
+        rows = tables[backend] = capacity_table(run, args.replica_cores, args.utilization)
+        print(f"[{backend}] measured: {run['max_streams_keeping_up']} streams kept up on "
+              f"{run['settings']['cpu_count']} cores (model {run['model']}); planned at {args.utilization:.0%} "
+              f"of it, {args.replica_cores}-core replicas")
+        print("| concurrent streams | streams per core | cores | replicas |\n|---:|---:|---:|---:|")
+        for r in rows:
+            print(f"| {r['streams']:,} | {r['streams_per_core']} | {r['cores']:,} | {r['replicas']:,} |")
+    return tables
 
 
 if __name__ == "__main__":

@@ -128,6 +128,12 @@ def test_capacity_table_from_a_load_run(tmp_path, capsys):
     load.write_text(json.dumps({"max_streams_keeping_up": 16, "settings": {"cpu_count": 2}, "model": "m"}))
     capacity.main([str(load)])
     assert "| 100,000 | 5.6 | 17,858 | 2,233 |" in capsys.readouterr().out
+    # a run over several backends: one table each, a backend that kept up with nothing says so
+    load.write_text(json.dumps({"backends": {
+        "torch": {"max_streams_keeping_up": 16, "settings": {"cpu_count": 2}, "model": "m"},
+        "onnx": {"max_streams_keeping_up": 0, "settings": {"cpu_count": 2}, "model": "m"}}}))
+    tables = capacity.main([str(load)])
+    assert list(tables) == ["torch"] and "[onnx] kept up with no level" in capsys.readouterr().out
     with pytest.raises(ValueError, match="kept up with no level"):
         capacity.capacity_table({"max_streams_keeping_up": 0, "settings": {"cpu_count": 2}}, 8, 0.7)
 
