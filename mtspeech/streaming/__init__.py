@@ -1,7 +1,7 @@
 """Streaming recognition, in the three parts torchaudio's streaming pipelines split it into.
 
-- features (`recognizer.py`: `Stream` buffers and the batched incremental fbank; resampling in
-  `mtspeech.data.resample`),
+- features (`features.py`: a stream's `FeatureBuffer` (resampling to 16 kHz, pending samples,
+  unconsumed frames) and the batched incremental fbank, `featurize`),
 - the encoder with its state (`encoder.py`: the encoder step, PyTorch or onnxruntime via
   `mtspeech.export.runtime`, and the `CachePool` of the streams' caches),
 - the token side (`decoders.py`: greedy, beam over pieces, phones through the lexicon;
@@ -12,9 +12,9 @@ below are the public ones; import them from here.
 """
 
 from mtspeech.data.resample import MAX_ABS_SAMPLE, StreamResampler
+from mtspeech.streaming.features import HOP_SAMPLES, SAMPLE_RATE, WIN_SAMPLES, feature_frames
 from mtspeech.streaming.recognizer import (
-    HOP_SAMPLES, SAMPLE_RATE, WIN_SAMPLES, Event, FinalEvent, PartialEvent, SpeechActivityEvent, Stream,
-    StreamingConfig, StreamingRecognizer, feature_frames)
+    Event, FinalEvent, PartialEvent, SpeechActivityEvent, Stream, StreamingConfig, StreamingRecognizer)
 from mtspeech.streaming.encoder import asr_task, phone_task, vad_task
 
 __all__ = ["HOP_SAMPLES", "MAX_ABS_SAMPLE", "SAMPLE_RATE", "WIN_SAMPLES", "Event", "FinalEvent", "PartialEvent",

@@ -14,13 +14,11 @@ client, a test) drives it:
     rec.finish(s)                       # flush the last partial chunk
     for event in rec.events(s): ...     # PartialEvent / FinalEvent
 
-Frame arithmetic (docs/interfaces.md): feature frame i covers samples [160 i, 160 i + 400);
-an encoder chunk of `c` output frames reads a window of 4c+3 feature frames and the next chunk
-starts 4c frames later, so chunk k reads frames [4ck, 4ck + 4c + 3). Every stream keeps only
-the samples and feature frames it has not consumed yet, plus a fixed-size encoder cache, so
-memory stays flat however long a stream runs. A step featurizes only the samples its window
-needs: a client faster than real time leaves raw samples buffered (`Stream.buffered_seconds`),
-not an ever larger feature tensor.
+Frame arithmetic (docs/interfaces.md): an encoder chunk of `c` output frames reads a window of
+4c+3 feature frames and the next chunk starts 4c frames later, so chunk k reads frames
+[4ck, 4ck + 4c + 3). Every stream keeps only the samples and feature frames it has not consumed
+yet (`mtspeech/streaming/features.py`, which featurizes only what a window needs), plus a
+fixed-size encoder cache, so memory stays flat however long a stream runs.
 
 `accept` rejects (ValueError) any chunk with a non-finite sample or one beyond
 `MAX_ABS_SAMPLE`, before the chunk touches the stream, so the stream goes on as if it never
@@ -28,8 +26,9 @@ came. With `endpointing=False` pauses never end an utterance, but the length lim
 still does: a partial never carries more than one `rule3_max_utterance_s` window.
 
 Thread model: `accept`/`ready` may run on one thread while `step`/`finish` of the *same*
-stream run on another (the server's event loop and its executor); a per-stream lock guards the
-sample buffer they share. Two `step` calls must never hold the same stream at once.
+stream run on another (the server's event loop and its executor); the stream's `FeatureBuffer`
+and a per-stream lock on its events guard what they share. Two `step` calls must never hold the
+same stream at once.
 """
 
 from __future__ import annotations
@@ -40,7 +39,6 @@ import logging
 import math
 import threading
 import weakref
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Protocol, Sequence
@@ -48,23 +46,15 @@ from typing import Mapping, Protocol, Sequence
 import numpy as np
 import torch
 
-from mtspeech.data.resample import StreamResampler, check_samples
+from mtspeech.data.resample import check_samples
 from mtspeech.decode import Word  # word, start, end (stream seconds), confidence
 from mtspeech.streaming.endpoint import EndpointConfig, Endpointer
 from mtspeech.streaming.decoders import GreedyDecoder, TokenDecoder
 from mtspeech.streaming.encoder import (  # noqa: F401 (phone_task, vad_task re-exported)
     CachePool, ChunkOutput, EncoderStep, TorchEncoderStep, asr_task, phone_task, vad_task)
+from mtspeech.streaming.features import HOP_SAMPLES, SAMPLE_RATE, FeatureBuffer, featurize
 
 log = logging.getLogger(__name__)
-
-SAMPLE_RATE = 16000
-HOP_SAMPLES = 160
-WIN_SAMPLES = 400
-
-
-def feature_frames(num_samples: int) -> int:
-    """Number of complete filterbank frames in `num_samples` samples (center=False)."""
-    return 0 if num_samples < WIN_SAMPLES else (num_samples - WIN_SAMPLES) // HOP_SAMPLES + 1
 
 
 class TokenTable(Protocol):
@@ -156,14 +146,8 @@ class Stream:
         self.endpointing = endpointing
         self.interim = interim
         self.finished = False
-        self.samples_accepted = 0  # at 16 kHz
-        self._lock = threading.Lock()
-        self._resampler = StreamResampler(sample_rate) if sample_rate != SAMPLE_RATE else None
-        # 16 kHz samples not yet turned into features, as accepted (no copying per step); the
-        # first starts at the next feature frame's first sample.
-        self._pending: deque[np.ndarray] = deque()
-        self._pending_len = 0
-        self._feats: torch.Tensor | None = None  # (T, F) feature frames not yet consumed
+        self.audio = FeatureBuffer(sample_rate)  # samples and feature frames not yet decoded
+        self._lock = threading.Lock()  # guards `_events` (read by `events` on another thread)
         self._cache_row = cache_row  # this stream's row of the recognizer's CachePool
         self._frames_done = 0  # encoder frames decoded so far (absolute frame index)
         self.decoder = decoder
@@ -177,7 +161,12 @@ class Stream:
     @property
     def resamples(self) -> bool:
         """Whether accepted audio goes through a resampler (any rate but 16 kHz)."""
-        return self._resampler is not None
+        return self.audio.resampler is not None
+
+    @property
+    def samples_accepted(self) -> int:
+        """Samples accepted so far, at 16 kHz."""
+        return self.audio.samples_accepted
 
     @property
     def audio_seconds(self) -> float:
@@ -186,39 +175,9 @@ class Stream:
 
     @property
     def buffered_seconds(self) -> float:
-        """Audio accepted but not decoded yet, in seconds at 16 kHz: pending samples plus
-        unconsumed feature frames (one hop each). Grows when the client outpaces decoding."""
-        with self._lock:
-            return (self._pending_len + self._feat_count() * HOP_SAMPLES) / SAMPLE_RATE
-
-    def _feat_count(self) -> int:
-        return 0 if self._feats is None else self._feats.shape[0]
-
-    def _unconsumed_frames(self) -> int:
-        with self._lock:
-            return self._feat_count() + feature_frames(self._pending_len)
-
-    def _peek(self, n: int) -> np.ndarray:
-        """The first `n` pending samples (n,), n <= `_pending_len`. Hold `_lock`."""
-        parts, need = [], n
-        for chunk in self._pending:
-            if need <= 0:
-                break
-            parts.append(chunk[:need])
-            need -= len(parts[-1])
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
-
-    def _drop(self, n: int) -> None:
-        """Forget the first `n` pending samples. Hold `_lock`."""
-        self._pending_len -= n
-        while n > 0:
-            head = self._pending[0]
-            if len(head) <= n:
-                self._pending.popleft()
-                n -= len(head)
-            else:
-                self._pending[0] = head[n:]
-                n = 0
+        """Audio accepted but not decoded yet, in seconds at 16 kHz. Grows when the client
+        outpaces decoding."""
+        return self.audio.buffered_seconds
 
 
 # ----------------------------------------------------------------------------- the recognizer
@@ -339,16 +298,14 @@ class StreamingRecognizer:
         # Checked in the caller's precision, before the resampler sees (and keeps) any of it.
         check_samples(x)
         x = x.astype(np.float32)  # a copy: the stream keeps it until decoded, the caller may reuse x
-        if stream._resampler is not None:
-            x = stream._resampler.push(x)
-            if not np.isfinite(x).all():  # cannot happen for bounded input; never feed it on
-                raise ValueError(f"stream {stream.id}: resampling from {stream.sample_rate} Hz gave "
-                                 "non-finite samples; the stream is unusable, start a new one")
-        self._append(stream, x)
+        try:
+            stream.audio.push(x)
+        except ValueError as e:
+            raise ValueError(f"stream {stream.id}: {e}") from e
 
     def ready(self, stream: Stream) -> bool:
         """Whether one full encoder window (4c+3 feature frames) is buffered."""
-        return not stream.finished and stream._unconsumed_frames() >= self.window_frames
+        return not stream.finished and stream.audio.frames_available() >= self.window_frames
 
     @torch.inference_mode()
     def step(self, streams: Sequence[Stream]) -> None:
@@ -360,11 +317,10 @@ class StreamingRecognizer:
         for s in streams:
             if not self.ready(s):
                 raise ValueError(f"stream {s.id} is not ready (needs {self.window_frames} feature frames)")
-        self._compute_features(streams)
-        x = torch.stack([s._feats[: self.window_frames] for s in streams])  # (B, 4c+3, F)
+        self._featurize(streams)
+        x = torch.stack([s.audio.window(self.window_frames) for s in streams])  # (B, 4c+3, F)
         for s in streams:
-            with s._lock:  # a copy: a view would keep the whole window alive
-                s._feats = s._feats[self.stride_frames :].clone()
+            s.audio.advance(self.stride_frames)
         self._step_rows(streams, x)
 
     def _step_rows(self, streams: Sequence[Stream], x: torch.Tensor, chunk_lens: torch.Tensor | None = None) -> None:
@@ -387,22 +343,20 @@ class StreamingRecognizer:
         all the batched steps of its live streams (benchmarks/README.md, "Server load")."""
         streams = [s for s in dict.fromkeys(streams) if not s.finished]
         for s in streams:
-            if s._resampler is not None:
-                self._append(s, s._resampler.flush())
+            s.audio.flush()
         while ready := [s for s in streams if self.ready(s)]:
             self.step(ready)
-        self._compute_features(streams)  # not ready: each rest is less than one window
+        self._featurize(streams)  # not ready: each rest is less than one window
+        rests = [s.audio.take_rest() for s in streams]
         # Fewer than 7 frames give no encoder output ((T-1)//2-1)//2 <= 0: nothing to decode.
-        last = [s for s in streams if s._feats is not None and s._feats.shape[0] >= 7]
+        last = [(s, r) for s, r in zip(streams, rests) if r is not None and r.shape[0] >= 7]
         if last:
-            lens = torch.tensor([s._feats.shape[0] for s in last], dtype=torch.long)
-            x = torch.zeros(len(last), int(lens.max()), last[0]._feats.shape[1], dtype=last[0]._feats.dtype)
-            for row, s in enumerate(last):
-                x[row, : lens[row]] = s._feats
-            self._step_rows(last, x, None if bool((lens == lens[0]).all()) else lens)
+            lens = torch.tensor([r.shape[0] for _, r in last], dtype=torch.long)
+            x = torch.zeros(len(last), int(lens.max()), last[0][1].shape[1], dtype=last[0][1].dtype)
+            for row, (_, r) in enumerate(last):
+                x[row, : lens[row]] = r
+            self._step_rows([s for s, _ in last], x, None if bool((lens == lens[0]).all()) else lens)
         for s in streams:
-            with s._lock:
-                s._feats = None
             s.finished = True
             s._release_cache()
             self._finalize(s, "eos")
@@ -429,41 +383,9 @@ class StreamingRecognizer:
 
     # -- internals ----------------------------------------------------------------------------
 
-    def _append(self, stream: Stream, x: np.ndarray) -> None:
-        if len(x) == 0:
-            return
-        with stream._lock:
-            stream._pending.append(x)
-            stream._pending_len += len(x)
-            stream.samples_accepted += len(x)
-
-    def _compute_features(self, streams: Sequence[Stream]) -> None:
-        """Featurize what each stream's next window lacks (one batched fbank call).
-
-        At most `window_frames` frames per stream, however much audio is pending: a client
-        faster than real time must not turn minutes of samples into features at once.
-        """
-        wavs, counts = [], []
-        for s in streams:
-            with s._lock:
-                n = min(feature_frames(s._pending_len), max(0, self.window_frames - s._feat_count()))
-                # frame i reads samples [160 i, 160 i + 400): n frames read this many
-                wavs.append(s._peek((n - 1) * HOP_SAMPLES + WIN_SAMPLES) if n else None)
-            counts.append(n)
-        todo = [i for i, n in enumerate(counts) if n > 0]
-        if not todo:
-            return
-        lens = torch.tensor([len(wavs[i]) for i in todo], dtype=torch.long)
-        batch = torch.zeros(len(todo), int(lens.max()))
-        for row, i in enumerate(todo):
-            batch[row, : len(wavs[i])] = torch.from_numpy(wavs[i])
-        feats, _ = self.model.features(batch.to(self.device), lens.to(self.device))
-        for row, i in enumerate(todo):
-            s, n = streams[i], counts[i]
-            new = feats[row, :n]
-            with s._lock:  # feats and samples change together for `ready` on another thread
-                s._feats = new.clone() if s._feats is None else torch.cat([s._feats, new])
-                s._drop(n * HOP_SAMPLES)
+    def _featurize(self, streams: Sequence[Stream]) -> None:
+        """Featurize what each stream's next window lacks (one batched fbank call)."""
+        featurize([s.audio for s in streams], self.window_frames, self.model.features, self.device)
 
     def _roles(self, streams: Sequence[Stream]) -> tuple[str, ...]:
         """The heads a step of `streams` needs: ASR always (blank endpointing, rule 1), the phone
