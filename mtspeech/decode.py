@@ -96,8 +96,27 @@ def _check_inputs(log_probs: torch.Tensor, lens: torch.Tensor) -> None:
         raise ValueError(f"a length in lens exceeds T={log_probs.shape[1]}")
 
 
+def ctc_runs(path: torch.Tensor) -> list[tuple[int, int, int]]:
+    """Runs of equal labels in a best path (T,) int: (label, first frame, last frame), in order.
+
+    The package's one CTC best-path collapse: a non-blank run is one emitted token, and blanks
+    are what separate a repeated label. The offline `GreedyDecoder`, the CTC task's greedy
+    metrics (`greedy_tokens`) and the streaming greedy decoder all read their tokens off it.
+    """
+    if path.numel() == 0:
+        return []
+    values, counts = torch.unique_consecutive(path.cpu(), return_counts=True)
+    last = counts.cumsum(0) - 1
+    return list(zip(values.tolist(), (last - counts + 1).tolist(), last.tolist()))
+
+
+def greedy_tokens(path: torch.Tensor, blank_id: int = BLANK_ID) -> list[int]:
+    """The tokens a best path (T,) emits: its non-blank runs."""
+    return [label for label, _, _ in ctc_runs(path) if label != blank_id]
+
+
 class GreedyDecoder:
-    """Best path: argmax per frame, merge repeats, drop blanks."""
+    """Best path: argmax per frame, merge repeats, drop blanks (`ctc_runs`)."""
 
     def __init__(self, tokenizer: Tokenizer, blank_id: int = BLANK_ID):
         self.tokenizer = tokenizer
@@ -110,14 +129,8 @@ class GreedyDecoder:
         out = []
         for b in range(log_probs.shape[0]):
             n = int(lens[b])
-            path = ids[b, :n].tolist()
-            tokens, frames = [], []
-            prev = self.blank_id
-            for t, tok in enumerate(path):
-                if tok != self.blank_id and tok != prev:
-                    tokens.append(tok)
-                    frames.append(t)
-                prev = tok
+            runs = [(tok, first) for tok, first, _ in ctc_runs(ids[b, :n]) if tok != self.blank_id]
+            tokens, frames = [tok for tok, _ in runs], [first for _, first in runs]
             score = float(best[b, :n].sum())
             out.append(Hypothesis(tokens, self.tokenizer.decode(tokens), score, frames))
         return out

@@ -57,6 +57,29 @@ def test_greedy_collapses_repeats_and_blanks_and_respects_lens():
     assert hyps[0].score == pytest.approx(float(lp[0].max(-1).values.sum()))
 
 
+def test_one_best_path_collapse_for_offline_task_and_streaming_greedy():
+    """`ctc_runs` is the only collapse: the offline decoder, the CTC task's metrics and the
+    streaming decoder fed in pieces (a run split across pieces stays one token) agree."""
+    from mtspeech.decode import ctc_runs, greedy_tokens
+    from mtspeech.streaming.decoders import GreedyDecoder as StreamingGreedy
+    from mtspeech.tasks.ctc import CTCTask
+
+    path = [2, 2, 0, 3, 3, 0, 3, 6, 6, 6, 0, 7]
+    assert ctc_runs(torch.tensor(path)) == [(2, 0, 1), (0, 2, 2), (3, 3, 4), (0, 5, 5), (3, 6, 6),
+                                            (6, 7, 9), (0, 10, 10), (7, 11, 11)]
+    assert ctc_runs(torch.tensor([], dtype=torch.long)) == []
+    assert greedy_tokens(torch.tensor(path)) == [2, 3, 3, 6, 7]
+    lp = peaked(path)[None]
+    offline = GreedyDecoder(TOK).decode(lp, torch.tensor([len(path)]))[0]
+    assert CTCTask.greedy_decode(lp, torch.tensor([len(path)]))[0] == offline.tokens
+    utt = StreamingGreedy(TOK, 0, 0.04).begin()
+    for a, b in ((0, 1), (1, 4), (4, 8), (8, 12)):  # cuts inside the runs of 2, 3 and 6
+        utt.push(lp[0, a:b], a)
+    assert [t.id for t in utt.tokens] == offline.tokens
+    assert [t.first_frame for t in utt.tokens] == offline.token_frames
+    assert [(t.first_frame, t.last_frame) for t in utt.tokens] == [(0, 1), (3, 4), (6, 6), (7, 9), (11, 11)]
+
+
 def test_beam_never_worse_than_greedy_on_random_peaked_log_probs():
     gen = torch.Generator().manual_seed(0)
     greedy = GreedyDecoder(TOK)

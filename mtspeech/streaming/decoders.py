@@ -40,7 +40,7 @@ from typing import Protocol
 
 import torch
 
-from mtspeech.decode import TokenSpan, Word, align_tokens, piece_groups, timed_words
+from mtspeech.decode import TokenSpan, Word, align_tokens, ctc_runs, piece_groups, timed_words
 
 log = logging.getLogger(__name__)
 
@@ -151,16 +151,16 @@ class _GreedyUtterance:
     def push(self, log_probs: torch.Tensor, first_frame: int) -> None:
         best_logp, best_id = log_probs.max(-1)
         best_prob = best_logp.exp().cpu().numpy()
-        for t, token_id in enumerate(best_id.cpu().tolist()):
-            frame, prob = first_frame + t, float(best_prob[t])
-            if token_id == self.d.blank_id:
-                self.prev_id = token_id
-                continue
-            if token_id == self.prev_id:  # CTC: a repeated label without blank in between merges
-                tok = self.tokens[-1]
-                tok.last_frame, tok.prob_sum = frame, tok.prob_sum + prob
-                continue
-            self.tokens.append(Token(token_id, frame, frame, prob))
+        for token_id, first, last in ctc_runs(best_id):  # the one best-path collapse (decode.py)
+            if token_id != self.d.blank_id:
+                if first == 0 and token_id == self.prev_id:  # the previous piece's run goes on
+                    tok = self.tokens[-1]
+                else:
+                    tok = Token(token_id, first_frame + first, first_frame, 0.0)
+                    self.tokens.append(tok)
+                tok.last_frame = first_frame + last
+                for p in best_prob[first : last + 1]:  # frame by frame, as offline alignment sums
+                    tok.prob_sum += float(p)
             self.prev_id = token_id
 
     def partial(self) -> Partial | None:

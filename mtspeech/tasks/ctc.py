@@ -273,12 +273,10 @@ class CTCTask(nn.Module):
     @staticmethod
     def greedy_decode(logits: torch.Tensor, lens: torch.Tensor) -> list[list[int]]:
         """logits (B,T,V), lens (B,) → per row the best path with repeats merged, blanks dropped."""
+        from mtspeech.decode import greedy_tokens
+
         best = logits.argmax(-1).cpu()
-        out = []
-        for row, n in zip(best, lens.cpu().tolist()):
-            ids = torch.unique_consecutive(row[:n])
-            out.append(ids[ids != 0].tolist())
-        return out
+        return [greedy_tokens(row[:n]) for row, n in zip(best, lens.cpu().tolist())]
 
     def decode_text(self, ids: list[int]) -> str:
         """Unit ids → text (sentencepiece detokenised) or space-separated phones."""
