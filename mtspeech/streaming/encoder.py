@@ -26,7 +26,7 @@ from torch import nn
 
 from mtspeech.encoders import EncoderOutput
 from mtspeech.encoders.cache import EncoderCache
-from mtspeech.tasks.layer_mix import task_input
+from mtspeech.tasks.layer_mix import LEARNED, task_input
 
 HEAD_ROLES = ("asr", "phones", "vad")
 
@@ -92,8 +92,16 @@ def head_tasks(model: nn.Module) -> dict[str, nn.Module]:
 
 
 def head_logits(heads: dict[str, nn.Module], out: EncoderOutput, roles: Iterable[str]) -> dict[str, torch.Tensor]:
-    """role → logits of `heads[role]` on its input in the encoder output `out` (its layer, mix or tower)."""
-    return {r: heads[r](task_input(heads[r], out), out.lens) for r in roles}
+    """role → logits of `heads[role]` on its input in the encoder output `out` (its layer, mix or
+    tower). A head that conditioned the layers above it already ran on its layer in the encoder
+    pass (`out.head_logits`, this chunk only): those logits are reused, not computed twice, as
+    `MultiTaskModel._logits_at` does."""
+    logits = {}
+    for r in roles:
+        task = heads[r]
+        key = None if task.layer == LEARNED else (getattr(task, "name", None), task.layer % len(out.layers))
+        logits[r] = out.head_logits[key] if key in out.head_logits else task(task_input(task, out), out.lens)
+    return logits
 
 
 # ----------------------------------------------------------------------------- the streams' caches

@@ -122,3 +122,23 @@ def test_an_unconditioned_encoder_has_no_conditioning_state():
     assert not any("conditioners" in k for k in plain.state_dict())
     new = {k for k in enc.state_dict() if k not in plain.state_dict()}
     assert new and all(k.startswith("conditioners.") for k in new)
+
+
+@torch.no_grad()
+def test_streaming_heads_reuse_the_conditioning_pass_logits():
+    """A head that conditioned layer 0 already ran on it in `forward_chunk`: the streaming step's
+    `head_logits` returns those logits (equal to running the head) without running it again."""
+    from mtspeech.streaming.encoder import head_logits
+
+    _, enc = conditioned()
+    enc.eval()
+    phones = next(m for m in enc.modules() if isinstance(m, Head) and m.out.out_features == 5)
+    phones.name, phones.layer = "phones", 0
+    x, _ = feats(4 * 4 + 3)
+    out, _ = enc.forward_chunk(x, enc.init_cache(1, 4, 2))
+    calls = []
+    hook = phones.register_forward_hook(lambda *a: calls.append(1))
+    got = head_logits({"phones": phones}, out, ("phones",))["phones"]
+    hook.remove()
+    assert calls == [] and got is out.head_logits[("phones", 0)]
+    torch.testing.assert_close(got, phones(out.layers[0], out.lens))
