@@ -1,25 +1,20 @@
 """PCGrad under DDP (two gloo processes on the CPU): per-task gradients are averaged once per
 optimizer step and only then projected, so the result equals one process on the whole batch.
 
-The two ranks are child processes set up as torchrun sets them up (MASTER_ADDR, MASTER_PORT,
-RANK, WORLD_SIZE; env:// rendezvous); each saves what it saw for the tests to compare.
+The two ranks are child processes set up as torchrun sets them up (tests/ddp_helpers.py); each
+saves what it saw for the tests to compare.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import socket
-import time
-from datetime import timedelta
-from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
+from ddp_helpers import run_ranks
 from mtspeech.weighting import PCGradWeighting
 
 NAMES = ["asr", "vad"]
@@ -118,43 +113,10 @@ def train(rank: int, world_size: int, part: tuple[int, int] | None = None) -> di
     return out
 
 
-def _rank_main(rank: int, world_size: int, port: int, out_dir: Path) -> None:
-    """One DDP rank, set up as torchrun would (env://), in a child process."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", timeout=timedelta(seconds=TIMEOUT_S))
-    try:
-        torch.save(train(rank, world_size), out_dir / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory) -> list[dict]:
     """What `train` returned on each of two DDP ranks (run once for this file's tests)."""
-    import torch._dynamo  # noqa: F401  DDP's constructor imports it (2+ s): once here, not per rank
-
-    out = tmp_path_factory.mktemp("pcgrad_ddp")
-    # fork: the ranks start with torch already imported (spawn would import it twice more)
-    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    ctx = mp.start_processes(_rank_main, args=(2, _free_port(), out), nprocs=2, join=False, start_method=method)
-    deadline = time.monotonic() + TIMEOUT_S
-    try:
-        while not ctx.join(timeout=max(0.1, deadline - time.monotonic())):  # raises if a rank failed
-            if time.monotonic() > deadline:
-                pytest.fail(f"the DDP ranks still run after {TIMEOUT_S} s (a collective that hangs?)")
-    finally:
-        for proc in ctx.processes:
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
-    return [torch.load(out / f"rank{r}.pt") for r in range(2)]
+    return run_ranks(train, tmp_path_factory.mktemp("pcgrad_ddp"), timeout_s=TIMEOUT_S)
 
 
 def test_pcgrad_ddp_equals_one_process_on_the_whole_batch(two_ranks):

@@ -4,18 +4,11 @@ equal on every rank, equal to one process that accumulates the ranks' halves as 
 
 from __future__ import annotations
 
-import os
-import socket
-import time
-from datetime import timedelta
-from pathlib import Path
-
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
+from ddp_helpers import run_ranks
 from mtspeech.weighting import GradNormWeighting
 
 NAMES = ["asr", "vad"]
@@ -69,38 +62,8 @@ def train(rank: int, world_size: int) -> dict:
     return out
 
 
-def _rank_main(rank: int, world_size: int, port: int, out_dir: Path) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", timeout=timedelta(seconds=TIMEOUT_S))
-    try:
-        torch.save(train(rank, world_size), out_dir / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_gradnorm_ddp_weights_agree_across_ranks_and_with_one_process(tmp_path):
-    import torch._dynamo  # noqa: F401  DDP's constructor imports it: once here, not per rank
-
-    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    ctx = mp.start_processes(_rank_main, args=(2, _free_port(), tmp_path), nprocs=2, join=False, start_method=method)
-    deadline = time.monotonic() + TIMEOUT_S
-    try:
-        while not ctx.join(timeout=max(0.1, deadline - time.monotonic())):
-            if time.monotonic() > deadline:
-                pytest.fail(f"the DDP ranks still run after {TIMEOUT_S} s (a collective that hangs?)")
-    finally:
-        for proc in ctx.processes:
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    ranks = run_ranks(train, tmp_path, timeout_s=TIMEOUT_S)
     single = train(0, 1)
     for step in range(STEPS):
         assert ranks[0]["weights"][step] == ranks[1]["weights"][step]
