@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mtspeech.ablate import Run, build_report, load_grid, nest, plan_runs, run_config, run_grid
+from mtspeech.ablation import Run, build_report, load_grid, nest, plan_runs, run_config, run_grid
 from mtspeech.config import ConfigError
 from tiny_experiment import tiny_experiment
 
@@ -83,7 +83,7 @@ def _fake_run(root: Path, variant: str, seed: int, errors: list[int]) -> Run:
 @pytest.mark.parametrize("shift", [-3, 3])
 def test_bootstrap_reports_either_sign(tmp_path, shift):
     """Nothing assumes auxiliary tasks help: a worse variant comes out worse, a better one better."""
-    from mtspeech.ablate import paired_seed_bootstrap
+    from mtspeech.ablation import paired_seed_bootstrap
 
     base = [5, 4, 6, 5, 7, 4, 5, 6, 5, 4] * 3
     pairs = [(_fake_run(tmp_path, "base", k, base), _fake_run(tmp_path, "v", k, [e + shift for e in base]))
@@ -180,8 +180,8 @@ def test_interrupted_grid_resumes_without_retraining_and_reports(prepared_manife
 
 
 def test_slurm_options_become_submitit_parameters(prepared_manifests, tmp_path, monkeypatch, capsys):
-    from mtspeech.ablate import add_arguments, main
-    from mtspeech.ablation_launch import SlurmOptions, parse_slurm_args
+    from mtspeech.ablation.cli import add_arguments, main
+    from mtspeech.ablation.slurm import SlurmOptions, parse_slurm_args
 
     extra = parse_slurm_args(["account=proj", "constraint=a100|h100"])
     params = SlurmOptions(partition="gpu", gpus_per_node=1, cpus_per_task=8, time_min=240,
@@ -204,7 +204,7 @@ def test_slurm_options_become_submitit_parameters(prepared_manifests, tmp_path, 
     base = ["--grid", str(grid_file), "--out", str(tmp_path / "out"), "--seeds", "0"]
     # --print-commands is untouched by the launcher options
     assert main(parser.parse_args(base + ["--print-commands", "--launcher", "slurm"])) == 0
-    assert capsys.readouterr().out.count("-m mtspeech.ablate --run") == 2
+    assert capsys.readouterr().out.count("-m mtspeech.ablation --run") == 2
     # no SLURM here: a clear error, not a traceback from deep inside submitit
     monkeypatch.setenv("PATH", str(tmp_path))
     assert main(parser.parse_args(base + ["--launcher", "slurm", "--slurm-partition", "gpu"])) == 2
@@ -214,7 +214,7 @@ def test_slurm_options_become_submitit_parameters(prepared_manifests, tmp_path, 
 def test_slurm_launcher_reports_like_the_local_one(prepared_manifests, tmp_path):
     """submitit's local executor stands in for SLURM: one job per unfinished run, a failed
     job reported with its log, finished runs skipped on the next call, the local report."""
-    from mtspeech.ablation_launch import SlurmOptions, run_grid_submitit
+    from mtspeech.ablation.slurm import SlurmOptions, run_grid_submitit
 
     out = tmp_path / "grid"
     grid = load_grid(tiny_grid(prepared_manifests), seeds=[0])

@@ -155,7 +155,7 @@ def _grid(manifests) -> dict:
 def test_ablation_report_puts_relatedness_beside_the_effect_on_asr(prepared_manifests, tmp_path):
     """Planned runs with hand-written logs and results: the report's numbers are the late-half
     means of each run's measurements, averaged over seeds, beside the variant's Δ CER."""
-    from mtspeech.ablate import build_report, load_grid, plan_runs
+    from mtspeech.ablation import build_report, load_grid, plan_runs
 
     grid = load_grid(_grid(prepared_manifests))
     runs = plan_runs(grid, tmp_path)
@@ -194,7 +194,7 @@ def test_ablation_report_puts_relatedness_beside_the_effect_on_asr(prepared_mani
 
 @pytest.mark.slow
 def test_tiny_grid_reports_measured_relatedness(prepared_manifests, tmp_path):
-    from mtspeech.ablate import load_grid, run_grid
+    from mtspeech.ablation import load_grid, run_grid
 
     torch.set_num_threads(1)
     spec = _grid(prepared_manifests)

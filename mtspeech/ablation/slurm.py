@@ -4,7 +4,7 @@
         --slurm-gpus-per-node 1 --slurm-cpus-per-task 8 --slurm-time-min 240 \\
         [--slurm-arg account=myproj --slurm-arg qos=normal]
 
-Runs are planned and skipped exactly as by the local launcher (`mtspeech.ablate`); every
+Runs are planned and skipped exactly as by the local launcher (`mtspeech.ablation.runner`); every
 run still to do becomes one job (one task: `run_one` on its run folder, logs and submitit's
 pickles under `OUT/submitit/<job id>/`). The command stays in the foreground, polls the jobs
 behind a progress bar and writes the same report as the local launcher when they have all
@@ -26,7 +26,9 @@ from pathlib import Path
 
 import submitit
 
-from mtspeech.ablate import Grid, Run, _Events, build_report, pending_runs, plan_runs, run_one
+from mtspeech.ablation.grid import Grid, Run, plan_runs
+from mtspeech.ablation.report import build_report
+from mtspeech.ablation.runner import _Events, pending_runs, run_one
 from mtspeech.config import ConfigError
 
 log = logging.getLogger(__name__)

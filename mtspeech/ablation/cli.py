@@ -1,0 +1,70 @@
+"""`mtspeech ablate` and the grid worker `python -m mtspeech.ablation --run RUN_DIR`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from mtspeech.ablation.grid import load_grid, plan_runs
+from mtspeech.ablation.report import build_report
+from mtspeech.ablation.runner import run_grid, run_one
+from mtspeech.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `mtspeech ablate`."""
+    parser.add_argument("--grid", required=True, help="grid YAML (e.g. recipes/synthetic/ablation.yaml)")
+    parser.add_argument("--out", default=None, help="output folder (default: the grid's `out`)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (subprocesses; local launcher)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per run (default: cores // jobs)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default: the grid's)")
+    parser.add_argument("--variants", nargs="+", default=None, help="variants to run (default: the grid's selection)")
+    parser.add_argument("--report-only", action="store_true", help="only aggregate finished runs")
+    parser.add_argument("--print-commands", action="store_true",
+                        help="plan the runs and print one training command per unfinished run (for a cluster)")
+    from mtspeech.ablation import slurm  # --launcher and the SLURM options live with their code
+
+    slurm.add_arguments(parser)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run `mtspeech ablate`; returns 0, or 1 when a run failed, 2 on a bad grid."""
+    try:
+        grid = load_grid(args.grid, seeds=args.seeds, variants=args.variants)
+        out = args.out or grid.out
+        if not out:
+            raise ConfigError("no output folder: pass --out or set `out:` in the grid")
+        out = Path(out)
+        if args.print_commands:
+            for run in plan_runs(grid, out):
+                if run.state(grid.test) != "done":
+                    print(f"torchrun --nproc_per_node=N -m mtspeech.ablation --run {run.dir}")
+            return 0
+        if args.report_only:
+            report = build_report(grid, out)
+        elif args.launcher == "slurm":
+            from mtspeech.ablation.slurm import options_from_args, run_grid_submitit
+
+            report = run_grid_submitit(grid, out, options_from_args(args), threads=args.threads)
+        else:
+            report = run_grid(grid, out, jobs=args.jobs, threads=args.threads)
+    except ConfigError as e:
+        log.error("%s", e)
+        return 2
+    log.info("report: %s", out / "report.md")
+    return 1 if report.get("failed") else 0
+
+
+def _worker_main(argv: list[str] | None = None) -> int:
+    """`python -m mtspeech.ablation --run RUN_DIR [--threads N]`: train + evaluate one planned run."""
+    p = argparse.ArgumentParser(prog="python -m mtspeech.ablation", description=_worker_main.__doc__)
+    p.add_argument("--run", required=True, help="a run folder planned by the grid (holds run.json)")
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    run_one(args.run, args.threads)
+    return 0

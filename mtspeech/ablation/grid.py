@@ -1,0 +1,203 @@
+"""An ablation grid: parse and validate the YAML, resolve each run's config, plan the run folders.
+
+Every run lives in `OUT/runs/<variant>/seed<k>/`: `run.json` (what to run: resolved config,
+test manifests, evaluation options), `config.yaml` (the same config for `mtspeech train`),
+the trainer's outputs and `eval/<split>/results.json`. See `mtspeech.ablation` for the whole.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from mtspeech.config import ConfigError, load_yaml, merge
+
+_GRID_KEYS = {"recipe", "out", "seeds", "baseline", "test", "shared", "evaluate", "variants", "select"}
+
+
+# =========================================================================== the grid
+@dataclass(frozen=True)
+class Grid:
+    """A resolved ablation grid.
+
+    recipe: the base experiment as a plain dict (its `base:` chain already merged);
+    shared / variants[name]: nested override dicts (`None` deletes a key);
+    test: split name → manifest path; evaluate: keyword options of `evaluate.evaluate`.
+    """
+
+    recipe: dict
+    variants: dict[str, dict]
+    seeds: tuple[int, ...]
+    baseline: str
+    test: dict[str, str]
+    shared: dict = field(default_factory=dict)
+    evaluate: dict = field(default_factory=dict)
+    out: str | None = None
+
+
+def nest(overrides: Mapping | None, where: str = "") -> dict:
+    """Turn dotted keys into nested mappings: {"a.b": 1, "c": {"d.e": 2}} → {"a": {"b": 1}, "c": {"d": {"e": 2}}}.
+
+    Keys are merged in order, so dotted and nested forms can be mixed in one override.
+    """
+    out: dict = {}
+    for key, value in (overrides or {}).items():
+        if not isinstance(key, str) or not key:
+            raise ConfigError(f"{where or 'override'}: keys must be non-empty strings, got {key!r}")
+        if isinstance(value, Mapping):
+            value = nest(value, f"{where}.{key}" if where else key)
+        for part in reversed(key.split(".")):
+            value = {part: value}
+        out = _merge_keep_none(out, value)
+    return out
+
+
+def _merge_keep_none(base: Mapping, update: Mapping) -> dict:
+    """Like `config.merge`, but keeps `None` values (they delete keys later, in the recipe)."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge_keep_none(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_grid(source: str | Path | Mapping, seeds: list[int] | None = None,
+              variants: list[str] | None = None) -> Grid:
+    """Read a grid YAML (or dict). `seeds` / `variants` override the file's seeds and selection.
+
+    A relative `recipe` is resolved against the grid file's folder; `test` manifests and the
+    recipe's data paths are relative to the working directory, as in every recipe.
+    """
+    if isinstance(source, Mapping):
+        raw, folder = dict(source), Path.cwd()
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"grid file {path} does not exist")
+        raw = yaml.safe_load(path.read_text()) or {}
+        folder = path.parent
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: a grid is a mapping")
+    unknown = sorted(set(raw) - _GRID_KEYS)
+    if unknown:
+        raise ConfigError(f"unknown grid key(s) {unknown}; a grid has {sorted(_GRID_KEYS)}")
+    for key in ("recipe", "variants", "test"):
+        if key not in raw:
+            raise ConfigError(f"grid: missing key {key!r}")
+    recipe = raw["recipe"]
+    if isinstance(recipe, Mapping):
+        recipe = dict(recipe)
+    else:
+        recipe_path = Path(recipe)
+        recipe = load_yaml(recipe_path if recipe_path.is_absolute() else folder / recipe_path)
+    all_variants = raw["variants"]
+    if not isinstance(all_variants, Mapping) or not all_variants:
+        raise ConfigError("grid.variants: expected a non-empty mapping name → overrides")
+    chosen = list(variants or raw.get("select") or all_variants)
+    missing = [v for v in chosen if v not in all_variants]
+    if missing:
+        raise ConfigError(f"variant(s) {missing} are not in the grid; it has {list(all_variants)}")
+    baseline = raw.get("baseline", chosen[0])
+    if baseline not in all_variants:
+        raise ConfigError(f"grid.baseline: {baseline!r} is not a variant")
+    if baseline not in chosen:
+        chosen.insert(0, baseline)  # every comparison needs it
+    for name in chosen:
+        if "/" in name or name in (".", ".."):
+            raise ConfigError(f"variant name {name!r} cannot be a folder name")
+    test = raw["test"]
+    if isinstance(test, str):
+        test = {Path(test).stem: test}
+    if not isinstance(test, Mapping) or not test:
+        raise ConfigError("grid.test: expected split name → manifest path")
+    seeds_ = tuple(int(s) for s in (seeds if seeds else raw.get("seeds", [0])))
+    if not seeds_:
+        raise ConfigError("grid.seeds: at least one seed")
+    return Grid(
+        recipe=recipe,
+        variants={v: nest(all_variants[v], v) for v in chosen},
+        seeds=seeds_,
+        baseline=baseline,
+        test={str(k): str(v) for k, v in test.items()},
+        shared=nest(raw.get("shared"), "shared"),
+        evaluate=dict(raw.get("evaluate") or {}),
+        out=raw.get("out"),
+    )
+
+
+def run_config(grid: Grid, variant: str, seed: int, run_dir: Path) -> dict:
+    """The resolved experiment dict of one run: recipe ← shared ← variant ← seed and exp_dir."""
+    from mtspeech.experiment import experiment_from_dict, experiment_to_dict
+
+    data = merge(merge(grid.recipe, grid.shared), grid.variants[variant])
+    data = merge(data, {"exp_dir": str(run_dir), "train": {"seed": seed}})
+    try:  # validate now and store the fully resolved config (defaults filled in)
+        return experiment_to_dict(experiment_from_dict(data))
+    except ConfigError as e:
+        raise ConfigError(f"variant {variant!r}: {e}") from None
+
+
+# =========================================================================== runs
+@dataclass(frozen=True)
+class Run:
+    variant: str
+    seed: int
+    dir: Path
+
+    @property
+    def name(self) -> str:
+        return f"{self.variant}/seed{self.seed}"
+
+    def results_path(self, split: str) -> Path:
+        return self.dir / "eval" / split / "results.json"
+
+    def done(self, splits) -> bool:
+        return all(self.results_path(s).is_file() for s in splits)
+
+    def state(self, splits) -> str:
+        """done | evaluate (trained) | resume (last.pt) | train (nothing yet)."""
+        if self.done(splits):
+            return "done"
+        if (self.dir / "final.pt").is_file():
+            return "evaluate"
+        if (self.dir / "last.pt").is_file():
+            return "resume"
+        return "train"
+
+
+def plan_runs(grid: Grid, out: Path) -> list[Run]:
+    """Write each run's `run.json` + `config.yaml` (checking an existing run was planned the
+    same way) and return the runs, seed-major so a partial grid covers every variant early."""
+    runs = []
+    for seed in grid.seeds:
+        for variant in grid.variants:
+            run = Run(variant, seed, out / "runs" / variant / f"seed{seed}")
+            spec = {"variant": variant, "seed": seed, "config": run_config(grid, variant, seed, run.dir),
+                    "test": grid.test, "evaluate": grid.evaluate}
+            spec_path = run.dir / "run.json"
+            if spec_path.is_file():
+                old = json.loads(spec_path.read_text())
+                if old["config"] != spec["config"]:
+                    diff = _diff(old["config"], spec["config"])
+                    raise ConfigError(
+                        f"run {run.name} in {out} was started with another config (differs at {diff}); "
+                        f"delete {run.dir} to retrain it or use another --out")
+            run.dir.mkdir(parents=True, exist_ok=True)
+            spec_path.write_text(json.dumps(spec, indent=1))
+            (run.dir / "config.yaml").write_text(yaml.safe_dump(spec["config"], sort_keys=False))
+            runs.append(run)
+    return runs
+
+
+def _diff(a: Any, b: Any, where: str = "") -> str:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b)):
+            if a.get(k) != b.get(k):
+                return _diff(a.get(k), b.get(k), f"{where}.{k}" if where else k)
+    return where or "<root>"
