@@ -2,8 +2,9 @@
 
 The filterbank is pinned in docs/interfaces.md: 25 ms windows (400 samples) every 10 ms
 (160 samples), no centre padding, so feature frame `i` covers samples `[160 i, 160 i + 400)`
-and depends on nothing else. That is what lets `StreamingFbank` produce exactly the frames
-the batched `Fbank` computes on the whole signal. Features run inside the model (on its
+and depends on nothing else. That is what lets streaming featurize audio piece by piece
+(`mtspeech.streaming.features`) and get exactly the frames the batched `Fbank` computes on
+the whole signal. Features run inside the model (on its
 device), so training, evaluation and streaming share one filterbank.
 """
 
@@ -13,7 +14,6 @@ import logging
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-import numpy as np
 import torch
 import torchaudio
 from torch import nn
@@ -85,44 +85,6 @@ class Fbank(nn.Module):
             feats = torch.log(spec + self.cfg.log_eps).transpose(1, 2)  # (B, T, n_mels)
         valid = torch.arange(t, device=wav.device)[None, :] < feat_lens[:, None]
         return feats.masked_fill(~valid[:, :, None], 0.0), feat_lens
-
-
-class StreamingFbank:
-    """Incremental log-mel: push samples of any size, get the frames they complete.
-
-    The frames equal those of `Fbank` on the whole signal (frame i only reads samples
-    [hop·i, hop·i + win)). Only the samples a future frame still needs are kept.
-
-        sf = StreamingFbank(fbank)
-        new = sf.push(samples)   # (T_new, n_mels), T_new may be 0
-    """
-
-    def __init__(self, fbank: Fbank | None = None):
-        self.fbank = fbank if fbank is not None else Fbank()
-        self._buffer = torch.zeros(0)
-        self.frames_done = 0  # frames returned so far
-        self.samples_seen = 0
-
-    def push(self, samples: torch.Tensor | np.ndarray | Sequence[float]) -> torch.Tensor:
-        """samples (S,) float at the front end's rate → newly completed frames (T_new, n_mels)."""
-        if not isinstance(samples, torch.Tensor):
-            samples = torch.from_numpy(np.asarray(samples, dtype=np.float32))
-        x = samples.detach().float().reshape(-1).cpu()
-        self.samples_seen += x.numel()
-        buf = torch.cat([self._buffer, x])
-        cfg = self.fbank.cfg
-        n = self.fbank.num_frames(buf.numel())
-        if n == 0:
-            self._buffer = buf
-            return torch.zeros(0, cfg.n_mels)
-        used = (n - 1) * cfg.hop_length + cfg.win_length
-        device = next(iter(self.fbank.mel.buffers())).device
-        chunk = buf[:used].to(device)[None]
-        with torch.no_grad():
-            feats, _ = self.fbank(chunk, torch.tensor([used], device=device))
-        self._buffer = buf[n * cfg.hop_length:]  # the next frame starts here
-        self.frames_done += n
-        return feats[0].cpu()
 
 
 class GlobalCMVN(nn.Module):

@@ -367,12 +367,11 @@ class ConformerEncoder(nn.Module):
         mask[:, diag, left + diag] = True  # no all-False row on padding rows
         mask = mask.unsqueeze(1)
         positions = cache.frames_seen.unsqueeze(1) + torch.arange(t, device=h.device)
-        # The new left context ends at each row's last real frame: slots [lens, lens + left).
-        keep = lens.unsqueeze(1) + torch.arange(left, device=h.device)  # (B, left)
-        keep_conv = lens.unsqueeze(1) + torch.arange(self.conv_history_frames, device=h.device)
         pad = ~valid.unsqueeze(-1)
-
-        idx = keep[:, None, :, None].expand(b, self.heads, left, self.head_dim)
+        if not full:  # the new left context ends at each row's last real frame: slots [lens, lens + left)
+            keep = lens.unsqueeze(1) + torch.arange(left, device=h.device)  # (B, left)
+            keep_conv = lens.unsqueeze(1) + torch.arange(self.conv_history_frames, device=h.device)
+            idx = keep[:, None, :, None].expand(b, self.heads, left, self.head_dim)
         keys, values, convs = {}, {}, {}  # cache slot → its new entries (towers run layer-major)
 
         def step(slot: int, block: nn.Module, h: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,6 @@ from mtspeech.data.features import (
     GlobalCMVN,
     SpecAugment,
     SpecAugmentConfig,
-    StreamingFbank,
     cmvn_from_utterances,
     feature_frames,
     fit_cmvn,
@@ -91,21 +90,6 @@ def test_fbank_matches_pinned_definition_and_is_padding_invariant():
     assert (feats[1, 14:] == 0).all()
     short, short_lens = fbank(torch.zeros(2, 300), torch.tensor([300, 200]))
     assert short.shape == (2, 0, 80) and short_lens.tolist() == [0, 0]
-
-
-def test_streaming_fbank_equals_batched():
-    torch.manual_seed(0)
-    wav = torch.randn(5000) * 0.1
-    fbank = Fbank()
-    full, _ = fbank(wav[None], torch.tensor([5000]))
-    sf = StreamingFbank(fbank)
-    pieces, pos = [], 0
-    for size in [1, 7, 160, 399, 0, 1000, 33, 2000, 5000]:
-        pieces.append(sf.push(wav[pos: pos + size].numpy() if size % 2 else wav[pos: pos + size]))
-        pos += size
-    stream = torch.cat(pieces)
-    assert stream.shape == full[0].shape and sf.frames_done == feature_frames(5000)
-    assert torch.allclose(stream, full[0], atol=1e-4)
 
 
 # ---------------------------------------------------------------- CMVN
