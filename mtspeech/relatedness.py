@@ -55,14 +55,21 @@ def parameter_groups(names: Sequence[str]) -> dict[str, list[int]]:
 
     The leading components all names share (`encoder.`) are dropped; a group is then the
     first component, with the index when the second is one (a block of a ModuleList):
-    `front.conv.0.weight` → `front`, `blocks.3.ff1.w` → `blocks.3`.
+    `front.conv.0.weight` → `front`, `blocks.3.ff1.w` → `blocks.3`. Task towers split per tower
+    and layer, so each tower's relatedness shows: `towers.blocks.asr.1.ff1.w` → `towers.asr.1`,
+    `towers.stitches.0.alpha` → `towers.stitch.0`.
     """
     parts = [n.split(".") for n in names]
     while parts and all(len(p) > 1 and p[0] == parts[0][0] for p in parts):
         parts = [p[1:] for p in parts]
     groups: dict[str, list[int]] = {}
     for i, p in enumerate(parts):
-        key = f"{p[0]}.{p[1]}" if len(p) > 2 and p[1].isdigit() else p[0]
+        if p[0] == "towers" and len(p) > 3 and p[1] == "blocks" and p[3].isdigit():
+            key = f"towers.{p[2]}.{p[3]}"
+        elif p[0] == "towers" and len(p) > 2 and p[1] == "stitches" and p[2].isdigit():
+            key = f"towers.stitch.{p[2]}"
+        else:
+            key = f"{p[0]}.{p[1]}" if len(p) > 2 and p[1].isdigit() else p[0]
         groups.setdefault(key, []).append(i)
     return groups
 

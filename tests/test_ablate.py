@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from mtspeech.ablation import Run, build_report, load_grid, nest, plan_runs, run_config, run_grid
 from mtspeech.config import ConfigError
@@ -59,6 +60,10 @@ def test_variants_merge_dotted_and_nested_overrides_and_null_removes_tasks(prepa
     changed["shared"]["train.epochs"] = 3
     with pytest.raises(ConfigError, match="train.epochs"):
         plan_runs(load_grid(changed), tmp_path / "out2")
+    # a grid folder that moved keeps its runs, re-pointed to where they now lie
+    (tmp_path / "out2").rename(tmp_path / "moved")
+    moved = plan_runs(grid, tmp_path / "moved")
+    assert yaml.safe_load((moved[0].dir / "config.yaml").read_text())["exp_dir"] == str(moved[0].dir)
 
 
 def test_demo_grid_resolves_every_variant(tmp_path):

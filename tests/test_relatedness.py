@@ -69,6 +69,10 @@ def test_parameter_groups_follow_the_blocks():
     names = ["encoder.front.conv.0.weight", "encoder.front.proj.bias", "encoder.blocks.0.ff1.w",
              "encoder.blocks.0.attn.q", "encoder.blocks.1.ff1.w", "encoder.norm.weight"]
     assert parameter_groups(names) == {"front": [0, 1], "blocks.0": [2, 3], "blocks.1": [4], "norm": [5]}
+    towers = ["encoder.blocks.0.ff1.w", "encoder.towers.blocks.asr.0.ff1.w", "encoder.towers.blocks.asr.1.ff1.w",
+              "encoder.towers.blocks.phones.0.ff1.w", "encoder.towers.stitches.0.alpha", "encoder.norm.weight"]
+    assert parameter_groups(towers) == {"blocks.0": [0], "towers.asr.0": [1], "towers.asr.1": [2],
+                                        "towers.phones.0": [3], "towers.stitch.0": [4], "norm": [5]}
 
 
 def _train(manifests, exp_dir, every: int):

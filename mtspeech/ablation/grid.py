@@ -183,7 +183,9 @@ def plan_runs(grid: Grid, out: Path) -> list[Run]:
             spec_path = run.dir / "run.json"
             if spec_path.is_file():
                 old = json.loads(spec_path.read_text())
-                if old["config"] != spec["config"]:
+                # exp_dir is where the run lies: a grid folder that moved (or a run copied in
+                # from another grid with the identical config) keeps its runs, re-pointed here
+                if {**old["config"], "exp_dir": None} != {**spec["config"], "exp_dir": None}:
                     diff = _diff(old["config"], spec["config"])
                     raise ConfigError(
                         f"run {run.name} in {out} was started with another config (differs at {diff}); "
