@@ -289,13 +289,18 @@ class Trainer:
         return [bool(v) for v in t.tolist()]
 
     # ---------------------------------------------------------------- training
+    def _augment(self):
+        """The loader augmentation of the current epoch (None before `start_epoch`)."""
+        augment = self.exp.data.augment
+        return augment if augment is not None and self.epoch >= augment.start_epoch else None
+
     def _loader(self, utts, sampler, train: bool):
         dataset = UtteranceDataset(
             utts, dict(self.model.tasks), train=train,
             speed_factors=self.exp.data.speed_perturb if train else None,
             seed=self.exp.train.seed * 100_003 + self.epoch,
             perturbed_speaker=self.exp.data.perturbed_speaker,
-            augment=self.exp.data.augment if train else None,
+            augment=self._augment() if train else None,
         )
         # A private generator: creating the loader must not consume the global torch RNG
         # (that would shift dropout/SpecAugment after a resume mid-epoch).

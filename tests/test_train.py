@@ -11,6 +11,7 @@ import torch
 import yaml
 
 from mtspeech.checkpoint import load_model, load_state
+from mtspeech.data.augment import AugmentConfig
 from mtspeech.experiment import experiment_from_dict
 from mtspeech.train import Trainer, train
 from tiny_experiment import tiny_experiment
@@ -96,6 +97,18 @@ class Crash(Exception):
     pass
 
 
+def test_augmentation_starts_at_its_epoch(prepared_manifests, tmp_path):
+    cfg = tiny_config(prepared_manifests, tmp_path / "exp")
+    cfg["data"]["augment"] = {"prob": 1.0, "start_epoch": 1}
+    trainer = Trainer(experiment_from_dict(cfg))
+    assert trainer._loader(trainer.train_utts, trainer.sampler, train=True).dataset.augmenter is None
+    trainer.epoch = 1
+    assert trainer._loader(trainer.train_utts, trainer.sampler, train=True).dataset.augmenter is not None
+    assert trainer._loader(trainer.train_utts, trainer.sampler, train=False).dataset.augmenter is None
+    with pytest.raises(ValueError, match="start_epoch"):
+        AugmentConfig(start_epoch=-1)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("accum_steps", [1, 3])
 def test_resume_after_kill_gives_the_same_loss_curve(prepared_manifests, tmp_path, monkeypatch, accum_steps):
@@ -104,8 +117,8 @@ def test_resume_after_kill_gives_the_same_loss_curve(prepared_manifests, tmp_pat
     cfg = tiny_config(prepared_manifests, tmp_path / "straight", epochs=2, checkpoint_every_steps=1)
     cfg["data"]["speed_perturb"] = [0.9, 1.0, 1.1]
     cfg["optim"]["accum_steps"] = accum_steps
-    if accum_steps > 1:  # and loader augmentation: identical across the resume too
-        cfg["data"]["augment"] = {"prob": 0.5, "reverb_prob": 0.5}
+    if accum_steps > 1:  # and loader augmentation from the killed epoch on: identical across the resume too
+        cfg["data"]["augment"] = {"prob": 0.5, "reverb_prob": 0.5, "start_epoch": 1}
     train(experiment_from_dict(cfg))
     straight = read_log(tmp_path / "straight")
 
