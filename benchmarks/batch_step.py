@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _cli import add_model_arguments, run_main  # noqa: E402
 
-BACKENDS = ("torch", "onnx", "onnx-int8")
+BACKENDS = ("torch", "torch-traced", "onnx", "onnx-int8")  # torch: eager (the server's torch-eager)
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
@@ -60,7 +60,11 @@ def _recognizer(ckpt: str, backend: str, onnx_dir: str | None, args):
     from mtspeech.streaming import StreamingConfig, StreamingRecognizer
 
     rec = StreamingRecognizer.from_checkpoint(ckpt, StreamingConfig(args.chunk_frames, args.left_chunks))
-    if backend != "torch":
+    if backend == "torch-traced":
+        from mtspeech.streaming.traced import TracedEncoderStep
+
+        rec = rec.with_encoder_step(TracedEncoderStep(rec.model, args.chunk_frames, args.left_chunks))
+    elif backend != "torch":
         from mtspeech.export.runtime import OnnxEncoderStep
 
         rec = rec.with_encoder_step(OnnxEncoderStep(onnx_dir, int8=backend == "onnx-int8", threads=args.threads))
@@ -96,7 +100,7 @@ def run(args) -> dict:
         chunk_s = args.chunk_frames * 0.04
         wavs = _audio(args, (args.steps + 3) * chunk_s + 1.0)
         onnx_dir = None
-        if any(b != "torch" for b in args.backend):
+        if any(b.startswith("onnx") for b in args.backend):
             from server_load import _export_onnx
 
             onnx_dir = _export_onnx(ckpt, tmp.name, args)

@@ -40,7 +40,7 @@ Definitions (per level):
                     `max_streams_keeping_up` is the largest N that keeps up.
 
 By default the run stops after the first level that does not keep up (`--keep-going` runs all).
-`--backend torch onnx onnx-int8` repeats the whole run per backend (`mtspeech serve --backend`;
+`--backend torch torch-eager onnx onnx-int8` repeats the whole run per backend (`mtspeech serve --backend`;
 the ONNX graphs are exported once, into a temporary folder) and reports each one.
 
     python benchmarks/server_load.py --model exp/synthetic/all/final.pt --levels 1,64,128,160,192 \
@@ -76,7 +76,7 @@ from _cli import add_model_arguments, run_main  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MANIFEST = "data/synthetic/test.jsonl"
 SAMPLE_RATE = 16000
-BACKENDS = ("torch", "onnx", "onnx-int8")
+BACKENDS = ("torch", "torch-eager", "onnx", "onnx-int8")
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
@@ -168,7 +168,7 @@ def prepare_audio(samples: list[tuple[str, np.ndarray]], ckpt: str, args, backen
     rec = load_recognizer(ckpt, cfg, "cpu", decoder=args.decoder,
                           lm=None if args.decoder == "greedy" else "auto",  # as the server decodes
                           beam_size=20, lm_weight=1.0)  # `mtspeech serve`'s defaults
-    if backend != "torch":  # partial texts as this backend's server will produce them
+    if backend.startswith("onnx"):  # partial texts as this backend's server will produce them (torch's traced step = eager)
         from mtspeech.export.runtime import OnnxEncoderStep
 
         rec = rec.with_encoder_step(OnnxEncoderStep(onnx_dir, int8=backend == "onnx-int8", threads=1))
@@ -211,13 +211,16 @@ class ServerProcess:
         self.base = f"http://127.0.0.1:{self.port}"
         self.cmd = [sys.executable, "-m", "mtspeech.cli", "serve", "--model", str(ckpt),
                     "--host", "127.0.0.1", "--port", str(self.port), "--device", args.device,
-                    "--max-streams", str(max(64, 2 * max_streams)),  # room for reconnects "--max-batch-size", str(args.max_batch_size),
+                    "--max-streams", str(max(64, 2 * max_streams)),  # room for reconnects
+                    "--max-batch-size", str(args.max_batch_size),
                     "--max-wait-ms", str(args.max_wait_ms), "--chunk-frames", str(args.chunk_frames),
                     "--left-chunks", str(args.left_chunks), "--endpoint-mode", args.endpoint_mode,
                     "--log-level", "warning"]
         if getattr(args, "decoder", None):
             self.cmd += ["--decoder", args.decoder] + (["--lm", "auto"] if args.decoder != "greedy" else [])
-        if backend != "torch":
+        if backend == "torch-eager":
+            self.cmd += ["--backend", "torch-eager"]
+        elif backend != "torch":
             self.cmd += ["--backend", "onnx", "--onnx-dir", str(onnx_dir)] + (["--int8"] if backend == "onnx-int8" else [])
         self.env = os.environ.copy()
         for flag in ("decode_threads", "intra_op_threads"):
@@ -530,7 +533,7 @@ def run(args) -> dict:
     try:
         samples, source = load_test_audio(args)
         onnx_dir = None
-        if any(b != "torch" for b in args.backend):
+        if any(b.startswith("onnx") for b in args.backend):
             onnx_tmp = tempfile.TemporaryDirectory(prefix="mtspeech_bench_onnx_")
             onnx_dir = _export_onnx(ckpt, onnx_tmp.name, args)
         per_backend = {}

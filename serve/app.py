@@ -172,9 +172,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     # Defaults chosen on the demo's dev set (README): beam 20, LM weight 1.0.
     parser.add_argument("--beam-size", type=int, default=20)
     parser.add_argument("--lm-weight", type=float, default=1.0)
-    parser.add_argument("--backend", choices=["torch", "onnx"], default="torch",
-                        help="what runs the encoder and heads: PyTorch, or the ONNX export under onnxruntime "
-                             "(features and token decoding stay the same)")
+    parser.add_argument("--backend", choices=["torch", "torch-eager", "onnx"], default="torch",
+                        help="what runs the encoder and heads: PyTorch, its full-chunk step traced to one "
+                             "TorchScript graph at startup (eager if the trace fails or differs); PyTorch "
+                             "eager; or the ONNX export under onnxruntime (features and token decoding stay "
+                             "the same)")
     parser.add_argument("--onnx-dir", default=None,
                         help="with --backend onnx: a `mtspeech export onnx` folder of this checkpoint "
                              "(default: export at startup into a temporary folder)")
@@ -220,6 +222,12 @@ def main(args: argparse.Namespace) -> int:
                 recognizer.model, args.model, streaming.chunk_frames, streaming.left_chunks, args.onnx_dir, args.int8))
         elif args.int8 or args.onnx_dir:
             raise ValueError("--int8 and --onnx-dir apply to --backend onnx only")
+        elif args.backend == "torch":
+            from mtspeech.streaming.traced import traced_or_eager
+
+            recognizer = recognizer.with_encoder_step(
+                traced_or_eager(recognizer.model, streaming.chunk_frames, streaming.left_chunks))
+            log.info("torch backend: %s streaming step", recognizer.encoder_step.name)
     except ValueError as e:
         log.error("mtspeech serve: %s", e)
         return 2

@@ -190,6 +190,10 @@ class CTCTask(nn.Module):
         if self._tokenizer is None:
             from mtspeech.text.tokenizer import Tokenizer
 
+            if "model_b64" not in self.labels and "tokenizer" not in self.labels:
+                # AttributeError, so hasattr() and module introspection (torch.jit) see "none"
+                raise AttributeError(f"task {self.name!r} has no sentencepiece model in its labels")
+
             self._tokenizer = Tokenizer(_model_file(self.labels))
         return self._tokenizer
 
