@@ -43,6 +43,12 @@ def _load(path: str | Path) -> np.ndarray:
     return np.asarray(wav.numpy() if hasattr(wav, "numpy") else wav, dtype=np.float32)
 
 
+def _unreadable(path: str | Path, error: Exception) -> FileResult:
+    """A file that could not be read: an error result (printed to stderr); the others go on."""
+    print(f"{path}: error: {error}", file=sys.stderr)
+    return FileResult(str(path), errors=[{"type": "error", "code": "unreadable_audio", "message": str(error)}])
+
+
 def to_pcm16(samples: np.ndarray) -> bytes:
     """float samples in [-1, 1] → little-endian 16-bit PCM bytes (clipped)."""
     return (np.clip(samples, -1.0, 32767 / 32768) * 32768).astype("<i2").tobytes()
@@ -104,7 +110,10 @@ def _printer(name: str, out: TextIO) -> Callable[[dict], None]:
 def transcribe_files(server_url: str, files: list[str | Path], realtime: bool = False,
                      api_key: str | None = None, frame_ms: int = 100, show_partials: bool = True,
                      out: TextIO | None = None) -> list[FileResult]:
-    """Stream each file to the server (one after another), printing partials and finals."""
+    """Stream each file to the server (one after another), printing partials and finals. A file
+    that cannot be read gets an `unreadable_audio` error result; the others are still sent."""
+    from mtspeech.data.audio import AudioError
+
     out = out or sys.stdout
     url = server_url.rstrip("/")
     if url.startswith("http"):
@@ -115,10 +124,14 @@ def transcribe_files(server_url: str, files: list[str | Path], realtime: bool = 
     async def run() -> list[FileResult]:
         results = []
         for path in files:
-            printer = _printer(str(path), out)
+            try:
+                samples = _load(path)
+            except AudioError as e:
+                results.append(_unreadable(path, e))
+                continue
             results.append(await stream_samples(
-                url, _load(path), realtime, frame_ms, api_key, interim=show_partials,
-                on_message=printer, name=str(path)))
+                url, samples, realtime, frame_ms, api_key, interim=show_partials,
+                on_message=_printer(str(path), out), name=str(path)))
         return results
 
     return asyncio.run(run())
@@ -126,14 +139,20 @@ def transcribe_files(server_url: str, files: list[str | Path], realtime: bool = 
 
 def transcribe_local(model_path: str | Path, files: list[str | Path], device: str = "cpu",
                      out: TextIO | None = None, streaming=None) -> list[FileResult]:
-    """Decode files in-process with the streaming recognizer (no server)."""
+    """Decode files in-process with the streaming recognizer (no server); an unreadable file
+    gets an error result, as in `transcribe_files`."""
+    from mtspeech.data.audio import AudioError
     from mtspeech.streaming import StreamingRecognizer
 
     out = out or sys.stdout
     rec = StreamingRecognizer.from_checkpoint(model_path, streaming, device)
     results = []
     for path in files:
-        finals = rec.transcribe(_load(path))
+        try:
+            finals = rec.transcribe(_load(path))
+        except AudioError as e:
+            results.append(_unreadable(path, e))
+            continue
         res = FileResult(str(path), finals=[
             {"type": "final", "text": f.text, "start": f.start, "end": f.end,
              "words": [vars(w) for w in f.words]} for f in finals])
@@ -158,10 +177,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run `mtspeech transcribe`; exit status 1 when any file got an error."""
+    """Run `mtspeech transcribe`; exit status 1 when any file got an error, 2 when the server
+    cannot be reached."""
+    from websockets.exceptions import InvalidHandshake, InvalidURI
+
     if args.server:
-        results = transcribe_files(args.server, args.files, args.realtime, args.api_key, args.frame_ms,
-                                   show_partials=not args.no_partials)
+        try:
+            results = transcribe_files(args.server, args.files, args.realtime, args.api_key, args.frame_ms,
+                                       show_partials=not args.no_partials)
+        except (OSError, InvalidURI, InvalidHandshake) as e:  # refused, unreachable, not our server
+            print(f"mtspeech transcribe: cannot stream to {args.server}: {e}", file=sys.stderr)
+            return 2
     else:
         results = transcribe_local(args.model, args.files, args.device)
     if args.json:

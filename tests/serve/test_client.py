@@ -53,6 +53,27 @@ def test_transcribe_files_through_the_server(recognizer, tmp_path):
     assert " ... " in printed and f"{paths[0]} [" in printed
 
 
+def test_unreadable_files_get_errors_and_the_rest_is_still_sent(recognizer, tmp_path, capsys):
+    good = tmp_path / "good.wav"
+    good.write_bytes(wav_bytes(signal(1.2, seed=0)))
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    missing = tmp_path / "missing.flac"
+    with live_server(create_app(recognizer)) as (addr, _):
+        results = client.transcribe_files(f"ws://{addr}", [missing, good, empty], out=io.StringIO())
+        args = argparse.Namespace(server=f"ws://{addr}", files=[str(missing), str(good)], realtime=False,
+                                  api_key=None, frame_ms=100, no_partials=True, json=False, model=None)
+        assert client.main(args) == 1  # one file failed, and said so
+    assert [bool(r.errors) for r in results] == [True, False, True]
+    assert results[0].errors[0]["code"] == "unreadable_audio" and "no such file" in results[0].errors[0]["message"]
+    assert results[1].text == reference_text(recognizer, signal(1.2, seed=0), endpointing=True)
+    assert f"{missing}: error:" in capsys.readouterr().err
+    # no server there: one clear line and exit status 2, no traceback
+    args.server, args.files = "ws://127.0.0.1:9", [str(good)]
+    assert client.main(args) == 2
+    assert "cannot stream to ws://127.0.0.1:9" in capsys.readouterr().err
+
+
 def test_local_decoding_and_server_from_checkpoint(checkpoint, tmp_path):
     wav = signal(1.5, seed=4)
     path = tmp_path / "a.wav"
