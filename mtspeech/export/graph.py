@@ -51,9 +51,21 @@ class StreamingStepGraph(nn.Module):
         self.chunk_frames = chunk_frames
 
     def forward(self, feats, chunk_lens, keys, values, key_valid, conv, frames_seen):
+        return self.step(feats, chunk_lens, keys, values, key_valid, conv, frames_seen)
+
+    def step(self, feats, chunk_lens, keys, values, key_valid, conv, frames_seen):
+        """The graph's outputs; `chunk_lens` None: every row a full window."""
         cache = EncoderCache(keys=keys, values=values, key_valid=key_valid, conv=conv,
                              frames_seen=frames_seen, chunk_frames=self.chunk_frames)
         out, new = self.encoder.forward_chunk(feats, cache, chunk_lens)
         logits = head_logits(self.heads, out, self.roles)
         return (out.lens, *(logits[r] for r in self.roles),
                 new.keys, new.values, new.key_valid, new.conv, new.frames_seen)
+
+
+class FullChunkGraph(StreamingStepGraph):
+    """The same step for full windows only, without `chunk_lens`: the encoder then takes its
+    slicing path for the new left context. What `mtspeech.streaming.traced` traces."""
+
+    def forward(self, feats, keys, values, key_valid, conv, frames_seen):
+        return self.step(feats, None, keys, values, key_valid, conv, frames_seen)

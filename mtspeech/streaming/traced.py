@@ -7,7 +7,7 @@ eager step fell behind although, in-process, it costs the same per stream as onn
 for the whole call.
 
 `torch.jit.trace` records one path through Python control flow, so the graph is traced on a
-full window (4c+3 frames, every row full) and used only for such steps; a stream's last,
+full window (4c+3 frames, every row full; `export.graph.FullChunkGraph`) and used only for such steps; a stream's last,
 right-padded window (`chunk_lens`) takes the eager path, which is the same model. At
 construction the trace is checked against eager on a fresh and a warm cache at another batch
 size; a model whose step the trace does not reproduce raises ValueError, and `traced_or_eager`
@@ -24,36 +24,14 @@ import torch
 from torch import nn
 
 from mtspeech.encoders.cache import EncoderCache
-from mtspeech.streaming.encoder import HEAD_ROLES, ChunkOutput, TorchEncoderStep, head_logits, head_tasks
+from mtspeech.export.graph import CACHE_FIELDS, FullChunkGraph
+from mtspeech.streaming.encoder import ChunkOutput, TorchEncoderStep
 
 log = logging.getLogger(__name__)
 
-CACHE_FIELDS = ("keys", "values", "key_valid", "conv", "frames_seen")
-
-
-class FullChunkGraph(nn.Module):
-    """`encoder.forward_chunk` on full windows (no `chunk_lens`: the encoder's slicing path) and
-    every streaming head; the cache as tensors. Outputs: lens, one logits tensor per role in
-    `roles`, then the new cache's fields in CACHE_FIELDS order."""
-
-    def __init__(self, model: nn.Module, chunk_frames: int):
-        super().__init__()
-        self.encoder = model.encoder
-        tasks = head_tasks(model)
-        self.roles = tuple(r for r in HEAD_ROLES if r in tasks)
-        self.heads = nn.ModuleDict({r: tasks[r] for r in self.roles})
-        self.chunk_frames = chunk_frames
-
-    def forward(self, feats, keys, values, key_valid, conv, frames_seen):
-        cache = EncoderCache(keys=keys, values=values, key_valid=key_valid, conv=conv,
-                             frames_seen=frames_seen, chunk_frames=self.chunk_frames)
-        out, new = self.encoder.forward_chunk(feats, cache)
-        logits = head_logits(self.heads, out, self.roles)
-        return (out.lens, *(logits[r] for r in self.roles), *(getattr(new, f) for f in CACHE_FIELDS))
-
 
 class TracedEncoderStep(TorchEncoderStep):
-    """`TorchEncoderStep` whose full-window steps run a traced `StreamingStepGraph`."""
+    """`TorchEncoderStep` whose full-window steps run a traced `export.graph.FullChunkGraph`."""
 
     name = "torch-traced"
 
