@@ -60,3 +60,20 @@ def signal(seconds: float, seed: int = 0, rate: int = 16000, pcm16: bool = False
     if pcm16:
         x = (np.round(np.clip(x, -1, 1) * 32767) / 32768).astype(np.float32)
     return x
+
+
+def batched_finals(rec: StreamingRecognizer, recordings: list[np.ndarray]) -> list[str]:
+    """Each recording's final text, all streams stepped together (one batched encoder call per
+    step), then finished."""
+    from mtspeech.streaming import FinalEvent
+
+    streams = [rec.new_stream() for _ in recordings]
+    for s, wav in zip(streams, recordings):
+        rec.accept(s, wav)
+    while all(rec.ready(s) for s in streams):
+        rec.step(streams)
+    texts = []
+    for s in streams:
+        rec.finish(s)
+        texts.append(" ".join(e.text for e in rec.events(s) if isinstance(e, FinalEvent)))
+    return texts

@@ -12,9 +12,9 @@ from mtspeech.streaming.endpoint import EndpointConfig
 from mtspeech.export.onnx import ExportInfo, export_onnx
 from mtspeech.export.parity import logit_parity, transcript_parity
 from mtspeech.export.runtime import OnnxEncoderStep
-from mtspeech.streaming import FinalEvent, StreamingConfig, StreamingRecognizer
+from mtspeech.streaming import StreamingConfig, StreamingRecognizer
 from mtspeech.streaming.encoder import TorchEncoderStep
-from tiny_asr import CHUNK, LEFT, PieceTable, signal
+from tiny_asr import CHUNK, LEFT, PieceTable, batched_finals, signal
 
 # int8 gate on the tiny model: CER of the int8 transcripts taking the fp32 ones as reference.
 # A random model's logits are nearly tied, so int8 rounding flips some tokens (0.11 measured on
@@ -57,16 +57,7 @@ def test_onnx_recognizer_gives_torch_transcripts(tiny_export):
     assert all(single.texts_a) and single.texts_b == single.texts_a
 
     # Batched: three streams stepped together (the onnx graph's dynamic batch), same finals.
-    streams = [onnx_rec.new_stream() for _ in RECORDINGS]
-    for s, wav in zip(streams, RECORDINGS):
-        onnx_rec.accept(s, wav)
-    while all(onnx_rec.ready(s) for s in streams):
-        onnx_rec.step(streams)
-    texts = []
-    for s in streams:
-        onnx_rec.finish(s)
-        texts.append(" ".join(e.text for e in onnx_rec.events(s) if isinstance(e, FinalEvent)))
-    assert texts == single.texts_a
+    assert batched_finals(onnx_rec, RECORDINGS) == single.texts_a
 
 
 def test_int8_transcripts_stay_within_the_gate(tiny_export):

@@ -9,11 +9,11 @@ import logging
 import torch
 
 from mtspeech.export.parity import logit_parity, transcript_parity
-from mtspeech.streaming import FinalEvent, StreamingConfig, StreamingRecognizer
+from mtspeech.streaming import StreamingConfig, StreamingRecognizer
 from mtspeech.streaming.encoder import TorchEncoderStep
 from mtspeech.streaming.endpoint import EndpointConfig
 from mtspeech.streaming.traced import TracedEncoderStep, traced_or_eager
-from tiny_asr import CHUNK, LEFT, PieceTable, signal, tiny_model
+from tiny_asr import CHUNK, LEFT, PieceTable, batched_finals, signal, tiny_model
 
 RECORDINGS = [signal(3.0, seed=s) for s in (0, 1, 2)]
 
@@ -50,16 +50,7 @@ def test_traced_step_gives_the_eager_logits_and_transcripts(monkeypatch):
     eager_rec, traced_rec = recognizer(model), recognizer(model, traced)
     single = transcript_parity(eager_rec, traced_rec, RECORDINGS)
     assert all(single.texts_a) and single.texts_b == single.texts_a
-    streams = [traced_rec.new_stream() for _ in RECORDINGS]  # batched: one graph call per step
-    for s, wav in zip(streams, RECORDINGS):
-        traced_rec.accept(s, wav)
-    while all(traced_rec.ready(s) for s in streams):
-        traced_rec.step(streams)
-    texts = []
-    for s in streams:
-        traced_rec.finish(s)
-        texts.append(" ".join(e.text for e in traced_rec.events(s) if isinstance(e, FinalEvent)))
-    assert texts == single.texts_a
+    assert batched_finals(traced_rec, RECORDINGS) == single.texts_a  # batched: one graph call per step
 
 
 def test_an_untrustworthy_trace_falls_back_to_eager(monkeypatch, caplog):
