@@ -43,6 +43,6 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 if [ "${MTSPEECH_PEERS:-0}" = 1 ] && ! .venv/bin/python -c "import silero_vad, resemblyzer" 2>/dev/null; then
-  echo "setup: installing the peer tools (silero-vad, resemblyzer) from requirements-peers.lock"
+  echo "setup: installing the peer tools (silero-vad, resemblyzer, pyroomacoustics) from requirements-peers.lock"
   .venv/bin/python -m pip install -q --require-hashes --no-deps -r requirements-peers.lock
 fi

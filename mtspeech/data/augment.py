@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 NOISE_KINDS = ("white", "pink", "brown", "babble")
+ROOM_DRR = ("fixed", "shoebox")
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,9 @@ class AugmentConfig:
     # first epoch (0-based) that is augmented; the ones before train on clean audio. Noise from
     # the first update kept CTC on its blank plateau for 5 more epochs of the demo (README).
     start_epoch: int = 0
+    # the rooms' direct-to-reverberant ratio: "fixed" (tail energy = direct path, about 0 dB) or
+    # "shoebox" (drawn per room as a shoebox room gives it; benchmarks/rir_match.py measures both)
+    room_drr: str = "fixed"
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.noise) - set(NOISE_KINDS))
@@ -72,6 +76,8 @@ class AugmentConfig:
             low, high = getattr(self, name)
             if low > high:
                 raise ValueError(f"data.augment.{name}=({low}, {high}): expected low <= high")
+        if self.room_drr not in ROOM_DRR:
+            raise ValueError(f"data.augment.room_drr={self.room_drr!r}: expected one of {ROOM_DRR}")
         if self.start_epoch < 0:
             raise ValueError(f"data.augment.start_epoch={self.start_epoch}: expected >= 0")
         if self.rt60_s[0] <= 0 or self.babble_utterances[0] < 1:
@@ -90,6 +96,7 @@ class Recipe:
     gain_db: float | None
     babble: tuple[int, ...] = ()  # pool indices mixed into babble
     formant_warp: float | None = None  # VTLP factor α of a new voice
+    drr_db: float = 0.0  # the room's direct-to-reverberant ratio (with rt60_s)
 
 
 class Augmenter:
@@ -124,13 +131,19 @@ class Augmenter:
             others = [i for i in rng.choice(self.pool_size, size=min(self.pool_size, n + 1), replace=False)
                       if i != index][:n]
             babble = tuple(int(i) for i in others)
+        snr_db = float(rng.uniform(*c.snr_db)) if noise else None
+        rt60_s = float(rng.uniform(*c.rt60_s)) if rng.random() < c.reverb_prob else None
+        drr_db = 0.0
+        if rt60_s is not None and c.room_drr == "shoebox":  # its own stream: the draws above stay
+            drr_db = shoebox_drr_db(rt60_s, np.random.default_rng([seed & 0xFFFFFFFF, index, 0xD22]))
         return Recipe(
             noise=noise,
-            snr_db=float(rng.uniform(*c.snr_db)) if noise else None,
-            rt60_s=float(rng.uniform(*c.rt60_s)) if rng.random() < c.reverb_prob else None,
+            snr_db=snr_db,
+            rt60_s=rt60_s,
             gain_db=float(rng.uniform(*c.gain_db)),
             babble=babble,
             formant_warp=formant,
+            drr_db=drr_db,
         )
 
     def _formant_warp(self, seed: int, index: int) -> float | None:
@@ -157,7 +170,7 @@ class Augmenter:
         if r.formant_warp is not None:  # first: the voice is the source, the room and noise come after
             x = formant_shift(x, r.formant_warp, self.sample_rate)
         if r.rt60_s is not None:
-            x = reverberate(x, room_impulse_response(r.rt60_s, self.sample_rate, rng))
+            x = reverberate(x, room_impulse_response(r.rt60_s, self.sample_rate, rng, r.drr_db))
         if r.noise is not None:
             n = babble(len(x), [self.load(i) for i in r.babble]) if r.noise == "babble" \
                 else colored_noise(r.noise, len(x), rng)
@@ -210,18 +223,30 @@ def add_at_snr(x: np.ndarray, noise: np.ndarray, snr_db: float, mask: np.ndarray
     return x + noise * math.sqrt(signal_power / (noise_power * 10 ** (snr_db / 10)))
 
 
-def room_impulse_response(rt60_s: float, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
+def room_impulse_response(rt60_s: float, sample_rate: int, rng: np.random.Generator,
+                          drr_db: float = 0.0) -> np.ndarray:
     """A synthetic RIR: 1 at t = 0, then Gaussian noise under exp(-6.908 t / rt60) (60 dB in
-    rt60 seconds of energy decay), 1.5 × rt60 long, early part scaled to a direct-to-reverb
-    ratio near 0 dB."""
+    rt60 seconds of energy decay), 1.5 × rt60 long, the tail's energy 10^(-drr_db / 10) of the
+    direct path's."""
     n = max(2, int(1.5 * rt60_s * sample_rate))
     t = np.arange(n) / sample_rate
     tail = rng.standard_normal(n) * np.exp(-6.908 * t / rt60_s)  # amplitude: energy decays 60 dB in rt60
     tail[0] = 0.0
-    tail /= math.sqrt(np.sum(tail**2)) + 1e-12
+    tail *= 10 ** (-drr_db / 20) / (math.sqrt(np.sum(tail**2)) + 1e-12)
     rir = tail
     rir[0] = 1.0
     return rir
+
+
+def shoebox_drr_db(rt60_s: float, rng: np.random.Generator) -> float:
+    """A direct-to-reverberant ratio as a shoebox room of this RT60 gives it: a room of
+    3-10 × 3-8 × 2.5-4 m, source and microphone anywhere at least 0.5 m from the walls, and
+    DRR = 20 log10(r_c / r) with the critical distance r_c = 0.057 √(V / RT60) (diffuse-field
+    theory). Long rooms and far microphones give the negative ratios a fixed 0 dB never has."""
+    dims = np.array([rng.uniform(3, 10), rng.uniform(3, 8), rng.uniform(2.5, 4)])
+    distance = float(np.linalg.norm(rng.uniform(0.5, dims - 0.5) - rng.uniform(0.5, dims - 0.5)))
+    critical = 0.057 * math.sqrt(float(np.prod(dims)) / rt60_s)
+    return 20 * math.log10(critical / max(distance, 0.1))
 
 
 def reverberate(x: np.ndarray, rir: np.ndarray) -> np.ndarray:

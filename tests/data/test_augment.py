@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from mtspeech.data.augment import (AugmentConfig, Augmenter, add_at_snr, colored_noise, formant_shift,
-                                   room_impulse_response, speech_mask, vtlp_source_hz)
+                                   room_impulse_response, shoebox_drr_db, speech_mask, vtlp_source_hz)
 from mtspeech.data.dataset import UtteranceDataset
 from mtspeech.data.manifest import read_manifest
 
@@ -94,6 +94,22 @@ def test_room_impulse_responses_decay_at_the_requested_rt60(rt60):
     fit = (edc_db <= -5) & (edc_db >= -35)
     slope = np.polyfit(t[fit], edc_db[fit], 1)[0]
     assert -60 / slope == pytest.approx(rt60, rel=0.1)
+
+
+def test_rooms_get_the_direct_to_reverberant_ratio_asked_for():
+    for drr in (-9.0, 0.0, 6.0):
+        rir = room_impulse_response(0.5, RATE, np.random.default_rng(4), drr_db=drr)
+        assert 10 * math.log10(rir[0] ** 2 / np.sum(rir[1:] ** 2)) == pytest.approx(drr, abs=1e-9)
+    # "shoebox" draws it per room, deterministically, with the RT60 (far + reverberant: negative)
+    draws = {rt60: [shoebox_drr_db(rt60, np.random.default_rng(k)) for k in range(200)] for rt60 in (0.2, 0.8)}
+    assert np.mean(draws[0.8]) < np.mean(draws[0.2]) - 4 and min(draws[0.8]) < -10 < max(draws[0.2])
+    shoebox = Augmenter(AugmentConfig(prob=1.0, reverb_prob=1.0, room_drr="shoebox"), 1, lambda i: None, RATE)
+    fixed = Augmenter(AugmentConfig(prob=1.0, reverb_prob=1.0), 1, lambda i: None, RATE)
+    a, b = shoebox.recipe(seed=1, index=5), fixed.recipe(seed=1, index=5)
+    assert a.drr_db != 0.0 and b.drr_db == 0.0 and a == shoebox.recipe(seed=1, index=5)
+    assert dataclasses.replace(a, drr_db=0.0) == b  # the other draws do not move
+    with pytest.raises(ValueError, match="room_drr"):
+        AugmentConfig(room_drr="cathedral")
 
 
 def test_babble_draws_from_the_same_split_only():
