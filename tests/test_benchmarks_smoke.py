@@ -111,9 +111,11 @@ def test_batch_step_benchmark(assets):
     bench = _load("batch_step")
     out = assets["root"] / "batch_step.json"
     bench.main(["--model", str(assets["ckpt"]), "--manifest", "missing.jsonl", "--batch-sizes", "1", "3",
-                "--steps", "2", "--out", str(out)])
-    rows = json.loads(out.read_text())["backends"]["torch"]
-    assert [r["batch"] for r in rows] == [1, 3] and rows[0]["vs_first"] == 1.0
+                "--steps", "2", "--backend", "torch", "torch-traced", "--out", str(out)])
+    backends = json.loads(out.read_text())["backends"]
+    assert set(backends) == {"torch", "torch-traced"}
+    rows = backends["torch"] + backends["torch-traced"]
+    assert [r["batch"] for r in rows] == [1, 3, 1, 3] and rows[0]["vs_first"] == 1.0
     for r in rows:
         assert r["step_ms"] > 0 and r["ms_per_stream"] == pytest.approx(r["step_ms"] / r["batch"], rel=0.01)
         assert r["realtime_streams"] == pytest.approx(0.32 * r["batch"] / (r["step_ms"] / 1e3), rel=0.02)
