@@ -60,6 +60,12 @@ def test_variants_merge_dotted_and_nested_overrides_and_null_removes_tasks(prepa
     changed["shared"]["train.epochs"] = 3
     with pytest.raises(ConfigError, match="train.epochs"):
         plan_runs(load_grid(changed), tmp_path / "out2")
+    # a run planned before a setting existed (stored without it) continues: it has the default
+    spec_path = plan_runs(grid, tmp_path / "out2")[0].dir / "run.json"
+    spec = json.loads(spec_path.read_text())
+    del spec["config"]["train"]["patience"]
+    spec_path.write_text(json.dumps(spec))
+    plan_runs(grid, tmp_path / "out2")
     # a grid folder that moved keeps its runs, re-pointed to where they now lie
     (tmp_path / "out2").rename(tmp_path / "moved")
     moved = plan_runs(grid, tmp_path / "moved")

@@ -184,9 +184,11 @@ def plan_runs(grid: Grid, out: Path) -> list[Run]:
             if spec_path.is_file():
                 old = json.loads(spec_path.read_text())
                 # exp_dir is where the run lies: a grid folder that moved (or a run copied in
-                # from another grid with the identical config) keeps its runs, re-pointed here
-                if {**old["config"], "exp_dir": None} != {**spec["config"], "exp_dir": None}:
-                    diff = _diff(old["config"], spec["config"])
+                # from another grid with the identical config) keeps its runs, re-pointed here.
+                # The old config is resolved again, so a setting added since with its default
+                # (which trains the same model) does not orphan the run.
+                if {**_resolved(old["config"]), "exp_dir": None} != {**spec["config"], "exp_dir": None}:
+                    diff = _diff(_resolved(old["config"]), spec["config"])
                     raise ConfigError(
                         f"run {run.name} in {out} was started with another config (differs at {diff}); "
                         f"delete {run.dir} to retrain it or use another --out")
@@ -195,6 +197,17 @@ def plan_runs(grid: Grid, out: Path) -> list[Run]:
             (run.dir / "config.yaml").write_text(yaml.safe_dump(spec["config"], sort_keys=False))
             runs.append(run)
     return runs
+
+
+def _resolved(config: dict) -> dict:
+    """A stored run config with every setting added since at its default (as stored when the
+    config no longer parses, so the difference is reported)."""
+    from mtspeech.experiment import experiment_from_dict, experiment_to_dict
+
+    try:
+        return experiment_to_dict(experiment_from_dict(config))
+    except (ConfigError, ValueError, TypeError):
+        return config
 
 
 def _diff(a: Any, b: Any, where: str = "") -> str:
