@@ -168,7 +168,8 @@ def prepare_audio(samples: list[tuple[str, np.ndarray]], ckpt: str, args, backen
     rec = load_recognizer(ckpt, cfg, "cpu", decoder=args.decoder,
                           lm=None if args.decoder == "greedy" else "auto",  # as the server decodes
                           beam_size=20, lm_weight=1.0)  # `mtspeech serve`'s defaults
-    if backend.startswith("onnx"):  # partial texts as this backend's server will produce them (torch's traced step = eager)
+    # partial texts as this backend's server will produce them (torch's traced step = eager)
+    if backend.startswith("onnx"):
         from mtspeech.export.runtime import OnnxEncoderStep
 
         rec = rec.with_encoder_step(OnnxEncoderStep(onnx_dir, int8=backend == "onnx-int8", threads=1))

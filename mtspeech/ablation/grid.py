@@ -187,8 +187,9 @@ def plan_runs(grid: Grid, out: Path) -> list[Run]:
                 # from another grid with the identical config) keeps its runs, re-pointed here.
                 # The old config is resolved again, so a setting added since with its default
                 # (which trains the same model) does not orphan the run.
-                if {**_resolved(old["config"]), "exp_dir": None} != {**spec["config"], "exp_dir": None}:
-                    diff = _diff(_resolved(old["config"]), spec["config"])
+                stored = _resolved(old["config"])
+                if {**stored, "exp_dir": None} != {**spec["config"], "exp_dir": None}:
+                    diff = _diff(stored, spec["config"])
                     raise ConfigError(
                         f"run {run.name} in {out} was started with another config (differs at {diff}); "
                         f"delete {run.dir} to retrain it or use another --out")

@@ -6,9 +6,10 @@ eager step fell behind although, in-process, it costs the same per stream as onn
 (benchmarks/README.md#server-load). A traced graph runs those ops in C++ with the GIL released
 for the whole call.
 
-`torch.jit.trace` records one path through Python control flow, so the graph is traced on a
-full window (4c+3 frames, every row full; `export.graph.FullChunkGraph`) and used only for such steps; a stream's last,
-right-padded window (`chunk_lens`) takes the eager path, which is the same model. At
+`torch.jit.trace` records one path through Python control flow, so the graph
+(`export.graph.FullChunkGraph`) is traced on a full window (4c+3 frames, every row full) and
+used only for such steps; a stream's last, right-padded window (`chunk_lens`) takes the eager
+path, which is the same model. At
 construction the trace is checked against eager on a fresh and a warm cache at another batch
 size; a model whose step the trace does not reproduce raises ValueError, and `traced_or_eager`
 falls back to eager with a warning.
@@ -46,7 +47,8 @@ class TracedEncoderStep(TorchEncoderStep):
             warnings.simplefilter("ignore", torch.jit.TracerWarning)  # the frozen branches, on purpose
             warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.trace: still served by the pinned torch
             warnings.simplefilter("ignore", UserWarning)  # shape arithmetic on traced sizes
-            example = self._advance(self._inputs(2, feat_dim, seed=0), graph)  # a warm cache
+            first = self._inputs(2, feat_dim, seed=0)
+            example = self._next_inputs(first, graph(*first))  # a warm cache
             self.graph = torch.jit.trace(graph, tuple(example), check_trace=False)
             self._check(graph, feat_dim)
 
@@ -56,9 +58,8 @@ class TracedEncoderStep(TorchEncoderStep):
         cache = self.init_cache(batch)
         return [feats, *(getattr(cache, f) for f in CACHE_FIELDS)]
 
-    def _advance(self, inputs: list[torch.Tensor], graph) -> list[torch.Tensor]:
-        """The next step's inputs: new features, the cache the step returned."""
-        out = graph(*inputs)
+    def _next_inputs(self, inputs: list[torch.Tensor], out: tuple) -> list[torch.Tensor]:
+        """The next step's inputs: new features, the cache step `out` returned."""
         return [torch.randn_like(inputs[0]), *out[1 + len(self.graph_roles):]]
 
     def _check(self, graph: nn.Module, feat_dim: int) -> None:
@@ -69,7 +70,7 @@ class TracedEncoderStep(TorchEncoderStep):
             for w, g in zip(want, got):
                 if w.shape != g.shape or not torch.allclose(w.float(), g.float(), atol=1e-4, rtol=1e-4):
                     raise ValueError("the traced streaming step differs from the eager one")
-            inputs = [torch.randn_like(inputs[0]), *want[1 + len(self.graph_roles):]]
+            inputs = self._next_inputs(inputs, want)
 
     def __call__(self, feats: torch.Tensor, cache: EncoderCache, roles: Iterable[str] = ("asr",),
                  chunk_lens: torch.Tensor | None = None) -> tuple[ChunkOutput, EncoderCache]:
@@ -79,8 +80,8 @@ class TracedEncoderStep(TorchEncoderStep):
             return super().__call__(feats, cache, roles, chunk_lens)
         with torch.jit.optimized_execution(False):  # no re-specialisation per batch size
             out = self.graph(feats, *(getattr(cache, f) for f in CACHE_FIELDS))
-        k = len(self.graph_roles)
-        logits = {r: out[1 + i] for i, r in enumerate(self.graph_roles) if r in set(roles)}
+        k, wanted = len(self.graph_roles), set(roles)
+        logits = {r: out[1 + i] for i, r in enumerate(self.graph_roles) if r in wanted}
         new = EncoderCache(**dict(zip(CACHE_FIELDS, out[1 + k:])), chunk_frames=self.chunk_frames)
         return ChunkOutput(logits, out[0]), new
 
