@@ -90,7 +90,7 @@ _COMMANDS = [
     ("prepare", "scan a corpus into JSON Lines manifests", _add_prepare),
     ("train", "train a multi-task model (resumes from EXP_DIR/last.pt)", _add_train),
     *((name, help, _add_module_command(name, module, help)) for name, module, help in [
-        ("evaluate", "mtspeech.evaluate", "evaluate a checkpoint on a manifest (every task)"),
+        ("evaluate", "mtspeech.evaluation.evaluate", "evaluate a checkpoint on a manifest (every task)"),
         ("embed-lm", "mtspeech.embed_lm", "store a word LM inside a checkpoint (for --lm auto)"),
         ("ablate", "mtspeech.ablation.cli", "train and evaluate a grid of task sets × seeds; report"),
         ("analyze", "mtspeech.analyze", "word accuracy by training-sentence count, from evaluate's hypotheses"),

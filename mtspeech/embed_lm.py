@@ -48,7 +48,7 @@ def embed_lm(checkpoint: str | Path, lm: str | Path = "auto", order: int = 3) ->
     state = load_state(checkpoint)
     with tempfile.TemporaryDirectory() as tmp:
         if lm == "auto":
-            from mtspeech.evaluate import training_transcripts_lm
+            from mtspeech.evaluation.evaluate import training_transcripts_lm
 
             state.pop(LM_KEY, None)  # build afresh from the transcripts, not from a stale copy
             lm = training_transcripts_lm(experiment_from_dict(state["config"]), Path(tmp), order, checkpoint,

@@ -551,7 +551,7 @@ class Trainer:
             self.tb.close()
             self.step_log.close()
         try:  # a picture of the run; never worth failing a finished training for
-            from mtspeech.plots import plot_learned, plot_train_log
+            from mtspeech.evaluation.plots import plot_learned, plot_train_log
 
             plot_train_log(self.exp_dir / "train_log.jsonl", self.exp_dir / "curves.png")
             plot_learned(self.exp_dir / "train_log.jsonl", self.exp_dir / "learned.png")  # if anything was

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Mapping
 
 from mtspeech.ablation.grid import Grid, Run
-from mtspeech.stats import format_p
+from mtspeech.evaluation.stats import format_p
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def paired_seed_bootstrap(pairs: list[tuple[Run, Run]], split: str, task: str, m
     pooled rate is the mean of the per-seed rates); utterances are the resampled unit. Only
     utterances scored in every run count, so both sides have the same reference lengths.
     """
-    from mtspeech.stats import paired_bootstrap
+    from mtspeech.evaluation.stats import paired_bootstrap
 
     acc_a: dict[str, list[int]] = {}
     acc_b: dict[str, list[int]] = {}
@@ -78,7 +78,7 @@ def _asr_curve(run: Run) -> list[tuple[int, float]]:
 
 
 def _summary(values: list[float]) -> dict:
-    from mtspeech.stats import mean_std_ci
+    from mtspeech.evaluation.stats import mean_std_ci
 
     s = mean_std_ci(values)
     nan = lambda x: None if x != x else x  # noqa: E731 — JSON has no NaN
@@ -92,7 +92,7 @@ def build_report(grid: Grid, out: str | Path, runs: list[Run] | None = None, n_r
 
     `failed`: run name → error, listed in the report. Returns the results dict.
     """
-    from mtspeech.plots import plot_metric_bars, plot_training_curves
+    from mtspeech.evaluation.plots import plot_metric_bars, plot_training_curves
 
     out = Path(out)
     runs = runs if runs is not None else [Run(v, s, out / "runs" / v / f"seed{s}")
@@ -169,7 +169,7 @@ def relatedness_report(grid: Grid, finished: list[Run], report: dict, plots_dir:
     """Per variant and auxiliary task: the relatedness its runs logged (`train.relatedness_every`;
     each run's mean over its last half of measurements, then mean ± std over seeds) beside
     the variant's measured effect on ASR (Δ CER against the baseline, from `report`'s splits)."""
-    from mtspeech.plots import plot_training_curves
+    from mtspeech.evaluation.plots import plot_training_curves
     from mtspeech.relatedness import PREFIX, late_means, read_relatedness
 
     main = report.get("asr_task")

@@ -25,7 +25,7 @@ def run_one(run_dir: str | Path, threads: int | None = None) -> None:
     Under torchrun every rank trains; only rank 0 evaluates.
     """
     from mtspeech.config import apply_overrides
-    from mtspeech.evaluate import evaluate
+    from mtspeech.evaluation.evaluate import evaluate
     from mtspeech.experiment import experiment_from_dict
     from mtspeech.train import train
 

@@ -417,7 +417,7 @@ def load_recognizer(checkpoint: str | Path, config=None, device: str = "cpu", de
     tokenizer = _tokenizer_of(model)
     work_dir = None
     if lm == "auto":
-        from mtspeech.evaluate import training_transcripts_lm
+        from mtspeech.evaluation.evaluate import training_transcripts_lm
 
         work_dir = Path(tempfile.mkdtemp(prefix="mtspeech-serve-lm-"))
         lm = training_transcripts_lm(exp, work_dir, 3, checkpoint)

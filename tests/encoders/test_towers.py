@@ -232,7 +232,7 @@ def test_configs_without_towers_are_unchanged():
 
 
 def test_trainer_gives_alpha_its_learning_rate_logs_and_plots_it(prepared_manifests, tmp_path):
-    from mtspeech.plots import plot_learned
+    from mtspeech.evaluation.plots import plot_learned
     from mtspeech.train import Trainer
     from tiny_experiment import tiny_experiment
 

@@ -168,7 +168,7 @@ def test_an_embedded_lm_makes_the_checkpoint_self_contained(tmp_path):
     from mtspeech import cli
     from mtspeech.checkpoint import load_state
     from mtspeech.embed_lm import LM_KEY
-    from mtspeech.evaluate import training_transcripts_lm
+    from mtspeech.evaluation.evaluate import training_transcripts_lm
     from mtspeech.experiment import experiment_from_dict
 
     test_checkpoint_with_lm_auto_serves_every_decoder(tmp_path)  # writes model.pt and train.jsonl

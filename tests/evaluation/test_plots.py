@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from mtspeech.plots import plot_metric_bars, plot_training_curves
-from mtspeech.stats import mean_std_ci
+from mtspeech.evaluation.plots import plot_metric_bars, plot_training_curves
+from mtspeech.evaluation.stats import mean_std_ci
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -49,7 +49,7 @@ def test_training_curves_flat_and_per_task(tmp_path):
 
 
 def test_train_log_plot_holds_losses_and_dev_metrics(tmp_path):
-    from mtspeech.plots import plot_train_log
+    from mtspeech.evaluation.plots import plot_train_log
 
     log = tmp_path / "exp" / "train_log.jsonl"
     log.parent.mkdir()

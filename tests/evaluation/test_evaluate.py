@@ -17,7 +17,7 @@ from mtspeech import metrics as M
 from mtspeech.checkpoint import load_model
 from mtspeech.data.audio import load_audio
 from mtspeech.data.manifest import read_manifest, write_manifest
-from mtspeech.evaluate import EvaluationError, add_arguments, duration_batches, evaluate, main
+from mtspeech.evaluation.evaluate import EvaluationError, add_arguments, duration_batches, evaluate, main
 from mtspeech.tasks.vad import frame_labels
 from tiny_experiment import tiny_experiment
 

@@ -16,7 +16,7 @@ import matplotlib
 matplotlib.use("Agg")  # headless: no display on training machines or CI
 import matplotlib.pyplot as plt  # noqa: E402
 
-from mtspeech.stats import mean_std_ci  # noqa: E402
+from mtspeech.evaluation.stats import mean_std_ci  # noqa: E402
 
 
 def _finite_or_none(x: float) -> float | None:

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from mtspeech.stats import mean_std_ci, paired_bootstrap
+from mtspeech.evaluation.stats import mean_std_ci, paired_bootstrap
 
 
 def test_mean_std_ci_by_hand():
@@ -66,7 +66,7 @@ def test_mismatched_utterances_rejected():
 
 
 def test_p_values_are_never_finer_than_the_resampling():
-    from mtspeech.stats import format_p
+    from mtspeech.evaluation.stats import format_p
 
     assert format_p(0.0, 1000) == "< 0.002 (0 of 1,000 resamples crossed zero)"
     assert format_p(0.002, 1000) == "0.002"
