@@ -94,6 +94,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--speech-threshold", type=float, default=d.speech_threshold, help="VAD mode only")
     ap.add_argument("--rule1", type=float, default=d.rule1_trailing_silence_s, help="seconds (both modes)")
     ap.add_argument("--rule2", type=float, default=d.rule2_trailing_silence_s, help="seconds (both modes)")
+    ap.add_argument("--min-speech", type=float, default=d.min_speech_s,
+                    help="seconds: shorter speech runs inside trailing non-speech do not restart it (both modes)")
     ap.add_argument("--rule3", type=float, default=d.rule3_max_utterance_s, help="seconds (both modes)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
@@ -190,7 +192,7 @@ def load_recognizers(args) -> dict[str, StreamingRecognizer]:
         ckpt = build_random_checkpoint(Path(tmp.name) / "tiny_random.pt")
     endpoint = EndpointConfig(mode="vad", speech_threshold=args.speech_threshold,
                               rule1_trailing_silence_s=args.rule1, rule2_trailing_silence_s=args.rule2,
-                              rule3_max_utterance_s=args.rule3)
+                              rule3_max_utterance_s=args.rule3, min_speech_s=args.min_speech)
     cfg = StreamingConfig(chunk_frames=args.chunk_frames, left_chunks=args.left_chunks, endpoint=endpoint)
     vad = StreamingRecognizer.from_checkpoint(ckpt, cfg, args.device)
     if tmp is not None:
@@ -322,7 +324,7 @@ def run(args) -> dict:
                      "pauses_s": args.pauses, "seed": args.seed,
                      "chunk_frames": args.chunk_frames, "left_chunks": args.left_chunks,
                      "speech_threshold": args.speech_threshold, "rule1_s": args.rule1, "rule2_s": args.rule2,
-                     "rule3_s": args.rule3, "threads": args.threads, "device": args.device},
+                     "rule3_s": args.rule3, "min_speech_s": args.min_speech, "threads": args.threads, "device": args.device},
         "elapsed_s": round(elapsed, 2),
         "modes": modes,
         "comparison": comparison,
@@ -342,7 +344,7 @@ def render(result: dict) -> str:
         f"chunk {s['chunk_frames']} frames"
         + (f"; joined two by two with {s['pauses_s'][0]:g}-{s['pauses_s'][1]:g} s pauses" if s["pauses_s"] else ""),
         f"rules (both modes): rule1 {s['rule1_s']:g} s, rule2 {s['rule2_s']:g} s, rule3 {s['rule3_s']:g} s; "
-        f"VAD threshold {s['speech_threshold']:g}",
+        f"VAD threshold {s['speech_threshold']:g}; min speech {s.get('min_speech_s', 0):g} s",
         "delay = finalization - true end of speech (s); premature = a rule fired before it",
         f"{'mode':<6} {'endpointed':>10} {'at eos':>6} {'premature':>9} {'in pause':>8} {'mean':>7} {'p50':>7} "
         f"{'p95':>7} {'rule mean':>9} {'WER':>6} {'CER':>6}",

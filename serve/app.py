@@ -159,6 +159,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="encoder frames (40 ms) per chunk")
     parser.add_argument("--left-chunks", type=int, default=StreamingConfig.left_chunks)
     parser.add_argument("--endpoint-mode", choices=["vad", "blank"], default="vad")
+    parser.add_argument("--endpoint-min-speech", type=float, default=0.0, metavar="SECONDS",
+                        help="speech runs shorter than this inside a pause do not restart its silence count "
+                             "(a hangover against noise bursts; 0: any speech frame does)")
     parser.add_argument("--decoder", choices=["auto", "greedy", "beam", "phones"], default="auto",
                         help="default token decoder of streams: auto (the best the checkpoint allows: phones "
                              "if it has a phone head and an LM, embedded by `mtspeech embed-lm` or given by "
@@ -208,8 +211,12 @@ def main(args: argparse.Namespace) -> int:
         max_buffered_seconds=args.max_buffered_seconds, shutdown_timeout_s=args.shutdown_timeout,
         api_key=args.api_key or os.environ.get("MTSPEECH_API_KEY") or None,
     )
-    streaming = StreamingConfig(chunk_frames=args.chunk_frames, left_chunks=args.left_chunks,
-                                endpoint=EndpointConfig(mode=args.endpoint_mode))
+    try:
+        endpoint = EndpointConfig(mode=args.endpoint_mode, min_speech_s=args.endpoint_min_speech)
+    except ValueError as e:
+        log.error("mtspeech serve: %s", e)
+        return 2
+    streaming = StreamingConfig(chunk_frames=args.chunk_frames, left_chunks=args.left_chunks, endpoint=endpoint)
     from mtspeech.streaming.decoders import load_recognizer
 
     try:

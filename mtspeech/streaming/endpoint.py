@@ -13,10 +13,18 @@ What counts as "non-speech" is the `mode`: `"vad"` reads the VAD head's speech p
 (`p < speech_threshold`), `"blank"` uses CTC's own evidence (the greedy label is the blank),
 which is what sherpa does. Keeping both lets a benchmark measure how much earlier the VAD head
 finalizes than the blank-only endpointer on the same audio.
+
+`min_speech_s` is a hangover against noise: a run of speech frames shorter than it, inside
+trailing non-speech, counts as non-speech and does not restart the count (a noise burst the
+VAD head scores as speech for 40-120 ms otherwise keeps an utterance open until the audio
+ends). 0 (the default) restarts on any speech frame. It applies in mode `vad` only: in mode
+`blank` a single non-blank frame is a real token (CTC emits one-frame spikes), and a hangover
+there lets the endpointer fire in the middle of words (measured: `benchmarks/README.md`).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 ENDPOINT_MODES = ("vad", "blank")
@@ -31,6 +39,7 @@ class EndpointConfig:
     rule1_trailing_silence_s: float = 2.4
     rule2_trailing_silence_s: float = 1.2
     rule3_max_utterance_s: float = 20.0
+    min_speech_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.mode not in ENDPOINT_MODES:
@@ -40,6 +49,8 @@ class EndpointConfig:
         for name in ("rule1_trailing_silence_s", "rule2_trailing_silence_s", "rule3_max_utterance_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"endpoint.{name}={getattr(self, name)}: expected a positive number of seconds")
+        if not 0.0 <= self.min_speech_s < math.inf:
+            raise ValueError(f"endpoint.min_speech_s={self.min_speech_s}: expected a finite number of seconds >= 0")
 
 
 class Endpointer:
@@ -54,11 +65,19 @@ class Endpointer:
         self.frame_shift_s = frame_shift_s
         self.trailing_nonspeech_frames = 0
         self.utterance_frames = 0
+        self.speech_run_frames = 0
+        # The same epsilon as check(): 0.12 s at 40 ms frames is 3 frames, not 4. Mode blank: 1.
+        self.min_speech_frames = (1 if config.mode == "blank"
+                                  else max(1, math.ceil(config.min_speech_s / frame_shift_s - 1e-6)))
 
     def update(self, nonspeech: bool) -> None:
         """Account for one more encoder frame."""
         self.utterance_frames += 1
-        self.trailing_nonspeech_frames = self.trailing_nonspeech_frames + 1 if nonspeech else 0
+        self.speech_run_frames = 0 if nonspeech else self.speech_run_frames + 1
+        if self.speech_run_frames >= self.min_speech_frames:
+            self.trailing_nonspeech_frames = 0
+        else:  # non-speech, or a speech run still too short to count (it may be a noise burst)
+            self.trailing_nonspeech_frames += 1
 
     def check(self, has_words: bool) -> str | None:
         """The rule that fires now (`"rule1"`, `"rule2"`, `"rule3"`), or None."""
@@ -78,3 +97,4 @@ class Endpointer:
         """Start counting a new utterance."""
         self.trailing_nonspeech_frames = 0
         self.utterance_frames = 0
+        self.speech_run_frames = 0

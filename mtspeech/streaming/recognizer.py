@@ -268,6 +268,8 @@ class StreamingRecognizer:
             raise ValueError(f"decoder {decoder!r} is not available here; this recognizer has "
                              f"{sorted(self.decoders)}")
         endpoint = endpoint or self.config.endpoint
+        if endpoint.mode == "vad" and not self.uses_vad:  # no VAD head: blanks decide (and no hangover)
+            endpoint = dataclasses.replace(endpoint, mode="blank")
         if not endpointing:
             # Pauses (rule 2) never end the utterance, but rule 3 still bounds it and rule 1 still
             # drops silence: one endless utterance would re-render an ever longer partial per chunk.

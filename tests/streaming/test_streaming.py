@@ -252,6 +252,32 @@ def test_endpointer_rules():
         EndpointConfig(mode="energy")
 
 
+def test_endpointer_min_speech_ignores_short_bursts():
+    """With min_speech_s, speech runs shorter than it inside trailing non-speech (noise the VAD
+    head scores as speech) do not restart the silence count; a long enough run does; 0 keeps
+    the plain rule (any speech frame restarts)."""
+    def trailing_after(frames: str, min_speech_s: float) -> int:
+        ep = Endpointer(EndpointConfig(min_speech_s=min_speech_s), frame_shift_s=0.04)
+        for f in frames:
+            ep.update(nonspeech=f == ".")
+        return ep.trailing_nonspeech_frames
+
+    bursts = "#####" + "....##....#...." + "##" + "...."  # speech, then silence with 1-2 frame bursts
+    assert trailing_after(bursts, 0.0) == 4
+    assert trailing_after(bursts, 0.12) == len(bursts) - 5  # every burst is shorter than 3 frames
+    assert trailing_after("....###..", 0.12) == 2  # a 3-frame run is speech: the count restarts
+    ep = Endpointer(EndpointConfig(rule2_trailing_silence_s=0.4, min_speech_s=0.12), frame_shift_s=0.04)
+    for f in "###" + "....#.....":
+        ep.update(nonspeech=f == ".")
+    assert ep.check(has_words=True) == "rule2"  # 10 frames = 0.4 s, the burst included
+    ep.reset()
+    assert ep.trailing_nonspeech_frames == 0 and ep.speech_run_frames == 0
+    # Mode blank ignores it: a one-frame non-blank is a token, not a burst.
+    assert Endpointer(EndpointConfig(mode="blank", min_speech_s=0.12), 0.04).min_speech_frames == 1
+    with pytest.raises(ValueError, match="min_speech_s"):
+        EndpointConfig(min_speech_s=-0.1)
+
+
 def test_long_stream_memory_is_bounded():
     rec = tiny_recognizer(EndpointConfig(rule3_max_utterance_s=2.0))
     s = rec.new_stream()
