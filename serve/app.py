@@ -21,6 +21,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.requests import ClientDisconnect
 
 from mtspeech.streaming import StreamingConfig, StreamingRecognizer
+from mtspeech.streaming.endpoint import EndpointConfig
 from serve import http, ws
 from serve import protocol as P
 from serve.incidents import internal_error
@@ -159,7 +160,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="encoder frames (40 ms) per chunk")
     parser.add_argument("--left-chunks", type=int, default=StreamingConfig.left_chunks)
     parser.add_argument("--endpoint-mode", choices=["vad", "blank"], default="vad")
-    parser.add_argument("--endpoint-min-speech", type=float, default=0.0, metavar="SECONDS",
+    parser.add_argument("--endpoint-min-speech", type=float, default=EndpointConfig.min_speech_s, metavar="SECONDS",
                         help="speech runs shorter than this inside a pause do not restart its silence count "
                              "(a hangover against noise bursts; 0: any speech frame does)")
     parser.add_argument("--decoder", choices=["auto", "greedy", "beam", "phones"], default="auto",
@@ -190,8 +191,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     """Run `mtspeech serve`."""
     import os
-
-    from mtspeech.streaming.endpoint import EndpointConfig
 
     import torch
 

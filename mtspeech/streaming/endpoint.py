@@ -28,6 +28,8 @@ import math
 from dataclasses import dataclass
 
 ENDPOINT_MODES = ("vad", "blank")
+# Seconds to frames without float drift: 1.2 s at 40 ms frames is 30 frames, not 31.
+_EPS = 1e-6
 
 
 @dataclass(frozen=True)
@@ -66,9 +68,9 @@ class Endpointer:
         self.trailing_nonspeech_frames = 0
         self.utterance_frames = 0
         self.speech_run_frames = 0
-        # The same epsilon as check(): 0.12 s at 40 ms frames is 3 frames, not 4. Mode blank: 1.
+        # Mode blank: 1 (a one-frame non-blank is a token). 0.12 s at 40 ms frames is 3 frames.
         self.min_speech_frames = (1 if config.mode == "blank"
-                                  else max(1, math.ceil(config.min_speech_s / frame_shift_s - 1e-6)))
+                                  else max(1, math.ceil(config.min_speech_s / frame_shift_s - _EPS)))
 
     def update(self, nonspeech: bool) -> None:
         """Account for one more encoder frame."""
@@ -83,13 +85,11 @@ class Endpointer:
         """The rule that fires now (`"rule1"`, `"rule2"`, `"rule3"`), or None."""
         cfg = self.config
         trailing_s = self.trailing_nonspeech_frames * self.frame_shift_s
-        # A small epsilon so 1.2 s at 40 ms frames (30 frames) fires on frame 30, not 31.
-        eps = 1e-6
-        if not has_words and trailing_s + eps >= cfg.rule1_trailing_silence_s:
+        if not has_words and trailing_s + _EPS >= cfg.rule1_trailing_silence_s:
             return "rule1"
-        if has_words and trailing_s + eps >= cfg.rule2_trailing_silence_s:
+        if has_words and trailing_s + _EPS >= cfg.rule2_trailing_silence_s:
             return "rule2"
-        if self.utterance_frames * self.frame_shift_s + eps >= cfg.rule3_max_utterance_s:
+        if self.utterance_frames * self.frame_shift_s + _EPS >= cfg.rule3_max_utterance_s:
             return "rule3"
         return None
 
