@@ -91,6 +91,7 @@ _COMMANDS = [
     ("train", "train a multi-task model (resumes from EXP_DIR/last.pt)", _add_train),
     *((name, help, _add_module_command(name, module, help)) for name, module, help in [
         ("evaluate", "mtspeech.evaluation.evaluate", "evaluate a checkpoint on a manifest (every task)"),
+        ("compare", "mtspeech.evaluation.compare", "paired bootstrap: model B's error rate minus model A's, same utterances"),
         ("embed-lm", "mtspeech.embed_lm", "store a word LM inside a checkpoint (for --lm auto)"),
         ("ablate", "mtspeech.ablation.cli", "train and evaluate a grid of task sets × seeds; report"),
         ("analyze", "mtspeech.analyze", "word accuracy by training-sentence count, from evaluate's hypotheses"),

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Mapping
 
 from mtspeech.ablation.grid import Grid, Run
+from mtspeech.evaluation.compare import utterance_errors
 from mtspeech.evaluation.stats import format_p
 
 log = logging.getLogger(__name__)
@@ -18,20 +19,6 @@ LOWER_IS_BETTER = ("wer", "cer", "per", "eer")
 
 def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-_ERROR_FIELDS = {"wer": ("errors", "ref_words"), "cer": ("char_errors", "ref_chars")}
-
-
-def _utterance_errors(path: Path, task: str, metric: str) -> dict[str, tuple[int, int]]:
-    """utterance id → (errors, reference length) of `task`'s `metric` (wer | cer) from hypotheses.jsonl."""
-    errors, length = _ERROR_FIELDS[metric]
-    out = {}
-    for row in _read_jsonl(path):
-        rec = row.get(task, {})
-        if errors in rec:
-            out[row["id"]] = (int(rec[errors]), int(rec[length]))
-    return out
 
 
 def paired_seed_bootstrap(pairs: list[tuple[Run, Run]], split: str, task: str, metric: str,
@@ -47,8 +34,8 @@ def paired_seed_bootstrap(pairs: list[tuple[Run, Run]], split: str, task: str, m
     acc_a: dict[str, list[int]] = {}
     acc_b: dict[str, list[int]] = {}
     for ra, rb in pairs:
-        ea = _utterance_errors(ra.dir / "eval" / split / "hypotheses.jsonl", task, metric)
-        eb = _utterance_errors(rb.dir / "eval" / split / "hypotheses.jsonl", task, metric)
+        ea = utterance_errors(ra.dir / "eval" / split / "hypotheses.jsonl", task, metric)
+        eb = utterance_errors(rb.dir / "eval" / split / "hypotheses.jsonl", task, metric)
         for uid in ea.keys() & eb.keys():
             for acc, e in ((acc_a, ea[uid]), (acc_b, eb[uid])):
                 row = acc.setdefault(uid, [0, 0, 0])
