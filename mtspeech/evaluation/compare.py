@@ -18,9 +18,14 @@ from mtspeech.evaluation.stats import format_p, paired_bootstrap
 
 log = logging.getLogger(__name__)
 
-# metric → (per-utterance error field, reference-length field) in hypotheses.jsonl
-ERROR_FIELDS = {"wer": ("errors", "ref_words"), "cer": ("char_errors", "ref_chars")}
-
+# metric → (per-utterance error field, reference-length field) in hypotheses.jsonl, the first
+# pair a task's record has: the ASR head's words are `errors`; the phone head's `errors` are
+# phones, and the words it decodes (with a lexicon and LM) are `word_errors`.
+ERROR_FIELDS = {
+    "wer": (("word_errors", "ref_words"), ("errors", "ref_words")),
+    "cer": (("char_errors", "ref_chars"),),
+    "per": (("errors", "ref_len"),),
+}
 
 class CompareError(ValueError):
     """Missing or mismatched evaluation outputs; the message names the file."""
@@ -32,14 +37,15 @@ def hypotheses_path(path: Path) -> Path:
 
 
 def utterance_errors(path: Path, task: str, metric: str) -> dict[str, tuple[int, int]]:
-    """utterance id → (errors, reference length) of `task`'s `metric` (wer | cer)."""
-    errors, length = ERROR_FIELDS[metric]
+    """utterance id → (errors, reference length) of `task`'s `metric` (wer | cer | per)."""
     out = {}
     for line in hypotheses_path(path).read_text(encoding="utf-8").splitlines():
         row = json.loads(line) if line.strip() else {}
         rec = row.get(task, {})
-        if errors in rec:
-            out[row["id"]] = (int(rec[errors]), int(rec[length]))
+        for errors, length in ERROR_FIELDS[metric]:
+            if errors in rec and length in rec:
+                out[row["id"]] = (int(rec[errors]), int(rec[length]))
+                break
     return out
 
 

@@ -146,7 +146,10 @@ class _PhoneCTC:
             if words is not None:
                 rec["words"] = words[k].text
                 if u.text is not None:
-                    rec["word_errors"] = M.utterance_word_errors([u.text], [words[k].text])[0].errors
+                    counts = M.utterance_word_errors([u.text], [words[k].text])[0]
+                    chars = M.cer([u.text], [words[k].text])
+                    rec.update(word_errors=counts.errors, ref_words=counts.ref_len,
+                               char_errors=chars.errors, ref_chars=chars.ref_len)
                     self.text_refs.append(u.text)
                     self.text_hyps.append(words[k].text)
             row[self.name] = rec

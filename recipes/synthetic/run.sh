@@ -61,9 +61,21 @@ if [ -n "${COMPARE_PLAIN:-}" ]; then
   for split in test test-unseen test-snr10 test-snr0 test-unseen-snr10 test-unseen-snr0; do
     [ -f "$PLAIN/eval-$split/results.json" ] || \
       mtspeech evaluate "$PLAIN/final.pt" "$DATA/$split.jsonl" --out "$PLAIN/eval-$split"
-    echo "-- $split"
+    echo "-- $split, greedy"
     mtspeech compare "$PLAIN/eval-$split" "$EXP/eval-$split" --labels plain augmented \
       --json "$EXP/compare-plain/$split.json"
+  done
+  # The word decoders too: beam + trigram on the ASR head's pieces, and the phone head → words.
+  [ -f "$PLAIN/lm-embedded" ] || { mtspeech embed-lm "$PLAIN/final.pt" && touch "$PLAIN/lm-embedded"; }
+  for split in test test-unseen; do
+    [ -f "$PLAIN/eval-$split-lm/results.json" ] || \
+      mtspeech evaluate "$PLAIN/final.pt" "$DATA/$split.jsonl" --out "$PLAIN/eval-$split-lm" \
+        --decoder beam --beam-size 20 --lm auto --lm-weight 1.0
+    for task in asr phones; do
+      echo "-- $split, $task head, beam 20 + word trigram"
+      mtspeech compare "$PLAIN/eval-$split-lm" "$EXP/eval-$split-lm" --task "$task" \
+        --labels plain augmented --json "$EXP/compare-plain/$split-lm-$task.json"
+    done
   done
 fi
 # Word accuracy on test by how many training sentences contain the word (README table).

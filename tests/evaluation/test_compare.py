@@ -53,3 +53,16 @@ def test_compare_command_prints_and_writes_json(tmp_path, capsys):
     assert "asr/cer: plain 5.0 %, aug 5.0 %, Δ +0.0 points" in printed
     assert "asr/wer" in printed
     assert [r["metric"] for r in json.loads(out.read_text())["results"]] == ["cer", "wer"]
+
+
+def test_compare_reads_the_phone_heads_words_not_its_phones(tmp_path):
+    for name, word_errors in (("a", 1), ("b", 2)):
+        (tmp_path / name).mkdir()
+        rows = [{"id": f"u{i}", "phones": {"errors": 7, "ref_len": 30, "word_errors": word_errors,
+                                           "ref_words": 5, "char_errors": 0, "ref_chars": 25}}
+                for i in range(10)]
+        (tmp_path / name / "hypotheses.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    wer = compare(tmp_path / "a", tmp_path / "b", task="phones", metric="wer")
+    assert (wer["a"], wer["b"]) == (pytest.approx(0.2), pytest.approx(0.4))
+    per = compare(tmp_path / "a", tmp_path / "b", task="phones", metric="per")
+    assert per["a"] == pytest.approx(7 / 30) and per["delta"] == 0

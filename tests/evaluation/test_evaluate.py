@@ -167,6 +167,10 @@ def test_beam_with_auto_lm_from_training_transcripts(trained, prepared_manifests
     assert res["metrics"]["phones/cer"] == pytest.approx(M.cer(refs, hyps).rate)
     c = res["counts"]["phones/wer"]
     assert sum(r["phones"]["word_errors"] for r in rows) == c["substitutions"] + c["deletions"] + c["insertions"]
+    # Per utterance too, so `mtspeech compare --task phones` can pair two models' words.
+    assert sum(r["phones"]["char_errors"] for r in rows) / sum(r["phones"]["ref_chars"] for r in rows) == \
+        pytest.approx(res["metrics"]["phones/cer"])
+    assert sum(r["phones"]["ref_words"] for r in rows) == c["ref_len"]
 
 
 @pytest.mark.slow
