@@ -65,12 +65,15 @@ if [ -n "${COMPARE_PLAIN:-}" ]; then
     mtspeech compare "$PLAIN/eval-$split" "$EXP/eval-$split" --labels plain augmented \
       --json "$EXP/compare-plain/$split.json"
   done
-  # The word decoders too: beam + trigram on the ASR head's pieces, and the phone head → words.
+  # The word decoders too (beam + trigram on the ASR head's pieces, and the phone head → words),
+  # on the clean splits and at 10 dB.
   [ -f "$PLAIN/lm-embedded" ] || { mtspeech embed-lm "$PLAIN/final.pt" && touch "$PLAIN/lm-embedded"; }
-  for split in test test-unseen; do
-    [ -f "$PLAIN/eval-$split-lm/results.json" ] || \
-      mtspeech evaluate "$PLAIN/final.pt" "$DATA/$split.jsonl" --out "$PLAIN/eval-$split-lm" \
-        --decoder beam --beam-size 20 --lm auto --lm-weight 1.0
+  for split in test test-unseen test-snr10 test-unseen-snr10; do
+    for exp in "$PLAIN" "$EXP"; do
+      [ -f "$exp/eval-$split-lm/results.json" ] || \
+        mtspeech evaluate "$exp/final.pt" "$DATA/$split.jsonl" --out "$exp/eval-$split-lm" \
+          --decoder beam --beam-size 20 --lm auto --lm-weight 1.0
+    done
     for task in asr phones; do
       echo "-- $split, $task head, beam 20 + word trigram"
       mtspeech compare "$PLAIN/eval-$split-lm" "$EXP/eval-$split-lm" --task "$task" \
