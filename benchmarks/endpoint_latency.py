@@ -95,7 +95,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--rule1", type=float, default=d.rule1_trailing_silence_s, help="seconds (both modes)")
     ap.add_argument("--rule2", type=float, default=d.rule2_trailing_silence_s, help="seconds (both modes)")
     ap.add_argument("--min-speech", type=float, default=d.min_speech_s,
-                    help="seconds: shorter speech runs inside trailing non-speech do not restart it (mode vad only)")
+                    help="seconds: a shorter speech run inside trailing non-speech holds its count, not restarts it "
+                         "(mode vad only)")
     ap.add_argument("--rule3", type=float, default=d.rule3_max_utterance_s, help="seconds (both modes)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")

@@ -161,8 +161,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--left-chunks", type=int, default=StreamingConfig.left_chunks)
     parser.add_argument("--endpoint-mode", choices=["vad", "blank"], default="vad")
     parser.add_argument("--endpoint-min-speech", type=float, default=EndpointConfig.min_speech_s, metavar="SECONDS",
-                        help="speech runs shorter than this inside a pause do not restart its silence count "
-                             "(a hangover against noise bursts; 0: any speech frame does)")
+                        help="a speech run shorter than this inside a pause holds its silence count instead of "
+                             "restarting it (a hangover against noise bursts; 0: any speech frame restarts it)")
     parser.add_argument("--decoder", choices=["auto", "greedy", "beam", "phones"], default="auto",
                         help="default token decoder of streams: auto (the best the checkpoint allows: phones "
                              "if it has a phone head and an LM, embedded by `mtspeech embed-lm` or given by "

@@ -27,6 +27,7 @@ ERROR_FIELDS = {
     "per": (("errors", "ref_len"),),
 }
 
+
 class CompareError(ValueError):
     """Missing or mismatched evaluation outputs; the message names the file."""
 

@@ -15,11 +15,12 @@ which is what sherpa does. Keeping both lets a benchmark measure how much earlie
 finalizes than the blank-only endpointer on the same audio.
 
 `min_speech_s` is a hangover against noise: a run of speech frames shorter than it, inside
-trailing non-speech, counts as non-speech and does not restart the count (a noise burst the
-VAD head scores as speech for 40-120 ms otherwise keeps an utterance open until the audio
-ends). 0 (the default) restarts on any speech frame. It applies in mode `vad` only: in mode
-`blank` a single non-blank frame is a real token (CTC emits one-frame spikes), and a hangover
-there lets the endpointer fire in the middle of words (measured: `benchmarks/README.md`).
+trailing non-speech, pauses the count instead of restarting it (a noise burst the VAD head
+scores as speech for 40-120 ms otherwise keeps an utterance open until the audio ends); a run
+that reaches it restarts the count. 0 (the default) restarts on any speech frame. It applies
+in mode `vad` only: in mode `blank` a single non-blank frame is a real token (CTC emits
+one-frame spikes), and a hangover there lets the endpointer fire in the middle of words
+(measured: `benchmarks/README.md`).
 """
 
 from __future__ import annotations
@@ -78,8 +79,11 @@ class Endpointer:
         self.speech_run_frames = 0 if nonspeech else self.speech_run_frames + 1
         if self.speech_run_frames >= self.min_speech_frames:
             self.trailing_nonspeech_frames = 0
-        else:  # non-speech, or a speech run still too short to count (it may be a noise burst)
+        elif nonspeech:
             self.trailing_nonspeech_frames += 1
+        # else: a speech run still shorter than min_speech_s may be a noise burst, so it does not
+        # restart the count; nor does it advance it, or the first frames of a phrase after a
+        # pause would complete rule 2 inside the phrase (measured: benchmarks/README.md).
 
     def check(self, has_words: bool) -> str | None:
         """The rule that fires now (`"rule1"`, `"rule2"`, `"rule3"`), or None."""

@@ -254,8 +254,8 @@ def test_endpointer_rules():
 
 def test_endpointer_min_speech_ignores_short_bursts():
     """With min_speech_s, speech runs shorter than it inside trailing non-speech (noise the VAD
-    head scores as speech) do not restart the silence count; a long enough run does; 0 keeps
-    the plain rule (any speech frame restarts)."""
+    head scores as speech) pause the silence count instead of restarting it; a long enough run
+    restarts it; 0 keeps the plain rule (any speech frame restarts)."""
     def trailing_after(frames: str, min_speech_s: float) -> int:
         ep = Endpointer(EndpointConfig(min_speech_s=min_speech_s), frame_shift_s=0.04)
         for f in frames:
@@ -264,12 +264,21 @@ def test_endpointer_min_speech_ignores_short_bursts():
 
     bursts = "#####" + "....##....#...." + "##" + "...."  # speech, then silence with 1-2 frame bursts
     assert trailing_after(bursts, 0.0) == 4
-    assert trailing_after(bursts, 0.12) == len(bursts) - 5  # every burst is shorter than 3 frames
+    assert trailing_after(bursts, 0.12) == 16  # every burst is shorter than 3 frames: 16 silent frames
     assert trailing_after("....###..", 0.12) == 2  # a 3-frame run is speech: the count restarts
     ep = Endpointer(EndpointConfig(rule2_trailing_silence_s=0.4, min_speech_s=0.12), frame_shift_s=0.04)
     for f in "###" + "....#.....":
         ep.update(nonspeech=f == ".")
-    assert ep.check(has_words=True) == "rule2"  # 10 frames = 0.4 s, the burst included
+    assert ep.check(has_words=True) is None  # 9 silent frames: the burst paused the count
+    ep.update(nonspeech=True)
+    assert ep.check(has_words=True) == "rule2"  # 10 silent frames = 0.4 s
+    # A phrase after an 8-frame pause: its first 2 frames must not complete a 10-frame rule 2.
+    ep.reset()
+    for f in "###" + "........" + "##":
+        ep.update(nonspeech=f == ".")
+        assert ep.check(has_words=True) is None
+    ep.update(nonspeech=False)  # the run reaches 3 frames: speech, the count restarts
+    assert ep.trailing_nonspeech_frames == 0
     ep.reset()
     assert ep.trailing_nonspeech_frames == 0 and ep.speech_run_frames == 0
     # Mode blank ignores it: a one-frame non-blank is a token, not a burst.
