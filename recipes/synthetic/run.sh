@@ -6,6 +6,8 @@
 #                                                         # starts at epoch 9, so it trains clean)
 #   COMPARE_PLAIN=1 bash recipes/synthetic/run.sh         # also train the demo without augmentation
 #                                                         # and measure what augmentation costs
+#   SEED=1 EXP=exp/synthetic/all-seed1 PLAIN=exp/synthetic/plain-seed1 COMPARE_PLAIN=1 bash ...
+#                                                         # the same with another training seed
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bash scripts/setup.sh
@@ -21,6 +23,7 @@ RECIPE=${RECIPE:-recipes/synthetic/demo.yaml}
 PLAIN=${PLAIN:-exp/synthetic/plain}
 overrides=(--set "exp_dir=$EXP")
 [ -n "${EPOCHS:-}" ] && overrides+=(--set "train.epochs=$EPOCHS")
+[ -n "${SEED:-}" ] && overrides+=(--set "train.seed=$SEED")
 
 echo "== 1/5 synthesize the corpus ($HOURS h) into $CORPUS, and noisy twins of its test splits"
 [ -f "$CORPUS/SPEAKERS.TXT" ] || mtspeech synth --out "$CORPUS" --hours "$HOURS"
@@ -57,6 +60,7 @@ if [ -n "${COMPARE_PLAIN:-}" ]; then
   # each split's error rates: augmented minus plain (issue 14 allows +0.5 CER points on test).
   plain_overrides=(--set "exp_dir=$PLAIN" --set data.augment=null)
   [ -n "${EPOCHS:-}" ] && plain_overrides+=(--set "train.epochs=$EPOCHS")
+  [ -n "${SEED:-}" ] && plain_overrides+=(--set "train.seed=$SEED")
   [ -f "$PLAIN/final.pt" ] || mtspeech train --config "$RECIPE" "${plain_overrides[@]}"
   for split in test test-unseen test-snr10 test-snr0 test-unseen-snr10 test-unseen-snr0; do
     [ -f "$PLAIN/eval-$split/results.json" ] || \
