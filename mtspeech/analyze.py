@@ -28,6 +28,7 @@ from pathlib import Path
 import jiwer
 
 from mtspeech.data.manifest import ManifestError, read_manifest
+from mtspeech.evaluation.compare import hypotheses_path
 from mtspeech.metrics import normalize_for_scoring
 
 log = logging.getLogger(__name__)
@@ -84,9 +85,7 @@ def correct_reference_words(ref: str, hyp: str) -> list[tuple[str, bool]]:
 
 def hypotheses_file(path: str | Path) -> Path:
     """`path` itself, or `path/hypotheses.jsonl` when `path` is an evaluation folder."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "hypotheses.jsonl"
+    path = hypotheses_path(Path(path))
     if not path.is_file():
         raise AnalysisError(f"{path}: no such hypotheses file or evaluation folder; "
                             "run `mtspeech evaluate ... --out FOLDER` first and pass FOLDER")

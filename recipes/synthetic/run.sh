@@ -21,9 +21,10 @@ HOURS=${HOURS:-1.5}
 # recipe's comment and docs/results/grid-augment/ for why this setting).
 RECIPE=${RECIPE:-recipes/synthetic/demo.yaml}
 PLAIN=${PLAIN:-exp/synthetic/plain}
-overrides=(--set "exp_dir=$EXP")
-[ -n "${EPOCHS:-}" ] && overrides+=(--set "train.epochs=$EPOCHS")
-[ -n "${SEED:-}" ] && overrides+=(--set "train.seed=$SEED")
+schedule=()  # shared by the demo and its COMPARE_PLAIN twin
+[ -n "${EPOCHS:-}" ] && schedule+=(--set "train.epochs=$EPOCHS")
+[ -n "${SEED:-}" ] && schedule+=(--set "train.seed=$SEED")
+overrides=(--set "exp_dir=$EXP" "${schedule[@]}")
 
 echo "== 1/5 synthesize the corpus ($HOURS h) into $CORPUS, and noisy twins of its test splits"
 [ -f "$CORPUS/SPEAKERS.TXT" ] || mtspeech synth --out "$CORPUS" --hours "$HOURS"
@@ -58,9 +59,7 @@ done
 if [ -n "${COMPARE_PLAIN:-}" ]; then
   # The same recipe without augmentation, same seed and schedule, then the paired bootstrap of
   # each split's error rates: augmented minus plain (issue 14 allows +0.5 CER points on test).
-  plain_overrides=(--set "exp_dir=$PLAIN" --set data.augment=null)
-  [ -n "${EPOCHS:-}" ] && plain_overrides+=(--set "train.epochs=$EPOCHS")
-  [ -n "${SEED:-}" ] && plain_overrides+=(--set "train.seed=$SEED")
+  plain_overrides=(--set "exp_dir=$PLAIN" --set data.augment=null "${schedule[@]}")
   [ -f "$PLAIN/final.pt" ] || mtspeech train --config "$RECIPE" "${plain_overrides[@]}"
   for split in test test-unseen test-snr10 test-snr0 test-unseen-snr10 test-unseen-snr0; do
     [ -f "$PLAIN/eval-$split/results.json" ] || \
