@@ -22,9 +22,14 @@ centre is nearest to its own centre.
   `head@40ms` is the head's F1 on its own encoder frames, as `mtspeech evaluate` computes it
   (a cross-check against eval results; not comparable with the 10 ms columns).
 
-Speaker: EER (`metrics.equal_error_rate`) over cosine trials (`metrics.make_trials`) of
-*every* pair of utterances of the split (all same-speaker and all different-speaker pairs;
-the trial list depends only on the speaker labels, so both systems score the same list).
+Speaker: EER (`metrics.equal_error_rate`) over cosine trials of *every* pair of utterances
+of the split (all same-speaker and all different-speaker pairs; the trial list depends only
+on the speaker labels, so both systems score the same list). The interval on head minus
+Resemblyzer is a paired bootstrap over *speakers* (trials are not independent: every trial
+of a voice moves together): each resample draws the split's speakers with replacement and
+weights a same-speaker trial by its speaker's count and a different-speaker trial by the
+product of the two counts. test-unseen has 4 voices, too few for that interval to say
+much; test-voices (`mtspeech synth --voices-only`) has 24.
   - head: the speaker head's pooled embedding (`SpeakerTask.embed`), full context;
   - resemblyzer: `VoiceEncoder().embed_utterance(preprocess_wav(wav, 16000))`, the library's
     own pipeline (its volume normalisation and webrtcvad silence trimming included).
@@ -58,9 +63,11 @@ from mtspeech.tasks.vad import frame_centres_s  # noqa: E402
 SAMPLE_RATE = 16000
 FRAME_SAMPLES = 160  # 10 ms scoring frames
 SILERO_WINDOW = 512  # Silero VAD's native window at 16 kHz (32 ms)
-VAD_SPLITS = ("test", "test-unseen", "test-snr10", "test-snr0", "test-unseen-snr10", "test-unseen-snr0")
-SPEAKER_SPLITS = ("test-unseen", "test-unseen-snr10", "test-unseen-snr0")
-ALL_PAIRS = 10**9  # make_trials keeps every pair below max_trials // 2 of each kind
+VAD_SPLITS = ("test", "test-unseen", "test-voices", "test-snr10", "test-snr0", "test-unseen-snr10",
+              "test-unseen-snr0", "test-voices-snr10", "test-voices-snr0")
+SPEAKER_SPLITS = ("test-unseen", "test-unseen-snr10", "test-unseen-snr0", "test-voices", "test-voices-snr10",
+                  "test-voices-snr0")
+BOOTSTRAP_SAMPLES = 1000
 
 log = logging.getLogger("peers")
 
@@ -156,8 +163,38 @@ def vad_split(head: Head, silero, utts) -> dict:
     return out
 
 
+def all_pair_trials(embeddings, speakers):
+    """Cosine scores of every pair i < j, same-speaker labels, and each side's speaker index."""
+    emb = np.stack(embeddings).astype(np.float64)
+    emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    names, spk = np.unique(np.asarray(speakers), return_inverse=True)
+    i, j = np.triu_indices(len(emb), k=1)
+    return np.einsum("md,md->m", emb[i], emb[j]), spk[i] == spk[j], spk[i], spk[j], len(names)
+
+
+def speaker_bootstrap(scores: dict, labels, spk_a, spk_b, n_speakers: int,
+                      samples: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> dict:
+    """95 % intervals of each system's EER and of their difference (first minus second),
+    resampling speakers with replacement (see the module docstring)."""
+    rng = np.random.default_rng(seed)
+    names = list(scores)
+    draws = {name: [] for name in names}
+    for _ in range(samples):
+        counts = np.bincount(rng.integers(0, n_speakers, n_speakers), minlength=n_speakers).astype(float)
+        weights = np.where(labels, counts[spk_a], counts[spk_a] * counts[spk_b])
+        if not weights[labels].any() or not weights[~labels].any():
+            continue  # one speaker drawn every time: no different-speaker trial to score
+        for name in names:
+            draws[name].append(M.equal_error_rate(scores[name], labels, weights)[0])
+    diff = np.subtract(*(np.asarray(draws[n]) for n in names[:2]))
+    interval = lambda x: [round(float(v), 4) for v in np.percentile(x, [2.5, 97.5])]  # noqa: E731
+    return {"samples": len(diff), **{f"{n}_eer_ci95": interval(draws[n]) for n in names},
+            "difference": f"{names[0]} - {names[1]}", "difference_ci95": interval(diff)}
+
+
 def speaker_split(head: Head, voice_encoder, utts) -> dict:
-    """EER of head and Resemblyzer embeddings over every pair of labelled utterances."""
+    """EER of head and Resemblyzer embeddings over every pair of labelled utterances, and the
+    speaker-bootstrap interval of their difference."""
     from resemblyzer import preprocess_wav
 
     utts = [u for u in utts if u.speaker is not None]
@@ -168,18 +205,16 @@ def speaker_split(head: Head, voice_encoder, utts) -> dict:
         peer_emb.append(voice_encoder.embed_utterance(preprocess_wav(wav.numpy(), source_sr=SAMPLE_RATE)))
     speakers = [u.speaker for u in utts]
     out = {"utterances": len(utts), "speakers": len(set(speakers))}
-    trials = None
+    scores = {}
     for name, emb in (("head", head_emb), ("resemblyzer", peer_emb)):
-        scores, labels = M.make_trials(np.stack(emb), speakers, max_trials=ALL_PAIRS)
+        scores[name], labels, spk_a, spk_b, n_speakers = all_pair_trials(emb, speakers)
         if labels.all() or not labels.any():
             raise SystemExit(f"{len(utts)} utterances of {len(set(speakers))} speaker(s): EER needs both "
                              "same- and different-speaker pairs (raise --limit)")
-        if trials is not None and not np.array_equal(labels, trials):
-            raise RuntimeError("the two systems were scored on different trial lists")
-        trials = labels
-        eer, _ = M.equal_error_rate(scores, labels)
-        out[name] = {"eer": round(eer, 4)}
-    out["target_trials"], out["nontarget_trials"] = int(trials.sum()), int(len(trials) - trials.sum())
+        out[name] = {"eer": round(M.equal_error_rate(scores[name], labels)[0], 4)}
+    out["target_trials"], out["nontarget_trials"] = int(labels.sum()), int(len(labels) - labels.sum())
+    if n_speakers > 2:
+        out["bootstrap"] = speaker_bootstrap(scores, labels, spk_a, spk_b, n_speakers)
     return out
 
 
@@ -189,7 +224,7 @@ def speaker_split(head: Head, voice_encoder, utts) -> dict:
 def _manifest(data: Path, split: str, limit: int):
     path = data / f"{split}.jsonl"
     if not path.is_file():
-        raise SystemExit(f"manifest {path} not found (mtspeech synth --noisy-twins, then prepare)")
+        raise SystemExit(f"manifest {path} not found (mtspeech synth --voices-only, --twins-only, then prepare)")
     utts = read_manifest(path)
     return utts[:limit] if limit else utts
 
@@ -251,15 +286,22 @@ def render(result: dict) -> str:
     if result["speaker"]:
         lines += ["", "Speaker EER, every pair of utterances (lower is better)", "",
                   "| split | utts / speakers | target / non-target trials | head | Resemblyzer "
-                  "| head ≤ Resemblyzer |",
-                  "|---|---:|---:|---:|---:|:---:|"]
+                  "| head ≤ Resemblyzer | head − Resemblyzer, 95 % CI over speakers |",
+                  "|---|---:|---:|---:|---:|:---:|---:|"]
         for split, r in result["speaker"].items():
             ok = "yes" if result["goals"]["eer_head_le_resemblyzer"][split] else "**no**"
             lines.append(f"| {split} | {r['utterances']} / {r['speakers']} | {r['target_trials']} / "
                          f"{r['nontarget_trials']} | {100 * r['head']['eer']:.1f} % | "
-                         f"{100 * r['resemblyzer']['eer']:.1f} % | {ok} |")
+                         f"{100 * r['resemblyzer']['eer']:.1f} % | {ok} | {_interval(r)} |")
     lines.append(f"\n({result['elapsed_s']} s, model {result['model']})")
     return "\n".join(lines)
+
+
+def _interval(r: dict) -> str:
+    if "bootstrap" not in r:
+        return "–"
+    lo, hi = r["bootstrap"]["difference_ci95"]
+    return f"{100 * (r['head']['eer'] - r['resemblyzer']['eer']):+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
 
 
 def main(argv: list[str] | None = None) -> dict:

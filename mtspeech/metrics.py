@@ -121,21 +121,32 @@ def speaker_accuracy(predicted: Sequence, reference: Sequence) -> float:
     return sum(p == r for p, r in zip(predicted, reference)) / len(reference)
 
 
-def equal_error_rate(scores: Sequence[float], labels: Sequence[int]) -> tuple[float, float]:
+def equal_error_rate(scores: Sequence[float], labels: Sequence[int],
+                     weights: Sequence[float] | None = None) -> tuple[float, float]:
     """Equal error rate of verification trials and the threshold where it occurs.
 
     A trial is accepted when score >= threshold. FAR(t) = accepted non-targets / non-targets,
     FRR(t) = rejected targets / targets. Candidate thresholds are the observed scores
     (plus +inf, accept nothing); the EER is (FAR + FRR) / 2 at the threshold where
-    |FAR - FRR| is smallest. labels: 1 = same speaker (target), 0 = different.
+    |FAR - FRR| is smallest. labels: 1 = same speaker (target), 0 = different. `weights`
+    count each trial that many times (a bootstrap's resampled trials); None: once each.
     """
     s = np.asarray(scores, dtype=np.float64)
     y = np.asarray(labels).astype(bool)
-    if s.shape != y.shape or y.all() or not y.any():
+    w = np.ones_like(s) if weights is None else np.asarray(weights, dtype=np.float64)
+    if s.shape != y.shape or w.shape != s.shape or not w[y].sum() > 0 or not w[~y].sum() > 0:
         raise ValueError("equal_error_rate needs matching scores/labels with both target and non-target trials")
+    s, y, w = s[w > 0], y[w > 0], w[w > 0]  # as if absent, so weights equal repetitions exactly
     thresholds = np.append(np.unique(s), np.inf)
-    far = np.array([(s[~y] >= t).mean() for t in thresholds])
-    frr = np.array([(s[y] < t).mean() for t in thresholds])
+
+    def weight_below(kind: np.ndarray) -> np.ndarray:  # weight of `kind` trials scoring < each threshold
+        order = np.argsort(s[kind], kind="stable")
+        cum = np.concatenate([[0.0], np.cumsum(w[kind][order])])
+        return cum[np.searchsorted(s[kind][order], thresholds, side="left")]
+
+    targets, nontargets = w[y].sum(), w[~y].sum()
+    frr = weight_below(y) / targets
+    far = (nontargets - weight_below(~y)) / nontargets
     i = int(np.argmin(np.abs(far - frr)))
     return float((far[i] + frr[i]) / 2), float(thresholds[i])
 

@@ -70,6 +70,31 @@ def test_equal_error_rate_by_hand():
         equal_error_rate([0.1, 0.2], [1, 1])
 
 
+def _eer_by_definition(s, y):
+    thresholds = np.append(np.unique(s), np.inf)
+    far = np.array([(s[~y] >= t).mean() for t in thresholds])
+    frr = np.array([(s[y] < t).mean() for t in thresholds])
+    i = int(np.argmin(np.abs(far - frr)))
+    return (far[i] + frr[i]) / 2, thresholds[i]
+
+
+def test_equal_error_rate_matches_its_definition_and_weights_repeat_trials():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n = int(rng.integers(4, 40))
+        s = np.round(rng.normal(size=n), 1)  # rounding makes ties, the delicate case
+        y = rng.integers(0, 2, n).astype(bool)
+        w = rng.integers(0, 4, n)
+        if y.all() or not y.any() or not w[y].any() or not w[~y].any():
+            continue
+        eer, thr = equal_error_rate(s, y)
+        want_eer, want_thr = _eer_by_definition(s, y)
+        assert eer == pytest.approx(want_eer, abs=1e-12) and thr == want_thr
+        assert equal_error_rate(s, y, w) == pytest.approx(equal_error_rate(np.repeat(s, w), np.repeat(y, w)))
+    with pytest.raises(ValueError):
+        equal_error_rate([0.1, 0.2, 0.3], [1, 0, 1], weights=[1, 0, 1])  # no non-target left
+
+
 def test_make_trials_cosine_and_balance():
     emb = np.array([[1.0, 0.0], [2.0, 0.0], [0.0, 1.0], [0.0, 3.0], [1.0, 1.0]])
     spk = ["a", "a", "b", "b", "c"]

@@ -4,6 +4,8 @@
 
     DIR/test-snr10/...  DIR/test-snr0/...  DIR/test-unseen-snr10/...  DIR/test-unseen-snr0/...
 
+and test-voices-snr10/0 when the corpus has test-voices (`mtspeech synth --voices-only`),
+
 with the same speaker/chapter layout, ids, transcripts and speech-segment sidecars: only the
 audio differs. Utterance k of a split gets noise kind k mod 4 of (white, pink, brown,
 babble), so each kind covers a quarter of each twin; babble mixes four other utterances of
@@ -30,6 +32,7 @@ from mtspeech.data.librispeech import read_segments_txt
 log = logging.getLogger(__name__)
 
 TWIN_SPLITS = ("test", "test-unseen")
+OPTIONAL_TWIN_SPLITS = ("test-voices",)  # twinned when the corpus has them
 TWIN_SNRS_DB = (10.0, 0.0)
 TWIN_KINDS = ("white", "pink", "brown", "babble")
 BABBLE_VOICES = 4
@@ -40,10 +43,13 @@ def twin_name(split: str, snr_db: float) -> str:
     return f"{split}-snr{snr_db:g}"
 
 
-def make_noisy_twins(corpus: str | Path, splits: Sequence[str] = TWIN_SPLITS,
+def make_noisy_twins(corpus: str | Path, splits: Sequence[str] | None = None,
                      snrs_db: Sequence[float] = TWIN_SNRS_DB, seed: int = 0, progress: bool = True) -> dict:
-    """Write the twins of `splits` into `corpus`; returns {twin split: {kind: utterances}}."""
+    """Write the twins of `splits` (None: TWIN_SPLITS and whichever OPTIONAL_TWIN_SPLITS the
+    corpus has) into `corpus`; returns {twin split: {kind: utterances}}."""
     corpus = Path(corpus)
+    if splits is None:
+        splits = [*TWIN_SPLITS, *(s for s in OPTIONAL_TWIN_SPLITS if (corpus / s).is_dir())]
     summary: dict[str, dict[str, int]] = {}
     for split in splits:
         folder = corpus / split

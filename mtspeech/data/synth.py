@@ -16,7 +16,9 @@ vocabulary task on purpose: a tiny CPU model can reach a low CER on it, and the 
 test-unseen pair isolates speaker generalisation (same sentences, new voices).
 
 `--noisy-twins` also writes test and test-unseen at 10 and 0 dB SNR (white, pink, brown and
-babble noise; `mtspeech/data/noisy_twins.py`).
+babble noise; `mtspeech/data/noisy_twins.py`). `--voices-only` adds test-voices to a corpus:
+24 more held-out voices on voice variants no other split uses (`mtspeech/data/new_voices.py`);
+`--twins-only` after it makes its noisy twins too.
 
 Each utterance is assembled from 1-3 phrases, each synthesised separately, trimmed of its
 leading/trailing silence and placed at known offsets with random pauses around and between
@@ -352,8 +354,6 @@ def plan_corpus(cfg: SynthConfig) -> tuple[list[Speaker], dict[str, list], dict[
 def synthesize_corpus(out_dir: str | os.PathLike, cfg: SynthConfig = SynthConfig()) -> dict:
     """Write the demo corpus under out_dir (see module docstring); returns the summary dict
     (also stored in `out_dir/synth.json`): per-split utterances/seconds/speakers, hours."""
-    from tqdm import tqdm
-
     out = Path(out_dir)
     speakers, plan, sentence_counts = plan_corpus(cfg)
     jobs, index = [], 0
@@ -364,33 +364,8 @@ def synthesize_corpus(out_dir: str | os.PathLike, cfg: SynthConfig = SynthConfig
             jobs.append(_Job(index, split, utt_id, str(path), text, spk, cfg.seed, cfg.noise_snr_db))
             index += 1
 
-    n_jobs = cfg.jobs or os.cpu_count() or 1
-    results: dict[str, tuple[float, list]] = {}
-    bar = tqdm(total=len(jobs), desc="synth", unit="utt", disable=not cfg.progress)
-    if n_jobs > 1:
-        with Pool(n_jobs) as pool:
-            for utt_id, dur, segs in pool.imap_unordered(_work, jobs, chunksize=8):
-                results[utt_id] = (dur, segs)
-                bar.update()
-    else:
-        for job in jobs:
-            utt_id, dur, segs = _work(job)
-            results[utt_id] = (dur, segs)
-            bar.update()
-    bar.close()
-
-    # Transcripts and segment sidecars, one pair per chapter, lines sorted by id.
-    by_chapter: dict[Path, list[_Job]] = defaultdict(list)
-    for job in jobs:
-        by_chapter[Path(job.path).parent].append(job)
-    for folder, chapter_jobs in by_chapter.items():
-        chapter_jobs.sort(key=lambda j: j.utt_id)
-        stem = chapter_jobs[0].utt_id.rsplit("-", 1)[0]
-        (folder / f"{stem}.trans.txt").write_text(
-            "".join(f"{j.utt_id} {j.text}\n" for j in chapter_jobs), encoding="utf-8")
-        (folder / f"{stem}.segments.txt").write_text("".join(
-            f"{j.utt_id} " + " ".join(f"{_fmt(a)}-{_fmt(b)}" for a, b in results[j.utt_id][1]) + "\n"
-            for j in chapter_jobs), encoding="utf-8")
+    results = render_jobs(jobs, cfg.jobs, cfg.progress)
+    write_chapter_sidecars(jobs, results)
 
     seconds = defaultdict(float)
     split_stats = {s: {"utterances": 0, "seconds": 0.0, "speakers": set()} for s in SPLITS}
@@ -417,6 +392,43 @@ def synthesize_corpus(out_dir: str | os.PathLike, cfg: SynthConfig = SynthConfig
     log.info("synthesised %.3f h, %d utterances, %d speakers into %s", summary["hours"],
              len(jobs), len(speakers), out)
     return summary
+
+
+def render_jobs(jobs: list[_Job], n_jobs: int | None, progress: bool) -> dict[str, tuple[float, list]]:
+    """Render every job's FLAC; returns utt_id → (seconds, speech segments in seconds).
+    Bytes depend on each job alone, never on `n_jobs` (None: every core)."""
+    from tqdm import tqdm
+
+    n_jobs = n_jobs or os.cpu_count() or 1
+    results: dict[str, tuple[float, list]] = {}
+    bar = tqdm(total=len(jobs), desc="synth", unit="utt", disable=not progress)
+    if n_jobs > 1:
+        with Pool(n_jobs) as pool:
+            for utt_id, dur, segs in pool.imap_unordered(_work, jobs, chunksize=8):
+                results[utt_id] = (dur, segs)
+                bar.update()
+    else:
+        for job in jobs:
+            utt_id, dur, segs = _work(job)
+            results[utt_id] = (dur, segs)
+            bar.update()
+    bar.close()
+    return results
+
+
+def write_chapter_sidecars(jobs: list[_Job], results: dict[str, tuple[float, list]]) -> None:
+    """Transcripts and segment sidecars, one pair per chapter, lines sorted by id."""
+    by_chapter: dict[Path, list[_Job]] = defaultdict(list)
+    for job in jobs:
+        by_chapter[Path(job.path).parent].append(job)
+    for folder, chapter_jobs in by_chapter.items():
+        chapter_jobs.sort(key=lambda j: j.utt_id)
+        stem = chapter_jobs[0].utt_id.rsplit("-", 1)[0]
+        (folder / f"{stem}.trans.txt").write_text(
+            "".join(f"{j.utt_id} {j.text}\n" for j in chapter_jobs), encoding="utf-8")
+        (folder / f"{stem}.segments.txt").write_text("".join(
+            f"{j.utt_id} " + " ".join(f"{_fmt(a)}-{_fmt(b)}" for a, b in results[j.utt_id][1]) + "\n"
+            for j in chapter_jobs), encoding="utf-8")
 
 
 def _fmt(seconds: float) -> str:
@@ -461,12 +473,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also write test and test-unseen at 10 and 0 dB SNR (test-snr10, ...)")
     parser.add_argument("--twins-only", action="store_true",
                         help="only write the noisy twins of the corpus already in --out")
+    parser.add_argument("--voices-only", action="store_true",
+                        help="only write test-voices (more held-out voices, for speaker verification) "
+                             "next to the corpus already in --out")
+    parser.add_argument("--voice-speakers", type=int, default=24,
+                        help="test-voices: speakers (default %(default)s)")
+    parser.add_argument("--voice-utterances", type=int, default=8,
+                        help="test-voices: utterances per speaker (default %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def main(args: argparse.Namespace) -> int:
+    from mtspeech.data.new_voices import synthesize_voices
     from mtspeech.data.noisy_twins import make_noisy_twins
 
+    if args.voices_only:
+        summary = synthesize_voices(args.out, args.voice_speakers, args.voice_utterances, jobs=args.jobs,
+                                    progress=not args.no_progress)
+        print(json.dumps({k: v for k, v in summary.items() if k != "voices"}, indent=2))
+        return 0
     if args.twins_only:
         print(json.dumps(make_noisy_twins(args.out, seed=args.seed, progress=not args.no_progress), indent=2))
         return 0

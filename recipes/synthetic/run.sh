@@ -28,11 +28,14 @@ overrides=(--set "exp_dir=$EXP" "${schedule[@]}")
 
 echo "== 1/5 synthesize the corpus ($HOURS h) into $CORPUS, and noisy twins of its test splits"
 [ -f "$CORPUS/SPEAKERS.TXT" ] || mtspeech synth --out "$CORPUS" --hours "$HOURS"
-# test and test-unseen again at 10 and 0 dB SNR (white, pink, brown, babble): test-snr10, ...
-[ -f "$CORPUS/noisy_twins.json" ] || mtspeech synth --out "$CORPUS" --twins-only
+# test-voices: 24 more held-out speakers on voice variants no other split uses, 8 test
+# sentences each (test-unseen's 4 voices are too few to rank speaker embeddings).
+[ -f "$CORPUS/test_voices.json" ] || mtspeech synth --out "$CORPUS" --voices-only
+# the test splits again at 10 and 0 dB SNR (white, pink, brown, babble): test-snr10, ...
+[ -d "$CORPUS/test-voices-snr0" ] || mtspeech synth --out "$CORPUS" --twins-only
 
 echo "== 2/5 prepare manifests into $DATA"
-[ -f "$DATA/test-snr0.jsonl" ] || mtspeech prepare librispeech "$CORPUS" --out "$DATA"
+[ -f "$DATA/test-voices-snr0.jsonl" ] || mtspeech prepare librispeech "$CORPUS" --out "$DATA"
 
 echo "== 3/5 train $EXP (resumes from $EXP/last.pt)"
 [ -f "$EXP/final.pt" ] || mtspeech train --config "$RECIPE" "${overrides[@]}"
@@ -40,11 +43,11 @@ echo "== 3/5 train $EXP (resumes from $EXP/last.pt)"
 # serve) needs nothing but the checkpoint.
 [ -f "$EXP/lm-embedded" ] || { mtspeech embed-lm "$EXP/final.pt" && touch "$EXP/lm-embedded"; }
 
-echo "== 4/5 evaluate every task on test (seen speakers) and test-unseen (new voices)"
+echo "== 4/5 evaluate every task on test (seen speakers), test-unseen and test-voices (new voices)"
 # eval-SPLIT: greedy decoding, what the streaming server does. eval-SPLIT-lm: beam search with
 # a word trigram of the training transcripts, on the ASR head's pieces and on the phone head
 # (words spelled in phones through CMUdict: phones/wer, phones/cer).
-for split in test test-unseen; do
+for split in test test-unseen test-voices; do
   [ -f "$EXP/eval-$split/results.json" ] || \
     mtspeech evaluate "$EXP/final.pt" "$DATA/$split.jsonl" --out "$EXP/eval-$split"
   [ -f "$EXP/eval-$split-lm/results.json" ] || \
@@ -52,7 +55,7 @@ for split in test test-unseen; do
       --decoder beam --beam-size 20 --lm auto --lm-weight 1.0
 done
 # The noisy twins, greedy: how the heads hold up in noise.
-for split in test-snr10 test-snr0 test-unseen-snr10 test-unseen-snr0; do
+for split in test-snr10 test-snr0 test-unseen-snr10 test-unseen-snr0 test-voices-snr10 test-voices-snr0; do
   [ -f "$EXP/eval-$split/results.json" ] || \
     mtspeech evaluate "$EXP/final.pt" "$DATA/$split.jsonl" --out "$EXP/eval-$split"
 done
@@ -61,7 +64,8 @@ if [ -n "${COMPARE_PLAIN:-}" ]; then
   # each split's error rates: augmented minus plain (issue 14 allows +0.5 CER points on test).
   plain_overrides=(--set "exp_dir=$PLAIN" --set data.augment=null "${schedule[@]}")
   [ -f "$PLAIN/final.pt" ] || mtspeech train --config "$RECIPE" "${plain_overrides[@]}"
-  for split in test test-unseen test-snr10 test-snr0 test-unseen-snr10 test-unseen-snr0; do
+  for split in test test-unseen test-voices test-snr10 test-snr0 test-unseen-snr10 test-unseen-snr0 \
+      test-voices-snr10 test-voices-snr0; do
     [ -f "$PLAIN/eval-$split/results.json" ] || \
       mtspeech evaluate "$PLAIN/final.pt" "$DATA/$split.jsonl" --out "$PLAIN/eval-$split"
     echo "-- $split, greedy"
@@ -71,7 +75,7 @@ if [ -n "${COMPARE_PLAIN:-}" ]; then
   # The word decoders too (beam + trigram on the ASR head's pieces, and the phone head → words),
   # on the clean splits and at 10 dB.
   [ -f "$PLAIN/lm-embedded" ] || { mtspeech embed-lm "$PLAIN/final.pt" && touch "$PLAIN/lm-embedded"; }
-  for split in test test-unseen test-snr10 test-unseen-snr10; do
+  for split in test test-unseen test-voices test-snr10 test-unseen-snr10 test-voices-snr10; do
     for exp in "$PLAIN" "$EXP"; do
       [ -f "$exp/eval-$split-lm/results.json" ] || \
         mtspeech evaluate "$exp/final.pt" "$DATA/$split.jsonl" --out "$exp/eval-$split-lm" \
@@ -90,8 +94,9 @@ mtspeech analyze --train "$DATA/train.jsonl" --manifest "$DATA/test.jsonl" \
 python - "$EXP" <<'PY'
 import json, sys
 exp = sys.argv[1]
-runs = [(s, k, x) for s in ("test", "test-unseen") for k, x in (("greedy", ""), ("word LM", "-lm"))]
-runs += [(s, "greedy", "") for s in ("test-snr10", "test-snr0", "test-unseen-snr10", "test-unseen-snr0")]
+runs = [(s, k, x) for s in ("test", "test-unseen", "test-voices") for k, x in (("greedy", ""), ("word LM", "-lm"))]
+runs += [(s, "greedy", "") for s in ("test-snr10", "test-snr0", "test-unseen-snr10", "test-unseen-snr0",
+                                     "test-voices-snr10", "test-voices-snr0")]
 for split, kind, suffix in runs:
     r = json.load(open(f"{exp}/eval-{split}{suffix}/results.json"))
     print(f"{split:18s} {kind:8s}", "  ".join(f"{k}={v:.4g}" for k, v in sorted(r["metrics"].items())

@@ -1,0 +1,120 @@
+"""More held-out voices for the synthetic corpus: `test-voices`, sized for speaker verification.
+
+test-unseen holds 4 voices: too few to rank speaker embeddings, since one voice moves an EER
+over 4 speakers by points. `mtspeech synth --out DIR --voices-only` adds
+
+    DIR/test-voices/SPK/CHAP/...      24 speakers x 8 of the `test` split's sentences
+    DIR/test_voices.json              their voices and the split's size
+
+on espeak-ng voice variants that no other split uses (`NEW_VARIANTS`: neither training's nor
+test-unseen's; every variant of a sex once before any is reused with another accent), each
+with a random accent, pitch and rate, so neither the timbre nor the speaker was heard in
+training. The speakers are appended to SPEAKERS.TXT (SUBSET
+test-voices). The other splits are untouched: the plan draws from its own random stream, and
+its utterances are rendered with indices after the corpus's own. Output depends only on the
+corpus's `synth.json` config and the two sizes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import random
+from pathlib import Path
+
+from mtspeech.data.synth import (LANGUAGES, Speaker, SynthConfig, _Job, plan_corpus, render_jobs,
+                                 write_chapter_sidecars)
+
+log = logging.getLogger(__name__)
+
+SPLIT = "test-voices"
+# espeak-ng-data/voices/!v variants that synth.SEEN_VARIANTS / UNSEEN_VARIANTS never use;
+# robots, whispers and effects left out. adam, benjamin, caleb, david and edward use the
+# Klatt formant synthesiser, a different source model from the other voices.
+NEW_VARIANTS = {
+    "F": ("Alicia", "Andrea", "anika", "aunty", "linda", "steph", "steph2", "grandma"),
+    "M": ("Alex", "Andy", "Denis", "Diogo", "Gene", "Henrique", "Hugo", "Jacky", "Lee", "Marco",
+          "Michael", "Mike", "adam", "benjamin", "caleb", "david", "edward", "iven", "john", "max",
+          "michel", "norbert", "paul", "quincy", "rob", "robert", "travis", "victor", "zac"),
+}
+
+
+def corpus_config(root: str | Path) -> SynthConfig:
+    """The SynthConfig that wrote the corpus at `root` (from its synth.json)."""
+    path = Path(root) / "synth.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: synthesize the corpus first (mtspeech synth --out {root})")
+    saved = json.loads(path.read_text(encoding="utf-8"))["config"]
+    return SynthConfig(**{f.name: saved[f.name] for f in dataclasses.fields(SynthConfig) if f.name in saved})
+
+
+def plan_voices(cfg: SynthConfig, speakers: int = 24, per_speaker: int = 8) -> tuple[list[Speaker], list]:
+    """(new speakers, [(utt_id, speaker, text)]) for the corpus `cfg` plans; half of them
+    female. Each reads `per_speaker` distinct sentences of the corpus's `test` split."""
+    if speakers < 2 or per_speaker < 2:
+        raise ValueError(f"speaker verification needs >= 2 speakers of >= 2 utterances "
+                         f"(got {speakers} x {per_speaker})")
+    old_speakers, plan, _ = plan_corpus(cfg)
+    test_sentences = sorted({text for _, _, text in plan["test"]})
+    if per_speaker > len(test_sentences):
+        raise ValueError(f"{per_speaker} sentences per speaker, but the test split has {len(test_sentences)}")
+    rng = random.Random(f"{cfg.seed}-{SPLIT}")  # its own stream: the corpus's plan is untouched
+    taken_ids = {int(s.id) for s in old_speakers}
+    taken_chapters = {utt.split("-")[1] for items in plan.values() for utt, _, _ in items}
+    ids = rng.sample(sorted(set(range(100, 10000)) - taken_ids), speakers)
+    voices = {}
+    for sex, variants in NEW_VARIANTS.items():  # every variant once before any repeats
+        order = list(variants)
+        rng.shuffle(order)
+        voices[sex] = order
+    new, items, used = [], [], set()
+    for i, spk_id in enumerate(ids):
+        sex = "FM"[i % 2]
+        variant = voices[sex][(i // 2) % len(voices[sex])]
+        language = rng.choice([lang for lang in LANGUAGES if (lang, variant) not in used])
+        used.add((language, variant))
+        pitch = rng.randint(35, 75) if sex == "F" else rng.randint(25, 60)
+        speaker = Speaker(str(spk_id), sex, language, variant, pitch, rng.randint(140, 185), seen=False)
+        new.append(speaker)
+        chapter = str(rng.randint(10000, 299999))
+        while chapter in taken_chapters:
+            chapter = str(rng.randint(10000, 299999))
+        taken_chapters.add(chapter)
+        for k, text in enumerate(rng.sample(test_sentences, per_speaker)):
+            items.append((f"{spk_id}-{chapter}-{k:04d}", speaker, text))
+    return new, items
+
+
+def synthesize_voices(root: str | Path, speakers: int = 24, per_speaker: int = 8,
+                      jobs: int | None = None, progress: bool = True) -> dict:
+    """Write `root/test-voices` next to the corpus at `root`; returns (and stores in
+    `root/test_voices.json`) the split's size and its speakers."""
+    root = Path(root)
+    cfg = corpus_config(root)
+    new, items = plan_voices(cfg, speakers, per_speaker)
+    first = sum(len(v) for v in plan_corpus(cfg)[1].values())  # indices after the corpus's own
+    render = [_Job(first + k, SPLIT, utt_id, str(root / SPLIT / spk.id / utt_id.split("-")[1] / f"{utt_id}.flac"),
+                   text, spk, cfg.seed, cfg.noise_snr_db) for k, (utt_id, spk, text) in enumerate(items)]
+    results = render_jobs(render, jobs, progress)
+    write_chapter_sidecars(render, results)
+    minutes = {s.id: 0.0 for s in new}
+    for job in render:
+        minutes[job.speaker.id] += results[job.utt_id][0] / 60
+    _append_speakers(root / "SPEAKERS.TXT", new, minutes)
+    summary = {"split": SPLIT, "speakers": len(new), "utterances": len(render),
+               "seconds": round(sum(d for d, _ in results.values()), 2),
+               "voices": [dataclasses.asdict(s) | {"voice": s.voice} for s in new]}
+    (root / "test_voices.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    log.info("wrote %s: %d speakers, %d utterances", root / SPLIT, len(new), len(render))
+    return summary
+
+
+def _append_speakers(path: Path, speakers: list[Speaker], minutes: dict[str, float]) -> None:
+    """Add the speakers to SPEAKERS.TXT, replacing any line of theirs from an earlier run."""
+    ids = {s.id for s in speakers}
+    kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+            if line.startswith(";") or line.split("|")[0].strip() not in ids]
+    kept += [f"{s.id:<5}| {s.sex} | {SPLIT:<16} | {minutes[s.id]:5.2f} | espeak {s.voice} p{s.pitch} s{s.rate}"
+             for s in sorted(speakers, key=lambda s: int(s.id))]
+    path.write_text("\n".join(kept) + "\n", encoding="utf-8")
