@@ -199,9 +199,15 @@ def fit_labels(exp: Experiment, train_utts: list) -> dict:
     """Every task's label space from the training manifest (JSON-able, saved in checkpoints)."""
     from mtspeech.tasks import TASKS
 
+    from mtspeech.data.augment import augmented_speakers
+
     exp_dir = Path(exp.exp_dir)
     exp_dir.mkdir(parents=True, exist_ok=True)
-    return {name: TASKS[cfg.kind].fit_labels(cfg, train_utts, exp_dir) for name, cfg in exp.tasks.items()}
+    labels = {name: TASKS[cfg.kind].fit_labels(cfg, train_utts, exp_dir) for name, cfg in exp.tasks.items()}
+    for name, cfg in exp.tasks.items():  # speaker augmentation's new voices are speakers too
+        if cfg.kind == "speaker" and not exp.data.perturbed_speaker:
+            labels[name]["speakers"] = augmented_speakers(labels[name]["speakers"], exp.data.augment)
+    return labels
 
 
 def build_model(exp: Experiment, labels: dict):

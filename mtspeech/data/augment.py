@@ -30,6 +30,13 @@ multiplied by warped / original envelope with its phase kept. The formants move 
 harmonics (pitch) and the time axis stay where they were; the resampling trick would move
 pitch and duration too. The draw is independent of `prob`: `formant_prob` is the share of
 all training utterances that become a new voice.
+
+Speaker augmentation (`formant_speakers`, after Yamamoto et al. 2019, who made new speakers
+of speed-perturbed copies): with fixed warp factors listed there, a shifted copy of speaker
+S at factor α is labelled as a speaker of its own, `S~vtlpα` (`voice_label`), instead of
+losing its label; the speaker task's label space gets every such speaker
+(`augmented_speakers`). A speaker head trained on 28 voices then sees 28 x (1 + K), each
+new one a consistent voice, which is what a head must tell apart on voices it never heard.
 """
 
 from __future__ import annotations
@@ -58,6 +65,9 @@ class AugmentConfig:
     babble_utterances: tuple[int, int] = (3, 6)
     formant_prob: float = 0.0  # share of training utterances given a new voice (speaker label dropped)
     formant_warp: tuple[float, float] = (0.85, 1.15)  # VTLP factor α: formants move to α × f
+    # fixed factors instead, each making a new *labelled* speaker of every training speaker
+    # (speaker augmentation, see the module docstring); () keeps formant_warp and drops labels
+    formant_speakers: tuple[float, ...] = ()
     # first epoch (0-based) that is augmented; the ones before train on clean audio. Noise from
     # the first update kept CTC on its blank plateau for 5 more epochs of the demo (README).
     start_epoch: int = 0
@@ -84,6 +94,22 @@ class AugmentConfig:
             raise ValueError("data.augment: rt60_s must be > 0 and babble_utterances >= 1")
         if not (0.5 <= self.formant_warp[0] and self.formant_warp[1] <= 2.0):
             raise ValueError(f"data.augment.formant_warp={self.formant_warp}: expected factors in [0.5, 2]")
+        if any(not 0.5 <= a <= 2.0 or a == 1.0 for a in self.formant_speakers) or \
+                len(set(self.formant_speakers)) != len(self.formant_speakers):
+            raise ValueError(f"data.augment.formant_speakers={self.formant_speakers}: expected distinct "
+                             "factors in [0.5, 2], none of them 1 (the speaker's own voice)")
+
+
+def voice_label(speaker: str, warp: float) -> str:
+    """The label of speaker `speaker` formant-shifted by `warp` under speaker augmentation."""
+    return f"{speaker}~vtlp{warp:g}"
+
+
+def augmented_speakers(speakers: Sequence[str], config: AugmentConfig | None) -> list[str]:
+    """A speaker task's label space: the training speakers, plus each one at every
+    `formant_speakers` factor (sorted; just the speakers when that is off)."""
+    extra = [voice_label(s, a) for s in speakers for a in (config.formant_speakers if config else ())]
+    return sorted({*speakers, *extra})
 
 
 @dataclass(frozen=True)
@@ -153,11 +179,23 @@ class Augmenter:
         if c.formant_prob <= 0:
             return None
         rng = np.random.default_rng([seed & 0xFFFFFFFF, index, 0xF0A])
-        return float(rng.uniform(*c.formant_warp)) if rng.random() < c.formant_prob else None
+        if rng.random() >= c.formant_prob:
+            return None
+        if c.formant_speakers:
+            return float(c.formant_speakers[int(rng.integers(len(c.formant_speakers)))])
+        return float(rng.uniform(*c.formant_warp))
 
     def changes_voice(self, seed: int, index: int) -> bool:
         """Whether item `index` under `seed` becomes another voice (its speaker label no longer holds)."""
         return self._formant_warp(seed, index) is not None
+
+    def new_speaker(self, speaker: str | None, seed: int, index: int) -> str | None:
+        """The label of item `index` once it is another voice: its speaker-augmentation
+        label (`voice_label`), or None (unknown) when `formant_speakers` is off."""
+        warp = self._formant_warp(seed, index)
+        if speaker is None or warp is None or not self.config.formant_speakers:
+            return None
+        return voice_label(speaker, warp)
 
     def __call__(self, wav: torch.Tensor, seed: int, index: int,
                  speech: Sequence[Sequence[float]] | None = None) -> torch.Tensor:

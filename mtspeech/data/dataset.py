@@ -120,7 +120,8 @@ class UtteranceDataset(torch.utils.data.Dataset):
         if self.augmenter is not None:
             wav = self.augmenter(wav, self.seed, index, utt.speech)
             if self.augmenter.changes_voice(self.seed, index) and not self.perturbed_speaker:
-                utt = dataclasses.replace(utt, speaker=None)  # a formant shift made another voice
+                # a formant shift made another voice: unknown, or a speaker of its own
+                utt = dataclasses.replace(utt, speaker=self.augmenter.new_speaker(utt.speaker, self.seed, index))
         return Example(utt, wav, self.tasks)
 
     def _pool_audio(self, index: int) -> torch.Tensor | None:

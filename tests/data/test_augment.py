@@ -251,3 +251,45 @@ def test_dataset_drops_the_speaker_of_a_new_voice_only_and_resumes_identically(p
     batch = first.collate([first[i] for i in range(len(utts))])
     reference = plain.collate([plain[i] for i in range(len(utts))])
     assert torch.equal(batch.targets["vad"].values, reference.targets["vad"].values)
+
+
+def test_speaker_augmentation_labels_each_fixed_warp_as_a_speaker_of_its_own(prepared_manifests, tmp_path):
+    """`formant_speakers`: shifted copies take α from the list and the label S~vtlpα, which the
+    speaker task's label space holds for every training speaker; the draws stay seeded."""
+    from mtspeech.data.augment import augmented_speakers, voice_label
+    from mtspeech.experiment import fit_labels, load_experiment
+    from mtspeech.tasks.speaker import SpeakerConfig, SpeakerTask
+
+    cfg = AugmentConfig(prob=0.5, formant_prob=0.5, formant_speakers=(0.88, 1.12))
+    pool = _pool()
+    aug = Augmenter(cfg, len(pool), pool.__getitem__, RATE)
+    warps = [aug.recipe(5, i).formant_warp for i in range(200) if aug.changes_voice(5, i)]
+    assert set(warps) == {0.88, 1.12}
+    # the same items change voice as with a continuous warp range: only α's value differs
+    ranged = Augmenter(dataclasses.replace(cfg, formant_speakers=()), len(pool), pool.__getitem__, RATE)
+    assert [aug.changes_voice(5, i) for i in range(200)] == [ranged.changes_voice(5, i) for i in range(200)]
+    assert augmented_speakers(["b", "a"], cfg) == ["a", "a~vtlp0.88", "a~vtlp1.12", "b", "b~vtlp0.88", "b~vtlp1.12"]
+    assert augmented_speakers(["b", "a"], None) == ["a", "b"]
+    for bad in ((1.0,), (0.9, 0.9), (2.5,)):
+        with pytest.raises(ValueError, match="formant_speakers"):
+            AugmentConfig(formant_speakers=bad)
+
+    utts = read_manifest(prepared_manifests["train"])[:12]
+    speakers = sorted({u.speaker for u in utts})
+    labels = {"speakers": augmented_speakers(speakers, cfg)}
+    tasks = {"speaker": SpeakerTask(SpeakerConfig(), 8, labels)}
+    data = UtteranceDataset(utts, tasks, train=True, speed_factors=None, seed=11, augment=cfg)
+    changed = [data.augmenter.changes_voice(11, i) for i in range(len(utts))]
+    assert any(changed) and not all(changed)
+    got = [data[i].utt.speaker for i in range(len(utts))]
+    for i, u in enumerate(utts):
+        want = voice_label(u.speaker, data.augmenter.recipe(11, i).formant_warp) if changed[i] else u.speaker
+        assert got[i] == want
+    targets = data.collate([data[i] for i in range(len(utts))]).targets["speaker"]
+    assert targets.present.all()  # every copy is a known speaker: none is masked any more
+    assert [labels["speakers"][k] for k in targets.values.tolist()] == got
+
+    exp = load_experiment("recipes/synthetic/conformer.yaml", [
+        f"exp_dir={tmp_path}", "data.augment.formant_prob=0.3", "data.augment.formant_speakers=[0.88, 1.12]"])
+    fitted = fit_labels(exp, utts)
+    assert fitted["speaker"]["speakers"] == labels["speakers"]
