@@ -5,12 +5,19 @@
     DIR/test-snr10/...  DIR/test-snr0/...  DIR/test-unseen-snr10/...  DIR/test-unseen-snr0/...
 
 and test-voices-snr10/0 when the corpus has test-voices (`mtspeech synth --voices-only`),
-
 with the same speaker/chapter layout, ids, transcripts and speech-segment sidecars: only the
 audio differs. Utterance k of a split gets noise kind k mod 4 of (white, pink, brown,
 babble), so each kind covers a quarter of each twin; babble mixes four other utterances of
 the same split. The SNR is measured over the speech segments (`mtspeech.data.augment`, the
-same code as training augmentation). Output depends only on the clean corpus and `seed`.
+same code as training augmentation).
+
+It also writes a reverberant twin of each, `test-room`, `test-unseen-room` (and
+`test-voices-room`): every utterance through its own room, RT60 drawn from 0.3-0.9 s and the
+direct-to-reverberant ratio as a random shoebox room of that RT60 gives it
+(`augment.shoebox_drr_db`; `benchmarks/rir_match.py` measures these responses against
+pyroomacoustics' image-source rooms), no noise. The speech segments stay those of the dry
+speech: the direct path arrives at t = 0, and the tail after a segment is the room, not the
+talker. Output depends only on the clean corpus and `seed`.
 """
 
 from __future__ import annotations
@@ -26,7 +33,8 @@ import soundfile
 import torch
 from tqdm import tqdm
 
-from mtspeech.data.augment import add_at_snr, babble, colored_noise, speech_mask
+from mtspeech.data.augment import (add_at_snr, babble, colored_noise, reverberate, room_impulse_response,
+                                   shoebox_drr_db, speech_mask)
 from mtspeech.data.librispeech import read_segments_txt
 
 log = logging.getLogger(__name__)
@@ -36,6 +44,8 @@ OPTIONAL_TWIN_SPLITS = ("test-voices",)  # twinned when the corpus has them
 TWIN_SNRS_DB = (10.0, 0.0)
 TWIN_KINDS = ("white", "pink", "brown", "babble")
 BABBLE_VOICES = 4
+ROOM_RT60_S = (0.3, 0.9)
+ROOM_SEED = 0x200  # the rooms' stream, apart from the noise's [seed, snr index, utterance]
 
 
 def twin_name(split: str, snr_db: float) -> str:
@@ -43,10 +53,45 @@ def twin_name(split: str, snr_db: float) -> str:
     return f"{split}-snr{snr_db:g}"
 
 
+def room_twin_name(split: str) -> str:
+    """`test` → `test-room`."""
+    return f"{split}-room"
+
+
+def _copy_sidecars(folder: Path, twin: Path) -> None:
+    for sidecar in [*folder.rglob("*.trans.txt"), *folder.rglob("*.segments.txt")]:
+        shutil.copyfile(sidecar, twin / sidecar.relative_to(folder))
+
+
+def _write(path: Path, wav: np.ndarray, rate: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    soundfile.write(path, np.clip(wav, -1.0, 1.0), rate, subtype="PCM_16")
+
+
+def make_room_twin(corpus: Path, split: str, seed: int = 0, progress: bool = True) -> dict:
+    """Write `split`'s reverberant twin (module docstring); returns its RT60 and DRR ranges."""
+    folder, name = corpus / split, room_twin_name(split)
+    rt60s, drrs = [], []
+    for i, path in enumerate(tqdm(sorted(folder.rglob("*.flac")), desc=name, disable=not progress, leave=False)):
+        rng = np.random.default_rng([seed, ROOM_SEED, i])
+        rt60 = float(rng.uniform(*ROOM_RT60_S))
+        drr = shoebox_drr_db(rt60, rng)
+        wav, rate = soundfile.read(path, dtype="float64")
+        wet = reverberate(wav, room_impulse_response(rt60, rate, rng, drr))
+        peak = np.abs(wet).max()
+        _write(corpus / name / path.relative_to(folder), wet * min(1.0, 0.99 / peak) if peak > 0 else wet, rate)
+        rt60s.append(rt60)
+        drrs.append(drr)
+    _copy_sidecars(folder, corpus / name)
+    return {"utterances": len(rt60s), "rt60_s": [round(min(rt60s), 3), round(max(rt60s), 3)],
+            "drr_db": [round(min(drrs), 1), round(max(drrs), 1)]}
+
+
 def make_noisy_twins(corpus: str | Path, splits: Sequence[str] | None = None,
                      snrs_db: Sequence[float] = TWIN_SNRS_DB, seed: int = 0, progress: bool = True) -> dict:
     """Write the twins of `splits` (None: TWIN_SPLITS and whichever OPTIONAL_TWIN_SPLITS the
-    corpus has) into `corpus`; returns {twin split: {kind: utterances}}."""
+    corpus has, and their room twins) into `corpus`; returns {twin split: {kind: utterances},
+    room twin: {utterances, rt60_s, drr_db}}."""
     corpus = Path(corpus)
     if splits is None:
         splits = [*TWIN_SPLITS, *(s for s in OPTIONAL_TWIN_SPLITS if (corpus / s).is_dir())]
@@ -73,14 +118,13 @@ def make_noisy_twins(corpus: str | Path, splits: Sequence[str] | None = None,
                 else:
                     noise = colored_noise(kind, len(wav), rng)
                 noisy = add_at_snr(wav, noise, snr, speech_mask(len(wav), segments.get(path.stem), rate))
-                out = corpus / name / path.relative_to(folder)
-                out.parent.mkdir(parents=True, exist_ok=True)
-                soundfile.write(out, np.clip(noisy, -1.0, 1.0), rate, subtype="PCM_16")
+                _write(corpus / name / path.relative_to(folder), noisy, rate)
                 counts[kind] += 1
-            for sidecar in [*folder.rglob("*.trans.txt"), *folder.rglob("*.segments.txt")]:
-                shutil.copyfile(sidecar, corpus / name / sidecar.relative_to(folder))
+            _copy_sidecars(folder, corpus / name)
             summary[name] = counts
+        summary[room_twin_name(split)] = make_room_twin(corpus, split, seed, progress)
     (corpus / "noisy_twins.json").write_text(json.dumps(
-        {"seed": seed, "snrs_db": list(snrs_db), "kinds": list(TWIN_KINDS), "twins": summary}, indent=2) + "\n")
+        {"seed": seed, "snrs_db": list(snrs_db), "kinds": list(TWIN_KINDS), "room_rt60_s": list(ROOM_RT60_S),
+         "twins": summary}, indent=2) + "\n")
     log.info("wrote noisy twins %s into %s", sorted(summary), corpus)
     return summary

@@ -31,11 +31,12 @@ echo "== 1/5 synthesize the corpus ($HOURS h) into $CORPUS, and noisy twins of i
 # test-voices: 24 more held-out speakers on voice variants no other split uses, 8 test
 # sentences each (test-unseen's 4 voices are too few to rank speaker embeddings).
 [ -f "$CORPUS/test_voices.json" ] || mtspeech synth --out "$CORPUS" --voices-only
-# the test splits again at 10 and 0 dB SNR (white, pink, brown, babble): test-snr10, ...
-[ -d "$CORPUS/test-voices-snr0" ] || mtspeech synth --out "$CORPUS" --twins-only
+# the test splits again at 10 and 0 dB SNR (white, pink, brown, babble): test-snr10, ...; and
+# through simulated rooms (RT60 0.3-0.9 s, no noise): test-room, ...
+[ -d "$CORPUS/test-voices-room" ] || mtspeech synth --out "$CORPUS" --twins-only
 
 echo "== 2/5 prepare manifests into $DATA"
-[ -f "$DATA/test-voices-snr0.jsonl" ] || mtspeech prepare librispeech "$CORPUS" --out "$DATA"
+[ -f "$DATA/test-voices-room.jsonl" ] || mtspeech prepare librispeech "$CORPUS" --out "$DATA"
 
 echo "== 3/5 train $EXP (resumes from $EXP/last.pt)"
 [ -f "$EXP/final.pt" ] || mtspeech train --config "$RECIPE" "${overrides[@]}"
@@ -54,8 +55,9 @@ for split in test test-unseen test-voices; do
     mtspeech evaluate "$EXP/final.pt" "$DATA/$split.jsonl" --out "$EXP/eval-$split-lm" \
       --decoder beam --beam-size 20 --lm auto --lm-weight 1.0
 done
-# The noisy twins, greedy: how the heads hold up in noise.
-for split in test-snr10 test-snr0 test-unseen-snr10 test-unseen-snr0 test-voices-snr10 test-voices-snr0; do
+# The noisy and reverberant twins, greedy: how the heads hold up in noise and in rooms.
+for split in test-snr10 test-snr0 test-unseen-snr10 test-unseen-snr0 test-voices-snr10 test-voices-snr0 \
+    test-room test-unseen-room test-voices-room; do
   [ -f "$EXP/eval-$split/results.json" ] || \
     mtspeech evaluate "$EXP/final.pt" "$DATA/$split.jsonl" --out "$EXP/eval-$split"
 done
@@ -65,7 +67,7 @@ if [ -n "${COMPARE_PLAIN:-}" ]; then
   plain_overrides=(--set "exp_dir=$PLAIN" --set data.augment=null "${schedule[@]}")
   [ -f "$PLAIN/final.pt" ] || mtspeech train --config "$RECIPE" "${plain_overrides[@]}"
   for split in test test-unseen test-voices test-snr10 test-snr0 test-unseen-snr10 test-unseen-snr0 \
-      test-voices-snr10 test-voices-snr0; do
+      test-voices-snr10 test-voices-snr0 test-room test-unseen-room test-voices-room; do
     [ -f "$PLAIN/eval-$split/results.json" ] || \
       mtspeech evaluate "$PLAIN/final.pt" "$DATA/$split.jsonl" --out "$PLAIN/eval-$split"
     echo "-- $split, greedy"
@@ -96,7 +98,8 @@ import json, sys
 exp = sys.argv[1]
 runs = [(s, k, x) for s in ("test", "test-unseen", "test-voices") for k, x in (("greedy", ""), ("word LM", "-lm"))]
 runs += [(s, "greedy", "") for s in ("test-snr10", "test-snr0", "test-unseen-snr10", "test-unseen-snr0",
-                                     "test-voices-snr10", "test-voices-snr0")]
+                                     "test-voices-snr10", "test-voices-snr0", "test-room", "test-unseen-room",
+                                     "test-voices-room")]
 for split, kind, suffix in runs:
     r = json.load(open(f"{exp}/eval-{split}{suffix}/results.json"))
     print(f"{split:18s} {kind:8s}", "  ".join(f"{k}={v:.4g}" for k, v in sorted(r["metrics"].items())

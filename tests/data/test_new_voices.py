@@ -64,6 +64,7 @@ def test_adds_the_split_and_its_speakers_and_leaves_the_corpus_alone(corpus, tmp
 def test_noisy_twins_include_the_split_when_present(corpus):
     root = corpus[0]
     twins = make_noisy_twins(root, snrs_db=(10.0,), progress=False)
-    assert set(twins) == {"test-snr10", "test-unseen-snr10", "test-voices-snr10"}
+    assert set(twins) == {"test-snr10", "test-unseen-snr10", "test-voices-snr10",
+                          "test-room", "test-unseen-room", "test-voices-room"}
     assert sorted(p.name for p in (root / "test-voices-snr10").rglob("*.flac")) == \
         sorted(p.name for p in (root / SPLIT).rglob("*.flac"))

@@ -24,7 +24,7 @@ def twins(synth_corpus, tmp_path_factory):
 
 def test_twins_keep_ids_texts_and_segments_and_hit_the_snr(twins):
     corpus, summary = twins
-    assert set(summary) == {"test-snr10"}
+    assert set(summary) == {"test-snr10", "test-room"}
     clean_files = sorted((corpus / "test").rglob("*.flac"))
     noisy_files = sorted((corpus / "test-snr10").rglob("*.flac"))
     assert [f.relative_to(corpus / "test") for f in clean_files] == \
@@ -57,3 +57,34 @@ def test_twins_prepare_into_manifests_with_the_clean_labels(twins, tmp_path):
         c = clean[u.id]
         assert (u.text, u.speaker, u.phones, u.speech) == (c.text, c.speaker, c.phones, c.speech)
         assert u.audio != c.audio
+
+
+def test_room_twin_keeps_labels_and_length_and_is_reverberant_and_seeded(twins, tmp_path):
+    """test-room: every utterance through a room (RT60 0.3-0.9 s), same length and sidecars; the
+    energy after the last speech segment is the room's tail, absent from the clean audio."""
+    from mtspeech.data.noisy_twins import ROOM_RT60_S, make_room_twin
+
+    corpus, summary = twins
+    room = summary["test-room"]
+    clean_files = sorted((corpus / "test").rglob("*.flac"))
+    assert room["utterances"] == len(clean_files)
+    assert ROOM_RT60_S[0] <= room["rt60_s"][0] <= room["rt60_s"][1] <= ROOM_RT60_S[1]
+    for name in ("trans.txt", "segments.txt"):
+        for sidecar in (corpus / "test").rglob(f"*.{name}"):
+            assert (corpus / "test-room" / sidecar.relative_to(corpus / "test")).read_text() == sidecar.read_text()
+    segments = {}
+    for sidecar in (corpus / "test").rglob("*.segments.txt"):
+        segments.update(read_segments_txt(sidecar, []))
+    for path in clean_files:
+        clean, rate = soundfile.read(path)
+        wet, _ = soundfile.read(corpus / "test-room" / path.relative_to(corpus / "test"))
+        assert len(wet) == len(clean) and not np.allclose(wet, clean, atol=1e-3)
+        end = int(segments[path.stem][-1][1] * rate)
+        after = slice(end + int(0.02 * rate), end + int(0.1 * rate))  # 20-100 ms after speech stops
+        assert np.mean(wet[after] ** 2) > 10 * np.mean(clean[after] ** 2) + 1e-9
+    again = tmp_path / "again"
+    shutil.copytree(corpus / "test", again / "test")
+    assert make_room_twin(again, "test", seed=3, progress=False) == room
+    for path in clean_files:
+        rel = path.relative_to(corpus / "test")
+        assert (again / "test-room" / rel).read_bytes() == (corpus / "test-room" / rel).read_bytes()
