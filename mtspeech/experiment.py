@@ -206,7 +206,10 @@ def fit_labels(exp: Experiment, train_utts: list) -> dict:
     labels = {name: TASKS[cfg.kind].fit_labels(cfg, train_utts, exp_dir) for name, cfg in exp.tasks.items()}
     for name, cfg in exp.tasks.items():  # speaker augmentation's new voices are speakers too
         if cfg.kind == "speaker" and not exp.data.perturbed_speaker:
-            labels[name]["speakers"] = augmented_speakers(labels[name]["speakers"], exp.data.augment)
+            speakers = labels[name]["speakers"]
+            voices = sorted(set(augmented_speakers(speakers, exp.data.augment)) - set(speakers))
+            if voices:  # classes to train on, never an answer (SpeakerTask.identify)
+                labels[name] = {"speakers": sorted([*speakers, *voices]), "voices": voices}
     return labels
 
 

@@ -179,7 +179,7 @@ class _Speaker:
 
     def add(self, utts, logits, enc, rows, frame_shift_s):
         emb = self.task.embed(task_input(self.task, enc), enc.lens).float().cpu().numpy()
-        pred = logits.argmax(-1).cpu().tolist()
+        pred = self.task.identify(logits).cpu().tolist()
         for u, e, p, row in zip(utts, emb, pred, rows):
             rec = {"predicted": self.task.speakers[p], "ref": u.speaker}
             if u.speaker is not None:

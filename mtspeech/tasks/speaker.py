@@ -111,7 +111,8 @@ class SpeakerTask(nn.Module):
     Args:
         cfg: the task's `SpeakerConfig`.
         dim: width D of the encoder layer it reads.
-        labels: `{"speakers": [...]}` from `fit_labels`.
+        labels: `{"speakers": [...]}` from `fit_labels`; with speaker augmentation also
+            `"voices"`: the classes among them that are made-up voices (`data.augment`).
     """
 
     Config = SpeakerConfig
@@ -123,6 +124,8 @@ class SpeakerTask(nn.Module):
         self.layer = cfg.layer
         self.speakers: list[str] = list(labels["speakers"])
         self._speaker_ids = {s: i for i, s in enumerate(self.speakers)}
+        voices = set(labels.get("voices", ()))
+        self.register_buffer("_real", torch.tensor([s not in voices for s in self.speakers]), persistent=False)
         self.pool = AttentiveStatsPooling(dim, cfg.attention_dim)
         self.embedding = nn.Linear(2 * dim, cfg.embed_dim)
         self.classifier = nn.Parameter(torch.empty(len(self.speakers), cfg.embed_dim))
@@ -168,6 +171,11 @@ class SpeakerTask(nn.Module):
         with torch.autocast(device_type=h.device.type, enabled=False):  # cosines near ±1 need fp32
             e = F.normalize(e.float(), dim=-1)
             return e @ F.normalize(self.classifier.float(), dim=-1).t()
+
+    def identify(self, logits: torch.Tensor) -> torch.Tensor:
+        """(B,S) cosines → (B,) index of the most likely *real* training speaker: speaker
+        augmentation's made-up voices are classes to learn from, never an answer."""
+        return logits.masked_fill(~self._real, float("-inf")).argmax(-1)
 
     @property
     def margin(self) -> float:

@@ -291,5 +291,14 @@ def test_speaker_augmentation_labels_each_fixed_warp_as_a_speaker_of_its_own(pre
 
     exp = load_experiment("recipes/synthetic/conformer.yaml", [
         f"exp_dir={tmp_path}", "data.augment.formant_prob=0.3", "data.augment.formant_speakers=[0.88, 1.12]"])
-    fitted = fit_labels(exp, utts)
-    assert fitted["speaker"]["speakers"] == labels["speakers"]
+    fitted = fit_labels(exp, utts)["speaker"]
+    assert fitted["speakers"] == labels["speakers"]
+    assert fitted["voices"] == [s for s in labels["speakers"] if "~vtlp" in s]
+    # the made-up voices are trained on but never named: identify answers a real speaker
+    task = SpeakerTask(SpeakerConfig(), 8, fitted)
+    logits = torch.zeros(2, len(fitted["speakers"]))
+    logits[0, fitted["speakers"].index(fitted["voices"][0])] = 1.0  # a made-up voice scores best
+    logits[0, fitted["speakers"].index(speakers[-1])] = 0.5
+    logits[1, fitted["speakers"].index(speakers[0])] = 1.0
+    assert task.identify(logits).tolist() == [fitted["speakers"].index(speakers[-1]),
+                                              fitted["speakers"].index(speakers[0])]
