@@ -24,8 +24,6 @@ A boundary is measured when its reference word is matched to an identical hypoth
 from __future__ import annotations
 
 import difflib
-import json
-from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -55,8 +53,7 @@ def replay_plan(synth_json: Path) -> dict[str, tuple[int, str]]:
     config exactly as `synthesize_corpus` plans it (no audio is rendered)."""
     from mtspeech.data import synth as S
 
-    saved = json.loads(synth_json.read_text())["config"]
-    cfg = S.SynthConfig(**{f.name: saved[f.name] for f in fields(S.SynthConfig) if f.name in saved})
+    cfg = S.corpus_config(synth_json.parent)
     _speakers, plan, _counts = S.plan_corpus(cfg)
     index, out = 0, {}
     for split in S.SPLITS:

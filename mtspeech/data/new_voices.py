@@ -23,7 +23,7 @@ import logging
 import random
 from pathlib import Path
 
-from mtspeech.data.synth import (LANGUAGES, Speaker, SynthConfig, _Job, plan_corpus, render_jobs,
+from mtspeech.data.synth import (LANGUAGES, Speaker, SynthConfig, _Job, corpus_config, plan_corpus, render_jobs,
                                  write_chapter_sidecars)
 
 log = logging.getLogger(__name__)
@@ -38,15 +38,6 @@ NEW_VARIANTS = {
           "Michael", "Mike", "adam", "benjamin", "caleb", "david", "edward", "iven", "john", "max",
           "michel", "norbert", "paul", "quincy", "rob", "robert", "travis", "victor", "zac"),
 }
-
-
-def corpus_config(root: str | Path) -> SynthConfig:
-    """The SynthConfig that wrote the corpus at `root` (from its synth.json)."""
-    path = Path(root) / "synth.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: synthesize the corpus first (mtspeech synth --out {root})")
-    saved = json.loads(path.read_text(encoding="utf-8"))["config"]
-    return SynthConfig(**{f.name: saved[f.name] for f in dataclasses.fields(SynthConfig) if f.name in saved})
 
 
 def plan_voices(cfg: SynthConfig, speakers: int = 24, per_speaker: int = 8) -> tuple[list[Speaker], list]:

@@ -351,6 +351,15 @@ def plan_corpus(cfg: SynthConfig) -> tuple[list[Speaker], dict[str, list], dict[
     return speakers, plan, {"train": len(train_s), "dev": len(dev_s), "test": len(test_s)}
 
 
+def corpus_config(root: str | Path) -> SynthConfig:
+    """The SynthConfig that wrote the corpus at `root` (from its synth.json)."""
+    path = Path(root) / "synth.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: synthesize the corpus first (mtspeech synth --out {root})")
+    saved = json.loads(path.read_text(encoding="utf-8"))["config"]
+    return SynthConfig(**{f.name: saved[f.name] for f in dataclasses.fields(SynthConfig) if f.name in saved})
+
+
 def synthesize_corpus(out_dir: str | os.PathLike, cfg: SynthConfig = SynthConfig()) -> dict:
     """Write the demo corpus under out_dir (see module docstring); returns the summary dict
     (also stored in `out_dir/synth.json`): per-split utterances/seconds/speakers, hours."""
