@@ -30,6 +30,10 @@ rules can fire at all. Definitions, per utterance and mode:
   premature      a rule fired (rule2/rule3) before the true speech end: the endpointer
                  closed the utterance while the speaker was still to say something;
   cut in pause   (with --pauses) a premature endpoint detected inside the inserted pause.
+  tail           (mode vad) the VAD head's streaming p(speech) after the true speech end:
+                 the share of frames at or over the threshold, the longest non-speech run,
+                 the number and longest of the speech runs; summarised for endpointed and
+                 open items. Noise scored as speech there restarts rule 2's count.
 
 WER/CER are of the concatenated finals against the reference text (corpus rates). The
 comparison is paired over utterances both modes finalized; the baseline is the blank-only
@@ -70,6 +74,7 @@ from _cli import add_model_arguments, run_main  # noqa: E402
 
 from mtspeech.streaming.endpoint import EndpointConfig  # noqa: E402
 from mtspeech.streaming import SAMPLE_RATE, FinalEvent, StreamingConfig, StreamingRecognizer  # noqa: E402
+from mtspeech.streaming.recognizer import SpeechActivityEvent  # noqa: E402
 
 DEFAULT_MANIFEST = "data/synthetic/test.jsonl"
 MODES = ("vad", "blank")
@@ -167,19 +172,44 @@ def join_with_pause(a: np.ndarray, a_speech: list, b: np.ndarray, b_speech: list
     return wav, speech, (a_end / SAMPLE_RATE, (a_end + len(gap)) / SAMPLE_RATE)
 
 
-def stream_utterance(rec: StreamingRecognizer, wav: np.ndarray, frame: int) -> list[tuple[FinalEvent, float]]:
-    """Feed `wav` frame by frame, decoding whenever a chunk is ready; (final, stream time it appeared)."""
-    s = rec.new_stream(SAMPLE_RATE, endpointing=True, interim=False)
+def stream_utterance(rec: StreamingRecognizer, wav: np.ndarray, frame: int,
+                     activity: list | None = None) -> list[tuple[FinalEvent, float]]:
+    """Feed `wav` frame by frame, decoding whenever a chunk is ready; (final, stream time it
+    appeared). `activity`: a list to extend with (frame start s, p(speech)) of every frame."""
+    s = rec.new_stream(SAMPLE_RATE, endpointing=True, interim=False, speech_activity=activity is not None)
     finals = []
+
+    def collect(now: float) -> None:
+        for e in rec.events(s):
+            if isinstance(e, FinalEvent):
+                finals.append((e, now))
+            elif isinstance(e, SpeechActivityEvent) and activity is not None:
+                activity.extend((e.start + k * e.frame_shift_s, p) for k, p in enumerate(e.speech))
+
     for i in range(0, len(wav), frame):
         rec.accept(s, wav[i : i + frame])
         while rec.ready(s):
             rec.step([s])
-        now = min(i + frame, len(wav)) / SAMPLE_RATE
-        finals += [(e, now) for e in rec.events(s) if isinstance(e, FinalEvent)]
+        collect(min(i + frame, len(wav)) / SAMPLE_RATE)
     rec.finish(s)
-    finals += [(e, len(wav) / SAMPLE_RATE) for e in rec.events(s) if isinstance(e, FinalEvent)]
+    collect(len(wav) / SAMPLE_RATE)
     return finals
+
+
+def tail_activity(activity: list, speech_end: float, threshold: float, frame_s: float) -> dict:
+    """What the VAD head heard after the last word: the share of tail frames it scored as
+    speech, the longest run of non-speech, and the runs of speech (count and longest), in s.
+    Why an utterance was not endpointed: noise scored as speech restarts rule 2's count."""
+    tail = [p >= threshold for t, p in activity if t >= speech_end]
+    runs: dict[bool, list[int]] = {True: [], False: []}
+    for k, v in enumerate(tail):
+        if k and tail[k - 1] == v:
+            runs[v][-1] += 1
+        else:
+            runs[v].append(1)
+    return {"frames": len(tail), "speech_frac": round(float(np.mean(tail)), 4) if tail else 0.0,
+            "longest_nonspeech_s": round(max(runs[False], default=0) * frame_s, 3),
+            "speech_runs": len(runs[True]), "longest_speech_run_s": round(max(runs[True], default=0) * frame_s, 3)}
 
 
 def load_recognizers(args) -> dict[str, StreamingRecognizer]:
@@ -268,7 +298,8 @@ def run(args) -> dict:
         if it["pause"] is not None:
             row["pause"] = [round(t, 4) for t in it["pause"]]
         for mode, rec in recs.items():
-            finals = stream_utterance(rec, wav, frame)
+            activity = [] if mode == "vad" else None
+            finals = stream_utterance(rec, wav, frame, activity)
             cuts = [f.detected_at for f, _ in finals if f.reason != "eos" and f.detected_at < speech_end]
             res = {"hyp": " ".join(f.text for f, _ in finals), "finals": len(finals),
                    "premature_at": [round(t, 4) for t in cuts]}
@@ -279,6 +310,8 @@ def run(args) -> dict:
                 res.update(reason=last.reason, finalized_at=round(emitted, 4),
                            delay=round(emitted - speech_end, 4),
                            rule_delay=round(last.detected_at - speech_end, 4))
+            if activity is not None:
+                res["tail"] = tail_activity(activity, speech_end, args.speech_threshold, rec.frame_shift_s)
             row[mode] = res
         per_utt.append(row)
     elapsed = time.perf_counter() - t0
@@ -302,6 +335,13 @@ def run(args) -> dict:
             "cer": round(cer(refs, hyps).rate, 4),
         }
 
+    # Why the VAD head leaves an utterance open: how much of the tail it scored as speech.
+    tails = {k: [r["vad"]["tail"] for r in per_utt if "tail" in r["vad"] and (r["vad"].get("reason") == "eos") == open_]
+             for k, open_ in (("endpointed", False), ("open", True))}
+    modes["vad"]["tail"] = {k: {"items": len(v), "speech_frac": _stats([t["speech_frac"] for t in v]),
+                                "longest_nonspeech_s": _stats([t["longest_nonspeech_s"] for t in v]),
+                                "longest_speech_run_s": _stats([t["longest_speech_run_s"] for t in v])}
+                            for k, v in tails.items()}
     paired = [r for r in per_utt if "delay" in r["vad"] and "delay" in r["blank"]]
     earlier = [r["blank"]["delay"] - r["vad"]["delay"] for r in paired]
     mean_vad = float(np.mean([r["vad"]["delay"] for r in paired])) if paired else None
@@ -369,6 +409,12 @@ def render(result: dict) -> str:
                      "WER differs between the modes: the delays are NOT compared at equal WER")
     else:
         lines.append("no utterance was finalized in both modes: nothing to compare")
+    for kind, t in result["modes"]["vad"].get("tail", {}).items():
+        if t["items"]:
+            lines.append(f"VAD head after the last word, {kind} items ({t['items']}): mean share of frames scored "
+                         f"speech {_f(t['speech_frac']['mean'])}, longest non-speech run "
+                         f"{_f(t['longest_nonspeech_s']['mean'])} s, longest speech run "
+                         f"{_f(t['longest_speech_run_s']['mean'])} s (means)")
     pauses = f"{s['pauses_s'][0]:g}-{s['pauses_s'][1]:g} s" if s["pauses_s"] else "-"
     lines += ["", "| manifest | pauses | mode | items | endpointed | premature | cut in pause | delay mean (s) | "
               "delay p95 (s) | WER | CER |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
