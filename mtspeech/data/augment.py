@@ -1,13 +1,17 @@
 """Waveform augmentation in the loader: additive noise at a sampled SNR, room reverberation, gain,
 and a formant shift that makes a new voice.
 
-Every transform keeps time where it was, so the labels follow the audio unchanged: the
+Every transform but padding keeps time where it was, so the labels follow the audio unchanged: the
 speech segments of the VAD task, the words. Noise, a room and loudness do not change who
 speaks, so the speaker label stays; a formant shift does (it moves the vocal tract's
 resonances, the cue a speaker model reads most), so `Augmenter.changes_voice` tells the
 dataset to drop that label, as it does for speed perturbation. What an utterance gets is a
 pure function of (seed, index), so a batch is augmented identically whatever worker loads
 it and after a resume.
+
+Padding (`pad_prob`, `pad_s`) is the one transform that moves time: it adds silence at both
+ends before the other transforms, so the noise covers it. `Augmenter.padding` says how much,
+and the dataset shifts the speech segments by the front pad (`padded_utterance`).
 
 Noise kinds:
 - `white`, `pink` (1/f power), `brown` (1/f²): Gaussian noise shaped in the frequency domain;
@@ -74,15 +78,20 @@ class AugmentConfig:
     # the rooms' direct-to-reverberant ratio: "fixed" (tail energy = direct path, about 0 dB) or
     # "shoebox" (drawn per room as a shoebox room gives it; benchmarks/rir_match.py measures both)
     room_drr: str = "fixed"
+    # share of training utterances (with speech segments) that get 0-`pad_s` seconds of
+    # silence added at each end, drawn per end; the noise then covers it. The VAD head then sees
+    # long non-speech stretches in noise, which the corpus's <= 0.7 s edges never show it.
+    pad_prob: float = 0.0
+    pad_s: tuple[float, float] = (0.5, 2.0)
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.noise) - set(NOISE_KINDS))
         if unknown:
             raise ValueError(f"data.augment.noise: unknown kind(s) {unknown}; expected some of {NOISE_KINDS}")
-        for name in ("prob", "reverb_prob", "formant_prob"):
+        for name in ("prob", "reverb_prob", "formant_prob", "pad_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"data.augment.{name}={getattr(self, name)}: expected a probability in [0, 1]")
-        for name in ("snr_db", "rt60_s", "gain_db", "babble_utterances", "formant_warp"):
+        for name in ("snr_db", "rt60_s", "gain_db", "babble_utterances", "formant_warp", "pad_s"):
             low, high = getattr(self, name)
             if low > high:
                 raise ValueError(f"data.augment.{name}=({low}, {high}): expected low <= high")
@@ -90,6 +99,8 @@ class AugmentConfig:
             raise ValueError(f"data.augment.room_drr={self.room_drr!r}: expected one of {ROOM_DRR}")
         if self.start_epoch < 0:
             raise ValueError(f"data.augment.start_epoch={self.start_epoch}: expected >= 0")
+        if self.pad_s[0] < 0:
+            raise ValueError(f"data.augment.pad_s={self.pad_s}: expected seconds >= 0")
         if self.rt60_s[0] <= 0 or self.babble_utterances[0] < 1:
             raise ValueError("data.augment: rt60_s must be > 0 and babble_utterances >= 1")
         if not (0.5 <= self.formant_warp[0] and self.formant_warp[1] <= 2.0):
@@ -184,6 +195,18 @@ class Augmenter:
         if c.formant_speakers:
             return float(c.formant_speakers[int(rng.integers(len(c.formant_speakers)))])
         return float(rng.uniform(*c.formant_warp))
+
+    def padding(self, seed: int, index: int) -> tuple[int, int]:
+        """(samples before, samples after) of silence item `index` gets under `seed`, (0, 0)
+        when it is not padded. A stream of its own, like the formant draw."""
+        c = self.config
+        if c.pad_prob <= 0:
+            return 0, 0
+        rng = np.random.default_rng([seed & 0xFFFFFFFF, index, 0x9AD])
+        if rng.random() >= c.pad_prob:
+            return 0, 0
+        front, back = rng.uniform(*c.pad_s, size=2)
+        return round(front * self.sample_rate), round(back * self.sample_rate)
 
     def changes_voice(self, seed: int, index: int) -> bool:
         """Whether item `index` under `seed` becomes another voice (its speaker label no longer holds)."""

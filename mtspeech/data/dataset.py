@@ -118,6 +118,10 @@ class UtteranceDataset(torch.utils.data.Dataset):
             wav = speed_perturb(wav, factor, self.sample_rate)
             utt = perturbed_utterance(utt, factor, wav.numel() / self.sample_rate, self.perturbed_speaker)
         if self.augmenter is not None:
+            front, back = self.augmenter.padding(self.seed, index)
+            if (front or back) and utt.speech is not None:  # padding is for the VAD labels
+                wav = torch.nn.functional.pad(wav, (front, back))
+                utt = padded_utterance(utt, front / self.sample_rate, wav.numel() / self.sample_rate)
             wav = self.augmenter(wav, self.seed, index, utt.speech)
             if self.augmenter.changes_voice(self.seed, index) and not self.perturbed_speaker:
                 # a formant shift made another voice: unknown, or a speaker of its own
@@ -143,6 +147,13 @@ def perturbed_utterance(utt: Utterance, factor: float, duration: float,
     speech = None if utt.speech is None else [[s / factor, e / factor] for s, e in utt.speech]
     speaker = utt.speaker if keep_speaker else None
     return dataclasses.replace(utt, duration=duration, speech=speech, speaker=speaker)
+
+
+def padded_utterance(utt: Utterance, front_s: float, duration: float) -> Utterance:
+    """A copy of `utt` for its audio after `front_s` seconds of silence were put before it
+    (and some after): speech segments shifted, `duration` the padded audio's length."""
+    speech = None if utt.speech is None else [[s + front_s, e + front_s] for s, e in utt.speech]
+    return dataclasses.replace(utt, duration=duration, speech=speech)
 
 
 def collate_batch(examples: Sequence[Example | None]) -> Batch | None:

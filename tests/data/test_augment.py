@@ -302,3 +302,50 @@ def test_speaker_augmentation_labels_each_fixed_warp_as_a_speaker_of_its_own(pre
     logits[1, fitted["speakers"].index(speakers[0])] = 1.0
     assert task.identify(logits).tolist() == [fitted["speakers"].index(speakers[-1]),
                                               fitted["speakers"].index(speakers[0])]
+
+
+def test_padding_shifts_the_vad_labels_with_the_audio_and_the_noise_covers_it(prepared_manifests):
+    """Silence padded at both ends moves the speech segments by the front pad: the padded item's
+    VAD frames are the plain ones with non-speech frames before and after; the audio in between
+    is the plain audio; noise fills the pad; a fresh dataset (a resume) pads identically."""
+    from mtspeech.tasks.vad import VADConfig, VADTask
+
+    utts = read_manifest(prepared_manifests["train"])[:6]
+    tasks = {"vad": VADTask(VADConfig(), 8, {})}
+    front_s, back_s = 0.4, 0.8  # whole encoder frames (40 ms), so the label rows shift exactly
+    quiet = AugmentConfig(prob=0.0, pad_prob=1.0, pad_s=(front_s, front_s))
+    plain = UtteranceDataset(utts, tasks, train=True, speed_factors=None, seed=3)
+    padded = UtteranceDataset(utts, tasks, train=True, speed_factors=None, seed=3, augment=quiet)
+    front = round(front_s * RATE)
+    for i, u in enumerate(utts):
+        a, b = plain[i], padded[i]
+        assert b.wav.numel() == a.wav.numel() + 2 * front
+        assert torch.equal(b.wav[front: front + a.wav.numel()], a.wav) and not b.wav[:front].any()
+        assert b.utt.speech == [[s + front_s, e + front_s] for s, e in u.speech]
+        assert b.utt.text == u.text and b.utt.speaker == u.speaker
+        la = tasks["vad"].collate([a.utt]).values[0]
+        lb = tasks["vad"].collate([b.utt]).values[0]
+        k = round(front_s / 0.04)
+        assert torch.equal(lb[k: k + len(la)], la) and not lb[:k].any() and not lb[k + len(la):].any()
+    noisy_cfg = AugmentConfig(prob=1.0, noise=("white",), reverb_prob=0.0, pad_prob=0.5, pad_s=(front_s, back_s))
+    make = lambda: UtteranceDataset(utts, tasks, train=True, speed_factors=None, seed=3, augment=noisy_cfg)  # noqa: E731
+    first, resumed = make(), make()
+    pads = [first.augmenter.padding(3, i) for i in range(len(utts))]
+    assert any(p != (0, 0) for p in pads) and any(p == (0, 0) for p in pads)
+    for i, (f, _) in enumerate(pads):
+        x, y = first[i], resumed[i]
+        assert torch.equal(x.wav, y.wav) and x.utt == y.utt
+        if f:
+            assert front <= f <= round(back_s * RATE) and x.wav[:f].abs().mean() > 0  # noise in the pad
+
+
+def test_padding_off_leaves_every_other_draw_alone():
+    pool = _pool()
+    wav, speech = _tone_with_pause()
+    base = Augmenter(AugmentConfig(prob=1.0), len(pool), pool.__getitem__, RATE)
+    with_pad = Augmenter(AugmentConfig(prob=1.0, pad_prob=0.5), len(pool), pool.__getitem__, RATE)
+    assert base.recipe(4, 2) == with_pad.recipe(4, 2) and base.padding(4, 2) == (0, 0)
+    with pytest.raises(ValueError, match="pad_s"):
+        AugmentConfig(pad_s=(-1.0, 1.0))
+    with pytest.raises(ValueError, match="pad_prob"):
+        AugmentConfig(pad_prob=1.5)
