@@ -1,4 +1,4 @@
-"""Smoke test of the serving benchmarks (benchmarks/server_load.py, benchmarks/endpoint_latency.py).
+"""Smoke test of the serving benchmarks (benchmarks/server_load.py, endpoint_latency.py, endpoint_grid.py).
 
 A tiny randomly initialised checkpoint, two 1.6 s utterances of synthetic "speech" with
 known speech segments, one or two streams: the benchmarks must run end to end and write
@@ -164,3 +164,29 @@ def test_server_decoders_benchmark(assets):
     for key in ("cpu_rtf", "step_rtf", "server_cpu_s"):
         assert _finite(greedy[key]) and greedy[key] > 0, (key, greedy[key])
     assert greedy["vs_greedy"] == 1.0
+
+
+def test_endpoint_grid_summarises_every_run_per_variant(assets):
+    """Two variants x two seeds of (identical) tiny checkpoints laid out as an ablation grid:
+    every run is measured and each variant's row averages its two seeds."""
+    import shutil
+
+    bench = _load("endpoint_grid")
+    grid = assets["root"] / "grid"
+    for variant in ("base", "other"):
+        for seed in (0, 1):
+            d = grid / "runs" / variant / f"seed{seed}"
+            d.mkdir(parents=True)
+            shutil.copy(assets["ckpt"], d / "final.pt")
+    out = assets["root"] / "grid.json"
+    result = bench.main(["--grid-out", str(grid), "--out", str(out), "--", "--manifest", str(assets["manifest"]),
+                         "--limit", "2", "--tail-silence", "1.0", "--rule1", "0.8", "--rule2", "0.4"])
+    assert json.loads(out.read_text())["variants"] == result["variants"]
+    assert [(r["variant"], r["seed"]) for r in result["runs"]] == [("base", 0), ("base", 1), ("other", 0), ("other", 1)]
+    for variant, summary in result["variants"].items():
+        runs = [r["numbers"] for r in result["runs"] if r["variant"] == variant]
+        assert summary["vad endpointed"]["n"] == 2
+        assert summary["vad endpointed"]["mean"] == pytest.approx(np.mean([r["vad endpointed"] for r in runs]))
+        assert _finite(summary["vad WER"]["mean"])
+    with pytest.raises(SystemExit, match="no trained run"):
+        bench.main(["--grid-out", str(assets["root"] / "nothing")])
