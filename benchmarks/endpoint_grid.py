@@ -13,6 +13,7 @@ run's full result is kept in the JSON (`runs`).
         --manifest data/synthetic/test-snr10.jsonl --tail background --pauses 0.4 0.8 --limit 60
 
 Everything after `--` goes to endpoint_latency.py (all but --model and --out).
+`--summarise ep_grid.json` prints a saved result's table again.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import endpoint_latency  # noqa: E402
 
-COLUMNS = ("vad endpointed", "blank endpointed", "vad premature", "blank premature", "vad WER",
-           "vad delay (s)", "open-tail speech")
+COLUMNS = ("vad endpointed", "blank endpointed", "vad premature", "blank premature", "vad cut in pause",
+           "blank cut in pause", "vad WER", "vad delay (s)", "open-tail speech")
 
 
 def grid_runs(grid_out: Path) -> list[tuple[str, int, Path]]:
@@ -47,6 +48,7 @@ def run_numbers(result: dict) -> dict:
     return {
         "vad endpointed": vad["endpointed"], "blank endpointed": blank["endpointed"],
         "vad premature": vad["premature"], "blank premature": blank["premature"],
+        "vad cut in pause": vad.get("cut_in_pause"), "blank cut in pause": blank.get("cut_in_pause"),
         "vad WER": vad["wer"], "vad delay (s)": vad["delay_s"]["mean"],
         "open-tail speech": open_tail.get("mean"),
     }
@@ -81,6 +83,16 @@ def run(grid_out: Path, bench_args: list[str]) -> dict:
             "variants": {v: summarise(rows) for v, rows in by_variant.items()}, "runs": per_run}
 
 
+def resummarise(result: dict) -> dict:
+    """The summary of a saved result recomputed from its runs (so a JSON written before a
+    column was added gets it too, without measuring again)."""
+    by_variant = {}
+    for r in result["runs"]:
+        r["numbers"] = run_numbers(r["result"])
+        by_variant.setdefault(r["variant"], []).append(r["numbers"])
+    return {**result, "variants": {v: summarise(rows) for v, rows in by_variant.items()}}
+
+
 def _cell(s: dict) -> str:
     if s["mean"] is None:
         return "-"
@@ -101,9 +113,16 @@ def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
     own, bench_args = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--grid-out", required=True, type=Path, help="the grid's --out folder")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--grid-out", type=Path, help="the grid's --out folder")
+    src.add_argument("--summarise", type=Path, metavar="JSON",
+                     help="print the table of a saved --out again (recomputed from its runs)")
     ap.add_argument("--out", help="write the results as JSON here")
     args = ap.parse_args(own)
+    if args.summarise:
+        result = resummarise(json.loads(args.summarise.read_text()))
+        print(render(result))
+        return result
     if any(a in ("--model", "--random-model", "--out") for a in bench_args):
         raise SystemExit("pass --out before `--`; the models are the grid's runs")
     result = run(args.grid_out, bench_args)

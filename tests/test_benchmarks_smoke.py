@@ -182,6 +182,7 @@ def test_endpoint_grid_summarises_every_run_per_variant(assets):
     result = bench.main(["--grid-out", str(grid), "--out", str(out), "--", "--manifest", str(assets["manifest"]),
                          "--limit", "2", "--tail-silence", "1.0", "--rule1", "0.8", "--rule2", "0.4"])
     assert json.loads(out.read_text())["variants"] == result["variants"]
+    assert bench.main(["--summarise", str(out)])["variants"] == result["variants"]
     assert [(r["variant"], r["seed"]) for r in result["runs"]] == [("base", 0), ("base", 1), ("other", 0), ("other", 1)]
     for variant, summary in result["variants"].items():
         runs = [r["numbers"] for r in result["runs"] if r["variant"] == variant]
