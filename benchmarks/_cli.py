@@ -22,10 +22,14 @@ def run_main(doc: str, add_arguments: Callable, run: Callable, render: Callable,
     ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     add_arguments(ap)
     args = ap.parse_args(argv)
-    result = run(args)
+    return emit(run(args), render, args.out)
+
+
+def emit(result: dict, render: Callable, out: str | None) -> dict:
+    """Print the rendered result and write it as JSON to `out` if given."""
     print(render(result))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=1))
-        print(f"wrote {args.out}")
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=1))
+        print(f"wrote {out}")
     return result

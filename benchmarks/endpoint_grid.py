@@ -27,6 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import endpoint_latency  # noqa: E402
+from _cli import emit  # noqa: E402
 
 COLUMNS = ("vad endpointed", "blank endpointed", "vad premature", "blank premature", "vad cut in pause",
            "blank cut in pause", "vad WER", "vad delay (s)", "open-tail speech")
@@ -120,18 +121,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", help="write the results as JSON here")
     args = ap.parse_args(own)
     if args.summarise:
-        result = resummarise(json.loads(args.summarise.read_text()))
-        print(render(result))
-        return result
+        return emit(resummarise(json.loads(args.summarise.read_text())), render, args.out)
     if any(a in ("--model", "--random-model", "--out") for a in bench_args):
         raise SystemExit("pass --out before `--`; the models are the grid's runs")
-    result = run(args.grid_out, bench_args)
-    print(render(result))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=1))
-        print(f"wrote {args.out}")
-    return result
+    return emit(run(args.grid_out, bench_args), render, args.out)
 
 
 if __name__ == "__main__":
