@@ -5,9 +5,9 @@ is for in the server, closing an utterance after its last word and not inside a 
 the streaming endpointer. This runs `endpoint_latency.py` with the same arguments on each
 run's `final.pt` under `<grid-out>/runs/<variant>/seed<N>/` and reports, per variant, the mean
 ± sample std over seeds of: items the VAD head endpointed (and blank-only, the baseline each
-run measures on its own model), early cuts (premature) of both, the VAD head's WER and mean
-delay, and the share of tail frames it scored as speech in the items it left open. Each
-run's full result is kept in the JSON (`runs`).
+run measures on its own model), early cuts (premature) of both and those inside an inserted
+pause, the VAD head's WER and mean delay, and the share of tail frames it scored as speech in
+the items it left open. Each run's full result is kept in the JSON (`runs`).
 
     python benchmarks/endpoint_grid.py --grid-out exp/synthetic/grid-vad-pad --out ep_grid.json -- \\
         --manifest data/synthetic/test-snr10.jsonl --tail background --pauses 0.4 0.8 --limit 60
@@ -69,29 +69,26 @@ def run(grid_out: Path, bench_args: list[str]) -> dict:
     runs = grid_runs(grid_out)
     if not runs:
         raise SystemExit(f"no trained run (runs/*/seed*/final.pt) under {grid_out}")
-    per_run, by_variant = [], {}
+    per_run = []
     for variant, seed, ckpt in runs:
         ap = argparse.ArgumentParser()
         endpoint_latency.add_arguments(ap)
         args = ap.parse_args([*bench_args, "--model", str(ckpt)])
         print(f"{variant}/seed{seed}: {ckpt}", flush=True)
         result = endpoint_latency.run(args)
-        numbers = run_numbers(result)
-        per_run.append({"variant": variant, "seed": seed, "model": str(ckpt), "numbers": numbers,
-                        "result": result})
-        by_variant.setdefault(variant, []).append(numbers)
-    return {"benchmark": "endpoint_grid", "grid_out": str(grid_out), "endpoint_args": bench_args,
-            "variants": {v: summarise(rows) for v, rows in by_variant.items()}, "runs": per_run}
+        per_run.append({"variant": variant, "seed": seed, "model": str(ckpt), "result": result})
+    return with_summary({"benchmark": "endpoint_grid", "grid_out": str(grid_out), "endpoint_args": bench_args,
+                         "runs": per_run})
 
 
-def resummarise(result: dict) -> dict:
-    """The summary of a saved result recomputed from its runs (so a JSON written before a
-    column was added gets it too, without measuring again)."""
+def with_summary(result: dict) -> dict:
+    """`result` with each run's numbers and each variant's summary computed from the runs'
+    endpoint_latency results (so a JSON saved before a column was added gets it too)."""
+    runs = [{**r, "numbers": run_numbers(r["result"])} for r in result["runs"]]
     by_variant = {}
-    for r in result["runs"]:
-        r["numbers"] = run_numbers(r["result"])
+    for r in runs:
         by_variant.setdefault(r["variant"], []).append(r["numbers"])
-    return {**result, "variants": {v: summarise(rows) for v, rows in by_variant.items()}}
+    return {**result, "runs": runs, "variants": {v: summarise(rows) for v, rows in by_variant.items()}}
 
 
 def _cell(s: dict) -> str:
@@ -121,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", help="write the results as JSON here")
     args = ap.parse_args(own)
     if args.summarise:
-        return emit(resummarise(json.loads(args.summarise.read_text())), render, args.out)
+        return emit(with_summary(json.loads(args.summarise.read_text())), render, args.out)
     if any(a in ("--model", "--random-model", "--out") for a in bench_args):
         raise SystemExit("pass --out before `--`; the models are the grid's runs")
     return emit(run(args.grid_out, bench_args), render, args.out)
