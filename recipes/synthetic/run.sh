@@ -89,6 +89,10 @@ if [ -n "${COMPARE_PLAIN:-}" ]; then
         --labels plain augmented --json "$EXP/compare-plain/$split-lm-$task.json"
     done
   done
+  # Issue 14's ASR goals for this seed (clean cost, 10 dB ratio). Over several seeds, and with
+  # benchmarks/peers.py's VAD and speaker numbers: `python benchmarks/demo_goals.py --compare
+  # exp/synthetic/all/compare-plain exp/synthetic/all-seed1/compare-plain ... --peers ...`.
+  python benchmarks/demo_goals.py --compare "$EXP/compare-plain" --out "$EXP/compare-plain/goals.json"
 fi
 # Word accuracy on test by how many training sentences contain the word (README table).
 mtspeech analyze --train "$DATA/train.jsonl" --manifest "$DATA/test.jsonl" \

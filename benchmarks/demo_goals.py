@@ -1,0 +1,199 @@
+"""Issue 14's goals for the demo recipe, per training seed and over the seeds.
+
+One `COMPARE_PLAIN=1 run.sh` run (one seed) measures the augmented demo against the same
+recipe without augmentation on 106 `test` utterances. Its paired bootstrap covers which
+utterances were drawn, not which seed was: seed to seed the clean cost moves by more than its
+0.5-point budget, so one seed cannot settle the goal either way. This reads the results of
+several seeds and states each goal per seed and on the mean over seeds:
+
+- clean cost: ASR head, greedy, `test` CER of demo minus plain (`compare-plain/test.json`);
+- 10 dB: the demo's `test-snr10` CER over its `test` CER (`compare-plain/test-snr10.json`);
+- VAD: head frame F1 minus Silero VAD's on every split `benchmarks/peers.py` scored;
+- speaker: head EER minus Resemblyzer's on `test-unseen` and `test-unseen-snr10` (and
+  `test-voices`, reported, not a goal).
+
+The mean over seeds comes with a Student t interval over the seeds (the training noise).
+When the evaluation folders the comparisons name exist under `--root`, the clean cost is
+also pooled: per utterance, the errors summed over the seeds, then the paired bootstrap over
+utterances (the test-set noise, for the seeds' mean model).
+
+    python benchmarks/demo_goals.py \\
+        --compare docs/results/demo-compare/pad docs/results/demo-compare/pad-seed1 \\
+        --peers docs/results/peers/demo-pad.json docs/results/peers/demo-pad-seed1.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _cli import emit  # noqa: E402
+
+from mtspeech.evaluation.compare import utterance_errors  # noqa: E402
+from mtspeech.evaluation.stats import mean_std_ci, paired_bootstrap  # noqa: E402
+
+CLEAN_BUDGET = 0.005  # CER, demo minus plain on `test`
+NOISE_RATIO = 1.5  # `test-snr10` CER at most this times `test` CER
+EER_SPLITS = ("test-unseen", "test-unseen-snr10")  # the goal's; test-voices is reported too
+
+
+def _asr_cer(compare_json: Path) -> dict:
+    """The ASR head's CER record of one `mtspeech compare --json` file."""
+    results = json.loads(compare_json.read_text())["results"]
+    for r in results:
+        if r["task"] == "asr" and r["metric"] == "cer":
+            return r
+    raise SystemExit(f"{compare_json}: no asr/cer result")
+
+
+def seed_numbers(compare_dir: Path, peers_json: Path | None) -> dict:
+    """One seed's goal quantities (fractions; None where its peers result is not given)."""
+    clean = _asr_cer(compare_dir / "test.json")
+    noisy = _asr_cer(compare_dir / "test-snr10.json")
+    out = {
+        "compare": str(compare_dir), "label": seed_label(compare_dir),
+        "plain_cer": clean["a"], "demo_cer": clean["b"], "clean_cost": clean["delta"],
+        "clean_cost_ci": [clean["ci_low"], clean["ci_high"]],
+        "snr10_cer": noisy["b"], "noise_ratio": noisy["b"] / clean["b"],
+        "vad_margin_min": None, "vad_splits_won": None, "vad_splits": None,
+    }
+    if peers_json is None:
+        return out
+    peers = json.loads(peers_json.read_text())
+    margins = {s: v["head"]["f1"] - v["silero"]["f1"] for s, v in peers["vad"].items()}
+    out.update(peers=str(peers_json), vad_margin=margins, vad_margin_min=min(margins.values()),
+               vad_splits_won=sum(m >= 0 for m in margins.values()), vad_splits=len(margins))
+    for split, v in peers["speaker"].items():
+        out[f"eer_head/{split}"] = v["head"]["eer"]
+        out[f"eer_resemblyzer/{split}"] = v["resemblyzer"]["eer"]
+        out[f"eer_margin/{split}"] = v["head"]["eer"] - v["resemblyzer"]["eer"]
+    return out
+
+
+def seed_label(compare_dir: Path) -> str:
+    """`all-seed1` for run.sh's `exp/synthetic/all-seed1/compare-plain`; else the folder's name."""
+    return compare_dir.parent.name if compare_dir.name == "compare-plain" else compare_dir.name
+
+
+def pooled_clean_cost(compare_dirs: list[Path], root: Path, resamples: int = 2000) -> dict | None:
+    """Paired bootstrap over `test` utterances of the seeds' summed errors, demo minus plain.
+
+    None when an evaluation folder named in a comparison is not under `root`.
+    """
+    totals: dict[str, list[int]] = {}  # utterance → [plain errors, demo errors, chars]
+    for d in compare_dirs:
+        spec = json.loads((d / "test.json").read_text())
+        a, b = root / spec["a"], root / spec["b"]
+        if not ((a / "hypotheses.jsonl").is_file() and (b / "hypotheses.jsonl").is_file()):
+            return None
+        ea, eb = utterance_errors(a, "asr", "cer"), utterance_errors(b, "asr", "cer")
+        for u in ea.keys() & eb.keys():
+            t = totals.setdefault(u, [0, 0, 0])
+            t[0] += ea[u][0]
+            t[1] += eb[u][0]
+            t[2] += ea[u][1]
+    ids = sorted(totals)
+    res = paired_bootstrap([(totals[u][0], totals[u][2]) for u in ids],
+                           [(totals[u][1], totals[u][2]) for u in ids], n_resamples=resamples)
+    return {"delta": res.delta, "ci": [res.ci_low, res.ci_high], "p_value": res.p_value,
+            "utterances": len(ids), "seeds": len(compare_dirs)}
+
+
+def over_seeds(seeds: list[dict]) -> dict:
+    """Mean, sample std and 95 % t interval over the seeds of every numeric goal quantity."""
+    keys = [k for k, v in seeds[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    out = {}
+    for k in keys:
+        values = [s.get(k) for s in seeds]
+        if any(v is None for v in values):
+            continue
+        m = mean_std_ci(values)
+        out[k] = {"mean": m.mean, "std": m.std, "ci": [m.ci_low, m.ci_high], "n": m.n}
+    return out
+
+
+def goals(seeds: list[dict], mean: dict) -> list[dict]:
+    """Each goal: its value per seed and on the mean, met or not (None: not measured)."""
+    def row(name, key, met):
+        per_seed = [s.get(key) for s in seeds]
+        on_mean = mean.get(key, {}).get("mean")
+        return {"goal": name, "key": key, "per_seed": per_seed,
+                "met_per_seed": [None if v is None else bool(met(v)) for v in per_seed],
+                "mean": on_mean, "mean_ci": mean.get(key, {}).get("ci"),
+                "met_on_mean": None if on_mean is None else bool(met(on_mean))}
+
+    rows = [row("clean cost ≤ 0.5 CER points", "clean_cost", lambda v: v <= CLEAN_BUDGET),
+            row("10 dB CER ≤ 1.5 × clean", "noise_ratio", lambda v: v <= NOISE_RATIO),
+            row("VAD F1 ≥ Silero's, every split (worst margin)", "vad_margin_min", lambda v: v >= 0)]
+    rows += [row(f"EER ≤ Resemblyzer's, {s}", f"eer_margin/{s}", lambda v: v <= 0) for s in EER_SPLITS]
+    rows.append(row("EER ≤ Resemblyzer's, test-voices (reported, not a goal)", "eer_margin/test-voices",
+                    lambda v: v <= 0))
+    return rows
+
+
+def run(args: argparse.Namespace) -> dict:
+    compare_dirs = [Path(d) for d in args.compare]
+    peers = [Path(p) for p in args.peers] if args.peers else [None] * len(compare_dirs)
+    if len(peers) != len(compare_dirs):
+        raise SystemExit(f"--peers: {len(peers)} files for {len(compare_dirs)} --compare folders")
+    seeds = [seed_numbers(d, p) for d, p in zip(compare_dirs, peers)]
+    mean = over_seeds(seeds)
+    # the seeds' mean 10 dB CER over their mean clean CER (each seed scores the same utterances)
+    pooled_ratio = sum(s["snr10_cer"] for s in seeds) / sum(s["demo_cer"] for s in seeds)
+    return {"benchmark": "demo_goals", "seeds": seeds, "mean": mean, "goals": goals(seeds, mean),
+            "pooled_clean_cost": pooled_clean_cost(compare_dirs, Path(args.root)),
+            "pooled_noise_ratio": pooled_ratio}
+
+
+def _cell(key: str, v: float | None) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    return f"{v:.2f}" if key == "noise_ratio" else f"{100 * v:+.1f}"
+
+
+def render(r: dict) -> str:
+    n = len(r["seeds"])
+    head = "| goal | " + " | ".join(s["label"] for s in r["seeds"]) + " | mean [95 % CI over seeds] | met |"
+    lines = ["Issue 14's goals (points for CER, F1 and EER margins; ratio for 10 dB):", "",
+             head, "|---" * (n + 3) + "|"]
+    for g in r["goals"]:
+        if all(ok is None for ok in g["met_per_seed"]):
+            continue  # not measured (no peers result)
+        cells = [_cell(g["key"], v) + ("" if ok is None else (" ✓" if ok else " ✗"))
+                 for v, ok in zip(g["per_seed"], g["met_per_seed"])]
+        ci = g["mean_ci"]
+        mean = _cell(g["key"], g["mean"])
+        if ci and not any(math.isnan(c) for c in ci):
+            mean += f" [{_cell(g['key'], ci[0])}, {_cell(g['key'], ci[1])}]"
+        met = {None: "–", True: "on the mean", False: "no"}[g["met_on_mean"]]
+        if all(g["met_per_seed"]):
+            met = "every seed" if n > 1 else "yes"
+        lines.append(f"| {g['goal']} | " + " | ".join(cells) + f" | {mean} | {met} |")
+    lines += ["", f"10 dB over clean, the seeds' mean CERs: {r['pooled_noise_ratio']:.3f}"]
+    p = r["pooled_clean_cost"]
+    if p:
+        lines += [f"Clean cost pooled over {p['seeds']} seed(s) ({p['utterances']} utterances, paired "
+                      f"bootstrap of the summed errors): {100 * p['delta']:+.2f} points "
+                      f"[{100 * p['ci'][0]:+.2f}, {100 * p['ci'][1]:+.2f}]"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--compare", nargs="+", required=True,
+                    help="one `compare-plain` folder per seed (run.sh's EXP/compare-plain, or its copy)")
+    ap.add_argument("--peers", nargs="+", help="`benchmarks/peers.py` JSON per seed, in the same order")
+    ap.add_argument("--root", default=".", help="where the evaluation folders the comparisons name lie "
+                    "(the clone run.sh ran in), for the pooled clean cost")
+    ap.add_argument("--out", help="write the result as JSON here")
+    args = ap.parse_args(argv)
+    return emit(run(args), render, args.out)
+
+
+if __name__ == "__main__":
+    main()
