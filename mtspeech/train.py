@@ -24,6 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from mtspeech import checkpoint as ckpt
+from mtspeech.data.augment import for_epoch as augment_for_epoch
 from mtspeech.data.dataset import UtteranceDataset, collate_batch
 from mtspeech.data.manifest import read_manifest
 from mtspeech.data.sampler import DurationBatchSampler
@@ -290,9 +291,8 @@ class Trainer:
 
     # ---------------------------------------------------------------- training
     def _augment(self):
-        """The loader augmentation of the current epoch (None before `start_epoch`)."""
-        augment = self.exp.data.augment
-        return augment if augment is not None and self.epoch >= augment.start_epoch else None
+        """The loader augmentation of the current epoch (`augment.for_epoch`)."""
+        return augment_for_epoch(self.exp.data.augment, self.epoch)
 
     def _loader(self, utts, sampler, train: bool):
         dataset = UtteranceDataset(

@@ -45,6 +45,7 @@ new one a consistent voice, which is what a head must tell apart on voices it ne
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -75,6 +76,9 @@ class AugmentConfig:
     # first epoch (0-based) that is augmented; the ones before train on clean audio. Noise from
     # the first update kept CTC on its blank plateau for 5 more epochs of the demo (README).
     start_epoch: int = 0
+    # first epoch whose augmented utterances may get a room (rooms from max(this, start_epoch));
+    # before it `reverb_prob` counts as 0. Rooms cost clean accuracy (docs/results/grid-room-layer0).
+    room_start_epoch: int = 0
     # the rooms' direct-to-reverberant ratio: "fixed" (tail energy = direct path, about 0 dB) or
     # "shoebox" (drawn per room as a shoebox room gives it; benchmarks/rir_match.py measures both)
     room_drr: str = "fixed"
@@ -97,8 +101,9 @@ class AugmentConfig:
                 raise ValueError(f"data.augment.{name}=({low}, {high}): expected low <= high")
         if self.room_drr not in ROOM_DRR:
             raise ValueError(f"data.augment.room_drr={self.room_drr!r}: expected one of {ROOM_DRR}")
-        if self.start_epoch < 0:
-            raise ValueError(f"data.augment.start_epoch={self.start_epoch}: expected >= 0")
+        for name in ("start_epoch", "room_start_epoch"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"data.augment.{name}={getattr(self, name)}: expected >= 0")
         if self.pad_s[0] < 0:
             raise ValueError(f"data.augment.pad_s={self.pad_s}: expected seconds >= 0")
         if self.rt60_s[0] <= 0 or self.babble_utterances[0] < 1:
@@ -109,6 +114,17 @@ class AugmentConfig:
                 len(set(self.formant_speakers)) != len(self.formant_speakers):
             raise ValueError(f"data.augment.formant_speakers={self.formant_speakers}: expected distinct "
                              "factors in [0.5, 2], none of them 1 (the speaker's own voice)")
+
+
+def for_epoch(config: AugmentConfig | None, epoch: int) -> AugmentConfig | None:
+    """The augmentation of training epoch `epoch` (0-based): None before `start_epoch`, without
+    rooms before `room_start_epoch`. With `reverb_prob` 0 the room draw is still made, so an
+    utterance's noise and SNR are the same with and without rooms."""
+    if config is None or epoch < config.start_epoch:
+        return None
+    if epoch < config.room_start_epoch and config.reverb_prob > 0:
+        return dataclasses.replace(config, reverb_prob=0.0)
+    return config
 
 
 def voice_label(speaker: str, warp: float) -> str:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from mtspeech.data.augment import (AugmentConfig, Augmenter, add_at_snr, colored_noise, formant_shift,
+from mtspeech.data.augment import (AugmentConfig, Augmenter, add_at_snr, colored_noise, for_epoch, formant_shift,
                                    room_impulse_response, shoebox_drr_db, speech_mask, vtlp_source_hz)
 from mtspeech.data.dataset import UtteranceDataset
 from mtspeech.data.manifest import read_manifest
@@ -349,3 +349,19 @@ def test_padding_off_leaves_every_other_draw_alone():
         AugmentConfig(pad_s=(-1.0, 1.0))
     with pytest.raises(ValueError, match="pad_prob"):
         AugmentConfig(pad_prob=1.5)
+
+
+def test_rooms_start_at_their_own_epoch_and_the_noise_stays_the_same():
+    pool = _pool()
+    config = AugmentConfig(prob=1.0, reverb_prob=0.5, start_epoch=2, room_start_epoch=4)
+    assert for_epoch(config, 1) is None  # clean epochs
+    early, late = for_epoch(config, 2), for_epoch(config, 4)
+    assert early.reverb_prob == 0.0 and late is config and for_epoch(config, 9) is config
+    rooms, no_rooms = (Augmenter(c, len(pool), pool.__getitem__, RATE) for c in (late, early))
+    recipes = [(rooms.recipe(3, i), no_rooms.recipe(3, i)) for i in range(40)]
+    assert any(r.rt60_s for r, _ in recipes) and not any(n.rt60_s for _, n in recipes)
+    # the room draw is made either way: each utterance keeps its noise, SNR and babble
+    assert all((r.noise, r.snr_db, r.babble) == (n.noise, n.snr_db, n.babble) for r, n in recipes)
+    assert for_epoch(None, 5) is None
+    with pytest.raises(ValueError, match="room_start_epoch"):
+        AugmentConfig(room_start_epoch=-1)
