@@ -44,6 +44,8 @@ EER_SPLITS = ("test-unseen", "test-unseen-snr10")  # the goal's; test-voices is 
 
 def _asr_cer(compare_json: Path) -> dict:
     """The ASR head's CER record of one `mtspeech compare --json` file."""
+    if not compare_json.is_file():
+        raise SystemExit(f"{compare_json}: not found; `COMPARE_PLAIN=1 bash recipes/synthetic/run.sh` writes it")
     results = json.loads(compare_json.read_text())["results"]
     for r in results:
         if r["task"] == "asr" and r["metric"] == "cer":

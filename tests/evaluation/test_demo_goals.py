@@ -94,3 +94,5 @@ def test_peers_files_must_match_the_seeds(tmp_path, demo_goals):
     with pytest.raises(SystemExit, match="2 files for 1"):
         demo_goals.main(["--compare", str(a), "--peers", str(_peers(tmp_path / "p.json", 0.9, 0.1)),
                          str(tmp_path / "p.json")])
+    with pytest.raises(SystemExit, match="test.json: not found"):
+        demo_goals.main(["--compare", str(tmp_path / "no-such-run")])
