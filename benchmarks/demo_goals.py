@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _cli import emit  # noqa: E402
+from _cli import run_main  # noqa: E402
 
 from mtspeech.evaluation.compare import utterance_errors  # noqa: E402
 from mtspeech.evaluation.stats import mean_std_ci, paired_bootstrap  # noqa: E402
@@ -43,13 +43,14 @@ EER_SPLITS = ("test-unseen", "test-unseen-snr10")  # the goal's; test-voices is 
 
 
 def _asr_cer(compare_json: Path) -> dict:
-    """The ASR head's CER record of one `mtspeech compare --json` file."""
+    """The ASR head's CER record of one `mtspeech compare --json` file, with the file's
+    evaluation folders (`a`: plain, `b`: demo) as `a_eval`, `b_eval`."""
     if not compare_json.is_file():
         raise SystemExit(f"{compare_json}: not found; `COMPARE_PLAIN=1 bash recipes/synthetic/run.sh` writes it")
-    results = json.loads(compare_json.read_text())["results"]
-    for r in results:
+    spec = json.loads(compare_json.read_text())
+    for r in spec["results"]:
         if r["task"] == "asr" and r["metric"] == "cer":
-            return r
+            return {**r, "a_eval": spec["a"], "b_eval": spec["b"]}
     raise SystemExit(f"{compare_json}: no asr/cer result")
 
 
@@ -59,6 +60,7 @@ def seed_numbers(compare_dir: Path, peers_json: Path | None) -> dict:
     noisy = _asr_cer(compare_dir / "test-snr10.json")
     out = {
         "compare": str(compare_dir), "label": seed_label(compare_dir),
+        "plain_eval": clean["a_eval"], "demo_eval": clean["b_eval"],
         "plain_cer": clean["a"], "demo_cer": clean["b"], "clean_cost": clean["delta"],
         "clean_cost_ci": [clean["ci_low"], clean["ci_high"]],
         "snr10_cer": noisy["b"], "noise_ratio": noisy["b"] / clean["b"],
@@ -82,15 +84,14 @@ def seed_label(compare_dir: Path) -> str:
     return compare_dir.parent.name if compare_dir.name == "compare-plain" else compare_dir.name
 
 
-def pooled_clean_cost(compare_dirs: list[Path], root: Path, resamples: int = 2000) -> dict | None:
+def pooled_clean_cost(seeds: list[dict], root: Path, resamples: int = 2000) -> dict | None:
     """Paired bootstrap over `test` utterances of the seeds' summed errors, demo minus plain.
 
     None when an evaluation folder named in a comparison is not under `root`.
     """
     totals: dict[str, list[int]] = {}  # utterance → [plain errors, demo errors, chars]
-    for d in compare_dirs:
-        spec = json.loads((d / "test.json").read_text())
-        a, b = root / spec["a"], root / spec["b"]
+    for seed in seeds:
+        a, b = root / seed["plain_eval"], root / seed["demo_eval"]
         if not ((a / "hypotheses.jsonl").is_file() and (b / "hypotheses.jsonl").is_file()):
             return None
         ea, eb = utterance_errors(a, "asr", "cer"), utterance_errors(b, "asr", "cer")
@@ -103,7 +104,7 @@ def pooled_clean_cost(compare_dirs: list[Path], root: Path, resamples: int = 200
     res = paired_bootstrap([(totals[u][0], totals[u][2]) for u in ids],
                            [(totals[u][1], totals[u][2]) for u in ids], n_resamples=resamples)
     return {"delta": res.delta, "ci": [res.ci_low, res.ci_high], "p_value": res.p_value,
-            "utterances": len(ids), "seeds": len(compare_dirs)}
+            "utterances": len(ids), "seeds": len(seeds)}
 
 
 def over_seeds(seeds: list[dict]) -> dict:
@@ -148,7 +149,7 @@ def run(args: argparse.Namespace) -> dict:
     # the seeds' mean 10 dB CER over their mean clean CER (each seed scores the same utterances)
     pooled_ratio = sum(s["snr10_cer"] for s in seeds) / sum(s["demo_cer"] for s in seeds)
     return {"benchmark": "demo_goals", "seeds": seeds, "mean": mean, "goals": goals(seeds, mean),
-            "pooled_clean_cost": pooled_clean_cost(compare_dirs, Path(args.root)),
+            "pooled_clean_cost": pooled_clean_cost(seeds, Path(args.root)),
             "pooled_noise_ratio": pooled_ratio}
 
 
@@ -185,16 +186,17 @@ def render(r: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--compare", nargs="+", required=True,
                     help="one `compare-plain` folder per seed (run.sh's EXP/compare-plain, or its copy)")
     ap.add_argument("--peers", nargs="+", help="`benchmarks/peers.py` JSON per seed, in the same order")
     ap.add_argument("--root", default=".", help="where the evaluation folders the comparisons name lie "
                     "(the clone run.sh ran in), for the pooled clean cost")
     ap.add_argument("--out", help="write the result as JSON here")
-    args = ap.parse_args(argv)
-    return emit(run(args), render, args.out)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    return run_main(__doc__, add_arguments, run, render, argv)
 
 
 if __name__ == "__main__":
