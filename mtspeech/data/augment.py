@@ -76,6 +76,9 @@ class AugmentConfig:
     # first epoch (0-based) that is augmented; the ones before train on clean audio. Noise from
     # the first update kept CTC on its blank plateau for 5 more epochs of the demo (README).
     start_epoch: int = 0
+    # first epoch (0-based) that is clean again, so the last epochs tune to clean audio; 0 (the
+    # default): augmented to the end.
+    stop_epoch: int = 0
     # first epoch whose augmented utterances may get a room (rooms from max(this, start_epoch));
     # before it `reverb_prob` counts as 0. Rooms cost clean accuracy (docs/results/grid-room-layer0).
     room_start_epoch: int = 0
@@ -101,9 +104,12 @@ class AugmentConfig:
                 raise ValueError(f"data.augment.{name}=({low}, {high}): expected low <= high")
         if self.room_drr not in ROOM_DRR:
             raise ValueError(f"data.augment.room_drr={self.room_drr!r}: expected one of {ROOM_DRR}")
-        for name in ("start_epoch", "room_start_epoch"):
+        for name in ("start_epoch", "stop_epoch", "room_start_epoch"):
             if getattr(self, name) < 0:
                 raise ValueError(f"data.augment.{name}={getattr(self, name)}: expected >= 0")
+        if 0 < self.stop_epoch <= self.start_epoch:
+            raise ValueError(f"data.augment.stop_epoch={self.stop_epoch}: expected 0 (never) or more than "
+                             f"start_epoch={self.start_epoch}")
         if self.pad_s[0] < 0:
             raise ValueError(f"data.augment.pad_s={self.pad_s}: expected seconds >= 0")
         if self.rt60_s[0] <= 0 or self.babble_utterances[0] < 1:
@@ -117,10 +123,10 @@ class AugmentConfig:
 
 
 def for_epoch(config: AugmentConfig | None, epoch: int) -> AugmentConfig | None:
-    """The augmentation of training epoch `epoch` (0-based): None before `start_epoch`, without
-    rooms before `room_start_epoch`. With `reverb_prob` 0 the room draw is still made, so an
+    """The augmentation of training epoch `epoch` (0-based): None before `start_epoch` and from
+    `stop_epoch` (when set), without rooms before `room_start_epoch`. With `reverb_prob` 0 the room draw is still made, so an
     utterance's noise and SNR are the same with and without rooms."""
-    if config is None or epoch < config.start_epoch:
+    if config is None or epoch < config.start_epoch or 0 < config.stop_epoch <= epoch:
         return None
     if epoch < config.room_start_epoch and config.reverb_prob > 0:
         return dataclasses.replace(config, reverb_prob=0.0)

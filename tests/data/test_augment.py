@@ -365,3 +365,11 @@ def test_rooms_start_at_their_own_epoch_and_the_noise_stays_the_same():
     assert for_epoch(None, 5) is None
     with pytest.raises(ValueError, match="room_start_epoch"):
         AugmentConfig(room_start_epoch=-1)
+
+
+def test_stop_epoch_ends_the_augmentation_and_must_follow_the_start():
+    config = AugmentConfig(start_epoch=2, stop_epoch=5)
+    assert [for_epoch(config, e) is config for e in range(7)] == [False, False, True, True, True, False, False]
+    assert for_epoch(AugmentConfig(start_epoch=2), 99) is not None  # 0: augmented to the end
+    with pytest.raises(ValueError, match="stop_epoch"):
+        AugmentConfig(start_epoch=3, stop_epoch=3)
