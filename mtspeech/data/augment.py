@@ -45,9 +45,8 @@ new one a consistent voice, which is what a head must tell apart on voices it ne
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 import numpy as np
@@ -124,12 +123,12 @@ class AugmentConfig:
 
 def for_epoch(config: AugmentConfig | None, epoch: int) -> AugmentConfig | None:
     """The augmentation of training epoch `epoch` (0-based): None before `start_epoch` and from
-    `stop_epoch` (when set), without rooms before `room_start_epoch`. With `reverb_prob` 0 the room draw is still made, so an
-    utterance's noise and SNR are the same with and without rooms."""
+    `stop_epoch` (when set), without rooms before `room_start_epoch`. With `reverb_prob` 0 the
+    room draw is still made, so an utterance's noise and SNR are the same with and without rooms."""
     if config is None or epoch < config.start_epoch or 0 < config.stop_epoch <= epoch:
         return None
     if epoch < config.room_start_epoch and config.reverb_prob > 0:
-        return dataclasses.replace(config, reverb_prob=0.0)
+        return replace(config, reverb_prob=0.0)
     return config
 
 
