@@ -22,7 +22,7 @@ from mtspeech.data.features import FeatureConfig, SpecAugmentConfig
 class DataConfig:
     """Manifests and batching."""
 
-    train: str
+    train: str | tuple[str, ...]  # a manifest, or a list of them (concatenated)
     dev: str | None = None
     max_batch_seconds: float = 60.0
     num_workers: int = 2

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from mtspeech import checkpoint as ckpt
 from mtspeech.data.augment import for_epoch as augment_for_epoch
 from mtspeech.data.dataset import UtteranceDataset, collate_batch
-from mtspeech.data.manifest import read_manifest
+from mtspeech.data.manifest import read_manifest, read_manifests
 from mtspeech.data.sampler import DurationBatchSampler
 from mtspeech.experiment import Experiment, build_model, experiment_to_dict, fit_labels
 from mtspeech.relatedness import RelatednessProbe
@@ -103,7 +103,7 @@ class Trainer:
             torch.set_num_threads(exp.train.threads)
         torch.manual_seed(exp.train.seed)
 
-        self.train_utts = read_manifest(exp.data.train)
+        self.train_utts = read_manifests(exp.data.train)
         if exp.data.max_utterance_seconds:
             kept = [u for u in self.train_utts if u.duration <= exp.data.max_utterance_seconds]
             if len(kept) < len(self.train_utts):

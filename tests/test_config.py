@@ -66,3 +66,12 @@ def test_yaml_base_chain(tmp_path):
     assert load_yaml(tmp_path / "child.yaml") == {"a": 1, "b": {"c": 2, "e": 4}}
     with pytest.raises(ConfigError, match="does not exist"):
         load_yaml(tmp_path / "missing.yaml")
+
+
+def test_data_train_takes_one_manifest_or_a_list():
+    from mtspeech.experiment import DataConfig
+
+    assert from_dict(DataConfig, {"train": "a.jsonl"}).train == "a.jsonl"
+    assert from_dict(DataConfig, {"train": ["a.jsonl", "b.jsonl"]}).train == ("a.jsonl", "b.jsonl")
+    with pytest.raises(ConfigError, match="data.train|train"):
+        from_dict(DataConfig, {"train": 3})

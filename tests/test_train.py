@@ -49,6 +49,23 @@ def test_joint_training_writes_checkpoints_and_reduces_asr_loss(prepared_manifes
     assert load_state(tmp_path / "exp" / "final.pt")["averaged"]
 
 
+def test_a_list_of_training_manifests_trains_on_all_of_them(prepared_manifests, tmp_path):
+    """data.train: [a, b] reads both (train-clean-100 + train-clean-360, or train + train-voices):
+    every utterance, and every speaker gets a class."""
+    from mtspeech.data.manifest import read_manifest, write_manifest
+
+    utts = read_manifest(prepared_manifests["train"])
+    by_speaker = sorted({u.speaker for u in utts})
+    second = set(by_speaker[::2])
+    write_manifest(tmp_path / "a.jsonl", [u for u in utts if u.speaker not in second])
+    write_manifest(tmp_path / "b.jsonl", [u for u in utts if u.speaker in second])
+    cfg = tiny_config(prepared_manifests, tmp_path / "exp", epochs=1, max_steps=1)
+    cfg["data"]["train"] = [str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")]
+    trainer = Trainer(experiment_from_dict(cfg))
+    assert sorted(u.id for u in trainer.train_utts) == sorted(u.id for u in utts)
+    assert trainer.labels["speaker"]["speakers"] == by_speaker
+
+
 def test_task_with_missing_labels_trains(prepared_manifests, tmp_path):
     """Utterances without phones/speech labels stay in the batch; only that task masks them."""
     from mtspeech.data.manifest import read_manifest, write_manifest

@@ -121,6 +121,23 @@ def read_manifest(path: str | os.PathLike) -> list[Utterance]:
     return utts
 
 
+def read_manifests(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Utterance]:
+    """One manifest, or several read in order and concatenated (e.g. train-clean-100 and
+    train-clean-360). Raises `ManifestError` naming both files if an utterance id repeats:
+    the same utterance twice would be trained on twice as often, silently."""
+    if isinstance(paths, (str, os.PathLike)):
+        return read_manifest(paths)
+    utts: list[Utterance] = []
+    first_seen: dict[str, str] = {}
+    for path in paths:
+        for u in read_manifest(path):
+            if u.id in first_seen:
+                raise ManifestError(f"{path}: utterance {u.id!r} is also in {first_seen[u.id]}")
+            first_seen[u.id] = str(path)
+            utts.append(u)
+    return utts
+
+
 def write_manifest(path: str | os.PathLike, utts: Iterable[Utterance]) -> None:
     """Write utterances as JSON Lines, atomically (temp file + rename)."""
     path = Path(path)

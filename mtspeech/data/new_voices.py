@@ -13,6 +13,16 @@ training. The speakers are appended to SPEAKERS.TXT (SUBSET
 test-voices). The other splits are untouched: the plan draws from its own random stream, and
 its utterances are rendered with indices after the corpus's own. Output depends only on the
 corpus's `synth.json` config and the two sizes.
+
+`mtspeech synth --out DIR --train-voices-only` adds, the same way,
+
+    DIR/train-voices/SPK/CHAP/...     30 more training speakers x 16 of the `train` split's sentences
+    DIR/train_voices.json             their voices and the split's size
+
+on `TRAIN_VARIANTS`: espeak-ng variants that no split uses, and none a sibling of a test
+variant. The corpus trains its speaker head on 28 voices over 11 variants; this split is
+for measuring what more training voices give an embedding on voices it never heard
+(`data.train` takes a list of manifests: train.jsonl plus train-voices.jsonl).
 """
 
 from __future__ import annotations
@@ -38,6 +48,15 @@ NEW_VARIANTS = {
           "Michael", "Mike", "adam", "benjamin", "caleb", "david", "edward", "iven", "john", "max",
           "michel", "norbert", "paul", "quincy", "rob", "robert", "travis", "victor", "zac"),
 }
+
+TRAIN_SPLIT = "train-voices"
+# More training timbres: !v variants that no split uses, leaving out the siblings of test
+# variants (Gene2, edward2, iven2-4, steph3, AnxiousAndy, RicishayMax2-3), Klatt voices
+# (klatt*, announcer: test-voices holds Klatt voices, a source model training should not
+# have heard) and effects (robots, whispers, croak, Demonic, Tweaky). Each voice's sex, and
+# so its pitch range, is assigned, not taken from the variant.
+TRAIN_VARIANTS = ("Mario", "Nguyen", "RicishayMax", "antonio", "boris", "ed", "grandpa", "gustave",
+                  "kaukovalta", "marcelo", "miguel", "pablo", "pedro", "sandro", "shelby")
 
 
 def plan_voices(cfg: SynthConfig, speakers: int = 24, per_speaker: int = 8) -> tuple[list[Speaker], list]:
@@ -77,35 +96,81 @@ def plan_voices(cfg: SynthConfig, speakers: int = 24, per_speaker: int = 8) -> t
     return new, items
 
 
+def plan_train_voices(cfg: SynthConfig, speakers: int = 30, per_speaker: int = 16) -> tuple[list[Speaker], list]:
+    """(new training speakers, [(utt_id, speaker, text)]) on `TRAIN_VARIANTS`, half of them
+    female; each reads `per_speaker` distinct sentences of the corpus's `train` split, so
+    no held-out sentence is heard. Speaker ids (10000-19999) and chapters (300000-399999)
+    come from ranges the corpus and test-voices never draw from."""
+    most = len(TRAIN_VARIANTS) * len(LANGUAGES)
+    if not 1 <= speakers <= most or per_speaker < 1:
+        raise ValueError(f"train-voices: 1 to {most} speakers (one per variant and accent) of >= 1 "
+                         f"utterance (got {speakers} x {per_speaker})")
+    _, plan, _ = plan_corpus(cfg)
+    train_sentences = sorted({text for _, _, text in plan["train"]})
+    if per_speaker > len(train_sentences):
+        raise ValueError(f"{per_speaker} sentences per speaker, but the train split has {len(train_sentences)}")
+    rng = random.Random(f"{cfg.seed}-{TRAIN_SPLIT}")  # its own stream, like test-voices
+    ids = rng.sample(range(10000, 20000), speakers)
+    chapters = rng.sample(range(300000, 400000), speakers)
+    order = list(TRAIN_VARIANTS)
+    rng.shuffle(order)
+    new, items, used = [], [], set()
+    for i, (spk_id, chapter) in enumerate(zip(ids, chapters)):
+        sex = "FM"[i % 2]
+        variant = order[i % len(order)]  # every variant once before any repeats
+        language = rng.choice([lang for lang in LANGUAGES if (lang, variant) not in used])
+        used.add((language, variant))
+        pitch = rng.randint(35, 75) if sex == "F" else rng.randint(25, 60)
+        speaker = Speaker(str(spk_id), sex, language, variant, pitch, rng.randint(140, 185), seen=True)
+        new.append(speaker)
+        for k, text in enumerate(rng.sample(train_sentences, per_speaker)):
+            items.append((f"{spk_id}-{chapter}-{k:04d}", speaker, text))
+    return new, items
+
+
 def synthesize_voices(root: str | Path, speakers: int = 24, per_speaker: int = 8,
                       jobs: int | None = None, progress: bool = True) -> dict:
     """Write `root/test-voices` next to the corpus at `root`; returns (and stores in
     `root/test_voices.json`) the split's size and its speakers."""
-    root = Path(root)
     cfg = corpus_config(root)
     new, items = plan_voices(cfg, speakers, per_speaker)
-    first = sum(len(v) for v in plan_corpus(cfg)[1].values())  # indices after the corpus's own
-    render = [_Job(first + k, SPLIT, utt_id, str(root / SPLIT / spk.id / utt_id.split("-")[1] / f"{utt_id}.flac"),
+    return _write_split(Path(root), cfg, SPLIT, new, items, 0, jobs, progress)
+
+
+def synthesize_train_voices(root: str | Path, speakers: int = 30, per_speaker: int = 16,
+                            jobs: int | None = None, progress: bool = True) -> dict:
+    """Write `root/train-voices` next to the corpus at `root`; returns (and stores in
+    `root/train_voices.json`) the split's size and its speakers."""
+    cfg = corpus_config(root)
+    new, items = plan_train_voices(cfg, speakers, per_speaker)
+    # Render indices (noise seeds) past any test-voices utterance's.
+    return _write_split(Path(root), cfg, TRAIN_SPLIT, new, items, 1_000_000, jobs, progress)
+
+
+def _write_split(root: Path, cfg: SynthConfig, split: str, new: list[Speaker], items: list,
+                 offset: int, jobs: int | None, progress: bool) -> dict:
+    first = offset + sum(len(v) for v in plan_corpus(cfg)[1].values())  # indices after the corpus's own
+    render = [_Job(first + k, split, utt_id, str(root / split / spk.id / utt_id.split("-")[1] / f"{utt_id}.flac"),
                    text, spk, cfg.seed, cfg.noise_snr_db) for k, (utt_id, spk, text) in enumerate(items)]
     results = render_jobs(render, jobs, progress)
     write_chapter_sidecars(render, results)
     minutes = {s.id: 0.0 for s in new}
     for job in render:
         minutes[job.speaker.id] += results[job.utt_id][0] / 60
-    _append_speakers(root / "SPEAKERS.TXT", new, minutes)
-    summary = {"split": SPLIT, "speakers": len(new), "utterances": len(render),
+    _append_speakers(root / "SPEAKERS.TXT", new, minutes, split)
+    summary = {"split": split, "speakers": len(new), "utterances": len(render),
                "seconds": round(sum(d for d, _ in results.values()), 2),
                "voices": [dataclasses.asdict(s) | {"voice": s.voice} for s in new]}
-    (root / "test_voices.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    log.info("wrote %s: %d speakers, %d utterances", root / SPLIT, len(new), len(render))
+    (root / f"{split.replace('-', '_')}.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    log.info("wrote %s: %d speakers, %d utterances", root / split, len(new), len(render))
     return summary
 
 
-def _append_speakers(path: Path, speakers: list[Speaker], minutes: dict[str, float]) -> None:
+def _append_speakers(path: Path, speakers: list[Speaker], minutes: dict[str, float], split: str) -> None:
     """Add the speakers to SPEAKERS.TXT, replacing any line of theirs from an earlier run."""
     ids = {s.id for s in speakers}
     kept = [line for line in path.read_text(encoding="utf-8").splitlines()
             if line.startswith(";") or line.split("|")[0].strip() not in ids]
-    kept += [f"{s.id:<5}| {s.sex} | {SPLIT:<16} | {minutes[s.id]:5.2f} | espeak {s.voice} p{s.pitch} s{s.rate}"
+    kept += [f"{s.id:<5}| {s.sex} | {split:<16} | {minutes[s.id]:5.2f} | espeak {s.voice} p{s.pitch} s{s.rate}"
              for s in sorted(speakers, key=lambda s: int(s.id))]
     path.write_text("\n".join(kept) + "\n", encoding="utf-8")

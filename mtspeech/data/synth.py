@@ -18,7 +18,8 @@ test-unseen pair isolates speaker generalisation (same sentences, new voices).
 `--noisy-twins` also writes test and test-unseen at 10 and 0 dB SNR (white, pink, brown and
 babble noise; `mtspeech/data/noisy_twins.py`). `--voices-only` adds test-voices to a corpus:
 24 more held-out voices on voice variants no other split uses (`mtspeech/data/new_voices.py`);
-`--twins-only` after it makes its noisy twins too.
+`--twins-only` after it makes its noisy twins too. `--train-voices-only` adds train-voices:
+30 more training speakers on yet other variants, reading training sentences.
 
 Each utterance is assembled from 1-3 phrases, each synthesised separately, trimmed of its
 leading/trailing silence and placed at known offsets with random pauses around and between
@@ -489,16 +490,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="test-voices: speakers (default %(default)s)")
     parser.add_argument("--voice-utterances", type=int, default=8,
                         help="test-voices: utterances per speaker (default %(default)s)")
+    parser.add_argument("--train-voices-only", action="store_true",
+                        help="only write train-voices (more training speakers, on voice variants no "
+                             "other split uses) next to the corpus already in --out")
+    parser.add_argument("--train-voice-speakers", type=int, default=30,
+                        help="train-voices: speakers (default %(default)s)")
+    parser.add_argument("--train-voice-utterances", type=int, default=16,
+                        help="train-voices: utterances per speaker (default %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def main(args: argparse.Namespace) -> int:
-    from mtspeech.data.new_voices import synthesize_voices
+    from mtspeech.data.new_voices import synthesize_train_voices, synthesize_voices
     from mtspeech.data.noisy_twins import make_noisy_twins
 
-    if args.voices_only:
-        summary = synthesize_voices(args.out, args.voice_speakers, args.voice_utterances, jobs=args.jobs,
-                                    progress=not args.no_progress)
+    if args.voices_only or args.train_voices_only:
+        if args.train_voices_only:
+            summary = synthesize_train_voices(args.out, args.train_voice_speakers, args.train_voice_utterances,
+                                              jobs=args.jobs, progress=not args.no_progress)
+        else:
+            summary = synthesize_voices(args.out, args.voice_speakers, args.voice_utterances, jobs=args.jobs,
+                                        progress=not args.no_progress)
         print(json.dumps({k: v for k, v in summary.items() if k != "voices"}, indent=2))
         return 0
     if args.twins_only:

@@ -292,16 +292,19 @@ def training_transcripts_lm(exp, out_dir: Path, order: int = 3, checkpoint: Path
             log.info("--lm auto: using the word LM embedded in %s", checkpoint)
             return embedded
 
-    candidates = [Path(exp.data.train)]
-    if checkpoint is not None and not Path(exp.data.train).is_absolute():
-        candidates.append(checkpoint.parent / exp.data.train)
-    train = next((p for p in candidates if p.is_file()), None)
-    if train is None:
-        raise EvaluationError(f"--lm auto: the training manifest {exp.data.train} named in the checkpoint's "
-                              "config was not found; run from the training working directory or pass --lm ARPA")
-    texts = [u.text for u in read_manifest(train) if u.text]
+    manifests = [exp.data.train] if isinstance(exp.data.train, str) else list(exp.data.train)
+    texts = []
+    for name in manifests:
+        candidates = [Path(name)]
+        if checkpoint is not None and not Path(name).is_absolute():
+            candidates.append(checkpoint.parent / name)
+        train = next((p for p in candidates if p.is_file()), None)
+        if train is None:
+            raise EvaluationError(f"--lm auto: the training manifest {name} named in the checkpoint's config "
+                                  "was not found; run from the training working directory or pass --lm ARPA")
+        texts += [u.text for u in read_manifest(train) if u.text]
     if not texts:
-        raise EvaluationError(f"--lm auto: {train} holds no transcripts")
+        raise EvaluationError(f"--lm auto: {', '.join(manifests)} hold no transcripts")
     return build_ngram_lm(texts, order=order, out_path=out_dir / "lm.arpa")
 
 

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from mtspeech.data.manifest import ManifestError, Utterance, read_manifest, write_manifest
+from mtspeech.data.manifest import ManifestError, Utterance, read_manifest, read_manifests, write_manifest
 
 
 def _utt(i: int, audio: str = "a.flac") -> Utterance:
@@ -54,3 +54,15 @@ def test_to_json_writes_every_field_in_declaration_order():
                   phones=("HH", "AY"), speech=((0.1, 0.9),))
     assert list(u.to_json()) == [f.name for f in dataclasses.fields(Utterance)]
     assert u.to_json()["phones"] == ["HH", "AY"] and u.to_json()["speech"] == [[0.1, 0.9]]
+
+
+def test_read_manifests_concatenates_in_order_and_refuses_a_repeated_utterance(tmp_path):
+    write_manifest(tmp_path / "a.jsonl", [_utt(0), _utt(1)])
+    write_manifest(tmp_path / "b" / "b.jsonl", [_utt(2, "x.flac")])
+    both = read_manifests([tmp_path / "a.jsonl", str(tmp_path / "b" / "b.jsonl")])
+    assert [u.id for u in both] == ["1-2-0000", "1-2-0001", "1-2-0002"]
+    assert both[2].audio == str((tmp_path / "b" / "x.flac").resolve())  # each against its own folder
+    assert read_manifests(tmp_path / "a.jsonl") == read_manifest(tmp_path / "a.jsonl")  # one path
+    write_manifest(tmp_path / "c.jsonl", [_utt(1)])
+    with pytest.raises(ManifestError, match=r"c.jsonl: utterance '1-2-0001' is also in .*a.jsonl"):
+        read_manifests([tmp_path / "a.jsonl", tmp_path / "c.jsonl"])

@@ -1,15 +1,19 @@
-"""test-voices: more held-out voices added next to a corpus, leaving the corpus as it was."""
+"""test-voices and train-voices: more voices added next to a corpus, leaving the corpus as it was."""
 
+import argparse
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 from mtspeech.data.librispeech import prepare_librispeech
-from mtspeech.data.new_voices import NEW_VARIANTS, SPLIT, plan_voices, synthesize_voices
+from mtspeech.data.new_voices import (NEW_VARIANTS, SPLIT, TRAIN_SPLIT, TRAIN_VARIANTS, plan_train_voices,
+                                     plan_voices, synthesize_train_voices, synthesize_voices)
 from mtspeech.data.noisy_twins import make_noisy_twins
-from mtspeech.data.synth import SEEN_VARIANTS, UNSEEN_VARIANTS, SynthConfig, plan_corpus, synthesize_corpus
+from mtspeech.data.synth import (SEEN_VARIANTS, UNSEEN_VARIANTS, SynthConfig, add_arguments, main, plan_corpus,
+                                 synthesize_corpus)
 
 CFG = SynthConfig(hours=0.01, seed=5, speakers=3, unseen_speakers=1, test_fraction=0.3, jobs=1, progress=False)
 
@@ -68,3 +72,42 @@ def test_noisy_twins_include_the_split_when_present(corpus):
                           "test-room", "test-unseen-room", "test-voices-room"}
     assert sorted(p.name for p in (root / "test-voices-snr10").rglob("*.flac")) == \
         sorted(p.name for p in (root / SPLIT).rglob("*.flac"))
+
+
+def test_train_voices_are_new_timbres_reading_training_sentences():
+    old_speakers, plan, _ = plan_corpus(CFG)
+    test_voices, _ = plan_voices(CFG, speakers=6, per_speaker=2)
+    new, items = plan_train_voices(CFG, speakers=6, per_speaker=3)
+    # no variant of any split, nor a numbered sibling of a held-out one (Gene2 of Gene)
+    held_out = {re.sub(r"\d+$", "", v) for v in sum(NEW_VARIANTS.values(), ()) + sum(UNSEEN_VARIANTS.values(), ())}
+    used = set(sum(SEEN_VARIANTS.values(), ()) + sum(UNSEEN_VARIANTS.values(), ()) + sum(NEW_VARIANTS.values(), ()))
+    assert not {re.sub(r"\d+$", "", v) for v in TRAIN_VARIANTS} & held_out and not set(TRAIN_VARIANTS) & used
+    assert {s.variant for s in new} <= set(TRAIN_VARIANTS) and len({s.variant for s in new}) == 6
+    assert [s.sex for s in new] == ["F", "M"] * 3
+    assert not {s.id for s in new} & {s.id for s in old_speakers + test_voices}
+    chapters = {u.split("-")[1] for items_ in plan.values() for u, _, _ in items_}
+    assert not {u.split("-")[1] for u, _, _ in items} & chapters
+    assert {t for _, _, t in items} <= {t for _, _, t in plan["train"]}  # nothing held out is heard
+    assert len(items) == 18 and len({u for u, _, _ in items}) == 18
+    assert plan_train_voices(CFG, speakers=6, per_speaker=3) == (new, items)  # deterministic
+    with pytest.raises(ValueError, match="train-voices"):
+        plan_train_voices(CFG, speakers=len(TRAIN_VARIANTS) * 100)
+
+
+def test_train_voices_become_a_training_manifest_next_to_an_untouched_corpus(tmp_path):
+    root = tmp_path / "corpus"
+    synthesize_corpus(root, CFG)
+    before = _digests(root)
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert main(parser.parse_args(["--out", str(root), "--train-voices-only", "--train-voice-speakers", "2",
+                                   "--train-voice-utterances", "2", "--jobs", "1", "--no-progress"])) == 0
+    assert {k for k in before if before[k] != _digests(root).get(k)} == {"SPEAKERS.TXT"}
+    summary = json.loads((root / "train_voices.json").read_text())
+    assert summary["speakers"] == 2 and summary["utterances"] == 4
+    assert synthesize_train_voices(root, speakers=2, per_speaker=2, jobs=1, progress=False) == summary  # again: same
+    out = prepare_librispeech(root, tmp_path / "m", jobs=1, progress=False)
+    assert out["splits"][TRAIN_SPLIT]["utterances"] == 4
+    lines = [json.loads(x) for x in (tmp_path / "m" / f"{TRAIN_SPLIT}.jsonl").read_text().splitlines()]
+    assert {u["speaker"] for u in lines} == {v["id"] for v in summary["voices"]}
+    assert all(u["speech"] and u["phones"] and u["text"] for u in lines)

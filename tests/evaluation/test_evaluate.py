@@ -223,3 +223,20 @@ def test_duration_batches_cover_every_utterance_once_within_budget():
         durations = [utts[i].duration for i in b]
         assert durations == sorted(durations)
         assert len(b) == 1 or max(durations) * len(b) <= 8.0
+
+
+def test_auto_lm_reads_every_training_manifest_of_a_list(tmp_path):
+    from types import SimpleNamespace
+
+    from mtspeech.data.manifest import Utterance
+    from mtspeech.evaluation.evaluate import training_transcripts_lm
+    from mtspeech.lm import ArpaLM
+
+    for name, text in (("a", "ALPHA BETA"), ("b", "GAMMA DELTA")):
+        write_manifest(tmp_path / f"{name}.jsonl", [Utterance(f"1-1-{name}", "x.flac", 1.0, text=text)])
+    exp = SimpleNamespace(data=SimpleNamespace(train=(str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl"))))
+    arpa = training_transcripts_lm(exp, tmp_path, use_embedded=False)
+    assert {"ALPHA", "BETA", "GAMMA", "DELTA"} <= set(ArpaLM.load(arpa).vocab)
+    exp = SimpleNamespace(data=SimpleNamespace(train=(str(tmp_path / "a.jsonl"), str(tmp_path / "gone.jsonl"))))
+    with pytest.raises(EvaluationError, match="gone.jsonl"):
+        training_transcripts_lm(exp, tmp_path, use_embedded=False)
