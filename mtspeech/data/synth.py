@@ -505,12 +505,9 @@ def main(args: argparse.Namespace) -> int:
     from mtspeech.data.noisy_twins import make_noisy_twins
 
     if args.voices_only or args.train_voices_only:
-        if args.train_voices_only:
-            summary = synthesize_train_voices(args.out, args.train_voice_speakers, args.train_voice_utterances,
-                                              jobs=args.jobs, progress=not args.no_progress)
-        else:
-            summary = synthesize_voices(args.out, args.voice_speakers, args.voice_utterances, jobs=args.jobs,
-                                        progress=not args.no_progress)
+        make, sizes = ((synthesize_train_voices, (args.train_voice_speakers, args.train_voice_utterances))
+                       if args.train_voices_only else (synthesize_voices, (args.voice_speakers, args.voice_utterances)))
+        summary = make(args.out, *sizes, jobs=args.jobs, progress=not args.no_progress)
         print(json.dumps({k: v for k, v in summary.items() if k != "voices"}, indent=2))
         return 0
     if args.twins_only:
