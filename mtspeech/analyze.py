@@ -27,7 +27,7 @@ from pathlib import Path
 
 import jiwer
 
-from mtspeech.data.manifest import ManifestError, read_manifest
+from mtspeech.data.manifest import ManifestError, read_manifests
 from mtspeech.evaluation.compare import hypotheses_path
 from mtspeech.metrics import normalize_for_scoring
 
@@ -113,12 +113,13 @@ def read_hypotheses(column: Column) -> dict[str, str]:
     return hyps
 
 
-def _read_texts(path: str | Path, role: str) -> dict[str, str]:
-    """Utterance id -> transcript of a manifest (utterances without one are left out)."""
+def _read_texts(path: str | Path | list, role: str) -> dict[str, str]:
+    """Utterance id -> transcript of a manifest, or of several read in order (utterances without
+    one are left out)."""
     try:
-        utts = read_manifest(path)
-    except FileNotFoundError:
-        raise AnalysisError(f"{path}: no such {role} manifest") from None
+        utts = read_manifests(path)
+    except FileNotFoundError as e:
+        raise AnalysisError(f"{e.filename or path}: no such {role} manifest") from None
     except ManifestError as e:
         raise AnalysisError(str(e)) from None
     texts = {u.id: u.text for u in utts if u.text is not None}
@@ -127,8 +128,10 @@ def _read_texts(path: str | Path, role: str) -> dict[str, str]:
     return texts
 
 
-def word_accuracy_by_frequency(train_manifest: str | Path, manifest: str | Path, columns: list[Column]) -> dict:
+def word_accuracy_by_frequency(train_manifest: str | Path | list, manifest: str | Path,
+                               columns: list[Column]) -> dict:
     """The table as a dict: per bucket, reference words and per column correct words and accuracy.
+    `train_manifest` is one manifest or a list (all that the model trained on, like `data.train`).
 
     Every utterance of `manifest` with a transcript must have a hypothesis in every column, so
     all columns count the same words.
@@ -165,7 +168,8 @@ def word_accuracy_by_frequency(train_manifest: str | Path, manifest: str | Path,
     return {
         "definition": "reference words bucketed by the number of distinct training sentences that contain "
                       "them; a word is correct when the jiwer alignment of normalized texts marks it equal",
-        "train_manifest": str(train_manifest),
+        "train_manifest": (str(train_manifest) if isinstance(train_manifest, (str, Path))
+                           else [str(p) for p in train_manifest]),
         "train_sentences": len({normalize_for_scoring(t) for t in train.values()}),
         "manifest": str(manifest), "utterances": len(refs),
         "columns": [{"label": c.label, "hypotheses": str(c.path), "field": f"{c.task}.{c.field}"} for c in columns],
@@ -187,8 +191,9 @@ def render_table(result: dict) -> str:
 # --------------------------------------------------------------------------- CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `mtspeech analyze`."""
-    parser.add_argument("--train", required=True,
-                        help="training manifest (counts the sentences holding each word)")
+    parser.add_argument("--train", required=True, nargs="+", metavar="MANIFEST",
+                        help="training manifest(s), all that the model trained on (counts the "
+                             "distinct sentences holding each word)")
     parser.add_argument("--manifest", required=True,
                         help="the manifest that was evaluated (its transcripts are the references)")
     parser.add_argument("--greedy", default=None, metavar="FOLDER",
@@ -210,7 +215,8 @@ def main(args: argparse.Namespace) -> int:
             path = hypotheses_file(args.lm)
             columns += [Column("ASR + trigram", path, "asr", "hyp"),
                         Column("phones → words", path, "phones", "words")]
-        result = word_accuracy_by_frequency(args.train, args.manifest, columns)
+        train = args.train[0] if len(args.train) == 1 else args.train
+        result = word_accuracy_by_frequency(train, args.manifest, columns)
     except AnalysisError as e:
         log.error("%s", e)
         return 2

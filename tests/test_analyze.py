@@ -123,3 +123,20 @@ def test_missing_utterance_or_field_is_a_clear_error(files, tmp_path):
     with pytest.raises(AnalysisError, match=r"no text at phones.words"):
         word_accuracy_by_frequency(files["train"], files["test"],
                                    [Column("phones", files["greedy"] / "hypotheses.jsonl", "phones", "words")])
+
+
+def test_several_training_manifests_count_as_one(files, tmp_path, capsys):
+    """`--train A B` (what the model trained on, like `data.train` as a list) counts the
+    sentences of both: the table equals the one from a single manifest holding them all."""
+    first = _manifest(tmp_path / "train-a.jsonl", {f"t{i}": t for i, t in enumerate(TRAIN[:2])})
+    second = _manifest(tmp_path / "train-b.jsonl", {f"t{i}": t for i, t in enumerate(TRAIN) if i >= 2})
+    whole = word_accuracy_by_frequency(files["train"], files["test"], _columns(files))
+    split = word_accuracy_by_frequency([first, second], files["test"], _columns(files))
+    assert split["buckets"] == whole["buckets"] and split["train_sentences"] == whole["train_sentences"] == 4
+    assert split["train_manifest"] == [str(first), str(second)]
+    out = tmp_path / "table.json"
+    assert cli_main(["analyze", "--train", str(first), str(second), "--manifest", str(files["test"]),
+                     "--greedy", str(files["greedy"]), "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["buckets"][0]["words"] == whole["buckets"][0]["words"]
+    with pytest.raises(AnalysisError, match="absent.jsonl: no such training manifest"):
+        word_accuracy_by_frequency([first, tmp_path / "absent.jsonl"], files["test"], _columns(files))

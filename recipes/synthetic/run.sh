@@ -26,7 +26,9 @@ PLAIN=${PLAIN:-exp/synthetic/plain}
 schedule=()  # shared by the demo and its COMPARE_PLAIN twin
 [ -n "${EPOCHS:-}" ] && schedule+=(--set "train.epochs=$EPOCHS")
 [ -n "${SEED:-}" ] && schedule+=(--set "train.seed=$SEED")
-[ -n "${TRAIN_VOICES:-}" ] && schedule+=(--set "data.train=[$DATA/train.jsonl, $DATA/train-voices.jsonl]")
+train=("$DATA/train.jsonl")  # what the demo trains on; `analyze` below counts its sentences
+[ -n "${TRAIN_VOICES:-}" ] && { train+=("$DATA/train-voices.jsonl")
+                                 schedule+=(--set "data.train=[${train[0]}, ${train[1]}]"); }
 overrides=(--set "exp_dir=$EXP" "${schedule[@]}")
 
 echo "== 1/5 synthesize the corpus ($HOURS h) into $CORPUS, and noisy twins of its test splits"
@@ -101,7 +103,7 @@ if [ -n "${COMPARE_PLAIN:-}" ]; then
   python benchmarks/demo_goals.py --compare "$EXP/compare-plain" --out "$EXP/compare-plain/goals.json"
 fi
 # Word accuracy on test by how many training sentences contain the word (README table).
-mtspeech analyze --train "$DATA/train.jsonl" --manifest "$DATA/test.jsonl" \
+mtspeech analyze --train "${train[@]}" --manifest "$DATA/test.jsonl" \
   --greedy "$EXP/eval-test" --lm "$EXP/eval-test-lm"
 python - "$EXP" <<'PY'
 import json, sys
