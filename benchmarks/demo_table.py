@@ -75,7 +75,7 @@ def render(result: dict) -> str:
             cells += [""] * 4
         if plain:
             cells.append(_pct(r["plain_cer"]))
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(("| " + " | ".join(cells) + " |").replace("|  |", "| |").replace("|  |", "| |"))
     return "\n".join(lines)
 
 

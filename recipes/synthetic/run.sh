@@ -8,8 +8,8 @@
 #                                                         # and measure what augmentation costs
 #   SEED=1 EXP=exp/synthetic/all-seed1 PLAIN=exp/synthetic/plain-seed1 COMPARE_PLAIN=1 bash ...
 #                                                         # the same with another training seed
-#   TRAIN_VOICES=1 EXP=exp/synthetic/all-tv bash ...      # train on train-voices too: 30 more
-#                                                         # speakers on 15 more voice variants
+#   TRAIN_VOICES=0 EXP=exp/synthetic/all-28 bash ...      # train on `train` alone (28 voices),
+#                                                         # without train-voices' 30 more
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bash scripts/setup.sh
@@ -26,9 +26,10 @@ PLAIN=${PLAIN:-exp/synthetic/plain}
 schedule=()  # shared by the demo and its COMPARE_PLAIN twin
 [ -n "${EPOCHS:-}" ] && schedule+=(--set "train.epochs=$EPOCHS")
 [ -n "${SEED:-}" ] && schedule+=(--set "train.seed=$SEED")
-train=("$DATA/train.jsonl")  # what the demo trains on; `analyze` below counts its sentences
-[ -n "${TRAIN_VOICES:-}" ] && { train+=("$DATA/train-voices.jsonl")
-                                 schedule+=(--set "data.train=[${train[0]}, ${train[1]}]"); }
+# What the demo trains on (demo.yaml: train and train-voices); `analyze` counts its sentences.
+TRAIN_VOICES=${TRAIN_VOICES:-1}
+train=("$DATA/train.jsonl" "$DATA/train-voices.jsonl")
+[ "$TRAIN_VOICES" = 1 ] || { train=("$DATA/train.jsonl"); schedule+=(--set "data.train=$DATA/train.jsonl"); }
 overrides=(--set "exp_dir=$EXP" "${schedule[@]}")
 
 echo "== 1/5 synthesize the corpus ($HOURS h) into $CORPUS, and noisy twins of its test splits"
@@ -39,11 +40,12 @@ echo "== 1/5 synthesize the corpus ($HOURS h) into $CORPUS, and noisy twins of i
 # the test splits again at 10 and 0 dB SNR (white, pink, brown, babble): test-snr10, ...; and
 # through simulated rooms (RT60 0.3-0.9 s, no noise): test-room, ...
 [ -d "$CORPUS/test-voices-room" ] || mtspeech synth --out "$CORPUS" --twins-only
-# train-voices (TRAIN_VOICES=1): 30 more training speakers, on variants no other split uses.
-[ -z "${TRAIN_VOICES:-}" ] || [ -f "$CORPUS/train_voices.json" ] || mtspeech synth --out "$CORPUS" --train-voices-only
+# train-voices: 30 more training speakers, on voice variants no other split uses (with train's
+# 28 the speaker head hears too few voices to place new ones: README, "In noise").
+[ -f "$CORPUS/train_voices.json" ] || mtspeech synth --out "$CORPUS" --train-voices-only
 
 echo "== 2/5 prepare manifests into $DATA"
-[ -f "$DATA/test-voices-room.jsonl" ] && { [ -z "${TRAIN_VOICES:-}" ] || [ -f "$DATA/train-voices.jsonl" ]; } || \
+[ -f "$DATA/train-voices.jsonl" ] && [ -f "$DATA/test-voices-room.jsonl" ] || \
   mtspeech prepare librispeech "$CORPUS" --out "$DATA"
 
 echo "== 3/5 train $EXP (resumes from $EXP/last.pt)"
