@@ -7,30 +7,20 @@ JSON with every headline number present and finite. (Their values mean nothing h
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile
+from bench_module import load_benchmark
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 RATE = 16000
 
 pytestmark = pytest.mark.slow  # starts a server subprocess: ~20 s on two shared cores
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    if str(BENCH) not in sys.path:
-        sys.path.insert(0, str(BENCH))
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
+_load = load_benchmark
 
 
 def _utterance(seed: int) -> np.ndarray:

@@ -1,24 +1,17 @@
 """benchmarks/demo_goals.py: issue 14's goals per seed and over seeds, from `run.sh`'s outputs."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from bench_module import load_benchmark
 
 from mtspeech.cli import main as cli
-
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 @pytest.fixture(scope="module")
 def demo_goals():
-    sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location("bench_demo_goals", BENCH / "demo_goals.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("demo_goals")
 
 
 def _eval(folder: Path, char_errors: list[int], ref_chars: int = 50) -> None:

@@ -1,22 +1,15 @@
 """benchmarks/demo_table.py: the README's demo table from `run.sh`'s evaluation folders."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
-
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+from bench_module import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def demo_table():
-    sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location("bench_demo_table", BENCH / "demo_table.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("demo_table")
 
 
 def _results(folder: Path, **metrics) -> None:
