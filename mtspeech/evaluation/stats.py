@@ -1,4 +1,12 @@
-"""Statistics for ablations: seed summaries with t confidence intervals, paired bootstrap for WER."""
+"""Statistics for ablations and comparisons.
+
+- `mean_std_ci`: one metric over seeds (t interval of the mean);
+- `paired_bootstrap`: two systems on the same utterances (training seed held fixed);
+- `seed_utterance_bootstrap` / `seed_t_interval`: two systems over paired training seeds, the
+  interval a recipe or grid verdict needs (`SeedAwareDelta`);
+- `adjust_p_values` (Holm / Benjamini-Hochberg) and `verdict`: one report's family of
+  comparisons read at the adjusted level, and no verdict below `MIN_SEEDS_FOR_VERDICT` seeds.
+"""
 
 from __future__ import annotations
 
@@ -59,10 +67,6 @@ class BootstrapResult:
     ci_high: float
     p_value: float
     n_resamples: int
-
-    def p_text(self) -> str:
-        """The p-value at the resolution the resampling allows (see `format_p`)."""
-        return format_p(self.p_value, self.n_resamples)
 
 
 def format_p(p: float, n_resamples: int) -> str:
@@ -126,3 +130,179 @@ def paired_bootstrap(
         p_value=p,
         n_resamples=n_resamples,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Seed-aware comparisons: the noise that can change an ablation's conclusion is the training
+# seed's, not only the test utterances'. Everything below returns a `SeedAwareDelta`.
+
+MIN_SEEDS_FOR_VERDICT = 3
+"""Fewer paired seeds than this give no verdict: two seeds cannot tell a plateau escape from an effect."""
+
+
+@dataclass(frozen=True)
+class SeedAwareDelta:
+    """B minus A over paired training seeds (negative: B lower).
+
+    `delta` is the mean of `per_seed` (one Δ per seed, in `seeds` order). The interval is
+    delta -/+ t_{(1+confidence)/2, S-1} * se, with S = len(seeds); `level` says which noise
+    `se` holds: "seeds+utterances" (two-level bootstrap) or "seeds" (the per-seed Δ alone, for
+    metrics with no per-utterance errors, e.g. EER or F1). With one seed there is no interval.
+    """
+
+    delta: float
+    per_seed: tuple[float, ...]
+    seeds: tuple[int, ...]
+    se: float | None
+    ci_low: float | None
+    ci_high: float | None
+    p_value: float | None
+    level: str
+    confidence: float = 0.95
+    n_resamples: int = 0
+
+    @property
+    def n_seeds(self) -> int:
+        return len(self.per_seed)
+
+    def as_dict(self) -> dict:
+        return {"delta": self.delta, "per_seed": dict(zip(map(str, self.seeds), self.per_seed)),
+                "se": self.se, "ci_low": self.ci_low, "ci_high": self.ci_high, "p_value": self.p_value,
+                "level": self.level, "confidence": self.confidence, "n_resamples": self.n_resamples}
+
+
+def _t_result(delta: float, per_seed, seeds, se: float, level: str, confidence: float,
+              n_resamples: int = 0) -> SeedAwareDelta:
+    """Student t on S - 1 degrees of freedom around `delta`: the seeds are the scarce level, so
+    their count, not the thousands of utterances, sets how wide the interval must be."""
+    n = len(per_seed)
+    if n < 2:
+        return SeedAwareDelta(delta, tuple(per_seed), tuple(seeds), None, None, None, None, level,
+                              confidence, n_resamples)
+    df = n - 1
+    half = float(_scipy_stats.t.ppf((1 + confidence) / 2, df)) * se
+    if se > 0:
+        p = float(2 * _scipy_stats.t.sf(abs(delta) / se, df))
+    else:  # no spread at all: either exactly no difference or the same difference every time
+        p = 1.0 if delta == 0 else 0.0
+    return SeedAwareDelta(delta, tuple(per_seed), tuple(seeds), se, delta - half, delta + half,
+                          min(1.0, p), level, confidence, n_resamples)
+
+
+def seed_t_interval(per_seed: Sequence[float], seeds: Sequence[int] | None = None, utterance_se: float = 0.0,
+                    confidence: float = 0.95) -> SeedAwareDelta:
+    """The seed-aware Δ from per-seed differences alone (paired t over seeds).
+
+    se^2 = var(per_seed) / S + utterance_se^2: `utterance_se` adds the test set's own sampling
+    noise when it is known without the per-utterance errors (e.g. from a committed utterance
+    bootstrap); 0 for metrics that have none (EER, F1, accuracy).
+    """
+    d = np.asarray(per_seed, dtype=np.float64).ravel()
+    if d.size == 0:
+        raise ValueError("seed_t_interval needs at least one paired seed")
+    seeds = list(range(d.size)) if seeds is None else list(seeds)
+    if len(seeds) != d.size:
+        raise ValueError(f"{d.size} per-seed values but {len(seeds)} seeds")
+    var = float(d.var(ddof=1)) / d.size if d.size > 1 else 0.0
+    se = math.sqrt(var + utterance_se ** 2)
+    level = "seeds+utterances" if utterance_se > 0 else "seeds"
+    return _t_result(float(d.mean()), d.tolist(), seeds, se, level, confidence)
+
+
+def seed_utterance_bootstrap(
+    errors_a: Sequence[np.ndarray],
+    errors_b: Sequence[np.ndarray],
+    seeds: Sequence[int] | None = None,
+    n_resamples: int = 2000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> SeedAwareDelta:
+    """Two-level paired bootstrap of an error rate, B minus A, over training seeds and utterances.
+
+    errors_a[s] / errors_b[s]: (N, 2) arrays of per-utterance (errors, reference length) of the
+    runs of seed s, every seed scored on the same N utterances in the same order. A replicate
+    draws S seeds with replacement, then N utterances with replacement, and takes the mean over
+    the drawn seeds of each seed's rate difference on the drawn utterances. The utterance draw
+    is shared by the drawn seeds because every seed was scored on the same utterances (a crossed
+    design; Owen 2007): drawing per seed would let the test set's own quirks average out over
+    seeds, which they do not. The interval is t-based on the replicates' standard error
+    (inflated by S/(S-1), the seed level's small-sample bias): a percentile interval over 3
+    resampled seeds can never reach past the most extreme seed, so it always excludes 0 when
+    three seeds agree in sign, however far apart they are.
+    """
+    a = np.stack([np.asarray(x, dtype=np.int64).reshape(-1, 2) for x in errors_a])
+    b = np.stack([np.asarray(x, dtype=np.int64).reshape(-1, 2) for x in errors_b])
+    if a.shape != b.shape:
+        raise ValueError(f"systems scored on different seeds/utterances: {a.shape[:2]} vs {b.shape[:2]}")
+    if a.shape[0] == 0 or a.shape[1] == 0:
+        raise ValueError("seed_utterance_bootstrap needs at least one seed and one utterance")
+    if not (np.array_equal(a[:, :, 1], b[:, :, 1]) and (a[:, :, 1] == a[:1, :, 1]).all()):
+        raise ValueError("reference lengths differ between runs: not the same utterances in the same order")
+    words = a[0, :, 1].astype(np.float64)
+    if words.sum() == 0:
+        raise ValueError("no reference tokens: error rate undefined")
+    n_seeds, n_utt = a.shape[:2]
+    seeds = list(range(n_seeds)) if seeds is None else list(seeds)
+    diff = (b[:, :, 0] - a[:, :, 0]).astype(np.float64)  # (S, N)
+    per_seed = (diff.sum(1) / words.sum()).tolist()
+    delta = float(np.mean(per_seed))
+    if n_seeds < 2:
+        return _t_result(delta, per_seed, seeds, 0.0, "seeds+utterances", confidence, n_resamples)
+    rng = np.random.default_rng(seed)
+    reps = np.empty(n_resamples)
+    chunk = max(1, 2_000_000 // n_utt)  # bound the (replicates, N) count block
+    for start in range(0, n_resamples, chunk):
+        k = min(chunk, n_resamples - start)
+        seed_w = rng.multinomial(n_seeds, np.full(n_seeds, 1 / n_seeds), size=k) / n_seeds  # (k, S)
+        utt_c = rng.multinomial(n_utt, np.full(n_utt, 1 / n_utt), size=k).astype(np.float64)  # (k, N)
+        reps[start:start + k] = ((seed_w @ diff) * utt_c).sum(1) / np.maximum(utt_c @ words, 1.0)
+    se = float(reps.std(ddof=1)) * math.sqrt(n_seeds / (n_seeds - 1))
+    return _t_result(delta, per_seed, seeds, se, "seeds+utterances", confidence, n_resamples)
+
+
+HOLM_MAX_FAMILY = 20
+"""Families up to this size get Holm's family-wise control; larger ones Benjamini-Hochberg."""
+
+
+def adjust_p_values(p_values: Sequence[float], method: str | None = None) -> tuple[list[float], str]:
+    """Multiplicity-adjusted p-values for one report's family of comparisons.
+
+    method: "holm" (family-wise error) or "fdr_bh" (Benjamini-Hochberg q-values); by default
+    Holm for families of up to `HOLM_MAX_FAMILY` comparisons, Benjamini-Hochberg above, where
+    holding the family-wise error would leave no power at all. Returns (adjusted, method).
+    """
+    from statsmodels.stats.multitest import multipletests
+
+    p = [float(x) for x in p_values]
+    method = method or ("holm" if len(p) <= HOLM_MAX_FAMILY else "fdr_bh")
+    if method not in ("holm", "fdr_bh"):
+        raise ValueError(f"method must be 'holm' or 'fdr_bh', got {method!r}")
+    if not p:
+        return [], method
+    return [float(x) for x in multipletests(p, method=method)[1]], method
+
+
+
+def verdict(result: SeedAwareDelta, p_adjusted: float | None, alpha: float = 0.05,
+            lower_is_better: bool = True) -> str:
+    """The one verdict word for a seed-aware comparison, at the multiplicity-adjusted level.
+
+    "better" / "worse" (B against A) only when at least `MIN_SEEDS_FOR_VERDICT` seeds are paired
+    and the adjusted p is below alpha; otherwise "no detectable effect at N seeds", or
+    "no verdict (N seeds < 3)".
+    """
+    n = result.n_seeds
+    if n < MIN_SEEDS_FOR_VERDICT:
+        return f"no verdict ({n} seed{'s' if n != 1 else ''} < {MIN_SEEDS_FOR_VERDICT})"
+    if p_adjusted is None or p_adjusted >= alpha:
+        return f"no detectable effect at {n} seeds"
+    lower = result.delta < 0
+    return "better" if lower == lower_is_better else "worse"
+
+
+def clip_interval(low: float | None, high: float | None, bounds: tuple[float, float] | None):
+    """An interval clipped to a metric's range, e.g. (0, 1) for an error rate (a t interval of
+    a mean of 24 %, 97 % and 36 % CER would otherwise reach below 0)."""
+    if bounds is None or low is None or high is None:
+        return low, high
+    return max(bounds[0], low), min(bounds[1], high)
