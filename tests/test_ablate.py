@@ -166,12 +166,16 @@ def test_interrupted_grid_resumes_without_retraining_and_reports(prepared_manife
         assert wer["n"] == 2 and len(wer["values"]) == 2
         assert wer["ci_low"] <= wer["mean"] <= wer["ci_high"]
         for metric in ("wer", "cer"):
-            boot = sec["bootstrap"][metric]["+speaker_adv"]
+            c = sec["comparisons"]["+speaker_adv"][f"asr/{metric}"]
+            assert list(c["per_seed"]) == ["0", "1"] and c["level"] == "seeds+utterances"
+            assert c["delta"] == pytest.approx(c["variant"] - c["baseline"])
+            assert c["baseline"] == pytest.approx(sec["table"]["asr_only"][f"asr/{metric}"]["mean"])
+            assert c["variant"] == pytest.approx(sec["table"]["+speaker_adv"][f"asr/{metric}"]["mean"])
+            assert c["verdict"] == "no verdict (2 seeds < 3)" and c["p_adjusted"] is None
+            boot = c["utterance_only"]  # the seeds-fixed view, kept beside it
             assert 0.0 <= boot["p_value"] <= 1.0 and boot["seeds_paired"] == [0, 1]
-            assert boot["delta"] == pytest.approx(boot["variant"] - boot["baseline"])
             # the pooled rate is the mean over seeds of the per-seed rates (same references per seed)
-            assert boot["baseline"] == pytest.approx(sec["table"]["asr_only"][f"asr/{metric}"]["mean"])
-            assert boot["variant"] == pytest.approx(sec["table"]["+speaker_adv"][f"asr/{metric}"]["mean"])
+            assert boot["delta"] == pytest.approx(c["delta"])
         sidecar = json.loads((out / "plots" / f"{split}_asr.json").read_text())
         for variant, row in sec["table"].items():
             for metric in ("asr/wer", "asr/cer"):
@@ -185,7 +189,8 @@ def test_interrupted_grid_resumes_without_retraining_and_reports(prepared_manife
     curves = json.loads((out / "plots" / "train_asr_loss.json").read_text())
     assert set(next(iter(curves["panels"].values()))) == {"asr_only", "+speaker_adv"}
     md = (out / "report.md").read_text()
-    assert "+speaker_adv" in md and "p" in md and "plots/test_asr.png" in md
+    assert "+speaker_adv" in md and "no verdict (2 seeds < 3)" in md and "plots/test_asr.png" in md
+    assert results["family"]["size"] == 0  # two seeds: nothing enters the family
 
     # rebuilding the report from disk alone gives the same numbers
     again = build_report(load_grid(spec), out)

@@ -20,19 +20,22 @@ run and waits for them (`mtspeech.ablation.slurm`); elsewhere launch each run wi
 (`--print-commands` lists them), then run the grid once more to evaluate and report.
 
 The report (`OUT/report.md`, `OUT/results.json`, `OUT/plots/*.png` + JSON sidecars): every
-metric as mean ± std over seeds with a 95% t interval, its difference from the baseline,
-and a paired bootstrap over utterances of the WER and CER differences (seed k of each variant paired
-with seed k of the baseline; per-utterance errors summed over the paired seeds). Runs that
-logged task relatedness (`train.relatedness_every`) add a table of it beside each variant's
-effect on ASR, and its curves (`relatedness_report`).
+metric as mean ± std over seeds with a 95% t interval, and every variant against the
+baseline (seed k paired with seed k): the per-seed Δ, a seed-aware interval (two-level
+bootstrap over training seeds and utterances), raw and Holm/BH-adjusted p over the report's
+declared family, and a verdict at the adjusted level (none below 3 seeds); the utterance-only
+interval beside it. Runs that logged task relatedness (`train.relatedness_every`) add a table
+of it beside each variant's effect on ASR, and its curves (`relatedness_report`).
+`--report-only --from-results FILE` re-reports a committed grid whose runs are gone.
 
 Modules: `grid` (parse, validate, plan), `runner` (local processes, the worker), `slurm`
-(submitit), `report`, `cli` (`mtspeech ablate`).
+(submitit), `verdicts` (comparisons, family, verdicts), `report`, `render`, `cli`.
 """
 
 from mtspeech.ablation.grid import Grid, Run, load_grid, nest, plan_runs, run_config
-from mtspeech.ablation.report import build_report, paired_seed_bootstrap, render_report
+from mtspeech.ablation.render import render_report
+from mtspeech.ablation.report import build_report, paired_seed_bootstrap, reaggregate
 from mtspeech.ablation.runner import run_grid, run_one, worker_command
 
-__all__ = ["Grid", "Run", "build_report", "load_grid", "nest", "paired_seed_bootstrap", "plan_runs", "render_report",
-           "run_config", "run_grid", "run_one", "worker_command"]
+__all__ = ["Grid", "Run", "build_report", "load_grid", "nest", "paired_seed_bootstrap", "plan_runs", "reaggregate",
+           "render_report", "run_config", "run_grid", "run_one", "worker_command"]

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 from pathlib import Path
 
 from mtspeech.ablation.grid import load_grid, plan_runs
-from mtspeech.ablation.report import build_report
+from mtspeech.ablation.report import build_report, reaggregate
 from mtspeech.ablation.runner import run_grid, run_one
 from mtspeech.config import ConfigError
 
@@ -23,6 +24,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default: the grid's)")
     parser.add_argument("--variants", nargs="+", default=None, help="variants to run (default: the grid's selection)")
     parser.add_argument("--report-only", action="store_true", help="only aggregate finished runs")
+    parser.add_argument("--from-results", type=Path, default=None, metavar="RESULTS_JSON",
+                        help="with --report-only: re-report a committed results.json whose runs are gone "
+                             "(writes report.md, results.json and plots into --out)")
+    parser.add_argument("--baseline", default=None, help="compare against this variant instead of the grid's baseline")
     parser.add_argument("--print-commands", action="store_true",
                         help="plan the runs and print one training command per unfinished run (for a cluster)")
     from mtspeech.ablation import slurm  # --launcher and the SLURM options live with their code
@@ -34,6 +39,10 @@ def main(args: argparse.Namespace) -> int:
     """Run `mtspeech ablate`; returns 0, or 1 when a run failed, 2 on a bad grid."""
     try:
         grid = load_grid(args.grid, seeds=args.seeds, variants=args.variants)
+        if args.baseline:
+            if args.baseline not in grid.variants:
+                raise ConfigError(f"--baseline {args.baseline!r}: not a variant of {args.grid} ({grid.variants})")
+            grid = dataclasses.replace(grid, baseline=args.baseline)
         out = args.out or grid.out
         if not out:
             raise ConfigError("no output folder: pass --out or set `out:` in the grid")
@@ -43,7 +52,11 @@ def main(args: argparse.Namespace) -> int:
                 if run.state(grid.test) != "done":
                     print(f"torchrun --nproc_per_node=N -m mtspeech.ablation --run {run.dir}")
             return 0
-        if args.report_only:
+        if args.from_results and not args.report_only:
+            raise ConfigError("--from-results goes with --report-only")
+        if args.report_only and args.from_results:
+            report = reaggregate(args.from_results, out, baseline=args.baseline)
+        elif args.report_only:
             report = build_report(grid, out)
         elif args.launcher == "slurm":
             from mtspeech.ablation.slurm import options_from_args, run_grid_submitit

@@ -1,5 +1,10 @@
-"""The ablation report: every metric as mean ± std over seeds with a 95% t interval, its
-difference from the baseline, paired bootstraps over utterances, task relatedness, and plots."""
+"""The ablation report: every metric over seeds, every variant against the baseline with a
+seed-aware interval and a multiplicity-adjusted verdict, task relatedness, and plots.
+
+`build_report` aggregates finished runs; `reaggregate` re-reads a committed `results.json`
+whose runs are gone (their per-seed metrics are in it) and reports it by today's rules.
+The Markdown lives in `render.py`.
+"""
 
 from __future__ import annotations
 
@@ -8,47 +13,55 @@ import logging
 from pathlib import Path
 from typing import Mapping
 
+import numpy as np
+
 from mtspeech.ablation.grid import Grid, Run
-from mtspeech.evaluation.compare import utterance_errors
-from mtspeech.evaluation.stats import format_p
+from mtspeech.ablation.render import render_report
+from mtspeech.ablation.verdicts import adjust_family, compare_split, metric_bounds
+from mtspeech.evaluation.compare import ERROR_FIELDS, utterance_errors
+from mtspeech.evaluation.stats import paired_bootstrap
 
 log = logging.getLogger(__name__)
 
-LOWER_IS_BETTER = ("wer", "cer", "per", "eer")
+N_RESAMPLES = 2000
 
 
 def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _aligned_errors(runs: list[Run], split: str, task: str, metric: str) -> tuple[list[str], list[dict]]:
+    """Per run, utterance id -> (errors, reference length); and the ids every run scored."""
+    per_run = [utterance_errors(r.dir / "eval" / split / "hypotheses.jsonl", task, metric) for r in runs]
+    ids = sorted(set.intersection(*(set(e) for e in per_run))) if per_run else []
+    return ids, per_run
+
+
 def paired_seed_bootstrap(pairs: list[tuple[Run, Run]], split: str, task: str, metric: str,
                           n_resamples: int = 1000) -> dict | None:
-    """Paired bootstrap of an error rate, baseline run A vs variant run B for each pair (same seed).
-
-    Each utterance's errors and reference length are summed over the paired seeds (so the
-    pooled rate is the mean of the per-seed rates); utterances are the resampled unit. Only
-    utterances scored in every run count, so both sides have the same reference lengths.
-    """
-    from mtspeech.evaluation.stats import paired_bootstrap
-
-    acc_a: dict[str, list[int]] = {}
-    acc_b: dict[str, list[int]] = {}
-    for ra, rb in pairs:
-        ea = utterance_errors(ra.dir / "eval" / split / "hypotheses.jsonl", task, metric)
-        eb = utterance_errors(rb.dir / "eval" / split / "hypotheses.jsonl", task, metric)
-        for uid in ea.keys() & eb.keys():
-            for acc, e in ((acc_a, ea[uid]), (acc_b, eb[uid])):
-                row = acc.setdefault(uid, [0, 0, 0])
-                row[0] += e[0]
-                row[1] += e[1]
-                row[2] += 1
-    ids = sorted(u for u in acc_a if acc_a[u][2] == len(pairs) and acc_b[u][2] == len(pairs))
-    if not ids or not sum(acc_a[u][1] for u in ids):
+    """The utterance-only view: baseline run A vs variant run B for each seed pair, each
+    utterance's errors summed over the pairs, utterances resampled. It holds the trained models
+    fixed, so it is printed beside the seed-aware interval, never instead of it."""
+    ids, errs = _aligned_errors([r for pair in pairs for r in pair], split, task, metric)
+    if not ids:
         return None
-    res = paired_bootstrap([acc_a[u][:2] for u in ids], [acc_b[u][:2] for u in ids], n_resamples=n_resamples, seed=0)
+    summed = [np.array([[sum(e[u][k] for e in errs[i::2]) for k in (0, 1)] for u in ids]) for i in (0, 1)]
+    if not summed[0][:, 1].sum():
+        return None
+    res = paired_bootstrap(summed[0], summed[1], n_resamples=n_resamples, seed=0)
     return {"baseline": res.wer_a, "variant": res.wer_b, "delta": res.delta, "ci_low": res.ci_low,
             "ci_high": res.ci_high, "p_value": res.p_value, "n_resamples": res.n_resamples,
             "utterances": len(ids), "seeds_paired": sorted(rb.seed for _, rb in pairs)}
+
+
+def _summary(values: list[float], seeds: list[int], metric: str) -> dict:
+    from mtspeech.evaluation.stats import clip_interval, mean_std_ci
+
+    s = mean_std_ci(values)
+    nan = lambda x: None if x != x else x  # noqa: E731 — JSON has no NaN
+    low, high = clip_interval(nan(s.ci_low), nan(s.ci_high), metric_bounds(metric, values))
+    return {"mean": s.mean, "std": nan(s.std), "ci_low": low, "ci_high": high, "n": s.n,
+            "values": values, "seeds": seeds}
 
 
 def _asr_curve(run: Run) -> list[tuple[int, float]]:
@@ -64,28 +77,44 @@ def _asr_curve(run: Run) -> list[tuple[int, float]]:
     return sorted(by_step.items())
 
 
-def _summary(values: list[float]) -> dict:
-    from mtspeech.evaluation.stats import mean_std_ci
+def _comparisons(grid: Grid, finished: list[Run], split: str, table: dict, n_resamples: int) -> dict:
+    """Every variant against the baseline on one split; per-utterance errors where kept."""
+    by_key = {(r.variant, r.seed): r for r in finished}
 
-    s = mean_std_ci(values)
-    nan = lambda x: None if x != x else x  # noqa: E731 — JSON has no NaN
-    return {"mean": s.mean, "std": nan(s.std), "ci_low": nan(s.ci_low), "ci_high": nan(s.ci_high),
-            "n": s.n, "values": values}
+    def task_metric(metric: str) -> tuple[str, str] | None:
+        task, _, name = metric.rpartition("/")
+        return (task, name) if name in ERROR_FIELDS and task else None
+
+    def errors(variant: str, metric: str, seeds) -> tuple[list, list] | None:
+        tm = task_metric(metric)
+        if tm is None:
+            return None
+        runs = [by_key[(grid.baseline, s)] for s in seeds] + [by_key[(variant, s)] for s in seeds]
+        ids, errs = _aligned_errors(runs, split, *tm)
+        if not ids or not sum(errs[0][u][1] for u in ids):
+            return None
+        arrays = [np.array([e[u] for u in ids]) for e in errs]
+        return arrays[:len(seeds)], arrays[len(seeds):]
+
+    def utterance_only(variant: str, metric: str) -> dict | None:
+        tm = task_metric(metric)
+        pairs = [(by_key[(grid.baseline, r.seed)], r) for r in finished
+                 if r.variant == variant and (grid.baseline, r.seed) in by_key]
+        return paired_seed_bootstrap(pairs, split, *tm, n_resamples=1000) if tm and pairs else None
+
+    return compare_split(table, grid.baseline, errors, utterance_only, n_resamples=n_resamples)
 
 
-def build_report(grid: Grid, out: str | Path, runs: list[Run] | None = None, n_resamples: int = 1000,
+def build_report(grid: Grid, out: str | Path, runs: list[Run] | None = None, n_resamples: int = N_RESAMPLES,
                  failed: Mapping[str, str] | None = None) -> dict:
     """Aggregate finished runs into `out/report.md`, `out/results.json` and plots under `out/plots/`.
 
     `failed`: run name → error, listed in the report. Returns the results dict.
     """
-    from mtspeech.evaluation.plots import plot_metric_bars, plot_training_curves
-
     out = Path(out)
     runs = runs if runs is not None else [Run(v, s, out / "runs" / v / f"seed{s}")
                                           for s in grid.seeds for v in grid.variants]
     finished = [r for r in runs if r.done(grid.test)]
-    plots_dir = out / "plots"
     report: dict = {"baseline": grid.baseline, "seeds": list(grid.seeds), "variants": list(grid.variants),
                     "runs_finished": [r.name for r in finished],
                     "runs_missing": [r.name for r in runs if r not in finished],
@@ -98,41 +127,12 @@ def build_report(grid: Grid, out: str | Path, runs: list[Run] | None = None, n_r
         for variant in grid.variants:
             vr = [r for r in finished if r.variant == variant]
             metrics = sorted({m for r in vr for m in per_run[r]["metrics"]})
-            table[variant] = {m: _summary([per_run[r]["metrics"][m] for r in vr if m in per_run[r]["metrics"]])
+            table[variant] = {m: _summary([per_run[r]["metrics"][m] for r in vr if m in per_run[r]["metrics"]],
+                                          [r.seed for r in vr if m in per_run[r]["metrics"]], m)
                               for m in metrics}
-        base = table.get(grid.baseline, {})
-        deltas = {v: {m: row[m]["mean"] - base[m]["mean"] for m in row if m in base}
-                  for v, row in table.items() if v != grid.baseline}
-
-        # Paired bootstrap of the main task's WER and CER: seed k of the variant against seed k
-        # of the baseline, each utterance's errors summed over the paired seeds.
-        bootstrap: dict[str, dict] = {"wer": {}, "cer": {}}
-        base_runs = {r.seed: r for r in finished if r.variant == grid.baseline}
-        for variant in grid.variants:
-            pairs = [(base_runs[r.seed], r) for r in finished if r.variant == variant and r.seed in base_runs]
-            if variant == grid.baseline or not pairs:
-                continue
-            for metric in bootstrap:
-                res = paired_seed_bootstrap(pairs, split, per_run[pairs[0][0]]["asr_task"], metric, n_resamples)
-                if res is not None:
-                    bootstrap[metric][variant] = res
-
-        # One bar chart per task (metrics of one task share a scale and a set of variants).
-        plots = []
-        tasks = sorted({m.split("/")[0] for row in table.values() for m in row})
-        for task in tasks:
-            metrics = sorted({m for row in table.values() for m in row if m.split("/")[0] == task})
-            rows = {v: {m: row[m]["values"] for m in metrics} for v, row in table.items()
-                    if all(m in row for m in metrics)}
-            if not rows:
-                continue
-            png = plot_metric_bars(rows, metrics, plots_dir / f"{split}_{task}.png", error="ci",
-                                   title=f"{split}: {task}")
-            plots.append(str(png.relative_to(out)))
-        report["splits"][split] = {"manifest": grid.test[split], "table": table, "delta_vs_baseline": deltas,
-                                   "bootstrap": bootstrap, "plots": plots}
-        report["plots"] += plots
-
+        comparisons = _comparisons(grid, finished, split, table, n_resamples)
+        report["splits"][split] = {"manifest": grid.test[split], "table": table, "comparisons": comparisons}
+    _finish(report, out)
     curves = {}
     for variant in grid.variants:
         per_seed = [dict(_asr_curve(r)) for r in finished if r.variant == variant]
@@ -141,21 +141,127 @@ def build_report(grid: Grid, out: str | Path, runs: list[Run] | None = None, n_r
             steps = sorted(set.intersection(*(set(c) for c in per_seed)))
             curves[variant] = [(s, sum(c[s] for c in per_seed) / len(per_seed)) for s in steps]
     if curves:
-        png = plot_training_curves(curves, plots_dir / "train_asr_loss.png", ylabel="ASR CTC loss",
+        from mtspeech.evaluation.plots import plot_training_curves
+
+        png = plot_training_curves(curves, out / "plots" / "train_asr_loss.png", ylabel="ASR CTC loss",
                                    log_y=True, title="main-task training loss, mean over seeds")
         report["plots"].append(str(png.relative_to(out)))
         report["training_curve_plot"] = str(png.relative_to(out))
-    report["relatedness"] = relatedness_report(grid, finished, report, plots_dir)
+    report["relatedness"] = relatedness_report(grid, finished, report, out / "plots")
     report["plots"] += report["relatedness"].get("plots", [])
+    _write(report, out)
+    return report
+
+
+def _finish(report: dict, out: Path) -> None:
+    """The family's adjustment and verdicts, and the per-split plots (metric bars, Δ forest)."""
+    from mtspeech.evaluation.plots import plot_deltas, plot_metric_bars
+
+    report["family"] = adjust_family({s: sec["comparisons"] for s, sec in report["splits"].items()})
+    for split, sec in report["splits"].items():
+        plots = []
+        table = sec["table"]
+        for task in sorted({m.split("/")[0] for row in table.values() for m in row}):
+            metrics = sorted({m for row in table.values() for m in row if m.split("/")[0] == task})
+            rows = {v: {m: row[m]["values"] for m in metrics} for v, row in table.items()
+                    if all(m in row for m in metrics)}
+            if rows:
+                bounds = {m: b for m in metrics if (b := metric_bounds(m, [x for r in rows.values() for x in r[m]]))}
+                png = plot_metric_bars(rows, metrics, out / "plots" / f"{split}_{task}.png", error="ci",
+                                       title=f"{split}: {task}", bounds=bounds)
+                plots.append(str(png.relative_to(out)))
+            compared = [m for m in metrics if any(m in c for c in sec["comparisons"].values())]
+            if compared:
+                png = plot_deltas(sec["comparisons"], compared, out / "plots" / f"{split}_{task}_delta.png",
+                                  title=f"{split}: {task}")
+                plots.append(str(png.relative_to(out)))
+        sec["plots"] = plots
+        report["plots"] += plots
+
+
+def _write(report: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
     (out / "report.md").write_text(render_report(report), encoding="utf-8")
     (out / "results.json").write_text(json.dumps(report, indent=1))
+
+
+def reaggregate(results_json: str | Path, out: str | Path, baseline: str | None = None,
+                n_resamples: int = N_RESAMPLES) -> dict:
+    """Report a committed grid again, by today's rules, from its `results.json` alone.
+
+    The per-seed metrics are in the file (each variant's `values`, in the seed order of
+    `runs_finished`). Per-utterance errors were not committed, so the seed-aware interval is
+    the per-seed Δ's t interval plus, where the file holds the utterance bootstrap of that very
+    comparison (the ASR task's CER and WER against the file's own baseline), that bootstrap's
+    standard error in quadrature; elsewhere it is the seed level alone, and says so (`level`).
+    `baseline`: another variant to compare against (a "vs-X" view).
+    """
+    from scipy.stats import norm
+
+    old = json.loads(Path(results_json).read_text())
+    out = Path(out)
+    baseline = baseline or old["baseline"]
+    if baseline not in old["variants"]:
+        raise ValueError(f"{results_json}: no variant {baseline!r}; variants are {old['variants']}")
+    seeds_of = {}
+    for name in old["runs_finished"]:
+        variant, _, seed = name.rpartition("/seed")
+        seeds_of.setdefault(variant, []).append(int(seed))
+    report = {k: old[k] for k in ("seeds", "variants", "runs_finished", "runs_missing", "failed", "asr_task")
+              if k in old}
+    report.update(baseline=baseline, splits={}, plots=[],
+                  reaggregated_from={"file": Path(results_json).name, "baseline_of_file": old["baseline"]})
+    z = float(norm.ppf(0.975))
+    for split, sec in old["splits"].items():
+        table = {}
+        for variant, row in sec["table"].items():
+            seeds = seeds_of.get(variant, [])
+            table[variant] = {m: _summary(s["values"], seeds if len(seeds) == len(s["values"]) else [], m)
+                              for m, s in row.items()}
+        boots = sec.get("bootstrap", {}) if baseline == old["baseline"] else {}
+
+        def old_boot(variant: str, metric: str) -> dict | None:
+            task, _, name = metric.rpartition("/")
+            return boots.get(name, {}).get(variant) if task == old.get("asr_task") else None
+
+        def utterance_se(variant: str, metric: str) -> float:
+            b = old_boot(variant, metric)
+            return (b["ci_high"] - b["ci_low"]) / (2 * z) if b else 0.0
+
+        comparisons = compare_split(table, baseline, utterance_only=old_boot, utterance_se=utterance_se,
+                                    n_resamples=n_resamples)
+        report["splits"][split] = {"manifest": sec["manifest"], "table": table, "comparisons": comparisons}
+    _finish(report, out)
+    for key in ("training_curve_plot",):  # drawn from training logs that were not committed: kept
+        if old.get(key) and (out / old[key]).is_file():
+            report[key] = old[key]
+            report["plots"].append(old[key])
+    report["relatedness"] = _relatedness_effects(old.get("relatedness", {}), report)
+    report["plots"] += [p for p in report["relatedness"].get("plots", []) if (out / p).is_file()]
+    _write(report, out)
     return report
+
+
+def _effects(report: dict, variant: str) -> dict:
+    """The variant's Δ ASR CER against the baseline, per split (seed-aware), for the relatedness table."""
+    main = report.get("asr_task")
+    effect = {}
+    for split, sec in report["splits"].items():
+        c = sec["comparisons"].get(variant, {}).get(f"{main}/cer")
+        effect[split] = None if c is None else {k: c[k] for k in ("delta", "ci_low", "ci_high", "verdict")}
+    return effect
+
+
+def _relatedness_effects(rel: dict, report: dict) -> dict:
+    """A committed relatedness table with each variant's effect re-read by today's rules."""
+    rows = {v: {**row, "effect_on_asr_cer": _effects(report, v)} for v, row in rel.get("variants", {}).items()}
+    return {"variants": rows, "plots": rel.get("plots", [])}
 
 
 def relatedness_report(grid: Grid, finished: list[Run], report: dict, plots_dir: Path) -> dict:
     """Per variant and auxiliary task: the relatedness its runs logged (`train.relatedness_every`;
     each run's mean over its last half of measurements, then mean ± std over seeds) beside
-    the variant's measured effect on ASR (Δ CER against the baseline, from `report`'s splits)."""
+    the variant's measured effect on ASR (Δ CER against the baseline, seed-aware)."""
     from mtspeech.evaluation.plots import plot_training_curves
     from mtspeech.relatedness import PREFIX, late_means, read_relatedness
 
@@ -171,16 +277,10 @@ def relatedness_report(grid: Grid, finished: list[Run], report: dict, plots_dir:
 
         def summary(key: str) -> dict | None:
             values = [m[key] for m in means if key in m]
-            return _summary(values) if values else None
+            return _summary(values, [], key) if values else None
 
         tasks = list(dict.fromkeys(k.split("/")[2] for m in means for k in m if k.startswith(f"{PREFIX}/cos/")))
-        effect = {}
-        for split, sec in report["splits"].items():
-            boot = sec["bootstrap"]["cer"].get(variant)
-            delta = sec["delta_vs_baseline"].get(variant, {}).get(f"{main}/cer")
-            effect[split] = ({"delta": boot["delta"], "ci_low": boot["ci_low"], "ci_high": boot["ci_high"]}
-                             if boot else None if delta is None else {"delta": delta, "ci_low": None, "ci_high": None})
-        rows[variant] = {"effect_on_asr_cer": effect, "tasks": {}}
+        rows[variant] = {"effect_on_asr_cer": _effects(report, variant), "tasks": {}}
         for task in tasks:
             groups = dict.fromkeys(k.split("/", 3)[3] for m in means for k in m if k.startswith(f"{PREFIX}/cos/{task}/"))
             rows[variant]["tasks"][task] = {
@@ -203,100 +303,3 @@ def relatedness_report(grid: Grid, finished: list[Run], report: dict, plots_dir:
                                        title=f"{labels[kind]} per auxiliary task, mean over seeds")
             out["plots"].append(str(png.relative_to(plots_dir.parent)))
     return out
-
-
-def _render_relatedness(report: dict) -> list[str]:
-    rel = report.get("relatedness", {})
-    if not rel.get("variants"):
-        return []
-    splits = list(report["splits"])
-    main = report.get("asr_task")
-    cell = lambda s: "—" if s is None else (  # noqa: E731
-        f"{s['mean']:+.3f}" + (f" ± {s['std']:.3f}" if s["std"] is not None else "") + f" (n={s['n']})")
-    lines = ["", "## Task relatedness", "",
-             f"Measured during training on the shared encoder (docs/ablation.md): cos = gradient cosine with "
-             f"`{main}` over all shared parameters, Z = lookahead affinity (relative drop of the other task's loss "
-             f"after an SGD step on one task's gradient); each run's mean over its last half of measurements, then "
-             f"mean ± std over seeds. Effect = the variant's Δ {main} CER against the baseline (paired bootstrap "
-             f"95% CI): the task's own effect only where it is the variant's one auxiliary task.", "",
-             "| variant | task | cos | cos by layer group | Z task→ASR | Z ASR→task | "
-             + " | ".join(f"effect on CER, {s}" for s in splits) + " |",
-             "|---|---|---:|---|---:|---:|" + "---:|" * len(splits)]
-    for variant, row in rel["variants"].items():
-        effects = []
-        for split in splits:
-            e = row["effect_on_asr_cer"].get(split)
-            ci = f" [{e['ci_low']:+.4f}, {e['ci_high']:+.4f}]" if e and e["ci_low"] is not None else ""
-            effects.append("—" if e is None else f"{e['delta']:+.4f}{ci}")
-        for task, t in row["tasks"].items():
-            groups = ", ".join(f"{g} {s['mean']:+.2f}" for g, s in t["cos_by_group"].items() if s)
-            lines.append(f"| {variant} | {task} | {cell(t['cos'])} | {groups or '—'} | {cell(t['affinity_on_asr'])} | "
-                         f"{cell(t['affinity_of_asr'])} | " + " | ".join(effects) + " |")
-    lines += [""] + [f"![{p}]({p})" for p in rel.get("plots", [])]
-    return lines
-
-
-def _fmt(x: float | None, digits: int = 4) -> str:
-    return "—" if x is None else f"{x:.{digits}f}"
-
-
-def render_report(report: dict) -> str:
-    """Markdown for `build_report`'s dict (see docs/ablation.md for how to read it)."""
-    lines = [
-        "# Ablation report",
-        "",
-        f"Baseline `{report['baseline']}`; seeds {report['seeds']}; "
-        f"{len(report['runs_finished'])} runs finished"
-        + (f", {len(report['runs_missing'])} missing ({', '.join(report['runs_missing'])})"
-           if report["runs_missing"] else "") + ".",
-        "",
-        "Cells: mean ± sample std over seeds (n seeds), the 95% t interval of the mean, and Δ = mean minus "
-        "the baseline's mean. wer/cer/per/eer: lower is better; the rest higher. See docs/ablation.md.",
-    ]
-    for split, sec in report["splits"].items():
-        lines += ["", f"## {split} (`{sec['manifest']}`)"]
-        tasks = sorted({m.split("/")[0] for row in sec["table"].values() for m in row},
-                       key=lambda t: (t != report.get("asr_task"), t))
-        for task in tasks:  # one table per task: its variants share its metrics
-            metrics = sorted({m for row in sec["table"].values() for m in row if m.split("/")[0] == task})
-            header = "| variant | " + " | ".join(f"{m} | 95% CI | Δ" for m in metrics) + " |"
-            lines += ["", header, "|---|" + "---:|---|---:|" * len(metrics)]
-            for variant, row in sec["table"].items():
-                if not any(m in row for m in metrics):
-                    continue
-                cells = []
-                for m in metrics:
-                    s = row.get(m)
-                    if s is None:
-                        cells += ["—", "", ""]
-                        continue
-                    spread = f" ± {s['std']:.4f}" if s["std"] is not None else ""
-                    ci = f"[{s['ci_low']:.4f}, {s['ci_high']:.4f}]" if s["ci_low"] is not None else "—"
-                    delta = sec["delta_vs_baseline"].get(variant, {}).get(m)
-                    cells += [f"{s['mean']:.4f}{spread} (n={s['n']})", ci, "" if delta is None else f"{delta:+.4f}"]
-                lines.append(f"| {variant} | " + " | ".join(cells) + " |")
-        for metric, rows in sec["bootstrap"].items():
-            if not rows:
-                continue
-            name = metric.upper()
-            lines += ["", f"Paired bootstrap of the {name} difference against the baseline "
-                      "(utterances resampled; errors summed over paired seeds):", "",
-                      f"| variant | {name} baseline | {name} variant | Δ {name} | 95% CI | p | reading |",
-                      "|---|---:|---:|---:|---|---:|---|"]
-            for variant, b in rows.items():
-                if b["ci_high"] < 0:
-                    reading = "better than baseline (CI excludes 0)"
-                elif b["ci_low"] > 0:
-                    reading = "worse than baseline (CI excludes 0)"
-                else:
-                    reading = "CI includes 0: no clear effect"
-                lines.append(f"| {variant} | {b['baseline']:.4f} | {b['variant']:.4f} | {b['delta']:+.4f} | "
-                             f"[{b['ci_low']:+.4f}, {b['ci_high']:+.4f}] | {format_p(b['p_value'], b['n_resamples'])} | {reading} |")
-        if sec["plots"]:
-            lines += [""] + [f"![{p}]({p})" for p in sec["plots"]]
-    lines += _render_relatedness(report)
-    if report.get("training_curve_plot"):
-        lines += ["", "## Training", "", f"![ASR loss]({report['training_curve_plot']})"]
-    if report.get("failed"):
-        lines += ["", "## Failed runs", ""] + [f"- {k}: {v}" for k, v in report["failed"].items()]
-    return "\n".join(lines) + "\n"

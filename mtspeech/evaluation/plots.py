@@ -38,12 +38,14 @@ def plot_metric_bars(
     error: str = "ci",
     confidence: float = 0.95,
     title: str | None = None,
+    bounds: Mapping[str, tuple[float, float]] | None = None,
 ) -> Path:
     """Bar chart of variants x metrics: one panel per metric (they have different scales).
 
     table[variant][metric] is the list of per-seed values (or one float). Bars show the
-    mean; error bars show the t confidence interval half-width (`error="ci"`) or the
-    sample std (`error="std"`); with one seed there is no error bar (recorded as null).
+    mean, a dot each seed; error bars show the t confidence interval (`error="ci"`, clipped to
+    `bounds[metric]` when given, e.g. (0, 1) for an error rate) or the sample std
+    (`error="std"`); with one seed there is no error bar (recorded as null).
     """
     if error not in ("ci", "std"):
         raise ValueError(f"error must be 'ci' or 'std', got {error!r}")
@@ -63,17 +65,27 @@ def plot_metric_bars(
             values = [float(raw)] if isinstance(raw, (int, float)) else [float(x) for x in raw]
             s = mean_std_ci(values, confidence)
             err = s.half_width if error == "ci" else s.std
-            rows[v] = {"mean": s.mean, "err": _finite_or_none(err), "n": s.n, "values": values}
+            low, high = (s.ci_low, s.ci_high) if error == "ci" else (s.mean - s.std, s.mean + s.std)
+            if bounds and metric in bounds and not math.isnan(low):
+                low, high = max(bounds[metric][0], low), min(bounds[metric][1], high)
+            rows[v] = {"mean": s.mean, "err": _finite_or_none(err), "low": _finite_or_none(low),
+                       "high": _finite_or_none(high), "n": s.n, "values": values}
         means = [rows[v]["mean"] for v in variants]
-        errs = [rows[v]["err"] or 0.0 for v in variants]
         x = range(len(variants))
-        ax.bar(x, means, color=[colors[i % len(colors)] for i in x], edgecolor="black", linewidth=0.5)
+        ax.bar(x, means, color=[colors[i % len(colors)] for i in x], edgecolor="black", linewidth=0.5, alpha=0.6)
         has_err = [i for i, v in enumerate(variants) if rows[v]["err"] is not None]  # no bar for one seed
         if has_err:
-            ax.errorbar(has_err, [means[i] for i in has_err], yerr=[errs[i] for i in has_err],
+            yerr = [[means[i] - rows[variants[i]]["low"] for i in has_err],
+                    [rows[variants[i]]["high"] - means[i] for i in has_err]]
+            ax.errorbar(has_err, [means[i] for i in has_err], yerr=yerr,
                         fmt="none", ecolor="black", capsize=4, linewidth=1.2)
-        for i, (m, e) in enumerate(zip(means, errs)):
-            ax.annotate(f"{m:.3g}", (i, m + e), textcoords="offset points", xytext=(0, 3), ha="center", fontsize=8)
+        for i, v in enumerate(variants):  # every seed a dot: three seeds can hide a plateau
+            vals = rows[v]["values"]
+            offsets = [0.0] if len(vals) == 1 else [0.24 * (k / (len(vals) - 1) - 0.5) for k in range(len(vals))]
+            ax.scatter([i + o for o in offsets], vals, s=14, color="black", zorder=3)
+        for i, m in enumerate(means):
+            top = max([m, *rows[variants[i]]["values"], rows[variants[i]]["high"] or m])
+            ax.annotate(f"{m:.3g}", (i, top), textcoords="offset points", xytext=(0, 3), ha="center", fontsize=8)
         ax.set_xticks(list(x), variants, rotation=30 if len(variants) > 3 else 0, ha="right" if len(variants) > 3 else "center")
         ax.set_title(metric)
         ax.set_ylabel(metric)
@@ -82,7 +94,8 @@ def plot_metric_bars(
         sidecar["metrics"][metric] = rows
     n_seeds = sorted({r["n"] for rows in sidecar["metrics"].values() for r in rows.values()})
     bar_note = f"{int(confidence * 100)}% CI" if error == "ci" else "±1 std"
-    fig.suptitle(f"{title + ' — ' if title else ''}mean over seeds (n={'/'.join(map(str, n_seeds))}), bars: {bar_note}")
+    fig.suptitle(f"{title + ' — ' if title else ''}mean over seeds (n={'/'.join(map(str, n_seeds))}), "
+                 f"dots: seeds, bars: {bar_note}")
     fig.tight_layout()
     return _save(fig, out_png, sidecar)
 
@@ -203,3 +216,47 @@ def plot_learned(train_log: str | Path, out_png: str | Path, title: str | None =
     if not by_line:
         return None
     return plot_training_curves(by_line, out_png, ylabel="value", title=title or Path(train_log).parent.name)
+
+
+def plot_deltas(comparisons: Mapping[str, Mapping[str, Mapping]], metrics: Sequence[str], out_png: str | Path,
+                title: str | None = None) -> Path:
+    """Forest plot of each variant's Δ against the baseline, one panel per metric.
+
+    comparisons[variant][metric]: a comparison of `ablation.verdicts.compare_split` (per-seed
+    Δ, seed-aware interval, optional utterance-only interval). Each seed is a dot; the thick
+    line is the seed-aware 95 % interval, the thin grey one the utterance-only interval
+    (training seeds held fixed), drawn so the difference between the two is seen.
+    """
+    out_png = Path(out_png)
+    variants = [v for v in comparisons if any(m in comparisons[v] for m in metrics)]
+    if not variants:
+        raise ValueError("plot_deltas got no comparison for the metrics")
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 0.45 * len(variants) + 1.6),
+                             squeeze=False)
+    sidecar: dict = {"kind": "deltas", "variants": variants, "metrics": {}}
+    for ax, metric in zip(axes[0], metrics):
+        rows = {}
+        for y, v in enumerate(variants):
+            c = comparisons[v].get(metric)
+            if c is None:
+                continue
+            pts = [100 * d for d in c["per_seed"].values()]
+            ax.scatter(pts, [y] * len(pts), s=14, color="black", zorder=3)
+            ax.plot([100 * c["delta"]], [y], marker="|", markersize=12, color="tab:blue")
+            if c["ci_low"] is not None:
+                ax.plot([100 * c["ci_low"], 100 * c["ci_high"]], [y, y], color="tab:blue", linewidth=3, alpha=0.6)
+            u = c.get("utterance_only")
+            if u:
+                ax.plot([100 * u["ci_low"], 100 * u["ci_high"]], [y - 0.22] * 2, color="grey", linewidth=1)
+            rows[v] = {"delta": c["delta"], "per_seed": c["per_seed"], "ci_low": c["ci_low"],
+                       "ci_high": c["ci_high"], "verdict": c.get("verdict")}
+        ax.axvline(0, color="black", linewidth=0.8)
+        ax.set_yticks(range(len(variants)), variants)
+        ax.invert_yaxis()
+        ax.set_xlabel(f"Δ {metric} (points)")
+        ax.grid(axis="x", alpha=0.3)
+        sidecar["metrics"][metric] = rows
+    fig.suptitle(f"{title + ' — ' if title else ''}Δ against the baseline: dots seeds, blue seed-aware 95 % CI, "
+                 "grey utterance-only", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, out_png, sidecar)

@@ -1,0 +1,128 @@
+"""Ablation verdicts: seed-aware intervals in the report, the declared family, and the
+re-aggregation of a committed results.json whose runs are gone."""
+
+import json
+
+import numpy as np
+import pytest
+
+from mtspeech.ablation.verdicts import adjust_family, compare_split
+from tiny_experiment import tiny_experiment
+
+
+def _summary(values, seeds):
+    return {"values": values, "seeds": seeds, "mean": float(np.mean(values))}
+
+
+def test_compare_split_pairs_seeds_by_number_not_by_position():
+    table = {"base": {"asr/cer": _summary([0.30, 0.40, 0.50], [0, 1, 2])},
+             "v": {"asr/cer": _summary([0.45, 0.25], [2, 0])}}  # seed 1 missing, listed out of order
+    c = compare_split(table, "base")["v"]["asr/cer"]
+    assert c["per_seed"] == {"0": pytest.approx(-0.05), "2": pytest.approx(-0.05)}
+    assert c["n_seeds"] == 2 and c["level"] == "seeds"
+
+
+def test_family_adjusts_every_comparison_and_gives_verdicts():
+    table = {"base": {"asr/cer": _summary([0.30, 0.31, 0.29], [0, 1, 2]),
+                      "vad/f1": _summary([0.90, 0.91, 0.92], [0, 1, 2])},
+             "agree": {"asr/cer": _summary([0.20, 0.21, 0.19], [0, 1, 2]),
+                       "vad/f1": _summary([0.80, 0.80, 0.81], [0, 1, 2])},
+             "disagree": {"asr/cer": _summary([0.05, 0.45, 0.20], [0, 1, 2])},
+             "two": {"asr/cer": _summary([0.10, 0.11], [0, 1])}}
+    splits = {"test": compare_split(table, "base")}
+    fam = adjust_family(splits)
+    assert fam["size"] == 3 and fam["method"] == "holm"  # "two" has 2 seeds: not in the family
+    assert "test | two | asr/cer" not in fam["members"]
+    got = {(v, m): c["verdict"] for v, row in splits["test"].items() for m, c in row.items()}
+    assert got[("agree", "asr/cer")] == "better"
+    assert got[("agree", "vad/f1")] == "worse"  # F1 is higher-is-better
+    assert got[("disagree", "asr/cer")] == "no detectable effect at 3 seeds"
+    assert got[("two", "asr/cer")] == "no verdict (2 seeds < 3)"
+    raw = splits["test"]["agree"]["asr/cer"]
+    assert raw["p_adjusted"] >= raw["p_value"]
+
+
+def test_difference_intervals_of_rates_stay_inside_their_range():
+    table = {"base": {"asr/cer": _summary([0.02, 0.97, 0.03], [0, 1, 2])},
+             "v": {"asr/cer": _summary([0.98, 0.01, 0.97], [0, 1, 2])}}
+    c = compare_split(table, "base")["v"]["asr/cer"]
+    assert -1.0 <= c["ci_low"] and c["ci_high"] <= 1.0
+
+
+def _grid(manifests) -> dict:
+    recipe = tiny_experiment(manifests, train={"epochs": 1})
+    return {"recipe": recipe, "seeds": [0, 1, 2], "baseline": "asr_only", "test": {"test": str(manifests["test"])},
+            "evaluate": {"decoder": "greedy"},
+            "variants": {"asr_only": {"tasks": {"phones": None, "speaker": None, "vad": None}},
+                         "+phones": {"tasks": {"speaker": None, "vad": None}}}}
+
+
+def _fake_runs(tmp_path, grid, cer):
+    """Planned runs with hand-written evaluations: 20 utterances of 100 characters each."""
+    from mtspeech.ablation import plan_runs
+
+    runs = plan_runs(grid, tmp_path)
+    rng = np.random.default_rng(0)
+    for run in runs:
+        rate = cer[run.variant][run.seed]
+        errors = rng.binomial(100, rate, size=20)
+        results = run.results_path("test")
+        results.parent.mkdir(parents=True)
+        results.write_text(json.dumps({"asr_task": "asr", "metrics": {"asr/cer": float(errors.sum() / 2000)}}))
+        (results.parent / "hypotheses.jsonl").write_text("".join(json.dumps(
+            {"id": f"u{i}", "asr": {"char_errors": int(e), "ref_chars": 100}}) + "\n" for i, e in enumerate(errors)))
+    return runs
+
+
+@pytest.mark.parametrize("cer, want", [
+    # one baseline seed stuck on the blank plateau: the utterances alone say "better", the seeds do not
+    ({"asr_only": [0.24, 0.97, 0.36], "+phones": [0.17, 0.20, 0.17]}, "no detectable effect at 3 seeds"),
+    ({"asr_only": [0.30, 0.31, 0.30], "+phones": [0.17, 0.18, 0.17]}, "better"),
+])
+def test_report_verdict_comes_from_the_seed_aware_interval(prepared_manifests, tmp_path, cer, want):
+    from mtspeech.ablation import build_report, load_grid
+
+    grid = load_grid(_grid(prepared_manifests))
+    report = build_report(grid, tmp_path, _fake_runs(tmp_path, grid, cer))
+    c = report["splits"]["test"]["comparisons"]["+phones"]["asr/cer"]
+    assert c["level"] == "seeds+utterances" and len(c["per_seed"]) == 3
+    assert c["utterance_only"]["ci_high"] < 0  # the seeds-fixed view is sure either way
+    assert c["verdict"] == want
+    assert report["family"] == {"size": 1, "method": "holm", "alpha": 0.05, "members": ["test | +phones | asr/cer"],
+                                "rule": report["family"]["rule"]}
+    md = (tmp_path / "report.md").read_text()
+    assert f"| {want} |" in md and "**Family**: 1 comparisons" in md
+    side = json.loads((tmp_path / "plots" / "test_asr_delta.json").read_text())
+    assert side["metrics"]["asr/cer"]["+phones"]["per_seed"] == c["per_seed"]  # a dot per seed
+    bars = json.loads((tmp_path / "plots" / "test_asr.json").read_text())["metrics"]["asr/cer"]
+    assert all(0.0 <= r["low"] and r["high"] <= 1.0 for r in bars.values())
+
+
+def test_reaggregate_a_committed_results_file(tmp_path):
+    """The committed grids kept per-seed metrics and the utterance bootstrap, not hypotheses."""
+    from mtspeech.ablation import reaggregate
+
+    legacy = {
+        "baseline": "asr_only", "seeds": [0, 1, 2], "variants": ["asr_only", "+phones"], "asr_task": "asr",
+        "runs_finished": [f"{v}/seed{s}" for s in (0, 1, 2) for v in ("asr_only", "+phones")],
+        "runs_missing": [], "failed": {},
+        "splits": {"test": {"manifest": "data/test.jsonl", "table": {
+            "asr_only": {"asr/cer": {"values": [0.243, 0.966, 0.358]}},
+            "+phones": {"asr/cer": {"values": [0.172, 0.195, 0.167]}, "phones/per": {"values": [0.1, 0.1, 0.1]}}},
+            "bootstrap": {"cer": {"+phones": {"delta": -0.344, "ci_low": -0.356, "ci_high": -0.333,
+                                              "p_value": 0.0, "n_resamples": 1000}}}}},
+    }
+    src = tmp_path / "old.json"
+    src.write_text(json.dumps(legacy))
+    report = reaggregate(src, tmp_path / "out")
+    c = report["splits"]["test"]["comparisons"]["+phones"]["asr/cer"]
+    assert c["per_seed"] == {"0": pytest.approx(-0.071), "1": pytest.approx(-0.771), "2": pytest.approx(-0.191)}
+    assert c["level"] == "seeds+utterances" and c["utterance_only"]["ci_high"] == -0.333
+    assert c["ci_low"] < 0 < c["ci_high"] and c["verdict"] == "no detectable effect at 3 seeds"
+    assert (tmp_path / "out" / "report.md").is_file() and (tmp_path / "out" / "plots" / "test_asr_delta.png").is_file()
+    # against another baseline the file holds no utterance bootstrap: the seed level alone, labelled
+    other = reaggregate(src, tmp_path / "vs", baseline="+phones")
+    back = other["splits"]["test"]["comparisons"]["asr_only"]["asr/cer"]
+    assert back["level"] == "seeds" and back["utterance_only"] is None
+    with pytest.raises(ValueError, match="no variant"):
+        reaggregate(src, tmp_path / "x", baseline="nope")
