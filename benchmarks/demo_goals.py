@@ -13,9 +13,10 @@ several seeds and states each goal per seed and on the mean over seeds:
   `test-voices`, reported, not a goal).
 
 The mean over seeds comes with a Student t interval over the seeds (the training noise).
-When the evaluation folders the comparisons name exist under `--root`, the clean cost is
-also pooled: per utterance, the errors summed over the seeds, then the paired bootstrap over
-utterances (the test-set noise, for the seeds' mean model).
+The clean cost also gets the seed-aware interval of `mtspeech compare` over the seed pairs
+(two-level bootstrap over seeds and utterances) when the evaluation folders the comparisons
+name exist under `--root`; otherwise the seeds' t interval widened by their utterance noise.
+Its verdict needs 3 seeds.
 
     python benchmarks/demo_goals.py \\
         --compare docs/results/demo-compare/pad docs/results/demo-compare/pad-seed1 \\
@@ -34,8 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _cli import run_main  # noqa: E402
 
-from mtspeech.evaluation.compare import utterance_errors  # noqa: E402
-from mtspeech.evaluation.stats import mean_std_ci, paired_bootstrap  # noqa: E402
+from scipy.stats import norm  # noqa: E402
+
+from mtspeech.evaluation.compare import compare_seeds  # noqa: E402
+from mtspeech.evaluation.stats import SeedAwareDelta, mean_std_ci, seed_t_interval, verdict  # noqa: E402
 
 CLEAN_BUDGET = 0.005  # CER, demo minus plain on `test`
 NOISE_RATIO = 1.5  # `test-snr10` CER at most this times `test` CER
@@ -43,14 +46,18 @@ EER_SPLITS = ("test-unseen", "test-unseen-snr10")  # the goal's; test-voices is 
 
 
 def _asr_cer(compare_json: Path) -> dict:
-    """The ASR head's CER record of one `mtspeech compare --json` file, with the file's
-    evaluation folders (`a`: plain, `b`: demo) as `a_eval`, `b_eval`."""
+    """The ASR head's CER record of one seed's `mtspeech compare --json` file, with the file's
+    evaluation folders (`a`: plain, `b`: demo) as `a_eval`, `b_eval` and its utterance-only
+    interval as `ci_low`, `ci_high` (files written before seed pairs held it at the top)."""
     if not compare_json.is_file():
         raise SystemExit(f"{compare_json}: not found; `COMPARE_PLAIN=1 bash recipes/synthetic/run.sh` writes it")
     spec = json.loads(compare_json.read_text())
+    one = lambda x: x[0] if isinstance(x, list) else x  # noqa: E731 - one seed per file
     for r in spec["results"]:
         if r["task"] == "asr" and r["metric"] == "cer":
-            return {**r, "a_eval": spec["a"], "b_eval": spec["b"]}
+            utt = r.get("utterance_only", r)
+            return {**r, "ci_low": utt["ci_low"], "ci_high": utt["ci_high"],
+                    "a_eval": one(spec["a"]), "b_eval": one(spec["b"])}
     raise SystemExit(f"{compare_json}: no asr/cer result")
 
 
@@ -84,27 +91,31 @@ def seed_label(compare_dir: Path) -> str:
     return compare_dir.parent.name if compare_dir.name == "compare-plain" else compare_dir.name
 
 
-def pooled_clean_cost(seeds: list[dict], root: Path, resamples: int = 2000) -> dict | None:
-    """Paired bootstrap over `test` utterances of the seeds' summed errors, demo minus plain.
+def pooled_clean_cost(seeds: list[dict], root: Path, resamples: int = 2000) -> dict:
+    """The clean cost over the seeds, demo minus plain, with its seed-aware interval.
 
-    None when an evaluation folder named in a comparison is not under `root`.
+    With the evaluation folders under `root`: the two-level bootstrap over seeds and `test`
+    utterances (`compare_seeds`). Without them: the per-seed costs' t interval with the seeds'
+    mean utterance-bootstrap standard error added in quadrature (`seed_t_interval`).
     """
-    totals: dict[str, list[int]] = {}  # utterance → [plain errors, demo errors, chars]
-    for seed in seeds:
-        a, b = root / seed["plain_eval"], root / seed["demo_eval"]
-        if not ((a / "hypotheses.jsonl").is_file() and (b / "hypotheses.jsonl").is_file()):
-            return None
-        ea, eb = utterance_errors(a, "asr", "cer"), utterance_errors(b, "asr", "cer")
-        for u in ea.keys() & eb.keys():
-            t = totals.setdefault(u, [0, 0, 0])
-            t[0] += ea[u][0]
-            t[1] += eb[u][0]
-            t[2] += ea[u][1]
-    ids = sorted(totals)
-    res = paired_bootstrap([(totals[u][0], totals[u][2]) for u in ids],
-                           [(totals[u][1], totals[u][2]) for u in ids], n_resamples=resamples)
-    return {"delta": res.delta, "ci": [res.ci_low, res.ci_high], "p_value": res.p_value,
-            "utterances": len(ids), "seeds": len(seeds)}
+    per_seed = [s["clean_cost"] for s in seeds]
+    folders = [(root / s["plain_eval"], root / s["demo_eval"]) for s in seeds]
+    if all((a / "hypotheses.jsonl").is_file() and (b / "hypotheses.jsonl").is_file() for a, b in folders):
+        r = compare_seeds(folders, "asr", "cer", n_resamples=resamples)
+        sa = r["seed_aware"] or {}
+        out = {"delta": r["delta"], "ci": [sa.get("ci_low"), sa.get("ci_high")], "p_value": sa.get("p_value"),
+               "level": "seeds+utterances (two-level bootstrap)", "utterances": r["utterances"],
+               "utterance_only_ci": [r["utterance_only"]["ci_low"], r["utterance_only"]["ci_high"]]}
+    else:
+        z = float(norm.ppf(0.975))
+        utt_se = sum((s["clean_cost_ci"][1] - s["clean_cost_ci"][0]) / (2 * z) for s in seeds) / len(seeds)
+        res = seed_t_interval(per_seed, utterance_se=utt_se)
+        out = {"delta": res.delta, "ci": [res.ci_low, res.ci_high], "p_value": res.p_value,
+               "level": "seeds + the seeds' mean utterance standard error (evaluation folders not under --root)"}
+    res = SeedAwareDelta(out["delta"], tuple(per_seed), tuple(range(len(seeds))), None, *out["ci"],
+                         out["p_value"], "seeds")
+    return {**out, "seeds": len(seeds), "per_seed": per_seed, "verdict": verdict(res, out["p_value"]),
+            "within_budget": None if out["ci"][1] is None else bool(out["ci"][1] <= CLEAN_BUDGET)}
 
 
 def over_seeds(seeds: list[dict]) -> dict:
@@ -179,10 +190,13 @@ def render(r: dict) -> str:
         lines.append(f"| {g['goal']} | " + " | ".join(cells) + f" | {mean} | {met} |")
     lines += ["", f"10 dB over clean, the seeds' mean CERs: {r['pooled_noise_ratio']:.3f}"]
     p = r["pooled_clean_cost"]
-    if p:
-        lines += [f"Clean cost pooled over {p['seeds']} seed(s) ({p['utterances']} utterances, paired "
-                      f"bootstrap of the summed errors): {100 * p['delta']:+.2f} points "
-                      f"[{100 * p['ci'][0]:+.2f}, {100 * p['ci'][1]:+.2f}]"]
+    if p["ci"][0] is not None:
+        budget = {True: "inside", False: "not inside", None: "–"}[p["within_budget"]]
+        lines += [f"Clean cost over {p['seeds']} seed(s), seed-aware ({p['level']}): {100 * p['delta']:+.2f} "
+                  f"points [{100 * p['ci'][0]:+.2f}, {100 * p['ci'][1]:+.2f}], {p['verdict']}; the whole interval "
+                  f"{budget} the {100 * CLEAN_BUDGET:.1f}-point budget"]
+    else:
+        lines += [f"Clean cost, one seed: {100 * p['delta']:+.2f} points; {p['verdict']}"]
     return "\n".join(lines)
 
 

@@ -1,10 +1,12 @@
 """`mtspeech compare`: is model B better or worse than model A on the same utterances?
 
-Reads what `mtspeech evaluate` wrote for each model (no model, no decoding) and runs a paired
-bootstrap over utterances of the error rate B minus A (`stats.paired_bootstrap`). One line
-per metric, with its 95 % interval and whether the interval excludes zero. `run.sh` uses it
-to measure what the demo's augmentation costs on clean `test` against the plain model trained
-in the same run (`COMPARE_PLAIN=1`).
+Reads what `mtspeech evaluate` wrote for each model (no model, no decoding). Give the folders
+in pairs, one pair per training seed: with several seeds the interval is seed-aware (two-level
+bootstrap over seeds and utterances, `stats.seed_utterance_bootstrap`) and the verdict is read
+at the Holm-adjusted level over the printed metrics; with fewer than 3 seeds there is no
+verdict, only the utterance-only interval, which holds the trained models fixed. `run.sh`
+uses one pair to show what the demo's augmentation costs on clean `test` against the plain
+model trained in the same run (`COMPARE_PLAIN=1`); `benchmarks/demo_goals.py` reads several.
 """
 
 from __future__ import annotations
@@ -14,7 +16,10 @@ import json
 import logging
 from pathlib import Path
 
-from mtspeech.evaluation.stats import format_p, paired_bootstrap
+import numpy as np
+
+from mtspeech.evaluation.stats import (SeedAwareDelta, adjust_p_values, format_p, paired_bootstrap,
+                                       seed_utterance_bootstrap, verdict)
 
 log = logging.getLogger(__name__)
 
@@ -50,43 +55,88 @@ def utterance_errors(path: Path, task: str, metric: str) -> dict[str, tuple[int,
     return out
 
 
-def compare(a: Path, b: Path, task: str = "asr", metric: str = "cer", n_resamples: int = 1000) -> dict:
-    """Paired bootstrap of `task`'s `metric`, B minus A, over the utterances both scored."""
-    for side in (a, b):
-        if not hypotheses_path(side).is_file():
-            raise CompareError(f"{hypotheses_path(side)}: not found; run `mtspeech evaluate ... --out {side}` first")
-    ea, eb = utterance_errors(a, task, metric), utterance_errors(b, task, metric)
-    ids = sorted(ea.keys() & eb.keys())
+def _aligned(pairs: list[tuple[Path, Path]], task: str, metric: str) -> tuple[list[str], list[dict], list[dict]]:
+    """The utterances every folder scored, and per pair A's and B's errors on them."""
+    for a, b in pairs:
+        for side in (a, b):
+            if not hypotheses_path(side).is_file():
+                raise CompareError(f"{hypotheses_path(side)}: not found; run `mtspeech evaluate ... --out {side}` first")
+    ea = [utterance_errors(a, task, metric) for a, _ in pairs]
+    eb = [utterance_errors(b, task, metric) for _, b in pairs]
+    ids = sorted(set.intersection(*(set(e) for e in ea + eb)))
     if not ids:
-        raise CompareError(f"{a} and {b}: no utterance scored for {task}/{metric} in both")
-    if len(ids) < max(len(ea), len(eb)):
-        log.warning("%s vs %s: %d of %d utterances scored in both; comparing those",
-                    a, b, len(ids), max(len(ea), len(eb)))
-    if [ea[u][1] for u in ids] != [eb[u][1] for u in ids]:
-        raise CompareError(f"{a} and {b}: reference lengths differ; not the same manifest")
-    res = paired_bootstrap([ea[u] for u in ids], [eb[u] for u in ids], n_resamples=n_resamples, seed=0)
-    return {"task": task, "metric": metric, "a": res.wer_a, "b": res.wer_b, "delta": res.delta,
-            "ci_low": res.ci_low, "ci_high": res.ci_high, "p_value": res.p_value,
-            "n_resamples": res.n_resamples, "utterances": len(ids)}
+        raise CompareError(f"{pairs[0][0]} and {pairs[0][1]}: no utterance scored for {task}/{metric} in every folder")
+    most = max(len(e) for e in ea + eb)
+    if len(ids) < most:
+        log.warning("%d of %d utterances scored in every folder; comparing those", len(ids), most)
+    lengths = [ea[0][u][1] for u in ids]
+    for (a, b), x, y in zip(pairs, ea, eb):
+        if [x[u][1] for u in ids] != lengths or [y[u][1] for u in ids] != lengths:
+            raise CompareError(f"{a} and {b}: reference lengths differ; not the same manifest")
+    return ids, ea, eb
+
+
+def compare(a: Path, b: Path, task: str = "asr", metric: str = "cer", n_resamples: int = 1000) -> dict:
+    """One pair of models (one training seed): `compare_seeds([(a, b)])`."""
+    return compare_seeds([(a, b)], task, metric, n_resamples)
+
+
+def compare_seeds(pairs: list[tuple[Path, Path]], task: str = "asr", metric: str = "cer",
+                  n_resamples: int = 1000, seeds: list[int] | None = None) -> dict:
+    """B minus A for `task`'s `metric` over paired training seeds (pair k: seed k of each recipe).
+
+    `seed_aware`: the two-level bootstrap over seeds and utterances (None with one pair: one
+    seed says nothing about the training noise). `utterance_only`: the paired bootstrap of the
+    errors summed over the pairs, utterances resampled, trained models held fixed.
+    """
+    ids, ea, eb = _aligned(pairs, task, metric)
+    seeds = list(range(len(pairs))) if seeds is None else list(seeds)
+    arr_a = [np.array([e[u] for u in ids]) for e in ea]
+    arr_b = [np.array([e[u] for u in ids]) for e in eb]
+    sa = seed_utterance_bootstrap(arr_a, arr_b, seeds, n_resamples=max(n_resamples, 2000))
+    utt = paired_bootstrap(sum(arr_a), sum(arr_b), n_resamples=n_resamples, seed=0)
+    return {"task": task, "metric": metric, "a": utt.wer_a, "b": utt.wer_b, "delta": utt.delta,
+            "seeds": len(pairs), "per_seed": sa.as_dict()["per_seed"],
+            "seed_aware": None if sa.ci_low is None else
+            {k: v for k, v in sa.as_dict().items() if k not in ("delta", "per_seed")},
+            "utterance_only": {"ci_low": utt.ci_low, "ci_high": utt.ci_high, "p_value": utt.p_value,
+                               "n_resamples": utt.n_resamples},
+            "utterances": len(ids)}
+
+
+def judge(results: list[dict], alpha: float = 0.05) -> None:
+    """Holm-adjust the seed-aware p-values of the printed metrics (one family) and give each
+    result its verdict (in place)."""
+    with_p = [r for r in results if r["seed_aware"]]
+    adjusted, _ = adjust_p_values([r["seed_aware"]["p_value"] for r in with_p], "holm")
+    for r in results:
+        r["p_adjusted"] = adjusted[with_p.index(r)] if r in with_p else None
+        sa = r["seed_aware"] or {}
+        res = SeedAwareDelta(r["delta"], tuple(r["per_seed"].values()), tuple(map(int, r["per_seed"])),
+                             sa.get("se"), sa.get("ci_low"), sa.get("ci_high"), sa.get("p_value"), "seeds+utterances")
+        r["verdict"] = verdict(res, r["p_adjusted"], alpha)
 
 
 def describe(r: dict, label_a: str = "A", label_b: str = "B") -> str:
-    """One line: both rates, the difference in points with its interval, and the reading."""
-    if r["ci_low"] > 0:
-        reading = f"{label_b} worse (CI excludes 0)"
-    elif r["ci_high"] < 0:
-        reading = f"{label_b} better (CI excludes 0)"
-    else:
-        reading = "CI includes 0: no clear difference"
+    """Both rates, the difference in points, the seed-aware interval and verdict, then the
+    utterance-only interval labelled as such."""
     pts = lambda x: f"{100 * x:+.1f}"  # noqa: E731 - percentage points
-    return (f"{r['task']}/{r['metric']}: {label_a} {100 * r['a']:.1f} %, {label_b} {100 * r['b']:.1f} %, "
-            f"Δ {pts(r['delta'])} points [{pts(r['ci_low'])}, {pts(r['ci_high'])}] "
-            f"(p {format_p(r['p_value'], r['n_resamples'])}, {r['utterances']} utterances): {reading}")
+    line = (f"{r['task']}/{r['metric']}: {label_a} {100 * r['a']:.1f} %, {label_b} {100 * r['b']:.1f} %, "
+            f"Δ {pts(r['delta'])} points")
+    if r["seeds"] > 1:
+        sa = r["seed_aware"]
+        line += (f" (per seed {' / '.join(pts(d) for d in r['per_seed'].values())}; over seeds "
+                 f"[{pts(sa['ci_low'])}, {pts(sa['ci_high'])}], p {sa['p_value']:.3f}, Holm {r['p_adjusted']:.3f})")
+    u = r["utterance_only"]
+    line += (f"; utterances only, seeds fixed: [{pts(u['ci_low'])}, {pts(u['ci_high'])}] "
+             f"(p {format_p(u['p_value'], u['n_resamples'])}, {r['utterances']} utterances)")
+    return f"{line}: {r.get('verdict', '')}"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("a", type=Path, help="evaluation folder (or hypotheses.jsonl) of model A, the reference")
-    p.add_argument("b", type=Path, help="evaluation folder (or hypotheses.jsonl) of model B, on the same manifest")
+    p.add_argument("folders", type=Path, nargs="+", metavar="A B",
+                   help="evaluation folders (or hypotheses.jsonl) in pairs, seed by seed: A then B of seed 0, "
+                        "A then B of seed 1, ...; A is the reference, every folder on the same manifest")
     p.add_argument("--task", default="asr", help="the task whose errors to compare (asr, or phones for words "
                    "decoded from the phone head)")
     p.add_argument("--metric", nargs="+", default=["cer", "wer"], choices=sorted(ERROR_FIELDS))
@@ -96,14 +146,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    if len(args.folders) % 2:
+        raise SystemExit(f"mtspeech compare: {len(args.folders)} folders; give them in A B pairs, one pair a seed")
+    pairs = list(zip(args.folders[::2], args.folders[1::2]))
     try:
-        results = [compare(args.a, args.b, args.task, m, args.resamples) for m in args.metric]
+        results = [compare_seeds(pairs, args.task, m, args.resamples) for m in args.metric]
     except CompareError as e:
         raise SystemExit(f"mtspeech compare: {e}")
+    judge(results)
     for r in results:
         print(describe(r, *args.labels))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"a": str(args.a), "b": str(args.b), "labels": args.labels,
-                                         "results": results}, indent=2) + "\n")
+        args.json.write_text(json.dumps({"a": [str(a) for a, _ in pairs], "b": [str(b) for _, b in pairs],
+                                         "labels": args.labels, "results": results}, indent=2) + "\n")
     return 0

@@ -34,7 +34,7 @@ def _seed(root: Path, name: str, plain: list[int], demo: list[int], demo_snr10: 
     # what run.sh's compare JSON names: the folders relative to the clone it ran in
     for f in (exp / "compare-plain").glob("*.json"):
         spec = json.loads(f.read_text())
-        spec["a"], spec["b"] = (str(Path(spec[k]).relative_to(root)) for k in ("a", "b"))
+        spec["a"], spec["b"] = ([str(Path(x).relative_to(root)) for x in spec[k]] for k in ("a", "b"))
         f.write_text(json.dumps(spec))
     return exp / "compare-plain"
 
@@ -67,19 +67,26 @@ def test_goals_per_seed_and_on_the_mean(tmp_path, demo_goals):
     assert goals["vad_margin_min"]["met_per_seed"] == [True, False] and not goals["vad_margin_min"]["met_on_mean"]
     assert goals["eer_margin/test-unseen"]["per_seed"] == pytest.approx([-0.06, 0.04])
     assert goals["eer_margin/test-unseen"]["met_on_mean"]  # mean −0.01
-    # pooled over the seeds the same utterances: the mean of the seeds' costs, with an interval
+    # over the seeds, on the same utterances: the mean of the seeds' costs, a seed-aware interval
     pooled = r["pooled_clean_cost"]
     assert pooled["delta"] == pytest.approx(0.0) and pooled["utterances"] == n and pooled["seeds"] == 2
-    assert pooled["ci"][0] <= 0 <= pooled["ci"][1]
+    assert pooled["ci"][0] <= 0 <= pooled["ci"][1] and pooled["level"].startswith("seeds+utterances")
+    assert pooled["verdict"] == "no verdict (2 seeds < 3)"
     assert json.loads((tmp_path / "goals.json").read_text())["goals"][0]["key"] == "clean_cost"
 
 
-def test_without_the_evaluation_folders_the_pooled_cost_is_left_out(tmp_path, demo_goals, capsys):
+def test_without_the_evaluation_folders_the_cost_uses_the_committed_intervals(tmp_path, demo_goals, capsys):
     a = _seed(tmp_path, "a", [5] * 20, [6] * 20, [9] * 20)
     r = demo_goals.main(["--compare", str(a), "--root", str(tmp_path / "elsewhere")])
-    assert r["pooled_clean_cost"] is None
+    pooled = r["pooled_clean_cost"]
+    assert pooled["ci"] == [None, None] and pooled["verdict"] == "no verdict (1 seed < 3)"
     assert r["seeds"][0]["vad_margin_min"] is None  # no peers result given
-    assert "| clean cost ≤ 0.5 CER points | +2.0 ✗ |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "| clean cost ≤ 0.5 CER points | +2.0 ✗ |" in out and "Clean cost, one seed: +2.00 points" in out
+    three = [_seed(tmp_path, k, [5] * 20, [5 + d] * 20, [9] * 20) for k, d in (("b", 1), ("c", 0), ("d", 2))]
+    r = demo_goals.main(["--compare", *map(str, three), "--root", str(tmp_path / "elsewhere")])
+    assert r["pooled_clean_cost"]["level"].startswith("seeds + the seeds' mean utterance")
+    assert r["pooled_clean_cost"]["ci"][0] < r["pooled_clean_cost"]["delta"] < r["pooled_clean_cost"]["ci"][1]
 
 
 def test_peers_files_must_match_the_seeds(tmp_path, demo_goals):
