@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `mtspeech ablate`."""
-    parser.add_argument("--grid", required=True, help="grid YAML (e.g. recipes/synthetic/ablation.yaml)")
+    parser.add_argument("--grid", help="grid YAML (e.g. recipes/synthetic/ablation.yaml); not needed with --from-results")
     parser.add_argument("--out", default=None, help="output folder (default: the grid's `out`)")
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (subprocesses; local launcher)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per run (default: cores // jobs)")
@@ -38,6 +38,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     """Run `mtspeech ablate`; returns 0, or 1 when a run failed, 2 on a bad grid."""
     try:
+        if args.from_results:
+            if not args.report_only:
+                raise ConfigError("--from-results goes with --report-only")
+            out = Path(args.out or args.from_results.parent)
+            reaggregate(args.from_results, out, baseline=args.baseline)
+            log.info("report: %s", out / "report.md")
+            return 0
+        if not args.grid:
+            raise ConfigError("--grid is required (or --report-only --from-results RESULTS_JSON)")
         grid = load_grid(args.grid, seeds=args.seeds, variants=args.variants)
         if args.baseline:
             if args.baseline not in grid.variants:
@@ -52,11 +61,7 @@ def main(args: argparse.Namespace) -> int:
                 if run.state(grid.test) != "done":
                     print(f"torchrun --nproc_per_node=N -m mtspeech.ablation --run {run.dir}")
             return 0
-        if args.from_results and not args.report_only:
-            raise ConfigError("--from-results goes with --report-only")
-        if args.report_only and args.from_results:
-            report = reaggregate(args.from_results, out, baseline=args.baseline)
-        elif args.report_only:
+        if args.report_only:
             report = build_report(grid, out)
         elif args.launcher == "slurm":
             from mtspeech.ablation.slurm import options_from_args, run_grid_submitit
@@ -64,7 +69,7 @@ def main(args: argparse.Namespace) -> int:
             report = run_grid_submitit(grid, out, options_from_args(args), threads=args.threads)
         else:
             report = run_grid(grid, out, jobs=args.jobs, threads=args.threads)
-    except ConfigError as e:
+    except (ConfigError, ValueError, FileNotFoundError) as e:
         log.error("%s", e)
         return 2
     log.info("report: %s", out / "report.md")

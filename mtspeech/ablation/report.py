@@ -187,7 +187,8 @@ def _write(report: dict, out: Path) -> None:
 
 def reaggregate(results_json: str | Path, out: str | Path, baseline: str | None = None,
                 n_resamples: int = N_RESAMPLES) -> dict:
-    """Report a committed grid again, by today's rules, from its `results.json` alone.
+    """Report a committed grid again, by today's rules, from its `results.json` alone (as first
+    written, or as this function rewrote it: reading its own output gives the same report).
 
     The per-seed metrics are in the file (each variant's `values`, in the seed order of
     `runs_finished`). Per-utterance errors were not committed, so the seed-aware interval is
@@ -210,19 +211,25 @@ def reaggregate(results_json: str | Path, out: str | Path, baseline: str | None 
     report = {k: old[k] for k in ("seeds", "variants", "runs_finished", "runs_missing", "failed", "asr_task")
               if k in old}
     report.update(baseline=baseline, splits={}, plots=[],
-                  reaggregated_from={"file": Path(results_json).name, "baseline_of_file": old["baseline"]})
+                  reaggregated_from=old.get("reaggregated_from")
+                  or {"file": Path(results_json).name, "baseline_of_file": old["baseline"]})
     z = float(norm.ppf(0.975))
     for split, sec in old["splits"].items():
         table = {}
         for variant, row in sec["table"].items():
             seeds = seeds_of.get(variant, [])
-            table[variant] = {m: _summary(s["values"], seeds if len(seeds) == len(s["values"]) else [], m)
+            table[variant] = {m: _summary(s["values"], s.get("seeds") or
+                                          (seeds if len(seeds) == len(s["values"]) else []), m)
                               for m, s in row.items()}
-        boots = sec.get("bootstrap", {}) if baseline == old["baseline"] else {}
+        same_baseline = baseline == old["baseline"]
+        boots = sec.get("bootstrap", {}) if same_baseline else {}  # the file as first written
+        kept = sec.get("comparisons", {}) if same_baseline else {}  # a file this function wrote
 
         def old_boot(variant: str, metric: str) -> dict | None:
             task, _, name = metric.rpartition("/")
-            return boots.get(name, {}).get(variant) if task == old.get("asr_task") else None
+            if task != old.get("asr_task"):
+                return None
+            return boots.get(name, {}).get(variant) or kept.get(variant, {}).get(metric, {}).get("utterance_only")
 
         def utterance_se(variant: str, metric: str) -> float:
             b = old_boot(variant, metric)

@@ -25,7 +25,7 @@ def _finite_or_none(x: float) -> float | None:
 
 def _save(fig, out_png: Path, sidecar: dict) -> Path:
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=120, bbox_inches="tight")
+    fig.savefig(out_png, dpi=90, bbox_inches="tight")  # 90: legible, and the committed grids stay small
     plt.close(fig)
     out_png.with_suffix(".json").write_text(json.dumps(sidecar, indent=2), encoding="utf-8")
     return out_png
