@@ -97,7 +97,7 @@ _COMMANDS = [
         ("analyze", "mtspeech.analyze", "word accuracy by training-sentence count, from evaluate's hypotheses"),
         ("export", "mtspeech.export.command", "export the streaming encoder and heads to ONNX (optionally int8)"),
         ("transcribe", "mtspeech.client", "transcribe files locally or through a server"),
-        ("serve", "serve.app", "run the streaming recognition server"),
+        ("serve", "mtspeech.serve.app", "run the streaming recognition server"),
     ]),
 ]
 
