@@ -9,11 +9,13 @@ what `mtspeech --help` did before it only listed them (issue 32). Run it with th
 environment where this checkout is installed (`mtspeech.serve` exists only once installed).
 
     python benchmarks/cli_startup.py --repeats 7 --out docs/results/cli-startup/cli-startup.json
+    python benchmarks/cli_startup.py --render docs/results/cli-startup/cli-startup.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -43,6 +45,7 @@ COMMANDS = [
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--repeats", type=int, default=7, help="rounds; each runs every command once (at least 5 for a figure)")
     ap.add_argument("--out", help="write the results as JSON here")
+    ap.add_argument("--render", metavar="JSON", help="print the table of an earlier --out file; measure nothing")
 
 
 def measure(args: list[str], expect_rc: int) -> dict:
@@ -77,6 +80,8 @@ def _commit() -> str | None:
 
 
 def run(args: argparse.Namespace) -> dict:
+    if args.render:
+        return json.loads(Path(args.render).read_text())
     runs: dict[str, list[dict]] = {label: [] for label, _, _ in COMMANDS}
     load_start = [round(x, 2) for x in os.getloadavg()]
     for _ in range(args.repeats):
