@@ -162,8 +162,9 @@ def test_wheel_has_mtspeech_serve_and_no_top_level_serve(tmp_path):
         shutil.copy(ROOT / name, src / name)
     for name in ("mtspeech", "serve"):
         shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                    "-w", str(tmp_path / "wheel"), str(src)], check=True, capture_output=True)
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                            "-w", str(tmp_path / "wheel"), str(src)], capture_output=True, text=True)
+    assert built.returncode == 0, f"pip wheel failed:\n{built.stderr[-3000:]}"
     (wheel,) = (tmp_path / "wheel").glob("mtspeech-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert {"mtspeech/serve/__init__.py", "mtspeech/serve/app.py", "mtspeech/serve/static/index.html"} <= set(names)
