@@ -157,10 +157,10 @@ def prepare_audio(samples: list[tuple[str, np.ndarray]], ckpt: str, args, backen
     import torch
 
     from mtspeech.client import to_pcm16
-    from mtspeech.streaming.endpoint import EndpointConfig
+    from mtspeech.serve.protocol import decode_frame
     from mtspeech.streaming import PartialEvent, StreamingConfig
     from mtspeech.streaming.decoders import load_recognizer
-    from serve.protocol import decode_frame
+    from mtspeech.streaming.endpoint import EndpointConfig
 
     torch.set_num_threads(1)
     cfg = StreamingConfig(chunk_frames=args.chunk_frames, left_chunks=args.left_chunks,

@@ -1,8 +1,9 @@
 """The `mtspeech` command.
 
 Each sub-command is one `_add_<name>(subparsers)` function that declares its arguments and
-points `func` at a small runner; runners import their modules lazily so `mtspeech --help`
-stays fast and a broken optional part never breaks the others.
+points `func` at a small runner. Only the sub-command being run is declared: declaring imports
+its module (most import torch), so `mtspeech --help` lists the others by name and help alone,
+answers at once, and a broken optional part never breaks the rest.
 """
 
 from __future__ import annotations
@@ -97,26 +98,26 @@ _COMMANDS = [
         ("analyze", "mtspeech.analyze", "word accuracy by training-sentence count, from evaluate's hypotheses"),
         ("export", "mtspeech.export.command", "export the streaming encoder and heads to ONNX (optionally int8)"),
         ("transcribe", "mtspeech.client", "transcribe files locally or through a server"),
-        ("serve", "serve.app", "run the streaming recognition server"),
+        ("serve", "mtspeech.serve.app", "run the streaming recognition server"),
     ]),
 ]
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
-    """The parser, with full arguments for the sub-command named in `argv` only (all of them
-    when none is named): declaring a sub-command imports its module, and some import torch,
-    which would cost `mtspeech prepare` half a gigabyte of memory it never uses."""
+    """The parser, with full arguments for the sub-command named in `argv` only; the others
+    (all of them for `mtspeech --help` or a bare `mtspeech`) are listed by name and help.
+    Declaring a sub-command imports its module, and most import torch: declaring them all
+    made `mtspeech --help` take seconds and most of a gigabyte (benchmarks/cli_startup.py)."""
     argv = sys.argv[1:] if argv is None else argv
     chosen = next((a for a in argv if not a.startswith("-")), None)
-    names = {name for name, _, _ in _COMMANDS}
     parser = argparse.ArgumentParser(prog="mtspeech", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help, add in _COMMANDS:
-        if chosen in names and name != chosen:
-            sub.add_parser(name, help=help)  # listed, not declared
-        else:
+        if name == chosen:
             add(sub)
+        else:
+            sub.add_parser(name, help=help)  # listed, not declared
     return parser
 
 

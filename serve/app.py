@@ -20,13 +20,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.requests import ClientDisconnect
 
+from mtspeech.serve import http, ws
+from mtspeech.serve import protocol as P
+from mtspeech.serve.incidents import internal_error
+from mtspeech.serve.limits import ServerSettings
+from mtspeech.serve.server import APIError, Server
 from mtspeech.streaming import StreamingConfig, StreamingRecognizer
 from mtspeech.streaming.endpoint import EndpointConfig
-from serve import http, ws
-from serve import protocol as P
-from serve.incidents import internal_error
-from serve.limits import ServerSettings
-from serve.server import APIError, Server
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"

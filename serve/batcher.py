@@ -24,10 +24,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from mtspeech.serve.incidents import internal_error
+from mtspeech.serve.metrics import Metrics
+from mtspeech.serve.protocol import ErrorCode, ErrorMessage
 from mtspeech.streaming import Event, Stream, StreamingRecognizer
-from serve.incidents import internal_error
-from serve.metrics import Metrics
-from serve.protocol import ErrorCode, ErrorMessage
 
 RESTART_DELAY_S = 0.05  # after an unexpected loop error: don't spin if it repeats
 

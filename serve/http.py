@@ -26,11 +26,11 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.datastructures import UploadFile
 
+from mtspeech.serve import protocol as P
+from mtspeech.serve.batcher import END, Job
+from mtspeech.serve.limits import ServerSettings, authorized
+from mtspeech.serve.server import APIError, Server
 from mtspeech.streaming import FinalEvent
-from serve import protocol as P
-from serve.batcher import END, Job
-from serve.limits import ServerSettings, authorized
-from serve.server import APIError, Server
 
 log = logging.getLogger(__name__)
 router = APIRouter()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import secrets
 
-log = logging.getLogger("serve")
+log = logging.getLogger("mtspeech.serve")
 
 
 def internal_error(what: str, exc: BaseException) -> str:

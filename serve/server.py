@@ -15,11 +15,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from mtspeech.serve import protocol as P
+from mtspeech.serve.batcher import Batcher, Job
+from mtspeech.serve.limits import ServerSettings, StreamSlots
+from mtspeech.serve.metrics import Metrics
 from mtspeech.streaming import StreamingRecognizer
-from serve import protocol as P
-from serve.batcher import Batcher, Job
-from serve.limits import ServerSettings, StreamSlots
-from serve.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

@@ -18,11 +18,11 @@ import time
 from fastapi import APIRouter, WebSocket
 from pydantic import ValidationError
 
+from mtspeech.serve import protocol as P
+from mtspeech.serve.batcher import END, Job, Outgoing
+from mtspeech.serve.limits import key_matches, request_key
+from mtspeech.serve.server import Server
 from mtspeech.streaming import SAMPLE_RATE
-from serve import protocol as P
-from serve.batcher import END, Job, Outgoing
-from serve.limits import key_matches, request_key
-from serve.server import Server
 
 log = logging.getLogger(__name__)
 router = APIRouter()

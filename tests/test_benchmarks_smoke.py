@@ -1,4 +1,5 @@
-"""Smoke test of the serving benchmarks (benchmarks/server_load.py, endpoint_latency.py, endpoint_grid.py).
+"""Smoke test of the serving benchmarks (benchmarks/server_load.py, endpoint_latency.py, endpoint_grid.py)
+and of benchmarks/cli_startup.py.
 
 A tiny randomly initialised checkpoint, two 1.6 s utterances of synthetic "speech" with
 known speech segments, one or two streams: the benchmarks must run end to end and write
@@ -181,3 +182,15 @@ def test_endpoint_grid_summarises_every_run_per_variant(assets):
         assert _finite(summary["vad WER"]["mean"])
     with pytest.raises(SystemExit, match="no trained run"):
         bench.main(["--grid-out", str(assets["root"] / "nothing")])
+
+
+def test_cli_startup_benchmark(tmp_path):
+    """benchmarks/cli_startup.py: every command runs (with the exit status it expects) and the
+    JSON holds a finite median of each measure; then --render reads that JSON back."""
+    bench = _load("cli_startup")
+    out = tmp_path / "cli.json"
+    bench.main(["--repeats", "1", "--out", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["command"] for r in rows] == [label for label, _, _ in bench.COMMANDS]
+    assert all(_finite(r[k]["median"]) for r in rows for k in ("wall_s", "cpu_s", "rss_mb"))
+    assert bench.main(["--render", str(out)])["rows"] == rows

@@ -1,10 +1,16 @@
 """The install is reproducible: pyproject.toml and requirements.lock agree, and the import
-check names the packages that disagree instead of leaving a wall of collection errors."""
+check names the packages that disagree instead of leaving a wall of collection errors. The
+server installs as `mtspeech.serve`: nothing named `serve` lands in site-packages."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
+import shutil
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -114,3 +120,52 @@ def test_import_check_blames_the_locked_set_when_versions_match(capsys):
 def test_locked_versions_honours_markers(marker, expected):
     line = f"demo-pkg==1.0 ; {marker} \\" if marker else "demo-pkg==1.0 \\"
     assert _check_install().locked_versions(line + "\n    --hash=sha256:00\n").get("demo-pkg") == expected
+
+
+def _setuptools_config() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+
+
+def test_every_package_folder_is_listed_and_the_server_installs_as_mtspeech_serve():
+    """pyproject.toml lists its packages (packages.find cannot see a sub-package mapped from
+    another folder): a folder added under mtspeech/ but not listed would be missing from the
+    wheel, while an editable install still finds it."""
+    config = _setuptools_config()
+    assert config["package-dir"] == {"mtspeech.serve": "serve"}
+    folders = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "mtspeech").rglob("__init__.py")}
+    folders |= {".".join(["mtspeech", *p.parent.relative_to(ROOT).parts])
+                for p in (ROOT / "serve").rglob("__init__.py")}
+    assert sorted(config["packages"]) == sorted(folders), "pyproject.toml's [tool.setuptools] packages"
+    assert config["package-data"]["mtspeech.serve"] == ["static/*"]
+
+
+def test_installed_server_is_mtspeech_serve_and_nothing_is_named_serve(tmp_path):
+    """What a user of this environment gets: `python -I` from an empty folder, so neither
+    PYTHONPATH nor this checkout's root can supply a `serve`; only the install can."""
+    code = ("import importlib.util, json, pathlib\n"
+            "import mtspeech.serve.app\n"
+            "folder = pathlib.Path(mtspeech.serve.__file__).parent\n"
+            "top = importlib.util.find_spec('serve')\n"
+            "print(json.dumps({'serve': top and top.origin, 'static': (folder / 'static' / 'index.html').is_file()}))")
+    out = subprocess.run([sys.executable, "-I", "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 0, (f"`import mtspeech.serve` fails for {sys.executable}: install this checkout "
+                                 f"(pip install --no-deps -e ., or bash scripts/setup.sh)\n{out.stderr}")
+    found = json.loads(out.stdout)
+    assert found["serve"] is None, f"a top-level `serve` is still importable, from {found['serve']}"
+    assert found["static"], "serve/static/ was not installed next to mtspeech.serve"
+
+
+def test_wheel_has_mtspeech_serve_and_no_top_level_serve(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    for name in ("mtspeech", "serve"):
+        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                            "-w", str(tmp_path / "wheel"), str(src)], capture_output=True, text=True)
+    assert built.returncode == 0, f"pip wheel failed:\n{built.stderr[-3000:]}"
+    (wheel,) = (tmp_path / "wheel").glob("mtspeech-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {"mtspeech/serve/__init__.py", "mtspeech/serve/app.py", "mtspeech/serve/static/index.html"} <= set(names)
+    assert {n.split("/")[0] for n in names if not n.startswith("mtspeech-")} == {"mtspeech"}

@@ -20,7 +20,7 @@ import numpy as np
 import soundfile
 import torch
 
-from serve.app import build_uvicorn
+from mtspeech.serve.app import build_uvicorn
 from tiny_asr import signal as _signal
 from tiny_asr import tiny_recognizer
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from mtspeech import client
+from mtspeech.serve.app import create_app
 from mtspeech.streaming import StreamingConfig, StreamingRecognizer
-from serve.app import create_app
 from serve_helpers import live_server, reference_text, signal, wav_bytes
 
 
@@ -93,7 +93,7 @@ def test_local_decoding_and_server_from_checkpoint(checkpoint, tmp_path):
 
 
 def test_cli_arguments_parse():
-    from serve import app as serve_app
+    from mtspeech.serve import app as serve_app
 
     p = argparse.ArgumentParser()
     client.add_arguments(p)

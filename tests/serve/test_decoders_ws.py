@@ -13,12 +13,12 @@ from fastapi.testclient import TestClient
 from websockets.asyncio.client import connect
 
 from mtspeech.client import to_pcm16
+from mtspeech.serve import app as serve_app
+from mtspeech.serve import protocol as P
+from mtspeech.serve.app import create_app
+from mtspeech.serve.limits import ServerSettings
 from mtspeech.streaming import PartialEvent
 from mtspeech.streaming.decoders import BeamDecoder, load_recognizer
-from serve import app as serve_app
-from serve import protocol as P
-from serve.app import create_app
-from serve.limits import ServerSettings
 from serve_helpers import stream_messages, live_server, recv_all, signal, tiny_recognizer
 from tiny_asr import PIECES
 

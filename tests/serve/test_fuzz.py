@@ -28,9 +28,9 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from mtspeech.client import stream_samples, to_pcm16
-from serve import protocol as P
-from serve.app import create_app
-from serve.limits import ServerSettings
+from mtspeech.serve import protocol as P
+from mtspeech.serve.app import create_app
+from mtspeech.serve.limits import ServerSettings
 from serve_helpers import reference_text, signal, wav_bytes
 
 API_KEY = "s3cret"

@@ -19,8 +19,8 @@ from fastapi.testclient import TestClient
 from websockets.asyncio.client import connect
 
 from mtspeech.client import to_pcm16
-from serve.app import create_app
-from serve.limits import ServerSettings
+from mtspeech.serve.app import create_app
+from mtspeech.serve.limits import ServerSettings
 from serve_helpers import live_server, next_message, recv_all, reference_text, rss_bytes, signal
 
 
@@ -235,7 +235,7 @@ def test_client_vanishing_mid_upload_logs_no_traceback(make_server):
     records: list[logging.LogRecord] = []
     handler = logging.Handler()
     handler.emit = records.append
-    loggers = [logging.getLogger(n) for n in ("uvicorn", "uvicorn.error", "serve", "")]
+    loggers = [logging.getLogger(n) for n in ("uvicorn", "uvicorn.error", "mtspeech.serve", "")]
     for lg in loggers:
         lg.addHandler(handler)
     try:

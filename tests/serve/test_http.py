@@ -8,8 +8,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from serve_helpers import reference_text, signal, wav_bytes
-from serve.app import create_app
-from serve.limits import ServerSettings
+from mtspeech.serve.app import create_app
+from mtspeech.serve.limits import ServerSettings
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ import torch
 import torchaudio
 from websockets.asyncio.client import connect
 
-from serve.app import create_app
+from mtspeech.serve.app import create_app
 from serve_helpers import live_server, signal, wav_bytes
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")

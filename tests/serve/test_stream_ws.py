@@ -295,7 +295,7 @@ def test_rss_flat_over_a_thousand_connections(make_server):
 
 def test_graceful_shutdown_finalizes_open_streams(recognizer):
     from serve_helpers import live_server
-    from serve.app import create_app
+    from mtspeech.serve.app import create_app
 
     app = create_app(recognizer)
     wav = signal(2.0, seed=9)
