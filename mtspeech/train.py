@@ -147,6 +147,7 @@ class Trainer:
         self.epoch = 0
         self.batches_done = 0  # of this epoch, as consumed by the loop (workers prefetch ahead)
         self.history: list[dict] = []  # per-epoch dev results
+        self.stopped_by = "cap"  # or "plateau", set when fit() ends (stopping.json)
         self.skipped_batches = 0
         self._rng_of_ranks: list[dict] | None = None  # set by save_last() around its state_dict()
 
@@ -387,6 +388,7 @@ class Trainer:
             if self.rt.main:
                 log.info("epoch %d step %d: %s", self.epoch, self.step,
                          " ".join(f"{k}={v:.4g}" for k, v in results.items()))
+        self.stopped_by = "plateau" if self._plateaued(quiet=True) else "cap"
         self._finish()
         return self.history[-1] if self.history else {}
 
@@ -492,7 +494,7 @@ class Trainer:
             self.step_log.flush()
         return results
 
-    def _plateaued(self) -> bool:
+    def _plateaued(self, quiet: bool = False) -> bool:
         """Early stop: the main task's dev metric of the last `patience` epochs is no better than
         its best before them, and that best had improved on the first epoch's value: CTC's
         blank plateau at the start (CER 1.0 for several epochs) is flat too, but not the end.
@@ -504,7 +506,7 @@ class Trainer:
             return False
         earlier = min(scores[:-patience])
         stop = earlier < scores[0] and min(scores[-patience:]) >= earlier
-        if stop and self.rt.main:
+        if stop and self.rt.main and not quiet:
             log.info("early stop after epoch %d: dev %s has not improved for %d epochs (best %.4g)",
                      self.epoch, key, patience, min(scores))
         return stop
@@ -547,6 +549,13 @@ class Trainer:
         for key in ("optimizer", "scheduler", "sampler", "rng"):
             state.pop(key)  # final.pt is for inference; last.pt stays for resumption
         ckpt.save_atomic(state, self.exp_dir / "final.pt")
+        # How the run ended, beside its per-epoch dev curve: a grid is "converged" only if every
+        # run stopped on its dev plateau, not because the cap (a time budget) ran out.
+        (self.exp_dir / "stopping.json").write_text(json.dumps({
+            "stopped_by": self.stopped_by, "epochs": self.epoch, "updates": self.step,
+            "cap": {"epochs": self.exp.train.epochs, "updates": self.total_steps},
+            "patience": self.exp.train.patience, "metric": f"dev/{self._best_key()}",
+            "dev_curve": self.history}, indent=1))
         if self.tb is not None:
             self.tb.close()
             self.step_log.close()

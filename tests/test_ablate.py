@@ -127,7 +127,7 @@ def test_interrupted_grid_resumes_without_retraining_and_reports(prepared_manife
             raise Crash("killed")
 
     monkeypatch.setattr(Trainer, "_keep_best", dying)
-    first = run_grid(load_grid(spec, variants=["asr_only"]), out, jobs=1)
+    first = run_grid(load_grid(spec, variants=["asr_only"], final=True), out, jobs=1)
     monkeypatch.setattr(Trainer, "_keep_best", original)
     assert list(first["failed"]) == ["asr_only/seed1"]
     done = Run("asr_only", 0, out / "runs" / "asr_only" / "seed0")
@@ -141,7 +141,7 @@ def test_interrupted_grid_resumes_without_retraining_and_reports(prepared_manife
     half_steps = len(train_steps(half))
 
     # 2) the whole grid, two worker subprocesses: the finished run is skipped, the half one resumed
-    report = run_grid(load_grid(spec), out, jobs=2)
+    report = run_grid(load_grid(spec, final=True), out, jobs=2)
     assert not report["failed"]
     assert (done.dir / "final.pt").stat().st_mtime_ns == mtime
     actions = {(e["run"], e["event"]) for e in events(out)}
@@ -153,7 +153,7 @@ def test_interrupted_grid_resumes_without_retraining_and_reports(prepared_manife
     assert steps == sorted(steps)
 
     # 3) a third call has nothing left to do
-    run_grid(load_grid(spec), out, jobs=1)
+    run_grid(load_grid(spec, final=True), out, jobs=1)
     last = events(out)[-4:]
     assert all(e["event"] == "skip" for e in last)
 
@@ -193,7 +193,7 @@ def test_interrupted_grid_resumes_without_retraining_and_reports(prepared_manife
     assert results["family"]["size"] == 0  # two seeds: nothing enters the family
 
     # rebuilding the report from disk alone gives the same numbers
-    again = build_report(load_grid(spec), out)
+    again = build_report(load_grid(spec, final=True), out)
     assert again["splits"]["test"]["table"] == results["splits"]["test"]["table"]
 
 
@@ -246,7 +246,7 @@ def test_slurm_launcher_reports_like_the_local_one(prepared_manifests, tmp_path)
     log_path = Path(first["failed"]["+speaker_adv/seed0"].rsplit("log: ", 1)[1])
     assert log_path.is_file() and "Traceback" in log_path.read_text()
     assert str(log_path) in (out / "report.md").read_text()
-    assert first["splits"]["test"]["table"]["asr_only"]["asr/wer"]["n"] == 1
+    assert first["splits"]["dev"]["table"]["asr_only"]["asr/wer"]["n"] == 1  # dev only: no --final
 
     (broken.dir / "final.pt").unlink()
     second = run_grid_submitit(grid, out, options, threads=1, cluster="local")

@@ -66,7 +66,7 @@ def _fake_runs(tmp_path, grid, cer):
     for run in runs:
         rate = cer[run.variant][run.seed]
         errors = rng.binomial(100, rate, size=20)
-        results = run.results_path("test")
+        results = run.results_path("dev")
         results.parent.mkdir(parents=True)
         results.write_text(json.dumps({"asr_task": "asr", "metrics": {"asr/cer": float(errors.sum() / 2000)}}))
         (results.parent / "hypotheses.jsonl").write_text("".join(json.dumps(
@@ -84,17 +84,17 @@ def test_report_verdict_comes_from_the_seed_aware_interval(prepared_manifests, t
 
     grid = load_grid(_grid(prepared_manifests))
     report = build_report(grid, tmp_path, _fake_runs(tmp_path, grid, cer))
-    c = report["splits"]["test"]["comparisons"]["+phones"]["asr/cer"]
+    c = report["splits"]["dev"]["comparisons"]["+phones"]["asr/cer"]
     assert c["level"] == "seeds+utterances" and len(c["per_seed"]) == 3
     assert c["utterance_only"]["ci_high"] < 0  # the seeds-fixed view is sure either way
     assert c["verdict"] == want
-    assert report["family"] == {"size": 1, "method": "holm", "alpha": 0.05, "members": ["test | +phones | asr/cer"],
+    assert report["family"] == {"size": 1, "method": "holm", "alpha": 0.05, "members": ["dev | +phones | asr/cer"],
                                 "rule": report["family"]["rule"]}
     md = (tmp_path / "report.md").read_text()
     assert f"| {want} |" in md and "**Family**: 1 comparisons" in md
-    side = json.loads((tmp_path / "plots" / "test_asr_delta.json").read_text())
+    side = json.loads((tmp_path / "plots" / "dev_asr_delta.json").read_text())
     assert side["metrics"]["asr/cer"]["+phones"]["per_seed"] == c["per_seed"]  # a dot per seed
-    bars = json.loads((tmp_path / "plots" / "test_asr.json").read_text())["metrics"]["asr/cer"]
+    bars = json.loads((tmp_path / "plots" / "dev_asr.json").read_text())["metrics"]["asr/cer"]
     assert all(0.0 <= r["low"] and r["high"] <= 1.0 for r in bars.values())
 
 
@@ -126,3 +126,54 @@ def test_reaggregate_a_committed_results_file(tmp_path):
     assert back["level"] == "seeds" and back["utterance_only"] is None
     with pytest.raises(ValueError, match="no variant"):
         reaggregate(src, tmp_path / "x", baseline="nope")
+
+
+def test_a_grid_selects_on_dev_and_reads_test_only_with_final(prepared_manifests, tmp_path, monkeypatch):
+    """Without --final no run is ever scored on a test split, and the report holds dev alone."""
+    import mtspeech.evaluation.evaluate as evaluate_module
+    from mtspeech.ablation import load_grid, plan_runs, run_grid
+    from mtspeech.ablation.cli import add_arguments, main
+
+    read = []
+
+    def fake_evaluate(checkpoint, manifest, out, **kwargs):
+        read.append(str(manifest))
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps({"asr_task": "asr", "metrics": {"asr/cer": 0.5}}))
+
+    monkeypatch.setattr(evaluate_module, "evaluate", fake_evaluate)
+    spec = _grid(prepared_manifests)
+    spec["test"]["test-unseen"] = str(prepared_manifests["test-unseen"])
+    grid = load_grid(spec)
+    assert grid.dev == {"dev": str(prepared_manifests["dev"])} and not grid.final
+    for run in plan_runs(grid, tmp_path):
+        (run.dir / "final.pt").write_bytes(b"trained")  # nothing to train: only scoring
+    report = run_grid(grid, tmp_path, jobs=1)
+    assert set(read) == {str(prepared_manifests["dev"])}
+    assert list(report["splits"]) == ["dev"] and report["splits"]["dev"]["role"] == "dev"
+    assert report["test_splits_not_scored"] == ["test", "test-unseen"]
+    assert "not scored" in (tmp_path / "report.md").read_text()
+
+    # --final through the command: the test splits are scored, once, and the time recorded
+    import argparse
+    import yaml
+
+    grid_file = tmp_path / "grid.yaml"
+    grid_file.write_text(yaml.safe_dump(spec))
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert main(parser.parse_args(["--grid", str(grid_file), "--out", str(tmp_path), "--final"])) == 0
+    assert {str(prepared_manifests[s]) for s in ("test", "test-unseen")} <= set(read)
+    final = json.loads((tmp_path / "results.json").read_text())
+    assert final["final"] and set(final["splits"]) == {"dev", "test", "test-unseen"}
+    assert final["final_record"]["test_splits"] == ["test", "test-unseen"]
+
+
+def test_a_split_cannot_be_both_dev_and_test(prepared_manifests):
+    from mtspeech.ablation import load_grid
+    from mtspeech.config import ConfigError
+
+    spec = _grid(prepared_manifests)
+    spec["dev"] = {"test": str(prepared_manifests["test"])}
+    with pytest.raises(ConfigError, match="both dev and test"):
+        load_grid(spec)

@@ -166,7 +166,7 @@ def test_ablation_report_puts_relatedness_beside_the_effect_on_asr(prepared_mani
     cer = {("asr_only", 0): 0.30, ("asr_only", 1): 0.34, ("+phones", 0): 0.25, ("+phones", 1): 0.27}
     cos = {0: [0.9, 0.5, 0.2, 0.4], 1: [0.8, 0.6, 0.1, 0.3]}  # steps 0, 2, 4, 6: the last half is steps 4, 6
     for run in runs:
-        results = run.results_path("test")
+        results = run.results_path("dev")  # what a grid scores without --final
         results.parent.mkdir(parents=True)
         results.write_text(json.dumps({"asr_task": "asr", "metrics": {"asr/cer": cer[run.variant, run.seed]}}))
         errors = round(100 * cer[run.variant, run.seed])  # per utterance of 100 characters, 20 words
@@ -189,7 +189,7 @@ def test_ablation_report_puts_relatedness_beside_the_effect_on_asr(prepared_mani
     assert phones["cos_by_group"]["blocks.0"]["mean"] == pytest.approx(sum(late) / 4)
     assert phones["affinity_on_asr"]["mean"] == pytest.approx(sum(late) / 20)
     assert phones["affinity_of_asr"]["mean"] == pytest.approx(-sum(late) / 20)
-    assert rel["+phones"]["effect_on_asr_cer"]["test"]["delta"] == pytest.approx((0.25 + 0.27 - 0.30 - 0.34) / 2)
+    assert rel["+phones"]["effect_on_asr_cer"]["dev"]["delta"] == pytest.approx((0.25 + 0.27 - 0.30 - 0.34) / 2)
     md = (tmp_path / "report.md").read_text()
     assert "## Task relatedness" in md and "| +phones | phones | +0.250 ± 0.071 (n=2) |" in md
     side = json.loads((tmp_path / "plots" / "relatedness_cos.json").read_text())

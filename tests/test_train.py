@@ -274,6 +274,9 @@ def test_patience_stops_when_the_dev_metric_stops_improving_and_a_resume_stays_s
     assert again.epoch == 4
     again.fit()
     assert again.epoch == 4 and again.step == trainer.step
+    rec = json.loads((tmp_path / "exp" / "stopping.json").read_text())
+    assert rec["stopped_by"] == "plateau" and rec["epochs"] == 4 and rec["cap"]["epochs"] == 8
+    assert [h["asr/cer"] for h in rec["dev_curve"]] == [0.9, 0.5, 0.5, 0.6]
 
 
 def test_patience_waits_out_the_blank_plateau(prepared_manifests, tmp_path, monkeypatch):
@@ -285,6 +288,16 @@ def test_patience_waits_out_the_blank_plateau(prepared_manifests, tmp_path, monk
     trainer = Trainer(experiment_from_dict(cfg))
     trainer.fit()
     assert trainer.epoch == 8  # stops after 0.7, 0.7 failed to beat epoch 6's 0.7
+
+
+def test_a_run_cut_by_its_cap_says_so(prepared_manifests, tmp_path, monkeypatch):
+    cer = iter([0.9, 0.8, 0.7])  # still improving when the epochs run out
+    monkeypatch.setattr(Trainer, "evaluate_dev", lambda self: {"asr/cer": next(cer)})
+    cfg = tiny_config(prepared_manifests, tmp_path / "exp", epochs=3, patience=2, average_best=0)
+    Trainer(experiment_from_dict(cfg)).fit()
+    rec = json.loads((tmp_path / "exp" / "stopping.json").read_text())
+    assert rec["stopped_by"] == "cap" and rec["epochs"] == 3 and rec["metric"] == "dev/asr/cer"
+    assert [h["asr/cer"] for h in rec["dev_curve"]] == [0.9, 0.8, 0.7]
 
 
 def test_patience_must_be_positive(prepared_manifests, tmp_path):

@@ -23,6 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads per run (default: cores // jobs)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default: the grid's)")
     parser.add_argument("--variants", nargs="+", default=None, help="variants to run (default: the grid's selection)")
+    parser.add_argument("--final", action="store_true",
+                        help="also score the grid's test splits (once, at the end: every decision reads dev)")
     parser.add_argument("--report-only", action="store_true", help="only aggregate finished runs")
     parser.add_argument("--from-results", type=Path, default=None, metavar="RESULTS_JSON",
                         help="with --report-only: re-report a committed results.json whose runs are gone "
@@ -47,7 +49,7 @@ def main(args: argparse.Namespace) -> int:
             return 0
         if not args.grid:
             raise ConfigError("--grid is required (or --report-only --from-results RESULTS_JSON)")
-        grid = load_grid(args.grid, seeds=args.seeds, variants=args.variants)
+        grid = load_grid(args.grid, seeds=args.seeds, variants=args.variants, final=args.final)
         if args.baseline:
             if args.baseline not in grid.variants:
                 raise ConfigError(f"--baseline {args.baseline!r}: not a variant of {args.grid} ({grid.variants})")
@@ -56,9 +58,11 @@ def main(args: argparse.Namespace) -> int:
         if not out:
             raise ConfigError("no output folder: pass --out or set `out:` in the grid")
         out = Path(out)
+        if args.final:
+            record_final(out, grid)
         if args.print_commands:
             for run in plan_runs(grid, out):
-                if run.state(grid.test) != "done":
+                if run.state(grid.splits) != "done":
                     print(f"torchrun --nproc_per_node=N -m mtspeech.ablation --run {run.dir}")
             return 0
         if args.report_only:
@@ -74,6 +78,23 @@ def main(args: argparse.Namespace) -> int:
         return 2
     log.info("report: %s", out / "report.md")
     return 1 if report.get("failed") else 0
+
+
+def record_final(out: Path, grid) -> None:
+    """`OUT/final.json`: when the test splits were first scored. Scoring them again after a
+    change is tuning on test, so a second `--final` is allowed but said out loud."""
+    import json
+    import time
+
+    path = out / "final.json"
+    if path.is_file():
+        first = json.loads(path.read_text())
+        log.warning("the test splits %s of %s were first scored at %s; decisions since then must not read them",
+                    first["test_splits"], out, first["first_scored"])
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"first_scored": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                "test_splits": sorted(grid.test)}, indent=1))
 
 
 def _worker_main(argv: list[str] | None = None) -> int:

@@ -16,7 +16,7 @@ import yaml
 
 from mtspeech.config import ConfigError, load_yaml, merge
 
-_GRID_KEYS = {"recipe", "out", "seeds", "baseline", "test", "shared", "evaluate", "variants", "select"}
+_GRID_KEYS = {"recipe", "out", "seeds", "baseline", "dev", "test", "shared", "evaluate", "variants", "select"}
 
 
 # =========================================================================== the grid
@@ -37,6 +37,17 @@ class Grid:
     shared: dict = field(default_factory=dict)
     evaluate: dict = field(default_factory=dict)
     out: str | None = None
+    dev: dict[str, str] = field(default_factory=dict)
+    final: bool = False
+
+    @property
+    def splits(self) -> dict[str, str]:
+        """What the runs are scored on: the `dev` splits, which every decision reads, and the
+        `test` splits only for the final scoring (`final`, `mtspeech ablate --final`)."""
+        return {**self.dev, **(self.test if self.final else {})}
+
+    def role(self, split: str) -> str:
+        return "dev" if split in self.dev else "test"
 
 
 def nest(overrides: Mapping | None, where: str = "") -> dict:
@@ -68,11 +79,14 @@ def _merge_keep_none(base: Mapping, update: Mapping) -> dict:
 
 
 def load_grid(source: str | Path | Mapping, seeds: list[int] | None = None,
-              variants: list[str] | None = None) -> Grid:
-    """Read a grid YAML (or dict). `seeds` / `variants` override the file's seeds and selection.
+              variants: list[str] | None = None, final: bool = False) -> Grid:
+    """Read a grid YAML (or dict). `seeds` / `variants` override the file's seeds and selection;
+    `final` also scores the test splits (`mtspeech ablate --final`).
 
-    A relative `recipe` is resolved against the grid file's folder; `test` manifests and the
-    recipe's data paths are relative to the working directory, as in every recipe.
+    A relative `recipe` is resolved against the grid file's folder; `dev` / `test` manifests and
+    the recipe's data paths are relative to the working directory, as in every recipe. `dev`
+    (split name → manifest) defaults to the recipe's `data.dev`: grids select on it, and read
+    `test` only when scored with `--final`.
     """
     if isinstance(source, Mapping):
         raw, folder = dict(source), Path.cwd()
@@ -116,6 +130,21 @@ def load_grid(source: str | Path | Mapping, seeds: list[int] | None = None,
         test = {Path(test).stem: test}
     if not isinstance(test, Mapping) or not test:
         raise ConfigError("grid.test: expected split name → manifest path")
+    shared = nest(raw.get("shared"), "shared")
+    dev = raw.get("dev") or {}
+    if isinstance(dev, str):
+        dev = {Path(dev).stem: dev}
+    if not dev:
+        recipe_dev = merge(recipe, shared).get("data", {}).get("dev")
+        if not recipe_dev:
+            raise ConfigError("grid: no dev split to select on; set `dev:` or the recipe's data.dev")
+        dev = {"dev": recipe_dev}
+    if not isinstance(dev, Mapping):
+        raise ConfigError("grid.dev: expected split name → manifest path")
+    clash = sorted(set(map(str, dev)) & set(map(str, test)))
+    same = sorted(str(v) for v in dev.values() if str(v) in set(map(str, test.values())))
+    if clash or same:
+        raise ConfigError(f"grid: split(s) {clash or same} are both dev and test; a test split never selects")
     seeds_ = tuple(int(s) for s in (seeds if seeds else raw.get("seeds", [0])))
     if not seeds_:
         raise ConfigError("grid.seeds: at least one seed")
@@ -125,9 +154,11 @@ def load_grid(source: str | Path | Mapping, seeds: list[int] | None = None,
         seeds=seeds_,
         baseline=baseline,
         test={str(k): str(v) for k, v in test.items()},
-        shared=nest(raw.get("shared"), "shared"),
+        dev={str(k): str(v) for k, v in dev.items()},
+        shared=shared,
         evaluate=dict(raw.get("evaluate") or {}),
         out=raw.get("out"),
+        final=final,
     )
 
 
@@ -179,7 +210,7 @@ def plan_runs(grid: Grid, out: Path) -> list[Run]:
         for variant in grid.variants:
             run = Run(variant, seed, out / "runs" / variant / f"seed{seed}")
             spec = {"variant": variant, "seed": seed, "config": run_config(grid, variant, seed, run.dir),
-                    "test": grid.test, "evaluate": grid.evaluate}
+                    "splits": grid.splits, "final": grid.final, "evaluate": grid.evaluate}
             spec_path = run.dir / "run.json"
             if spec_path.is_file():
                 old = json.loads(spec_path.read_text())

@@ -48,6 +48,12 @@ def _header(report: dict) -> list[str]:
         + (f", {len(report['runs_missing'])} missing ({', '.join(report['runs_missing'])})"
            if report["runs_missing"] else "") + ".",
     ]
+    if "selection_splits" in report:
+        lines += ["", f"Decisions read the dev split(s) {', '.join(f'`{s}`' for s in report['selection_splits'])}. "
+                  + (f"Test split(s) {', '.join(f'`{s}`' for s in report['test_splits'])} scored once, "
+                     "with `--final`." if report.get("final") else
+                     f"Test split(s) {', '.join(f'`{s}`' for s in report['test_splits_not_scored'])} not scored: "
+                     "`mtspeech ablate --final` scores them, once, at the end.")]
     src = report.get("reaggregated_from")
     if src:
         lines += ["", f"Re-aggregated from the committed `{src['file']}` (the runs' per-utterance errors were not "
@@ -154,13 +160,22 @@ def render_report(report: dict) -> str:
     lines = _header(report)
     method = report.get("family", {}).get("method")
     for split, sec in report["splits"].items():
-        lines += ["", f"## {split} (`{sec['manifest']}`)", "",
+        role = {"dev": " — dev: selects", "test": " — test: final scoring"}.get(sec.get("role"), "")
+        lines += ["", f"## {split} (`{sec['manifest']}`){role}", "",
                   "Mean ± sample std over seeds (n), the 95% t interval of the mean (clipped to the metric's "
                   "range), and each seed's value."]
         lines += _metric_tables(report, sec)
         lines += _comparison_table(sec, method)
         if sec.get("plots"):
             lines += [""] + [f"![{p}]({p})" for p in sec["plots"]]
+    stopping = report.get("stopping")
+    if stopping:
+        lines += ["", "## Stopping", "", f"**{stopping['verdict']}**."]
+        if stopping.get("runs") and any(v.get("stopped_by") for v in stopping["runs"].values()):
+            lines += ["", "| run | stopped by | epochs | updates | cap (updates) |", "|---|---|---:|---:|---:|"]
+            lines += [f"| {name} | {v['stopped_by']} | {v['epochs']} | {v['updates']} | {v['cap']['updates']} |"
+                      for name, v in stopping["runs"].items() if v.get("stopped_by")]
+        lines += [""] + [f"![{p}]({p})" for p in stopping.get("plots", [])]
     lines += _relatedness(report)
     if report.get("training_curve_plot"):
         lines += ["", "## Training", "", f"![ASR loss]({report['training_curve_plot']})"]

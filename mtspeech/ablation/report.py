@@ -32,7 +32,10 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 def _aligned_errors(runs: list[Run], split: str, task: str, metric: str) -> tuple[list[str], list[dict]]:
     """Per run, utterance id -> (errors, reference length); and the ids every run scored."""
-    per_run = [utterance_errors(r.dir / "eval" / split / "hypotheses.jsonl", task, metric) for r in runs]
+    paths = [r.dir / "eval" / split / "hypotheses.jsonl" for r in runs]
+    if not all(p.is_file() for p in paths):  # no per-utterance errors kept: the seed level alone
+        return [], []
+    per_run = [utterance_errors(p, task, metric) for p in paths]
     ids = sorted(set.intersection(*(set(e) for e in per_run))) if per_run else []
     return ids, per_run
 
@@ -114,12 +117,17 @@ def build_report(grid: Grid, out: str | Path, runs: list[Run] | None = None, n_r
     out = Path(out)
     runs = runs if runs is not None else [Run(v, s, out / "runs" / v / f"seed{s}")
                                           for s in grid.seeds for v in grid.variants]
-    finished = [r for r in runs if r.done(grid.test)]
+    finished = [r for r in runs if r.done(grid.splits)]
     report: dict = {"baseline": grid.baseline, "seeds": list(grid.seeds), "variants": list(grid.variants),
                     "runs_finished": [r.name for r in finished],
                     "runs_missing": [r.name for r in runs if r not in finished],
-                    "failed": dict(failed or {}), "splits": {}, "plots": []}
-    for split in grid.test:
+                    "failed": dict(failed or {}), "splits": {}, "plots": [],
+                    "selection_splits": list(grid.dev), "final": grid.final,
+                    "test_splits": list(grid.test) if grid.final else [],
+                    "test_splits_not_scored": [] if grid.final else list(grid.test)}
+    if (out / "final.json").is_file():
+        report["final_record"] = json.loads((out / "final.json").read_text())
+    for split in grid.splits:
         per_run = {r: json.loads(r.results_path(split).read_text()) for r in finished}
         if per_run:
             report.setdefault("asr_task", next(iter(per_run.values()))["asr_task"])
@@ -131,7 +139,8 @@ def build_report(grid: Grid, out: str | Path, runs: list[Run] | None = None, n_r
                                           [r.seed for r in vr if m in per_run[r]["metrics"]], m)
                               for m in metrics}
         comparisons = _comparisons(grid, finished, split, table, n_resamples)
-        report["splits"][split] = {"manifest": grid.test[split], "table": table, "comparisons": comparisons}
+        report["splits"][split] = {"manifest": grid.splits[split], "role": grid.role(split), "table": table,
+                                   "comparisons": comparisons}
     _finish(report, out)
     curves = {}
     for variant in grid.variants:
@@ -147,10 +156,48 @@ def build_report(grid: Grid, out: str | Path, runs: list[Run] | None = None, n_r
                                    log_y=True, title="main-task training loss, mean over seeds")
         report["plots"].append(str(png.relative_to(out)))
         report["training_curve_plot"] = str(png.relative_to(out))
+    report["stopping"] = stopping_report(finished, out / "plots")
+    report["plots"] += report["stopping"].get("plots", [])
     report["relatedness"] = relatedness_report(grid, finished, report, out / "plots")
     report["plots"] += report["relatedness"].get("plots", [])
     _write(report, out)
     return report
+
+
+def stopping_report(finished: list[Run], plots_dir: Path) -> dict:
+    """How each run ended (`stopping.json`: plateau or cap) and the dev curves. A grid is
+    converged only if every run stopped on its dev plateau; otherwise it is budget-limited,
+    and the curves show how far from flat its runs were."""
+    from mtspeech.evaluation.plots import plot_training_curves
+
+    runs, curves, metric = {}, {}, None
+    for r in finished:
+        path = r.dir / "stopping.json"
+        if not path.is_file():
+            runs[r.name] = {"stopped_by": None}
+            continue
+        rec = json.loads(path.read_text())
+        metric = rec["metric"]
+        key = metric.removeprefix("dev/")
+        runs[r.name] = {k: rec[k] for k in ("stopped_by", "epochs", "updates", "cap")}
+        runs[r.name]["dev_curve"] = [(h["epoch"], h[key]) for h in rec["dev_curve"] if key in h]
+        curves.setdefault(f"seed{r.seed}", {})[r.variant] = runs[r.name]["dev_curve"]
+    ways = [v["stopped_by"] for v in runs.values()]
+    out: dict = {"runs": runs, "metric": metric, "plots": [],
+                 "converged": bool(ways) and all(w == "plateau" for w in ways),
+                 "budget_updates": max((v.get("updates") or 0 for v in runs.values()), default=0)}
+    if None in ways:
+        out["verdict"] = "not recorded for every run (no stopping.json): treat as budget-limited"
+    elif out["converged"]:
+        out["verdict"] = "converged: every run stopped on its dev plateau"
+    else:
+        out["verdict"] = (f"budget-limited at {out['budget_updates']} updates: "
+                          f"{ways.count('cap')} of {len(ways)} runs stopped at the cap, not on a dev plateau")
+    if curves:
+        png = plot_training_curves(curves, plots_dir / "dev_curves.png", ylabel=metric or "dev",
+                                   title="dev curve of every run (panel: variant, line: seed)")
+        out["plots"].append(str(png.relative_to(plots_dir.parent)))
+    return out
 
 
 def _finish(report: dict, out: Path) -> None:
@@ -243,6 +290,10 @@ def reaggregate(results_json: str | Path, out: str | Path, baseline: str | None 
         if old.get(key) and (out / old[key]).is_file():
             report[key] = old[key]
             report["plots"].append(old[key])
+    report["stopping"] = old.get("stopping") or {
+        "runs": {}, "converged": False, "plots": [],
+        "verdict": "not recorded (these runs predate stopping.json; the issue-30 audit of their logs found "
+                   "none stopped on its patience rule): budget-limited at the grid's epoch cap"}
     report["relatedness"] = _relatedness_effects(old.get("relatedness", {}), report)
     report["plots"] += [p for p in report["relatedness"].get("plots", []) if (out / p).is_file()]
     _write(report, out)

@@ -43,7 +43,7 @@ def run_one(run_dir: str | Path, threads: int | None = None) -> None:
     if int(os.environ.get("RANK", "0")) != 0:
         return
     t1 = time.time()
-    for split, manifest in spec["test"].items():
+    for split, manifest in spec["splits"].items():  # dev; test only when planned with --final
         out = run_dir / "eval" / split
         if not (out / "results.json").is_file():
             evaluate(run_dir / "final.pt", manifest, out, threads=threads, **spec["evaluate"])
@@ -69,7 +69,7 @@ def pending_runs(grid: Grid, runs: list[Run], events: _Events) -> list[tuple[Run
     (this module's and `mtspeech.ablation.slurm`'s) use it, so they skip the same runs."""
     todo = []
     for run in runs:
-        state = run.state(grid.test)
+        state = run.state(grid.splits)
         if state == "done":
             events(run, "skip")
         else:
