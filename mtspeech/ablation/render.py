@@ -54,6 +54,8 @@ def _header(report: dict) -> list[str]:
                      "with `--final`." if report.get("final") else
                      f"Test split(s) {', '.join(f'`{s}`' for s in report['test_splits_not_scored'])} not scored: "
                      "`mtspeech ablate --final` scores them, once, at the end.")]
+    if report.get("selection_note"):
+        lines += ["", f"**Selection**: {report['selection_note']}."]
     src = report.get("reaggregated_from")
     if src:
         lines += ["", f"Re-aggregated from the committed `{src['file']}` (the runs' per-utterance errors were not "

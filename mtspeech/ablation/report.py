@@ -290,6 +290,8 @@ def reaggregate(results_json: str | Path, out: str | Path, baseline: str | None 
         if old.get(key) and (out / old[key]).is_file():
             report[key] = old[key]
             report["plots"].append(old[key])
+    report["selection_note"] = ("these runs predate dev-only selection: the splits below were scored together and "
+                                "informed recipe choices, so they are exploratory, not a final test")
     report["stopping"] = old.get("stopping") or {
         "runs": {}, "converged": False, "plots": [],
         "verdict": "not recorded (these runs predate stopping.json; the issue-30 audit of their logs found "
