@@ -72,10 +72,12 @@ def test_variants_merge_dotted_and_nested_overrides_and_null_removes_tasks(prepa
     assert yaml.safe_load((moved[0].dir / "config.yaml").read_text())["exp_dir"] == str(moved[0].dir)
 
 
-@pytest.mark.parametrize("name", ["ablation", "grid_hierarchy", "grid_sharing", "grid_augment", "grid_weighting"])
+@pytest.mark.parametrize("name", ["ablation", "grid_hierarchy", "grid_sharing", "grid_augment", "grid_weighting",
+                                  "grid_controls"])
 def test_committed_grids_resolve_every_variant(tmp_path, name):
     grid = load_grid(REPO / "recipes" / "synthetic" / f"{name}.yaml")
-    assert len(grid.variants) >= 4 and len(grid.seeds) >= 2 and grid.baseline in grid.variants
+    assert len(grid.variants) >= 4 and len(grid.seeds) >= 2
+    assert grid.baseline in grid.variants or grid.baseline in {s.name for s in grid.searches}
     runs = plan_runs(grid, tmp_path / "demo")  # builds and validates every run's experiment
     assert len(runs) == len(grid.variants) * len(grid.seeds)
     tasks = {r.variant: set(json.loads((r.dir / "run.json").read_text())["config"]["tasks"]) for r in runs}

@@ -177,3 +177,48 @@ def test_a_split_cannot_be_both_dev_and_test(prepared_manifests):
     spec["dev"] = {"test": str(prepared_manifests["test"])}
     with pytest.raises(ConfigError, match="both dev and test"):
         load_grid(spec)
+
+
+def test_a_search_is_drawn_once_trained_as_variants_and_chosen_on_dev(prepared_manifests, tmp_path):
+    """A tuned static-weight baseline: trials are ordinary variants, the pick reads dev only,
+    and the report compares under the search's name (here as the baseline)."""
+    from mtspeech.ablation import build_report, load_grid
+
+    spec = _grid(prepared_manifests)
+    spec["variants"]["+phones_uncertainty"] = {"tasks": {"speaker": None, "vad": None}, "weighting.kind": "uncertainty"}
+    spec["searches"] = {"static_tuned": {"from": "+phones", "trials": 3, "seed": 7,
+                                         "space": {"tasks.phones.weight": ["log_uniform", 0.1, 3.0]}}}
+    spec["baseline"] = "static_tuned"
+    grid = load_grid(spec)
+    assert load_grid(spec).searches == grid.searches  # the draw is deterministic
+    trials = list(grid.searches[0].trials)
+    assert trials == ["static_tuned.t0", "static_tuned.t1", "static_tuned.t2"]
+    assert set(trials) <= set(grid.variants) and "static_tuned" not in grid.variants
+    weights = [grid.variants[t]["tasks"]["phones"]["weight"] for t in trials]
+    assert all(0.1 <= w <= 3.0 for w in weights) and len(set(weights)) == 3
+    assert grid.variants[trials[0]]["tasks"]["speaker"] is None  # the base variant's settings stay
+    best = trials[1]
+    cer = {v: [0.40, 0.41, 0.39] for v in grid.variants}
+    cer[best] = [0.20, 0.21, 0.19]
+    report = build_report(grid, tmp_path, _fake_runs(tmp_path, grid, cer))
+    assert report["searches"]["static_tuned"]["chosen"] == best
+    dev = report["splits"]["dev"]
+    assert dev["table"]["static_tuned"] == dev["table"][best]
+    assert set(dev["comparisons"]) == {"asr_only", "+phones", "+phones_uncertainty"}  # trials are not compared
+    assert dev["comparisons"]["+phones_uncertainty"]["asr/cer"]["delta"] > 0.1
+    md = (tmp_path / "report.md").read_text()
+    assert f"| {best} ✓ |" in md and "optimistic" in md
+
+
+def test_a_bad_search_is_a_clear_error(prepared_manifests):
+    from mtspeech.ablation import load_grid
+    from mtspeech.config import ConfigError
+
+    spec = _grid(prepared_manifests)
+    for bad, match in (({"from": "nope", "trials": 2, "space": {"a": ["uniform", 0, 1]}}, "not a variant"),
+                       ({"from": "+phones", "trials": 2, "space": {"a": ["log_uniform", 0, 1]}}, "low > 0"),
+                       ({"from": "+phones", "trials": 0, "space": {"a": ["choice", 1, 2]}}, "positive integer"),
+                       ({"from": "+phones", "trials": 2, "space": {"a": ["gauss", 0, 1]}}, "expected")):
+        spec["searches"] = {"s": bad}
+        with pytest.raises(ConfigError, match=match):
+            load_grid(spec)

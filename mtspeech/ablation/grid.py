@@ -14,9 +14,11 @@ from typing import Any, Mapping
 
 import yaml
 
+from mtspeech.ablation.search import parse_searches
 from mtspeech.config import ConfigError, load_yaml, merge
 
-_GRID_KEYS = {"recipe", "out", "seeds", "baseline", "dev", "test", "shared", "evaluate", "variants", "select"}
+_GRID_KEYS = {"recipe", "out", "seeds", "baseline", "dev", "test", "shared", "evaluate", "variants", "select",
+              "searches"}
 
 
 # =========================================================================== the grid
@@ -39,6 +41,7 @@ class Grid:
     out: str | None = None
     dev: dict[str, str] = field(default_factory=dict)
     final: bool = False
+    searches: tuple = ()  # search.Search: tuned baselines, their trials among `variants`
 
     @property
     def splits(self) -> dict[str, str]:
@@ -113,15 +116,20 @@ def load_grid(source: str | Path | Mapping, seeds: list[int] | None = None,
     all_variants = raw["variants"]
     if not isinstance(all_variants, Mapping) or not all_variants:
         raise ConfigError("grid.variants: expected a non-empty mapping name → overrides")
-    chosen = list(variants or raw.get("select") or all_variants)
+    searches = parse_searches(raw.get("searches"), all_variants)
+    wanted = list(variants or raw.get("select") or [*all_variants, *(s.name for s in searches)])
+    baseline = raw.get("baseline", wanted[0])
+    if baseline not in wanted:
+        wanted.insert(0, baseline)  # every comparison needs it
+    searches = [s for s in searches if s.name in wanted]  # a search runs when its name is chosen
+    all_variants = {**all_variants, **{t: _merge_keep_none(nest(all_variants[s.base], s.base), nest(s.settings[t], t))
+                                       for s in searches for t in s.trials}}
+    chosen = [t for v in wanted for t in (next((s.trials for s in searches if s.name == v), None) or [v])]
     missing = [v for v in chosen if v not in all_variants]
     if missing:
         raise ConfigError(f"variant(s) {missing} are not in the grid; it has {list(all_variants)}")
-    baseline = raw.get("baseline", chosen[0])
-    if baseline not in all_variants:
+    if baseline not in all_variants and baseline not in {s.name for s in searches}:
         raise ConfigError(f"grid.baseline: {baseline!r} is not a variant")
-    if baseline not in chosen:
-        chosen.insert(0, baseline)  # every comparison needs it
     for name in chosen:
         if "/" in name or name in (".", ".."):
             raise ConfigError(f"variant name {name!r} cannot be a folder name")
@@ -159,6 +167,7 @@ def load_grid(source: str | Path | Mapping, seeds: list[int] | None = None,
         evaluate=dict(raw.get("evaluate") or {}),
         out=raw.get("out"),
         final=final,
+        searches=tuple(searches),
     )
 
 

@@ -170,6 +170,15 @@ def render_report(report: dict) -> str:
         lines += _comparison_table(sec, method)
         if sec.get("plots"):
             lines += [""] + [f"![{p}]({p})" for p in sec["plots"]]
+    for name, srch in report.get("searches", {}).items():
+        lines += ["", f"## Tuned baseline `{name}`", "",
+                  f"Random search over `{srch['from']}`'s settings; the trial with the best mean `{srch['metric']}` "
+                  f"on `{srch['split']}` over {srch.get('seeds', 0)} seeds is `{name}`: **{srch['chosen'] or 'none yet'}**. "
+                  "Chosen on dev, so its dev numbers are optimistic: judge it on test (`--final`).", "",
+                  "| trial | settings | dev mean | seeds |", "|---|---|---:|---:|"]
+        lines += [f"| {t}{' ✓' if t == srch['chosen'] else ''} | "
+                  + ", ".join(f"`{k}` {v}" for k, v in r["settings"].items())
+                  + f" | {_value(srch['metric'], r['dev_mean'])} | {r['n']} |" for t, r in srch["trials"].items()]
     stopping = report.get("stopping")
     if stopping:
         lines += ["", "## Stopping", "", f"**{stopping['verdict']}**."]

@@ -17,7 +17,7 @@ import numpy as np
 
 from mtspeech.ablation.grid import Grid, Run
 from mtspeech.ablation.render import render_report
-from mtspeech.ablation.verdicts import adjust_family, compare_split, metric_bounds
+from mtspeech.ablation.verdicts import adjust_family, compare_split, lower_is_better, metric_bounds
 from mtspeech.evaluation.compare import ERROR_FIELDS, utterance_errors
 from mtspeech.evaluation.stats import paired_bootstrap
 
@@ -80,9 +80,12 @@ def _asr_curve(run: Run) -> list[tuple[int, float]]:
     return sorted(by_step.items())
 
 
-def _comparisons(grid: Grid, finished: list[Run], split: str, table: dict, n_resamples: int) -> dict:
-    """Every variant against the baseline on one split; per-utterance errors where kept."""
+def _comparisons(grid: Grid, finished: list[Run], split: str, table: dict, n_resamples: int,
+                 alias: Mapping[str, str]) -> dict:
+    """Every variant against the baseline on one split; per-utterance errors where kept.
+    `alias`: a tuned baseline's name → the trial it chose (whose runs it is)."""
     by_key = {(r.variant, r.seed): r for r in finished}
+    by_key.update({(name, r.seed): r for name, trial in alias.items() for r in finished if r.variant == trial})
 
     def task_metric(metric: str) -> tuple[str, str] | None:
         task, _, name = metric.rpartition("/")
@@ -102,7 +105,7 @@ def _comparisons(grid: Grid, finished: list[Run], split: str, table: dict, n_res
     def utterance_only(variant: str, metric: str) -> dict | None:
         tm = task_metric(metric)
         pairs = [(by_key[(grid.baseline, r.seed)], r) for r in finished
-                 if r.variant == variant and (grid.baseline, r.seed) in by_key]
+                 if r.variant == alias.get(variant, variant) and (grid.baseline, r.seed) in by_key]
         return paired_seed_bootstrap(pairs, split, *tm, n_resamples=1000) if tm and pairs else None
 
     return compare_split(table, grid.baseline, errors, utterance_only, n_resamples=n_resamples)
@@ -127,6 +130,8 @@ def build_report(grid: Grid, out: str | Path, runs: list[Run] | None = None, n_r
                     "test_splits_not_scored": [] if grid.final else list(grid.test)}
     if (out / "final.json").is_file():
         report["final_record"] = json.loads((out / "final.json").read_text())
+    alias: dict[str, str] = {}  # tuned baseline → its chosen trial
+    trials = {t for srch in grid.searches for t in srch.trials}
     for split in grid.splits:
         per_run = {r: json.loads(r.results_path(split).read_text()) for r in finished}
         if per_run:
@@ -138,7 +143,11 @@ def build_report(grid: Grid, out: str | Path, runs: list[Run] | None = None, n_r
             table[variant] = {m: _summary([per_run[r]["metrics"][m] for r in vr if m in per_run[r]["metrics"]],
                                           [r.seed for r in vr if m in per_run[r]["metrics"]], m)
                               for m in metrics}
-        comparisons = _comparisons(grid, finished, split, table, n_resamples)
+        if split == next(iter(grid.dev)) and grid.searches:  # tuned baselines pick on dev, once
+            alias = _choose_trials(grid, table, report)
+        table.update({name: table[trial] for name, trial in alias.items()})
+        compared = {v: row for v, row in table.items() if v not in trials}  # the trials: a table, not a family
+        comparisons = _comparisons(grid, finished, split, compared, n_resamples, alias)
         report["splits"][split] = {"manifest": grid.splits[split], "role": grid.role(split), "table": table,
                                    "comparisons": comparisons}
     _finish(report, out)
@@ -162,6 +171,21 @@ def build_report(grid: Grid, out: str | Path, runs: list[Run] | None = None, n_r
     report["plots"] += report["relatedness"].get("plots", [])
     _write(report, out)
     return report
+
+
+def _choose_trials(grid: Grid, table: dict, report: dict) -> dict[str, str]:
+    """Each search's trial with the best dev mean of the main task's selection metric."""
+    from mtspeech.ablation.search import choose
+
+    metric = f"{report.get('asr_task', 'asr')}/{grid.recipe.get('train', {}).get('best_metric', 'cer')}"
+    report["searches"] = {}
+    alias = {}
+    for srch in grid.searches:
+        pick = choose(srch, table, metric, lower_is_better(metric))
+        report["searches"][srch.name] = {**pick, "from": srch.base, "split": next(iter(grid.dev))}
+        if pick["chosen"]:
+            alias[srch.name] = pick["chosen"]
+    return alias
 
 
 def stopping_report(finished: list[Run], plots_dir: Path) -> dict:
