@@ -16,15 +16,15 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synth", help="synthesize the embedded LibriSpeech-format demo corpus")
     p.set_defaults(func=_run_synth)
     # Arguments are declared by the synthesizer itself so they live next to their code.
-    from mtspeech.data import synth
+    from mtspeech.data import synth_command
 
-    synth.add_arguments(p)
+    synth_command.add_arguments(p)
 
 
 def _run_synth(args: argparse.Namespace) -> int:
-    from mtspeech.data import synth
+    from mtspeech.data import synth_command
 
-    return synth.main(args)
+    return synth_command.main(args)
 
 
 def _add_prepare(sub: argparse._SubParsersAction) -> None:
