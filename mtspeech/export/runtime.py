@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from mtspeech.encoders.cache import EncoderCache
-from mtspeech.export.graph import CACHE_FIELDS, INPUT_NAMES
+from mtspeech.streaming.step_graph import CACHE_FIELDS, INPUT_NAMES
 from mtspeech.export.onnx import ExportInfo, export_onnx, file_sha256
 from mtspeech.streaming.encoder import ChunkOutput
 
