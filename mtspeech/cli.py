@@ -92,7 +92,7 @@ _COMMANDS = [
     *((name, help, _add_module_command(name, module, help)) for name, module, help in [
         ("evaluate", "mtspeech.evaluation.evaluate", "evaluate a checkpoint on a manifest (every task)"),
         ("compare", "mtspeech.evaluation.compare", "paired bootstrap: model B's error rate minus model A's, same utterances"),
-        ("embed-lm", "mtspeech.embed_lm", "store a word LM inside a checkpoint (for --lm auto)"),
+        ("embed-lm", "mtspeech.decoding.embedded_lm", "store a word LM inside a checkpoint (for --lm auto)"),
         ("ablate", "mtspeech.ablation.cli", "train and evaluate a grid of task sets × seeds; report"),
         ("analyze", "mtspeech.analyze", "word accuracy by training-sentence count, from evaluate's hypotheses"),
         ("export", "mtspeech.export.command", "export the streaming encoder and heads to ONNX (optionally int8)"),

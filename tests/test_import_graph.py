@@ -7,6 +7,12 @@ renamed, `mtspeech.serve`: both names are mapped onto the folder by its path). A
 package directory (`mtspeech/streaming`, `serve`, ...); a module at the top of `mtspeech/` is a
 folder of its own, so `mtspeech/checkpoint.py` may be imported from anywhere as long as it
 imports nothing that imports it back.
+
+One kind of arrow is left out: a package's `__init__` gathering its own modules (a registry such
+as `mtspeech.tasks`' TASKS, or a folder re-exporting its public names). The modules it gathers
+import the package's base types from that `__init__`, so each such pair is formally a cycle, but
+a harmless one: the `__init__` defines its own names before it imports them. Any cycle that
+leaves the package is still caught, between modules and between folders.
 """
 
 from __future__ import annotations
@@ -15,9 +21,10 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = {"mtspeech": ROOT / "mtspeech", "serve": ROOT / "serve"}
-# Aliases under which a folder may be imported (a parallel change installs serve/ as mtspeech.serve).
-ALIASES = {"mtspeech.serve": "serve"}
+# The server's folder is found by its path: top-level serve/ (installed as `serve`, or as
+# `mtspeech.serve` through a package-dir mapping: both names mean the folder), or mtspeech/serve/.
+PACKAGES = {top: path for top, path in (("mtspeech", ROOT / "mtspeech"), ("serve", ROOT / "serve")) if path.is_dir()}
+ALIASES = {"mtspeech.serve": "serve"} if "serve" in PACKAGES else {}
 
 
 def _modules() -> dict[str, Path]:
@@ -69,8 +76,9 @@ def import_graph() -> dict[str, set[str]]:
                 targets = [f"{base}.{a.name}" for a in node.names] if base else []
             for target in targets:
                 dep = _resolve(target, modules)
-                if dep is not None and dep != mod:
-                    graph[mod].add(dep)
+                if dep is None or dep == mod or (is_package and dep.startswith(mod + ".")):
+                    continue  # outside the package, itself, or a package gathering its own modules
+                graph[mod].add(dep)
     return graph
 
 
@@ -133,16 +141,19 @@ def _witness(graph: dict[str, set[str]], a: str, b: str) -> str:
     return "?"
 
 
-def test_the_walker_sees_lazy_and_relative_imports(tmp_path):
-    assert _canonical("mtspeech.serve.app") == "serve.app"
+def test_the_walker_sees_imports_inside_functions_and_names_cycles():
+    if ALIASES:
+        assert _canonical("mtspeech.serve.app") == "serve.app"
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
     graph = import_graph()
-    assert "mtspeech.checkpoint" in graph["mtspeech.cli"] or graph["mtspeech.cli"], "cli imports nothing?"
+    assert "mtspeech.train" in graph["mtspeech.cli"]  # imported inside `_run_train` only
+    server = "serve" if "serve" in PACKAGES else "mtspeech.serve"
+    assert f"{server}.server" in graph[f"{server}.ws"]
     assert folder_of("mtspeech.streaming.recognizer") == "mtspeech.streaming"
     assert folder_of("mtspeech.streaming") == "mtspeech.streaming"
     assert folder_of("mtspeech.checkpoint") == "mtspeech.checkpoint"
-    assert folder_of("serve.ws") == "serve"
+    assert folder_of(f"{server}.ws") == server
 
 
 def test_no_import_cycle_between_modules():

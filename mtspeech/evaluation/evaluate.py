@@ -5,11 +5,12 @@
 
 Metrics (keys are `<task name>/<metric>`, as in the trainer's dev results):
   - text CTC task (ASR): `wer`, `cer` — corpus rates sum(S+D+I)/sum(N) after
-    `metrics.normalize_for_scoring` on both sides (jiwer alignment), decoded with the chosen
-    decoder (greedy or beam, optionally with a word n-gram LM);
+    `metrics.normalize_for_scoring` on both sides (jiwer alignment), decoded greedy, or with
+    the beam decoder (optionally with a word n-gram LM) when the decoder is not greedy;
   - phone CTC task: `per` — greedy decoding against the manifest's phones; with a word LM
-    (`--decoder beam --lm ...`) also `wer`, `cer` of the words a beam search finds in the
-    phone posteriors, spelled in phones through CMUdict (`lm.build_phone_lexicon`);
+    (`--lm ...`, or one embedded in the checkpoint with `--decoder auto`) also `wer`, `cer` of
+    the words the phones decoder finds in the phone posteriors, spelled in phones through
+    CMUdict (`decoding.loader.phone_lexicon_for_lm`);
   - speaker task: `accuracy` over utterances whose speaker the model was trained on, and
     `eer` from cosine trials (`metrics.make_trials`) on the pooled embeddings of every
     utterance with a speaker label — the measure that also works for unseen speakers;
@@ -21,6 +22,10 @@ left out and listed under `not_scored` with the reason.
 Outputs in `out_dir`: `hypotheses.jsonl` (one line per scored utterance, manifest order,
 with word times from CTC forced alignment), `results.json` (metrics, error counts, worst
 utterances, skipped audio) and `report.md`.
+
+Decoders come from `decoding.loader.load_recognizer` with the command's `DecodingConfig`,
+exactly as `mtspeech serve` and `transcribe --model` build them from the same flags; whole
+utterances are decoded in batches with the same search and settings (`batch_decoder`).
 
 Inference is batched over utterances sorted by duration (little padding), in eval mode
 without gradients. Unreadable audio files are skipped, counted and named in the results.
@@ -40,17 +45,20 @@ import torch
 from tqdm import tqdm
 
 from mtspeech import metrics as M
-from mtspeech.checkpoint import CheckpointError, load_model
+from mtspeech.checkpoint import CheckpointError
 from mtspeech.data.audio import AudioError, load_audio
 from mtspeech.data.manifest import ManifestError, Utterance, read_manifest
-from mtspeech.decode import PhoneTable, add_word_times, build_decoder
+from mtspeech.decoding import config as decoding_flags
+from mtspeech.decoding.config import DecodingConfig, DecodingError
+from mtspeech.decoding.ctc import PhoneTable, add_word_times
+from mtspeech.decoding.loader import batch_decoder, load_recognizer
 from mtspeech.tasks.layer_mix import task_input
 
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
-HOP_SAMPLES = 160  # feature frame shift (docs/interfaces.md)
 LOWER_IS_BETTER = ("wer", "cer", "per", "eer")
+_REPORTED_OPTIONS = ("beam_size", "lm", "lm_weight", "word_score")  # results.json's decoder_options
 
 
 class EvaluationError(ValueError):
@@ -261,64 +269,12 @@ def _scorer(name: str, task, decoder, max_trials: int):
     return None
 
 
-# --------------------------------------------------------------------------- LM
-def _phone_word_decoder(task, lm_path: Path, lexicon_path: Path, options: dict):
-    """A beam decoder that finds the LM's words in a phone head's posteriors, spelled with
-    CMUdict pronunciations: a word needs only be heard, never spelled, which on a closed
-    vocabulary with little text beats spelling it from sub-word units."""
-    if lm_path.suffix != ".arpa":
-        log.warning("task %s: no words decoded from phones: that needs an ARPA LM (its vocabulary "
-                    "is the lexicon), got %s", task.cfg.name, lm_path)
-        return None
-    from mtspeech.lm import ArpaLM, build_phone_lexicon
-
-    lexicon = build_phone_lexicon(ArpaLM.load(lm_path).vocab, task.phones, lexicon_path)
-    return build_decoder("beam", PhoneTable(task.phones), **{**options, "lexicon": lexicon})
-
-
-def training_transcripts_lm(exp, out_dir: Path, order: int = 3, checkpoint: Path | None = None,
-                            use_embedded: bool = True) -> Path:
-    """The `--lm auto` LM (ARPA): the one embedded in the checkpoint (`mtspeech embed-lm`) if
-    any, else a word n-gram built from the training transcripts named in its config.
-
-    `exp.data.train` is resolved against the working directory first, then the checkpoint's folder.
-    """
-    from mtspeech.embed_lm import embedded_lm
-    from mtspeech.lm import build_ngram_lm
-
-    if use_embedded and checkpoint is not None:
-        embedded = embedded_lm(checkpoint, out_dir)
-        if embedded is not None:
-            log.info("--lm auto: using the word LM embedded in %s", checkpoint)
-            return embedded
-
-    manifests = [exp.data.train] if isinstance(exp.data.train, str) else list(exp.data.train)
-    texts = []
-    for name in manifests:
-        candidates = [Path(name)]
-        if checkpoint is not None and not Path(name).is_absolute():
-            candidates.append(checkpoint.parent / name)
-        train = next((p for p in candidates if p.is_file()), None)
-        if train is None:
-            raise EvaluationError(f"--lm auto: the training manifest {name} named in the checkpoint's config "
-                                  "was not found; run from the training working directory or pass --lm ARPA")
-        texts += [u.text for u in read_manifest(train) if u.text]
-    if not texts:
-        raise EvaluationError(f"--lm auto: {', '.join(manifests)} hold no transcripts")
-    return build_ngram_lm(texts, order=order, out_path=out_dir / "lm.arpa")
-
-
 # --------------------------------------------------------------------------- main entry
 def evaluate(
     checkpoint: str | Path,
     manifest: str | Path,
     out_dir: str | Path,
-    decoder: str = "greedy",
-    beam_size: int = 10,
-    lm: str | Path | None = None,
-    lm_weight: float = 0.5,
-    word_score: float = 0.0,
-    lm_order: int = 3,
+    decoding: DecodingConfig | None = None,
     chunk_frames: int | None = None,
     left_chunks: int | None = None,
     max_batch_seconds: float = 120.0,
@@ -329,22 +285,22 @@ def evaluate(
 ) -> dict:
     """Evaluate `checkpoint` on `manifest`, write hypotheses.jsonl, results.json, report.md to `out_dir`.
 
-    decoder: "greedy" or "beam" (flashlight prefix beam search, `beam_size`); `lm`: an ARPA
-    word LM path for the beam decoder, or "auto" to build a `lm_order`-gram LM from the
-    training transcripts (`exp.data.train` of the checkpoint's config). `chunk_frames` /
+    `decoding`: the decoders, as `mtspeech serve` builds them from the same settings (default
+    `DecodingConfig()`); an `lm` of "auto" is written to `out_dir`. The ASR head is decoded
+    greedy when the decoder resolves to greedy, else with the beam decoder over its pieces;
+    the phone head's words with the phones decoder when there is one. `chunk_frames` /
     `left_chunks`: evaluate the streaming (chunked-attention) model; None = full context.
     Returns the results dict (also written as results.json).
     """
     t0 = time.time()
     checkpoint, manifest, out_dir = Path(checkpoint), Path(manifest), Path(out_dir)
+    decoding = decoding or DecodingConfig()
     if threads:
         torch.set_num_threads(threads)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        model, exp, _ = load_model(checkpoint, device)
-    except CheckpointError as e:
-        raise EvaluationError(str(e)) from None
+    if not checkpoint.is_file():
+        raise EvaluationError(f"checkpoint {checkpoint} does not exist")
     if not manifest.is_file():
         raise EvaluationError(f"manifest {manifest} does not exist")
     try:
@@ -354,30 +310,25 @@ def evaluate(
     if not utts:
         raise EvaluationError(f"manifest {manifest} holds no utterance")
     out_dir.mkdir(parents=True, exist_ok=True)
-
-    if decoder != "beam" and lm is not None:
-        raise EvaluationError("an LM needs --decoder beam")
-    lm_path = None
-    if lm == "auto":
-        lm_path = training_transcripts_lm(exp, out_dir, lm_order, checkpoint)
-    elif lm is not None:
-        lm_path = Path(lm)
-        if not lm_path.is_file():
-            raise EvaluationError(f"LM file {lm_path} does not exist")
-    options = {"beam_size": beam_size, "lm": lm_path, "lm_weight": lm_weight, "word_score": word_score} \
-        if decoder == "beam" else {}
+    try:
+        rec = load_recognizer(checkpoint, decoding, "torch-eager", device=device, work_dir=out_dir)
+    except CheckpointError as e:
+        raise EvaluationError(str(e)) from None
+    model = rec.model
+    asr_decoder = rec.decoders["greedy" if rec.default_decoder == "greedy" else "beam"]
+    phones_decoder = rec.decoders.get("phones")
 
     scorers = {}
     for name, task in model.tasks.items():
         dec = None
         if task.cfg.kind == "ctc" and task.cfg.label == "text":
-            dec = build_decoder(decoder, task.tokenizer, **options)
-        elif task.cfg.kind == "ctc" and lm_path is not None:
-            dec = _phone_word_decoder(task, lm_path, out_dir / f"{name}.lexicon.txt", options)
+            dec = batch_decoder(asr_decoder, task.tokenizer)
+        elif task is rec.phones and phones_decoder is not None:
+            dec = batch_decoder(phones_decoder, PhoneTable(task.phones))
         s = _scorer(name, task, dec, max_trials)
         if s is not None:
             scorers[name] = s
-    frame_shift_s = model.encoder.subsampling * HOP_SAMPLES / SAMPLE_RATE
+    frame_shift_s = rec.frame_shift_s
 
     rows: dict[int, dict] = {}
     skipped: list[dict] = []
@@ -427,8 +378,9 @@ def evaluate(
         "checkpoint": str(checkpoint),
         "manifest": str(manifest),
         "asr_task": asr,
-        "decoder": decoder,
-        "decoder_options": {k: (str(v) if isinstance(v, Path) else v) for k, v in options.items()},
+        "decoder": asr_decoder.name,  # the ASR head's
+        "decoder_options": {k: v for k, v in asr_decoder.options.items() if k in _REPORTED_OPTIONS},
+        "decoding": {**asdict(decoding), "default_decoder": rec.default_decoder},
         "chunk_frames": chunk_frames,
         "left_chunks": left_chunks,
         "num_utterances": len(utts),
@@ -484,13 +436,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("manifest", help="JSON Lines manifest to evaluate on")
     parser.add_argument("--out", default=None,
                         help="output folder (default: <checkpoint folder>/eval/<manifest name>)")
-    parser.add_argument("--decoder", choices=("greedy", "beam"), default="greedy")
-    parser.add_argument("--beam-size", type=int, default=10)
-    parser.add_argument("--lm", default=None, metavar="ARPA|auto",
-                        help="word n-gram LM for beam search; 'auto' builds one from the training transcripts")
-    parser.add_argument("--lm-weight", type=float, default=0.5)
-    parser.add_argument("--word-score", type=float, default=0.0)
-    parser.add_argument("--lm-order", type=int, default=3, help="n-gram order for --lm auto")
+    decoding_flags.add_arguments(parser)  # --decoder, --lm, --beam-size, ...: as serve and transcribe
     parser.add_argument("--chunk-frames", type=int, default=None,
                         help="evaluate in streaming mode with chunks of N encoder frames (default: full context)")
     parser.add_argument("--left-chunks", type=int, default=None)
@@ -503,11 +449,10 @@ def main(args: argparse.Namespace) -> int:
     """Run `mtspeech evaluate`; returns the exit status."""
     out = args.out or str(Path(args.checkpoint).parent / "eval" / Path(args.manifest).stem)
     try:
-        results = evaluate(args.checkpoint, args.manifest, out, decoder=args.decoder, beam_size=args.beam_size,
-                           lm=args.lm, lm_weight=args.lm_weight, word_score=args.word_score, lm_order=args.lm_order,
+        results = evaluate(args.checkpoint, args.manifest, out, decoding_flags.from_args(args),
                            chunk_frames=args.chunk_frames, left_chunks=args.left_chunks,
                            max_batch_seconds=args.max_batch_seconds, device=args.device, worst_n=args.worst)
-    except EvaluationError as e:
+    except (EvaluationError, DecodingError) as e:
         log.error("%s", e)
         return 2
     print(render_report(results))
