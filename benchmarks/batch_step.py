@@ -57,9 +57,12 @@ def _audio(args, seconds: float) -> list[np.ndarray]:
 
 
 def _recognizer(ckpt: str, backend: str, onnx_dir: str | None, args):
-    from mtspeech.streaming import StreamingConfig, StreamingRecognizer
+    from mtspeech.decoding.config import DecodingConfig
+    from mtspeech.decoding.loader import load_recognizer
+    from mtspeech.streaming import StreamingConfig
 
-    rec = StreamingRecognizer.from_checkpoint(ckpt, StreamingConfig(args.chunk_frames, args.left_chunks))
+    rec = load_recognizer(ckpt, DecodingConfig(decoder="greedy"), "torch-eager",
+                          streaming=StreamingConfig(args.chunk_frames, args.left_chunks))
     if backend == "torch-traced":
         from mtspeech.streaming.traced import TracedEncoderStep
 

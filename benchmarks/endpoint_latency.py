@@ -72,9 +72,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _cli import add_model_arguments, run_main  # noqa: E402
 
+from mtspeech.decoding.config import DecodingConfig  # noqa: E402
+from mtspeech.decoding.loader import load_recognizer  # noqa: E402
 from mtspeech.streaming.endpoint import EndpointConfig  # noqa: E402
 from mtspeech.streaming import SAMPLE_RATE, FinalEvent, StreamingConfig, StreamingRecognizer  # noqa: E402
-from mtspeech.streaming.recognizer import SpeechActivityEvent  # noqa: E402
+from mtspeech.streaming.stream import SpeechActivityEvent  # noqa: E402
 
 DEFAULT_MANIFEST = "data/synthetic/test.jsonl"
 MODES = ("vad", "blank")
@@ -225,7 +227,7 @@ def load_recognizers(args) -> dict[str, StreamingRecognizer]:
                               rule1_trailing_silence_s=args.rule1, rule2_trailing_silence_s=args.rule2,
                               rule3_max_utterance_s=args.rule3, min_speech_s=args.min_speech)
     cfg = StreamingConfig(chunk_frames=args.chunk_frames, left_chunks=args.left_chunks, endpoint=endpoint)
-    vad = StreamingRecognizer.from_checkpoint(ckpt, cfg, args.device)
+    vad = load_recognizer(ckpt, DecodingConfig(decoder="greedy"), "torch-eager", streaming=cfg, device=args.device)
     if tmp is not None:
         tmp.cleanup()
     if vad.vad is None:

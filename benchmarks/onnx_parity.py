@@ -42,7 +42,9 @@ def run(args) -> dict:
     from mtspeech.export.parity import transcript_parity
     from mtspeech.export.quantize import quantize_int8
     from mtspeech.export.runtime import OnnxEncoderStep
-    from mtspeech.streaming import StreamingConfig, StreamingRecognizer
+    from mtspeech.decoding.config import DecodingConfig
+    from mtspeech.decoding.loader import load_recognizer
+    from mtspeech.streaming import StreamingConfig
 
     torch.set_num_threads(args.threads)
     ckpt = args.model
@@ -51,7 +53,8 @@ def run(args) -> dict:
 
         ckpt = str(build_random_checkpoint(Path(tempfile.mkdtemp()) / "tiny.pt"))
     cfg = StreamingConfig(chunk_frames=args.chunk_frames, left_chunks=args.left_chunks)
-    rec = StreamingRecognizer.from_checkpoint(ckpt, cfg)
+    # greedy: the parity of the encoder step, not of a search on top of it
+    rec = load_recognizer(ckpt, DecodingConfig(decoder="greedy"), "torch-eager", streaming=cfg)
     onnx_dir = args.onnx_dir
     if onnx_dir is None:
         onnx_dir = tempfile.mkdtemp(prefix="onnx_parity_")

@@ -48,6 +48,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _cli import add_model_arguments, run_main  # noqa: E402
 from server_load import ServerProcess, _delta  # noqa: E402
 
+from mtspeech.decoding.config import DecodingConfig  # noqa: E402
+
 SAMPLE_RATE = 16000
 DECODERS = ("greedy", "beam", "phones")
 
@@ -58,8 +60,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--limit", type=int, default=None, help="first N utterances with a transcript only")
     ap.add_argument("--decoders", nargs="+", choices=DECODERS, default=list(DECODERS))
     ap.add_argument("--lm", default=None, help="ARPA word LM, or 'auto' (passed to mtspeech serve --lm)")
-    ap.add_argument("--beam-size", type=int, default=20)
-    ap.add_argument("--lm-weight", type=float, default=1.0)
+    ap.add_argument("--beam-size", type=int, default=DecodingConfig.beam_size)
+    ap.add_argument("--lm-weight", type=float, default=DecodingConfig.lm_weight)
     ap.add_argument("--frame-ms", type=int, default=100, help="audio per WebSocket frame")
     ap.add_argument("--streams", type=int, default=1, help="concurrent connections (1: batches of one stream)")
     ap.add_argument("--utterance-timeout", type=float, default=600.0, help="seconds allowed for one utterance")

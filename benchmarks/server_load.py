@@ -159,15 +159,16 @@ def prepare_audio(samples: list[tuple[str, np.ndarray]], ckpt: str, args, backen
     from mtspeech.client import to_pcm16
     from mtspeech.serve.protocol import decode_frame
     from mtspeech.streaming import PartialEvent, StreamingConfig
-    from mtspeech.streaming.decoders import load_recognizer
-    from mtspeech.streaming.endpoint import EndpointConfig
+    from mtspeech.decoding.config import DecodingConfig
+    from mtspeech.decoding.loader import load_recognizer
+    from mtspeech.serve.protocol import decode_frame
 
     torch.set_num_threads(1)
     cfg = StreamingConfig(chunk_frames=args.chunk_frames, left_chunks=args.left_chunks,
                           endpoint=EndpointConfig(mode=args.endpoint_mode))
-    rec = load_recognizer(ckpt, cfg, "cpu", decoder=args.decoder,
-                          lm=None if args.decoder == "greedy" else "auto",  # as the server decodes
-                          beam_size=20, lm_weight=1.0)  # `mtspeech serve`'s defaults
+    # as the server decodes: its flags (see ServerProcess), DecodingConfig's defaults otherwise
+    decoding = DecodingConfig(decoder=args.decoder, lm=None if args.decoder == "greedy" else "auto")
+    rec = load_recognizer(ckpt, decoding, "torch-eager", streaming=cfg)
     # partial texts as this backend's server will produce them (torch's traced step = eager)
     if backend.startswith("onnx"):
         from mtspeech.export.runtime import OnnxEncoderStep

@@ -21,6 +21,8 @@ import numpy as np
 
 from _cli import add_model_arguments, run_main
 
+from mtspeech.decoding.config import DecodingConfig
+
 FEED_SECONDS = 0.1  # audio enters each stream 100 ms at a time, as a live client sends it
 
 
@@ -29,8 +31,8 @@ def add_arguments(ap) -> None:
     ap.add_argument("--manifest", default="data/synthetic/test.jsonl")
     ap.add_argument("--limit", type=int, default=None, help="first N utterances only")
     ap.add_argument("--lm", default=None, help="ARPA word LM, or 'auto' (as mtspeech serve --lm)")
-    ap.add_argument("--beam-size", type=int, default=20)
-    ap.add_argument("--lm-weight", type=float, default=1.0)
+    ap.add_argument("--beam-size", type=int, default=DecodingConfig.beam_size)
+    ap.add_argument("--lm-weight", type=float, default=DecodingConfig.lm_weight)
     ap.add_argument("--chunk-frames", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     ap.add_argument("--out", default=None)
@@ -42,8 +44,8 @@ def run(args) -> dict:
     from mtspeech.data.audio import load_audio
     from mtspeech.data.manifest import read_manifest
     from mtspeech.metrics import cer, wer
+    from mtspeech.decoding.loader import load_recognizer
     from mtspeech.streaming import SAMPLE_RATE, StreamingConfig
-    from mtspeech.streaming.decoders import load_recognizer
 
     torch.set_num_threads(args.threads)
     model = args.model
@@ -53,8 +55,8 @@ def run(args) -> dict:
         from _tiny_model import build_random_checkpoint
 
         model = build_random_checkpoint(tempfile.mkdtemp() + "/random.pt")
-    rec = load_recognizer(model, StreamingConfig(chunk_frames=args.chunk_frames), decoder="beam", lm=args.lm,
-                          beam_size=args.beam_size, lm_weight=args.lm_weight)
+    decoding = DecodingConfig(decoder="beam", lm=args.lm, beam_size=args.beam_size, lm_weight=args.lm_weight)
+    rec = load_recognizer(model, decoding, "torch-eager", streaming=StreamingConfig(chunk_frames=args.chunk_frames))
     utts = [u for u in read_manifest(args.manifest) if u.text][: args.limit]
     if not utts:
         raise SystemExit(f"{args.manifest}: no utterance with a transcript to score")

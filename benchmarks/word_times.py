@@ -1,4 +1,4 @@
-"""Error of the word-time scheme (mtspeech/decode.py) against the synthetic corpus's exact boundaries.
+"""Error of the word-time scheme (mtspeech/alignment.py) against the synthetic corpus's exact boundaries.
 
     python benchmarks/word_times.py --model exp/synthetic/all/final.pt \
         --manifest data/synthetic/test.jsonl --out word_times.json
@@ -111,9 +111,10 @@ def run(args) -> dict:
     from mtspeech.checkpoint import load_model
     from mtspeech.data.audio import load_audio
     from mtspeech.data.manifest import read_manifest
-    from mtspeech.decode import GreedyDecoder, add_word_times
+    from mtspeech.decoding.config import DecodingConfig
+    from mtspeech.decoding.ctc import GreedyDecoder, add_word_times
+    from mtspeech.decoding.loader import load_recognizer
     from mtspeech.streaming import StreamingConfig
-    from mtspeech.streaming.decoders import load_recognizer
 
     torch.set_num_threads(args.threads)
     if args.random_model:
@@ -127,8 +128,8 @@ def run(args) -> dict:
         raise SystemExit(f"{synth_json}: replaying the plan does not give the manifest's texts for {wrong[:3]} "
                          f"({len(wrong)} of {len(utts)}): not the corpus this config wrote")
 
-    rec = load_recognizer(args.model, StreamingConfig(chunk_frames=args.chunk_frames),
-                          decoder=args.decoder, lm=args.lm)
+    rec = load_recognizer(args.model, DecodingConfig(decoder=args.decoder, lm=args.lm), "torch-eager",
+                          streaming=StreamingConfig(chunk_frames=args.chunk_frames))
     model, _exp, _ = load_model(args.model)
     model.eval()
     table = rec.tokenizer

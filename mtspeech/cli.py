@@ -17,15 +17,15 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synth", help="synthesize the embedded LibriSpeech-format demo corpus")
     p.set_defaults(func=_run_synth)
     # Arguments are declared by the synthesizer itself so they live next to their code.
-    from mtspeech.data import synth
+    from mtspeech.data import synth_command
 
-    synth.add_arguments(p)
+    synth_command.add_arguments(p)
 
 
 def _run_synth(args: argparse.Namespace) -> int:
-    from mtspeech.data import synth
+    from mtspeech.data import synth_command
 
-    return synth.main(args)
+    return synth_command.main(args)
 
 
 def _add_prepare(sub: argparse._SubParsersAction) -> None:
@@ -93,7 +93,7 @@ _COMMANDS = [
     *((name, help, _add_module_command(name, module, help)) for name, module, help in [
         ("evaluate", "mtspeech.evaluation.evaluate", "evaluate a checkpoint on a manifest (every task)"),
         ("compare", "mtspeech.evaluation.compare", "paired bootstrap: model B's error rate minus model A's, same utterances"),
-        ("embed-lm", "mtspeech.embed_lm", "store a word LM inside a checkpoint (for --lm auto)"),
+        ("embed-lm", "mtspeech.decoding.embedded_lm", "store a word LM inside a checkpoint (for --lm auto)"),
         ("ablate", "mtspeech.ablation.cli", "train and evaluate a grid of task sets × seeds; report"),
         ("analyze", "mtspeech.analyze", "word accuracy by training-sentence count, from evaluate's hypotheses"),
         ("export", "mtspeech.export.command", "export the streaming encoder and heads to ONNX (optionally int8)"),

@@ -138,14 +138,17 @@ def transcribe_files(server_url: str, files: list[str | Path], realtime: bool = 
 
 
 def transcribe_local(model_path: str | Path, files: list[str | Path], device: str = "cpu",
-                     out: TextIO | None = None, streaming=None) -> list[FileResult]:
-    """Decode files in-process with the streaming recognizer (no server); an unreadable file
-    gets an error result, as in `transcribe_files`."""
+                     out: TextIO | None = None, streaming=None, decoding=None,
+                     backend: str = "torch-eager") -> list[FileResult]:
+    """Decode files in-process with the streaming recognizer (no server) that `mtspeech serve`
+    would build from the same checkpoint and `decoding` (`DecodingConfig`; default: its
+    defaults, so `auto`); an unreadable file gets an error result, as in `transcribe_files`.
+    `backend`: eager by default, since tracing at start costs more than it saves on a few files."""
     from mtspeech.data.audio import AudioError
-    from mtspeech.streaming import StreamingRecognizer
+    from mtspeech.decoding.loader import load_recognizer
 
     out = out or sys.stdout
-    rec = StreamingRecognizer.from_checkpoint(model_path, streaming, device)
+    rec = load_recognizer(model_path, decoding, backend, streaming=streaming, device=device)
     results = []
     for path in files:
         try:
@@ -173,6 +176,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-key", default=None)
     parser.add_argument("--no-partials", action="store_true", help="ask for finals only")
     parser.add_argument("--device", default="cpu", help="local decoding device")
+    # With --model: the decoder `mtspeech serve` would build from the same checkpoint and flags.
+    from mtspeech.decoding import config as decoding
+
+    decoding.add_arguments(parser)
+    parser.add_argument("--backend", choices=decoding.BACKENDS, default="torch-eager",
+                        help="with --model: what runs the encoder (as `mtspeech serve --backend`)")
     parser.add_argument("--json", action="store_true", help="print one JSON line per file at the end")
 
 
@@ -189,7 +198,15 @@ def main(args: argparse.Namespace) -> int:
             print(f"mtspeech transcribe: cannot stream to {args.server}: {e}", file=sys.stderr)
             return 2
     else:
-        results = transcribe_local(args.model, args.files, args.device)
+        from mtspeech.checkpoint import CheckpointError
+        from mtspeech.decoding.config import DecodingError, from_args
+
+        try:
+            results = transcribe_local(args.model, args.files, args.device, decoding=from_args(args),
+                                       backend=args.backend)
+        except (DecodingError, CheckpointError) as e:
+            print(f"mtspeech transcribe: {e}", file=sys.stderr)
+            return 2
     if args.json:
         for r in results:
             print(json.dumps({"file": r.path, "text": r.text, "finals": r.finals, "errors": r.errors}))

@@ -20,6 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.requests import ClientDisconnect
 
+from mtspeech.decoding import config as decoding
 from mtspeech.serve import http, ws
 from mtspeech.serve import protocol as P
 from mtspeech.serve.incidents import internal_error
@@ -36,11 +37,15 @@ CLIENT_CLOSED_REQUEST = 499  # nginx's code: nobody reads it, but access logs sh
 def create_app(recognizer_or_model_path: StreamingRecognizer | str | Path,
                settings: ServerSettings | None = None, streaming: StreamingConfig | None = None,
                device: str = "cpu") -> FastAPI:
-    """The FastAPI app serving a recognizer (or a checkpoint path, loaded here)."""
+    """The FastAPI app serving a recognizer (or a checkpoint path, loaded here by
+    `load_recognizer` with the default `DecodingConfig` and the eager torch step)."""
     settings = settings or ServerSettings()
     recognizer = recognizer_or_model_path
     if not isinstance(recognizer, StreamingRecognizer):
-        recognizer = StreamingRecognizer.from_checkpoint(recognizer_or_model_path, streaming, device)
+        from mtspeech.decoding.loader import load_recognizer
+
+        recognizer = load_recognizer(recognizer_or_model_path, backend="torch-eager", streaming=streaming,
+                                     device=device)
     server = Server(recognizer, settings)
 
     @contextlib.asynccontextmanager
@@ -163,20 +168,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--endpoint-min-speech", type=float, default=EndpointConfig.min_speech_s, metavar="SECONDS",
                         help="a speech run shorter than this inside a pause holds its silence count instead of "
                              "restarting it (a hangover against noise bursts; 0: any speech frame restarts it)")
-    parser.add_argument("--decoder", choices=["auto", "greedy", "beam", "phones"], default="auto",
-                        help="default token decoder of streams: auto (the best the checkpoint allows: phones "
-                             "if it has a phone head and an LM, embedded by `mtspeech embed-lm` or given by "
-                             "--lm; else beam with an LM; else greedy); greedy CTC; beam (prefix beam search "
-                             "over the ASR pieces, with --lm through a piece lexicon); phones (beam search over "
-                             "the phone head, words through CMUdict; needs an LM). A start message may pick "
-                             "another one the server has")
-    parser.add_argument("--lm", default=None, metavar="ARPA|auto",
-                        help="word n-gram LM for the beam decoders; 'auto' builds a trigram from the training "
-                             "transcripts named in the checkpoint, as `mtspeech evaluate --lm auto` does")
-    # Defaults chosen on the demo's dev set (README): beam 20, LM weight 1.0.
-    parser.add_argument("--beam-size", type=int, default=20)
-    parser.add_argument("--lm-weight", type=float, default=1.0)
-    parser.add_argument("--backend", choices=["torch", "torch-eager", "onnx"], default="torch",
+    # --decoder (default auto: the best the checkpoint allows), --lm, --beam-size, --lm-weight, ...:
+    # the flags and defaults every decoding command shares (DecodingConfig). A start message may
+    # pick another decoder the server has.
+    decoding.add_arguments(parser)
+    parser.add_argument("--backend", choices=decoding.BACKENDS, default="torch",
                         help="what runs the encoder and heads: PyTorch, its full-chunk step traced to one "
                              "TorchScript graph at startup (eager if the trace fails or differs); PyTorch "
                              "eager; or the ONNX export under onnxruntime (features and token decoding stay "
@@ -216,25 +212,13 @@ def main(args: argparse.Namespace) -> int:
         log.error("mtspeech serve: %s", e)
         return 2
     streaming = StreamingConfig(chunk_frames=args.chunk_frames, left_chunks=args.left_chunks, endpoint=endpoint)
-    from mtspeech.streaming.decoders import load_recognizer
+    from mtspeech.checkpoint import CheckpointError
+    from mtspeech.decoding.loader import load_recognizer
 
     try:
-        recognizer = load_recognizer(args.model, streaming, args.device, decoder=args.decoder, lm=args.lm,
-                                     beam_size=args.beam_size, lm_weight=args.lm_weight)
-        if args.backend == "onnx":
-            from mtspeech.export.runtime import onnx_step_for
-
-            recognizer = recognizer.with_encoder_step(onnx_step_for(
-                recognizer.model, args.model, streaming.chunk_frames, streaming.left_chunks, args.onnx_dir, args.int8))
-        elif args.int8 or args.onnx_dir:
-            raise ValueError("--int8 and --onnx-dir apply to --backend onnx only")
-        elif args.backend == "torch":
-            from mtspeech.streaming.traced import traced_or_eager
-
-            recognizer = recognizer.with_encoder_step(
-                traced_or_eager(recognizer.model, streaming.chunk_frames, streaming.left_chunks))
-            log.info("torch backend: %s streaming step", recognizer.encoder_step.name)
-    except ValueError as e:
+        recognizer = load_recognizer(args.model, decoding.from_args(args), args.backend, streaming=streaming,
+                                     device=args.device, onnx_dir=args.onnx_dir, int8=args.int8)
+    except (ValueError, CheckpointError) as e:
         log.error("mtspeech serve: %s", e)
         return 2
     app = create_app(recognizer, settings)

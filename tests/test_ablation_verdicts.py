@@ -136,7 +136,7 @@ def test_a_grid_selects_on_dev_and_reads_test_only_with_final(prepared_manifests
 
     read = []
 
-    def fake_evaluate(checkpoint, manifest, out, **kwargs):
+    def fake_evaluate(checkpoint, manifest, out, *args, **kwargs):
         read.append(str(manifest))
         out.mkdir(parents=True, exist_ok=True)
         (out / "results.json").write_text(json.dumps({"asr_task": "asr", "metrics": {"asr/cer": 0.5}}))

@@ -1,4 +1,4 @@
-"""One word-time scheme (mtspeech/decode.py): the server's streaming decoders give the same words,
+"""One word-time scheme (mtspeech/alignment.py): the server's streaming decoders give the same words,
 times and confidences as `mtspeech evaluate`'s `word_alignments` on the same log-probs."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mtspeech.decode import GreedyDecoder as OfflineGreedy
-from mtspeech.decode import TokenSpan, piece_groups, timed_words, word_alignments
+from mtspeech.alignment import TokenSpan, piece_groups, timed_words, word_alignments
+from mtspeech.decoding.ctc import GreedyDecoder as OfflineGreedy
 from mtspeech.streaming.decoders import BeamDecoder, GreedyDecoder
 from tiny_asr import PIECES, PieceTable
 

@@ -28,7 +28,7 @@ class Grid:
 
     recipe: the base experiment as a plain dict (its `base:` chain already merged);
     shared / variants[name]: nested override dicts (`None` deletes a key);
-    test: split name → manifest path; evaluate: keyword options of `evaluate.evaluate`.
+    test: split name → manifest path; evaluate: `DecodingConfig` fields and keyword options of `evaluate.evaluate`.
     """
 
     recipe: dict

@@ -25,6 +25,7 @@ def run_one(run_dir: str | Path, threads: int | None = None) -> None:
     Under torchrun every rank trains; only rank 0 evaluates.
     """
     from mtspeech.config import apply_overrides
+    from mtspeech.decoding.config import DecodingConfig
     from mtspeech.evaluation.evaluate import evaluate
     from mtspeech.experiment import experiment_from_dict
     from mtspeech.train import train
@@ -43,10 +44,13 @@ def run_one(run_dir: str | Path, threads: int | None = None) -> None:
     if int(os.environ.get("RANK", "0")) != 0:
         return
     t1 = time.time()
+    # the grid's `evaluate:` block: DecodingConfig fields (decoder, beam_size, lm, ...) and
+    # evaluate's other keyword options (chunk_frames, ...)
+    decoding, options = DecodingConfig.from_options(spec["evaluate"])
     for split, manifest in spec["splits"].items():  # dev; test only when planned with --final
         out = run_dir / "eval" / split
         if not (out / "results.json").is_file():
-            evaluate(run_dir / "final.pt", manifest, out, threads=threads, **spec["evaluate"])
+            evaluate(run_dir / "final.pt", manifest, out, decoding, threads=threads, **options)
     timing["eval_s"] = timing.get("eval_s", 0.0) + time.time() - t1
     timing_path.write_text(json.dumps(timing))
 

@@ -30,7 +30,6 @@ never on `--jobs`: every utterance draws from its own `default_rng([seed, index]
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import io
@@ -459,67 +458,3 @@ def _write_speakers_txt(path: Path, speakers: list[Speaker], seconds: dict[str, 
         lines.append(f"{s.id:<5}| {s.sex} | {subset:<16} | {seconds[s.id] / 60:5.2f} | {name}")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-
-# ---------------------------------------------------------------- command line
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    d = SynthConfig()
-    parser.add_argument("--out", required=True, help="output folder (the corpus root)")
-    parser.add_argument("--hours", type=float, default=d.hours, help="total audio (default %(default)s)")
-    parser.add_argument("--seed", type=int, default=d.seed, help="random seed (default %(default)s)")
-    parser.add_argument("--jobs", type=int, default=None, help="worker processes (default: all cores)")
-    parser.add_argument("--noise-snr", type=float, default=d.noise_snr_db,
-                        help="white noise at this SNR in dB (default %(default)s)")
-    parser.add_argument("--no-noise", action="store_true", help="clean audio (no added noise)")
-    parser.add_argument("--speakers", type=int, default=d.speakers,
-                        help="speakers in total (default %(default)s)")
-    parser.add_argument("--unseen-speakers", type=int, default=d.unseen_speakers,
-                        help="of which held out for test-unseen (default %(default)s)")
-    parser.add_argument("--vocab-words", type=int, default=d.vocab_words,
-                        help="closed vocabulary: the N most frequent words of the sentence pool "
-                             "(default %(default)s; 0 = every word)")
-    parser.add_argument("--noisy-twins", action="store_true",
-                        help="also write test and test-unseen at 10 and 0 dB SNR (test-snr10, ...)")
-    parser.add_argument("--twins-only", action="store_true",
-                        help="only write the noisy twins of the corpus already in --out")
-    parser.add_argument("--voices-only", action="store_true",
-                        help="only write test-voices (more held-out voices, for speaker verification) "
-                             "next to the corpus already in --out")
-    parser.add_argument("--voice-speakers", type=int, default=24,
-                        help="test-voices: speakers (default %(default)s)")
-    parser.add_argument("--voice-utterances", type=int, default=8,
-                        help="test-voices: utterances per speaker (default %(default)s)")
-    parser.add_argument("--train-voices-only", action="store_true",
-                        help="only write train-voices (more training speakers, on voice variants no "
-                             "other split uses) next to the corpus already in --out")
-    parser.add_argument("--train-voice-speakers", type=int, default=30,
-                        help="train-voices: speakers (default %(default)s)")
-    parser.add_argument("--train-voice-utterances", type=int, default=16,
-                        help="train-voices: utterances per speaker (default %(default)s)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def main(args: argparse.Namespace) -> int:
-    from mtspeech.data.new_voices import synthesize_train_voices, synthesize_voices
-    from mtspeech.data.noisy_twins import make_noisy_twins
-
-    if args.voices_only or args.train_voices_only:
-        make, sizes = ((synthesize_train_voices, (args.train_voice_speakers, args.train_voice_utterances))
-                       if args.train_voices_only else (synthesize_voices, (args.voice_speakers, args.voice_utterances)))
-        summary = make(args.out, *sizes, jobs=args.jobs, progress=not args.no_progress)
-        print(json.dumps({k: v for k, v in summary.items() if k != "voices"}, indent=2))
-        return 0
-    if args.twins_only:
-        print(json.dumps(make_noisy_twins(args.out, seed=args.seed, progress=not args.no_progress), indent=2))
-        return 0
-    snr = None if args.no_noise else args.noise_snr
-    cfg = SynthConfig(hours=args.hours, seed=args.seed, speakers=args.speakers,
-                      unseen_speakers=args.unseen_speakers, noise_snr_db=snr, jobs=args.jobs,
-                      vocab_words=args.vocab_words or None,
-                      progress=not args.no_progress)
-    summary = synthesize_corpus(args.out, cfg)
-    if args.noisy_twins:
-        summary["noisy_twins"] = make_noisy_twins(args.out, seed=args.seed, progress=not args.no_progress)
-    print(json.dumps(summary, indent=2))
-    return 0

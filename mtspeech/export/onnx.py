@@ -3,7 +3,7 @@
     info = export_onnx(model, "exp/onnx", chunk_frames=8, left_chunks=16, checkpoint="final.pt")
     # exp/onnx/encoder_step.onnx (+ .onnx.data: the weights), exp/onnx/export.json (ExportInfo)
 
-The graph is `mtspeech.export.graph.StreamingStepGraph`: the model's own
+The graph is `mtspeech.streaming.step_graph.StreamingStepGraph`: the model's own
 `encoder.forward_chunk`, so whatever lives inside `model.encoder` is exported with it. The
 batch (streams) is dynamic; the chunk size and left context are fixed by the cache shapes, and
 `export.json` records them with the heads, the exporter that worked and the checkpoint's hash,
@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mtspeech.export.graph import INPUT_NAMES, StreamingStepGraph, output_names
+from mtspeech.streaming.step_graph import INPUT_NAMES, StreamingStepGraph, output_names
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
     step = OnnxEncoderStep("exp/onnx", int8=False, checkpoint="final.pt")
     rec = StreamingRecognizer(model, tokenizer, config, encoder_step=step)
-    # or: rec = load_recognizer(...).with_encoder_step(step)
+    # or, from a checkpoint: rec = mtspeech.decoding.loader.load_recognizer(ckpt, decoding, backend="onnx")
 
 Only the encoder chunk and the heads run here; features and token decoding stay in the
 recognizer. The cache is the same `EncoderCache` as PyTorch's (CPU tensors, shared with
@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from mtspeech.encoders.cache import EncoderCache
-from mtspeech.export.graph import CACHE_FIELDS, INPUT_NAMES
+from mtspeech.streaming.step_graph import CACHE_FIELDS, INPUT_NAMES
 from mtspeech.export.onnx import ExportInfo, export_onnx, file_sha256
 from mtspeech.streaming.encoder import ChunkOutput
 

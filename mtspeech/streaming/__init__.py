@@ -7,14 +7,15 @@
 - the token side (`decoders.py`: greedy, beam over pieces, phones through the lexicon;
   `endpoint.py`: when an utterance ends).
 
-`recognizer.py` composes them into `StreamingRecognizer`, which the server drives. The names
+`recognizer.py` composes them into `StreamingRecognizer` (its streams and events: `stream.py`),
+which the server drives; `mtspeech.decoding.loader.load_recognizer` builds one from a checkpoint. The names
 below are the public ones; import them from here.
 """
 
 from mtspeech.data.resample import MAX_ABS_SAMPLE, StreamResampler
 from mtspeech.streaming.features import HOP_SAMPLES, SAMPLE_RATE, WIN_SAMPLES, feature_frames
-from mtspeech.streaming.recognizer import (
-    Event, FinalEvent, PartialEvent, SpeechActivityEvent, Stream, StreamingConfig, StreamingRecognizer)
+from mtspeech.streaming.recognizer import StreamingConfig, StreamingRecognizer
+from mtspeech.streaming.stream import Event, FinalEvent, PartialEvent, SpeechActivityEvent, Stream
 from mtspeech.streaming.encoder import asr_task, phone_task, vad_task
 
 __all__ = ["HOP_SAMPLES", "MAX_ABS_SAMPLE", "SAMPLE_RATE", "WIN_SAMPLES", "Event", "FinalEvent", "PartialEvent",

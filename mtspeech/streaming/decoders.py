@@ -40,22 +40,21 @@ from typing import Protocol
 
 import torch
 
-from mtspeech.decode import TokenSpan, Word, align_tokens, ctc_runs, piece_groups, timed_words
+from mtspeech.alignment import TokenSpan, Word, align_tokens, ctc_runs, piece_groups, timed_words
 
 log = logging.getLogger(__name__)
 
 WORD_BOUNDARY = "\u2581"  # sentencepiece's "▁"
-DECODER_KINDS = ("greedy", "beam", "phones")
 
 
 class TokenTable(Protocol):
-    """What decoders need from a label table (mtspeech's Tokenizer, decode.PhoneTable fit)."""
+    """What decoders need from a label table (mtspeech's Tokenizer, decoding.ctc.PhoneTable fit)."""
 
     def id_to_piece(self, i: int) -> str: ...
 
 
 # One emitted CTC token, the frames (absolute, inclusive) the path gives it and the sum of the
-# path label's posterior on them: the word-time scheme's own type (mtspeech/decode.py).
+# path label's posterior on them: the word-time scheme's own type (mtspeech/alignment.py).
 Token = TokenSpan
 
 
@@ -105,7 +104,7 @@ class TokenDecoder(Protocol):
 
 
 # ----------------------------------------------------------------------------- word timing
-# Times and confidences come from mtspeech/decode.py's one scheme (`timed_words`), the code
+# Times and confidences come from mtspeech/alignment.py's one scheme (`timed_words`), the code
 # `mtspeech evaluate` uses too.
 
 
@@ -122,7 +121,7 @@ def _piece_groups(tokens: list[Token], table: TokenTable) -> list[tuple[str, lis
 
 
 def piece_words(tokens: list[Token], table: TokenTable, frame_shift_s: float) -> list[Word]:
-    """Words of a piece sequence with times and confidences (mtspeech/decode.py's scheme)."""
+    """Words of a piece sequence with times and confidences (mtspeech/alignment.py's scheme)."""
     return timed_words(tokens, piece_groups([t.id for t in tokens], table), frame_shift_s)
 
 
@@ -137,6 +136,7 @@ class GreedyDecoder:
 
     def __init__(self, table: TokenTable, blank_id: int, frame_shift_s: float):
         self.table, self.blank_id, self.frame_shift_s = table, blank_id, frame_shift_s
+        self.options: dict = {}  # greedy has no setting (BeamDecoder.options has the beam's)
 
     def begin(self) -> "_GreedyUtterance":
         return _GreedyUtterance(self)
@@ -151,7 +151,7 @@ class _GreedyUtterance:
     def push(self, log_probs: torch.Tensor, first_frame: int) -> None:
         best_logp, best_id = log_probs.max(-1)
         best_prob = best_logp.exp().cpu().numpy()
-        for token_id, first, last in ctc_runs(best_id):  # the one best-path collapse (decode.py)
+        for token_id, first, last in ctc_runs(best_id):  # the one best-path collapse (alignment.py)
             if token_id != self.d.blank_id:
                 if first == 0 and token_id == self.prev_id:  # the previous piece's run goes on
                     tok = self.tokens[-1]
@@ -184,16 +184,18 @@ class BeamDecoder:
     `decode_begin` / `decode_step` / `decode_end`, one search per utterance.
 
     `head="asr"`: over the ASR pieces, lexicon-free without an LM; with a word LM (ARPA) through
-    a piece lexicon (`lexicon`, or written from the LM's vocabulary as `mtspeech evaluate` does).
-    `head="phones"`: over the phone head, `lexicon` a phone lexicon (`lm.build_phone_lexicon`,
-    CMUdict), an LM required. Options as `mtspeech.decode.BeamSearchDecoder`. The LM, the
-    lexicon trie and the dictionaries are built once and shared by every stream; each
-    utterance gets only a fresh search object.
+    a piece lexicon `lexicon` (`decoding.ctc.lexicon_for_lm` writes one from the LM's vocabulary).
+    `head="phones"`: over the phone head, `lexicon` a phone lexicon (`decoding.lm.build_phone_lexicon`,
+    CMUdict), an LM required. Options as `mtspeech.decoding.ctc.BeamSearchDecoder`, whose defaults
+    are `DecodingConfig`'s: `decoding.loader.build_decoders` passes them, so none is repeated here.
+    The LM, the lexicon trie and the dictionaries are built once and shared by every stream;
+    each utterance gets only a fresh search object. `options` holds the search's settings, so
+    the offline decoder of `mtspeech evaluate` can be built with the very same ones.
     """
 
-    def __init__(self, table, head: str, frame_shift_s: float, beam_size: int = 10,
+    def __init__(self, table, head: str, frame_shift_s: float, *, beam_size: int,
                  lm: str | Path | None = None, lexicon: str | Path | None = None,
-                 lm_weight: float = 0.5, word_score: float = 0.0, beam_threshold: float = 50.0,
+                 lm_weight: float | None = None, word_score: float = 0.0, beam_threshold: float = 50.0,
                  stable_history: int = 3):
         from torchaudio.models.decoder import ctc_decoder  # needs flashlight-text
 
@@ -201,15 +203,16 @@ class BeamDecoder:
             raise ValueError(f"head={head!r}: expected 'asr' or 'phones'")
         if head == "phones" and (lm is None or lexicon is None):
             raise ValueError("the phones decoder needs a word LM and a phone lexicon (lm=, lexicon=)")
-        if lm is not None and lexicon is None:
-            from mtspeech.decode import _lexicon_for_lm
-
-            lexicon = _lexicon_for_lm(Path(lm), table)
+        if lm is not None and (lexicon is None or lm_weight is None):
+            raise ValueError("a word LM needs a lexicon (decoding.ctc.lexicon_for_lm) and an lm_weight")
+        lm_weight = lm_weight if lm is not None else 0.0
         self.name = "phones" if head == "phones" else "beam"
         self.head, self.table, self.frame_shift_s = head, table, frame_shift_s
         self.blank_id = 0
         self.stable_history = stable_history
         self.lexicon = None if lexicon is None else str(lexicon)
+        self.options = {"beam_size": beam_size, "lm": None if lm is None else str(lm), "lexicon": self.lexicon,
+                        "lm_weight": lm_weight, "word_score": word_score, "beam_threshold": beam_threshold}
         self.vocab_size = table.vocab_size
         pieces = [table.id_to_piece(i) for i in range(table.vocab_size)]
         blank = pieces[self.blank_id]
@@ -217,11 +220,10 @@ class BeamDecoder:
         self._proto = ctc_decoder(
             lexicon=self.lexicon, tokens=pieces, lm=None if lm is None else str(lm), nbest=1,
             beam_size=beam_size, beam_threshold=beam_threshold,
-            lm_weight=lm_weight if lm is not None else 0.0, word_score=word_score,
+            lm_weight=lm_weight, word_score=word_score,
             sil_token=blank, sil_score=0.0, blank_token=blank, unk_word="<unk>", log_add=False,
         )
-        self._make_search = self._search_factory(beam_size, beam_threshold,
-                                                 lm_weight if lm is not None else 0.0, word_score)
+        self._make_search = self._search_factory(beam_size, beam_threshold, lm_weight, word_score)
 
     def _search_factory(self, beam_size, beam_threshold, lm_weight, word_score):
         """A function returning a fresh flashlight search sharing the prototype's LM and trie.
@@ -295,7 +297,7 @@ class _BeamUtterance:
 
     def _words(self, result, realign: bool = False) -> tuple[list[Word], list[Token]]:
         """The hypothesis' words with times. `realign` (at the utterance's end): time its tokens
-        on their Viterbi path, the one word-time scheme (mtspeech/decode.py), not the search's."""
+        on their Viterbi path, the one word-time scheme (mtspeech/alignment.py), not the search's."""
         # torchaudio's path starts with flashlight's leading step (and decode_end adds one)
         path = list(result.tokens)[1 : 1 + self.frames]
         tokens = self._tokens(path)
@@ -349,85 +351,3 @@ class _BeamUtterance:
             return Decoded([], ())
         words, tokens = self._words(best, realign=True)
         return Decoded(words, tuple(t.id for t in tokens))
-
-
-# ----------------------------------------------------------------------------- building them
-
-
-def build_decoders(model: torch.nn.Module, tokenizer, frame_shift_s: float, lm: str | Path | None = None,
-                   beam_size: int = 10, lm_weight: float = 0.5, word_score: float = 0.0,
-                   work_dir: str | Path | None = None) -> dict[str, TokenDecoder]:
-    """The beam decoders a model and an LM allow (greedy the recognizer always has).
-
-    "beam": over the ASR pieces; lexicon-free without `lm`, else with the LM through a piece
-    lexicon spelling its vocabulary. "phones": only with an ARPA `lm` and a phone head: the LM's
-    words spelled in phones through CMUdict (`lm.build_phone_lexicon`), written to `work_dir`
-    (default: next to the LM), as `mtspeech evaluate --decoder beam --lm` does.
-    """
-    from mtspeech.decode import PhoneTable
-    from mtspeech.streaming.encoder import phone_task
-
-    options = dict(beam_size=beam_size, lm_weight=lm_weight, word_score=word_score)
-    out = {"beam": BeamDecoder(tokenizer, "asr", frame_shift_s, lm=lm, **options)}
-    phones = phone_task(model)
-    if lm is not None and phones is not None:
-        lm = Path(lm)
-        if lm.suffix != ".arpa":
-            log.warning("no 'phones' decoder: it needs an ARPA LM (its vocabulary is the lexicon), got %s", lm)
-            return out
-        from mtspeech.lm import ArpaLM, build_phone_lexicon
-
-        lexicon = Path(work_dir or lm.parent) / f"{lm.stem}.phones.lexicon.txt"
-        build_phone_lexicon(ArpaLM.load(lm).vocab, phones.phones, lexicon)
-        out["phones"] = BeamDecoder(PhoneTable(phones.phones), "phones", frame_shift_s, lm=lm,
-                                    lexicon=lexicon, **options)
-    return out
-
-
-def load_recognizer(checkpoint: str | Path, config=None, device: str = "cpu", decoder: str = "greedy",
-                    lm: str | Path | None = None, beam_size: int = 10, lm_weight: float = 0.5):
-    """A `StreamingRecognizer` for a checkpoint with the decoders `mtspeech serve` offers.
-
-    `lm`: an ARPA (or KenLM binary) word LM, or "auto": the LM embedded in the checkpoint
-    (`mtspeech embed-lm`), else a trigram of the training transcripts named in its config,
-    exactly as `mtspeech evaluate --lm auto` does (that needs the manifest on disk; the LM is
-    built at every start into a temporary folder). `decoder` is the default of streams;
-    "auto" picks the best one the checkpoint allows on its own: with an embedded LM (or an
-    `lm` given), words through the phone head if the model has one, else beam search over the
-    pieces; without any LM, greedy.
-    """
-    import tempfile
-
-    from mtspeech.checkpoint import load_model
-    from mtspeech.streaming.recognizer import SAMPLE_RATE, HOP_SAMPLES, StreamingRecognizer, _tokenizer_of
-
-    if decoder not in (*DECODER_KINDS, "auto"):
-        raise ValueError(f"decoder {decoder!r}: choose one of {(*DECODER_KINDS, 'auto')}")
-    if decoder == "auto" and lm is None:
-        from mtspeech.embed_lm import has_embedded_lm
-
-        lm = "auto" if has_embedded_lm(checkpoint) else None
-    if decoder == "phones" and lm is None:
-        raise ValueError("--decoder phones needs a word LM: pass --lm ARPA or --lm auto")
-    if lm not in (None, "auto") and not Path(lm).is_file():
-        raise ValueError(f"LM file {lm} does not exist: pass an ARPA file or 'auto'")
-    checkpoint = Path(checkpoint)
-    model, exp, _labels = load_model(checkpoint)
-    model.to(device)
-    tokenizer = _tokenizer_of(model)
-    work_dir = None
-    if lm == "auto":
-        from mtspeech.evaluation.evaluate import training_transcripts_lm
-
-        work_dir = Path(tempfile.mkdtemp(prefix="mtspeech-serve-lm-"))
-        lm = training_transcripts_lm(exp, work_dir, 3, checkpoint)
-    decoders = {}
-    if decoder not in ("greedy", "auto") or lm is not None:  # auto without an LM: greedy
-        frame_shift_s = model.encoder.subsampling * HOP_SAMPLES / SAMPLE_RATE
-        decoders = build_decoders(model, tokenizer, frame_shift_s, lm, beam_size, lm_weight, work_dir=work_dir)
-    if decoder == "auto":
-        decoder = next(d for d in ("phones", "beam", "greedy") if d == "greedy" or d in decoders)
-        log.info("decoder auto: streams default to %s", decoder)
-    if decoder not in ("greedy", *decoders):
-        raise ValueError(f"decoder {decoder!r} is not possible with this model: it has no phone head")
-    return StreamingRecognizer(model, tokenizer, config, device, decoders=decoders, default_decoder=decoder)

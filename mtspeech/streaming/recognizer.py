@@ -1,7 +1,9 @@
 """Streaming recognition: incremental features, chunked encoder, a token decoder, endpointing.
 
 The token decoder of a stream (greedy CTC, or beam search over the ASR pieces or the phone head)
-lives behind a small seam in `mtspeech/streaming/decoders.py`; this module owns the rest.
+lives behind a small seam in `mtspeech/streaming/decoders.py`, a stream's state and its events in
+`stream.py`; this module owns the rest. `mtspeech.decoding.loader.load_recognizer` builds one
+from a checkpoint (the one way every entry point does).
 
 `StreamingRecognizer` owns no thread and no socket. A caller (the server's batcher, the local
 client, a test) drives it:
@@ -34,25 +36,22 @@ same stream at once.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import logging
 import math
-import threading
 import weakref
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Mapping, Protocol, Sequence
 
 import numpy as np
 import torch
 
 from mtspeech.data.resample import check_samples
-from mtspeech.decode import Word  # word, start, end (stream seconds), confidence
 from mtspeech.streaming.endpoint import EndpointConfig, Endpointer
 from mtspeech.streaming.decoders import GreedyDecoder, TokenDecoder
 from mtspeech.streaming.encoder import (  # noqa: F401 (phone_task, vad_task re-exported)
     CachePool, ChunkOutput, EncoderStep, TorchEncoderStep, asr_task, phone_task, vad_task)
-from mtspeech.streaming.features import HOP_SAMPLES, SAMPLE_RATE, FeatureBuffer, featurize
+from mtspeech.streaming.features import HOP_SAMPLES, SAMPLE_RATE, featurize
+from mtspeech.streaming.stream import Event, FinalEvent, PartialEvent, SpeechActivityEvent, Stream
 
 log = logging.getLogger(__name__)
 
@@ -82,102 +81,6 @@ class StreamingConfig:
             raise ValueError(f"streaming.chunk_frames={self.chunk_frames}: expected >= 1")
         if self.left_chunks < 1:
             raise ValueError(f"streaming.left_chunks={self.left_chunks}: expected >= 1")
-
-
-# ----------------------------------------------------------------------------- events
-
-
-@dataclass(frozen=True)
-class PartialEvent:
-    """The current hypothesis of the utterance in progress: `text` = `stable` + " " + `unstable`
-    (either may be empty). `stable` only ever extends within an utterance; for the greedy
-    decoder the utterance's final text starts with it (see `mtspeech/streaming/decoders.py`)."""
-
-    text: str
-    stable: str = ""
-    unstable: str = ""
-
-
-@dataclass(frozen=True)
-class FinalEvent:
-    """A finished utterance.
-
-    `start`/`end` span its words (absolute stream seconds); `detected_at` is the stream time at
-    which it was finalized, `reason` the rule that fired (`rule2`, `rule3`, or `eos` at
-    `finish`); `tokens` are the CTC token ids (for tests and benchmarks; not sent on the wire).
-    """
-
-    text: str
-    start: float
-    end: float
-    words: tuple[Word, ...]
-    tokens: tuple[int, ...]
-    reason: str
-    detected_at: float
-
-
-@dataclass(frozen=True)
-class SpeechActivityEvent:
-    """The VAD head's p(speech) for each encoder frame of one decoded chunk, frames from
-    `start` (stream seconds) at `frame_shift_s`; only for streams made with `speech_activity`
-    (a live activity display; issue 12)."""
-
-    start: float
-    frame_shift_s: float
-    speech: tuple[float, ...]
-
-
-Event = PartialEvent | FinalEvent | SpeechActivityEvent
-
-
-# ----------------------------------------------------------------------------- the stream
-
-
-class Stream:
-    """State of one audio stream. Create with `StreamingRecognizer.new_stream`."""
-
-    _ids = itertools.count()
-    speech_activity = False  # emit a SpeechActivityEvent per chunk (set once by new_stream)
-
-    def __init__(self, sample_rate: int, endpointing: bool, interim: bool, cache_row: int, decoder: TokenDecoder,
-                 endpointer: Endpointer) -> None:
-        self.id = next(Stream._ids)
-        self.sample_rate = sample_rate
-        self.endpointing = endpointing
-        self.interim = interim
-        self.finished = False
-        self.audio = FeatureBuffer(sample_rate)  # samples and feature frames not yet decoded
-        self._lock = threading.Lock()  # guards `_events` (read by `events` on another thread)
-        self._cache_row = cache_row  # this stream's row of the recognizer's CachePool
-        self._frames_done = 0  # encoder frames decoded so far (absolute frame index)
-        self.decoder = decoder
-        self._utt = decoder.begin()
-        self._utt_has_tokens = False  # a non-blank argmax of the decoder's head in this utterance
-        self._endpointer = endpointer
-        self._last_partial: tuple = ()
-        self._stable: tuple[str, ...] = ()  # stable words sent in this utterance's partials
-        self._events: list[Event] = []
-
-    @property
-    def resamples(self) -> bool:
-        """Whether accepted audio goes through a resampler (any rate but 16 kHz)."""
-        return self.audio.resampler is not None
-
-    @property
-    def samples_accepted(self) -> int:
-        """Samples accepted so far, at 16 kHz."""
-        return self.audio.samples_accepted
-
-    @property
-    def audio_seconds(self) -> float:
-        """Audio accepted so far, in seconds."""
-        return self.samples_accepted / SAMPLE_RATE
-
-    @property
-    def buffered_seconds(self) -> float:
-        """Audio accepted but not decoded yet, in seconds at 16 kHz. Grows when the client
-        outpaces decoding."""
-        return self.audio.buffered_seconds
 
 
 # ----------------------------------------------------------------------------- the recognizer
@@ -236,17 +139,6 @@ class StreamingRecognizer:
         decoders = {k: v for k, v in self.decoders.items() if k != "greedy"}
         return StreamingRecognizer(self.model, self.tokenizer, self.config, decoders=decoders,
                                    default_decoder=self.default_decoder, encoder_step=encoder_step)
-
-    @classmethod
-    def from_checkpoint(cls, path: str | Path, config: StreamingConfig | None = None,
-                        device: str = "cpu") -> "StreamingRecognizer":
-        """Load a training checkpoint (`mtspeech.checkpoint.load_model`) and wrap it (greedy
-        decoding; `mtspeech.streaming.decoders.load_recognizer` adds the beam decoders)."""
-        from mtspeech.checkpoint import load_model
-
-        model, _config, _labels = load_model(path)
-        model.to(device)
-        return cls(model, _tokenizer_of(model), config, device)
 
     @property
     def uses_vad(self) -> bool:
@@ -514,13 +406,3 @@ def _check_encoder_step(step: EncoderStep, config: StreamingConfig, model: torch
     missing = [r for r, t in (("phones", phone_task(model)), ("vad", vad_task(model))) if t and r not in step.roles]
     if missing:
         raise ValueError(f"encoder step {step.name!r} lacks the model's {missing} head(s); export it again")
-
-
-def _tokenizer_of(model: torch.nn.Module) -> TokenTable:
-    """The ASR task's tokenizer (the task owns its label space)."""
-    task = asr_task(model)
-    name = getattr(task, "name", "asr")
-    try:
-        return task.tokenizer
-    except AttributeError as e:
-        raise ValueError(f"ASR task {name!r} has no tokenizer; cannot decode text ({e})") from e

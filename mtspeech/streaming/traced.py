@@ -7,7 +7,7 @@ eager step fell behind although, in-process, it costs the same per stream as onn
 for the whole call.
 
 `torch.jit.trace` records one path through Python control flow, so the graph
-(`export.graph.FullChunkGraph`) is traced on a full window (4c+3 frames, every row full) and
+(`streaming.step_graph.FullChunkGraph`) is traced on a full window (4c+3 frames, every row full) and
 used only for such steps; a stream's last, right-padded window (`chunk_lens`) takes the eager
 path, which is the same model. At
 construction the trace is checked against eager on a fresh and a warm cache at another batch
@@ -25,14 +25,14 @@ import torch
 from torch import nn
 
 from mtspeech.encoders.cache import EncoderCache
-from mtspeech.export.graph import CACHE_FIELDS, FullChunkGraph
+from mtspeech.streaming.step_graph import CACHE_FIELDS, FullChunkGraph
 from mtspeech.streaming.encoder import ChunkOutput, TorchEncoderStep
 
 log = logging.getLogger(__name__)
 
 
 class TracedEncoderStep(TorchEncoderStep):
-    """`TorchEncoderStep` whose full-window steps run a traced `export.graph.FullChunkGraph`."""
+    """`TorchEncoderStep` whose full-window steps run a traced `streaming.step_graph.FullChunkGraph`."""
 
     name = "torch-traced"
 

@@ -277,7 +277,7 @@ class CTCTask(nn.Module):
     @staticmethod
     def greedy_decode(logits: torch.Tensor, lens: torch.Tensor) -> list[list[int]]:
         """logits (B,T,V), lens (B,) → per row the best path with repeats merged, blanks dropped."""
-        from mtspeech.decode import greedy_tokens
+        from mtspeech.alignment import greedy_tokens
 
         best = logits.argmax(-1).cpu()
         return [greedy_tokens(row[:n]) for row, n in zip(best, lens.cpu().tolist())]

@@ -55,12 +55,13 @@ echo "== 3/5 train $EXP (resumes from $EXP/last.pt)"
 [ -f "$EXP/lm-embedded" ] || { mtspeech embed-lm "$EXP/final.pt" && touch "$EXP/lm-embedded"; }
 
 echo "== 4/5 evaluate every task on test (seen speakers), test-unseen and test-voices (new voices)"
-# eval-SPLIT: greedy decoding, what the streaming server does. eval-SPLIT-lm: beam search with
+# eval-SPLIT: greedy decoding (--decoder greedy: the default, auto, would use the LM embedded
+# above, as `mtspeech serve` does). eval-SPLIT-lm: beam search with
 # a word trigram of the training transcripts, on the ASR head's pieces and on the phone head
 # (words spelled in phones through CMUdict: phones/wer, phones/cer).
 for split in test test-unseen test-voices; do
   [ -f "$EXP/eval-$split/results.json" ] || \
-    mtspeech evaluate "$EXP/final.pt" "$DATA/$split.jsonl" --out "$EXP/eval-$split"
+    mtspeech evaluate "$EXP/final.pt" "$DATA/$split.jsonl" --out "$EXP/eval-$split" --decoder greedy
   [ -f "$EXP/eval-$split-lm/results.json" ] || \
     mtspeech evaluate "$EXP/final.pt" "$DATA/$split.jsonl" --out "$EXP/eval-$split-lm" \
       --decoder beam --beam-size 20 --lm auto --lm-weight 1.0
@@ -69,7 +70,7 @@ done
 for split in test-snr10 test-snr0 test-unseen-snr10 test-unseen-snr0 test-voices-snr10 test-voices-snr0 \
     test-room test-unseen-room test-voices-room; do
   [ -f "$EXP/eval-$split/results.json" ] || \
-    mtspeech evaluate "$EXP/final.pt" "$DATA/$split.jsonl" --out "$EXP/eval-$split"
+    mtspeech evaluate "$EXP/final.pt" "$DATA/$split.jsonl" --out "$EXP/eval-$split" --decoder greedy
 done
 if [ -n "${COMPARE_PLAIN:-}" ]; then
   # The same recipe without augmentation, same seed and schedule, then the paired bootstrap of
@@ -79,7 +80,7 @@ if [ -n "${COMPARE_PLAIN:-}" ]; then
   for split in test test-unseen test-voices test-snr10 test-snr0 test-unseen-snr10 test-unseen-snr0 \
       test-voices-snr10 test-voices-snr0 test-room test-unseen-room test-voices-room; do
     [ -f "$PLAIN/eval-$split/results.json" ] || \
-      mtspeech evaluate "$PLAIN/final.pt" "$DATA/$split.jsonl" --out "$PLAIN/eval-$split"
+      mtspeech evaluate "$PLAIN/final.pt" "$DATA/$split.jsonl" --out "$PLAIN/eval-$split" --decoder greedy
     echo "-- $split, greedy"
     mtspeech compare "$PLAIN/eval-$split" "$EXP/eval-$split" --labels plain augmented \
       --json "$EXP/compare-plain/$split.json"

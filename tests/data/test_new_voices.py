@@ -12,8 +12,8 @@ from mtspeech.data.librispeech import prepare_librispeech
 from mtspeech.data.new_voices import (NEW_VARIANTS, SPLIT, TRAIN_SPLIT, TRAIN_VARIANTS, plan_train_voices,
                                      plan_voices, synthesize_train_voices, synthesize_voices)
 from mtspeech.data.noisy_twins import make_noisy_twins
-from mtspeech.data.synth import (SEEN_VARIANTS, UNSEEN_VARIANTS, SynthConfig, add_arguments, main, plan_corpus,
-                                 synthesize_corpus)
+from mtspeech.data.synth import SEEN_VARIANTS, UNSEEN_VARIANTS, SynthConfig, plan_corpus, synthesize_corpus
+from mtspeech.data.synth_command import add_arguments, main
 
 CFG = SynthConfig(hours=0.01, seed=5, speakers=3, unseen_speakers=1, test_fraction=0.3, jobs=1, progress=False)
 

@@ -17,6 +17,7 @@ from mtspeech import metrics as M
 from mtspeech.checkpoint import load_model
 from mtspeech.data.audio import load_audio
 from mtspeech.data.manifest import read_manifest, write_manifest
+from mtspeech.decoding.config import DecodingConfig, DecodingError
 from mtspeech.evaluation.evaluate import EvaluationError, add_arguments, duration_batches, evaluate, main
 from mtspeech.tasks.vad import frame_labels
 from tiny_experiment import tiny_experiment
@@ -141,7 +142,7 @@ def test_metrics_match_hand_computation(trained, mixed_manifest, tmp_path):
 @pytest.mark.slow
 def test_beam_without_lm_never_scores_below_greedy(trained, prepared_manifests, tmp_path):
     greedy = evaluate(trained, prepared_manifests["train"], tmp_path / "greedy")
-    beam = evaluate(trained, prepared_manifests["train"], tmp_path / "beam", decoder="beam", beam_size=8)
+    beam = evaluate(trained, prepared_manifests["train"], tmp_path / "beam", DecodingConfig(decoder="beam", beam_size=8))
     g = {r["id"]: r["asr"] for r in _read(tmp_path / "greedy" / "hypotheses.jsonl")}
     b = {r["id"]: r["asr"] for r in _read(tmp_path / "beam" / "hypotheses.jsonl")}
     assert g.keys() == b.keys()
@@ -152,7 +153,7 @@ def test_beam_without_lm_never_scores_below_greedy(trained, prepared_manifests, 
 
 @pytest.mark.slow
 def test_beam_with_auto_lm_from_training_transcripts(trained, prepared_manifests, tmp_path):
-    res = evaluate(trained, prepared_manifests["test"], tmp_path / "lm", decoder="beam", beam_size=8, lm="auto")
+    res = evaluate(trained, prepared_manifests["test"], tmp_path / "lm", DecodingConfig(decoder="beam", beam_size=8, lm="auto"))
     assert (tmp_path / "lm" / "lm.arpa").is_file()
     assert res["decoder_options"]["lm"].endswith("lm.arpa")
     train_words = {w for u in read_manifest(prepared_manifests["train"]) for w in (u.text or "").split()}
@@ -229,8 +230,8 @@ def test_auto_lm_reads_every_training_manifest_of_a_list(tmp_path):
     from types import SimpleNamespace
 
     from mtspeech.data.manifest import Utterance
-    from mtspeech.evaluation.evaluate import training_transcripts_lm
-    from mtspeech.lm import ArpaLM
+    from mtspeech.decoding.embedded_lm import training_transcripts_lm
+    from mtspeech.decoding.lm import ArpaLM
 
     for name, text in (("a", "ALPHA BETA"), ("b", "GAMMA DELTA")):
         write_manifest(tmp_path / f"{name}.jsonl", [Utterance(f"1-1-{name}", "x.flac", 1.0, text=text)])
@@ -238,5 +239,5 @@ def test_auto_lm_reads_every_training_manifest_of_a_list(tmp_path):
     arpa = training_transcripts_lm(exp, tmp_path, use_embedded=False)
     assert {"ALPHA", "BETA", "GAMMA", "DELTA"} <= set(ArpaLM.load(arpa).vocab)
     exp = SimpleNamespace(data=SimpleNamespace(train=(str(tmp_path / "a.jsonl"), str(tmp_path / "gone.jsonl"))))
-    with pytest.raises(EvaluationError, match="gone.jsonl"):
+    with pytest.raises(DecodingError, match="gone.jsonl"):
         training_transcripts_lm(exp, tmp_path, use_embedded=False)

@@ -15,6 +15,7 @@ import json
 import socket
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import soundfile
@@ -27,7 +28,7 @@ from tiny_asr import tiny_recognizer
 # Tiny models on 2 shared cores: one intra-op thread is ~100x faster than contended pools.
 torch.set_num_threads(1)
 
-__all__ = ["live_server", "next_message", "recv_all", "reference_text", "rss_bytes", "signal", "tiny_recognizer",
+__all__ = ["LM_TEXTS", "lm_checkpoint", "tiny_checkpoint", "live_server", "next_message", "recv_all", "reference_text", "rss_bytes", "signal", "tiny_recognizer",
            "wav_bytes"]
 
 
@@ -111,3 +112,47 @@ def rss_bytes() -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+# The training transcripts of `lm_checkpoint`: its `--lm auto` trigram and lexicons spell these words.
+LM_TEXTS = ("HELLO WORLD", "THE QUICK BROWN FOX", "THE LAZY DOG", "HELLO THE DOG")
+
+
+def tiny_checkpoint(folder: Path, texts, tasks: dict, train: str = "unused.jsonl", phones: bool = False) -> Path:
+    """`folder/model.pt`: a randomly initialised model (conformer 32 x 2 and `tasks`) saved the way
+    training saves it (config + labels + weights), its labels fitted on `texts` (with CMUdict
+    phones if `phones`); `train` is the training manifest its config names."""
+    from mtspeech.data.lexicon import Lexicon
+    from mtspeech.data.manifest import Utterance
+    from mtspeech.experiment import build_model, experiment_from_dict, experiment_to_dict, fit_labels
+
+    lex = Lexicon(oov="g2p") if phones else None
+    utts = [Utterance(id=str(i), audio="x.wav", duration=1.0, text=t,
+                      phones=[p for w in t.split() for p in lex.word_phones(w)] if lex else None)
+            for i, t in enumerate(texts)]
+    exp = experiment_from_dict({
+        "exp_dir": str(folder), "data": {"train": train},
+        "encoder": {"kind": "conformer", "dim": 32, "layers": 2, "heads": 2, "conv_kernel": 5, "dropout": 0.0},
+        "tasks": tasks,
+    })
+    torch.manual_seed(0)
+    labels = fit_labels(exp, utts)
+    model = build_model(exp, labels)
+    path = folder / "model.pt"
+    torch.save({"model": model.state_dict(), "config": experiment_to_dict(exp), "labels": labels}, path)
+    return path
+
+
+def lm_checkpoint(tmp_path: Path) -> Path:
+    """`tmp_path/model.pt`: a tiny random model with ASR, phone and VAD heads whose config names
+    `tmp_path/train.jsonl` (LM_TEXTS, no audio) as its training data, so `--lm auto` works."""
+    from mtspeech.data.lexicon import Lexicon
+    from mtspeech.data.manifest import Utterance, write_manifest
+
+    lex = Lexicon(oov="g2p")
+    write_manifest(tmp_path / "train.jsonl", [
+        Utterance(id=str(i), audio="x.wav", duration=1.0, text=t,
+                  phones=[p for w in t.split() for p in lex.word_phones(w)]) for i, t in enumerate(LM_TEXTS)])
+    tasks = {"asr": {"kind": "ctc", "vocab_size": 30, "dropout": 0.0},
+             "phones": {"kind": "ctc", "label": "phones", "layer": 0, "dropout": 0.0}, "vad": {"kind": "vad"}}
+    return tiny_checkpoint(tmp_path, LM_TEXTS, tasks, train=str(tmp_path / "train.jsonl"), phones=True)

@@ -9,31 +9,18 @@ import pytest
 import torch
 
 from mtspeech import client
+from mtspeech.decoding.loader import load_recognizer
+from mtspeech.streaming import StreamingConfig
 from mtspeech.serve.app import create_app
-from mtspeech.streaming import StreamingConfig, StreamingRecognizer
-from serve_helpers import live_server, reference_text, signal, wav_bytes
+from serve_helpers import live_server, reference_text, signal, tiny_checkpoint, wav_bytes
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """A randomly initialised model saved the way training saves it (config + labels + weights)."""
-    from mtspeech.data.manifest import Utterance
-    from mtspeech.experiment import build_model, experiment_from_dict, experiment_to_dict, fit_labels
-
-    tmp = tmp_path_factory.mktemp("ckpt")
-    exp = experiment_from_dict({
-        "exp_dir": str(tmp), "data": {"train": "unused.jsonl"},
-        "encoder": {"kind": "conformer", "dim": 32, "layers": 2, "heads": 2, "conv_kernel": 5, "dropout": 0.0},
-        "tasks": {"asr": {"kind": "ctc", "vocab_size": 40, "dropout": 0.0}, "vad": {"kind": "vad"}},
-    })
     texts = ["HELLO WORLD", "THE QUICK BROWN FOX JUMPS OVER THE LAZY DOG", "STREAMING SPEECH IS FUN"]
-    utts = [Utterance(id=str(i), audio="x.wav", duration=1.0, text=t) for i, t in enumerate(texts)]
-    torch.manual_seed(0)
-    labels = fit_labels(exp, utts)
-    model = build_model(exp, labels)
-    path = tmp / "model.pt"
-    torch.save({"model": model.state_dict(), "config": experiment_to_dict(exp), "labels": labels}, path)
-    return path
+    tasks = {"asr": {"kind": "ctc", "vocab_size": 40, "dropout": 0.0}, "vad": {"kind": "vad"}}
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt"), texts, tasks)
 
 
 def test_transcribe_files_through_the_server(recognizer, tmp_path):
@@ -79,7 +66,7 @@ def test_local_decoding_and_server_from_checkpoint(checkpoint, tmp_path):
     path = tmp_path / "a.wav"
     path.write_bytes(wav_bytes(wav))
     cfg = StreamingConfig(chunk_frames=4, left_chunks=3)
-    rec = StreamingRecognizer.from_checkpoint(checkpoint, cfg)
+    rec = load_recognizer(checkpoint, streaming=cfg, backend="torch-eager")
     expected = reference_text(rec, wav, endpointing=True)
     assert expected, "the random model should emit some pieces"
     local = client.transcribe_local(checkpoint, [path], streaming=cfg, out=io.StringIO())

@@ -18,8 +18,14 @@ from mtspeech.serve import protocol as P
 from mtspeech.serve.app import create_app
 from mtspeech.serve.limits import ServerSettings
 from mtspeech.streaming import PartialEvent
-from mtspeech.streaming.decoders import BeamDecoder, load_recognizer
-from serve_helpers import stream_messages, live_server, recv_all, signal, tiny_recognizer
+from mtspeech.decoding.config import DecodingConfig, DecodingError
+from mtspeech.decoding.loader import load_recognizer
+from mtspeech.streaming.decoders import BeamDecoder
+from mtspeech.serve import app as serve_app
+from mtspeech.serve import protocol as P
+from mtspeech.serve.app import create_app
+from mtspeech.serve.limits import ServerSettings
+from serve_helpers import LM_TEXTS, lm_checkpoint, stream_messages, live_server, recv_all, signal, tiny_recognizer
 from tiny_asr import PIECES
 
 
@@ -119,10 +125,10 @@ def test_serve_decoder_flags_are_checked_before_loading(tmp_path):
     args = parser.parse_args(["--model", str(tmp_path / "none.pt"), "--decoder", "phones"])
     assert args.decoder == "phones" and args.lm is None and args.beam_size == 20
     assert serve_app.main(args) == 2  # phones without an LM: a clear error, no server
-    with pytest.raises(ValueError, match="needs a word LM"):
-        load_recognizer(tmp_path / "none.pt", decoder="phones")
-    with pytest.raises(ValueError, match="does not exist"):
-        load_recognizer(tmp_path / "none.pt", decoder="beam", lm=tmp_path / "missing.arpa")
+    with pytest.raises(DecodingError, match="needs a word LM"):
+        DecodingConfig(decoder="phones")
+    with pytest.raises(DecodingError, match="does not exist"):
+        load_recognizer(tmp_path / "none.pt", DecodingConfig(decoder="beam", lm=str(tmp_path / "missing.arpa")))
     with pytest.raises(SystemExit):
         parser.parse_args(["--model", "x.pt", "--decoder", "viterbi"])
 
@@ -130,35 +136,13 @@ def test_serve_decoder_flags_are_checked_before_loading(tmp_path):
 def test_checkpoint_with_lm_auto_serves_every_decoder(tmp_path):
     """`serve --model X.pt --lm auto`: the trigram of the training transcripts (as `evaluate --lm
     auto` builds it), a piece lexicon for 'beam', CMUdict phones for 'phones'."""
-    import torch
-
-    from mtspeech.data.lexicon import Lexicon
-    from mtspeech.data.manifest import Utterance, write_manifest
-    from mtspeech.experiment import build_model, experiment_from_dict, experiment_to_dict, fit_labels
-
-    texts = ["HELLO WORLD", "THE QUICK BROWN FOX", "THE LAZY DOG", "HELLO THE DOG"]
-    lex = Lexicon(oov="g2p")
-    utts = [Utterance(id=str(i), audio="x.wav", duration=1.0, text=t,
-                      phones=[p for w in t.split() for p in lex.word_phones(w)]) for i, t in enumerate(texts)]
-    write_manifest(tmp_path / "train.jsonl", utts)
-    exp = experiment_from_dict({
-        "exp_dir": str(tmp_path), "data": {"train": str(tmp_path / "train.jsonl")},
-        "encoder": {"kind": "conformer", "dim": 32, "layers": 2, "heads": 2, "conv_kernel": 5, "dropout": 0.0},
-        "tasks": {"asr": {"kind": "ctc", "vocab_size": 30, "dropout": 0.0},
-                  "phones": {"kind": "ctc", "label": "phones", "layer": 0, "dropout": 0.0}, "vad": {"kind": "vad"}},
-    })
-    torch.manual_seed(0)
-    labels = fit_labels(exp, utts)
-    model = build_model(exp, labels)
-    path = tmp_path / "model.pt"
-    torch.save({"model": model.state_dict(), "config": experiment_to_dict(exp), "labels": labels}, path)
-
-    rec = load_recognizer(path, decoder="phones", lm="auto", beam_size=4)
+    path = lm_checkpoint(tmp_path)
+    rec = load_recognizer(path, DecodingConfig(decoder="phones", lm="auto", beam_size=4), "torch-eager")
     assert set(rec.decoders) == {"greedy", "beam", "phones"} and rec.default_decoder == "phones"
     wav = signal(1.5, seed=1)
     for name in rec.decoders:
         finals = rec.transcribe(wav, decoder=name)
-        vocab = {w for t in texts for w in t.split()}
+        vocab = {w for t in LM_TEXTS for w in t.split()}
         if name != "greedy":  # closed vocabulary: the LM's words only
             assert all(w.word in vocab for f in finals for w in f.words)
 
@@ -167,17 +151,15 @@ def test_an_embedded_lm_makes_the_checkpoint_self_contained(tmp_path):
     """`mtspeech embed-lm X.pt`: afterwards `--lm auto` needs no training manifest on disk."""
     from mtspeech import cli
     from mtspeech.checkpoint import load_state
-    from mtspeech.embed_lm import LM_KEY
-    from mtspeech.evaluation.evaluate import training_transcripts_lm
+    from mtspeech.decoding.embedded_lm import LM_KEY, training_transcripts_lm
     from mtspeech.experiment import experiment_from_dict
 
-    test_checkpoint_with_lm_auto_serves_every_decoder(tmp_path)  # writes model.pt and train.jsonl
-    path = tmp_path / "model.pt"
+    path = lm_checkpoint(tmp_path)  # and train.jsonl next to it
     assert cli.main(["embed-lm", str(path)]) == 0
     arpa = load_state(path)[LM_KEY]
     assert arpa.lstrip().startswith("\\data\\") and "HELLO" in arpa
     (tmp_path / "train.jsonl").unlink()  # the checkpoint travels alone
-    rec = load_recognizer(path, decoder="phones", lm="auto", beam_size=4)
+    rec = load_recognizer(path, DecodingConfig(decoder="phones", lm="auto", beam_size=4), "torch-eager")
     assert set(rec.decoders) == {"greedy", "beam", "phones"}
     exp = experiment_from_dict(load_state(path)["config"])
     lm = training_transcripts_lm(exp, tmp_path / "eval", 3, path)
@@ -195,11 +177,10 @@ def test_decoder_auto_serves_the_best_decoder_the_checkpoint_allows(tmp_path):
     parser = argparse.ArgumentParser()
     serve_app.add_arguments(parser)
     assert parser.parse_args(["--model", "x.pt"]).decoder == "auto"
-    test_checkpoint_with_lm_auto_serves_every_decoder(tmp_path)  # writes model.pt and train.jsonl
-    path = tmp_path / "model.pt"
-    bare = load_recognizer(path, decoder="auto")
+    path = lm_checkpoint(tmp_path)  # and train.jsonl next to it
+    bare = load_recognizer(path, DecodingConfig(decoder="auto"), "torch-eager")
     assert bare.default_decoder == "greedy" and set(bare.decoders) == {"greedy"}
     assert cli.main(["embed-lm", str(path)]) == 0
-    rec = load_recognizer(path, decoder="auto", beam_size=4)
+    rec = load_recognizer(path, DecodingConfig(decoder="auto", beam_size=4), "torch-eager")
     assert rec.default_decoder == "phones" and set(rec.decoders) == {"greedy", "beam", "phones"}
     assert rec.transcribe(signal(1.5, seed=1)) == rec.transcribe(signal(1.5, seed=1), decoder="phones")

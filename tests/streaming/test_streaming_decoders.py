@@ -12,12 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-from mtspeech.decode import BeamSearchDecoder, PhoneTable
+from mtspeech.decoding.ctc import BeamSearchDecoder, PhoneTable
 from mtspeech.streaming.endpoint import EndpointConfig
-from mtspeech.lm import build_ngram_lm
+from mtspeech.decoding.lm import build_ngram_lm
 from mtspeech.model import MultiTaskModel
 from mtspeech.streaming import FinalEvent, PartialEvent, StreamingConfig, StreamingRecognizer
-from mtspeech.streaming.decoders import BeamDecoder, build_decoders
+from mtspeech.decoding.config import DecodingConfig
+from mtspeech.decoding.loader import build_decoders
+from mtspeech.streaming.decoders import BeamDecoder
 from mtspeech.tasks.ctc import CTCConfig, CTCTask
 from test_streaming import feed_randomly, finals_of
 from tiny_asr import CHUNK, LEFT, PIECES, PieceTable, signal, tiny_model
@@ -68,8 +70,8 @@ def recognizer(lm_files, seed=0, endpoint=None) -> StreamingRecognizer:
     fs = rec.frame_shift_s
     rec.decoders.update({
         "beam": BeamDecoder(Pieces(), "asr", fs, beam_size=8),
-        "beam_lm": BeamDecoder(Pieces(), "asr", fs, beam_size=8, lm=lm, lexicon=piece_lex),
-        "phones": BeamDecoder(PhoneTable(PHONES), "phones", fs, beam_size=8, lm=lm, lexicon=phone_lex),
+        "beam_lm": BeamDecoder(Pieces(), "asr", fs, beam_size=8, lm=lm, lexicon=piece_lex, lm_weight=0.5),
+        "phones": BeamDecoder(PhoneTable(PHONES), "phones", fs, beam_size=8, lm=lm, lexicon=phone_lex, lm_weight=0.5),
     })
     return rec
 
@@ -155,11 +157,11 @@ def test_unknown_or_impossible_decoder_is_refused(lm_files):
     with pytest.raises(ValueError, match="not available"):
         rec.new_stream(decoder="nope")
     lm, _piece_lex, phone_lex = lm_files
-    phones = BeamDecoder(PhoneTable(PHONES), "phones", 0.04, lm=lm, lexicon=phone_lex)
+    phones = BeamDecoder(PhoneTable(PHONES), "phones", 0.04, beam_size=8, lm=lm, lexicon=phone_lex, lm_weight=0.5)
     with pytest.raises(ValueError, match="phone head"):
         StreamingRecognizer(tiny_model(), PieceTable(), decoders={"phones": phones})
     with pytest.raises(ValueError, match="needs a word LM"):
-        BeamDecoder(PhoneTable(PHONES), "phones", 0.04)
+        BeamDecoder(PhoneTable(PHONES), "phones", 0.04, beam_size=8)
 
 
 def test_build_decoders_spells_lm_words_in_phones(lm_files, tmp_path):
@@ -171,7 +173,7 @@ def test_build_decoders_spells_lm_words_in_phones(lm_files, tmp_path):
             return [PIECES.index(p) for p in PIECE_LEXICON.get(text, "<unk>").split()]
 
     assert set(build_decoders(tiny_model(), Encoding(), 0.04)) == {"beam"}
-    decoders = build_decoders(tiny_phone_model(), Encoding(), 0.04, lm=lm, work_dir=tmp_path)
+    decoders = build_decoders(tiny_phone_model(), Encoding(), 0.04, DecodingConfig(), lm=lm, work_dir=tmp_path)
     assert set(decoders) == {"beam", "phones"}
     lexicon = (tmp_path / "lm.phones.lexicon.txt").read_text()
     assert "CAT\tK AE T" in lexicon

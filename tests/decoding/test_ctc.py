@@ -5,8 +5,9 @@ import math
 import pytest
 import torch
 
-from mtspeech.decode import BeamSearchDecoder, GreedyDecoder, PhoneTable, add_word_times, build_decoder, word_alignments
-from mtspeech.lm import ArpaLM, build_lexicon, build_ngram_lm, build_phone_lexicon
+from mtspeech.alignment import word_alignments
+from mtspeech.decoding.ctc import BeamSearchDecoder, GreedyDecoder, PhoneTable, add_word_times, build_decoder
+from mtspeech.decoding.lm import ArpaLM, build_lexicon, build_ngram_lm, build_phone_lexicon
 
 PIECES = ["<blank>", "<unk>", "▁THE", "▁CAT", "▁C", "AT", "S", "▁SAT", "▁MAT", "▁ON", "▁HAT"]
 
@@ -60,7 +61,7 @@ def test_greedy_collapses_repeats_and_blanks_and_respects_lens():
 def test_one_best_path_collapse_for_offline_task_and_streaming_greedy():
     """`ctc_runs` is the only collapse: the offline decoder, the CTC task's metrics and the
     streaming decoder fed in pieces (a run split across pieces stays one token) agree."""
-    from mtspeech.decode import ctc_runs, greedy_tokens
+    from mtspeech.alignment import ctc_runs, greedy_tokens
     from mtspeech.streaming.decoders import GreedyDecoder as StreamingGreedy
     from mtspeech.tasks.ctc import CTCTask
 

@@ -4,7 +4,9 @@
 `model.encoder` is exported as it is, conditioning layers included) and the heads the
 streaming recognizer reads. Its inputs and outputs are positional tensors whose names are
 fixed here, once, for the exporter (`mtspeech.export.onnx`) and the runtime
-(`mtspeech.export.runtime`) alike:
+(`mtspeech.export.runtime`) alike, and for the torch backend's traced step
+(`mtspeech.streaming.traced`), which is why it lives in streaming/ and not in export/: the
+default serving step must not run through the exporter's folder.
 
     inputs   feats (B, 4c+3, F) float, chunk_lens (B,) int64 real feature frames per row,
              keys, values (L, B, H, left, Dh), key_valid (B, left) bool, conv (L, B, D, K-1),

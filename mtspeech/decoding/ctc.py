@@ -1,17 +1,21 @@
-"""CTC decoding: greedy, prefix beam search (+ word n-gram LM), and word timestamps.
+"""Offline CTC decoding of batches: greedy, prefix beam search (+ word n-gram LM), word times.
 
-Decoders are small strategy objects (whisper style) with one method,
+What `mtspeech evaluate` decodes with. Decoders are small strategy objects (whisper style) with one method,
 `decode(log_probs (B,T,V) float, lens (B,) int) -> list[Hypothesis]`; `build_decoder`
 picks one by name. The blank is token 0 (the tokenizer's `<blank>` pad piece).
 
 Beam search backend: torchaudio's `ctc_decoder`, i.e. flashlight-text's C++ CTC beam
 decoder (pip `flashlight-text`, whose wheel bundles KenLM, so ARPA files from
-`mtspeech.lm.build_ngram_lm` load directly). It scores with `log_add=False` by default:
+`mtspeech.decoding.lm.build_ngram_lm` load directly). It scores with `log_add=False` by default:
 a hypothesis keeps the score of its best alignment, which makes the greedy path (the
 best alignment of all) unprunable, so without an LM the beam's best score is never
 below greedy's. A word LM needs a lexicon (word -> pieces); flashlight's lexicon-free
 decoder would apply the LM to pieces, not words. With an LM and no lexicon file we
 write one from the LM's vocabulary, so decoding is closed-vocabulary in that case.
+
+The best-path collapse and the word-time scheme are `mtspeech/alignment.py`'s, shared with
+the CTC task's metrics and the streaming decoders; beam and LM defaults are
+`DecodingConfig`'s (`decoding/config.py`).
 """
 
 from __future__ import annotations
@@ -23,10 +27,10 @@ from typing import Protocol
 
 import torch
 
-log = logging.getLogger(__name__)
+from mtspeech.alignment import BLANK_ID, Word, ctc_runs, word_alignments
+from mtspeech.decoding.config import DecodingConfig
 
-BLANK_ID = 0
-WORD_START = "\u2581"  # sentencepiece's "▁"
+log = logging.getLogger(__name__)
 
 
 class Tokenizer(Protocol):
@@ -60,16 +64,6 @@ class PhoneTable:
         return " ".join(self.phones[i - 1] for i in ids if 0 < i <= len(self.phones))
 
 
-@dataclass(frozen=True)
-class Word:
-    """A recognised word with its time span in seconds and a confidence in [0, 1]."""
-
-    word: str
-    start: float
-    end: float
-    confidence: float
-
-
 @dataclass
 class Hypothesis:
     """One decoded utterance.
@@ -94,25 +88,6 @@ def _check_inputs(log_probs: torch.Tensor, lens: torch.Tensor) -> None:
         raise ValueError(f"lens must be (B,)={log_probs.shape[0]}, got shape {tuple(lens.shape)}")
     if lens.numel() and int(lens.max()) > log_probs.shape[1]:
         raise ValueError(f"a length in lens exceeds T={log_probs.shape[1]}")
-
-
-def ctc_runs(path: torch.Tensor) -> list[tuple[int, int, int]]:
-    """Runs of equal labels in a best path (T,) int: (label, first frame, last frame), in order.
-
-    The package's one CTC best-path collapse: a non-blank run is one emitted token, and blanks
-    are what separate a repeated label. The offline `GreedyDecoder`, the CTC task's greedy
-    metrics (`greedy_tokens`) and the streaming greedy decoder all read their tokens off it.
-    """
-    if path.numel() == 0:
-        return []
-    values, counts = torch.unique_consecutive(path.cpu(), return_counts=True)
-    last = counts.cumsum(0) - 1
-    return list(zip(values.tolist(), (last - counts + 1).tolist(), last.tolist()))
-
-
-def greedy_tokens(path: torch.Tensor, blank_id: int = BLANK_ID) -> list[int]:
-    """The tokens a best path (T,) emits: its non-blank runs."""
-    return [label for label, _, _ in ctc_runs(path) if label != blank_id]
 
 
 class GreedyDecoder:
@@ -140,7 +115,7 @@ class BeamSearchDecoder:
     """CTC prefix beam search (flashlight via torchaudio), optionally with a word n-gram LM.
 
     `lm`: path of an ARPA (or KenLM binary) word LM; `lexicon`: flashlight lexicon file
-    (`WORD<tab>piece piece ...`, see `mtspeech.lm.build_lexicon`), written from the LM's
+    (`WORD<tab>piece piece ...`, see `mtspeech.decoding.lm.build_lexicon`), written from the LM's
     vocabulary when omitted. Score = acoustic + lm_weight * LM + word_score * words.
     `log_add=True` sums alignments of a prefix instead of keeping the best one.
     """
@@ -148,11 +123,11 @@ class BeamSearchDecoder:
     def __init__(
         self,
         tokenizer: Tokenizer,
-        beam_size: int = 10,
+        beam_size: int = DecodingConfig.beam_size,
         lm: str | Path | None = None,
         lexicon: str | Path | None = None,
-        lm_weight: float = 0.5,
-        word_score: float = 0.0,
+        lm_weight: float = DecodingConfig.lm_weight,
+        word_score: float = DecodingConfig.word_score,
         beam_size_token: int | None = None,
         beam_threshold: float = 50.0,
         log_add: bool = False,
@@ -165,7 +140,7 @@ class BeamSearchDecoder:
         pieces = [tokenizer.id_to_piece(i) for i in range(tokenizer.vocab_size)]
         blank = pieces[BLANK_ID]
         if lm is not None and lexicon is None:
-            lexicon = _lexicon_for_lm(Path(lm), tokenizer)
+            lexicon = lexicon_for_lm(Path(lm), tokenizer)
         self._lexicon = lexicon is not None
         self._decoder = ctc_decoder(
             lexicon=str(lexicon) if lexicon is not None else None,
@@ -211,9 +186,9 @@ class BeamSearchDecoder:
         return [row[0] for row in self.decode_nbest(log_probs, lens)]
 
 
-def _lexicon_for_lm(lm_path: Path, tokenizer: Tokenizer) -> Path:
-    """Write `<lm>.lexicon.txt` spelling every word of an ARPA LM with the tokenizer."""
-    from mtspeech.lm import ArpaLM, build_lexicon
+def lexicon_for_lm(lm_path: Path, tokenizer: Tokenizer) -> Path:
+    """Write `<lm>.lexicon.txt` spelling every word of an ARPA LM with the tokenizer (pieces)."""
+    from mtspeech.decoding.lm import ArpaLM, build_lexicon
 
     if lm_path.suffix != ".arpa":
         raise ValueError(f"LM {lm_path} is not an .arpa file: pass lexicon= explicitly for binary LMs")
@@ -229,110 +204,6 @@ def build_decoder(kind: str, tokenizer: Tokenizer, **options) -> GreedyDecoder |
     if kind not in DECODERS:
         raise ValueError(f"unknown decoder kind {kind!r}; choose one of {sorted(DECODERS)}")
     return DECODERS[kind](tokenizer, **options)
-
-
-# ----------------------------------------------------------------------------- word times
-# ONE scheme, used by `mtspeech evaluate` and by the server's streaming decoders alike:
-#   1. the CTC path of the decoded tokens: their Viterbi alignment to the log-probs
-#      (`align_tokens`; the greedy path needs no call: it is its own Viterbi alignment, since
-#      the best of all paths is also the best of those that spell its tokens);
-#   2. a token spans the frames the path gives it; a word spans [first frame of its first
-#      token, last frame of its last token + 1) x frame_shift_s (`timed_words`);
-#   3. a word's confidence is the mean over its tokens of the token's mean posterior (of the
-#      path's label) on its frames.
-# Its error against exact word boundaries: benchmarks/word_times.py, stated in docs/server.md.
-
-
-@dataclass
-class TokenSpan:
-    """A token on a CTC path: frames `first_frame`..`last_frame` (inclusive, absolute) and the
-    sum of the path label's posterior over them (`confidence` is their mean)."""
-
-    id: int
-    first_frame: int
-    last_frame: int
-    prob_sum: float
-
-    @property
-    def confidence(self) -> float:
-        return self.prob_sum / (self.last_frame - self.first_frame + 1)
-
-
-def path_tokens(path: list[int], probs: list[float], blank_id: int = BLANK_ID, first_frame: int = 0) -> list[TokenSpan]:
-    """A CTC path (one label per frame) and each frame's posterior of its label → the emitted
-    tokens with their frames; frame t of the path is absolute frame `first_frame + t`."""
-    tokens: list[TokenSpan] = []
-    prev = blank_id
-    for t, (label, prob) in enumerate(zip(path, probs)):
-        if label != blank_id:
-            if label == prev:  # CTC: a repeat without a blank in between continues the token
-                tokens[-1].last_frame = first_frame + t
-                tokens[-1].prob_sum += prob
-            else:
-                tokens.append(TokenSpan(label, first_frame + t, first_frame + t, prob))
-        prev = label
-    return tokens
-
-
-def align_tokens(log_probs: torch.Tensor, tokens: list[int], blank_id: int = BLANK_ID,
-                 first_frame: int = 0) -> list[TokenSpan]:
-    """The Viterbi CTC path of `tokens` through log_probs (T, V) (`torchaudio.functional.
-    forced_align`), as `path_tokens`. Raises ValueError if the frames cannot hold the tokens."""
-    import torchaudio.functional as F
-
-    if not tokens:
-        return []
-    if log_probs.dim() != 2:
-        raise ValueError(f"log_probs must be (T, V) for one utterance, got {tuple(log_probs.shape)}")
-    emissions = log_probs.detach().to("cpu", torch.float32)[None]
-    repeats = sum(a == b for a, b in zip(tokens, tokens[1:]))
-    if emissions.shape[1] < len(tokens) + repeats:
-        raise ValueError(f"{emissions.shape[1]} frames cannot hold {len(tokens)} CTC tokens ({repeats} repeats)")
-    alignment, scores = F.forced_align(emissions, torch.tensor([tokens], dtype=torch.int32), blank=blank_id)
-    out = path_tokens(alignment[0].tolist(), scores[0].exp().tolist(), blank_id, first_frame)
-    if [t.id for t in out] != list(tokens):  # forced_align fails loudly on impossible inputs; guard anyway
-        raise RuntimeError(f"alignment spells {len(out)} tokens, not the {len(tokens)} asked for")
-    return out
-
-
-def piece_groups(token_ids: list[int], table) -> list[tuple[str, int]]:
-    """Sentencepiece tokens → words as (text, number of tokens); "▁" starts a word. A group
-    whose text is empty (a lone "▁") is kept, so the counts still add up to the tokens."""
-    groups: list[list[str]] = []
-    for i in token_ids:
-        piece = table.id_to_piece(i)
-        if piece.startswith(WORD_START) or not groups:
-            groups.append([])
-        groups[-1].append(piece)
-    return [("".join(g).replace(WORD_START, ""), len(g)) for g in groups]
-
-
-def timed_words(tokens: list[TokenSpan], groups: list[tuple[str, int]], frame_shift_s: float) -> list[Word]:
-    """Words with times (seconds, 3 decimals) and confidences from their tokens: `groups` gives
-    each word's text and token count, in order; words with empty text are left out."""
-    if sum(n for _, n in groups) != len(tokens):
-        raise ValueError(f"word groups cover {sum(n for _, n in groups)} tokens, not {len(tokens)}")
-    words, i = [], 0
-    for text, n in groups:
-        toks, i = tokens[i : i + n], i + n
-        if text and toks:
-            words.append(Word(word=text, start=round(toks[0].first_frame * frame_shift_s, 3),
-                              end=round((toks[-1].last_frame + 1) * frame_shift_s, 3),
-                              confidence=round(sum(t.confidence for t in toks) / len(toks), 4)))
-    return words
-
-
-def word_alignments(
-    log_probs: torch.Tensor,
-    tokens: list[int],
-    tokenizer: Tokenizer,
-    frame_shift_s: float = 0.04,
-    blank_id: int = BLANK_ID,
-) -> list[Word]:
-    """Word times of one utterance's decoded sentencepiece `tokens` by the one scheme above:
-    log_probs (T, V) log-posteriors of its valid frames."""
-    spans = align_tokens(log_probs, tokens, blank_id)
-    return timed_words(spans, piece_groups(tokens, tokenizer), frame_shift_s)
 
 
 def add_word_times(

@@ -1,0 +1,155 @@
+"""`load_recognizer`: a checkpoint + a `DecodingConfig` + a backend → a `StreamingRecognizer`.
+
+The one way every entry point builds its decoders, so the same checkpoint and the same flags
+give the same decoder everywhere: `mtspeech serve`, `mtspeech transcribe --model`, `mtspeech
+evaluate` (which decodes whole utterances with `batch_decoder` of the recognizer's decoders:
+the same search with the same settings, batched), `mtspeech embed-lm` (through the same
+`--lm auto`), the ONNX parity benchmark and the other benchmarks.
+
+    rec = load_recognizer("final.pt", DecodingConfig(decoder="auto"), backend="torch")
+    rec.decoders            # {"greedy": ..., "beam": ..., "phones": ...} as the model and LM allow
+    rec.default_decoder     # what `decoder` resolved to
+
+Backends (what runs the encoder chunk and the heads; features and token decoding are the same):
+`torch` (the full-chunk step traced to one TorchScript graph, eager if the trace fails),
+`torch-eager`, `onnx` (the export under onnxruntime: `onnx_dir`, or exported at start; `int8`).
+
+This module sits on top of the inference stack: it imports the checkpoint, streaming/ and
+export/, and nothing below imports it.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+import torch
+
+from mtspeech.decoding.config import BACKENDS, DecodingConfig, DecodingError
+from mtspeech.decoding.ctc import BeamSearchDecoder, GreedyDecoder, PhoneTable, lexicon_for_lm
+from mtspeech.streaming.decoders import BeamDecoder, TokenDecoder
+from mtspeech.streaming.encoder import asr_task, phone_task
+from mtspeech.streaming.features import HOP_SAMPLES, SAMPLE_RATE
+from mtspeech.streaming.recognizer import StreamingConfig, StreamingRecognizer
+
+log = logging.getLogger(__name__)
+
+
+def phone_lexicon_for_lm(lm: Path, phones: list[str], out_path: Path) -> Path | None:
+    """The phone-lexicon word decoder's lexicon: every word of the ARPA LM `lm` spelled in the
+    phone head's labels through CMUdict (`lm.build_phone_lexicon`), written to `out_path`. A
+    word needs only be heard, never spelled, which on a closed vocabulary with little text
+    beats spelling it from sub-word units. None (with a warning) for a non-ARPA LM: its
+    vocabulary is the lexicon, and only ARPA text lists it."""
+    from mtspeech.decoding.lm import ArpaLM, build_phone_lexicon
+
+    if lm.suffix != ".arpa":
+        log.warning("no 'phones' decoder: it needs an ARPA LM (its vocabulary is the lexicon), got %s", lm)
+        return None
+    return build_phone_lexicon(ArpaLM.load(lm).vocab, phones, out_path)
+
+
+def build_decoders(model: torch.nn.Module, tokenizer, frame_shift_s: float,
+                   decoding: DecodingConfig = DecodingConfig(), lm: str | Path | None = None,
+                   work_dir: str | Path | None = None) -> dict[str, TokenDecoder]:
+    """The beam decoders a model and an LM allow (greedy the recognizer always has).
+
+    "beam": over the ASR pieces; lexicon-free without `lm` (a file, already resolved), else
+    with the LM through a piece lexicon spelling its vocabulary. "phones": only with an ARPA
+    `lm` and a phone head: the LM's words spelled in phones (`phone_lexicon_for_lm`), written
+    to `work_dir` (default: next to the LM).
+    """
+    options = dict(beam_size=decoding.beam_size, lm_weight=decoding.lm_weight, word_score=decoding.word_score)
+    piece_lexicon = None if lm is None else lexicon_for_lm(Path(lm), tokenizer)
+    out = {"beam": BeamDecoder(tokenizer, "asr", frame_shift_s, lm=lm, lexicon=piece_lexicon, **options)}
+    phones = phone_task(model)
+    if lm is not None and phones is not None:
+        lm = Path(lm)
+        lexicon = phone_lexicon_for_lm(lm, phones.phones, Path(work_dir or lm.parent) / f"{lm.stem}.phones.lexicon.txt")
+        if lexicon is not None:
+            out["phones"] = BeamDecoder(PhoneTable(phones.phones), "phones", frame_shift_s, lm=lm,
+                                        lexicon=lexicon, **options)
+    return out
+
+
+def batch_decoder(decoder: TokenDecoder, table) -> GreedyDecoder | BeamSearchDecoder:
+    """The offline decoder of whole batches with a streaming decoder's own settings (its
+    `options`) over the label table `table`: what `mtspeech evaluate` decodes with."""
+    if not decoder.options:
+        return GreedyDecoder(table)
+    return BeamSearchDecoder(table, **decoder.options)
+
+
+def load_recognizer(checkpoint: str | Path, decoding: DecodingConfig | None = None, backend: str = "torch", *,
+                    streaming: StreamingConfig | None = None, device: str = "cpu",
+                    onnx_dir: str | Path | None = None, int8: bool = False,
+                    work_dir: str | Path | None = None) -> StreamingRecognizer:
+    """A `StreamingRecognizer` for `checkpoint` with the decoders `decoding` asks for.
+
+    `decoding.lm == "auto"`: the LM embedded in the checkpoint (`mtspeech embed-lm`), else an
+    n-gram of the training transcripts named in its config (that needs the manifest on disk),
+    written to `work_dir` (default: a temporary folder); the phone lexicon goes there too.
+    `decoder == "auto"` without an `lm` uses the embedded LM if there is one, else greedy.
+    Raises DecodingError for settings that cannot work (checked before the model loads where
+    possible) and `checkpoint.CheckpointError` for an unreadable checkpoint.
+    """
+    from mtspeech.checkpoint import load_model
+    from mtspeech.decoding.embedded_lm import has_embedded_lm, training_transcripts_lm
+
+    decoding = decoding or DecodingConfig()
+    if backend not in BACKENDS:
+        raise DecodingError(f"backend {backend!r}: choose one of {BACKENDS}")
+    if backend != "onnx" and (onnx_dir is not None or int8):
+        raise DecodingError("--int8 and --onnx-dir apply to --backend onnx only")
+    lm = decoding.lm
+    if lm not in (None, "auto") and not Path(lm).is_file():
+        raise DecodingError(f"LM file {lm} does not exist: pass an ARPA file or 'auto'")
+    checkpoint = Path(checkpoint)
+    model, exp, _labels = load_model(checkpoint)
+    model.to(device).eval()
+    if decoding.decoder == "auto" and lm is None and has_embedded_lm(checkpoint):
+        lm = "auto"
+    if lm == "auto":
+        work_dir = Path(work_dir or tempfile.mkdtemp(prefix="mtspeech-lm-"))
+        lm = training_transcripts_lm(exp, work_dir, decoding.lm_order, checkpoint)
+    tokenizer = _asr_tokenizer(model)
+    decoders = {}
+    if decoding.decoder not in ("greedy", "auto") or lm is not None:  # auto without an LM: greedy
+        frame_shift_s = model.encoder.subsampling * HOP_SAMPLES / SAMPLE_RATE
+        decoders = build_decoders(model, tokenizer, frame_shift_s, decoding, lm, work_dir)
+    default = decoding.decoder
+    if default == "auto":
+        default = next(d for d in ("phones", "beam", "greedy") if d == "greedy" or d in decoders)
+        log.info("decoder auto: streams default to %s", default)
+    if default not in ("greedy", *decoders):
+        raise DecodingError(f"decoder {default!r} is not possible with this model: it has no phone head")
+    streaming = streaming or StreamingConfig()
+    step = _encoder_step(model, checkpoint, backend, streaming, onnx_dir, int8)
+    return StreamingRecognizer(model, tokenizer, streaming, device, decoders=decoders, default_decoder=default,
+                               encoder_step=step)
+
+
+def _encoder_step(model, checkpoint: Path, backend: str, streaming: StreamingConfig, onnx_dir, int8: bool):
+    """What runs the encoder chunk and heads for `backend`; None: the recognizer's own eager step."""
+    if backend == "onnx":
+        from mtspeech.export.runtime import onnx_step_for
+
+        return onnx_step_for(model, checkpoint, streaming.chunk_frames, streaming.left_chunks, onnx_dir, int8)
+    if backend == "torch":
+        from mtspeech.streaming.traced import traced_or_eager
+
+        step = traced_or_eager(model, streaming.chunk_frames, streaming.left_chunks)
+        log.info("torch backend: %s streaming step", step.name)
+        return step
+    return None
+
+
+def _asr_tokenizer(model: torch.nn.Module):
+    """The ASR task's tokenizer (the task owns its label space)."""
+    task = asr_task(model)
+    try:
+        return task.tokenizer
+    except AttributeError as e:
+        raise DecodingError(f"ASR task {getattr(task, 'name', 'asr')!r} has no tokenizer; cannot decode text "
+                            f"({e})") from e

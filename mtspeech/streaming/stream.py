@@ -1,0 +1,113 @@
+"""A stream's state and the events it yields: what `StreamingRecognizer` hands its callers.
+
+`Stream` is created by `StreamingRecognizer.new_stream` and driven only through the
+recognizer; `PartialEvent`, `FinalEvent` and `SpeechActivityEvent` come back from
+`StreamingRecognizer.events`. Split from `recognizer.py`, which owns the stepping.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from dataclasses import dataclass
+
+from mtspeech.alignment import Word  # word, start, end (stream seconds), confidence
+from mtspeech.streaming.decoders import TokenDecoder
+from mtspeech.streaming.endpoint import Endpointer
+from mtspeech.streaming.features import SAMPLE_RATE, FeatureBuffer
+
+
+# ----------------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True)
+class PartialEvent:
+    """The current hypothesis of the utterance in progress: `text` = `stable` + " " + `unstable`
+    (either may be empty). `stable` only ever extends within an utterance; for the greedy
+    decoder the utterance's final text starts with it (see `mtspeech/streaming/decoders.py`)."""
+
+    text: str
+    stable: str = ""
+    unstable: str = ""
+
+
+@dataclass(frozen=True)
+class FinalEvent:
+    """A finished utterance.
+
+    `start`/`end` span its words (absolute stream seconds); `detected_at` is the stream time at
+    which it was finalized, `reason` the rule that fired (`rule2`, `rule3`, or `eos` at
+    `finish`); `tokens` are the CTC token ids (for tests and benchmarks; not sent on the wire).
+    """
+
+    text: str
+    start: float
+    end: float
+    words: tuple[Word, ...]
+    tokens: tuple[int, ...]
+    reason: str
+    detected_at: float
+
+
+@dataclass(frozen=True)
+class SpeechActivityEvent:
+    """The VAD head's p(speech) for each encoder frame of one decoded chunk, frames from
+    `start` (stream seconds) at `frame_shift_s`; only for streams made with `speech_activity`
+    (a live activity display; issue 12)."""
+
+    start: float
+    frame_shift_s: float
+    speech: tuple[float, ...]
+
+
+Event = PartialEvent | FinalEvent | SpeechActivityEvent
+
+
+# ----------------------------------------------------------------------------- the stream
+
+
+class Stream:
+    """State of one audio stream. Create with `StreamingRecognizer.new_stream`."""
+
+    _ids = itertools.count()
+    speech_activity = False  # emit a SpeechActivityEvent per chunk (set once by new_stream)
+
+    def __init__(self, sample_rate: int, endpointing: bool, interim: bool, cache_row: int, decoder: TokenDecoder,
+                 endpointer: Endpointer) -> None:
+        self.id = next(Stream._ids)
+        self.sample_rate = sample_rate
+        self.endpointing = endpointing
+        self.interim = interim
+        self.finished = False
+        self.audio = FeatureBuffer(sample_rate)  # samples and feature frames not yet decoded
+        self._lock = threading.Lock()  # guards `_events` (read by `events` on another thread)
+        self._cache_row = cache_row  # this stream's row of the recognizer's CachePool
+        self._frames_done = 0  # encoder frames decoded so far (absolute frame index)
+        self.decoder = decoder
+        self._utt = decoder.begin()
+        self._utt_has_tokens = False  # a non-blank argmax of the decoder's head in this utterance
+        self._endpointer = endpointer
+        self._last_partial: tuple = ()
+        self._stable: tuple[str, ...] = ()  # stable words sent in this utterance's partials
+        self._events: list[Event] = []
+
+    @property
+    def resamples(self) -> bool:
+        """Whether accepted audio goes through a resampler (any rate but 16 kHz)."""
+        return self.audio.resampler is not None
+
+    @property
+    def samples_accepted(self) -> int:
+        """Samples accepted so far, at 16 kHz."""
+        return self.audio.samples_accepted
+
+    @property
+    def audio_seconds(self) -> float:
+        """Audio accepted so far, in seconds."""
+        return self.samples_accepted / SAMPLE_RATE
+
+    @property
+    def buffered_seconds(self) -> float:
+        """Audio accepted but not decoded yet, in seconds at 16 kHz. Grows when the client
+        outpaces decoding."""
+        return self.audio.buffered_seconds
