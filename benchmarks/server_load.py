@@ -158,10 +158,10 @@ def prepare_audio(samples: list[tuple[str, np.ndarray]], ckpt: str, args, backen
 
     from mtspeech.client import to_pcm16
     from mtspeech.serve.protocol import decode_frame
-    from mtspeech.streaming import PartialEvent, StreamingConfig
     from mtspeech.decoding.config import DecodingConfig
     from mtspeech.decoding.loader import load_recognizer
-    from mtspeech.serve.protocol import decode_frame
+    from mtspeech.streaming import PartialEvent, StreamingConfig
+    from mtspeech.streaming.endpoint import EndpointConfig
 
     torch.set_num_threads(1)
     cfg = StreamingConfig(chunk_frames=args.chunk_frames, left_chunks=args.left_chunks,
