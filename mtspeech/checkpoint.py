@@ -73,6 +73,15 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def rng_state_of_rank(rng: dict, rank: int, world_size: int) -> dict:
+    """One rank's RNG state from a checkpoint's `rng` (older checkpoints hold rank 0's only)."""
+    per_rank = rng.get("per_rank", [rng])
+    if len(per_rank) != world_size:
+        log.warning("checkpoint holds RNG states of %d ranks, this run has %d: ranks beyond "
+                    "them reuse rank 0's", len(per_rank), world_size)
+    return per_rank[rank] if rank < len(per_rank) else per_rank[0]
+
+
 def average_weights(paths: list[str | Path]) -> dict[str, torch.Tensor]:
     """Element-wise mean of the model weights of several checkpoints (integer buffers from the last)."""
     if not paths:

@@ -63,7 +63,6 @@ class TrainConfig:
     amp: str = "auto"  # auto (bf16 on CUDA) | off | bf16 | fp16
     log_every_steps: int = 10
     checkpoint_every_steps: int | None = None
-    keep_last: int = 2
     average_best: int = 3
     best_metric: str = "cer"  # a dev metric of the main task, lower is better
     stream_eval_chunk_frames: int | None = None
@@ -107,6 +106,11 @@ class Experiment:
         raise ConfigError("no main task: add a `ctc` task with `label: text` or set `main_task`")
 
 
+# `train.keep_last` never did anything (last.pt is the one resumable checkpoint, the N best
+# epochs are `average_best`); checkpoints written before its removal still hold it.
+_RETIRED_TRAIN_KEYS = ("keep_last",)
+
+
 def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
     """YAML file (+ `base:` chain) + dotted overrides → validated Experiment."""
     data = apply_overrides(load_yaml(path), list(overrides))
@@ -120,6 +124,8 @@ def experiment_from_dict(data: Mapping) -> Experiment:
     from mtspeech.weighting import WeightingConfig
 
     data = dict(data)
+    if isinstance(data.get("train"), Mapping):  # retired keys that older checkpoints still carry
+        data["train"] = {k: v for k, v in data["train"].items() if k not in _RETIRED_TRAIN_KEYS}
     for key in ("exp_dir", "data", "encoder", "tasks"):
         if key not in data:
             raise ConfigError(f"missing config key {key!r}")

@@ -13,9 +13,7 @@ import contextlib
 import json
 import logging
 import math
-import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -24,72 +22,21 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from mtspeech import checkpoint as ckpt
-from mtspeech.data.augment import for_epoch as augment_for_epoch
-from mtspeech.data.dataset import UtteranceDataset, collate_batch
-from mtspeech.data.manifest import read_manifest, read_manifests
+from mtspeech.data.features import cmvn_from_utterances
+from mtspeech.data.dataset import training_loader
+from mtspeech.data.manifest import read_manifest, read_manifests, within_duration
 from mtspeech.data.sampler import DurationBatchSampler
 from mtspeech.experiment import Experiment, build_model, experiment_to_dict, fit_labels
 from mtspeech.relatedness import RelatednessProbe
-from mtspeech.encoders.towers import cross_stitch_alphas, cross_stitch_param_group
+from mtspeech.runtime import Runtime, autocast, resolve_amp, setup_runtime
+from mtspeech.stopping import BestCheckpoints, plateaued, write_stopping_record
+from mtspeech.train_log import TrainLog
+from mtspeech.encoders.towers import cross_stitch_alphas
+from mtspeech.optim import build_optimizer, build_scheduler
 from mtspeech.tasks.layer_mix import layer_weights
 from mtspeech.weighting import build_weighting
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Runtime:
-    """Where this process runs: device, DDP rank and world size."""
-
-    device: torch.device
-    rank: int = 0
-    world_size: int = 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_runtime(device: str) -> Runtime:
-    """Initialise DDP when launched by torchrun (WORLD_SIZE > 1), else a single process."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if world_size > 1:
-        rank = int(os.environ["RANK"])
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-        if device.startswith("cuda"):
-            torch.cuda.set_device(local_rank)
-            device = f"cuda:{local_rank}"
-        return Runtime(torch.device(device), rank, world_size)
-    return Runtime(torch.device(device))
-
-
-def lr_lambda(optim_cfg, total_steps: int):
-    """Linear warm-up, then cosine decay to `min_lr_ratio` of the peak at `total_steps`."""
-
-    def f(step: int) -> float:
-        if step < optim_cfg.warmup_steps:
-            return (step + 1) / optim_cfg.warmup_steps
-        progress = min(1.0, (step - optim_cfg.warmup_steps) / max(1, total_steps - optim_cfg.warmup_steps))
-        return optim_cfg.min_lr_ratio + (1 - optim_cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return f
-
-
-def resolve_amp(device: torch.device, amp: str) -> str:
-    """`auto` → bf16 on CUDA, off elsewhere; other values as given (validated by TrainConfig)."""
-    if amp == "auto":
-        return "bf16" if device.type == "cuda" else "off"
-    return amp
-
-
-def _autocast(device: torch.device, amp: str):
-    if amp == "off":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.float16 if amp == "fp16" else torch.bfloat16)
 
 
 class Trainer:
@@ -103,13 +50,7 @@ class Trainer:
             torch.set_num_threads(exp.train.threads)
         torch.manual_seed(exp.train.seed)
 
-        self.train_utts = read_manifests(exp.data.train)
-        if exp.data.max_utterance_seconds:
-            kept = [u for u in self.train_utts if u.duration <= exp.data.max_utterance_seconds]
-            if len(kept) < len(self.train_utts):
-                log.warning("dropped %d training utterances longer than %.0f s",
-                            len(self.train_utts) - len(kept), exp.data.max_utterance_seconds)
-            self.train_utts = kept
+        self.train_utts = within_duration(read_manifests(exp.data.train), exp.data.max_utterance_seconds)
         if not self.train_utts:
             raise ValueError(f"training manifest {exp.data.train} holds no usable utterance")
         self.dev_utts = read_manifest(exp.data.dev) if exp.data.dev else []
@@ -120,18 +61,7 @@ class Trainer:
         self.weighting = build_weighting(exp.weighting, self.task_names, {n: c.weight for n, c in exp.tasks.items()})
         self.weighting.to(self.rt.device)
         o = exp.optim
-        # The weighting's own parameters (uncertainty's log-variances) get no weight decay:
-        # decay would pull every task's learned weight towards 1 for no reason.
-        # Cross-stitch α (encoders/towers.py) trains at its own, higher rate, as Misra et al. do.
-        stitch = cross_stitch_param_group(self.model.encoder, o.lr)
-        own = {id(p) for p in stitch["params"]} if stitch else set()
-        groups = [{"params": [p for p in self.model.parameters() if id(p) not in own]}, *([stitch] if stitch else [])]
-        if list(self.weighting.parameters()):
-            groups.append({"params": list(self.weighting.parameters()), "weight_decay": 0.0})
-        # The fused kernel is one pass over all parameters: on a 2-core CPU the default
-        # per-tensor loop took 19 ms a step for the demo model, the fused one 4 ms.
-        self.optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay,
-                                           fused=self.rt.device.type in ("cpu", "cuda"))
+        self.optimizer = build_optimizer(self.model, self.weighting, o, self.rt.device)
         self.amp = resolve_amp(self.rt.device, exp.train.amp)
         # fp16 needs loss scaling (its gradients underflow); bf16 has fp32's range and does not.
         self.scaler = torch.amp.GradScaler(self.rt.device.type, enabled=self.amp == "fp16")
@@ -142,7 +72,7 @@ class Trainer:
         )
         steps_per_epoch = math.ceil(len(self.sampler) / o.accum_steps)
         self.total_steps = exp.train.max_steps or steps_per_epoch * exp.train.epochs
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(o, self.total_steps))
+        self.scheduler = build_scheduler(self.optimizer, o, self.total_steps)
         self.step = 0
         self.epoch = 0
         self.batches_done = 0  # of this epoch, as consumed by the loop (workers prefetch ahead)
@@ -162,12 +92,8 @@ class Trainer:
         self.relatedness = (RelatednessProbe(self.model, exp.train.relatedness_lookahead_lr)
                             if exp.train.relatedness_every else None)
         self._related_step: int | None = None  # the step last measured (a skipped batch must not repeat it)
-        self.tb = None
-        if self.rt.main:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(self.exp_dir / "tb"), purge_step=self.step or None)
-            self.step_log = open(self.exp_dir / "train_log.jsonl", "a")
+        self.run_log = TrainLog(self.exp_dir, resume_step=self.step) if self.rt.main else None
+        self.best = BestCheckpoints(self.exp_dir, exp.train.average_best)
 
     # ----------------------------------------------------------------- set-up
     def _labels(self) -> dict:
@@ -176,40 +102,18 @@ class Trainer:
         if self.rt.main and not path.exists():
             labels = fit_labels(self.exp, self.train_utts)
             path.write_text(json.dumps(labels, indent=1))
-        self._barrier()
+        self.rt.barrier()
         return json.loads(path.read_text())
 
     def _fit_cmvn(self) -> None:
-        """Global mean/variance of log-mel over a seeded sample of training utterances."""
-        from mtspeech.data.audio import load_audio
-
-        g = torch.Generator().manual_seed(self.exp.train.seed)
-        n = min(self.exp.data.cmvn_utterances, len(self.train_utts))
-        idx = torch.randperm(len(self.train_utts), generator=g)[:n].tolist()
-        total, total_sq, count = 0.0, 0.0, 0
-        for i in idx:
-            try:
-                wav = load_audio(self.train_utts[i].audio)
-            except ValueError as e:
-                log.warning("CMVN: skipping %s", e)
-                continue
-            feats, _ = self.model.fbank(wav[None], torch.tensor([len(wav)]))
-            feats = feats[0].double()
-            total = total + feats.sum(0)
-            total_sq = total_sq + (feats**2).sum(0)
-            count += feats.shape[0]
-        if count == 0:
-            raise ValueError("no readable training audio to fit feature normalisation")
-        mean = total / count
-        std = (total_sq / count - mean**2).clamp_min(1e-8).sqrt()
-        self.model.cmvn.set_stats(mean.float(), std.float())
-        if self.rt.world_size > 1:  # every rank must normalise identically
+        """Global mean/variance of log-mel over a seeded sample of training utterances; every
+        rank must normalise identically, so rank 0's statistics are broadcast."""
+        mean, std = cmvn_from_utterances(self.train_utts, self.model.fbank,
+                                         self.exp.data.cmvn_utterances, seed=self.exp.train.seed)
+        self.model.cmvn.set_stats(mean, std)
+        if self.rt.world_size > 1:
             for buf in (self.model.cmvn.mean, self.model.cmvn.std):
                 dist.broadcast(buf, 0)
-
-    def _barrier(self) -> None:
-        if self.rt.world_size > 1:
-            dist.barrier()
 
     # ------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict:
@@ -267,50 +171,14 @@ class Trainer:
         self.batches_done = state["sampler"]["position"]
         if "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
-        ckpt.set_rng_state(self._own_rng(state["rng"]))
+        ckpt.set_rng_state(ckpt.rng_state_of_rank(state["rng"], self.rt.rank, self.rt.world_size))
         log.info("resumed from %s at epoch %d step %d", path, self.epoch, self.step)
         return True
 
-    def _own_rng(self, rng: dict) -> dict:
-        """This rank's RNG state from a checkpoint (older checkpoints hold rank 0's only)."""
-        per_rank = rng.get("per_rank", [rng])
-        if len(per_rank) != self.rt.world_size:
-            log.warning("checkpoint holds RNG states of %d ranks, this run has %d: ranks beyond "
-                        "them reuse rank 0's", len(per_rank), self.rt.world_size)
-        return per_rank[self.rt.rank] if self.rt.rank < len(per_rank) else per_rank[0]
-
-    def _agree(self, *flags: bool) -> list[bool]:
-        """Each flag ANDed over all ranks (one tiny all-reduce), so every skip decision is
-        taken by all ranks together: a rank that skipped alone would leave the others
-        waiting in the gradient all-reduce for ever."""
-        if self.rt.world_size == 1:
-            return list(flags)
-        t = torch.tensor([int(f) for f in flags], dtype=torch.int32,
-                         device=self.rt.device if self.rt.device.type == "cuda" else "cpu")
-        dist.all_reduce(t, op=dist.ReduceOp.MIN)
-        return [bool(v) for v in t.tolist()]
-
     # ---------------------------------------------------------------- training
-    def _augment(self):
-        """The loader augmentation of the current epoch (`augment.for_epoch`)."""
-        return augment_for_epoch(self.exp.data.augment, self.epoch)
-
     def _loader(self, utts, sampler, train: bool):
-        dataset = UtteranceDataset(
-            utts, dict(self.model.tasks), train=train,
-            speed_factors=self.exp.data.speed_perturb if train else None,
-            seed=self.exp.train.seed * 100_003 + self.epoch,
-            perturbed_speaker=self.exp.data.perturbed_speaker,
-            augment=self._augment() if train else None,
-        )
-        # A private generator: creating the loader must not consume the global torch RNG
-        # (that would shift dropout/SpecAugment after a resume mid-epoch).
-        generator = torch.Generator().manual_seed(self.exp.train.seed * 7919 + self.epoch)
-        return torch.utils.data.DataLoader(
-            dataset, batch_sampler=sampler, collate_fn=collate_batch,
-            num_workers=self.exp.data.num_workers, persistent_workers=False,
-            pin_memory=self.rt.device.type == "cuda", generator=generator,
-        )
+        return training_loader(utts, self.model.tasks, sampler, self.exp.data, seed=self.exp.train.seed,
+                               epoch=self.epoch, train=train, pin_memory=self.rt.device.type == "cuda")
 
     def fit(self) -> dict:
         """Train to the configured length; returns the last dev results."""
@@ -332,7 +200,7 @@ class Trainer:
                 # The sampler gives every rank the same number of batches, so all ranks agree
                 # on the last one; it syncs, so no accumulated gradient crosses the epoch.
                 last_of_epoch = self.batches_done == len(self.sampler)
-                (readable,) = self._agree(batch is not None)
+                (readable,) = self.rt.agree(batch is not None)
                 if not readable:  # some rank's batch was entirely unreadable audio
                     continue
                 batch = batch.to(self.rt.device)
@@ -341,7 +209,7 @@ class Trainer:
                 sync = accum + 1 == exp.optim.accum_steps or last_of_epoch
                 no_sync = self.ddp is not None and (not sync or self.weighting.syncs_model_grads)
                 with self.ddp.no_sync() if no_sync else contextlib.nullcontext(), \
-                        _autocast(self.rt.device, self.amp):
+                        autocast(self.rt.device, self.amp):
                     losses, _, _ = module(batch.wav, batch.wav_lens, batch.targets)
                 # A task without any label in this batch sits the step out (its zero loss
                 # would otherwise drag adaptive weightings). Its zero loss, which has a graph,
@@ -354,7 +222,7 @@ class Trainer:
                     first = next(iter(losses))
                     losses[first] = losses[first] + sum(absent)
                 finite = all(torch.isfinite(v) for v in losses.values())
-                any_labels, finite = self._agree(bool(losses), finite)
+                any_labels, finite = self.rt.agree(bool(losses), finite)
                 if not finite:  # on some rank: the whole accumulation window is dropped
                     self._skip(batch, losses)
                     accum = 0
@@ -437,11 +305,7 @@ class Trainer:
                   **{f"layer_weight/{t}/{k}": w for t, ws in layer_weights(self.model.tasks).items()
                      for k, w in enumerate(ws)},
                   **cross_stitch_alphas(self.model.encoder)}
-        for key, value in record.items():
-            if key not in ("step", "epoch"):
-                self.tb.add_scalar(key, value, self.step)
-        self.step_log.write(json.dumps(record) + "\n")
-        self.step_log.flush()
+        self.run_log.write(record.pop("step"), record.pop("epoch"), record)
         bar.set_postfix({k.split("/")[1]: f"{v:.3g}" for k, v in record.items() if k.startswith("loss/")})
 
     def _measure_relatedness(self, batch) -> None:
@@ -451,13 +315,10 @@ class Trainer:
             return
         self._related_step = self.step
         values = self.relatedness.measure(batch.wav, batch.wav_lens, batch.targets,
-                                          autocast=lambda: _autocast(self.rt.device, self.amp))
+                                          autocast=lambda: autocast(self.rt.device, self.amp))
         values = self.relatedness.average_over_ranks(values, self.rt.device)  # all ranks call it alike
-        if self.rt.main:
-            for key, value in values.items():
-                self.tb.add_scalar(key, value, self.step)
-            self.step_log.write(json.dumps({"step": self.step, "epoch": self.epoch, **values}) + "\n")
-            self.step_log.flush()
+        if self.run_log is not None:
+            self.run_log.write(self.step, self.epoch, values)
 
     # -------------------------------------------------------------- evaluation
     @torch.no_grad()
@@ -486,26 +347,17 @@ class Trainer:
             dist.all_reduce(t)
             sums = dict(zip(keys, t.tolist()))
         results = {k: num / den for k, (num, den) in sums.items() if den > 0}
-        if self.tb is not None:
-            for k, v in results.items():
-                self.tb.add_scalar(f"dev/{k}", v, self.step)
-            record = {"step": self.step, "epoch": self.epoch + 1, **{f"dev/{k}": v for k, v in results.items()}}
-            self.step_log.write(json.dumps(record) + "\n")
-            self.step_log.flush()
+        if self.run_log is not None:
+            self.run_log.write(self.step, self.epoch + 1, {f"dev/{k}": v for k, v in results.items()})
         return results
 
     def _plateaued(self, quiet: bool = False) -> bool:
-        """Early stop: the main task's dev metric of the last `patience` epochs is no better than
-        its best before them, and that best had improved on the first epoch's value: CTC's
-        blank plateau at the start (CER 1.0 for several epochs) is flat too, but not the end.
-        Dev results are summed over ranks, so every rank agrees; the history is in `last.pt`,
-        so a resumed run that had stopped stays stopped."""
+        """Early stop on the main task's dev plateau (`stopping.plateaued`). Dev results are
+        summed over ranks, so every rank agrees; the history is in `last.pt`, so a resumed run
+        that had stopped stays stopped."""
         patience, key = self.exp.train.patience, self._best_key()
         scores = [h[key] for h in self.history if key in h]
-        if not patience or len(scores) <= patience:
-            return False
-        earlier = min(scores[:-patience])
-        stop = earlier < scores[0] and min(scores[-patience:]) >= earlier
+        stop = plateaued(scores, patience)
         if stop and self.rt.main and not quiet:
             log.info("early stop after epoch %d: dev %s has not improved for %d epochs (best %.4g)",
                      self.epoch, key, patience, min(scores))
@@ -516,49 +368,29 @@ class Trainer:
 
     def _keep_best(self, results: dict) -> None:
         """Keep the N best epoch checkpoints (by the main task's dev metric) for averaging."""
-        if not self.rt.main or self.exp.train.average_best <= 0:
-            return
         score = results.get(self._best_key(), results.get(f"{self.exp.asr_task}/loss"))
-        if score is None:
-            return
-        best_file = self.exp_dir / "best.json"
-        best = json.loads(best_file.read_text()) if best_file.exists() else []
-        name = f"epoch{self.epoch}.pt"
-        best.append({"file": name, "score": score, "epoch": self.epoch})
-        best.sort(key=lambda b: b["score"])
-        keep, drop = best[: self.exp.train.average_best], best[self.exp.train.average_best:]
-        if any(b["file"] == name for b in keep):
-            self.save(name)
-        for b in drop:
-            (self.exp_dir / b["file"]).unlink(missing_ok=True)
-        best_file.write_text(json.dumps(keep, indent=1))
+        if self.rt.main and score is not None:
+            self.best.offer(self.epoch, score, self.save)
 
     def _finish(self) -> None:
         """Average the best checkpoints into `final.pt` (or copy `last.pt`)."""
         if not self.rt.main:
-            self._barrier()
+            self.rt.barrier()
             return
-        best_file = self.exp_dir / "best.json"
         state = self.state_dict()
-        if best_file.exists():
-            files = [self.exp_dir / b["file"] for b in json.loads(best_file.read_text())]
-            files = [f for f in files if f.exists()]
-            if files:
-                state["model"] = ckpt.average_weights(files)
-                state["averaged"] = [f.name for f in files]
+        files = self.best.files()
+        if files:
+            state["model"] = ckpt.average_weights(files)
+            state["averaged"] = [f.name for f in files]
         for key in ("optimizer", "scheduler", "sampler", "rng"):
             state.pop(key)  # final.pt is for inference; last.pt stays for resumption
         ckpt.save_atomic(state, self.exp_dir / "final.pt")
-        # How the run ended, beside its per-epoch dev curve: a grid is "converged" only if every
-        # run stopped on its dev plateau, not because the cap (a time budget) ran out.
-        (self.exp_dir / "stopping.json").write_text(json.dumps({
-            "stopped_by": self.stopped_by, "epochs": self.epoch, "updates": self.step,
-            "cap": {"epochs": self.exp.train.epochs, "updates": self.total_steps},
-            "patience": self.exp.train.patience, "metric": f"dev/{self._best_key()}",
-            "dev_curve": self.history}, indent=1))
-        if self.tb is not None:
-            self.tb.close()
-            self.step_log.close()
+        write_stopping_record(self.exp_dir, stopped_by=self.stopped_by, epochs=self.epoch, updates=self.step,
+                              cap_epochs=self.exp.train.epochs, cap_updates=self.total_steps,
+                              patience=self.exp.train.patience, metric=f"dev/{self._best_key()}",
+                              dev_curve=self.history)
+        if self.run_log is not None:
+            self.run_log.close()
         try:  # a picture of the run; never worth failing a finished training for
             from mtspeech.evaluation.plots import plot_learned, plot_train_log
 
@@ -568,7 +400,7 @@ class Trainer:
             log.warning("could not plot the training curves: %s", e)
         log.info("wrote %s (averaged %s); %d batches skipped", self.exp_dir / "final.pt",
                  state.get("averaged", "none"), self.skipped_batches)
-        self._barrier()
+        self.rt.barrier()
 
 
 def _add(sums: dict, key: str, num: float, den: float) -> None:

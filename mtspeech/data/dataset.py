@@ -18,7 +18,7 @@ from typing import Mapping, Sequence
 import torch
 
 from mtspeech.data.audio import SAMPLE_RATE, AudioError, load_audio
-from mtspeech.data.augment import AugmentConfig, Augmenter
+from mtspeech.data.augment import AugmentConfig, Augmenter, for_epoch
 from mtspeech.data.features import speed_perturb
 from mtspeech.data.manifest import Utterance
 
@@ -171,3 +171,24 @@ def collate_batch(examples: Sequence[Example | None]) -> Batch | None:
     utts = [e.utt for e in examples]
     targets = {name: task.collate(utts) for name, task in examples[0].tasks.items()}
     return Batch([u.id for u in utts], wav, lens, targets, utts)
+
+
+def training_loader(utts: Sequence[Utterance], tasks: Mapping, sampler, data_cfg, *, seed: int, epoch: int,
+                    train: bool, pin_memory: bool = False) -> torch.utils.data.DataLoader:
+    """The loader of one epoch: `UtteranceDataset` over `utts` in `sampler`'s batches, with the
+    recipe's speed perturbation and augmentation of `epoch` when `train`."""
+    dataset = UtteranceDataset(
+        utts, dict(tasks), train=train,
+        speed_factors=data_cfg.speed_perturb if train else None,
+        seed=seed * 100_003 + epoch,
+        perturbed_speaker=data_cfg.perturbed_speaker,
+        augment=for_epoch(data_cfg.augment, epoch) if train else None,
+    )
+    # A private generator: creating the loader must not consume the global torch RNG
+    # (that would shift dropout/SpecAugment after a resume mid-epoch).
+    generator = torch.Generator().manual_seed(seed * 7919 + epoch)
+    return torch.utils.data.DataLoader(
+        dataset, batch_sampler=sampler, collate_fn=collate_batch,
+        num_workers=data_cfg.num_workers, persistent_workers=False,
+        pin_memory=pin_memory, generator=generator,
+    )

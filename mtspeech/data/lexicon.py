@@ -146,12 +146,6 @@ class Lexicon:
         self.oov_utterances += any_oov
         return None if missing else out
 
-    def merge_counts(self, other: "Lexicon") -> None:
-        """Add another lexicon's counters (e.g. from a worker process) to this one."""
-        self.oov_words.update(other.oov_words)
-        self.utterances += other.utterances
-        self.oov_utterances += other.oov_utterances
-
     def summary(self) -> dict:
         """OOV counts for the prepare summary."""
         return {

@@ -8,10 +8,13 @@ sentinel, so tasks can mask it (see docs/interfaces.md, "Manifest", and docs/dat
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
+
+log = logging.getLogger(__name__)
 
 
 class ManifestError(ValueError):
@@ -147,3 +150,14 @@ def write_manifest(path: str | os.PathLike, utts: Iterable[Utterance]) -> None:
         for u in utts:
             f.write(json.dumps(u.to_json(), ensure_ascii=False) + "\n")
     os.replace(tmp, path)
+
+
+def within_duration(utts: list[Utterance], max_seconds: float | None) -> list[Utterance]:
+    """The utterances no longer than `max_seconds` (all when it is None or 0), the number
+    dropped logged: a recipe's cap on utterance length (memory of the longest batch)."""
+    if not max_seconds:
+        return utts
+    kept = [u for u in utts if u.duration <= max_seconds]
+    if len(kept) < len(utts):
+        log.warning("dropped %d utterances longer than %.0f s", len(utts) - len(kept), max_seconds)
+    return kept
