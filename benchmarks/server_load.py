@@ -89,6 +89,11 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--seconds-per-level", type=float, default=10.0,
                     help="streams start new utterances for this long at each level")
     ap.add_argument("--frame-ms", type=int, default=40, help="audio per WebSocket frame")
+    ap.add_argument("--shape", choices=["utterances", "continuous"], default="utterances",
+                    help="utterances: each stream sends utterances one after another, one connection each, "
+                         "streams staggered; continuous: all N streams start together and each sends "
+                         "--continuous-seconds of speech (test utterances back to back) on one connection, then stop")
+    ap.add_argument("--continuous-seconds", type=float, default=20.0)
     ap.add_argument("--no-endpointing", action="store_true", help='streams ask for "endpointing": false')
     ap.add_argument("--keep-going", action="store_true", help="run every level even after one fails to keep up")
     ap.add_argument("--max-final-latency", type=float, default=0.5, help="keep-up bound on p95 final latency (s)")
@@ -149,6 +154,22 @@ def load_test_audio(args) -> tuple[list[tuple[str, np.ndarray]], str]:
     x += 0.05 * np.random.default_rng(0).standard_normal(len(t))
     print(f"note: {manifest} not found and no --audio: using a 3 s synthetic signal", file=sys.stderr)
     return [("synthetic-3s", x.astype(np.float32))], "synthetic signal"
+
+
+def continuous_audio(samples: list[tuple[str, np.ndarray]], seconds: float, variants: int = 4
+                     ) -> list[tuple[str, np.ndarray]]:
+    """`variants` long recordings of about `seconds` each: the test utterances back to back,
+    each variant starting at another utterance (so streams do not all say the same thing)."""
+    out = []
+    for r in range(min(variants, len(samples))):
+        parts, total, k = [], 0, r
+        while total < seconds * SAMPLE_RATE:
+            wav = samples[k % len(samples)][1]
+            parts.append(wav)
+            total += len(wav)
+            k += 1
+        out.append((f"continuous-{r}", np.concatenate(parts)))
+    return out
 
 
 def prepare_audio(samples: list[tuple[str, np.ndarray]], ckpt: str, args, backend: str = "torch",
@@ -387,6 +408,14 @@ async def run_level(url: str, audios: list[TestAudio], n: int, args) -> list[dic
     deadline = time.monotonic() + args.seconds_per_level
 
     async def stream(i: int) -> list[dict]:
+        if args.shape == "continuous":  # all together, one long recording each
+            audio = audios[i % len(audios)]
+            try:
+                return [await asyncio.wait_for(
+                    one_utterance(url, audio, frame_s, not args.no_endpointing), audio.duration + 60)]
+            except Exception as e:  # noqa: BLE001 — counted as the level's error
+                return [{"audio_s": 0.0, "partial_latencies": [], "partials": 0, "unmatched": 0,
+                         "final_latency": None, "errors": [type(e).__name__], "completed": False}]
         await asyncio.sleep(chunk_s * i / n)  # spread chunk boundaries across streams
         results, k = [], i
         while not results or time.monotonic() < deadline:
@@ -534,6 +563,9 @@ def run(args) -> dict:
     onnx_tmp = None
     try:
         samples, source = load_test_audio(args)
+        if args.shape == "continuous":
+            samples = continuous_audio(samples, args.continuous_seconds)
+            source += f", back to back in {len(samples)} recordings of >= {args.continuous_seconds:g} s"
         onnx_dir = None
         if any(b.startswith("onnx") for b in args.backend):
             onnx_tmp = tempfile.TemporaryDirectory(prefix="mtspeech_bench_onnx_")
@@ -580,7 +612,7 @@ def _result(levels: list[dict], args, source: str, audios: list[TestAudio]) -> d
         "model": "random-tiny" if args.random_model else str(args.model),
         "audio": {"source": source, "utterances": [{"name": a.name, "duration_s": round(a.duration, 3),
                                                     "local_partials": len(a.partials)} for a in audios]},
-        "settings": {k: getattr(args, k) for k in ("frame_ms", "seconds_per_level", "chunk_frames", "left_chunks",
+        "settings": {k: getattr(args, k) for k in ("shape", "continuous_seconds", "frame_ms", "seconds_per_level", "chunk_frames", "left_chunks",
                                                    "max_batch_size", "max_wait_ms", "endpoint_mode", "decoder", "device",
                                                    "decode_threads", "intra_op_threads", "max_final_latency",
                                                    "max_partial_latency")}

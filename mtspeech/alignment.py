@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 BLANK_ID = 0
@@ -36,13 +37,19 @@ class Word:
     confidence: float
 
 
-def ctc_runs(path: torch.Tensor) -> list[tuple[int, int, int]]:
+def ctc_runs(path: torch.Tensor | np.ndarray) -> list[tuple[int, int, int]]:
     """Runs of equal labels in a best path (T,) int: (label, first frame, last frame), in order.
 
     The package's one CTC best-path collapse: a non-blank run is one emitted token, and blanks
     are what separate a repeated label. The offline `GreedyDecoder`, the CTC task's greedy
     metrics (`greedy_tokens`) and the streaming greedy decoder all read their tokens off it.
     """
+    if isinstance(path, np.ndarray):  # the streaming decoders' per-stream path: no torch op
+        if path.size == 0:
+            return []
+        last = np.flatnonzero(np.diff(path)).tolist() + [len(path) - 1]
+        first = [0] + [k + 1 for k in last[:-1]]
+        return list(zip(path[last].tolist(), first, last))
     if path.numel() == 0:
         return []
     values, counts = torch.unique_consecutive(path.cpu(), return_counts=True)

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 import torch
 
 from mtspeech.alignment import TokenSpan, Word, align_tokens, ctc_runs, piece_groups, timed_words
@@ -79,8 +80,9 @@ class Decoded:
 class UtteranceDecoder(Protocol):
     """The search state of one utterance."""
 
-    def push(self, log_probs: torch.Tensor, first_frame: int) -> None:
-        """log_probs (T, V): log-softmax of the head for frames first_frame .. first_frame+T-1."""
+    def push(self, log_probs: np.ndarray, first_frame: int) -> None:
+        """log_probs (T, V) float32: log-softmax of the head for frames first_frame .. first_frame+T-1
+        (a tensor works too; the recognizer hands numpy views of its batch)."""
 
     def partial(self) -> Partial | None:
         """The current hypothesis, or None while it has no token."""
@@ -148,9 +150,10 @@ class _GreedyUtterance:
         self.tokens: list[Token] = []
         self.prev_id = decoder.blank_id
 
-    def push(self, log_probs: torch.Tensor, first_frame: int) -> None:
-        best_logp, best_id = log_probs.max(-1)
-        best_prob = best_logp.exp().cpu().numpy()
+    def push(self, log_probs: np.ndarray, first_frame: int) -> None:
+        lp = np.asarray(log_probs, dtype=np.float32)
+        best_id = lp.argmax(-1)
+        best_prob = np.exp(np.take_along_axis(lp, best_id[:, None], -1)[:, 0])
         for token_id, first, last in ctc_runs(best_id):  # the one best-path collapse (alignment.py)
             if token_id != self.d.blank_id:
                 if first == 0 and token_id == self.prev_id:  # the previous piece's run goes on
@@ -261,78 +264,59 @@ class _BeamUtterance:
         self.frames = 0
         # the utterance's log-probs, for confidences of the tokens on the chosen path; bounded
         # by the endpointer's maximum utterance length
-        self.log_probs: list[torch.Tensor] = []
+        self.log_probs: list[np.ndarray] = []
         self.history: deque[tuple[str, ...]] = deque(maxlen=decoder.stable_history)
         self.search.decode_begin()
 
-    def push(self, log_probs: torch.Tensor, first_frame: int) -> None:
+    def push(self, log_probs: np.ndarray, first_frame: int) -> None:
         if self.first_frame is None:
             self.first_frame = first_frame
-        lp = log_probs.detach().to("cpu", torch.float32).contiguous()
-        self.search.decode_step(lp)
+        lp = np.ascontiguousarray(log_probs, dtype=np.float32)
+        # flashlight's own step on the array's memory (torchaudio's wrapper wants a tensor, and
+        # every torch call releases and retakes the GIL: under load, waits of up to 5 ms each)
+        self.search.decoder.decode_step(lp.ctypes.data, lp.shape[0], lp.shape[1])
         self.log_probs.append(lp)
         self.frames += lp.shape[0]
 
     def _best(self):
-        results = self.search.decoder.get_all_final_hypothesis()
-        # mid-utterance flashlight returns the beam unsorted
-        return max(results, key=lambda r: r.score) if results else None
+        # mid-utterance the best of the current beam: flashlight picks it in C++ (converting the
+        # whole beam to Python, one path of the utterance's length per hypothesis, was a fifth
+        # of a loaded server's GIL time)
+        return self.search.decoder.get_best_hypothesis()
 
-    def _tokens(self, path: list[int]) -> list[Token]:
-        """CTC path (one label per frame of this utterance) → tokens with frame spans."""
-        lp = torch.cat(self.log_probs) if len(self.log_probs) > 1 else self.log_probs[0]
-        self.log_probs = [lp]
-        lp = lp.numpy()  # indexing numpy per frame is far cheaper than indexing a tensor
-        tokens: list[Token] = []
-        prev = self.d.blank_id
-        for t, tok in enumerate(path):
-            if tok != self.d.blank_id:
-                prob = math.exp(float(lp[t, tok]))
-                if tok == prev:
-                    tokens[-1].last_frame, tokens[-1].prob_sum = self.first_frame + t, tokens[-1].prob_sum + prob
-                else:
-                    tokens.append(Token(tok, self.first_frame + t, self.first_frame + t, prob))
-            prev = tok
-        return tokens
-
-    def _words(self, result, realign: bool = False) -> tuple[list[Word], list[Token]]:
-        """The hypothesis' words with times. `realign` (at the utterance's end): time its tokens
-        on their Viterbi path, the one word-time scheme (mtspeech/alignment.py), not the search's."""
+    def _path_tokens(self, result) -> tuple[np.ndarray, np.ndarray]:
+        """The hypothesis' CTC path (one label per frame of this utterance) → its tokens' ids and
+        the utterance-relative frame where each begins (a non-blank label unlike the one before)."""
         # torchaudio's path starts with flashlight's leading step (and decode_end adds one)
-        path = list(result.tokens)[1 : 1 + self.frames]
-        tokens = self._tokens(path)
-        ids = [t.id for t in tokens]
+        path = np.asarray(result.tokens[1 : 1 + self.frames], dtype=np.int64)
+        before = np.concatenate(([self.d.blank_id], path[:-1]))
+        starts = np.flatnonzero((path != self.d.blank_id) & (path != before))
+        return path[starts], starts
+
+    def _groups(self, result, ids: np.ndarray, starts: np.ndarray) -> list[tuple[str, int]]:
+        """The hypothesis' words as (text, number of its tokens), covering every token."""
         if self.d.lexicon is None:
-            groups = piece_groups(ids, self.d.table)
-        else:
-            # With a lexicon flashlight emits a word id on the frame its last token begins: the
-            # tokens that begin before or on that frame (and after the previous word) spell it.
-            groups, i = [], 0
-            for t, w in enumerate(list(result.words)[1 : 1 + self.frames]):
-                if w < 0:
-                    continue
-                frame = self.first_frame + t
-                j = i
-                while j < len(tokens) and tokens[j].first_frame <= frame:
-                    j += 1
-                if j > i:
-                    groups.append((self.search.word_dict.get_entry(w), j - i))
-                i = j
-            groups.append(("", len(tokens) - i))  # tokens of no finished word: untimed
-        if realign:
-            tokens = align_tokens(self.log_probs[0], ids, self.d.blank_id, self.first_frame)
-        return timed_words(tokens, groups, self.d.frame_shift_s), tokens
+            return piece_groups(ids.tolist(), self.d.table)
+        # With a lexicon flashlight emits a word id on the frame its last token begins: the
+        # tokens that begin before or on that frame (and after the previous word) spell it.
+        words = np.asarray(result.words[1 : 1 + self.frames], dtype=np.int64)
+        at = np.flatnonzero(words >= 0)
+        ends = np.searchsorted(starts, at, side="right")  # tokens begun by each word's frame
+        counts = np.diff(ends, prepend=0)
+        groups = [(self.search.word_dict.get_entry(int(words[f])), int(n)) for f, n in zip(at, counts) if n > 0]
+        groups.append(("", len(ids) - (int(ends[-1]) if len(ends) else 0)))  # no finished word: untimed
+        return groups
 
     def partial(self) -> Partial | None:
         if not self.frames:
             return None
         best = self._best()
-        if best is None:
+        ids, starts = self._path_tokens(best)
+        # a partial carries no times: the words' texts are enough (with a lexicon, tokens of a
+        # word not yet complete show nothing)
+        texts = tuple(text for text, n in self._groups(best, ids, starts) if text and n)
+        if not texts:
             return None
-        words, tokens = self._words(best)
-        if not words:  # with a lexicon, tokens of a word not yet complete show nothing
-            return None
-        texts = tuple(w.word for w in words)
         stable = len(texts) - 1 if texts else 0  # the last word may still change
         for past in self.history:
             stable = min(stable, next((k for k, (a, b) in enumerate(zip(texts, past)) if a != b),
@@ -340,14 +324,19 @@ class _BeamUtterance:
         if len(self.history) < self.history.maxlen:
             stable = 0  # too few hypotheses yet to call anything agreed
         self.history.append(texts)
-        return Partial(texts, max(stable, 0), tuple(t.id for t in tokens) + texts)
+        return Partial(texts, max(stable, 0), tuple(ids.tolist()) + texts)
 
     def end(self) -> Decoded:
         self.search.decode_end()
         if not self.frames:
             return Decoded([], ())
-        best = self._best()
-        if best is None:
+        results = self.search.decoder.get_all_final_hypothesis()
+        if not results:
             return Decoded([], ())
-        words, tokens = self._words(best, realign=True)
-        return Decoded(words, tuple(t.id for t in tokens))
+        best = max(results, key=lambda r: r.score)
+        ids, starts = self._path_tokens(best)
+        groups = self._groups(best, ids, starts)
+        # words timed on the tokens' Viterbi path, the one word-time scheme (mtspeech/alignment.py)
+        log_probs = torch.from_numpy(np.concatenate(self.log_probs))
+        tokens = align_tokens(log_probs, ids.tolist(), self.d.blank_id, self.first_frame)
+        return Decoded(timed_words(tokens, groups, self.d.frame_shift_s), tuple(t.id for t in tokens))

@@ -300,22 +300,26 @@ class StreamingRecognizer:
         for every decoder (a beam search is not asked for its hypothesis every frame).
         """
         row_frames = out.lens.tolist()  # rows of a last, padded window may have fewer frames
-        # (B, c, V) log-probs of the token heads this batch's decoders read (see `_roles`)
-        heads = {k: out.logits[k].float().log_softmax(-1).cpu() for k in ("asr", "phones") if k in out.logits}
+        # (B, c, V) log-probs of the token heads this batch's decoders read (see `_roles`), and
+        # their argmax: torch once for the batch, then numpy per stream, because every torch
+        # call releases and retakes the GIL, which under load waits up to 5 ms for other threads
+        heads = {k: out.logits[k].float().log_softmax(-1).cpu().numpy() for k in ("asr", "phones")
+                 if k in out.logits}
+        best = {k: v.argmax(-1) for k, v in heads.items()}
         speech = None  # (B, c) p(speech), when endpointing or an activity display needs it
         if "vad" in out.logits:
             speech = self.vad.speech_probs(out.logits["vad"]).float().cpu().numpy()
         if self.uses_vad:
             nonspeech = speech < self.config.endpoint.speech_threshold
         else:
-            nonspeech = (heads["asr"].argmax(-1) == self.tokenizer.blank_id).numpy()
+            nonspeech = best["asr"] == self.tokenizer.blank_id
         for b, s in enumerate(streams):
             frames = row_frames[b]
             if s.speech_activity:
                 self._emit(s, SpeechActivityEvent(round(s._frames_done * self.frame_shift_s, 3), self.frame_shift_s,
                                                   tuple(round(float(p), 3) for p in speech[b, :frames])))
             log_probs = heads[s.decoder.head][b, :frames]  # (c, V)
-            nonblank = (log_probs.argmax(-1) != s.decoder.blank_id).tolist()
+            nonblank = (best[s.decoder.head][b, :frames] != s.decoder.blank_id).tolist()
             pushed = 0  # frames of this chunk given to the decoder
             for t in range(frames):
                 s._utt_has_tokens |= nonblank[t]
