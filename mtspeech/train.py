@@ -297,7 +297,7 @@ class Trainer:
 
     def _loader(self, utts, sampler, train: bool):
         dataset = UtteranceDataset(
-            utts, dict(self.model.tasks), train=train,
+            utts, dict(self.model.tasks), train=train, sample_rate=self.model.geometry.sample_rate,
             speed_factors=self.exp.data.speed_perturb if train else None,
             seed=self.exp.train.seed * 100_003 + self.epoch,
             perturbed_speaker=self.exp.data.perturbed_speaker,

@@ -16,7 +16,7 @@ import soundfile
 import torch
 import torchaudio
 
-SAMPLE_RATE = 16000
+from mtspeech.data.geometry import SAMPLE_RATE
 
 
 class AudioError(ValueError):

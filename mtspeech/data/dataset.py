@@ -17,9 +17,10 @@ from typing import Mapping, Sequence
 
 import torch
 
-from mtspeech.data.audio import SAMPLE_RATE, AudioError, load_audio
+from mtspeech.data.audio import AudioError, load_audio
 from mtspeech.data.augment import AugmentConfig, Augmenter
 from mtspeech.data.features import speed_perturb
+from mtspeech.data.geometry import SAMPLE_RATE
 from mtspeech.data.manifest import Utterance
 
 log = logging.getLogger(__name__)

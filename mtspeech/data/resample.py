@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import soxr
 
-SAMPLE_RATE = 16000
+from mtspeech.data.geometry import SAMPLE_RATE
 
 # Largest |sample| `accept` takes (+24 dBFS). Float audio lives in [-1, 1] and real signals
 # never come near this; far larger values (1e30) overflow the filterbank energies to inf and

@@ -46,9 +46,10 @@ from pathlib import Path
 
 import numpy as np
 
+from mtspeech.data.geometry import SAMPLE_RATE
+
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
 ESPEAK_RATE = 22050
 FORTUNES_DIR = Path("/usr/share/games/fortunes")
 FORTUNE_FILES = ("fortunes", "literature", "riddles")
