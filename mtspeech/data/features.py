@@ -14,11 +14,13 @@ import logging
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
+import numpy as np
 import torch
 import torchaudio
 from torch import nn
 
 from mtspeech.data.geometry import HOP_SAMPLES, SAMPLE_RATE, WINDOW_SAMPLES, FrameGeometry
+from mtspeech.data.resample import resample
 
 log = logging.getLogger(__name__)
 
@@ -201,13 +203,19 @@ class SpecAugment(nn.Module):
 
 
 def speed_perturb(wav: torch.Tensor, factor: float, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
-    """wav (..., S) → (..., ≈S/factor): plays `factor`× faster (pitch shifts with it, as in Kaldi).
+    """wav (S,) or (C, S) → (..., round(S/factor)): plays `factor`× faster (pitch
+    shifts with it, as in Kaldi).
 
     The resample trick: treat the signal as sampled at `factor · sample_rate` and resample it
-    to `sample_rate`. Factor 1 returns the input unchanged.
+    to `sample_rate`, with the one resampler (`mtspeech.data.resample`). Factor 1 returns the
+    input unchanged.
     """
     if factor <= 0:
         raise ValueError(f"speed factor must be positive, got {factor}")
     if factor == 1.0:
         return wav
-    return torchaudio.functional.resample(wav, int(round(sample_rate * factor)), sample_rate)
+    if wav.dim() not in (1, 2):
+        raise ValueError(f"speed_perturb expects wav of shape (S,) or (C,S), got {tuple(wav.shape)}")
+    x = wav.detach().cpu().float().numpy()
+    y = resample(x.T, int(round(sample_rate * factor)), sample_rate).T  # soxr takes channels last
+    return torch.from_numpy(np.ascontiguousarray(y)).to(device=wav.device, dtype=wav.dtype)
