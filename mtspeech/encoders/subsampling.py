@@ -23,7 +23,7 @@ from torch import nn
 
 # The front end's stride and reach are the frame geometry's (`mtspeech.data.geometry`, where
 # the chunk window is computed): this module builds the convolutions that have them.
-from mtspeech.data.geometry import RIGHT_CONTEXT, SUBSAMPLING, FrameGeometry
+from mtspeech.data.geometry import RIGHT_CONTEXT, FrameGeometry
 
 _GEOMETRY = FrameGeometry()
 
