@@ -31,6 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _cli import add_model_arguments, run_main  # noqa: E402
 
+from mtspeech.data.geometry import SAMPLE_RATE, FrameGeometry  # noqa: E402
+
 BACKENDS = ("torch", "torch-traced", "onnx", "onnx-int8")  # torch: eager (the server's torch-eager)
 
 
@@ -53,7 +55,7 @@ def _audio(args, seconds: float) -> list[np.ndarray]:
 
     args.audio = None
     samples, _ = load_test_audio(args)
-    return [np.tile(w, int(np.ceil(seconds * 16000 / len(w)))) for _, w in samples]
+    return [np.tile(w, int(np.ceil(seconds * SAMPLE_RATE / len(w)))) for _, w in samples]
 
 
 def _recognizer(ckpt: str, backend: str, onnx_dir: str | None, args):
@@ -100,7 +102,7 @@ def run(args) -> dict:
             from _tiny_model import build_random_checkpoint
 
             ckpt = str(build_random_checkpoint(Path(tmp.name) / "tiny_random.pt"))
-        chunk_s = args.chunk_frames * 0.04
+        chunk_s = args.chunk_frames * FrameGeometry().frame_shift_s
         wavs = _audio(args, (args.steps + 3) * chunk_s + 1.0)
         onnx_dir = None
         if any(b.startswith("onnx") for b in args.backend):

@@ -20,6 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _cli import add_model_arguments, run_main  # noqa: E402
 
+from mtspeech.data.geometry import SAMPLE_RATE  # noqa: E402
+
 INT8_GATE_POINTS = 0.5
 
 
@@ -61,9 +63,9 @@ def run(args) -> dict:
         export_onnx(rec.model, onnx_dir, args.chunk_frames, args.left_chunks, checkpoint=ckpt)
         quantize_int8(onnx_dir)
     utts = read_manifest(args.manifest)
-    wavs = [load_audio(u.audio, 16000).numpy() for u in utts]
+    wavs = [load_audio(u.audio, SAMPLE_RATE).numpy() for u in utts]
     refs = [u.text for u in utts]
-    audio_s = sum(len(w) for w in wavs) / 16000
+    audio_s = sum(len(w) for w in wavs) / SAMPLE_RATE
     out = {"benchmark": "onnx_parity", "model": str(ckpt), "manifest": args.manifest, "utterances": len(utts),
            "audio_s": round(audio_s, 2), "threads": args.threads, "backends": {}}
     t0 = time.perf_counter()

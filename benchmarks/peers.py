@@ -56,12 +56,12 @@ from _cli import add_model_arguments, run_main  # noqa: E402
 from mtspeech import metrics as M  # noqa: E402
 from mtspeech.checkpoint import load_model  # noqa: E402
 from mtspeech.data.audio import load_audio  # noqa: E402
+from mtspeech.data.geometry import HOP_SAMPLES, SAMPLE_RATE  # noqa: E402
 from mtspeech.data.manifest import read_manifest  # noqa: E402
 from mtspeech.tasks.layer_mix import task_input  # noqa: E402
 from mtspeech.tasks.vad import frame_centres_s  # noqa: E402
 
-SAMPLE_RATE = 16000
-FRAME_SAMPLES = 160  # 10 ms scoring frames
+FRAME_SAMPLES = HOP_SAMPLES  # 10 ms scoring frames: one feature hop
 SILERO_WINDOW = 512  # Silero VAD's native window at 16 kHz (32 ms)
 VAD_SPLITS = ("test", "test-unseen", "test-voices", "test-snr10", "test-snr0", "test-unseen-snr10",
               "test-unseen-snr0", "test-voices-snr10", "test-voices-snr0")

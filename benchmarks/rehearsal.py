@@ -35,6 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling rehearsa
 import rehearsal_train as rt  # noqa: E402
 import rehearsal_tree as tree  # noqa: E402
 
+from mtspeech.data.geometry import SAMPLE_RATE  # noqa: E402
+
 # LibriSpeech train-960: 960.9 h in 281,241 utterances, 12.3 s each on average (its README);
 # the synthetic ones are 3-4x shorter (the ratio is taken from the prepared tree).
 REAL_MEAN_S = 960.9 * 3600 / 281_241
@@ -118,7 +120,7 @@ def long_files(corpus: Path, folder: Path, n: int) -> list[str]:
     sources = iter(sorted(corpus.rglob("*.flac")) * 50)
     out = []
     for i in range(n):
-        pieces, total, rate = [], 0, 16000
+        pieces, total, rate = [], 0, SAMPLE_RATE
         while total < REAL_MEAN_S * rate:
             wav, rate = sf.read(next(sources), dtype="int16")
             pieces.append(wav)

@@ -13,6 +13,7 @@ import time
 
 import torch
 
+from mtspeech.data.geometry import SAMPLE_RATE
 from mtspeech.data.sampler import DurationBatchSampler
 
 
@@ -66,7 +67,8 @@ def plan_lhotse(durations: list[float], audio: list[str], max_batch_seconds: flo
     for i, (d, path) in enumerate(zip(durations, audio)):
         rid = f"u{i}"
         rec = Recording(id=rid, sources=[AudioSource(type="file", channels=[0], source=path)],
-                        sampling_rate=16000, num_samples=round(d * 16000), duration=round(d * 16000) / 16000)
+                        sampling_rate=SAMPLE_RATE, num_samples=round(d * SAMPLE_RATE),
+                        duration=round(d * SAMPLE_RATE) / SAMPLE_RATE)
         cuts.append(MonoCut(id=rid, start=0.0, duration=rec.duration, channel=0, recording=rec,
                             supervisions=[SupervisionSegment(id=rid, recording_id=rid, start=0.0,
                                                              duration=rec.duration)]))

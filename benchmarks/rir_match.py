@@ -32,7 +32,7 @@ import sys
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+from mtspeech.data.geometry import SAMPLE_RATE
 
 
 def align(rir: np.ndarray) -> np.ndarray:

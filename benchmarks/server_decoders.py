@@ -48,9 +48,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _cli import add_model_arguments, run_main  # noqa: E402
 from server_load import ServerProcess, _delta  # noqa: E402
 
+from mtspeech.data.geometry import SAMPLE_RATE  # noqa: E402
 from mtspeech.decoding.config import DecodingConfig  # noqa: E402
 
-SAMPLE_RATE = 16000
 DECODERS = ("greedy", "beam", "phones")
 
 

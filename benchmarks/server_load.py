@@ -73,9 +73,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _cli import add_model_arguments, run_main  # noqa: E402
 
+from mtspeech.data.geometry import SAMPLE_RATE, FrameGeometry  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MANIFEST = "data/synthetic/test.jsonl"
-SAMPLE_RATE = 16000
 BACKENDS = ("torch", "torch-eager", "onnx", "onnx-int8")
 
 
@@ -404,7 +405,7 @@ async def one_utterance(url: str, audio: TestAudio, frame_s: float, endpointing:
 async def run_level(url: str, audios: list[TestAudio], n: int, args) -> list[dict]:
     """N streams, each sending utterances back to back until the level's time is up."""
     frame_s = args.frame_ms / 1000
-    chunk_s = args.chunk_frames * 0.04
+    chunk_s = args.chunk_frames * FrameGeometry().frame_shift_s
     deadline = time.monotonic() + args.seconds_per_level
 
     async def stream(i: int) -> list[dict]:
@@ -551,7 +552,7 @@ async def _run_levels(server: ServerProcess, audios: list[TestAudio], args) -> l
 
 def run(args) -> dict:
     if args.max_partial_latency is None:  # a partial may wait for its chunk's audio, then 100 ms
-        args.max_partial_latency = round(args.chunk_frames * 0.04 + 0.1, 3)
+        args.max_partial_latency = round(args.chunk_frames * FrameGeometry().frame_shift_s + 0.1, 3)
     if min(levels_of(args)) < 1:
         raise SystemExit("stream counts (--max-streams, --levels) must be >= 1")
     ckpt, tmp = args.model, None

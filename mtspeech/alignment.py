@@ -145,7 +145,7 @@ def word_alignments(
     log_probs: torch.Tensor,
     tokens: list[int],
     tokenizer: Tokenizer,
-    frame_shift_s: float = 0.04,
+    frame_shift_s: float,
     blank_id: int = BLANK_ID,
 ) -> list[Word]:
     """Word times of one utterance's decoded sentencepiece `tokens` by the one scheme above:

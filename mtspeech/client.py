@@ -18,7 +18,7 @@ from typing import Callable, TextIO
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+from mtspeech.data.geometry import SAMPLE_RATE  # what the server's models take: no resampling there
 
 
 @dataclass

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from mtspeech.data.features import Fbank, GlobalCMVN, SpecAugment
+from mtspeech.data.geometry import FrameGeometry
 from mtspeech.encoders import EncoderOutput
 from mtspeech.tasks.layer_mix import LEARNED, task_input
 
@@ -47,6 +48,12 @@ class MultiTaskModel(nn.Module):
         self.encoder = encoder
         self.tasks = nn.ModuleDict(tasks)
         self.asr_task = asr_task
+
+    @property
+    def geometry(self) -> FrameGeometry:
+        """Sample rate, hop, window and the encoder's subsampling: every frame count, frame
+        shift and chunk window of this model follows from them."""
+        return FrameGeometry.of(self.fbank.cfg, self.encoder)
 
     def features(self, wav: torch.Tensor, wav_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """wav (B,S), wav_lens (B,) → normalised log-mel (B,T,F), feat_lens (B,)."""

@@ -178,7 +178,8 @@ class Trainer:
     # ---------------------------------------------------------------- training
     def _loader(self, utts, sampler, train: bool):
         return training_loader(utts, self.model.tasks, sampler, self.exp.data, seed=self.exp.train.seed,
-                               epoch=self.epoch, train=train, pin_memory=self.rt.device.type == "cuda")
+                               epoch=self.epoch, train=train, sample_rate=self.model.geometry.sample_rate,
+                               pin_memory=self.rt.device.type == "cuda")
 
     def fit(self) -> dict:
         """Train to the configured length; returns the last dev results."""

@@ -230,7 +230,7 @@ class Batcher:
                     self._after_flush(j)
             return
         if self.metrics is not None and batch:
-            audio_s = len(batch) * self.recognizer.stride_frames * 0.01
+            audio_s = len(batch) * self.recognizer.stride_frames * self.recognizer.geometry.hop_s
             self.metrics.rtf.observe(seconds / audio_s)
             self.metrics.batch_size.observe(len(batch))
         for j in batch:

@@ -26,6 +26,7 @@ from typing import Annotated, Literal, Union
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from mtspeech.data.geometry import SAMPLE_RATE
 from mtspeech.streaming.endpoint import EndpointConfig
 from mtspeech.streaming import FinalEvent, PartialEvent, SpeechActivityEvent
 
@@ -93,7 +94,7 @@ class StartMessage(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     type: Literal["start"]
-    sample_rate: int = 16000
+    sample_rate: int = SAMPLE_RATE  # the model's rate (the pinned front end): no resampling
     encoding: Literal["pcm_s16le", "f32le"] = "pcm_s16le"
     interim_results: bool = True
     endpointing: bool = True

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from mtspeech.data.geometry import SAMPLE_RATE
 from mtspeech.serve import protocol as P
 from mtspeech.serve.batcher import Batcher, Job
 from mtspeech.serve.limits import ServerSettings, StreamSlots
@@ -24,9 +25,10 @@ from mtspeech.streaming import StreamingRecognizer
 log = logging.getLogger(__name__)
 
 
-# Frames up to this many samples (16 kHz, no resampling) are accepted on the event loop: at
-# 160 streams of 40 ms frames the pool's hand-off per frame cost more than the accept itself.
-INLINE_ACCEPT_SAMPLES = 16_000
+# Frames up to this many samples (one second at the model's rate, no resampling) are accepted
+# on the event loop: at 160 streams of 40 ms frames the pool's hand-off per frame cost more
+# than the accept itself.
+INLINE_ACCEPT_SAMPLES = SAMPLE_RATE
 
 class APIError(Exception):
     """An HTTP error answered as `{"error": {...}}` (OpenAI's shape)."""

@@ -22,7 +22,6 @@ from mtspeech.serve import protocol as P
 from mtspeech.serve.batcher import END, Job, Outgoing
 from mtspeech.serve.limits import key_matches, request_key
 from mtspeech.serve.server import Server
-from mtspeech.streaming import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -206,7 +205,8 @@ class StreamConnection:
         if not s.min_sample_rate <= start.sample_rate <= s.max_sample_rate:
             self.error(P.ErrorCode.unsupported_sample_rate,
                        f"sample_rate {start.sample_rate} Hz is not supported; use {s.min_sample_rate}"
-                       f"..{s.max_sample_rate} Hz (audio is resampled to {SAMPLE_RATE} Hz)")
+                       f"..{s.max_sample_rate} Hz (audio is resampled to "
+                       f"{self.server.recognizer.geometry.sample_rate} Hz)")
             return
         decoders = self.server.recognizer.decoders
         if start.decoder is not None and start.decoder not in decoders:

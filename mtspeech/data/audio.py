@@ -3,7 +3,8 @@
 Decoding goes through `soundfile` (libsndfile: WAV, FLAC, OGG, MP3, ...), not
 `torchaudio.load`, which needs torchcodec. Every failure — missing, empty, corrupt or
 undecodable input — is one `AudioError` naming the file and the reason, so the dataset can
-log and skip a bad utterance instead of killing a training run.
+log and skip a bad utterance instead of killing a training run. Other rates are resampled with
+the one resampler (`mtspeech.data.resample`, soxr), the filter the server's streams use too.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ import os
 import numpy as np
 import soundfile
 import torch
-import torchaudio
 
-SAMPLE_RATE = 16000
+from mtspeech.data.geometry import SAMPLE_RATE
+from mtspeech.data.resample import resample
 
 
 class AudioError(ValueError):
@@ -34,7 +35,7 @@ class AudioError(ValueError):
 def load_audio(path: str | os.PathLike, target_rate: int = SAMPLE_RATE) -> torch.Tensor:
     """Read an audio file → FloatTensor (S,) mono at `target_rate` Hz.
 
-    Channels are averaged; other rates are resampled with `torchaudio.functional.resample`.
+    Channels are averaged; other rates are resampled with `mtspeech.data.resample.resample`.
     Raises `AudioError(path, reason)` if the file is missing, unreadable or has no samples.
     """
     if not os.path.isfile(path):
@@ -64,9 +65,7 @@ def _finish(data: np.ndarray, rate: int, target_rate: int, path: str | os.PathLi
     """(S, C) float32 at `rate` → (S,) mono at `target_rate`, checked for content."""
     if data.size == 0:
         raise AudioError(path, "contains no samples")
-    wav = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1), dtype=np.float32))
-    if not torch.isfinite(wav).all():
+    mono = np.ascontiguousarray(data.mean(axis=1), dtype=np.float32)
+    if not np.isfinite(mono).all():
         raise AudioError(path, "contains NaN or infinite samples")
-    if rate != target_rate:
-        wav = torchaudio.functional.resample(wav, int(rate), int(target_rate))
-    return wav
+    return torch.from_numpy(np.ascontiguousarray(resample(mono, int(rate), int(target_rate))))

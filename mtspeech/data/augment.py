@@ -52,6 +52,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from mtspeech.data.geometry import SAMPLE_RATE
+
 NOISE_KINDS = ("white", "pink", "brown", "babble")
 ROOM_DRR = ("fixed", "shoebox")
 
@@ -168,7 +170,7 @@ class Augmenter:
     """
 
     def __init__(self, config: AugmentConfig, pool_size: int, load: Callable[[int], torch.Tensor | None],
-                 sample_rate: int = 16000) -> None:
+                 sample_rate: int = SAMPLE_RATE) -> None:
         self.config = config
         self.pool_size = pool_size
         self.load = load

@@ -17,9 +17,10 @@ from typing import Mapping, Sequence
 
 import torch
 
-from mtspeech.data.audio import SAMPLE_RATE, AudioError, load_audio
+from mtspeech.data.audio import AudioError, load_audio
 from mtspeech.data.augment import AugmentConfig, Augmenter, for_epoch
 from mtspeech.data.features import speed_perturb
+from mtspeech.data.geometry import SAMPLE_RATE
 from mtspeech.data.manifest import Utterance
 
 log = logging.getLogger(__name__)
@@ -174,11 +175,12 @@ def collate_batch(examples: Sequence[Example | None]) -> Batch | None:
 
 
 def training_loader(utts: Sequence[Utterance], tasks: Mapping, sampler, data_cfg, *, seed: int, epoch: int,
-                    train: bool, pin_memory: bool = False) -> torch.utils.data.DataLoader:
+                    train: bool, sample_rate: int = SAMPLE_RATE, pin_memory: bool = False
+                    ) -> torch.utils.data.DataLoader:
     """The loader of one epoch: `UtteranceDataset` over `utts` in `sampler`'s batches, with the
     recipe's speed perturbation and augmentation of `epoch` when `train`."""
     dataset = UtteranceDataset(
-        utts, dict(tasks), train=train,
+        utts, dict(tasks), train=train, sample_rate=sample_rate,
         speed_factors=data_cfg.speed_perturb if train else None,
         seed=seed * 100_003 + epoch,
         perturbed_speaker=data_cfg.perturbed_speaker,

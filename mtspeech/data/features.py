@@ -1,7 +1,7 @@
 """Acoustic front end: log-mel filterbank, global CMVN, SpecAugment, speed perturbation.
 
-The filterbank is pinned in docs/interfaces.md: 25 ms windows (400 samples) every 10 ms
-(160 samples), no centre padding, so feature frame `i` covers samples `[160 i, 160 i + 400)`
+The filterbank is pinned in docs/interfaces.md and `mtspeech.data.geometry`: 25 ms windows
+every 10 ms, no centre padding, so feature frame `i` covers samples `[hop i, hop i + window)`
 and depends on nothing else. That is what lets streaming featurize audio piece by piece
 (`mtspeech.streaming.features`) and get exactly the frames the batched `Fbank` computes on
 the whole signal. Features run inside the model (on its
@@ -14,24 +14,25 @@ import logging
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
+import numpy as np
 import torch
 import torchaudio
 from torch import nn
 
-log = logging.getLogger(__name__)
+from mtspeech.data.geometry import HOP_SAMPLES, SAMPLE_RATE, WINDOW_SAMPLES, FrameGeometry
+from mtspeech.data.resample import resample
 
-SAMPLE_RATE = 16000
-WINDOW_SAMPLES = 400
-HOP_SAMPLES = 160
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class FeatureConfig:
-    """Log-mel filterbank settings (defaults are the pinned ones; change them only with care:
-    the streaming frame arithmetic and the VAD labels assume 400/160 at 16 kHz)."""
+    """Log-mel filterbank settings. The defaults are the pinned front end of
+    `mtspeech.data.geometry` (change them only with care: the VAD labels assume them, and the
+    model's `geometry` is built from these fields)."""
 
     sample_rate: int = SAMPLE_RATE
-    n_fft: int = 400
+    n_fft: int = WINDOW_SAMPLES
     win_length: int = WINDOW_SAMPLES
     hop_length: int = HOP_SAMPLES
     n_mels: int = 80
@@ -39,13 +40,9 @@ class FeatureConfig:
 
 
 def feature_frames(num_samples, win_length: int = WINDOW_SAMPLES, hop_length: int = HOP_SAMPLES):
-    """Number of feature frames for `num_samples` samples (an int or a long tensor of any shape).
-
-    `0 if num_samples < win_length else (num_samples - win_length) // hop_length + 1`.
-    """
-    if isinstance(num_samples, torch.Tensor):
-        return (torch.div(num_samples - win_length, hop_length, rounding_mode="floor") + 1).clamp_min(0)
-    return max(0, (int(num_samples) - win_length) // hop_length + 1)
+    """Number of feature frames for `num_samples` samples (an int or a long tensor of any shape):
+    `FrameGeometry.feature_frames` with this window and hop."""
+    return FrameGeometry(window_samples=win_length, hop_samples=hop_length).feature_frames(num_samples)
 
 
 class Fbank(nn.Module):
@@ -206,13 +203,19 @@ class SpecAugment(nn.Module):
 
 
 def speed_perturb(wav: torch.Tensor, factor: float, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
-    """wav (..., S) → (..., ≈S/factor): plays `factor`× faster (pitch shifts with it, as in Kaldi).
+    """wav (S,) or (C, S) → (..., round(S/factor)): plays `factor`× faster (pitch
+    shifts with it, as in Kaldi).
 
     The resample trick: treat the signal as sampled at `factor · sample_rate` and resample it
-    to `sample_rate`. Factor 1 returns the input unchanged.
+    to `sample_rate`, with the one resampler (`mtspeech.data.resample`). Factor 1 returns the
+    input unchanged.
     """
     if factor <= 0:
         raise ValueError(f"speed factor must be positive, got {factor}")
     if factor == 1.0:
         return wav
-    return torchaudio.functional.resample(wav, int(round(sample_rate * factor)), sample_rate)
+    if wav.dim() not in (1, 2):
+        raise ValueError(f"speed_perturb expects wav of shape (S,) or (C,S), got {tuple(wav.shape)}")
+    x = wav.detach().cpu().float().numpy()
+    y = resample(x.T, int(round(sample_rate * factor)), sample_rate).T  # soxr takes channels last
+    return torch.from_numpy(np.ascontiguousarray(y)).to(device=wav.device, dtype=wav.dtype)

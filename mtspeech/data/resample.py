@@ -1,8 +1,12 @@
-"""Streaming resampling to 16 kHz, and the sample-value policy of everything that accepts audio.
+"""The one resampler (soxr), offline and streaming, and the sample-value policy of everything
+that accepts audio.
 
-python-soxr's polyphase resampler costs the same per sample whatever the rate ratio
+Training, evaluation, synthesis and the server all resample here, with one filter: soxr's
+polyphase resampler at `QUALITY`. Its cost per sample does not depend on the rate ratio
 (torchaudio's sinc kernel grows with the reduced ratio: seconds and GBs per call at 8001 Hz),
-and its stream output does not depend on how the input is chunked.
+its stream output does not depend on how the input is chunked, and the stream's output equals
+the offline `resample` of the whole signal, so a file evaluated offline and the same file
+served give the same features (tests/serve/test_resample_parity.py).
 """
 
 from __future__ import annotations
@@ -10,7 +14,9 @@ from __future__ import annotations
 import numpy as np
 import soxr
 
-SAMPLE_RATE = 16000
+from mtspeech.data.geometry import SAMPLE_RATE
+
+QUALITY = "HQ"  # soxr's high quality (20-bit, passband to 91% of Nyquist): every resampling uses it
 
 # Largest |sample| `accept` takes (+24 dBFS). Float audio lives in [-1, 1] and real signals
 # never come near this; far larger values (1e30) overflow the filterbank energies to inf and
@@ -18,19 +24,30 @@ SAMPLE_RATE = 16000
 MAX_ABS_SAMPLE = 16.0
 
 
-class StreamResampler:
-    """Streaming resampling to 16 kHz with soxr's HQ polyphase filter.
+def resample(x: np.ndarray, orig_rate: int, new_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Offline resampling of float samples (N,) or (N, channels) from `orig_rate` to `new_rate`
+    Hz → float32 (M,) or (M, channels), M = round(N * new_rate / orig_rate); the input itself
+    when the rates agree. The same filter as `StreamResampler`, whose output it equals."""
+    if orig_rate <= 0 or new_rate <= 0:
+        raise ValueError(f"resample: rates must be positive, got {orig_rate} -> {new_rate} Hz")
+    x = np.asarray(x, dtype=np.float32)
+    if orig_rate == new_rate:
+        return x
+    return soxr.resample(x, orig_rate, new_rate, quality=QUALITY)
 
-    soxr's cost per sample does not depend on the rate ratio (torchaudio's sinc kernel grows
-    with the reduced ratio: seconds and GBs per call at 8001 Hz). Its stream output is
-    bit-identical however the input is chunked, and equal to `soxr.resample` on the whole
-    signal (tests/streaming/test_streaming.py checks both); after `flush` the output totals
-    round(N * new_rate / orig_rate) samples.
+
+class StreamResampler:
+    """Streaming resampling (to the model's rate by default) with soxr's polyphase filter at
+    `QUALITY`.
+
+    Its stream output is bit-identical however the input is chunked, and equal to `resample`
+    on the whole signal (tests/streaming/test_streaming.py checks both); after `flush` the
+    output totals round(N * new_rate / orig_rate) samples.
     """
 
     def __init__(self, orig_rate: int, new_rate: int = SAMPLE_RATE) -> None:
         self.orig_rate, self.new_rate = orig_rate, new_rate
-        self._soxr = soxr.ResampleStream(orig_rate, new_rate, 1, dtype="float32", quality="HQ")
+        self._soxr = soxr.ResampleStream(orig_rate, new_rate, 1, dtype="float32", quality=QUALITY)
         self._flushed = False
 
     def push(self, x: np.ndarray) -> np.ndarray:

@@ -46,9 +46,11 @@ from pathlib import Path
 
 import numpy as np
 
+from mtspeech.data.geometry import SAMPLE_RATE
+from mtspeech.data.resample import resample
+
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
 ESPEAK_RATE = 22050
 FORTUNES_DIR = Path("/usr/share/games/fortunes")
 FORTUNE_FILES = ("fortunes", "literature", "riddles")
@@ -248,9 +250,8 @@ def _plan_split(split: str, target_s: float, speakers: list[Speaker], sentences:
 # ---------------------------------------------------------------- audio
 
 def espeak(text: str, speaker: Speaker) -> np.ndarray:
-    """float32 (S,) at 16 kHz: espeak-ng's rendering of `text` in the speaker's voice."""
-    from scipy.signal import resample_poly
-
+    """float32 (S,) at 16 kHz: espeak-ng's rendering of `text` in the speaker's voice, resampled
+    with the one resampler (`mtspeech.data.resample`, soxr) that training and serving use."""
     out = subprocess.run(
         ["espeak-ng", "-v", speaker.voice, "-p", str(speaker.pitch), "-s", str(speaker.rate),
          "--stdout", text.lower()],
@@ -261,7 +262,7 @@ def espeak(text: str, speaker: Speaker) -> np.ndarray:
     wav, rate = sf.read(io.BytesIO(out), dtype="float32")
     if rate != ESPEAK_RATE:
         raise RuntimeError(f"espeak-ng returned {rate} Hz audio, expected {ESPEAK_RATE}")
-    return resample_poly(wav, SAMPLE_RATE // 50, ESPEAK_RATE // 50).astype(np.float32)
+    return resample(wav, ESPEAK_RATE, SAMPLE_RATE)
 
 
 def trim(wav: np.ndarray, rel_threshold: float = 0.002) -> np.ndarray:

@@ -211,7 +211,7 @@ def add_word_times(
     log_probs: torch.Tensor,
     lens: torch.Tensor,
     tokenizer: Tokenizer,
-    frame_shift_s: float = 0.04,
+    frame_shift_s: float,
 ) -> list[Hypothesis]:
     """Fill `hyp.words` for each hypothesis of a batch: log_probs (B,T,V), lens (B,)."""
     _check_inputs(log_probs, lens)

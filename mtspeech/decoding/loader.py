@@ -30,7 +30,6 @@ from mtspeech.decoding.config import BACKENDS, DecodingConfig, DecodingError
 from mtspeech.decoding.ctc import BeamSearchDecoder, GreedyDecoder, PhoneTable, lexicon_for_lm
 from mtspeech.streaming.decoders import BeamDecoder, TokenDecoder
 from mtspeech.streaming.encoder import asr_task, phone_task
-from mtspeech.streaming.features import HOP_SAMPLES, SAMPLE_RATE
 from mtspeech.streaming.recognizer import StreamingConfig, StreamingRecognizer
 
 log = logging.getLogger(__name__)
@@ -116,8 +115,7 @@ def load_recognizer(checkpoint: str | Path, decoding: DecodingConfig | None = No
     tokenizer = _asr_tokenizer(model)
     decoders = {}
     if decoding.decoder not in ("greedy", "auto") or lm is not None:  # auto without an LM: greedy
-        frame_shift_s = model.encoder.subsampling * HOP_SAMPLES / SAMPLE_RATE
-        decoders = build_decoders(model, tokenizer, frame_shift_s, decoding, lm, work_dir)
+        decoders = build_decoders(model, tokenizer, model.geometry.frame_shift_s, decoding, lm, work_dir)
     default = decoding.decoder
     if default == "auto":
         default = next(d for d in ("phones", "beam", "greedy") if d == "greedy" or d in decoders)

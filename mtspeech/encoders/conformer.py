@@ -24,11 +24,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mtspeech.data.geometry import RIGHT_CONTEXT, SUBSAMPLING
 from mtspeech.encoders import EncoderOutput  # defined before __init__ imports this module
 from mtspeech.encoders.cache import EncoderCache
 from mtspeech.encoders.conditioning import Conditioner, condition
 from mtspeech.encoders.masks import attention_mask, padding_mask, sample_chunk
-from mtspeech.encoders.subsampling import RIGHT_CONTEXT, SUBSAMPLING, Conv2dSubsampling4, chunk_window, subsampled_lens
+from mtspeech.encoders.subsampling import Conv2dSubsampling4, chunk_window, subsampled_lens
 from mtspeech.encoders.towers import Towers, TowersConfig
 
 

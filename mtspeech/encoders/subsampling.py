@@ -21,8 +21,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-SUBSAMPLING = 4
-RIGHT_CONTEXT = 6
+# The front end's stride and reach are the frame geometry's (`mtspeech.data.geometry`, where
+# the chunk window is computed): this module builds the convolutions that have them.
+from mtspeech.data.geometry import RIGHT_CONTEXT, FrameGeometry
+
+_GEOMETRY = FrameGeometry()
 
 
 def subsampled_lens(lens: torch.Tensor) -> torch.Tensor:
@@ -31,10 +34,9 @@ def subsampled_lens(lens: torch.Tensor) -> torch.Tensor:
 
 
 def chunk_window(chunk_frames: int) -> tuple[int, int]:
-    """(window, stride) in feature frames for chunks of `chunk_frames` encoder frames: (4c+3, 4c)."""
-    if chunk_frames < 1:
-        raise ValueError(f"chunk_frames must be >= 1, got {chunk_frames}")
-    return SUBSAMPLING * chunk_frames + RIGHT_CONTEXT - SUBSAMPLING + 1, SUBSAMPLING * chunk_frames
+    """(window, stride) in feature frames for chunks of `chunk_frames` encoder frames: (4c+3, 4c)
+    (`FrameGeometry.chunk_window`)."""
+    return _GEOMETRY.chunk_window(chunk_frames)
 
 
 def chunk_windows(num_frames: int, chunk_frames: int) -> list[tuple[int, int]]:

@@ -54,7 +54,6 @@ from mtspeech.evaluation.scorers import scorer_for
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
 LOWER_IS_BETTER = ("wer", "cer", "per", "eer")
 _REPORTED_OPTIONS = ("beam_size", "lm", "lm_weight", "word_score")  # results.json's decoder_options
 
@@ -149,7 +148,8 @@ def evaluate(
         s = scorer_for(name, task, dec, max_trials)
         if s is not None:
             scorers[name] = s
-    frame_shift_s = rec.frame_shift_s
+    geometry = model.geometry
+    frame_shift_s = geometry.frame_shift_s
 
     rows: dict[int, dict] = {}
     skipped: list[dict] = []
@@ -160,7 +160,7 @@ def evaluate(
             idx, wavs = [], []
             for i in batch:
                 try:
-                    wavs.append(load_audio(utts[i].audio))
+                    wavs.append(load_audio(utts[i].audio, geometry.sample_rate))
                     idx.append(i)
                 except AudioError as e:
                     log.warning("skipping utterance %s: %s", utts[i].id, e)
@@ -168,7 +168,7 @@ def evaluate(
             if not idx:
                 continue
             wav, wav_lens = _pad(wavs)
-            audio_s += float(wav_lens.sum()) / SAMPLE_RATE
+            audio_s += float(wav_lens.sum()) / geometry.sample_rate
             enc = model.encode(wav.to(device), wav_lens.to(device), chunk_frames, left_chunks)
             logits = model.task_logits(enc)
             batch_utts = [utts[i] for i in idx]

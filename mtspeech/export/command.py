@@ -53,7 +53,7 @@ def main(args: argparse.Namespace) -> int:
         info = quantize_int8(args.out)
     torch.manual_seed(0)
     with torch.inference_mode():
-        wav = 0.1 * torch.randn(1, 3 * 16000)
+        wav = 0.1 * torch.randn(1, 3 * model.geometry.sample_rate)
         feats, _ = model.features(wav, torch.tensor([wav.shape[1]]))
     reference = TorchEncoderStep(model, args.chunk_frames, args.left_chunks)
     print(f"exported {Path(args.out) / info.graph} with the {info.exporter} exporter; heads: {', '.join(info.roles)}")

@@ -87,7 +87,7 @@ def file_sha256(path: str | Path) -> str:
 def example_inputs(model: nn.Module, chunk_frames: int, left_chunks: int, batch: int = 2) -> tuple:
     """Inputs of the graph for `batch` fresh streams (the tracing example; rows of batch 2 so
     the exporter does not specialise the batch to 1)."""
-    window = 4 * chunk_frames + 3
+    window, _ = model.geometry.chunk_window(chunk_frames)
     cache = model.encoder.init_cache(batch, chunk_frames, left_chunks, "cpu")
     feats = torch.zeros(batch, window, model.encoder.cfg.input_dim)
     chunk_lens = torch.full((batch,), window, dtype=torch.long)

@@ -59,8 +59,9 @@ class TranscriptParity:
 
 
 def transcript_parity(rec_a, rec_b, recordings: Sequence[np.ndarray], refs: Sequence[str] | None = None,
-                      sample_rate: int = 16000) -> TranscriptParity:
-    """Decode every recording (float samples) with both `StreamingRecognizer`s, one stream each."""
+                      sample_rate: int | None = None) -> TranscriptParity:
+    """Decode every recording (float samples at `sample_rate` Hz; default: the model's) with
+    both `StreamingRecognizer`s, one stream each."""
     def texts(rec) -> list[str]:
         return [" ".join(e.text for e in rec.transcribe(wav, sample_rate)) for wav in recordings]
 

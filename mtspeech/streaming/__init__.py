@@ -1,6 +1,6 @@
 """Streaming recognition, in the three parts torchaudio's streaming pipelines split it into.
 
-- features (`features.py`: a stream's `FeatureBuffer` (resampling to 16 kHz, pending samples,
+- features (`features.py`: a stream's `FeatureBuffer` (resampling to the model's rate, pending samples,
   unconsumed frames) and the batched incremental fbank, `featurize`),
 - the encoder with its state (`encoder.py`: the encoder step, PyTorch or onnxruntime via
   `mtspeech.export.runtime`, and the `CachePool` of the streams' caches),
@@ -12,12 +12,12 @@ which the server drives; `mtspeech.decoding.loader.load_recognizer` builds one f
 below are the public ones; import them from here.
 """
 
+from mtspeech.data.geometry import SAMPLE_RATE, FrameGeometry
 from mtspeech.data.resample import MAX_ABS_SAMPLE, StreamResampler
-from mtspeech.streaming.features import HOP_SAMPLES, SAMPLE_RATE, WIN_SAMPLES, feature_frames
 from mtspeech.streaming.recognizer import StreamingConfig, StreamingRecognizer
 from mtspeech.streaming.stream import Event, FinalEvent, PartialEvent, SpeechActivityEvent, Stream
 from mtspeech.streaming.encoder import asr_task, phone_task, vad_task
 
-__all__ = ["HOP_SAMPLES", "MAX_ABS_SAMPLE", "SAMPLE_RATE", "WIN_SAMPLES", "Event", "FinalEvent", "PartialEvent",
+__all__ = ["MAX_ABS_SAMPLE", "SAMPLE_RATE", "Event", "FinalEvent", "FrameGeometry", "PartialEvent",
            "SpeechActivityEvent", "Stream", "StreamResampler", "StreamingConfig", "StreamingRecognizer",
-           "asr_task", "feature_frames", "phone_task", "vad_task"]
+           "asr_task", "phone_task", "vad_task"]

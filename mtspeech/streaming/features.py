@@ -1,7 +1,8 @@
-"""A stream's audio between `accept` and the encoder: resampling to 16 kHz, the samples not yet
-featurized, and the feature frames not yet consumed; plus the batched incremental fbank.
+"""A stream's audio between `accept` and the encoder: resampling to the model's rate, the samples
+not yet featurized, and the feature frames not yet consumed; plus the batched incremental fbank.
 
-Frame arithmetic (docs/interfaces.md): feature frame i reads samples [160 i, 160 i + 400), so
+Frame arithmetic (docs/interfaces.md, `FrameGeometry`): feature frame i reads samples
+[hop i, hop i + window), so
 frames computed from a prefix of the audio equal those of the whole signal, and a buffer can
 featurize its samples in any pieces. It featurizes only what the next encoder window lacks: a
 client faster than real time leaves raw samples buffered, not an ever larger feature tensor.
@@ -20,25 +21,27 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from mtspeech.data.features import HOP_SAMPLES, SAMPLE_RATE, feature_frames
-from mtspeech.data.features import WINDOW_SAMPLES as WIN_SAMPLES
+from mtspeech.data.geometry import FrameGeometry
 from mtspeech.data.resample import StreamResampler
 
-__all__ = ["HOP_SAMPLES", "SAMPLE_RATE", "WIN_SAMPLES", "FeatureBuffer", "feature_frames", "featurize"]
+__all__ = ["FeatureBuffer", "featurize"]
 
 # model.features: wav (B, S), wav_lens (B,) -> feats (B, T, F), feat_lens (B,)
 Features = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 class FeatureBuffer:
-    """One stream's audio from arrival to the encoder, at `SAMPLE_RATE` once resampled."""
+    """One stream's audio from arrival to the encoder, at `geometry.sample_rate` once resampled
+    (`geometry`: the model's; the default is the pinned front end)."""
 
-    def __init__(self, sample_rate: int) -> None:
+    def __init__(self, sample_rate: int, geometry: FrameGeometry = FrameGeometry()) -> None:
         self.sample_rate = sample_rate
-        self.resampler = StreamResampler(sample_rate) if sample_rate != SAMPLE_RATE else None
-        self.samples_accepted = 0  # at 16 kHz
+        self.geometry = geometry
+        self.resampler = (StreamResampler(sample_rate, geometry.sample_rate)
+                          if sample_rate != geometry.sample_rate else None)
+        self.samples_accepted = 0  # at the model's rate
         self._lock = threading.Lock()
-        # 16 kHz samples not yet featurized, as pushed (no copying per step); the first starts at
+        # Resampled samples not yet featurized, as pushed (no copying per step); the first starts at
         # the next feature frame's first sample.
         self._pending: deque[np.ndarray] = deque()
         self._pending_len = 0
@@ -55,7 +58,7 @@ class FeatureBuffer:
         self._append(x)
 
     def flush(self) -> None:
-        """End of audio: append what the resampler still holds (nothing at 16 kHz)."""
+        """End of audio: append what the resampler still holds (nothing at the model's rate)."""
         if self.resampler is not None:
             self._append(self.resampler.flush())
 
@@ -76,23 +79,23 @@ class FeatureBuffer:
     def frames_available(self) -> int:
         """Frames not yet consumed: computed ones plus those the pending samples complete."""
         with self._lock:
-            return self.frame_count + feature_frames(self._pending_len)
+            return self.frame_count + self.geometry.feature_frames(self._pending_len)
 
     @property
     def buffered_seconds(self) -> float:
         """Audio accepted but not consumed, in seconds: pending samples plus unconsumed frames
         (one hop each)."""
         with self._lock:
-            return (self._pending_len + self.frame_count * HOP_SAMPLES) / SAMPLE_RATE
+            return (self._pending_len + self.frame_count * self.geometry.hop_samples) / self.geometry.sample_rate
 
     def missing_samples(self, window_frames: int) -> np.ndarray:
         """The pending samples (S,) of the frames a `window_frames` window still lacks (as many
-        as are complete; S = 0 if none): `feature_frames(S)` frames read exactly these."""
+        as are complete; S = 0 if none): `geometry.feature_frames(S)` frames read exactly these."""
         with self._lock:
-            n = min(feature_frames(self._pending_len), max(0, window_frames - self.frame_count))
+            n = min(self.geometry.feature_frames(self._pending_len), max(0, window_frames - self.frame_count))
             if n == 0:
                 return np.zeros(0, dtype=np.float32)
-            need, parts = (n - 1) * HOP_SAMPLES + WIN_SAMPLES, []
+            need, parts = self.geometry.samples_for_feature_frames(n), []
             for chunk in self._pending:
                 if need <= 0:
                     break
@@ -105,7 +108,7 @@ class FeatureBuffer:
         n = new.shape[0]
         with self._lock:  # frames and samples change together for `frames_available`
             self._feats = new.clone() if self._feats is None else torch.cat([self._feats, new])
-            drop = n * HOP_SAMPLES
+            drop = n * self.geometry.hop_samples
             self._pending_len -= drop
             while drop > 0:
                 head = self._pending[0]
@@ -150,4 +153,4 @@ def featurize(buffers: Sequence[FeatureBuffer], window_frames: int, features: Fe
         batch[row, : len(wavs[i])] = torch.from_numpy(wavs[i])
     feats, _ = features(batch.to(device), lens.to(device))
     for row, i in enumerate(todo):
-        buffers[i].add_frames(feats[row, : feature_frames(len(wavs[i]))])
+        buffers[i].add_frames(feats[row, : buffers[i].geometry.feature_frames(len(wavs[i]))])

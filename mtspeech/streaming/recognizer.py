@@ -10,15 +10,15 @@ client, a test) drives it:
 
     rec = StreamingRecognizer(model, tokenizer)
     s = rec.new_stream(sample_rate=8000)  # decoder=: a name in rec.decoders
-    rec.accept(s, samples)              # any chunk size, any rate (resampled to 16 kHz)
+    rec.accept(s, samples)              # any chunk size, any rate (resampled to the model's)
     while rec.ready(s):                 # one full encoder window buffered?
         rec.step([s])                   # batch as many ready streams as you like
     rec.finish(s)                       # flush the last partial chunk
     for event in rec.events(s): ...     # PartialEvent / FinalEvent
 
-Frame arithmetic (docs/interfaces.md): an encoder chunk of `c` output frames reads a window of
-4c+3 feature frames and the next chunk starts 4c frames later, so chunk k reads frames
-[4ck, 4ck + 4c + 3). Every stream keeps only the samples and feature frames it has not consumed
+Frame arithmetic (docs/interfaces.md; `rec.geometry`, the model's `FrameGeometry`): an encoder
+chunk of `c` output frames reads a window of 4c+3 feature frames and the next chunk starts 4c
+frames later, so chunk k reads frames [4ck, 4ck + 4c + 3). Every stream keeps only the samples and feature frames it has not consumed
 yet (`mtspeech/streaming/features.py`, which featurizes only what a window needs), plus a
 fixed-size encoder cache, so memory stays flat however long a stream runs.
 
@@ -50,7 +50,7 @@ from mtspeech.streaming.endpoint import EndpointConfig, Endpointer
 from mtspeech.streaming.decoders import GreedyDecoder, TokenDecoder
 from mtspeech.streaming.encoder import (  # noqa: F401 (phone_task, vad_task re-exported)
     CachePool, ChunkOutput, EncoderStep, TorchEncoderStep, asr_task, phone_task, vad_task)
-from mtspeech.streaming.features import HOP_SAMPLES, SAMPLE_RATE, featurize
+from mtspeech.streaming.features import featurize
 from mtspeech.streaming.stream import Event, FinalEvent, PartialEvent, SpeechActivityEvent, Stream
 
 log = logging.getLogger(__name__)
@@ -120,10 +120,11 @@ class StreamingRecognizer:
         self._caches = CachePool(self.encoder_step.init_cache)
         if self.config.endpoint.mode == "vad" and self.vad is None:
             log.warning("model has no VAD task; endpointing falls back to CTC blanks (mode 'blank')")
-        c = self.config.chunk_frames
-        self.window_frames = 4 * c + 3
-        self.stride_frames = 4 * c
-        self.frame_shift_s = model.encoder.subsampling * HOP_SAMPLES / SAMPLE_RATE
+        self.geometry = model.geometry  # sample rate, hop, window, subsampling: every frame number below
+        # A chunk of c encoder frames reads `window_frames` (4c+3) feature frames; the next
+        # starts `stride_frames` (4c) later. One encoder frame lasts `frame_shift_s`.
+        self.window_frames, self.stride_frames = self.geometry.chunk_window(self.config.chunk_frames)
+        self.frame_shift_s = self.geometry.frame_shift_s
         self.decoders: dict[str, TokenDecoder] = {
             "greedy": GreedyDecoder(tokenizer, tokenizer.blank_id, self.frame_shift_s), **(decoders or {})}
         for name, dec in self.decoders.items():
@@ -146,13 +147,15 @@ class StreamingRecognizer:
 
     # -- the stream API -----------------------------------------------------------------------
 
-    def new_stream(self, sample_rate: int = SAMPLE_RATE, endpointing: bool = True,
+    def new_stream(self, sample_rate: int | None = None, endpointing: bool = True,
                    interim: bool = True, decoder: str | None = None,
                    endpoint: EndpointConfig | None = None, speech_activity: bool = False) -> Stream:
-        """A fresh stream for audio at `sample_rate` Hz, decoded by `decoder` (a name in
+        """A fresh stream for audio at `sample_rate` Hz (default: the model's), decoded by `decoder` (a name in
         `self.decoders`; default `self.default_decoder`). `endpoint`: this stream's endpoint
         rules (default `self.config.endpoint`); `speech_activity`: also emit the VAD head's
         per-frame p(speech) as a `SpeechActivityEvent` per chunk (needs a VAD head)."""
+        if sample_rate is None:
+            sample_rate = self.geometry.sample_rate
         if not isinstance(sample_rate, int) or sample_rate <= 0:
             raise ValueError(f"sample_rate={sample_rate!r}: expected a positive integer (Hz)")
         decoder = decoder or self.default_decoder
@@ -168,7 +171,7 @@ class StreamingRecognizer:
             endpoint = dataclasses.replace(endpoint, rule2_trailing_silence_s=math.inf)
         row = self._caches.acquire()
         stream = Stream(sample_rate, endpointing, interim, row, self.decoders[decoder],
-                        Endpointer(endpoint, self.frame_shift_s))
+                        Endpointer(endpoint, self.frame_shift_s), self.geometry)
         # The row returns to the pool when the stream finishes, or is dropped unfinished.
         stream._release_cache = weakref.finalize(stream, self._caches.release, row)
         stream.speech_activity = speech_activity and self.vad is not None
@@ -265,9 +268,10 @@ class StreamingRecognizer:
             events, stream._events = stream._events, []
         return events
 
-    def transcribe(self, samples: np.ndarray | torch.Tensor, sample_rate: int = SAMPLE_RATE,
+    def transcribe(self, samples: np.ndarray | torch.Tensor, sample_rate: int | None = None,
                    endpointing: bool = True, decoder: str | None = None) -> list[FinalEvent]:
-        """Decode a whole recording through the streaming path (single stream); the finals."""
+        """Decode a whole recording at `sample_rate` Hz (default: the model's) through the
+        streaming path (single stream); the finals."""
         s = self.new_stream(sample_rate, endpointing=endpointing, interim=False, decoder=decoder)
         self.accept(s, samples)
         while self.ready(s):

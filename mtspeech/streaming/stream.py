@@ -12,9 +12,10 @@ import threading
 from dataclasses import dataclass
 
 from mtspeech.alignment import Word  # word, start, end (stream seconds), confidence
+from mtspeech.data.geometry import FrameGeometry
 from mtspeech.streaming.decoders import TokenDecoder
 from mtspeech.streaming.endpoint import Endpointer
-from mtspeech.streaming.features import SAMPLE_RATE, FeatureBuffer
+from mtspeech.streaming.features import FeatureBuffer
 
 
 # ----------------------------------------------------------------------------- events
@@ -73,13 +74,13 @@ class Stream:
     speech_activity = False  # emit a SpeechActivityEvent per chunk (set once by new_stream)
 
     def __init__(self, sample_rate: int, endpointing: bool, interim: bool, cache_row: int, decoder: TokenDecoder,
-                 endpointer: Endpointer) -> None:
+                 endpointer: Endpointer, geometry: FrameGeometry) -> None:
         self.id = next(Stream._ids)
         self.sample_rate = sample_rate
         self.endpointing = endpointing
         self.interim = interim
         self.finished = False
-        self.audio = FeatureBuffer(sample_rate)  # samples and feature frames not yet decoded
+        self.audio = FeatureBuffer(sample_rate, geometry)  # samples and feature frames not yet decoded
         self._lock = threading.Lock()  # guards `_events` (read by `events` on another thread)
         self._cache_row = cache_row  # this stream's row of the recognizer's CachePool
         self._frames_done = 0  # encoder frames decoded so far (absolute frame index)
@@ -93,21 +94,21 @@ class Stream:
 
     @property
     def resamples(self) -> bool:
-        """Whether accepted audio goes through a resampler (any rate but 16 kHz)."""
+        """Whether accepted audio goes through a resampler (any rate but the model's)."""
         return self.audio.resampler is not None
 
     @property
     def samples_accepted(self) -> int:
-        """Samples accepted so far, at 16 kHz."""
+        """Samples accepted so far, at the model's rate."""
         return self.audio.samples_accepted
 
     @property
     def audio_seconds(self) -> float:
         """Audio accepted so far, in seconds."""
-        return self.samples_accepted / SAMPLE_RATE
+        return self.samples_accepted / self.audio.geometry.sample_rate
 
     @property
     def buffered_seconds(self) -> float:
-        """Audio accepted but not decoded yet, in seconds at 16 kHz. Grows when the client
+        """Audio accepted but not decoded yet, in seconds. Grows when the client
         outpaces decoding."""
         return self.audio.buffered_seconds

@@ -39,7 +39,7 @@ class TracedEncoderStep(TorchEncoderStep):
     def __init__(self, model: nn.Module, chunk_frames: int, left_chunks: int) -> None:
         super().__init__(model, chunk_frames, left_chunks)
         feat_dim = model.encoder.cfg.input_dim
-        self.window_frames = 4 * chunk_frames + 3
+        self.window_frames, _ = model.geometry.chunk_window(chunk_frames)  # only full windows are traced
         self.device = next(model.parameters()).device
         graph = FullChunkGraph(model, chunk_frames).eval()
         self.graph_roles = graph.roles

@@ -1,9 +1,10 @@
 """Frame-level voice activity detection at the encoder frame rate (40 ms).
 
-Frame arithmetic (docs/interfaces.md): feature frame k covers samples [160k, 160k + 400);
-the 4× subsampling (two Conv2d k=3 s=2, no padding) makes encoder frame i read feature
-frames 4i … 4i+6, i.e. samples [640i, 640i + 1360). Frame i is labelled speech when the
-centre of that window, `(640 i + 680) / 16000` s, lies inside a speech segment
+Frame arithmetic (docs/interfaces.md; `mtspeech.data.geometry.FrameGeometry`, whose pinned
+defaults are the only geometry the encoders have): feature frame k covers samples
+[160k, 160k + 400); the 4× subsampling (two Conv2d k=3 s=2, no padding) makes encoder frame i
+read feature frames 4i … 4i+6, i.e. samples [640i, 640i + 1360). Frame i is labelled speech
+when the centre of that window, `(640 i + 680) / 16000` s, lies inside a speech segment
 `[start, end)` of `utt.speech`. The frame count comes from `round(duration × 16000)`
 samples; the loss uses `min(h_lens, targets.lens)` frames per row, so a one-frame
 disagreement with the audio actually loaded is harmless. (A dataset that speed-perturbs
@@ -19,13 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mtspeech.data.geometry import FrameGeometry
 from mtspeech.tasks import Targets, zero_loss
 from mtspeech.tasks.layer_mix import LayerSpec
 
-SAMPLE_RATE = 16000
-HOP_SAMPLES = 160
-WINDOW_SAMPLES = 400
-SUBSAMPLING = 4
+# Labels are made in the loader's workers, before any encoder exists: they read the pinned
+# geometry (FeatureConfig's defaults and the conv 4x front end), which every encoder has.
+GEOMETRY = FrameGeometry()
 
 
 @dataclass(frozen=True)
@@ -42,19 +43,13 @@ class VADConfig:
 
 
 def encoder_frames(num_samples: int) -> int:
-    """Number of encoder (40 ms) frames for `num_samples` samples at 16 kHz."""
-    if num_samples < WINDOW_SAMPLES:
-        return 0
-    t = (num_samples - WINDOW_SAMPLES) // HOP_SAMPLES + 1
-    return max(0, ((t - 1) // 2 - 1) // 2)
+    """Number of encoder (40 ms) frames for `num_samples` samples at the model's rate."""
+    return GEOMETRY.encoder_frames(int(num_samples))
 
 
 def frame_centres_s(num_frames: int) -> torch.Tensor:
     """(num_frames,) centre time in seconds of each encoder frame's receptive window."""
-    i = torch.arange(num_frames, dtype=torch.float64)
-    window_start = i * HOP_SAMPLES * SUBSAMPLING
-    window_samples = (2 * SUBSAMPLING - 2) * HOP_SAMPLES + WINDOW_SAMPLES  # 6 hops + 1 window
-    return (window_start + window_samples / 2) / SAMPLE_RATE
+    return GEOMETRY.frame_centres_s(torch.arange(num_frames, dtype=torch.float64))
 
 
 def frame_labels(speech: list, num_frames: int) -> torch.Tensor:
@@ -96,7 +91,7 @@ class VADTask(nn.Module):
 
     def collate(self, utts: list) -> Targets:
         """Utterances → Targets(values (B,T') float 0/1, lens (B,) frames, present (B,))."""
-        counts = [encoder_frames(round(u.duration * SAMPLE_RATE)) for u in utts]
+        counts = [encoder_frames(round(u.duration * GEOMETRY.sample_rate)) for u in utts]
         values = torch.zeros(len(utts), max(counts, default=0), dtype=torch.float32)
         present = torch.tensor([u.speech is not None for u in utts], dtype=torch.bool)
         for i, (u, n) in enumerate(zip(utts, counts)):

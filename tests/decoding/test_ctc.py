@@ -128,13 +128,13 @@ def test_word_alignments_times_and_confidence():
     assert all(0.99 < w.confidence <= 1.0 for w in words)
     # a flat frame lowers that word's confidence only
     lp[9] = torch.full((V,), -math.log(V))
-    words2 = word_alignments(lp, [2, 3, 6, 7], TOK)
+    words2 = word_alignments(lp, [2, 3, 6, 7], TOK, 0.04)
     assert words2[2].confidence < 0.8 and words2[0].confidence > 0.99
-    assert word_alignments(lp, [], TOK) == []
+    assert word_alignments(lp, [], TOK, 0.04) == []
     # batch helper: padded frames beyond lens are ignored
     batch = torch.stack([peaked(path), torch.cat([peaked(path[:6]), peaked([2] * 6)])])
     lens = torch.tensor([12, 6])
-    hyps = add_word_times(GreedyDecoder(TOK).decode(batch, lens), batch, lens, TOK)
+    hyps = add_word_times(GreedyDecoder(TOK).decode(batch, lens), batch, lens, TOK, 0.04)
     assert [w.word for w in hyps[0].words] == ["THE", "CATS", "SAT"]
     assert [w.word for w in hyps[1].words] == ["THE", "CAT"] and hyps[1].words[-1].end <= 6 * 0.04
 

@@ -7,7 +7,9 @@ import pytest
 import soxr
 import torch
 
-from mtspeech.streaming.features import SAMPLE_RATE, FeatureBuffer, feature_frames, featurize
+from mtspeech.data.features import feature_frames
+from mtspeech.data.geometry import SAMPLE_RATE
+from mtspeech.streaming.features import FeatureBuffer, featurize
 from tiny_asr import signal, tiny_model, tiny_recognizer
 
 torch.set_num_threads(1)  # tiny tensors on shared cores
