@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtspeech.encoders import EncoderOutput  # defined before __init__ imports this module
+from mtspeech.encoders.output import EncoderOutput
 from mtspeech.encoders.cache import EncoderCache
 from mtspeech.encoders.conditioning import Conditioner, condition
 from mtspeech.encoders.masks import attention_mask, padding_mask, sample_chunk
