@@ -3,7 +3,10 @@
     mtspeech evaluate exp/synthetic/all/final.pt data/synthetic/test.jsonl --out exp/synthetic/all/eval/test
     mtspeech evaluate CKPT MANIFEST --decoder beam --beam-size 16 --lm auto
 
-Metrics (keys are `<task name>/<metric>`, as in the trainer's dev results):
+Metrics come from each task's own scorer (`task.scorer`, the one the trainer's dev pass uses),
+so this module names no task kind; it only hands the scorers of a transcript role and of the
+phones role the decoders `load_recognizer` built. Keys are `<task name>/<metric>`, as in the
+trainer's dev results. The built-in tasks report:
   - text CTC task (ASR): `wer`, `cer` — corpus rates sum(S+D+I)/sum(N) after
     `metrics.normalize_for_scoring` on both sides (jiwer alignment), decoded greedy, or with
     the beam decoder (optionally with a word n-gram LM) when the decoder is not greedy;
