@@ -73,6 +73,11 @@ class CTCConfig:
             raise ConfigError(f"tasks.{self.name}.intermediate_weight: {self.intermediate_weight} is not in [0, 1]")
         if len(set(self.intermediate_layers)) != len(self.intermediate_layers):
             raise ConfigError(f"tasks.{self.name}.intermediate_layers: {list(self.intermediate_layers)} repeats a layer")
+        fixed = [k for k in ("intermediate_layers", "condition") if getattr(self, k)]
+        if self.layer == LEARNED and fixed:
+            # Intermediate losses and conditioning tie a head to fixed layers: no mix to learn there.
+            raise ConfigError(f"tasks.{self.name}.layer: {LEARNED!r} cannot be combined with `{fixed[0]}`, which "
+                              "reads fixed layers; give the task a layer index, or drop that key")
 
     @property
     def role(self) -> Role:
@@ -164,7 +169,7 @@ class CTCTask(nn.Module):
         task's head, so streaming and export run it without knowing about tasks.
         """
         if self.layer == LEARNED:
-            return  # layer_mix.attach_layer_mix refuses `learned` with intermediate layers or conditioning
+            return  # the config refuses `learned` with intermediate layers or conditioning
         self.cfg.reading_layers(encoder.num_layers)  # validates the intermediate layers
         for layer in self.cfg.conditioning_layers(encoder.num_layers):
             encoder.add_conditioner(layer, self.name, self, self.vocab_size)
