@@ -58,6 +58,7 @@ from mtspeech.checkpoint import load_model  # noqa: E402
 from mtspeech.data.audio import load_audio  # noqa: E402
 from mtspeech.data.geometry import HOP_SAMPLES, SAMPLE_RATE  # noqa: E402
 from mtspeech.data.manifest import read_manifest  # noqa: E402
+from mtspeech.tasks import Role, task_with_role  # noqa: E402
 from mtspeech.tasks.layer_mix import task_input  # noqa: E402
 from mtspeech.tasks.vad import frame_centres_s  # noqa: E402
 
@@ -115,8 +116,8 @@ class Head:
 
     def __init__(self, checkpoint: Path):
         self.model, _, _ = load_model(checkpoint, "cpu")
-        kinds = {t.cfg.kind: t for t in self.model.tasks.values()}
-        self.vad, self.speaker = kinds.get("vad"), kinds.get("speaker")
+        self.vad = task_with_role(self.model.tasks, Role.SPEECH_ACTIVITY)
+        self.speaker = task_with_role(self.model.tasks, Role.SPEAKER_EMBEDDING)
 
     @torch.no_grad()
     def run(self, wav: torch.Tensor):

@@ -1,8 +1,8 @@
 """The experiment config and how a model is built from it.
 
 An experiment YAML names its data, features, encoder (`kind` + fields), tasks (a mapping
-name → `kind` + fields; the first `ctc` task on `text` is the main ASR task unless
-`main_task` says otherwise), loss weighting, optimizer and training schedule. The
+name → `kind` + fields, kinds looked up in `mtspeech.tasks.TASKS`; the first task whose role
+is a transcript is the main ASR task unless `main_task` says otherwise), loss weighting, optimizer and training schedule. The
 resolved plain dict travels inside every checkpoint so a model rebuilds from its file.
 """
 
@@ -98,12 +98,15 @@ class Experiment:
 
     @property
     def asr_task(self) -> str:
+        """The main task: `main_task`, else the first task whose role is a transcript."""
+        from mtspeech.tasks import Role
+
         if self.main_task is not None:
             return self.main_task
         for name, cfg in self.tasks.items():
-            if cfg.kind == "ctc" and getattr(cfg, "label", "text") == "text":
+            if cfg.role is Role.TRANSCRIPT:
                 return name
-        raise ConfigError("no main task: add a `ctc` task with `label: text` or set `main_task`")
+        raise ConfigError("no main task: add a transcript task (`kind: ctc` with `label: text`) or set `main_task`")
 
 
 # `train.keep_last` never did anything (last.pt is the one resumable checkpoint, the N best
@@ -120,7 +123,7 @@ def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
 def experiment_from_dict(data: Mapping) -> Experiment:
     """Plain dict (as stored in checkpoints) → Experiment, with typed encoder/task configs."""
     from mtspeech.encoders import ENCODERS
-    from mtspeech.tasks import TASKS
+    from mtspeech.tasks import task_config
     from mtspeech.weighting import WeightingConfig
 
     data = dict(data)
@@ -141,19 +144,8 @@ def experiment_from_dict(data: Mapping) -> Experiment:
     tasks = {}
     for name, raw in tasks_raw.items():
         raw = dict(raw or {})
-        tkind = raw.get("kind")
-        if tkind not in TASKS:
-            raise ConfigError(f"tasks.{name}.kind: {tkind!r} is not one of {sorted(TASKS)}")
         raw.setdefault("name", name)
-        if tkind != "ctc":
-            from mtspeech.tasks.ctc import HIERARCHY_KEYS
-
-            misplaced = [k for k in HIERARCHY_KEYS if k in raw]
-            if misplaced:
-                raise ConfigError(f"tasks.{name}.{misplaced[0]}: only `ctc` tasks condition the encoder or add "
-                                  f"intermediate losses (their posteriors are what the layers above read); "
-                                  f"{name!r} is a {tkind!r} task")
-        tasks[name] = from_dict(TASKS[tkind].Config, raw, f"tasks.{name}")
+        tasks[name] = task_config(raw, f"tasks.{name}")
 
     weighting = from_dict(WeightingConfig, data.pop("weighting", {}) or {}, "weighting")
     partial = from_dict(_ExperimentRest, data)
@@ -203,20 +195,11 @@ class _Tagged:
 
 def fit_labels(exp: Experiment, train_utts: list) -> dict:
     """Every task's label space from the training manifest (JSON-able, saved in checkpoints)."""
-    from mtspeech.tasks import TASKS
-
-    from mtspeech.data.augment import augmented_speakers
+    from mtspeech.tasks import fit_task_labels
 
     exp_dir = Path(exp.exp_dir)
     exp_dir.mkdir(parents=True, exist_ok=True)
-    labels = {name: TASKS[cfg.kind].fit_labels(cfg, train_utts, exp_dir) for name, cfg in exp.tasks.items()}
-    for name, cfg in exp.tasks.items():  # speaker augmentation's new voices are speakers too
-        if cfg.kind == "speaker" and not exp.data.perturbed_speaker:
-            speakers = labels[name]["speakers"]
-            voices = sorted(set(augmented_speakers(speakers, exp.data.augment)) - set(speakers))
-            if voices:  # classes to train on, never an answer (SpeakerTask.identify)
-                labels[name] = {"speakers": sorted([*speakers, *voices]), "voices": voices}
-    return labels
+    return {name: fit_task_labels(cfg, train_utts, exp_dir, exp.data) for name, cfg in exp.tasks.items()}
 
 
 def build_model(exp: Experiment, labels: dict):
@@ -224,11 +207,11 @@ def build_model(exp: Experiment, labels: dict):
     from mtspeech.data.features import Fbank, GlobalCMVN, SpecAugment
     from mtspeech.encoders import ENCODERS
     from mtspeech.model import MultiTaskModel
-    from mtspeech.tasks import TASKS
+    from mtspeech.tasks import build_task
     from mtspeech.tasks.layer_mix import LEARNED, attach_layer_mix
 
     encoder = ENCODERS[exp.encoder.kind](exp.encoder.cfg)
-    tasks = {name: TASKS[cfg.kind](cfg, encoder.dim, labels[name]) for name, cfg in exp.tasks.items()}
+    tasks = {name: build_task(cfg, encoder.dim, labels[name]) for name, cfg in exp.tasks.items()}
     towers = getattr(encoder, "towers", None)
     for name, task in tasks.items():
         tower_layers = towers.depth if towers is not None and name in towers.tasks else 0
@@ -238,12 +221,8 @@ def build_model(exp: Experiment, labels: dict):
             raise ConfigError(f"tasks.{name}.layer: {task.layer} is below the top of {name}'s tower, whose blocks "
                               "above would get no gradient without cross-stitch (and stop DDP): read the top "
                               "(-1), use fewer encoder.towers.layers, or set encoder.towers.cross_stitch")
-        cfg = exp.tasks[name]
-        if cfg.kind == "ctc" and task.layer != LEARNED:
-            cfg.reading_layers(encoder.num_layers)  # validates the intermediate layers
-            # Conditioning lives in the encoder (forward and forward_chunk alike) and shares the
-            # task's head, so streaming and export run it without knowing about tasks.
-            for layer in cfg.conditioning_layers(encoder.num_layers):
-                encoder.add_conditioner(layer, name, task, task.vocab_size)
+        attach = getattr(task, "attach", None)  # optional (Task protocol): CTC conditions the encoder
+        if attach is not None:
+            attach(encoder)
     specaug = SpecAugment(exp.specaugment) if exp.specaugment is not None else None
     return MultiTaskModel(Fbank(exp.features), GlobalCMVN(exp.features.n_mels), encoder, tasks, exp.asr_task, specaug)

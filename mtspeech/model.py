@@ -101,6 +101,10 @@ class MultiTaskModel(nn.Module):
         """
         enc = self.encode(wav, wav_lens, chunk_frames, left_chunks)
         logits = self.task_logits(enc)
+        return self.losses(enc, logits, targets), logits, enc.lens
+
+    def losses(self, enc: EncoderOutput, logits: dict[str, torch.Tensor], targets: dict) -> dict[str, torch.Tensor]:
+        """Each task's loss on its logits (`task_logits(enc)`); tasks absent from `targets` have none."""
         losses = {}
         for name, task in self.tasks.items():
             if name not in targets:
@@ -108,7 +112,7 @@ class MultiTaskModel(nn.Module):
             inter = [self._logits_at(enc, name, k) for k in getattr(task, "intermediate_layers", ())]
             extra = {"intermediate": inter} if inter else {}
             losses[name] = task.loss(logits[name], enc.lens, targets[name], **extra)
-        return losses, logits, enc.lens
+        return losses
 
     def shared_parameters(self) -> list[nn.Parameter]:
         """Parameters every task shares (the encoder): what gradient surgery operates on."""

@@ -34,6 +34,7 @@ from mtspeech.train_log import TrainLog
 from mtspeech.encoders.towers import cross_stitch_alphas
 from mtspeech.optim import build_optimizer, build_scheduler
 from mtspeech.tasks.layer_mix import layer_weights
+from mtspeech.tasks.scoring import add_batch, finish, gather_over_ranks, task_scorers
 from mtspeech.weighting import build_weighting
 
 log = logging.getLogger(__name__)
@@ -324,30 +325,33 @@ class Trainer:
     # -------------------------------------------------------------- evaluation
     @torch.no_grad()
     def evaluate_dev(self) -> dict:
-        """Dev losses and every task's metrics (summed over ranks)."""
+        """Dev losses (summed over ranks) and every task's metrics: its scorer (the one `mtspeech
+        evaluate` uses, decoding greedy) over the rows of all ranks."""
         if not self.dev_utts:
             return {}
         self.model.eval()
         sampler = DurationBatchSampler([u.duration for u in self.dev_utts], self.exp.data.max_batch_seconds,
                                        shuffle=False, rank=self.rt.rank, world_size=self.rt.world_size)
         sums: dict[str, list[float]] = {}
+        scorers = task_scorers(self.model.tasks)  # the same scorers as `mtspeech evaluate`, greedy decoding
         for batch in self._loader(self.dev_utts, sampler, train=False):
             if batch is None:
                 continue
             batch = batch.to(self.rt.device)
-            losses, logits, lens = self.model(batch.wav, batch.wav_lens, batch.targets,
-                                              chunk_frames=self.exp.train.stream_eval_chunk_frames)
-            for name, task in self.model.tasks.items():
+            enc = self.model.encode(batch.wav, batch.wav_lens, chunk_frames=self.exp.train.stream_eval_chunk_frames)
+            logits = self.model.task_logits(enc)
+            losses = self.model.losses(enc, logits, batch.targets)
+            for name in self.model.tasks:
                 n = int(batch.targets[name].present.sum())
                 _add(sums, f"{name}/loss", losses[name].item() * n, n)
-                for metric, (num, den) in task.metrics(logits[name], lens, batch.targets[name]).items():
-                    _add(sums, f"{name}/{metric}", num, den)
+            add_batch(scorers, batch.utts, logits, enc)
         if self.rt.world_size > 1:
             keys = sorted(sums)
             t = torch.tensor([sums[k] for k in keys], dtype=torch.float64)
             dist.all_reduce(t)
             sums = dict(zip(keys, t.tolist()))
-        results = {k: num / den for k, (num, den) in sums.items() if den > 0}
+        gather_over_ranks(scorers)
+        results = {k: num / den for k, (num, den) in sums.items() if den > 0} | finish(scorers).metrics
         if self.run_log is not None:
             self.run_log.write(self.step, self.epoch + 1, {f"dev/{k}": v for k, v in results.items()})
         return results

@@ -8,11 +8,9 @@ package directory (`mtspeech/streaming`, `serve`, ...); a module at the top of `
 folder of its own, so `mtspeech/checkpoint.py` may be imported from anywhere as long as it
 imports nothing that imports it back.
 
-One kind of arrow is left out: a package's `__init__` gathering its own modules (a registry such
-as `mtspeech.tasks`' TASKS, or a folder re-exporting its public names). The modules it gathers
-import the package's base types from that `__init__`, so each such pair is formally a cycle, but
-a harmless one: the `__init__` defines its own names before it imports them. Any cycle that
-leaves the package is still caught, between modules and between folders.
+A package's `__init__` may gather its own modules (the built-in task kinds, a folder
+re-exporting its public names), so its modules never import it back: they import the base
+types from the module that defines them (`mtspeech.tasks.base`, `mtspeech.encoders.output`).
 """
 
 from __future__ import annotations
@@ -76,8 +74,8 @@ def import_graph() -> dict[str, set[str]]:
                 targets = [f"{base}.{a.name}" for a in node.names] if base else []
             for target in targets:
                 dep = _resolve(target, modules)
-                if dep is None or dep == mod or (is_package and dep.startswith(mod + ".")):
-                    continue  # outside the package, itself, or a package gathering its own modules
+                if dep is None or dep == mod:
+                    continue  # outside the package, or itself
                 graph[mod].add(dep)
     return graph
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mtspeech.data.geometry import RIGHT_CONTEXT, SUBSAMPLING
-from mtspeech.encoders import EncoderOutput  # defined before __init__ imports this module
+from mtspeech.encoders.output import EncoderOutput
 from mtspeech.encoders.cache import EncoderCache
 from mtspeech.encoders.conditioning import Conditioner, condition
 from mtspeech.encoders.masks import attention_mask, padding_mask, sample_chunk

@@ -3,7 +3,10 @@
     mtspeech evaluate exp/synthetic/all/final.pt data/synthetic/test.jsonl --out exp/synthetic/all/eval/test
     mtspeech evaluate CKPT MANIFEST --decoder beam --beam-size 16 --lm auto
 
-Metrics (keys are `<task name>/<metric>`, as in the trainer's dev results):
+Metrics come from each task's own scorer (`task.scorer`, the one the trainer's dev pass uses),
+so this module names no task kind; it only hands the scorers of a transcript role and of the
+phones role the decoders `load_recognizer` built. Keys are `<task name>/<metric>`, as in the
+trainer's dev results. The built-in tasks report:
   - text CTC task (ASR): `wer`, `cer` — corpus rates sum(S+D+I)/sum(N) after
     `metrics.normalize_for_scoring` on both sides (jiwer alignment), decoded greedy, or with
     the beam decoder (optionally with a word n-gram LM) when the decoder is not greedy;
@@ -48,9 +51,10 @@ from mtspeech.data.audio import AudioError, load_audio
 from mtspeech.data.manifest import ManifestError, Utterance, read_manifest
 from mtspeech.decoding import config as decoding_flags
 from mtspeech.decoding.config import DecodingConfig, DecodingError
-from mtspeech.decoding.ctc import PhoneTable
+from mtspeech.decoding.ctc import PhoneTable, add_word_times
 from mtspeech.decoding.loader import batch_decoder, load_recognizer
-from mtspeech.evaluation.scorers import scorer_for
+from mtspeech.tasks import Role
+from mtspeech.tasks.scoring import add_batch, finish, task_scorers
 
 log = logging.getLogger(__name__)
 
@@ -136,20 +140,8 @@ def evaluate(
         raise EvaluationError(str(e)) from None
     model = rec.model
     asr_decoder = rec.decoders["greedy" if rec.default_decoder == "greedy" else "beam"]
-    phones_decoder = rec.decoders.get("phones")
-
-    scorers = {}
-    for name, task in model.tasks.items():
-        dec = None
-        if task.cfg.kind == "ctc" and task.cfg.label == "text":
-            dec = batch_decoder(asr_decoder, task.tokenizer)
-        elif task is rec.phones and phones_decoder is not None:
-            dec = batch_decoder(phones_decoder, PhoneTable(task.phones))
-        s = scorer_for(name, task, dec, max_trials)
-        if s is not None:
-            scorers[name] = s
+    scorers = task_scorers(model.tasks, _task_decoders(rec, asr_decoder), max_trials)
     geometry = model.geometry
-    frame_shift_s = geometry.frame_shift_s
 
     rows: dict[int, dict] = {}
     skipped: list[dict] = []
@@ -172,19 +164,13 @@ def evaluate(
             enc = model.encode(wav.to(device), wav_lens.to(device), chunk_frames, left_chunks)
             logits = model.task_logits(enc)
             batch_utts = [utts[i] for i in idx]
-            batch_rows = [{"id": u.id, "duration": u.duration} for u in batch_utts]
-            for name, s in scorers.items():
-                s.add(batch_utts, logits[name], enc, batch_rows, frame_shift_s)
-            rows.update(zip(idx, batch_rows))
+            records = add_batch(scorers, batch_utts, logits, enc)
+            rows.update((i, {"id": u.id, "duration": u.duration, **r}) for i, u, r in zip(idx, batch_utts, records))
 
     if not rows:
         raise EvaluationError(f"no audio of {manifest} could be read ({len(skipped)} files skipped)")
-    results_metrics, counts, not_scored = {}, {}, {}
-    for s in scorers.values():
-        m, c, miss = s.finish()
-        results_metrics.update(m)
-        counts.update(c)
-        not_scored.update(miss)
+    scores = finish(scorers)
+    results_metrics, counts, not_scored = scores.metrics, scores.counts, scores.not_scored
 
     ordered = [rows[i] for i in sorted(rows)]  # manifest order: paired comparisons line up
     with open(out_dir / "hypotheses.jsonl", "w", encoding="utf-8") as f:
@@ -221,6 +207,27 @@ def evaluate(
     (out_dir / "report.md").write_text(render_report(results), encoding="utf-8")
     log.info("%s: %s", manifest.name, " ".join(f"{k}={v:.4g}" for k, v in results_metrics.items()))
     return results
+
+
+def _task_decoders(rec, asr_decoder) -> dict:
+    """Task name → the offline decoder its scorer decodes words with, chosen by role: every
+    transcript head the ASR decoder's search and settings over its own pieces (with word
+    times), the recognizer's phone head the phones decoder, when there is one."""
+    phones_decoder = rec.decoders.get("phones")
+    out = {}
+    for name, task in rec.model.tasks.items():
+        if task.role is Role.TRANSCRIPT:
+            out[name] = _timed(batch_decoder(asr_decoder, task.tokenizer), task.tokenizer, rec.frame_shift_s)
+        elif task is rec.phones and phones_decoder is not None:
+            out[name] = batch_decoder(phones_decoder, PhoneTable(task.phones)).decode
+    return out
+
+
+def _timed(decoder, tokenizer, frame_shift_s: float):
+    """`decoder.decode` that also times each hypothesis' words (`add_word_times`)."""
+    def decode(log_probs: torch.Tensor, lens: torch.Tensor) -> list:
+        return add_word_times(decoder.decode(log_probs, lens), log_probs, lens, tokenizer, frame_shift_s)
+    return decode
 
 
 def render_report(results: dict) -> str:

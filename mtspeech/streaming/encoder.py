@@ -10,9 +10,11 @@ feature extractor and the token processor, so another runtime can replace it alo
     out, cache = step(feats, cache, roles=("asr", "vad"))             # feats (B, N <= 4c+3, F)
     out.logits["asr"]  # (B, c', V) raw logits; "phones" (B, c', P); "vad" (B, c') speech logits
 
-Heads by role: `asr` (the model's ASR task, required), `phones` (the CTC task with a phone
-label space) and `vad` (the task with `speech_probs`), each read from its own encoder layer
-(or learned layer mix) by `task_input`, the one rule the model and evaluation use too.
+Streaming heads: `asr` (the model's main task, a transcript head, required), `phones` (the task
+whose role is `Role.PHONES`) and `vad` (the task whose role is `Role.SPEECH_ACTIVITY`), each read
+from its own encoder layer (or learned layer mix) by `task_input`, the one rule the model and
+evaluation use too. Tasks of other roles (a speaker embedding, a role-less task) do not stream.
+The head names are those of the exported graph's outputs (`asr_logits`, ...), so they stay.
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ from torch import nn
 
 from mtspeech.encoders import EncoderOutput
 from mtspeech.encoders.cache import EncoderCache
+from mtspeech.tasks.base import Role, task_with_role
 from mtspeech.tasks.layer_mix import LEARNED, task_input
 
-HEAD_ROLES = ("asr", "phones", "vad")
+HEAD_ROLES = ("asr", "phones", "vad")  # the streaming heads, in graph output order
 
 
 @dataclass(frozen=True)
@@ -63,26 +66,26 @@ class EncoderStep(Protocol):
 
 
 def asr_task(model: nn.Module) -> nn.Module:
-    """The model's ASR task (`model.asr_task` names it); ValueError when it names none."""
-    name = getattr(model, "asr_task_name", None) or getattr(model, "asr_task", None)
+    """The model's ASR task (`model.asr_task` names it); ValueError when it names none or a task
+    whose role is not a transcript."""
+    name = getattr(model, "asr_task", None)
     if name not in model.tasks:
         raise ValueError(f"model names no ASR task among its tasks {sorted(model.tasks)}")
-    return model.tasks[name]
+    task = model.tasks[name]
+    if getattr(task, "role", Role.TRANSCRIPT) is not Role.TRANSCRIPT:
+        raise ValueError(f"the model's main task {name!r} has role {task.role.value!r}, not a transcript: "
+                         "streaming decodes words from a transcript head")
+    return task
 
 
 def phone_task(model: nn.Module) -> nn.Module | None:
-    """The phone CTC task (a `phones` label list), or None."""
-    found = [t for t in model.tasks.values() if getattr(getattr(t, "cfg", None), "label", None) == "phones"]
-    return found[0] if found else None
+    """The phones head (the first task whose role is `Role.PHONES`), or None."""
+    return task_with_role(model.tasks, Role.PHONES)
 
 
 def vad_task(model: nn.Module) -> nn.Module | None:
-    """The VAD task (the one exposing `speech_probs`), or None."""
-    name = getattr(model, "vad_task_name", None)
-    if name:
-        return model.tasks[name]
-    found = [t for t in model.tasks.values() if hasattr(t, "speech_probs")]
-    return found[0] if found else None
+    """The speech-activity head (the first task whose role is `Role.SPEECH_ACTIVITY`), or None."""
+    return task_with_role(model.tasks, Role.SPEECH_ACTIVITY)
 
 
 def head_tasks(model: nn.Module) -> dict[str, nn.Module]:

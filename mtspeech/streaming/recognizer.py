@@ -91,8 +91,8 @@ class StreamingRecognizer:
 
     `model` needs `.features(wav (B,S), wav_lens (B,)) -> (feats (B,T,F), feat_lens (B,))`,
     `.encoder` (`init_cache`, `forward_chunk`, `subsampling`), `.tasks[name]` and the name
-    of its ASR task (`asr_task`). The VAD head, if any, is the task with `speech_probs`; the
-    phone head, if any, the CTC task with `label: phones`.
+    of its ASR task (`asr_task`). The VAD head, if any, is the task whose role is
+    `Role.SPEECH_ACTIVITY`; the phone head, if any, the one whose role is `Role.PHONES`.
 
     `decoders`: token decoders by name (`mtspeech.streaming.decoders`), besides "greedy", which
     is always there; `default_decoder` is what `new_stream` uses unless told otherwise.

@@ -36,19 +36,17 @@ from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
-from rapidfuzz.distance import Levenshtein  # C edit distance (installed with jiwer)
 from torch import nn
 
-from mtspeech import metrics
 from mtspeech.config import ConfigError
-from mtspeech.tasks import Targets, zero_loss
-from mtspeech.tasks.layer_mix import LayerSpec
+from mtspeech.tasks.base import Role, ScoringOptions, Targets, zero_loss
+from mtspeech.tasks.ctc_scorers import PhoneScorer, TranscriptScorer
+from mtspeech.tasks.layer_mix import LEARNED, LayerSpec
+from mtspeech.tasks.registry import register_task
 
 log = logging.getLogger(__name__)
 
 LABEL_KINDS = ("text", "phones")
-# Keys only a CTC task has: the experiment loader names them in the error for other kinds.
-HIERARCHY_KEYS = ("condition", "intermediate_layers", "intermediate_weight")
 
 
 @dataclass(frozen=True)
@@ -75,6 +73,16 @@ class CTCConfig:
             raise ConfigError(f"tasks.{self.name}.intermediate_weight: {self.intermediate_weight} is not in [0, 1]")
         if len(set(self.intermediate_layers)) != len(self.intermediate_layers):
             raise ConfigError(f"tasks.{self.name}.intermediate_layers: {list(self.intermediate_layers)} repeats a layer")
+        fixed = [k for k in ("intermediate_layers", "condition") if getattr(self, k)]
+        if self.layer == LEARNED and fixed:
+            # Intermediate losses and conditioning tie a head to fixed layers: no mix to learn there.
+            raise ConfigError(f"tasks.{self.name}.layer: {LEARNED!r} cannot be combined with `{fixed[0]}`, which "
+                              "reads fixed layers; give the task a layer index, or drop that key")
+
+    @property
+    def role(self) -> Role:
+        """A transcript head on text pieces, a phones head on phones."""
+        return Role.TRANSCRIPT if self.label == "text" else Role.PHONES
 
     def reading_layers(self, num_layers: int) -> tuple[int, list[int]]:
         """(the task's layer, its intermediate layers), as indices 0..num_layers-1.
@@ -110,6 +118,7 @@ class CTCConfig:
         return layers
 
 
+@register_task("ctc")
 class CTCTask(nn.Module):
     """Projection (optional) + linear to the vocabulary; CTC loss with blank 0.
 
@@ -131,6 +140,7 @@ class CTCTask(nn.Module):
         self.cfg = cfg
         self.name = cfg.name
         self.layer = cfg.layer
+        self.role = cfg.role
         self.intermediate_layers = tuple(cfg.intermediate_layers)
         self.labels = labels
         self.too_short = 0  # utterances left out of the loss: too few frames for their labels
@@ -152,8 +162,20 @@ class CTCTask(nn.Module):
 
     # ---- label space -------------------------------------------------------------------
 
+    def attach(self, encoder: nn.Module) -> None:
+        """Check the intermediate layers against `encoder` and give it this head's conditioners.
+
+        Conditioning lives in the encoder (forward and forward_chunk alike) and shares the
+        task's head, so streaming and export run it without knowing about tasks.
+        """
+        if self.layer == LEARNED:
+            return  # the config refuses `learned` with intermediate layers or conditioning
+        self.cfg.reading_layers(encoder.num_layers)  # validates the intermediate layers
+        for layer in self.cfg.conditioning_layers(encoder.num_layers):
+            encoder.add_conditioner(layer, self.name, self, self.vocab_size)
+
     @classmethod
-    def fit_labels(cls, cfg: CTCConfig, train_utts: list, exp_dir: str | Path) -> dict:
+    def fit_labels(cls, cfg: CTCConfig, train_utts: list, exp_dir: str | Path, data: Any = None) -> dict:
         """Phones: sorted phone set. Text: train sentencepiece into `exp_dir/<name>_spm.model`.
 
         Returns a JSON-able dict: `{"label": "phones", "phones": [...]}` or
@@ -272,7 +294,7 @@ class CTCTask(nn.Module):
         w = self.cfg.intermediate_weight
         return (1.0 - w) * ctc(logits) + w * sum(ctc(x) for x in intermediate) / len(intermediate)
 
-    # ---- decoding and metrics ----------------------------------------------------------
+    # ---- decoding and scoring ----------------------------------------------------------
 
     @staticmethod
     def greedy_decode(logits: torch.Tensor, lens: torch.Tensor) -> list[list[int]]:
@@ -288,39 +310,11 @@ class CTCTask(nn.Module):
             return self.tokenizer.decode(list(ids))
         return " ".join(self.phones[i - 1] for i in ids if 0 < i <= len(self.phones))
 
-    def metrics(
-        self, logits: torch.Tensor, h_lens: torch.Tensor, targets: Targets
-    ) -> dict[str, tuple[float, float]]:
-        """Greedy-decoding error counts over present rows.
-
-        Text: `wer` and `cer` exactly as `mtspeech.metrics` scores them (normalised text;
-        CER over characters, word gaps included); the reference is the detokenised target ids.
-        Phones: `per` (phone edits, reference phones).
-        """
-        present = targets.present.cpu()
-        hyps = self.greedy_decode(logits.detach(), h_lens)
-        values, lens = targets.values.cpu(), targets.lens.cpu()
-        counts = {"wer": [0, 0], "cer": [0, 0]} if self.cfg.label == "text" else {"per": [0, 0]}
-        for i, hyp in enumerate(hyps):
-            if not present[i]:
-                continue
-            ref = values[i, : lens[i]].tolist()
-            if self.cfg.label == "phones":
-                _add(counts["per"], ref, hyp)
-                continue
-            # The same normalised WER/CER as `mtspeech evaluate` (mtspeech.metrics), so the
-            # best checkpoint is selected by the metric that is reported.
-            ref_text, hyp_text = self.decode_text(ref), self.decode_text(hyp)
-            for name, score in (("wer", metrics.wer), ("cer", metrics.cer)):
-                counted = score([ref_text], [hyp_text])
-                counts[name][0] += counted.errors
-                counts[name][1] += counted.ref_len
-        return {k: (float(n), float(d)) for k, (n, d) in counts.items()}
-
-
-def _add(acc: list[int], ref: list, hyp: list) -> None:
-    acc[0] += Levenshtein.distance(ref, hyp)
-    acc[1] += len(ref)
+    def scorer(self, options: ScoringOptions = ScoringOptions()) -> TranscriptScorer | PhoneScorer:
+        """WER/CER of a transcript head, PER (and words, with `options.decode`) of a phone head."""
+        if self.role is Role.TRANSCRIPT:
+            return TranscriptScorer(self, options.decode)
+        return PhoneScorer(self, options.decode)
 
 
 def _model_file(labels: dict) -> str:

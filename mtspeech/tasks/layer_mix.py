@@ -72,11 +72,6 @@ def attach_layer_mix(task: nn.Module, num_layers: int, where: str, tower_layers:
     from mtspeech.config import ConfigError
 
     if task.layer == LEARNED:
-        # Intermediate losses and conditioning tie a head to fixed layers: no mix to learn there.
-        fixed = [k for k in ("intermediate_layers", "condition") if getattr(getattr(task, "cfg", None), k, None)]
-        if fixed:
-            raise ConfigError(f"{where}: {LEARNED!r} cannot be combined with `{fixed[0]}`, which reads fixed "
-                              "layers; give the task a layer index, or drop that key")
         task.layer_mix = LayerMix(num_layers)
     elif isinstance(task.layer, bool) or not isinstance(task.layer, int):
         raise ConfigError(f"{where}: {task.layer!r} is neither a layer index nor {LEARNED!r}")

@@ -20,13 +20,17 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtspeech.tasks import Targets, zero_loss
-from mtspeech.tasks.layer_mix import LayerSpec
+from mtspeech import metrics as M
+from mtspeech.tasks.base import Role, ScoredBatch, Scores, ScoringOptions, Targets, zero_loss
+from mtspeech.tasks.layer_mix import LayerSpec, task_input
+from mtspeech.tasks.registry import register_task
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,10 @@ class SpeakerConfig:
     margin_warmup_steps: int = 0
     adversarial: bool = False
     grl_lambda: float = 1.0
+
+    @property
+    def role(self) -> Role:
+        return Role.SPEAKER_EMBEDDING
 
 
 class GradientReversal(torch.autograd.Function):
@@ -105,6 +113,7 @@ def _weighted_stats(h: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, tor
     return mean, var.clamp(min=1e-6).sqrt()  # clamp: sqrt'(0) is inf
 
 
+@register_task("speaker")
 class SpeakerTask(nn.Module):
     """Pooling → embedding → AAM cosine classifier over the training speakers.
 
@@ -122,6 +131,7 @@ class SpeakerTask(nn.Module):
         self.cfg = cfg
         self.name = cfg.name
         self.layer = cfg.layer
+        self.role = cfg.role
         self.speakers: list[str] = list(labels["speakers"])
         self._speaker_ids = {s: i for i, s in enumerate(self.speakers)}
         voices = set(labels.get("voices", ()))
@@ -139,12 +149,21 @@ class SpeakerTask(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @classmethod
-    def fit_labels(cls, cfg: SpeakerConfig, train_utts: list, exp_dir: str | Path) -> dict:
-        """`{"speakers": sorted training speaker ids}`."""
+    def fit_labels(cls, cfg: SpeakerConfig, train_utts: list, exp_dir: str | Path, data: Any = None) -> dict:
+        """`{"speakers": sorted training speaker ids}`; with speaker augmentation in `data` (the
+        experiment's `DataConfig`: `augment`, unless `perturbed_speaker`) also the made-up voices
+        it adds, as speakers and under `"voices"`: classes to train on, never an answer (`identify`)."""
         speakers = sorted({u.speaker for u in train_utts if u.speaker is not None})
         if not speakers:
             raise ValueError(f"task {cfg.name!r}: no training utterance names its speaker")
-        return {"speakers": speakers}
+        if data is None or data.perturbed_speaker:
+            return {"speakers": speakers}
+        from mtspeech.data.augment import augmented_speakers
+
+        voices = sorted(set(augmented_speakers(speakers, data.augment)) - set(speakers))
+        if not voices:
+            return {"speakers": speakers}
+        return {"speakers": sorted([*speakers, *voices]), "voices": voices}
 
     def collate(self, utts: list) -> Targets:
         """Utterances → Targets(values (B,) speaker index (0 where absent), lens (B,) ones, present)."""
@@ -202,10 +221,53 @@ class SpeakerTask(nn.Module):
         cos = cos.scatter(1, labels[:, None], with_margin)
         return F.cross_entropy(self.cfg.scale * cos, labels)
 
-    def metrics(
-        self, logits: torch.Tensor, h_lens: torch.Tensor, targets: Targets
-    ) -> dict[str, tuple[float, float]]:
-        """`accuracy`: (correct, present rows)."""
-        present = targets.present
-        correct = (logits.argmax(-1) == targets.values) & present
-        return {"accuracy": (float(correct.sum()), float(present.sum()))}
+    def scorer(self, options: ScoringOptions = ScoringOptions()) -> "SpeakerScorer":
+        """Accuracy on the training speakers and EER of cosine trials on the embeddings."""
+        return SpeakerScorer(self, options.max_trials)
+
+
+class SpeakerScorer:
+    """`accuracy` over utterances of a training speaker (the most likely real speaker,
+    `SpeakerTask.identify`) and `eer` of cosine trials (`metrics.make_trials`) on the pooled
+    embeddings of every utterance with a speaker label: the measure that also works for
+    speakers the model never saw."""
+
+    def __init__(self, task: SpeakerTask, max_trials: int = 10_000):
+        self.task, self.name, self.max_trials = task, task.name, max_trials
+        self.collected: dict[str, list] = {"embeddings": [], "speakers": [], "correct": []}
+
+    def add(self, batch: ScoredBatch) -> list[dict]:
+        task, enc = self.task, batch.enc
+        emb = task.embed(task_input(task, enc), enc.lens).detach().float().cpu().numpy()
+        pred = task.identify(batch.logits).cpu().tolist()
+        records = []
+        for u, e, p in zip(batch.utts, emb, pred):
+            rec = {"predicted": task.speakers[p], "ref": u.speaker}
+            if u.speaker is not None:
+                self.collected["embeddings"].append(e)
+                self.collected["speakers"].append(u.speaker)
+                if u.speaker in task.speakers:  # accuracy only means something for known speakers
+                    rec["correct"] = task.speakers[p] == u.speaker
+                    self.collected["correct"].append(rec["correct"])
+            records.append(rec)
+        return records
+
+    def finish(self) -> Scores:
+        out, c = Scores(), self.collected
+        if c["correct"]:
+            correct, known = sum(c["correct"]), len(c["correct"])
+            out.metrics[f"{self.name}/accuracy"] = correct / known
+            out.counts[f"{self.name}/accuracy"] = {"correct": correct, "total": known}
+        else:
+            out.not_scored[f"{self.name}/accuracy"] = "no utterance of a training speaker"
+        try:
+            scores, labels = M.make_trials(np.stack(c["embeddings"]) if c["embeddings"] else np.zeros((0, 1)),
+                                           c["speakers"], max_trials=self.max_trials)
+            eer, threshold = M.equal_error_rate(scores, labels)
+            out.metrics[f"{self.name}/eer"] = eer
+            out.counts[f"{self.name}/eer"] = {"target_trials": int(labels.sum()),
+                                              "nontarget_trials": int(len(labels) - labels.sum()),
+                                              "threshold": threshold}
+        except ValueError:
+            out.not_scored[f"{self.name}/eer"] = "needs both same-speaker and different-speaker pairs"
+        return out

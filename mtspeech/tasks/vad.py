@@ -15,14 +15,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mtspeech import metrics as M
 from mtspeech.data.geometry import FrameGeometry
-from mtspeech.tasks import Targets, zero_loss
+from mtspeech.tasks.base import Role, ScoredBatch, Scores, ScoringOptions, Targets, zero_loss
 from mtspeech.tasks.layer_mix import LayerSpec
+from mtspeech.tasks.registry import register_task
 
 # Labels are made in the loader's workers, before any encoder exists: they read the pinned
 # geometry (FeatureConfig's defaults and the conv 4x front end), which every encoder has.
@@ -40,6 +44,10 @@ class VADConfig:
     hidden_dim: int | None = None  # width of a tiny MLP before the logit (None: linear head)
     pos_weight: float | None = None
     threshold: float = 0.5  # speech probability above which a frame counts as speech in metrics
+
+    @property
+    def role(self) -> Role:
+        return Role.SPEECH_ACTIVITY
 
 
 def encoder_frames(num_samples: int) -> int:
@@ -61,6 +69,7 @@ def frame_labels(speech: list, num_frames: int) -> torch.Tensor:
     return labels.float()
 
 
+@register_task("vad")
 class VADTask(nn.Module):
     """Linear (or tiny MLP) head → one speech logit per encoder frame; masked BCE loss.
 
@@ -77,6 +86,7 @@ class VADTask(nn.Module):
         self.cfg = cfg
         self.name = cfg.name
         self.layer = cfg.layer
+        self.role = cfg.role
         if cfg.hidden_dim is None:
             self.head = nn.Linear(dim, 1)
         else:
@@ -85,7 +95,7 @@ class VADTask(nn.Module):
         self.register_buffer("pos_weight", pos_weight, persistent=False)  # from the config
 
     @classmethod
-    def fit_labels(cls, cfg: VADConfig, train_utts: list, exp_dir: str | Path) -> dict:
+    def fit_labels(cls, cfg: VADConfig, train_utts: list, exp_dir: str | Path, data: Any = None) -> dict:
         """VAD has no label space to fit."""
         return {}
 
@@ -127,21 +137,48 @@ class VADTask(nn.Module):
         )
         return bce / mask.sum()
 
-    def metrics(
-        self, logits: torch.Tensor, h_lens: torch.Tensor, targets: Targets
-    ) -> dict[str, tuple[float, float]]:
-        """Frame counts: `precision` (TP, TP+FP), `recall` (TP, TP+FN), `f1` (2TP, 2TP+FP+FN),
-        `accuracy` (correct, frames)."""
-        labels, mask = self._valid(logits.detach(), h_lens, targets)
-        pred = self.speech_probs(logits.detach()) > self.cfg.threshold
-        truth = labels > 0.5
-        tp = float((pred & truth & mask).sum())
-        fp = float((pred & ~truth & mask).sum())
-        fn = float((~pred & truth & mask).sum())
-        frames = float(mask.sum())
-        return {
-            "precision": (tp, tp + fp),
-            "recall": (tp, tp + fn),
-            "f1": (2 * tp, 2 * tp + fp + fn),
-            "accuracy": (frames - fp - fn, frames),
-        }
+    def scorer(self, options: ScoringOptions = ScoringOptions()) -> "VADScorer":
+        """Frame precision, recall and F1 at the threshold, and ROC AUC."""
+        return VADScorer(self)
+
+
+class VADScorer:
+    """Frame `precision`, `recall` and `f1` at the task's threshold and ROC `auc`,
+    against frame labels from the manifest's speech segments (the task's own `collate`, exactly
+    as in training), over the frames both the encoder output and the labels have."""
+
+    def __init__(self, task: VADTask):
+        self.task, self.name = task, task.name
+        self.collected: dict[str, list] = {"probs": [], "labels": []}
+
+    def add(self, batch: ScoredBatch) -> list[dict]:
+        probs = self.task.speech_probs(batch.logits.detach().float()).cpu()
+        targets = self.task.collate(batch.utts)
+        lens = torch.minimum(batch.enc.lens.cpu(), targets.lens)
+        records = []
+        for b in range(len(batch.utts)):
+            n = int(lens[b])
+            p = probs[b, :n].numpy()
+            rec = {"speech_frames_predicted": int((p > self.task.cfg.threshold).sum()), "frames": n}
+            if targets.present[b]:
+                y = targets.values[b, :n].numpy()
+                self.collected["probs"].append(p)
+                self.collected["labels"].append(y)
+                rec["speech_frames_ref"] = int(y.sum())
+            records.append(rec)
+        return records
+
+    def finish(self) -> Scores:
+        if not self.collected["probs"]:
+            return Scores(not_scored={f"{self.name}/f1": "no utterance has speech segments"})
+        p, y = np.concatenate(self.collected["probs"]), np.concatenate(self.collected["labels"]) > 0.5
+        pred = p > self.task.cfg.threshold
+        precision, recall, f1 = M.frame_prf(pred, y)
+        tp, fp, fn = int((pred & y).sum()), int((pred & ~y).sum()), int((~pred & y).sum())
+        out = Scores({f"{self.name}/precision": precision, f"{self.name}/recall": recall, f"{self.name}/f1": f1},
+                     {f"{self.name}/f1": {"tp": tp, "fp": fp, "fn": fn, "frames": int(len(y))}})
+        try:
+            out.metrics[f"{self.name}/auc"] = M.roc_auc(p, y)
+        except ValueError:
+            out.not_scored[f"{self.name}/auc"] = "needs both speech and non-speech frames"
+        return out

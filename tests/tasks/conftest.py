@@ -41,3 +41,25 @@ def overfit(task: torch.nn.Module, h: torch.Tensor, h_lens: torch.Tensor, target
 @pytest.fixture
 def overfit_fn():
     return overfit
+
+
+def score(task: torch.nn.Module, utts: list, logits: torch.Tensor, h: torch.Tensor | None = None,
+          h_lens: torch.Tensor | None = None):
+    """The task's scorer over one batch: (Scores, per-row records). `h` (B,T,D): the one
+    encoder layer the task reads (needed by heads that read more than their logits)."""
+    from mtspeech.encoders import EncoderOutput
+    from mtspeech.tasks import ScoredBatch
+
+    if h_lens is None:
+        h_lens = torch.full((len(utts),), logits.shape[1], dtype=torch.long)
+    if h is None:
+        h = torch.zeros(len(utts), logits.shape[1], 1)
+    task.layer = -1 if task.layer == "learned" else task.layer
+    scorer = task.scorer()
+    records = scorer.add(ScoredBatch(utts, logits, EncoderOutput([h], h_lens)))
+    return scorer.finish(), records
+
+
+@pytest.fixture
+def score_fn():
+    return score

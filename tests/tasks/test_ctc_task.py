@@ -48,13 +48,16 @@ def test_greedy_decode_hand_built_logits():
     assert CTCTask.greedy_decode(logits, torch.tensor([7, 3])) == [[1, 2, 2], [3]]
 
 
-def test_phone_error_counts(make_utt):
+def test_phone_error_counts(make_utt, score_fn):
     task, utts = phone_task(make_utt)
     t = task.collate(utts[:1])  # HH AH L OW
     ids = t.values[0].tolist()
     path = [ids[0], 0, ids[1], ids[1], ids[3]]  # drops L: one deletion
     logits = torch.nn.functional.one_hot(torch.tensor([path]), task.vocab_size).float()
-    assert task.metrics(logits, torch.tensor([5]), t) == {"per": (1.0, 4.0)}
+    scores, records = score_fn(task, utts[:1], logits)
+    assert scores.metrics == {"phones/per": 0.25}
+    assert scores.counts["phones/per"] == {"substitutions": 0, "deletions": 1, "insertions": 0, "ref_len": 4}
+    assert records == [{"hyp": ["HH", "AH", "OW"], "ref": PHONES_A, "errors": 1, "ref_len": 4}]
 
 
 def test_overfit_two_utterances(make_utt, overfit_fn):
@@ -124,7 +127,7 @@ def text_task(make_utt, tmp_path):
     return CTCTask(config, 16, labels), utts
 
 
-def test_text_labels_round_trip_and_metrics(make_utt, tmp_path):
+def test_text_labels_round_trip_and_metrics(make_utt, tmp_path, score_fn):
     task, utts = text_task(make_utt, tmp_path)
     assert task.vocab_size == task.labels["vocab_size"] <= 40  # a soft limit on tiny corpora
     t = task.collate([utts[0], make_utt("x"), utts[1]])
@@ -140,9 +143,11 @@ def test_text_labels_round_trip_and_metrics(make_utt, tmp_path):
     logits = torch.zeros(3, len(path), task.vocab_size)
     logits[0] = torch.nn.functional.one_hot(torch.tensor(path), task.vocab_size).float()
     logits[1:, :, 0] = 1.0  # all blank
-    m = task.metrics(logits, torch.tensor([len(path)] * 3), t)
+    scores, _ = score_fn(task, [utts[0], make_utt("x"), utts[1]], logits)
     n_words, n_chars = len(TEXTS[1].split()), len(TEXTS[1])
-    assert m == {"wer": (float(n_words), 2.0 + n_words), "cer": (float(n_chars), 11.0 + n_chars)}
+    wer, cer = scores.counts["asr/wer"], scores.counts["asr/cer"]
+    assert (wer["deletions"], wer["ref_len"]) == (n_words, 2 + n_words) and wer["substitutions"] + wer["insertions"] == 0
+    assert (cer["deletions"], cer["ref_len"]) == (n_chars, 11 + n_chars)
 
 
 def test_text_overfit(make_utt, tmp_path, overfit_fn):
@@ -154,15 +159,14 @@ def test_text_overfit(make_utt, tmp_path, overfit_fn):
     assert last < 0.3 * first
 
 
-def test_text_metrics_are_the_reported_metric(make_utt, tmp_path, monkeypatch):
-    """Checkpoint selection scores exactly what `mtspeech evaluate` reports (normalised text),
-    not raw strings: case, punctuation and spacing differences are no errors."""
+def test_text_metrics_are_the_reported_metric(make_utt, tmp_path, monkeypatch, score_fn):
+    """Checkpoint selection scores exactly what `mtspeech evaluate` reports (normalised text,
+    against the manifest's transcript), not raw strings: case, punctuation and spacing
+    differences are no errors."""
     from mtspeech import metrics
 
-    task, utts = text_task(make_utt, tmp_path)
-    t = task.collate(utts[:1])
-    texts = iter(["Hello,  world!", "HELLO WORLD"])  # reference, then hypothesis
-    monkeypatch.setattr(task, "decode_text", lambda ids: next(texts))
-    m = task.metrics(torch.zeros(1, 4, task.vocab_size), torch.tensor([4]), t)
-    assert m["wer"] == (0.0, 2.0)
-    assert m["cer"] == (0.0, float(metrics.cer(["Hello,  world!"], ["x"]).ref_len))
+    task, _ = text_task(make_utt, tmp_path)
+    monkeypatch.setattr(task, "decode_text", lambda ids: "HELLO WORLD")  # the hypothesis
+    scores, _ = score_fn(task, [make_utt("a", text="Hello,  world!")], torch.zeros(1, 4, task.vocab_size))
+    assert scores.metrics == {"asr/wer": 0.0, "asr/cer": 0.0}
+    assert scores.counts["asr/cer"]["ref_len"] == metrics.cer(["Hello,  world!"], ["x"]).ref_len

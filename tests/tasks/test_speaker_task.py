@@ -28,14 +28,14 @@ def test_labels_round_trip_and_unknown_speakers_masked(make_utt):
     assert t.present.tolist() == [True, True, True, False, False]
 
 
-def test_overfit_two_speakers(make_utt, overfit_fn):
+def test_overfit_two_speakers(make_utt, overfit_fn, score_fn):
     task, utts = speaker_task(make_utt)
     h, h_lens = torch.randn(2, 10, 16), torch.tensor([10, 7])
     first, last = overfit_fn(task, h, h_lens, task.collate(utts[:2]), steps=40)
     assert last < 0.3 * first
     task.eval()
-    m = task.metrics(task(h, h_lens), h_lens, task.collate(utts[:2]))
-    assert m["accuracy"][1] == 2.0
+    scores, records = score_fn(task, utts[:2], task(h, h_lens), h, h_lens)
+    assert scores.counts["speaker/accuracy"]["total"] == 2 and [r["ref"] for r in records] == ["103", "19"]
 
 
 def test_padding_invariance_and_absent_rows(make_utt):
@@ -51,7 +51,7 @@ def test_padding_invariance_and_absent_rows(make_utt):
     torch.testing.assert_close(full, two)
 
 
-def test_no_present_row_gives_zero_loss_with_graph(make_utt):
+def test_no_present_row_gives_zero_loss_with_graph(make_utt, score_fn):
     task, _ = speaker_task(make_utt)
     h = torch.randn(2, 10, 16)
     t = task.collate([make_utt("x"), make_utt("y", speaker="unseen")])
@@ -59,7 +59,9 @@ def test_no_present_row_gives_zero_loss_with_graph(make_utt):
     assert loss.item() == 0.0 and loss.requires_grad
     loss.backward()
     assert task.classifier.grad is not None and not task.classifier.grad.any()
-    assert task.metrics(task(h, torch.tensor([10, 9])), torch.tensor([10, 9]), t) == {"accuracy": (0.0, 0.0)}
+    scores, _ = score_fn(task, [make_utt("x"), make_utt("y", speaker="unseen")], task(h, torch.tensor([10, 9])), h,
+                         torch.tensor([10, 9]))
+    assert scores.metrics == {} and set(scores.not_scored) == {"speaker/accuracy", "speaker/eer"}
 
 
 def test_gradient_reversal_flips_encoder_gradient(make_utt):
@@ -92,7 +94,7 @@ def test_margin_warms_up_and_matches_speechbrain_aam_when_full(make_utt):
     torch.testing.assert_close(task.loss(cos, h_lens, targets), reference)
 
 
-def test_accuracy_holds_after_the_margin_reaches_its_final_value(make_utt):
+def test_accuracy_holds_after_the_margin_reaches_its_final_value(make_utt, score_fn):
     """8 speakers, noisy fixed features: trained on through the end of the warm-up, the head
     stays accurate instead of collapsing to one class."""
     utts = [make_utt(f"u{i}", speaker=f"s{i % 8}") for i in range(64)]
@@ -111,8 +113,7 @@ def test_accuracy_holds_after_the_margin_reaches_its_final_value(make_utt):
         loss.backward()
         opt.step()
         task.eval()
-        correct, total = task.metrics(task(h, h_lens), h_lens, targets)["accuracy"]
-        accuracy.append(correct / total)
+        accuracy.append(score_fn(task, utts, task(h, h_lens), h, h_lens)[0].metrics["speaker/accuracy"])
     assert task.margin == 0.3
     after = accuracy[60:]  # from the step the margin is full
     assert min(after) >= 0.9, f"accuracy fell to {min(after):.2f} after the warm-up"

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from mtspeech.config import ConfigError
-from mtspeech.tasks import TASKS, Targets, Task, build_task, fit_task_labels, task_config
+from mtspeech.encoders import EncoderOutput
+from mtspeech.tasks import TASKS, Role, ScoredBatch, ScoringOptions, Targets, Task, build_task, fit_task_labels, task_config
 
 
 def test_every_kind_builds_from_yaml_values_and_satisfies_the_protocol(make_utt):
@@ -25,8 +26,12 @@ def test_every_kind_builds_from_yaml_values_and_satisfies_the_protocol(make_utt)
         targets = task.collate(utts)
         logits = task(h, h_lens)
         assert task.loss(logits, h_lens, targets).dim() == 0
-        for num, den in task.metrics(logits, h_lens, targets).values():
-            assert 0 <= num and 0 <= den
+        assert task.role is cfg.role and isinstance(task.role, Role)
+        scorer = task.scorer(ScoringOptions())
+        records = scorer.add(ScoredBatch(utts, logits, EncoderOutput([h], h_lens)))
+        scores = scorer.finish()
+        assert len(records) == len(utts) and all(k.startswith(f"{name}/") for k in scores.metrics)
+        assert scores.metrics or scores.not_scored
 
 
 def test_config_errors_name_the_key():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 
+import pytest
 import torch
 
 from mtspeech.tasks import TASKS, build_task
@@ -46,15 +47,18 @@ def test_overfit_and_metrics(make_utt, overfit_fn):
     assert last < 0.3 * first
 
 
-def test_counts_on_hand_built_logits(make_utt):
+def test_counts_on_hand_built_logits(make_utt, score_fn):
     task = vad_task()
-    t = task.collate([make_utt("a", duration=1.0, speech=[[0.3, 0.6]]), make_utt("b", duration=1.0)])
+    utts = [make_utt("a", duration=1.0, speech=[[0.3, 0.6]]), make_utt("b", duration=1.0)]
+    t = task.collate(utts)
     logits = torch.full((2, 23), -5.0)
     logits[0, 5:10] = 5.0  # frames 5,6 false alarms; 7,8,9 hits; 10..13 misses
     logits[1] = 5.0  # absent row: ignored
-    m = task.metrics(logits, t.lens, t)
-    assert m["precision"] == (3.0, 5.0) and m["recall"] == (3.0, 7.0)
-    assert m["f1"] == (6.0, 12.0) and m["accuracy"] == (17.0, 23.0)
+    scores, records = score_fn(task, utts, logits, h_lens=t.lens)
+    assert scores.counts["vad/f1"] == {"tp": 3, "fp": 2, "fn": 4, "frames": 23}
+    assert scores.metrics["vad/precision"] == 3 / 5 and scores.metrics["vad/recall"] == 3 / 7
+    assert scores.metrics["vad/f1"] == pytest.approx(6 / 12) and 0 <= scores.metrics["vad/auc"] <= 1
+    assert records[1] == {"speech_frames_predicted": 23, "frames": 23}  # absent row: not scored
     torch.testing.assert_close(task.speech_probs(logits), torch.sigmoid(logits))
 
 
