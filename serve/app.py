@@ -96,13 +96,14 @@ def create_app(recognizer_or_model_path: StreamingRecognizer | str | Path,
 # ----------------------------------------------------------------------------- running it
 
 
-def run(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info"):
-    """Serve `app` with uvicorn until interrupted; open streams are finalized before exit."""
-    server = build_uvicorn(app, host, port, log_level)
+def run(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info", fd: int | None = None):
+    """Serve `app` with uvicorn until interrupted; open streams are finalized before exit.
+    `fd`: accept on this inherited listening socket instead of binding host:port (a worker)."""
+    server = build_uvicorn(app, host, port, log_level, fd=fd)
     server.run()
 
 
-def build_uvicorn(app: FastAPI, host: str, port: int, log_level: str = "info"):
+def build_uvicorn(app: FastAPI, host: str, port: int, log_level: str = "info", fd: int | None = None):
     """A uvicorn Server whose shutdown first drains open streams (tests run it in a thread)."""
     import uvicorn
 
@@ -128,7 +129,8 @@ def build_uvicorn(app: FastAPI, host: str, port: int, log_level: str = "info"):
     # ended by the stream's own idle timeout instead.
     # No permessage-deflate: PCM audio barely compresses, and inflating every frame cost the
     # event loop a third of its time at 128 streams (py-spy, docs in benchmarks/README.md).
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
+    where = {"fd": fd} if fd is not None else {"host": host, "port": port}
+    config = uvicorn.Config(app, **where, log_level=log_level,
                             ws_max_size=4 * settings.max_frame_bytes + 1024, lifespan="on",
                             ws_per_message_deflate=False,
                             ws_ping_timeout=None,
@@ -146,6 +148,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-streams", type=int, default=d.max_streams, help="concurrent streams (then 503/1013)")
     parser.add_argument("--max-batch-size", type=int, default=d.max_batch_size)
     parser.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms, help="wait for a fuller batch")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="server processes sharing the port, each with its own model and a share of "
+                             "--max-streams (one process is bound by its GIL, not by the cores: see "
+                             "serve/workers.py and docs/deploy.md)")
+    parser.add_argument("--fd", type=int, default=None, help=argparse.SUPPRESS)  # a worker's inherited socket
     parser.add_argument("--decode-threads", type=int, default=None,
                         help="decoding steps run at once, each on its own thread with its own streams "
                              "(default: 2 on 2 or more cores, else 1)")
@@ -188,6 +195,15 @@ def main(args: argparse.Namespace) -> int:
     """Run `mtspeech serve`."""
     import os
 
+    if args.workers < 1:
+        log.error("mtspeech serve: --workers must be >= 1")
+        return 2
+    if args.workers > 1 and args.fd is None:  # the supervisor loads no model: its workers do
+        from mtspeech.serve.workers import supervise
+
+        parser = argparse.ArgumentParser()
+        add_arguments(parser)
+        return supervise(args, parser)
     import torch
 
     cores = os.cpu_count() or 1
@@ -222,5 +238,5 @@ def main(args: argparse.Namespace) -> int:
         log.error("mtspeech serve: %s", e)
         return 2
     app = create_app(recognizer, settings)
-    run(app, args.host, args.port, args.log_level)
+    run(app, args.host, args.port, args.log_level, fd=args.fd)
     return 0

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import io
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import Iterator
@@ -270,7 +271,10 @@ async def healthz(request: Request):
         status = "unhealthy"
     else:
         status = "shutting_down" if server.shutting_down else "ok"
-    body = P.Health(status=status, streams_open=server.slots.in_use, max_streams=server.settings.max_streams)
+    # the whole server's counts (every worker's, under `serve --workers N`)
+    total = int(os.environ.get("MTSPEECH_SERVER_MAX_STREAMS") or server.settings.max_streams)
+    body = P.Health(status=status, streams_open=server.metrics.open_streams_total(server.slots.in_use),
+                    max_streams=total)
     # Readiness: a draining replica answers 503 too, so a load balancer stops sending it work.
     return JSONResponse(body.model_dump(), status_code=200 if status == "ok" else 503)
 

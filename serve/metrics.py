@@ -1,6 +1,13 @@
-"""Prometheus metrics of one server instance (its own registry, so apps in tests never clash)."""
+"""Prometheus metrics of one server instance (its own registry, so apps in tests never clash).
+
+Under `mtspeech serve --workers N` (serve/workers.py) every worker process writes its values to
+the supervisor's `PROMETHEUS_MULTIPROC_DIR`, and `/metrics` of any worker renders all of them
+summed (prometheus_client's multiprocess mode), so a scrape counts every stream of the server.
+"""
 
 from __future__ import annotations
+
+import os
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -23,7 +30,9 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.streams_open = Gauge("mtspeech_streams_open", "open streams (WebSocket + HTTP)", registry=r)
+        # livesum: the open streams of the worker processes still running, added up
+        self.streams_open = Gauge("mtspeech_streams_open", "open streams (WebSocket + HTTP)", registry=r,
+                                  multiprocess_mode="livesum")
         self.audio_seconds = Counter(
             "mtspeech_audio_seconds", "audio seconds decoded", ["source"], registry=r
         )
@@ -45,6 +54,27 @@ class Metrics:
         )
         self.errors = Counter("mtspeech_errors", "errors reported to clients", ["code"], registry=r)
 
+    @staticmethod
+    def shared() -> bool:
+        """Whether the values are shared with sibling worker processes (serve/workers.py)."""
+        return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
     def render(self) -> bytes:
-        """The Prometheus text exposition of every metric."""
-        return generate_latest(self.registry)
+        """The Prometheus text exposition of every metric (of every worker, when shared)."""
+        if not self.shared():
+            return generate_latest(self.registry)
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)
+
+    def open_streams_total(self, own: int) -> int:
+        """Open streams of the whole server: `own` (this process's), or every worker's when shared."""
+        if not self.shared():
+            return own
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return int(sum(s.value for m in registry.collect() if m.name == "mtspeech_streams_open" for s in m.samples))

@@ -1,0 +1,156 @@
+"""`mtspeech serve --workers N`: N server processes sharing one listening socket.
+
+Why processes: under load one server process is bound by its GIL, not by the cores. The
+flashlight beam search steps with the GIL held, and the event loop, the batcher and the
+per-stream decoding are Python. A py-spy `--gil` profile of 96 continuous streams (phones + LM)
+had the GIL held most of the time while the process used under one core. A second process
+brings a second GIL, so the work of N streams spreads over the cores. uvicorn's own `--workers`
+does the same, but it would import the app by name in each process; here each worker is the
+ordinary `mtspeech serve` command with `--fd`, so it builds its recognizer from the same flags.
+
+The supervisor (this module) binds the socket, starts the workers with it, and:
+  - splits `--max-streams` between them (each refuses past its share: 1013 / 503);
+  - gives each worker cores / N intra-op threads and one decoding thread;
+  - shares Prometheus metrics through `PROMETHEUS_MULTIPROC_DIR`, so `/metrics` and `/healthz`
+    of any worker count every worker's streams;
+  - on SIGTERM or SIGINT passes SIGTERM on (each worker drains its streams: finals first) and
+    waits for them all;
+  - restarts a worker that dies unexpectedly (at most `MAX_RESTARTS` in `RESTART_WINDOW_S`, then
+    gives up and stops the others: a worker that cannot stay up is a configuration error).
+
+The kernel hands each new connection to one of the workers waiting in accept(); connections
+stay with the worker that accepted them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+log = logging.getLogger(__name__)
+
+MAX_RESTARTS = 5
+RESTART_WINDOW_S = 60.0
+POLL_S = 0.2
+
+
+def worker_argv(args: argparse.Namespace, parser: argparse.ArgumentParser, **override) -> list[str]:
+    """The `serve` flags of `args` as a command line (only those that differ from the defaults),
+    with `override` (dest → value) applied."""
+    values = vars(args) | override
+    argv: list[str] = []
+    for action in parser._actions:  # noqa: SLF001 — argparse has no public list of its actions
+        if not action.option_strings or action.dest not in values or action.dest == "help":
+            continue
+        value = values[action.dest]
+        if value == action.default or value is None:
+            continue
+        flag = action.option_strings[-1] if action.option_strings[-1].startswith("--") else action.option_strings[0]
+        if isinstance(action, argparse._StoreTrueAction):  # noqa: SLF001
+            argv.append(flag)
+        elif isinstance(value, (list, tuple)):
+            argv += [flag, *map(str, value)]
+        else:
+            argv += [flag, str(value)]
+    return argv
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket every worker accepts on (IPv6 when `host` is an IPv6 address)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+class Supervisor:
+    """Start, watch and stop the worker processes (see the module doc)."""
+
+    def __init__(self, args: argparse.Namespace, parser: argparse.ArgumentParser):
+        self.n = args.workers
+        cores = os.cpu_count() or 1
+        self.sock = bind(args.host, args.port)
+        self.metrics_dir = tempfile.TemporaryDirectory(prefix="mtspeech-metrics-")
+        per_worker = worker_argv(
+            args, parser, workers=1, fd=self.sock.fileno(),
+            max_streams=math.ceil(args.max_streams / self.n),
+            decode_threads=args.decode_threads or 1,
+            intra_op_threads=args.intra_op_threads or max(1, cores // self.n))
+        self.cmd = [sys.executable, "-m", "mtspeech.cli", "serve", *per_worker]
+        self.env = os.environ | {"PROMETHEUS_MULTIPROC_DIR": self.metrics_dir.name,
+                                 "MTSPEECH_SERVER_MAX_STREAMS": str(args.max_streams)}
+        self.procs: list[subprocess.Popen | None] = [None] * self.n
+        self.restarts: list[float] = []
+        self.stopping = False
+
+    def _start(self, i: int) -> None:
+        # its own session: a terminal's Ctrl-C reaches the supervisor only, which passes on one SIGTERM
+        self.procs[i] = subprocess.Popen(self.cmd, pass_fds=(self.sock.fileno(),), start_new_session=True,
+                                         env=self.env | {"MTSPEECH_WORKER": str(i)})
+        log.info("worker %d started (pid %d)", i, self.procs[i].pid)
+
+    def _on_signal(self, signum, frame) -> None:
+        self.stopping = True
+
+    def run(self) -> int:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        try:
+            for i in range(self.n):
+                self._start(i)
+            return self._watch()
+        finally:
+            self._stop_all()
+            self.sock.close()
+            self.metrics_dir.cleanup()
+
+    def _watch(self) -> int:
+        while not self.stopping:
+            time.sleep(POLL_S)
+            for i, p in enumerate(self.procs):
+                if p is None or p.poll() is None or self.stopping:
+                    continue
+                self._mark_dead(p.pid)
+                now = time.monotonic()
+                self.restarts = [t for t in self.restarts if now - t < RESTART_WINDOW_S] + [now]
+                if len(self.restarts) > MAX_RESTARTS:
+                    log.error("mtspeech serve: workers exited %d times within %.0f s (the last with status %s); "
+                              "stopping", len(self.restarts), RESTART_WINDOW_S, p.returncode)
+                    return 1
+                log.warning("worker %d (pid %d) exited with status %s; restarting it", i, p.pid, p.returncode)
+                self._start(i)
+        return 0
+
+    def _stop_all(self) -> None:
+        live = [p for p in self.procs if p is not None and p.poll() is None]
+        for p in live:
+            p.send_signal(signal.SIGTERM)  # each drains: open streams get their finals
+        for p in live:
+            try:
+                p.wait()
+            except KeyboardInterrupt:
+                p.kill()
+            self._mark_dead(p.pid)
+
+    def _mark_dead(self, pid: int) -> None:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid, self.metrics_dir.name)
+
+
+def supervise(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Run `mtspeech serve` as `args.workers` worker processes until SIGTERM / SIGINT."""
+    sup = Supervisor(args, parser)
+    log.info("serving on %s:%d with %d worker processes", args.host, args.port, sup.n)
+    return sup.run()
