@@ -19,8 +19,8 @@ name exist under `--root`; otherwise the seeds' t interval widened by their utte
 Its verdict needs 3 seeds.
 
     python benchmarks/demo_goals.py \\
-        --compare docs/results/demo-compare/pad docs/results/demo-compare/pad-seed1 \\
-        --peers docs/results/peers/demo-pad.json docs/results/peers/demo-pad-seed1.json
+        --compare docs/results/demo-compare/train-voices docs/results/demo-compare/train-voices-seed1 \\
+        --peers docs/results/peers/demo-train-voices.json docs/results/peers/demo-train-voices-seed1.json
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Peer benchmarks: the VAD head against Silero VAD, the speaker head against Resemblyzer.
 
 The peers are optional extras (`MTSPEECH_PEERS=1 bash scripts/setup.sh`); both ship their
-weights inside their packages, so nothing is downloaded. No test imports this file.
+weights inside their packages, so nothing is downloaded. tests/test_peers_benchmark.py
+tests the frame mapping and the bootstrap without them.
 
     python benchmarks/peers.py --model exp/synthetic/all/final.pt --data data/synthetic --out peers.json
 

@@ -12,11 +12,11 @@ if [ ! -x .tools/bin/uv ] || [ "$(.tools/bin/uv --version | cut -d' ' -f2)" != "
   [ -x .tools/bin/python ] || "$PY" -m venv .tools
   .tools/bin/python -m pip install -q "uv==$UV_VERSION"
 fi
-.tools/bin/uv pip compile pyproject.toml --extra test --generate-hashes --universal \
+.tools/bin/uv pip compile pyproject.toml --extra test --extra docs --generate-hashes --universal \
   --python-version 3.10 --quiet "$@" -o requirements.lock
 echo "lock: wrote requirements.lock ($(grep -c '^[A-Za-z0-9]' requirements.lock) packages)"
 # The peer tools of benchmarks/peers.py, locked on top of (and agreeing with) the main lock.
 # resemblyzer lists the Python 2 `typing` backport, which the standard library replaces.
-.tools/bin/uv pip compile pyproject.toml --extra test --extra peers --generate-hashes --universal \
+.tools/bin/uv pip compile pyproject.toml --extra test --extra docs --extra peers --generate-hashes --universal \
   --python-version 3.10 --quiet -c requirements.lock --no-emit-package typing "$@" -o requirements-peers.lock
 echo "lock: wrote requirements-peers.lock ($(grep -c '^[A-Za-z0-9]' requirements-peers.lock) packages)"

@@ -5,11 +5,16 @@
 # utterance bootstrap against the grid's own baseline (see `reaggregate` in
 # mtspeech/ablation/report.py). Each `vs-X/` folder is the same runs against variant X.
 # Idempotent: reading a re-aggregated results.json gives the same report.
+# It also draws what is not committed, to keep docs/results/ small: the per-split plots
+# (plots/test*), each vs-X/ view, and the relatedness plots from their JSON sidecars
+# (scripts/redraw_curves.py, first, so the reports find them). Commit only what was committed.
 #   bash scripts/reaggregate_grids.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MT=${MTSPEECH:-.venv/bin/mtspeech}
+PY=${PYTHON:-.venv/bin/python}
 R=docs/results
+"$PY" scripts/redraw_curves.py "$R"
 again() {  # again FOLDER [BASELINE]: FOLDER/results.json re-reported (into FOLDER/vs-BASELINE/)
   local dir=$1 base=${2:-}
   if [ -z "$base" ]; then

@@ -16,6 +16,9 @@ import pytest
 import soundfile
 from bench_module import load_benchmark
 
+from mtspeech.data.features import FeatureConfig
+from mtspeech.data.geometry import SUBSAMPLING
+
 RATE = 16000
 
 pytestmark = pytest.mark.slow  # starts a server subprocess: ~20 s on two shared cores
@@ -85,7 +88,8 @@ def test_server_load_benchmark(assets):
     result = json.loads(out.read_text())
     assert [lv["streams"] for lv in result["levels"]] == [1, 2]
     assert result["baseline"]["streams"] == 1
-    assert result["max_streams_keeping_up"] in (0, 1, 2)
+    kept_up = [lv["streams"] for lv in result["levels"] if lv["keeps_up"]]
+    assert result["max_streams_keeping_up"] == max(kept_up, default=0)
     for lv in result["levels"]:
         assert lv["errors"] == 0 and lv["completed"] == lv["utterances"] >= lv["streams"]
         assert lv["partials"] > 0 and lv["partials_unmatched"] == 0
@@ -94,8 +98,30 @@ def test_server_load_benchmark(assets):
                     "server_cpu_s", "cpu_cores", "rtf_cpu", "efficiency_audio_s_per_cpu_s", "efficiency_vs_n1"):
             assert _finite(lv[key]), (key, lv[key])
         assert lv["audio_s"] == pytest.approx(1.6 * lv["utterances"], rel=0.05)
-        assert isinstance(lv["keeps_up"], bool)
-    assert result["levels"][0]["efficiency_vs_n1"] == 1.0
+        if lv["keeps_up"]:  # the documented bound, checked on the level's own measurements
+            assert lv["final_latency_p95_s"] < 0.5 and lv["rtf"] < 1 and not lv["why_not"], lv
+        else:
+            assert lv["why_not"], lv
+
+
+def test_server_load_summary_of_hand_made_levels():
+    """_result on three levels whose efficiencies and keep-up verdicts are known: efficiency
+    relative to N=1 and the largest N that kept up, worked out by hand."""
+    import argparse
+
+    bench = _load("server_load")
+    ap = argparse.ArgumentParser()
+    bench.add_arguments(ap)
+    args = ap.parse_args(["--model", "m.pt", "--max-partial-latency", "1.0"])
+    levels = [{"streams": 1, "keeps_up": True, "efficiency_audio_s_per_cpu_s": 4.0},
+              {"streams": 2, "keeps_up": True, "efficiency_audio_s_per_cpu_s": 3.0},
+              {"streams": 4, "keeps_up": False, "efficiency_audio_s_per_cpu_s": 1.0}]
+    result = bench._result(levels, args, "files", [])
+    assert [lv["efficiency_vs_n1"] for lv in result["levels"]] == [1.0, 0.75, 0.25]
+    assert result["max_streams_keeping_up"] == 2
+    assert result["baseline"] == {"streams": 1, "efficiency_audio_s_per_cpu_s": 4.0}
+    levels[0]["keeps_up"] = levels[1]["keeps_up"] = False
+    assert bench._result(levels, args, "files", [])["max_streams_keeping_up"] == 0
 
 
 def test_batch_step_benchmark(assets):
@@ -107,9 +133,12 @@ def test_batch_step_benchmark(assets):
     assert set(backends) == {"torch", "torch-traced"}
     rows = backends["torch"] + backends["torch-traced"]
     assert [r["batch"] for r in rows] == [1, 3, 1, 3] and rows[0]["vs_first"] == 1.0
+    # A step decodes one chunk per stream: 8 encoder frames, each SUBSAMPLING feature hops of audio.
+    # The chunk's seconds come from the front end here, not from the script's own constant.
+    chunk_s = 8 * SUBSAMPLING * FeatureConfig().hop_length / FeatureConfig().sample_rate
     for r in rows:
-        assert r["step_ms"] > 0 and r["ms_per_stream"] == pytest.approx(r["step_ms"] / r["batch"], rel=0.01)
-        assert r["realtime_streams"] == pytest.approx(0.32 * r["batch"] / (r["step_ms"] / 1e3), rel=0.02)
+        assert r["step_ms"] > 0
+        assert r["realtime_streams"] * r["step_ms"] / 1e3 / r["batch"] == pytest.approx(chunk_s, rel=0.05)
 
 
 def test_capacity_table_from_a_load_run(tmp_path, capsys):

@@ -51,7 +51,8 @@ def _lock_entries() -> list[tuple[str, str, str]]:
 
 def _pyproject_requirements() -> list[Requirement]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    reqs = project["dependencies"] + project["optional-dependencies"]["test"]
+    extras = project["optional-dependencies"]
+    reqs = project["dependencies"] + extras["test"] + extras["docs"]  # the extras scripts/lock.sh locks
     return [Requirement(r) for r in reqs]
 
 

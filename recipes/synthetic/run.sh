@@ -41,7 +41,7 @@ echo "== 1/5 synthesize the corpus ($HOURS h) into $CORPUS, and noisy twins of i
 # through simulated rooms (RT60 0.3-0.9 s, no noise): test-room, ...
 [ -d "$CORPUS/test-voices-room" ] || mtspeech synth --out "$CORPUS" --twins-only
 # train-voices: 30 more training speakers, on voice variants no other split uses (with train's
-# 28 the speaker head hears too few voices to place new ones: README, "In noise").
+# 28 the speaker head hears too few voices to place new ones: docs/results/grid-train-voices/).
 [ -f "$CORPUS/train_voices.json" ] || mtspeech synth --out "$CORPUS" --train-voices-only
 
 echo "== 2/5 prepare manifests into $DATA"
@@ -105,7 +105,7 @@ if [ -n "${COMPARE_PLAIN:-}" ]; then
   # exp/synthetic/all/compare-plain exp/synthetic/all-seed1/compare-plain ... --peers ...`.
   python benchmarks/demo_goals.py --compare "$EXP/compare-plain" --out "$EXP/compare-plain/goals.json"
 fi
-# Word accuracy on test by how many training sentences contain the word (README table).
+# Word accuracy on test by how many training sentences contain the word (mtspeech analyze).
 mtspeech analyze --train "${train[@]}" --manifest "$DATA/test.jsonl" \
   --greedy "$EXP/eval-test" --lm "$EXP/eval-test-lm"
 python - "$EXP" <<'PY'

@@ -156,12 +156,48 @@ def test_arpa_parses_back_and_every_context_sums_to_one(tmp_path):
     assert lm.log10_prob("ZEBRA") == lm.log10_prob("<unk>")
 
 
-def test_arpa_matches_kenlm_when_installed(tmp_path):
-    kenlm = pytest.importorskip("kenlm")
-    path = build_ngram_lm(TEXTS, order=3, out_path=tmp_path / "lm.arpa")
-    ours, theirs = ArpaLM.load(path), kenlm.Model(str(path))
-    for s in ["THE CAT SAT ON THE HAT", "SAT THE", "THE DOG SAT"]:
-        assert ours.sentence_log10_prob(s.split()) == pytest.approx(theirs.score(s), abs=1e-4)
+# A hand-written trigram ARPA file: every score below is worked out by hand with the ARPA backoff
+# rule (the one kenlm and SRILM apply): p(w | h) = p(h w) if listed, else bow(h) + p(w | h minus its
+# first word), where an unlisted backoff weight is log10 1 = 0.
+HAND_ARPA = """\\data\\
+ngram 1=5
+ngram 2=3
+ngram 3=1
+
+\\1-grams:
+-1.0 <unk> 0
+-99 <s> -0.5
+-0.7 THE -0.3
+-0.9 CAT -0.2
+-0.6 </s>
+
+\\2-grams:
+-0.2 <s> THE -0.1
+-0.4 THE CAT -0.25
+-0.3 CAT </s>
+
+\\3-grams:
+-0.05 <s> THE CAT
+
+\\end\\
+"""
+
+
+def test_arpa_scores_match_the_backoff_rule_by_hand(tmp_path):
+    path = tmp_path / "hand.arpa"
+    path.write_text(HAND_ARPA)
+    lm = ArpaLM.load(path)
+    assert lm.log10_prob("CAT", ["<s>", "THE"]) == pytest.approx(-0.05)  # the trigram itself
+    assert lm.log10_prob("THE", ["THE", "CAT"]) == pytest.approx(-0.25 - 0.2 - 0.7)  # two backoffs to the unigram
+    assert lm.log10_prob("</s>", ["THE", "CAT"]) == pytest.approx(-0.25 - 0.3)  # one backoff to the bigram
+    assert lm.log10_prob("CAT", ["CAT", "THE"]) == pytest.approx(-0.4)  # (CAT, THE) has no backoff: 0
+    assert lm.log10_prob("DOG", ["<s>"]) == pytest.approx(-0.5 - 1.0)  # unknown scores as <unk>
+    assert lm.log10_prob("CAT", ["<s>", "<s>", "THE"]) == pytest.approx(-0.05)  # only the last order-1 words count
+    # a sentence is scored from <s> and ends with </s>: -0.2 + -0.05 + (-0.25 - 0.3)
+    assert lm.sentence_log10_prob(["THE", "CAT"]) == pytest.approx(-0.8)
+    path.write_text(HAND_ARPA.replace("ngram 2=3", "ngram 2=4"))
+    with pytest.raises(ValueError, match="header says 4 2-grams"):
+        ArpaLM.load(path)
 
 
 def test_lm_beam_picks_the_word_the_lm_prefers(tmp_path):

@@ -250,17 +250,22 @@ def _check_consumer_alive(addr: str, app, recognizer) -> None:
     assert not result.errors and result.text == reference_text(recognizer, wav)
 
 
-@pytest.mark.xfail(strict=False, reason="uvicorn (websockets-sansio) drops the TCP connection right after "
-                   "its 1009 close frame for a frame past ws_max_size; a client still sending gets a reset "
-                   "and sees 1006 (and loses any error/end queued before)")
-def test_frame_past_uvicorn_cut_closes_1009(make_server):
-    """A frame past uvicorn's cut (4 x max_frame_bytes + 1 KB), followed by more frames, must
-    still end with close code 1009, never an abnormal 1006."""
-    addr, _ = make_server(max_frame_bytes=FRAME_LIMIT)
+def test_frame_past_uvicorn_cut_ends_the_stream_and_the_server_goes_on(make_server, recognizer):
+    """A frame past uvicorn's cut (4 x max_frame_bytes + 1 KB), followed by more frames.
+
+    uvicorn (websockets-sansio) answers with a 1009 close frame and drops the TCP connection
+    at once, so a client still sending may get a reset first and see 1006 (a limitation of
+    uvicorn that our code cannot reach: the frame never gets to the app). What holds either
+    way: the stream ends (no hang, never a normal 1000 close as if the audio were accepted)
+    and the server goes on serving the next client exactly."""
+    addr, app = make_server(max_frame_bytes=FRAME_LIMIT)
     url = f"ws://{addr}/v1/stream"
     frames = [("zeros", 4 * FRAME_LIMIT + 2048), ("bytes", b"")]  # then the stop _exchange sends
-    codes = [asyncio.run(_exchange(url, "none", None, frames))[1] for _ in range(20)]
-    assert set(codes) == {1009}, codes
+    for _ in range(5):
+        received, code = asyncio.run(_exchange(url, "none", None, frames))
+        assert code in (1009, 1006), (code, received)
+        assert "end" not in [P.SERVER_MESSAGE.validate_json(m).type for m in received], received
+    _check_consumer_alive(addr, app, recognizer)
 
 
 # ----------------------------------------------------------------------------- HTTP

@@ -1,0 +1,121 @@
+"""Render the results pages under docs/results/ from the committed JSON beside them.
+
+Each page is generated, never typed: its tables are the benchmark's own `render()` output
+for each JSON file of its folder, under a header naming the command that measured it. Edit
+the JSON (by re-running the benchmark) or this script, then re-render:
+
+    python scripts/render_results.py            # write every page
+    python scripts/render_results.py --check    # exit 1 and name each page that differs
+
+`tests/test_render_results.py` runs the check, so a number edited by hand in a page, or a
+JSON changed without re-rendering, fails the tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCHMARKS = ROOT / "benchmarks"
+
+
+def benchmark(name: str):
+    """benchmarks/NAME.py as a module (benchmarks/ on sys.path for its `_cli`)."""
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+def render_rir_match(result: dict) -> str:
+    rir = benchmark("rir_match")
+    return "\n".join([rir.HEADER, *(rir.render_row(row) for row in result["rows"])])
+
+
+@dataclass(frozen=True)
+class Page:
+    """One results page: `folder/README.md`, a section per JSON file matching `pattern`."""
+
+    folder: str  # under docs/results/
+    title: str
+    command: str  # how the JSON was measured
+    pattern: str
+    render: Callable[[dict], str]
+    note: str = ""
+
+    def text(self, results_dir: Path) -> str:
+        files = sorted((results_dir / self.folder).glob(self.pattern))
+        if not files:
+            raise FileNotFoundError(f"{results_dir / self.folder}: no {self.pattern} to render")
+        out = [f"<!-- Rendered by `python scripts/render_results.py` from the JSON in this folder: "
+               f"edit the JSON or the script, never this page. -->", f"# {self.title}", "",
+               "Measured with:", "", f"    {self.command}", ""]
+        if self.note:
+            out += [self.note, ""]
+        for f in files:
+            result = json.loads(f.read_text(encoding="utf-8"))
+            model = result.get("model")
+            out += [f"## `{f.name}`" + (f" (model `{model}`)" if model else ""), "", "```",
+                    self.render(result).rstrip(), "```", ""]
+        return "\n".join(out)
+
+
+PAGES = [
+    Page("peers", "Peers: the VAD head against Silero VAD, the speaker head against Resemblyzer",
+         "python benchmarks/peers.py --model EXP/final.pt --data data/synthetic --out peers.json",
+         "*.json", lambda r: benchmark("peers").render(r),
+         "Definitions: the docstring of `benchmarks/peers.py`. One file per trained model and seed."),
+    Page("streaming", "Streaming decoders: accuracy and real-time factor per decoder",
+         "python benchmarks/streaming_decoders.py --model EXP/final.pt --manifest data/synthetic/test.jsonl "
+         "--lm auto --beam-size 20 --lm-weight 1.0 --out dec.json",
+         "*.json", lambda r: benchmark("streaming_decoders").render(r),
+         "The real-time factor is wall time on the machine of the run, one stream at a time."),
+    Page("server-load", "Server load: concurrent real-time streams, and the decoding step per batch size",
+         "python benchmarks/server_load.py --model EXP/final.pt --levels 1,64,128,160 --keep-going "
+         "--backend torch onnx --out load.json  # load-*.json; batch-step-*.json: benchmarks/batch_step.py",
+         "*.json", lambda r: (benchmark("batch_step") if r["benchmark"] == "batch_step"
+                              else benchmark("server_load")).render(r),
+         "Definitions (latencies, keeps up): the docstring of `benchmarks/server_load.py`."),
+    Page("rir-match", "Synthetic rooms against pyroomacoustics' shoebox rooms",
+         "python benchmarks/rir_match.py --rooms 20 --out rir.json", "*.json", render_rir_match),
+]
+
+
+def check(results_dir: Path = ROOT / "docs" / "results") -> list[Path]:
+    """The pages whose committed text differs from what their JSON renders to."""
+    stale = []
+    for page in PAGES:
+        path = results_dir / page.folder / "README.md"
+        if not path.is_file() or path.read_text(encoding="utf-8") != page.text(results_dir):
+            stale.append(path)
+    return stale
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="write nothing; exit 1 if a page differs")
+    ap.add_argument("--results-dir", type=Path, default=ROOT / "docs" / "results")
+    args = ap.parse_args(argv)
+    if args.check:
+        stale = check(args.results_dir)
+        for path in stale:
+            print(f"{path}: differs from its JSON; run python scripts/render_results.py", file=sys.stderr)
+        return 1 if stale else 0
+    for page in PAGES:
+        path = args.results_dir / page.folder / "README.md"
+        path.write_text(page.text(args.results_dir), encoding="utf-8")
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
