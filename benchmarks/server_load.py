@@ -26,7 +26,7 @@ Definitions (per level):
                     `end` when no final follows `stop`: the endpointer had already closed it).
   rtf               the server's own `mtspeech_real_time_factor` from `/metrics`: mean over the
                     level's decoding steps of (step compute time / audio in the batch).
-  cpu_cores         CPU seconds of the server process (psutil, else /proc/PID/stat) / wall seconds.
+  cpu_cores         CPU seconds of the server's processes (/proc/PID/stat, workers included) / wall seconds.
   rtf_cpu           server CPU seconds / audio seconds it received (`mtspeech_audio_seconds_total`).
   x_realtime        audio seconds received by the server / wall seconds (about N when it keeps up).
   efficiency        audio seconds per server CPU second (= 1 / rtf_cpu); `vs_n1` is it relative to
@@ -113,6 +113,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     srv.add_argument("--decoder", choices=["greedy", "beam", "phones", "auto"], default="greedy",
                      help="the streams' decoder (`mtspeech serve --decoder`; beam, phones and auto use "
                           "the checkpoint's embedded LM, `--lm auto`)")
+    srv.add_argument("--workers", type=int, default=None, help="server processes (`mtspeech serve --workers`)")
     srv.add_argument("--decode-threads", type=int, default=None,
                      help="the server's concurrent decoding steps (default: the server's)")
     srv.add_argument("--intra-op-threads", type=int, default=None,
@@ -247,7 +248,7 @@ class ServerProcess:
         elif backend != "torch":
             self.cmd += ["--backend", "onnx", "--onnx-dir", str(onnx_dir)] + (["--int8"] if backend == "onnx-int8" else [])
         self.env = os.environ.copy()
-        for flag in ("decode_threads", "intra_op_threads"):
+        for flag in ("workers", "decode_threads", "intra_op_threads"):
             if getattr(args, flag, None):
                 self.cmd += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
         self.startup_timeout = args.startup_timeout
@@ -281,31 +282,35 @@ class ServerProcess:
         self.log.seek(0)
         return self.log.read()[-chars:]
 
-    def cpu_seconds(self) -> float | None:
-        """User + system CPU seconds of the server process so far."""
-        try:
-            import psutil
+    def _pids(self) -> list[int]:
+        """The server process and its worker processes (`serve --workers N`)."""
+        pids = [self.proc.pid]
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
+                pids += [int(p) for p in (task / "children").read_text().split()]
+        return pids
 
-            t = psutil.Process(self.proc.pid).cpu_times()
-            return t.user + t.system
-        except ImportError:
-            pass
-        try:
-            stat = Path(f"/proc/{self.proc.pid}/stat").read_text()
-        except OSError:
-            return None
-        fields = stat[stat.rfind(")") + 2 :].split()  # fields from 3 (state) on; utime = 14, stime = 15
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    def cpu_seconds(self) -> float | None:
+        """User + system CPU seconds of the server's processes so far (from /proc)."""
+        total, tick = 0.0, os.sysconf("SC_CLK_TCK")
+        for pid in self._pids():
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rfind(")") + 2 :].split()  # fields from 3 (state) on; utime = 14, stime = 15
+            total += (int(fields[11]) + int(fields[12])) / tick
+        return total if total else None
 
     def rss_bytes(self) -> int | None:
-        """Resident set size of the server process now."""
-        try:
-            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-        except OSError:
-            pass
-        return None
+        """Resident set size of the server's processes now."""
+        total = 0
+        for pid in self._pids():
+            with contextlib.suppress(OSError):
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) * 1024
+        return total or None
 
     def metrics(self) -> dict:
         """The /metrics samples as {(name, ((label, value), ...)): value}."""
@@ -615,7 +620,7 @@ def _result(levels: list[dict], args, source: str, audios: list[TestAudio]) -> d
                                                     "local_partials": len(a.partials)} for a in audios]},
         "settings": {k: getattr(args, k) for k in ("shape", "continuous_seconds", "frame_ms", "seconds_per_level", "chunk_frames", "left_chunks",
                                                    "max_batch_size", "max_wait_ms", "endpoint_mode", "decoder", "device",
-                                                   "decode_threads", "intra_op_threads", "max_final_latency",
+                                                   "workers", "decode_threads", "intra_op_threads", "max_final_latency",
                                                    "max_partial_latency")}
                     | {"endpointing": not args.no_endpointing, "cpu_count": os.cpu_count()},
         "keep_up_definition": (f"no errors or unfinished utterances, p95 final latency < {args.max_final_latency:g} s, "

@@ -165,6 +165,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--idle-timeout", type=float, default=d.idle_timeout_s, help="seconds without a message")
     parser.add_argument("--max-buffered-seconds", type=float, default=d.max_buffered_seconds,
                         help="audio per stream waiting to be decoded before the server stops reading it")
+    parser.add_argument("--max-decode-lag", type=float, default=d.max_decode_lag_s, metavar="SECONDS",
+                        help="refuse new streams (1013 / 503) while decoding runs this far behind real time, "
+                             "so the open ones keep their latency (0: only --max-streams limits)")
     parser.add_argument("--shutdown-timeout", type=float, default=d.shutdown_timeout_s,
                         help="SIGTERM: seconds to let open streams and HTTP transcriptions finish")
     parser.add_argument("--api-key", default=None, help="require this key (default: env MTSPEECH_API_KEY)")
@@ -220,6 +223,7 @@ def main(args: argparse.Namespace) -> int:
         max_frame_bytes=args.max_frame_bytes, max_upload_bytes=args.max_upload_bytes,
         max_stream_seconds=args.max_stream_seconds, idle_timeout_s=args.idle_timeout,
         max_buffered_seconds=args.max_buffered_seconds, shutdown_timeout_s=args.shutdown_timeout,
+        max_decode_lag_s=args.max_decode_lag,
         api_key=args.api_key or os.environ.get("MTSPEECH_API_KEY") or None,
     )
     try:

@@ -168,10 +168,9 @@ async def _until_disconnect(request: Request) -> None:
 
 async def transcribe(server: Server, request: Request, audio: AudioFile, endpointing: bool = True) -> list[FinalEvent]:
     """Decode an upload through the batcher; its finals. Raises APIError or ClientGone."""
-    if not server.open_slot():
-        raise APIError(503, P.ErrorCode.too_many_streams,
-                       f"server at capacity ({server.settings.max_streams} streams); retry later",
-                       headers={"Retry-After": "1"})
+    refused = server.open_slot()
+    if refused is not None:
+        raise APIError(503, P.ErrorCode.too_many_streams, refused, headers={"Retry-After": "1"})
     stream = server.recognizer.new_stream(audio.sample_rate, endpointing=endpointing, interim=False)
     job = server.batcher.add(stream, source="file")
     server.transcriptions.add(job)
