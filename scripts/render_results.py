@@ -79,12 +79,6 @@ PAGES = [
          "--lm auto --beam-size 20 --lm-weight 1.0 --out dec.json",
          "*.json", lambda r: benchmark("streaming_decoders").render(r),
          "The real-time factor is wall time on the machine of the run, one stream at a time."),
-    Page("server-load", "Server load: concurrent real-time streams, and the decoding step per batch size",
-         "python benchmarks/server_load.py --model EXP/final.pt --levels 1,64,128,160 --keep-going "
-         "--backend torch onnx --out load.json  # load-*.json; batch-step-*.json: benchmarks/batch_step.py",
-         "*.json", lambda r: (benchmark("batch_step") if r["benchmark"] == "batch_step"
-                              else benchmark("server_load")).render(r),
-         "Definitions (latencies, keeps up): the docstring of `benchmarks/server_load.py`."),
     Page("rir-match", "Synthetic rooms against pyroomacoustics' shoebox rooms",
          "python benchmarks/rir_match.py --rooms 20 --out rir.json", "*.json", render_rir_match),
 ]
