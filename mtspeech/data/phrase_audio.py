@@ -13,6 +13,8 @@ import numpy as np
 
 from mtspeech.data.engines import ENGINES, synthesize
 from mtspeech.data.engines.world import convert
+from mtspeech.data.geometry import SAMPLE_RATE
+from mtspeech.data.resample import resample
 from mtspeech.data.voices import Speaker
 
 
@@ -20,10 +22,11 @@ def speak(text: str, speaker: Speaker) -> np.ndarray:
     """float32 (S,) at 16 kHz, trimmed: `text` in the speaker's engine voice, then through
     its WORLD conversion if it has one (trimmed before, so WORLD analyses speech only, and
     after, since resynthesis leaves low tails)."""
-    raw = synthesize(speaker.engine, text, speaker.engine_voice, speaker.pitch, speaker.rate)
+    wav, rate = synthesize(speaker.engine, text, speaker.engine_voice, speaker.pitch, speaker.rate)
+    raw = resample(wav, rate, SAMPLE_RATE)
     wav = trim(raw, edge_floor_db(raw) if ENGINES[speaker.engine].noise_padded else None)
     if speaker.conversion is not None and wav.size:
-        wav = trim(convert(wav, speaker.conversion))
+        wav = trim(convert(wav, speaker.conversion, SAMPLE_RATE))
     return wav
 
 

@@ -62,8 +62,10 @@ def test_every_engine_and_conversion_gives_16khz_audio_with_exact_segments_from_
 def test_conversion_scales_f0_and_warps_formants():
     import pyworld
 
-    wav = engines.synthesize("flite", "a long vowel sound", "awb", 0, 170).astype(np.float64)
-    out = convert(wav, CONVERSION).astype(np.float64)
+    wav, rate = engines.synthesize("flite", "a long vowel sound", "awb", 0, 170)
+    assert rate == 16000
+    wav = wav.astype(np.float64)
+    out = convert(wav, CONVERSION, rate).astype(np.float64)
     f0_in, f0_out = (pyworld.dio(x, 16000)[0] for x in (wav, out))
     ratio = np.median(f0_out[f0_out > 0]) / np.median(f0_in[f0_in > 0])
     assert ratio == pytest.approx(CONVERSION.f0_scale, rel=0.08)

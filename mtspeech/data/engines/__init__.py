@@ -1,8 +1,9 @@
 """Speech synthesis engines of the demo corpus, one module each, behind one call.
 
 `synthesize(engine, text, voice, pitch, rate_wpm)` returns float32 (S,) audio at the
-project's 16 kHz, resampled from the engine's own rate with the one resampler
-(`mtspeech.data.resample`, soxr). Each engine is a Debian program: `require(engine, voice)`
+engine's own rate; `mtspeech.data.phrase_audio` resamples it to the project's 16 kHz with the
+one resampler (`mtspeech.data.resample`, soxr). This folder imports nothing else of
+`mtspeech.data`, which imports it (no folder cycle). Each engine is a Debian program: `require(engine, voice)`
 raises `EngineMissingError` naming the Debian package to install when its binary, or the
 voice's own package, is missing. Engines run as subprocesses, so their output depends only
 on their arguments (the corpus's determinism rests on that; tests check it per engine).
@@ -24,8 +25,6 @@ from typing import Callable
 import numpy as np
 
 from mtspeech.data.engines import espeak, festival, flite
-from mtspeech.data.geometry import SAMPLE_RATE
-from mtspeech.data.resample import resample
 
 
 class EngineMissingError(RuntimeError):
@@ -67,9 +66,9 @@ def require(engine: str, voice: str | None = None) -> Engine:
     return spec
 
 
-def synthesize(engine: str, text: str, voice: str, pitch: int = 50, rate_wpm: int = 170) -> np.ndarray:
-    """float32 (S,) at 16 kHz: `engine` reading `text` in `voice` (see the module docstring)."""
+def synthesize(engine: str, text: str, voice: str, pitch: int = 50, rate_wpm: int = 170) -> tuple[np.ndarray, int]:
+    """(float32 (S,) audio, its sample rate): `engine` reading `text` in `voice`."""
     wav, rate = require(engine).run(text, voice, pitch, rate_wpm)
     if wav.ndim != 1 or not wav.size:
         raise RuntimeError(f"{engine} voice {voice!r} returned no mono audio for {text!r}")
-    return resample(wav.astype(np.float32), rate, SAMPLE_RATE)
+    return wav.astype(np.float32), int(rate)

@@ -21,8 +21,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mtspeech.data.geometry import SAMPLE_RATE
-
 
 @dataclass(frozen=True)
 class Conversion:
@@ -64,7 +62,7 @@ def warp_envelope(envelope: np.ndarray, factor: float) -> np.ndarray:
     return envelope[:, lo] * (1 - frac) + envelope[:, hi] * frac
 
 
-def convert(wav: np.ndarray, conversion: Conversion, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+def convert(wav: np.ndarray, conversion: Conversion, sample_rate: int) -> np.ndarray:
     """float32 (S',) : mono (S,) `wav` analysed by WORLD (DIO + StoneMask F0, CheapTrick, D4C),
     warped by `conversion` and resynthesised at the same rate (S' ~ S, whole 5 ms frames)."""
     pw = _pyworld()
