@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _cli import emit  # noqa: E402
 
 from mtspeech.data.new_voices import plan_train_voices, plan_voices  # noqa: E402
+from mtspeech.data.sentences import sentence_pool  # noqa: E402
 from mtspeech.data.synth import SPLITS, SynthConfig, _Job, _work, plan_corpus  # noqa: E402
 
 
@@ -35,7 +36,7 @@ def kind(speaker) -> str:
 
 def run(args: argparse.Namespace) -> dict:
     cfg = SynthConfig(seed=args.seed)
-    _, plan, _ = plan_corpus(cfg)
+    _, plan, sentences = plan_corpus(cfg)
     items = [(split, *item) for split in SPLITS for item in plan[split]]
     extra = plan_voices(cfg)[1] + plan_train_voices(cfg)[1]  # run.sh's --voices-only, --train-voices-only
     chosen: dict[str, list] = defaultdict(list)
@@ -63,6 +64,10 @@ def run(args: argparse.Namespace) -> dict:
     one_core_s = sum(p["words"] * kinds[k]["wall_s_per_word"] for k, p in planned.items())
     return {"seed": args.seed, "per_kind": args.per_kind, "cores": args.cores, "hours": cfg.hours,
             "kinds": kinds, "full_corpus": {"planned": dict(sorted(planned.items())),
+                                            "sentence_pool": len(sentence_pool(cfg.min_words, cfg.max_words,
+                                                                               cfg.vocab_words)),
+                                            "distinct_sentences": sentences | {
+                                                "train-voices": len({t for _, _, t in plan_train_voices(cfg)[1]})},
                                             "estimated_minutes_one_core": round(one_core_s / 60, 1),
                                             "estimated_minutes": round(one_core_s / 60 / args.cores, 1)}}
 
@@ -73,6 +78,8 @@ def render(result: dict) -> str:
         lines.append(f"{name:<16} {k['utterances']:>5} {k['audio_s']:>8} {k['wall_s']:>7} "
                      f"{k['real_time_factor']:>7} {k['wall_s_per_word']:>7}")
     full = result["full_corpus"]
+    lines.append(f"sentence pool {full['sentence_pool']}; distinct sentences read: " +
+                 ", ".join(f"{k} {v}" for k, v in full["distinct_sentences"].items()))
     lines.append(f"full corpus ({result['hours']} h + test-voices + train-voices): ~{full['estimated_minutes']} min "
                  f"on {result['cores']} cores ({full['estimated_minutes_one_core']} min on one)")
     return "\n".join(lines)

@@ -4,7 +4,6 @@ Sentences come from the public-domain quotations, riddles and literature of the 
 package (`FORTUNE_FILES`; the Linux, Perl, ASCII-art and joke-at-someone's-expense files are
 left out), normalised with the one text normaliser training and scoring use and kept when
 `min_words`-`max_words` long with every word in CMUdict (so the phone head has a reference).
-About 15 000 distinct sentences.
 
 Splits: `split_sentences` holds dev and test sentences out so that each of their words still
 occurs in some training sentence; `cover_first` orders the training sentences so the ones

@@ -79,6 +79,11 @@ class SynthConfig:
     vocab_words: int | None = None  # keep sentences within the pool's N most frequent words
     held_out_sentences: float = 0.1  # dev and test each get at most this share of the pool
     spare_sentences: int = 600  # unread training sentences kept for train-voices
+    # Readers per training sentence. 1 (issue 35): the most distinct sentences for the hours.
+    # The 301-sentence corpus read each by 3-4 speakers because with one reader a speaker
+    # head learned to name the speaker by the sentence; with ~1000 sentences that shortcut
+    # costs far more memorising, but if dev speaker accuracy drops, raise this.
+    train_readings: int = 1
     jobs: int | None = None     # worker processes (None = os.cpu_count()); not in the output
     progress: bool = True
 
@@ -109,12 +114,14 @@ def _estimate_seconds(text: str, rate: int) -> float:
 
 
 def _plan_split(split: str, target_s: float, speakers: list[Speaker], sentences: list[str],
-                rng: random.Random, chapters: dict, keep_order: bool = False) -> list[tuple[str, Speaker, str]]:
+                rng: random.Random, chapters: dict, keep_order: bool = False,
+                readings: int = 1) -> list[tuple[str, Speaker, str]]:
     """(utt_id, speaker, text) for one split, round-robin over speakers until target_s; the
-    sentences are read in a shuffled order (`keep_order`: in their order on the first pass)."""
+    sentences are read in a shuffled order (`keep_order`: in their order on the first pass,
+    each by `readings` consecutive, so different, speakers)."""
     plan = []
     total = 0.0
-    order = list(sentences)
+    order = [s for s in sentences for _ in range(readings)]
     if not keep_order:
         rng.shuffle(order)
     counters: dict[str, int] = defaultdict(int)
@@ -230,8 +237,10 @@ def _plan(cfg: SynthConfig) -> tuple[list[Speaker], dict[str, list], dict[str, i
     train_order = cover_first(train_s, dev_s + test_s)
 
     chapters: dict = {}
+    if cfg.train_readings < 1:
+        raise ValueError(f"train_readings={cfg.train_readings}: each training sentence needs >= 1 reader")
     plan = {"train": _plan_split("train", target["train"], by_subset["train"], train_order, rng, chapters,
-                                 keep_order=True)}
+                                 keep_order=True, readings=cfg.train_readings)}
     read = list(dict.fromkeys(text for _, _, text in plan["train"]))
     read_set = set(read)
     unread = [s for s in train_order if s not in read_set]

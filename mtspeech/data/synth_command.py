@@ -30,6 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-engine-speakers", type=int, default=d.test_engine_speakers,
                         help="test-engine speakers: festival's voices, then conversions of them "
                              "(default %(default)s)")
+    parser.add_argument("--train-readings", type=int, default=d.train_readings,
+                        help="speakers reading each training sentence (default %(default)s: the most "
+                             "distinct sentences for the hours)")
     parser.add_argument("--vocab-words", type=int, default=d.vocab_words,
                         help="closed vocabulary: the N most frequent words of the sentence pool "
                              "(default: every word; 0 = every word)")
@@ -70,6 +73,7 @@ def main(args: argparse.Namespace) -> int:
     snr = None if args.no_noise else args.noise_snr
     cfg = SynthConfig(hours=args.hours, seed=args.seed, speakers=args.speakers,
                       unseen_speakers=args.unseen_speakers, test_engine_speakers=args.test_engine_speakers,
+                      train_readings=args.train_readings,
                       noise_snr_db=snr, jobs=args.jobs,
                       vocab_words=args.vocab_words or None,
                       progress=not args.no_progress)
