@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 
 need=()
 command -v espeak-ng >/dev/null || need+=(espeak-ng)
-[ -d /usr/share/games/fortunes ] || need+=(fortunes-min)
+# the corpus text: 30 files of the full fortunes package (mtspeech/data/sentences.py)
+[ -f /usr/share/games/fortunes/wisdom ] || need+=(fortunes)
 command -v sox >/dev/null || need+=(sox)
 # The demo corpus's other engines (mtspeech/data/engines/): flite's built-in voices and
 # festival's English voices, each voice a Debian package of its own.
