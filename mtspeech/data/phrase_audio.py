@@ -17,6 +17,8 @@ from mtspeech.data.geometry import SAMPLE_RATE
 from mtspeech.data.resample import resample
 from mtspeech.data.voices import Speaker
 
+FRAME = SAMPLE_RATE // 100  # samples in the 10 ms frames trimming measures energy on
+
 
 def speak(text: str, speaker: Speaker) -> np.ndarray:
     """float32 (S,) at 16 kHz, trimmed: `text` in the speaker's engine voice, then through
@@ -36,14 +38,14 @@ def _frame_energy_db(wav: np.ndarray, frame: int) -> np.ndarray:
     return 10 * np.log10(np.mean(padded.reshape(-1, frame) ** 2, axis=1) + 1e-20)
 
 
-def edge_floor_db(wav: np.ndarray, frames: int = 3, frame: int = 160) -> float:
+def edge_floor_db(wav: np.ndarray, frames: int = 3, frame: int = FRAME) -> float:
     """An engine's noise floor: the loudest of the first and last `frames` 10 ms frames of its
     raw output (for engines that pad speech with their noise floor: `Engine.noise_padded`)."""
     energy = _frame_energy_db(wav, frame)
     return float(np.concatenate([energy[:frames], energy[-frames:]]).max())
 
 
-def trim(wav: np.ndarray, floor_db: float | None = None, range_db: float = 50.0, frame: int = 160) -> np.ndarray:
+def trim(wav: np.ndarray, floor_db: float | None = None, range_db: float = 50.0, frame: int = FRAME) -> np.ndarray:
     """`wav` (S,) without its leading and trailing non-speech: cut to the first and last 10 ms
     frame (`frame` samples) louder than both `range_db` under the loudest frame and 6 dB over
     `floor_db` (the engine's noise floor, `edge_floor_db`, if known), then to the first and

@@ -12,6 +12,7 @@ import soundfile as sf
 from mtspeech.data import engines
 from mtspeech.data.engines import EngineMissingError, festival, require
 from mtspeech.data.engines.world import Conversion, convert, warp_envelope
+from mtspeech.data.phrase_audio import FRAME
 from mtspeech.data.synth import SynthConfig, _Job, _work, plan_corpus, render, spare_training_sentences, \
     synthesize_corpus
 from mtspeech.data.voices import Speaker
@@ -41,8 +42,8 @@ def test_every_engine_and_conversion_gives_16khz_audio_with_exact_segments_from_
         assert audio[a] != 0 and audio[b - 1] != 0  # segments start and end on speech
         # ... and on speech, not on the engine's noise floor: edge 10 ms within 50 dB of the loudest
         frames = audio[a:b].astype(np.float64)
-        loudest = max(np.mean(frames[i:i + 160] ** 2) for i in range(0, b - a - 159, 160))
-        for edge in (frames[:160], frames[-160:]):
+        loudest = max(np.mean(frames[i:i + FRAME] ** 2) for i in range(0, b - a - FRAME + 1, FRAME))
+        for edge in (frames[:FRAME], frames[-FRAME:]):
             assert 10 * np.log10(np.mean(edge ** 2) / loudest) > -50 - 1e-6
     assert not audio[~inside].any()  # digital silence outside the segments
     assert np.abs(audio[inside]).max() > 3000
