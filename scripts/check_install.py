@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 # Packages whose native code mtspeech loads, checked in this order.
-NATIVE = ("torch", "torchaudio", "speechbrain", "flashlight-text", "sentencepiece", "soundfile")
+NATIVE = ("torch", "torchaudio", "speechbrain", "flashlight-text", "sentencepiece", "soundfile", "pyworld")
 
 
 def _probe_torch() -> None:
@@ -63,6 +63,18 @@ def _probe_soundfile() -> None:
     soundfile.read(buf)
 
 
+def _probe_pyworld() -> None:
+    import warnings
+
+    import numpy as np
+
+    with warnings.catch_warnings():  # pyworld 0.3 imports the deprecated pkg_resources
+        warnings.simplefilter("ignore")
+        import pyworld
+    x = np.sin(np.arange(1600) * 2 * np.pi * 120 / 16000)
+    pyworld.dio(x, 16000)
+
+
 PROBES: dict[str, Callable[[], None]] = {
     "torch": _probe_torch,
     "torchaudio": _probe_torchaudio,
@@ -70,6 +82,7 @@ PROBES: dict[str, Callable[[], None]] = {
     "flashlight-text": _probe_flashlight,
     "sentencepiece": _probe_sentencepiece,
     "soundfile": _probe_soundfile,
+    "pyworld": _probe_pyworld,
 }
 
 

@@ -81,6 +81,11 @@ PAGES = [
          "The real-time factor is wall time on the machine of the run, one stream at a time."),
     Page("rir-match", "Synthetic rooms against pyroomacoustics' shoebox rooms",
          "python benchmarks/rir_match.py --rooms 20 --out rir.json", "*.json", render_rir_match),
+    Page("synth-speed", "Synthesis speed of the demo corpus per engine",
+         "python benchmarks/synth_speed.py --per-kind 8 --out speed.json", "*.json",
+         lambda r: benchmark("synth_speed").render(r),
+         "Wall time on one core of the 2-core development machine, shared with other work; RTF: wall "
+         "seconds per second of audio. Definitions: the docstring of `benchmarks/synth_speed.py`."),
 ]
 
 

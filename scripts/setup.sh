@@ -9,8 +9,16 @@ cd "$(dirname "$0")/.."
 
 need=()
 command -v espeak-ng >/dev/null || need+=(espeak-ng)
-[ -d /usr/share/games/fortunes ] || need+=(fortunes-min)
+# the corpus text: 30 files of the full fortunes package (mtspeech/data/sentences.py)
+[ -f /usr/share/games/fortunes/wisdom ] || need+=(fortunes)
 command -v sox >/dev/null || need+=(sox)
+# The demo corpus's other engines (mtspeech/data/engines/): flite's built-in voices and
+# festival's English voices, each voice a Debian package of its own.
+command -v flite >/dev/null || need+=(flite)
+command -v text2wave >/dev/null || need+=(festival)
+for voice in festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts; do
+  dpkg -s "$voice" >/dev/null 2>&1 || need+=("$voice")
+done
 if [ "${MTSPEECH_BROWSER:-0}" = 1 ] && ! command -v chromium >/dev/null; then need+=(chromium); fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing system packages: ${need[*]}"

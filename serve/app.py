@@ -210,9 +210,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run `mtspeech serve`."""
+    """Run `mtspeech serve`. Every flag is checked before a model loads or a port is bound."""
     import os
 
+    cores = os.cpu_count() or 1
+    decode_threads = args.decode_threads or (2 if cores >= 2 else 1)
+    intra_op = args.intra_op_threads or max(1, cores // decode_threads)
+    try:
+        if decode_threads < 1 or intra_op < 1:
+            raise ValueError("--decode-threads and --intra-op-threads must be >= 1")
+        settings = ServerSettings(
+            max_streams=args.max_streams, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
+            decode_threads=decode_threads,
+            max_frame_bytes=args.max_frame_bytes, max_upload_bytes=args.max_upload_bytes,
+            max_stream_seconds=args.max_stream_seconds, idle_timeout_s=args.idle_timeout,
+            max_buffered_seconds=args.max_buffered_seconds, shutdown_timeout_s=args.shutdown_timeout,
+            max_decode_lag_s=args.max_decode_lag,
+            api_key=args.api_key or os.environ.get("MTSPEECH_API_KEY") or None,
+        )
+        endpoint = EndpointConfig(mode=args.endpoint_mode, min_speech_s=args.endpoint_min_speech)
+        decoding_config = decoding.from_args(args)
+        if not Path(args.model).is_file():
+            raise ValueError(f"--model {args.model}: no such checkpoint file")
+    except ValueError as e:
+        log.error("mtspeech serve: %s", e)
+        return 2
     if args.workers > 1 and args.fd is None:  # the supervisor loads no model: its workers do
         from mtspeech.serve.workers import supervise
 
@@ -221,34 +243,14 @@ def main(args: argparse.Namespace) -> int:
         return supervise(args, parser)
     import torch
 
-    cores = os.cpu_count() or 1
-    decode_threads = args.decode_threads or (2 if cores >= 2 else 1)
-    intra_op = args.intra_op_threads or max(1, cores // decode_threads)
-    if decode_threads < 1 or intra_op < 1:
-        log.error("mtspeech serve: --decode-threads and --intra-op-threads must be >= 1")
-        return 2
     torch.set_num_threads(intra_op)  # onnxruntime sessions take the same count (export/runtime.py)
     log.info("decoding: %d concurrent steps x %d intra-op threads (%d cores)", decode_threads, intra_op, cores)
-    settings = ServerSettings(
-        max_streams=args.max_streams, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
-        decode_threads=decode_threads,
-        max_frame_bytes=args.max_frame_bytes, max_upload_bytes=args.max_upload_bytes,
-        max_stream_seconds=args.max_stream_seconds, idle_timeout_s=args.idle_timeout,
-        max_buffered_seconds=args.max_buffered_seconds, shutdown_timeout_s=args.shutdown_timeout,
-        max_decode_lag_s=args.max_decode_lag,
-        api_key=args.api_key or os.environ.get("MTSPEECH_API_KEY") or None,
-    )
-    try:
-        endpoint = EndpointConfig(mode=args.endpoint_mode, min_speech_s=args.endpoint_min_speech)
-    except ValueError as e:
-        log.error("mtspeech serve: %s", e)
-        return 2
     streaming = StreamingConfig(chunk_frames=args.chunk_frames, left_chunks=args.left_chunks, endpoint=endpoint)
     from mtspeech.checkpoint import CheckpointError
     from mtspeech.decoding.loader import load_recognizer
 
     try:
-        recognizer = load_recognizer(args.model, decoding.from_args(args), args.backend, streaming=streaming,
+        recognizer = load_recognizer(args.model, decoding_config, args.backend, streaming=streaming,
                                      device=args.device, onnx_dir=args.onnx_dir, int8=args.int8)
     except (ValueError, CheckpointError) as e:
         log.error("mtspeech serve: %s", e)

@@ -122,6 +122,9 @@ class Supervisor:
                 if p is None or p.poll() is None or self.stopping:
                     continue
                 self._mark_dead(p.pid)
+                if p.returncode == 2:  # `mtspeech serve` refused its flags or its checkpoint: no retry helps
+                    log.error("mtspeech serve: worker %d could not start (see its error above); stopping", i)
+                    return 2
                 now = time.monotonic()
                 self.restarts = [t for t in self.restarts if now - t < RESTART_WINDOW_S] + [now]
                 if len(self.restarts) > MAX_RESTARTS:

@@ -1,7 +1,8 @@
 """Session fixtures shared by every test folder: a tiny synthetic corpus and its manifests.
 
-Generated once per test session (a few seconds on two cores): ~55 s of espeak-ng audio,
-6 speakers (4 seen, 2 held out) in the four splits train / dev / test / test-unseen.
+Generated once per test session (a few seconds on two cores): ~55 s of audio, 6 speakers
+(4 seen: espeak-ng, a flite voice and a converted espeak-ng voice; 2 held out) in train /
+dev / test / test-unseen, and 2 festival speakers in test-engine.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ _hide_lazy_modules_from_hypothesis()  # at import: hypothesis's pytest plugin sc
 
 TINY_SYNTH = SynthConfig(
     hours=0.015, seed=1234, speakers=6, unseen_speakers=2, noise_snr_db=30.0,
-    dev_fraction=0.1, test_fraction=0.1, unseen_fraction=0.1, jobs=2, progress=False,
+    dev_fraction=0.1, test_fraction=0.1, unseen_fraction=0.1, test_engine_speakers=2,
+    test_engine_fraction=0.1, jobs=2, progress=False,
 )
 
 
@@ -45,7 +47,7 @@ def synth_corpus(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def prepared_manifests(synth_corpus, tmp_path_factory) -> dict[str, Path]:
-    """Split name → manifest path (`train`, `dev`, `test`, `test-unseen`) of `synth_corpus`."""
+    """Split name → manifest path (`train`, `dev`, `test`, `test-unseen`, `test-engine`) of `synth_corpus`."""
     out = tmp_path_factory.mktemp("manifests")
     summary = prepare_librispeech(synth_corpus, out, oov="g2p", jobs=1, progress=False)
     return {split: out / f"{split}.jsonl" for split in summary["splits"]}

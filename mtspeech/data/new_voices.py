@@ -16,7 +16,7 @@ corpus's `synth.json` config and the two sizes.
 
 `mtspeech synth --out DIR --train-voices-only` adds, the same way,
 
-    DIR/train-voices/SPK/CHAP/...     30 more training speakers x 16 of the `train` split's sentences
+    DIR/train-voices/SPK/CHAP/...     30 more training speakers x 16 training sentences `train` never reads
     DIR/train_voices.json             their voices and the split's size
 
 on `TRAIN_VARIANTS`: espeak-ng variants that no split uses, and none a sibling of a test
@@ -33,13 +33,14 @@ import logging
 import random
 from pathlib import Path
 
-from mtspeech.data.synth import (LANGUAGES, Speaker, SynthConfig, _Job, corpus_config, plan_corpus, render_jobs,
-                                 write_chapter_sidecars)
+from mtspeech.data.synth import (SynthConfig, _Job, corpus_config, plan_corpus, render_jobs,
+                                 spare_training_sentences, write_chapter_sidecars)
+from mtspeech.data.voices import LANGUAGES, Speaker
 
 log = logging.getLogger(__name__)
 
 SPLIT = "test-voices"
-# espeak-ng-data/voices/!v variants that synth.SEEN_VARIANTS / UNSEEN_VARIANTS never use;
+# espeak-ng-data/voices/!v variants that voices.SEEN_VARIANTS / UNSEEN_VARIANTS never use;
 # robots, whispers and effects left out. adam, benjamin, caleb, david and edward use the
 # Klatt formant synthesiser, a different source model from the other voices.
 NEW_VARIANTS = {
@@ -98,33 +99,36 @@ def plan_voices(cfg: SynthConfig, speakers: int = 24, per_speaker: int = 8) -> t
 
 def plan_train_voices(cfg: SynthConfig, speakers: int = 30, per_speaker: int = 16) -> tuple[list[Speaker], list]:
     """(new training speakers, [(utt_id, speaker, text)]) on `TRAIN_VARIANTS`, half of them
-    female; each reads `per_speaker` distinct sentences of the corpus's `train` split, so
-    no held-out sentence is heard. Speaker ids (10000-19999) and chapters (300000-399999)
+    female, reading the corpus's spare training sentences (`synth.spare_training_sentences`:
+    ones `train` does not read, so the two splits together read more distinct sentences, and
+    no held-out sentence is heard), each sentence once while any is left. Speaker ids (10000-19999) and chapters (300000-399999)
     come from ranges the corpus and test-voices never draw from."""
     most = len(TRAIN_VARIANTS) * len(LANGUAGES)
     if not 1 <= speakers <= most or per_speaker < 1:
         raise ValueError(f"train-voices: 1 to {most} speakers (one per variant and accent) of >= 1 "
                          f"utterance (got {speakers} x {per_speaker})")
-    _, plan, _ = plan_corpus(cfg)
-    train_sentences = sorted({text for _, _, text in plan["train"]})
-    if per_speaker > len(train_sentences):
-        raise ValueError(f"{per_speaker} sentences per speaker, but the train split has {len(train_sentences)}")
+    spare = spare_training_sentences(cfg)
+    if per_speaker > len(spare):
+        raise ValueError(f"{per_speaker} sentences per speaker, but the corpus keeps {len(spare)} spare "
+                         "training sentences (SynthConfig.spare_sentences)")
     rng = random.Random(f"{cfg.seed}-{TRAIN_SPLIT}")  # its own stream, like test-voices
+    order = list(spare)
+    rng.shuffle(order)
     ids = rng.sample(range(10000, 20000), speakers)
     chapters = rng.sample(range(300000, 400000), speakers)
-    order = list(TRAIN_VARIANTS)
-    rng.shuffle(order)
+    variants = list(TRAIN_VARIANTS)
+    rng.shuffle(variants)
     new, items, used = [], [], set()
     for i, (spk_id, chapter) in enumerate(zip(ids, chapters)):
         sex = "FM"[i % 2]
-        variant = order[i % len(order)]  # every variant once before any repeats
+        variant = variants[i % len(variants)]  # every variant once before any repeats
         language = rng.choice([lang for lang in LANGUAGES if (lang, variant) not in used])
         used.add((language, variant))
         pitch = rng.randint(35, 75) if sex == "F" else rng.randint(25, 60)
         speaker = Speaker(str(spk_id), sex, language, variant, pitch, rng.randint(140, 185), seen=True)
         new.append(speaker)
-        for k, text in enumerate(rng.sample(train_sentences, per_speaker)):
-            items.append((f"{spk_id}-{chapter}-{k:04d}", speaker, text))
+        for k in range(per_speaker):  # the next sentences, round the list if speakers x per_speaker exceed it
+            items.append((f"{spk_id}-{chapter}-{k:04d}", speaker, order[(i * per_speaker + k) % len(order)]))
     return new, items
 
 
@@ -171,6 +175,6 @@ def _append_speakers(path: Path, speakers: list[Speaker], minutes: dict[str, flo
     ids = {s.id for s in speakers}
     kept = [line for line in path.read_text(encoding="utf-8").splitlines()
             if line.startswith(";") or line.split("|")[0].strip() not in ids]
-    kept += [f"{s.id:<5}| {s.sex} | {split:<16} | {minutes[s.id]:5.2f} | espeak {s.voice} p{s.pitch} s{s.rate}"
+    kept += [f"{s.id:<5}| {s.sex} | {split:<16} | {minutes[s.id]:5.2f} | {s.engine} {s.voice} p{s.pitch} s{s.rate}"
              for s in sorted(speakers, key=lambda s: int(s.id))]
     path.write_text("\n".join(kept) + "\n", encoding="utf-8")

@@ -1,4 +1,4 @@
-"""The embedded demo corpus: espeak-ng speech in the LibriSpeech layout, with exact VAD truth.
+"""The embedded demo corpus: many voices on three engines, in the LibriSpeech layout, with exact VAD truth.
 
 `mtspeech synth --out DIR` writes
 
@@ -8,12 +8,15 @@
     DIR/SPLIT/SPK/CHAP/SPK-CHAP.trans.txt         `ID TRANSCRIPT`
     DIR/SPLIT/SPK/CHAP/SPK-CHAP.segments.txt      `ID start-end start-end ...` (seconds)
 
-for SPLIT in train, dev, test (speakers seen in training, sentences never in train) and
-test-unseen (held-out voices, the test sentences). Text comes from Debian's fortunes files,
-normalised and kept when 4-16 words long and fully in CMUdict; dev/test sentences are chosen
-so every word also occurs in some training sentence. The demo is therefore a closed-
-vocabulary task on purpose: a tiny CPU model can reach a low CER on it, and the test /
-test-unseen pair isolates speaker generalisation (same sentences, new voices).
+for SPLIT in train, dev, test (speakers seen in training, sentences never in train),
+test-unseen (held-out espeak-ng voices, the test sentences) and test-engine (an engine
+training never hears, festival, and conversions of its voices: who speaks where is
+`mtspeech/data/voices.py`). Speakers are espeak-ng, flite and festival voices and WORLD
+conversions of them (`mtspeech/data/engines/`). Text is `mtspeech/data/sentences.py`: about
+15 000 fortunes sentences; training reads each sentence at most once until its hours are
+spent, those that carry the dev/test words first, so dev and test stay closed-vocabulary;
+test-engine reads the test sentences and as many sentences with words no read training
+sentence has (open vocabulary).
 
 `--noisy-twins` also writes test and test-unseen at 10 and 0 dB SNR (white, pink, brown and
 babble noise; `mtspeech/data/noisy_twins.py`). `--voices-only` adds test-voices to a corpus:
@@ -21,47 +24,38 @@ babble noise; `mtspeech/data/noisy_twins.py`). `--voices-only` adds test-voices 
 `--twins-only` after it makes its noisy twins too. `--train-voices-only` adds train-voices:
 30 more training speakers on yet other variants, reading training sentences.
 
-Each utterance is assembled from 1-3 phrases, each synthesised separately, trimmed of its
-leading/trailing silence and placed at known offsets with random pauses around and between
-them; those placements are the speech segments. Optional white noise at `--noise-snr` dB
-(relative to the speech power). Output bytes depend only on (seed, hours, speakers, ...),
-never on `--jobs`: every utterance draws from its own `default_rng([seed, index])`.
+Each utterance is assembled from 1-3 phrases, each synthesised separately (and converted, for
+a converted voice), trimmed of its leading/trailing silence and placed at known offsets with
+random pauses around and between them; those placements are the speech segments, exact for
+every engine since the audio between them is digital silence before the noise is added.
+Optional white noise at `--noise-snr` dB (relative to the speech power). Output bytes depend
+only on (seed, hours, speakers, ...), never on `--jobs`: every utterance draws from its own
+`default_rng([seed, index])`, and the engines are deterministic.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import io
 import json
 import logging
 import os
 import random
-import re
-import subprocess
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass
 from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
 
+from mtspeech.data.engines import require
 from mtspeech.data.geometry import SAMPLE_RATE
-from mtspeech.data.resample import resample
+from mtspeech.data.phrase_audio import speak
+from mtspeech.data.sentences import cover_first, oov_sentences, sentence_pool, split_sentences
+from mtspeech.data.voices import Speaker, make_speakers
 
 log = logging.getLogger(__name__)
 
-ESPEAK_RATE = 22050
-FORTUNES_DIR = Path("/usr/share/games/fortunes")
-FORTUNE_FILES = ("fortunes", "literature", "riddles")
-SPLITS = ("train", "dev", "test", "test-unseen")
-
-# Accents and voice variants (espeak-ng-data/voices/!v). Held-out variants are never used by
-# a training speaker, so test-unseen voices differ in timbre, not only in pitch and rate.
-LANGUAGES = ("en-us", "en", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-gb-x-gbcwmd",
-             "en-gb-x-gbclan", "en-us-nyc")
-SEEN_VARIANTS = {"F": ("f1", "f2", "f3", "f4", "belinda"), "M": ("m1", "m2", "m3", "m4", "m5", "m6")}
-UNSEEN_VARIANTS = {"F": ("f5", "Annie"), "M": ("m7", "m8")}
+SPLITS = ("train", "dev", "test", "test-unseen", "test-engine")
 
 
 @dataclass(frozen=True)
@@ -70,33 +64,28 @@ class SynthConfig:
 
     hours: float = 1.5
     seed: int = 0
-    speakers: int = 32          # in total, including the held-out ones
-    unseen_speakers: int = 4    # speakers (on held-out voices) only in test-unseen
+    speakers: int = 32          # train and test-unseen speakers, including the held-out ones
+    unseen_speakers: int = 4    # speakers (on held-out espeak-ng voices) only in test-unseen
+    flite_share: float = 0.2    # of the seen speakers: flite voices (awb, rms) and their conversions
+    converted_share: float = 0.2  # of the seen speakers: WORLD conversions of espeak-ng voices
+    test_engine_speakers: int = 8  # test-engine: festival's 3 voices, then conversions of them
     noise_snr_db: float | None = 30.0
     dev_fraction: float = 0.07
     test_fraction: float = 0.07
     unseen_fraction: float = 0.07
+    test_engine_fraction: float = 0.07
     min_words: int = 4
-    max_words: int = 16
-    vocab_words: int | None = 1000  # keep sentences within the pool's N most frequent words
+    max_words: int = 12
+    vocab_words: int | None = None  # keep sentences within the pool's N most frequent words
     held_out_sentences: float = 0.1  # dev and test each get at most this share of the pool
+    spare_sentences: int = 600  # unread training sentences kept for train-voices
+    # Readers per training sentence. 1 (issue 35): the most distinct sentences for the hours.
+    # The 301-sentence corpus read each by 3-4 speakers because with one reader a speaker
+    # head learned to name the speaker by the sentence; with ~1000 sentences that shortcut
+    # costs far more memorising, but if dev speaker accuracy drops, raise this.
+    train_readings: int = 1
     jobs: int | None = None     # worker processes (None = os.cpu_count()); not in the output
     progress: bool = True
-
-
-@dataclass(frozen=True)
-class Speaker:
-    id: str
-    sex: str
-    language: str
-    variant: str
-    pitch: int   # espeak -p (0-99)
-    rate: int    # espeak -s (words per minute)
-    seen: bool
-
-    @property
-    def voice(self) -> str:
-        return f"{self.language}+{self.variant}"
 
 
 @dataclass(frozen=True)
@@ -111,103 +100,11 @@ class _Job:
     noise_snr_db: float | None
 
 
-# ---------------------------------------------------------------- text
-
-@functools.lru_cache(maxsize=4)
-def load_sentences(min_words: int = 4, max_words: int = 16) -> tuple[str, ...]:
-    """Normalised fortunes sentences of min..max words, all words in CMUdict; sorted, unique."""
-    from mtspeech.data.lexicon import cmu_dictionary
-    from mtspeech.text.normalize import normalize_text
-
-    lexicon = cmu_dictionary()
-    out: set[str] = set()
-    for name in FORTUNE_FILES:
-        path = FORTUNES_DIR / name
-        if not path.exists():
-            continue
-        text = path.read_text(encoding="utf-8", errors="replace")
-        for entry in re.split(r"^%\s*$", text, flags=re.M):
-            entry = re.split(r"\n\s*--", entry)[0]  # drop "-- Author" attributions
-            for sentence in re.split(r"(?<=[.!?;:])\s+", " ".join(entry.split())):
-                words = normalize_text(sentence).split()
-                if min_words <= len(words) <= max_words and all(w in lexicon for w in words):
-                    out.add(" ".join(words))
-    if not out:
-        raise RuntimeError(f"no usable sentences under {FORTUNES_DIR}; install Debian's "
-                           "'fortunes' package (apt-get install fortunes)")
-    return tuple(sorted(out))
-
-
-def sentence_pool(cfg: "SynthConfig") -> tuple[str, ...]:
-    """The sentences a corpus draws from: `load_sentences`, cut to a closed vocabulary of
-    the `cfg.vocab_words` most frequent words (None: no cut). A smaller vocabulary means
-    each word, and each sentence, is heard more often and from several voices, like the
-    1000-word DARPA Resource Management task; it also stops a speaker head from naming the
-    speaker by the sentence, since sentences are no longer tied to one reader."""
-    sentences = load_sentences(cfg.min_words, cfg.max_words)
-    if cfg.vocab_words is None:
-        return sentences
-    counts = Counter(w for s in sentences for w in s.split())
-    top = {w for w, _ in counts.most_common(cfg.vocab_words)}
-    kept = tuple(s for s in sentences if all(w in top for w in s.split()))
-    if len(kept) < 20:
-        raise RuntimeError(f"only {len(kept)} sentences fit a {cfg.vocab_words}-word vocabulary; raise vocab_words")
-    return kept
-
-
-def split_sentences(sentences: tuple[str, ...] | list[str], n_dev: int, n_test: int,
-                    rng: random.Random) -> tuple[list[str], list[str], list[str]]:
-    """(train, dev, test) sentence lists; every dev/test word also occurs in train.
-
-    Greedy: walk the shuffled pool and hold a sentence out only if each of its words still
-    has another occurrence left in the pool. At most half the pool is held out.
-    """
-    pool = list(sentences)
-    rng.shuffle(pool)
-    counts = Counter(w for s in pool for w in s.split())
-    held: list[str] = []
-    budget = min(n_dev + n_test, len(pool) // 2)
-    for s in pool:
-        if len(held) >= budget:
-            break
-        need = Counter(s.split())
-        if all(counts[w] > k for w, k in need.items()):
-            counts.subtract(need)
-            held.append(s)
-    held_set = set(held)
-    train = [s for s in pool if s not in held_set]
-    # Share what was found in proportion, leaving each of dev and test at least one sentence.
-    n_dev_real = min(max(1, round(len(held) * n_dev / (n_dev + n_test))), len(held) - 1)
-    return train, held[:max(n_dev_real, 0)], held[max(n_dev_real, 0):]
-
-
-# ---------------------------------------------------------------- speakers and plan
-
-def make_speakers(cfg: SynthConfig, rng: random.Random) -> list[Speaker]:
-    """`cfg.speakers` speakers with distinct (voice, pitch, rate); the last `unseen` held out."""
-    n_unseen = cfg.unseen_speakers
-    n_seen = cfg.speakers - n_unseen
-    if n_seen < 1 or n_unseen < 1:
-        raise ValueError(f"need at least one seen and one unseen speaker (speakers={cfg.speakers}, "
-                         f"unseen_speakers={cfg.unseen_speakers})")
-    ids = rng.sample(range(100, 10000), cfg.speakers)
-    pools = {}
-    for seen, variants in ((True, SEEN_VARIANTS), (False, UNSEEN_VARIANTS)):
-        for sex in ("F", "M"):
-            combos = [(lang, v) for v in variants[sex] for lang in LANGUAGES]
-            rng.shuffle(combos)
-            pools[seen, sex] = combos
-    speakers = []
-    for i in range(cfg.speakers):
-        seen = i < n_seen
-        sex = "FM"[(i if seen else i - n_seen) % 2]
-        pool = pools[seen, sex]
-        if not pool:
-            raise ValueError(f"too many speakers requested ({cfg.speakers}): voice combinations exhausted")
-        lang, variant = pool.pop()
-        pitch = rng.randint(35, 75) if sex == "F" else rng.randint(25, 60)
-        speakers.append(Speaker(str(ids[i]), sex, lang, variant, pitch, rng.randint(140, 185), seen))
-    return speakers
+def cast(cfg: SynthConfig, rng: random.Random) -> list[Speaker]:
+    """The corpus's speakers (`mtspeech.data.voices.make_speakers`) for `cfg`."""
+    n_seen = cfg.speakers - cfg.unseen_speakers
+    return make_speakers(rng, n_seen, cfg.unseen_speakers, round(cfg.flite_share * n_seen),
+                         round(cfg.converted_share * n_seen), cfg.test_engine_speakers)
 
 
 def _estimate_seconds(text: str, rate: int) -> float:
@@ -217,12 +114,16 @@ def _estimate_seconds(text: str, rate: int) -> float:
 
 
 def _plan_split(split: str, target_s: float, speakers: list[Speaker], sentences: list[str],
-                rng: random.Random, chapters: dict) -> list[tuple[str, Speaker, str]]:
-    """(utt_id, speaker, text) for one split, round-robin over speakers until target_s."""
+                rng: random.Random, chapters: dict, keep_order: bool = False,
+                readings: int = 1) -> list[tuple[str, Speaker, str]]:
+    """(utt_id, speaker, text) for one split, round-robin over speakers until target_s; the
+    sentences are read in a shuffled order (`keep_order`: in their order on the first pass,
+    each by `readings` consecutive, so different, speakers)."""
     plan = []
     total = 0.0
-    order = list(sentences)
-    rng.shuffle(order)
+    order = [s for s in sentences for _ in range(readings)]
+    if not keep_order:
+        rng.shuffle(order)
     counters: dict[str, int] = defaultdict(int)
     k = 0
     while total < target_s or not plan:
@@ -249,28 +150,6 @@ def _plan_split(split: str, target_s: float, speakers: list[Speaker], sentences:
 
 # ---------------------------------------------------------------- audio
 
-def espeak(text: str, speaker: Speaker) -> np.ndarray:
-    """float32 (S,) at 16 kHz: espeak-ng's rendering of `text` in the speaker's voice, resampled
-    with the one resampler (`mtspeech.data.resample`, soxr) that training and serving use."""
-    out = subprocess.run(
-        ["espeak-ng", "-v", speaker.voice, "-p", str(speaker.pitch), "-s", str(speaker.rate),
-         "--stdout", text.lower()],
-        capture_output=True, check=True,
-    ).stdout
-    import soundfile as sf
-
-    wav, rate = sf.read(io.BytesIO(out), dtype="float32")
-    if rate != ESPEAK_RATE:
-        raise RuntimeError(f"espeak-ng returned {rate} Hz audio, expected {ESPEAK_RATE}")
-    return resample(wav, ESPEAK_RATE, SAMPLE_RATE)
-
-
-def trim(wav: np.ndarray, rel_threshold: float = 0.002) -> np.ndarray:
-    """Drop leading/trailing samples quieter than `rel_threshold` × peak (espeak's silence)."""
-    loud = np.nonzero(np.abs(wav) > rel_threshold * np.abs(wav).max())[0]
-    return wav[loud[0]: loud[-1] + 1] if loud.size else wav[:0]
-
-
 def _phrases(words: list[str], rng: np.random.Generator) -> list[str]:
     """Split a sentence into 1-3 phrases at random word boundaries (never empty phrases)."""
     n_breaks = min(int(rng.choice([0, 0, 1, 1, 2])), len(words) - 1)
@@ -282,7 +161,7 @@ def _phrases(words: list[str], rng: np.random.Generator) -> list[str]:
 def render(job: _Job) -> tuple[np.ndarray, list[tuple[int, int]]]:
     """int16 (S,) audio and speech segments as [start, end) sample offsets."""
     rng = np.random.default_rng([job.seed, job.index])
-    pieces = [trim(espeak(p, job.speaker)) for p in _phrases(job.text.split(), rng)]
+    pieces = [speak(p, job.speaker) for p in _phrases(job.text.split(), rng)]
     pieces = [p for p in pieces if p.size]
     gap = lambda lo, hi: int(rng.uniform(lo, hi) * SAMPLE_RATE)  # noqa: E731
     chunks, segments, pos = [], [], 0
@@ -320,18 +199,31 @@ def _work(job: _Job) -> tuple[str, float, list[tuple[float, float]]]:
 
 def plan_corpus(cfg: SynthConfig) -> tuple[list[Speaker], dict[str, list], dict[str, int]]:
     """The corpus's plan, drawn from `cfg.seed` alone: (speakers, split → [(utt_id, speaker,
-    text)], sentences per split). `synthesize_corpus` renders it; benchmarks replay it to know
-    which words each utterance holds without rendering audio."""
+    text)], distinct sentences per split). `synthesize_corpus` renders it; benchmarks replay
+    it to know which words each utterance holds without rendering audio."""
+    speakers, plan, counts, _ = _plan(cfg)
+    return speakers, plan, counts
+
+
+def spare_training_sentences(cfg: SynthConfig) -> list[str]:
+    """`cfg.spare_sentences` training sentences that `train` does not read, for train-voices
+    (`mtspeech.data.new_voices`): more distinct sentences at the same hours. They share no
+    sentence with any other split, and test-engine's open-vocabulary words are not in them."""
+    return _plan(cfg)[3]
+
+
+def _plan(cfg: SynthConfig) -> tuple[list[Speaker], dict[str, list], dict[str, int], list[str]]:
     rng = random.Random(cfg.seed)
-    speakers = make_speakers(cfg, rng)
-    seen = [s for s in speakers if s.seen]
-    unseen = [s for s in speakers if not s.seen]
+    speakers = cast(cfg, rng)
+    by_subset = defaultdict(list)
+    for spk in speakers:
+        by_subset[spk.subset].append(spk)
 
     total_s = cfg.hours * 3600.0
     target = {"dev": cfg.dev_fraction * total_s, "test": cfg.test_fraction * total_s,
-              "test-unseen": cfg.unseen_fraction * total_s}
+              "test-unseen": cfg.unseen_fraction * total_s, "test-engine": cfg.test_engine_fraction * total_s}
     target["train"] = max(total_s - sum(target.values()), 1.0)
-    sentences = sentence_pool(cfg)
+    sentences = sentence_pool(cfg.min_words, cfg.max_words, cfg.vocab_words)
     mean_s = float(np.mean([_estimate_seconds(s, 160) for s in sentences]))
     # Enough sentences for each held-out split (20% spare), but at most a share of the pool
     # so training keeps most of it; held-out sentences are then read by several speakers.
@@ -341,15 +233,30 @@ def plan_corpus(cfg: SynthConfig) -> tuple[list[Speaker], dict[str, list], dict[
     if not (train_s and dev_s and test_s):
         raise RuntimeError(f"sentence pool too small to split ({len(sentences)} sentences of "
                            f"{cfg.min_words}-{cfg.max_words} words)")
+    # Training reads its sentences once each, those carrying dev/test words first.
+    train_order = cover_first(train_s, dev_s + test_s)
 
     chapters: dict = {}
-    plan = {
-        "train": _plan_split("train", target["train"], seen, train_s, rng, chapters),
-        "dev": _plan_split("dev", target["dev"], seen, dev_s, rng, chapters),
-        "test": _plan_split("test", target["test"], seen, test_s, rng, chapters),
-        "test-unseen": _plan_split("test-unseen", target["test-unseen"], unseen, test_s, rng, chapters),
-    }
-    return speakers, plan, {"train": len(train_s), "dev": len(dev_s), "test": len(test_s)}
+    if cfg.train_readings < 1:
+        raise ValueError(f"train_readings={cfg.train_readings}: each training sentence needs >= 1 reader")
+    plan = {"train": _plan_split("train", target["train"], by_subset["train"], train_order, rng, chapters,
+                                 keep_order=True, readings=cfg.train_readings)}
+    read = list(dict.fromkeys(text for _, _, text in plan["train"]))
+    read_set = set(read)
+    unread = [s for s in train_order if s not in read_set]
+    spare, rest = unread[:cfg.spare_sentences], unread[cfg.spare_sentences:]
+    # test-engine: the test sentences, and as many whose words training never reads (OOV).
+    oov = oov_sentences(rest, read + spare, len(test_s))
+    if not oov:
+        raise RuntimeError("no sentence with out-of-vocabulary words left for test-engine: lower --hours")
+    plan["dev"] = _plan_split("dev", target["dev"], by_subset["train"], dev_s, rng, chapters)
+    plan["test"] = _plan_split("test", target["test"], by_subset["train"], test_s, rng, chapters)
+    plan["test-unseen"] = _plan_split("test-unseen", target["test-unseen"], by_subset["test-unseen"], test_s,
+                                      rng, chapters)
+    plan["test-engine"] = _plan_split("test-engine", target["test-engine"], by_subset["test-engine"],
+                                      test_s + oov, rng, chapters)
+    counts = {"train": len(read), "dev": len(dev_s), "test": len(test_s), "test-engine-oov": len(oov)}
+    return speakers, plan, counts, spare
 
 
 def corpus_config(root: str | Path) -> SynthConfig:
@@ -397,7 +304,7 @@ def synthesize_corpus(out_dir: str | os.PathLike, cfg: SynthConfig = SynthConfig
     }
     config = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("jobs", "progress")}
     meta = {"config": config, "summary": summary,
-            "speakers": [dataclasses.asdict(s) | {"voice": s.voice} for s in speakers]}
+            "speakers": [dataclasses.asdict(s) | {"voice": s.voice, "subset": s.subset} for s in speakers]}
     (out / "synth.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     log.info("synthesised %.3f h, %d utterances, %d speakers into %s", summary["hours"],
              len(jobs), len(speakers), out)
@@ -409,6 +316,8 @@ def render_jobs(jobs: list[_Job], n_jobs: int | None, progress: bool) -> dict[st
     Bytes depend on each job alone, never on `n_jobs` (None: every core)."""
     from tqdm import tqdm
 
+    for engine, voice in sorted({(j.speaker.engine, j.speaker.engine_voice) for j in jobs}):
+        require(engine, voice)  # a missing engine stops here, naming its Debian package
     n_jobs = n_jobs or os.cpu_count() or 1
     results: dict[str, tuple[float, list]] = {}
     bar = tqdm(total=len(jobs), desc="synth", unit="utt", disable=not progress)
@@ -448,14 +357,15 @@ def _fmt(seconds: float) -> str:
 
 def _write_speakers_txt(path: Path, speakers: list[Speaker], seconds: dict[str, float]) -> None:
     lines = [
-        "; Synthetic speakers (espeak-ng voices), in LibriSpeech's SPEAKERS.TXT format.",
-        "; SUBSET is where the speaker was trained on (train) or held out (test-unseen);",
-        "; seen speakers also read the dev and test chapters.",
+        "; Synthetic speakers (espeak-ng, flite and festival voices, some converted through the",
+        "; WORLD vocoder: VOICE~fF0wWARPbBREATH), in LibriSpeech's SPEAKERS.TXT format.",
+        "; SUBSET is where the speaker was trained on (train) or held out (test-unseen: new",
+        "; espeak-ng timbres; test-engine: an engine training never heard); seen speakers also",
+        "; read the dev and test chapters.",
         ";ID  |SEX| SUBSET           |MINUTES| NAME",
     ]
     for s in sorted(speakers, key=lambda s: int(s.id)):
-        subset = "train" if s.seen else "test-unseen"
-        name = f"espeak {s.voice} p{s.pitch} s{s.rate}"
-        lines.append(f"{s.id:<5}| {s.sex} | {subset:<16} | {seconds[s.id] / 60:5.2f} | {name}")
+        name = f"{s.engine} {s.voice} p{s.pitch} s{s.rate}"
+        lines.append(f"{s.id:<5}| {s.sex} | {s.subset:<16} | {seconds[s.id] / 60:5.2f} | {name}")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")

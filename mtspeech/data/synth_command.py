@@ -27,9 +27,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="speakers in total (default %(default)s)")
     parser.add_argument("--unseen-speakers", type=int, default=d.unseen_speakers,
                         help="of which held out for test-unseen (default %(default)s)")
+    parser.add_argument("--test-engine-speakers", type=int, default=d.test_engine_speakers,
+                        help="test-engine speakers: festival's voices, then conversions of them "
+                             "(default %(default)s)")
+    parser.add_argument("--train-readings", type=int, default=d.train_readings,
+                        help="speakers reading each training sentence (default %(default)s: the most "
+                             "distinct sentences for the hours)")
     parser.add_argument("--vocab-words", type=int, default=d.vocab_words,
                         help="closed vocabulary: the N most frequent words of the sentence pool "
-                             "(default %(default)s; 0 = every word)")
+                             "(default: every word; 0 = every word)")
     parser.add_argument("--noisy-twins", action="store_true",
                         help="also write test and test-unseen at 10 and 0 dB SNR (test-snr10, ...)")
     parser.add_argument("--twins-only", action="store_true",
@@ -66,7 +72,9 @@ def main(args: argparse.Namespace) -> int:
         return 0
     snr = None if args.no_noise else args.noise_snr
     cfg = SynthConfig(hours=args.hours, seed=args.seed, speakers=args.speakers,
-                      unseen_speakers=args.unseen_speakers, noise_snr_db=snr, jobs=args.jobs,
+                      unseen_speakers=args.unseen_speakers, test_engine_speakers=args.test_engine_speakers,
+                      train_readings=args.train_readings,
+                      noise_snr_db=snr, jobs=args.jobs,
                       vocab_words=args.vocab_words or None,
                       progress=not args.no_progress)
     summary = synthesize_corpus(args.out, cfg)

@@ -31,7 +31,7 @@ def test_prepared_manifests_match_what_the_synthesizer_wrote(synth_corpus, prepa
             assert u.duration == pytest.approx(info.duration, abs=1e-3)
     summary = json.loads((prepared_manifests["train"].parent / "summary.json").read_text())
     assert summary["utterances"] == sum(len(read_manifest(p)) for p in prepared_manifests.values())
-    assert summary["speakers"] == meta["config"]["speakers"]
+    assert summary["speakers"] == len(meta["speakers"]) == meta["config"]["speakers"] + meta["config"]["test_engine_speakers"]
     assert summary["rejected"] == {} and summary["oov"]["oov_utterances"] == 0
 
 

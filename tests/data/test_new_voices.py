@@ -12,10 +12,12 @@ from mtspeech.data.librispeech import prepare_librispeech
 from mtspeech.data.new_voices import (NEW_VARIANTS, SPLIT, TRAIN_SPLIT, TRAIN_VARIANTS, plan_train_voices,
                                      plan_voices, synthesize_train_voices, synthesize_voices)
 from mtspeech.data.noisy_twins import make_noisy_twins
-from mtspeech.data.synth import SEEN_VARIANTS, UNSEEN_VARIANTS, SynthConfig, plan_corpus, synthesize_corpus
+from mtspeech.data.synth import SynthConfig, plan_corpus, spare_training_sentences, synthesize_corpus
+from mtspeech.data.voices import SEEN_VARIANTS, UNSEEN_VARIANTS
 from mtspeech.data.synth_command import add_arguments, main
 
-CFG = SynthConfig(hours=0.01, seed=5, speakers=3, unseen_speakers=1, test_fraction=0.3, jobs=1, progress=False)
+CFG = SynthConfig(hours=0.01, seed=5, speakers=3, unseen_speakers=1, test_fraction=0.3, test_engine_speakers=1,
+                  jobs=1, progress=False)
 
 
 def _digests(root: Path) -> dict[str, str]:
@@ -87,8 +89,10 @@ def test_train_voices_are_new_timbres_reading_training_sentences():
     assert not {s.id for s in new} & {s.id for s in old_speakers + test_voices}
     chapters = {u.split("-")[1] for items_ in plan.values() for u, _, _ in items_}
     assert not {u.split("-")[1] for u, _, _ in items} & chapters
-    assert {t for _, _, t in items} <= {t for _, _, t in plan["train"]}  # nothing held out is heard
-    assert len(items) == 18 and len({u for u, _, _ in items}) == 18
+    # training sentences that train does not read: more distinct sentences, nothing held out heard
+    assert {t for _, _, t in items} <= set(spare_training_sentences(CFG))
+    assert not {t for _, _, t in items} & {t for items_ in plan.values() for _, _, t in items_}
+    assert len(items) == 18 and len({u for u, _, _ in items}) == 18 and len({t for _, _, t in items}) == 18
     assert plan_train_voices(CFG, speakers=6, per_speaker=3) == (new, items)  # deterministic
     with pytest.raises(ValueError, match="train-voices"):
         plan_train_voices(CFG, speakers=len(TRAIN_VARIANTS) * 100)

@@ -55,14 +55,16 @@ def test_speakers_txt_and_metadata(synth_corpus):
     lines = (synth_corpus / "SPEAKERS.TXT").read_text().splitlines()
     rows = [[f.strip() for f in line.split("|")] for line in lines if not line.startswith(";")]
     meta = json.loads((synth_corpus / "synth.json").read_text())
-    assert len(rows) == len(meta["speakers"]) == meta["config"]["speakers"]
+    assert len(rows) == len(meta["speakers"]) == meta["config"]["speakers"] + meta["config"]["test_engine_speakers"]
     by_id = {s["id"]: s for s in meta["speakers"]}
     for spk, sex, subset, minutes, name in rows:
         assert sex == by_id[spk]["sex"] in ("F", "M")
-        assert subset == ("train" if by_id[spk]["seen"] else "test-unseen")
-        assert float(minutes) > 0 and by_id[spk]["voice"] in name
+        assert subset == by_id[spk]["subset"]
+        assert subset == ("train" if by_id[spk]["seen"] else
+                          "test-engine" if by_id[spk]["engine"] == "festival" else "test-unseen")
+        assert float(minutes) >= 0 and by_id[spk]["voice"] in name and by_id[spk]["engine"] in name
     # every speaker's voice parameters are distinct
-    params = {(s["voice"], s["pitch"], s["rate"]) for s in meta["speakers"]}
+    params = {(s["engine"], s["voice"], s["pitch"], s["rate"]) for s in meta["speakers"]}
     assert len(params) == len(meta["speakers"])
 
 
@@ -72,19 +74,23 @@ def test_splits_speakers_and_sentences(synth_corpus):
     seen = {s["id"] for s in meta["speakers"] if s["seen"]}
     assert spk["train"] == seen
     assert spk["dev"] <= seen and spk["test"] <= seen
-    assert not spk["test-unseen"] & seen
-    # held-out voices (espeak variants) are never used by a training speaker
+    assert not spk["test-unseen"] & seen and not spk["test-engine"] & seen
+    # held-out voices (espeak variants) are never used by a training speaker, nor the held-out engine
     variants = {s["variant"] for s in meta["speakers"] if s["seen"]}
     assert all(s["variant"] not in variants for s in meta["speakers"] if not s["seen"])
+    engines = {split: {s["engine"] for s in meta["speakers"] if s["id"] in spk[split]} for split in SPLITS}
+    assert engines["test-engine"] == {"festival"} and "festival" not in engines["train"]
 
     texts = {split: set(_trans(synth_corpus, split).values()) for split in SPLITS}
-    assert not texts["train"] & (texts["dev"] | texts["test"] | texts["test-unseen"])
+    assert not texts["train"] & (texts["dev"] | texts["test"] | texts["test-unseen"] | texts["test-engine"])
+    assert not texts["dev"] & (texts["test"] | texts["test-engine"])
     assert texts["test-unseen"] <= texts["test"]
     # the demo is closed-vocabulary: every held-out word also occurs in the train sentences
     # (the sentence pool of the split, which this tiny corpus only samples)
-    from mtspeech.data.synth import sentence_pool
+    from mtspeech.data.sentences import sentence_pool
+    cfg = SynthConfig(**meta["config"])
     held = texts["dev"] | texts["test"]
-    pool_train = set(sentence_pool(SynthConfig(**meta["config"]))) - held
+    pool_train = set(sentence_pool(cfg.min_words, cfg.max_words, cfg.vocab_words)) - held
     train_vocab = {w for s in pool_train for w in s.split()}
     assert {w for s in held for w in s.split()} <= train_vocab
 
@@ -137,9 +143,9 @@ def test_command_line(tmp_path, capsys):
     from mtspeech.cli import main
 
     rc = main(["synth", "--out", str(tmp_path), "--hours", "0.003", "--speakers", "3",
-               "--unseen-speakers", "1", "--jobs", "1", "--no-noise", "--no-progress"])
+               "--unseen-speakers", "1", "--test-engine-speakers", "2", "--jobs", "1", "--no-noise", "--no-progress"])
     assert rc == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["speakers"] == 3 and set(summary["splits"]) == set(SPLITS)
+    assert summary["speakers"] == 3 + 2 and set(summary["splits"]) == set(SPLITS)
     meta = json.loads((tmp_path / "synth.json").read_text())
     assert meta["config"]["noise_snr_db"] is None and meta["config"]["hours"] == 0.003

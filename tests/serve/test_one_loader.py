@@ -63,7 +63,9 @@ def test_serve_transcribe_and_evaluate_build_the_same_decoder(tmp_path, monkeypa
         embed_lm(checkpoint)
     audio = tmp_path / "a.wav"
     audio.write_bytes(wav_bytes(signal(0.5)))
-    served = _built_by(serve_app, ["--model", str(checkpoint), "--backend", "torch-eager", *flags], monkeypatch)
+    # one process: each worker of `--workers N` builds its recognizer the same way
+    served = _built_by(serve_app, ["--model", str(checkpoint), "--backend", "torch-eager", "--workers", "1", *flags],
+                       monkeypatch)
     transcribed = _built_by(client, [str(audio), "--model", str(checkpoint), *flags], monkeypatch)
     evaluated = _built_by(evaluate_command, [str(checkpoint), str(tmp_path / "train.jsonl"),
                                              "--out", str(tmp_path / "eval"), *flags], monkeypatch)
