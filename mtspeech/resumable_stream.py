@@ -154,110 +154,153 @@ async def stream_audio(url: str, source: AsyncIterator[np.ndarray], api_key: str
     """Stream 16 kHz float frames from `source` to `url` (ws://host:port/v1/stream), then
     `stop`; reconnect and resume as the module doc says (`retry=None`: never). `on_message`
     sees every message, times shifted; `seed` fixes the jitter (tests)."""
-    from websockets.asyncio.client import connect
-    from websockets.exceptions import ConnectionClosed, InvalidStatus
-
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
     start = json.dumps({"type": "start", "sample_rate": SAMPLE_RATE, "encoding": "pcm_s16le",
                         "interim_results": interim, "endpointing": endpointing})
-    result, pending, rng = StreamResult(name), _Unacknowledged(), random.Random(seed)
-    # The source is read by one task for the whole stream: a session that dies must not cancel
-    # a read in the middle of the source (that would close an async generator for good).
-    frames: asyncio.Queue = asyncio.Queue(maxsize=8)
+    stream = _ResumableStream(url, start, api_key, on_message, name, retry, random.Random(seed))
+    return await stream.run(source)
 
-    async def pump() -> None:
+
+@dataclass
+class _Session:
+    """What one connection ended with."""
+
+    finals: int = 0
+    errors: list[dict] = field(default_factory=list)
+    close_code: int | None = None  # None: no connection was made (see `reason`)
+    reason: str = ""
+
+
+def _close_code(ws) -> int:
+    """The code of the server's close frame once received (before the TCP connection is down:
+    that may take a peer's close timeout); 1006 if the connection ended without one; 1000 if
+    it is still open (`end` came, the close did not within END_CLOSE_WAIT_S: a normal end)."""
+    if ws.protocol.close_rcvd is not None:
+        return ws.protocol.close_rcvd.code
+    return 1000 if ws.close_code is None else ws.close_code
+
+
+class _ResumableStream:
+    """The state `stream_audio` keeps across connections (see the module doc)."""
+
+    def __init__(self, url, start, api_key, on_message, name, retry, rng) -> None:
+        self.url, self.start, self.on_message, self.retry, self.rng = url, start, on_message, retry, rng
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+        self.result, self.pending = StreamResult(name), _Unacknowledged()
+        # The source is read by one task for the whole stream: a session that dies must not
+        # cancel a read in the middle of the source (that would close an async generator).
+        self.frames: asyncio.Queue = asyncio.Queue(maxsize=8)
+        self.source_done, self.source_error, self.opened = False, None, False
+
+    async def run(self, source: AsyncIterator[np.ndarray]) -> StreamResult:
+        pumping = asyncio.create_task(self._pump(source))
+        failures = 0
+        try:
+            while True:
+                session = await self._session()
+                if self.source_error is not None:
+                    raise self.source_error
+                if session.close_code is not None and session.close_code not in RETRY_CLOSE_CODES:
+                    self.result.errors += session.errors  # ended: normally, or for a reason retrying won't fix
+                    return self.result
+                if self.source_done and not self.pending.frames:  # all acknowledged: nothing to resume
+                    return self.result
+                failures = 0 if session.finals else failures + 1
+                await self._back_off(session, failures)
+        finally:
+            pumping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pumping
+
+    async def _pump(self, source: AsyncIterator[np.ndarray]) -> None:
         try:
             async for samples in source:
-                await frames.put(to_pcm16(samples))
+                await self.frames.put(to_pcm16(samples))
         except Exception as e:  # handed to the sender, which ends the stream with it
-            await frames.put(e)
+            await self.frames.put(e)
         else:
-            await frames.put(None)
+            await self.frames.put(None)
 
-    source_done = False
-    pumping = asyncio.create_task(pump())
-    failures, opened = 0, False
-    try:
-        while True:
-            offset = pending.first_sample  # this session's sample 0 on the whole stream's line
-            finals, errors, close_code, reason, source_error = 0, [], None, "", None
-            try:
-                async with connect(url, additional_headers=headers, max_size=2**22, open_timeout=10) as ws:
-                    opened = True
+    async def _back_off(self, session: _Session, failures: int) -> None:
+        """Sleep before the next attempt, or raise ReconnectError when the retries are spent."""
+        name = self.result.name or self.url
+        if self.retry is None or failures > self.retry.max_retries:
+            tries = "" if self.retry is None else f" after {self.retry.max_retries} retries without progress"
+            raise ReconnectError(f"{name}: the stream could not go on{tries}; last: {session.reason}")
+        delay = self.retry.delay_s(max(1, failures), self.rng)
+        resume_s = self.pending.first_sample / SAMPLE_RATE
+        self.result.reconnects.append(Reconnect(session.close_code, session.reason, resume_s, delay, session.finals))
+        log.warning("%s: %s; reconnecting in %.2f s, resending from %.2f s", name, session.reason, delay, resume_s)
+        await asyncio.sleep(delay)
 
-                    async def send() -> None:
-                        nonlocal source_done, source_error
-                        await ws.send(start)
-                        for _, pcm in list(pending.frames):  # unacknowledged: at once
-                            await ws.send(pcm)
-                        while not source_done:
-                            pcm = await frames.get()
-                            if isinstance(pcm, Exception):  # the source failed: end the stream with it
-                                source_error = pcm
-                                await ws.close()
-                                return
-                            if pcm is None:
-                                source_done = True
-                                break
-                            pending.add(pcm)  # kept before it is sent: a lost frame is resent
-                            await ws.send(pcm)
-                        await ws.send(json.dumps({"type": "stop"}))
+    async def _session(self) -> _Session:
+        """One connection: resend what is unacknowledged, go on with the source, read replies."""
+        from websockets.asyncio.client import connect
+        from websockets.exceptions import InvalidStatus
 
-                    sender = asyncio.create_task(send())
-                    try:
-                        async for raw in ws:
-                            msg = _shift(json.loads(raw), offset / SAMPLE_RATE)
-                            if on_message is not None:
-                                on_message(msg)
-                            if msg["type"] == "final":
-                                result.finals.append(msg)
-                                finals += 1
-                                pending.acknowledge(round(msg["end"] * SAMPLE_RATE))
-                            elif msg["type"] == "partial":
-                                result.partials += 1
-                            elif msg["type"] == "error":
-                                errors.append(msg)
-                            elif msg["type"] == "end":
-                                with contextlib.suppress(TimeoutError):
-                                    await asyncio.wait_for(ws.wait_closed(), END_CLOSE_WAIT_S)
-                                break
-                    except ConnectionClosed:
-                        pass
-                    finally:
-                        sender.cancel()
-                        with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
-                            await sender
-                    # None: `end` came but the close did not (within END_CLOSE_WAIT_S): a normal end
-                    close_code = 1000 if ws.close_code is None else ws.close_code
-            except InvalidStatus as e:
-                if e.response.status_code not in RETRY_HTTP_STATUS:
-                    raise
-                reason = f"handshake answered HTTP {e.response.status_code}"
-            except OSError as e:  # refused, unreachable, timed out
-                if not opened:
-                    raise
-                reason = f"cannot connect: {e}"
-            if source_error is not None:
-                raise source_error
-            if close_code is not None:
-                if close_code not in RETRY_CLOSE_CODES:
-                    result.errors += errors
-                    return result
-                reason = f"close code {close_code} ({RETRY_CLOSE_CODES[close_code]})"
-                if errors:
-                    reason += "; " + "; ".join(f"{m['code']}: {m['message']}" for m in errors)
-            if source_done and not pending.frames:  # everything was acknowledged: nothing to resume
-                return result
-            failures = 0 if finals else failures + 1
-            if retry is None or failures > retry.max_retries:
-                tries = "" if retry is None else f" after {retry.max_retries} retries without progress"
-                raise ReconnectError(f"{name or url}: the stream could not go on{tries}; last: {reason}")
-            delay = retry.delay_s(max(1, failures), rng)
-            result.reconnects.append(Reconnect(close_code, reason, pending.first_sample / SAMPLE_RATE, delay, finals))
-            log.warning("%s: %s; reconnecting in %.2f s, resending from %.2f s", name or url, reason, delay,
-                        pending.first_sample / SAMPLE_RATE)
-            await asyncio.sleep(delay)
-    finally:
-        pumping.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await pumping
+        session = _Session()
+        try:
+            async with connect(self.url, additional_headers=self.headers, max_size=2**22, open_timeout=10) as ws:
+                self.opened = True
+                await self._exchange(ws, session)
+                session.close_code = _close_code(ws)
+        except InvalidStatus as e:
+            if e.response.status_code not in RETRY_HTTP_STATUS:
+                raise
+            session.reason = f"handshake answered HTTP {e.response.status_code}"
+            return session
+        except OSError as e:  # refused, unreachable, timed out
+            if not self.opened:  # no server at all: say so at once
+                raise
+            session.reason = f"cannot connect: {e}"
+            return session
+        if session.close_code in RETRY_CLOSE_CODES:
+            session.reason = f"close code {session.close_code} ({RETRY_CLOSE_CODES[session.close_code]})"
+            if session.errors:
+                session.reason += "; " + "; ".join(f"{m['code']}: {m['message']}" for m in session.errors)
+        return session
+
+    async def _exchange(self, ws, session: _Session) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        offset_s = self.pending.first_sample / SAMPLE_RATE  # this session's 0 on the stream's time line
+        sender = asyncio.create_task(self._send(ws))
+        try:
+            async for raw in ws:
+                msg = _shift(json.loads(raw), offset_s)
+                if self.on_message is not None:
+                    self.on_message(msg)
+                if msg["type"] == "final":
+                    self.result.finals.append(msg)
+                    session.finals += 1
+                    self.pending.acknowledge(round(msg["end"] * SAMPLE_RATE))
+                elif msg["type"] == "partial":
+                    self.result.partials += 1
+                elif msg["type"] == "error":
+                    session.errors.append(msg)
+                elif msg["type"] == "end":
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(ws.wait_closed(), END_CLOSE_WAIT_S)
+                    break
+        except ConnectionClosed:
+            pass
+        finally:
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
+                await sender
+
+    async def _send(self, ws) -> None:
+        await ws.send(self.start)
+        for _, pcm in list(self.pending.frames):  # unacknowledged: at once
+            await ws.send(pcm)
+        while not self.source_done:
+            pcm = await self.frames.get()
+            if isinstance(pcm, Exception):  # the source failed: end the stream with its error
+                self.source_error = pcm
+                await ws.close()
+                return
+            if pcm is None:
+                self.source_done = True
+                break
+            self.pending.add(pcm)  # kept before it is sent: a frame lost on the way is resent
+            await ws.send(pcm)
+        await ws.send(json.dumps({"type": "stop"}))

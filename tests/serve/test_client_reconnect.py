@@ -64,7 +64,10 @@ class FakeServer:
 
         async def main():
             self.stop = asyncio.Event()
-            async with serve(self.handler, "127.0.0.1", 0) as server:
+            # max_queue=None: a handler that closes without reading what the client sent must not
+            # stop the reading of the client's close frame behind it (websockets' flow control
+            # would, until its 10 s close timeout; uvicorn has no such queue)
+            async with serve(self.handler, "127.0.0.1", 0, max_queue=None) as server:
                 self.port = server.sockets[0].getsockname()[1]
                 self.ready.set()
                 await self.stop.wait()
