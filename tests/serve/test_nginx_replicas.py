@@ -1,13 +1,15 @@
 """Two replicas behind a real nginx (deploy/replicas.py), one drained by SIGTERM mid-stream.
 
 Streams through nginx: `mtspeech transcribe --server --realtime` (a subprocess) and four
-`mtspeech.client` streams fed live. Once every stream carries audio, the replica holding the
-transcribe stream gets SIGTERM. Then:
+`mtspeech.client` streams fed live, on replicas of 3 streams each. Once every stream carries
+audio, the replica holding the transcribe stream gets SIGTERM; its streams come back to the
+other one, which is full until its own streams end (the test holds them open until it has
+seen a refusal). Then:
   - every stream on it got finals for all the audio sent before the drain, equal to the same
     audio decoded in-process ("every utterance spoken before the drain got its final");
-  - each of those streams reconnected (close code 1001, backoff) and went on as a new stream
-    on the other replica, from its last final, exactly (its finals there = the in-process
-    decoding of the audio from that point on);
+  - each of those streams reconnected (close code 1001, then 1013 while the other replica was
+    full, with backoff) and went on as a new stream on the other replica, from its last
+    final, exactly (its finals there = the in-process decoding of the audio from there on);
   - no stream hangs (all end within a deadline, no slot left open);
   - the replicas' `mtspeech_stream_connections_total` add up to every connection the clients
     opened: the drained replica's read from its metrics folder after it exited.
@@ -106,7 +108,7 @@ def test_sigterm_to_a_replica_behind_nginx_moves_its_streams_without_losing_any(
     script = subprocess.Popen(
         [sys.executable, str(ROOT / "deploy" / "replicas.py"), "--model", str(ckpt), "--replicas", "2",
          "--port", str(port), "--run-dir", str(run), "--",
-         "--backend", "torch-eager", "--decode-threads", "1", "--intra-op-threads", "1", "--log-level", "warning"],
+         "--max-streams", "3", "--backend", "torch-eager", "--decode-threads", "1", "--intra-op-threads", "1", "--log-level", "warning"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT)
     cli = None
     try:
@@ -126,7 +128,8 @@ def test_sigterm_to_a_replica_behind_nginx_moves_its_streams_without_losing_any(
         drained = 0 if _open_streams(ports[0]) == 1 else 1
         kept = 1 - drained
 
-        # 2. four live client streams; least_conn spreads them, so the drained replica gets >= 1
+        # 2. four live client streams; least_conn spreads them 3 + 2, so the drained replica gets
+        # one or two, and the other cannot take them all back while its own streams go on
         phase1 = [signal(2.0, seed=k) for k in range(STREAMS)]
         phase2 = [signal(1.5, seed=100 + k) for k in range(STREAMS)]
         whole = [np.concatenate([a, b]) for a, b in zip(phase1, phase2)]
@@ -162,11 +165,13 @@ def test_sigterm_to_a_replica_behind_nginx_moves_its_streams_without_losing_any(
         assert expected_before and " ".join(f["text"] for f in before) == expected_before
         # ... and went on from its last final as a new stream, after 1001, with a backoff
         assert r.reconnects[0].close_code == 1001 and all(c.delay_s > 0 for c in r.reconnects)
+        assert {c.close_code for c in r.reconnects} <= {1001, 1013}
         resumed = round(r.reconnects[-1].resumed_at_s * SR)
         assert resumed == round(before[-1]["end"] * SR)
         assert " ".join(f["text"] for f in after) == reference_text(rec, whole[k][resumed:], endpointing=True)
         assert all(f["start"] >= r.reconnects[-1].resumed_at_s for f in after)
         assert not r.errors
+    assert any(c.close_code == 1013 for r in results for c in r.reconnects)  # refused while full
     assert cli_result["reconnects"][0]["close_code"] == 1001 and not cli_result["errors"]
     resumed_s = cli_result["reconnects"][-1]["resumed_at_s"]
     after = [f["text"] for f in cli_result["finals"] if f["start"] >= resumed_s]
@@ -193,10 +198,14 @@ async def _live_streams(url, run, info, drained, phase1, phase2):
         while (frame := await q.get()) is not None:
             yield frame
 
+    refused: list[int] = []
+
     def watcher(k):
         def see(msg):
             if msg["type"] == "error" and msg["code"] == "shutting_down":
                 on_drained.add(k)
+            elif msg["type"] == "error" and msg["code"] == "too_many_streams":
+                refused.append(k)
         return see
 
     policy = RetryPolicy(max_retries=6, base_delay_s=0.2, max_delay_s=2.0)
@@ -216,6 +225,7 @@ async def _live_streams(url, run, info, drained, phase1, phase2):
     open_at_sigterm = _open_streams(ports[drained])
     os.kill(info["replicas"][drained]["pid"], signals.SIGTERM)
     await _until(lambda: len(on_drained) == open_at_sigterm - 1, 30)  # its client streams got the drain
+    await _until(lambda: refused, 30)  # ... and came back to a full replica (its own streams go on)
     for q, audio in zip(queues, phase2):
         for i in range(0, len(audio), 1600):
             q.put_nowait(audio[i : i + 1600])
