@@ -152,7 +152,8 @@ async def stream_audio(url: str, source: AsyncIterator[np.ndarray], api_key: str
                        on_message: Callable[[dict], None] | None = None, name: str = "",
                        retry: RetryPolicy | None = RetryPolicy(), seed: int | None = None) -> StreamResult:
     """Stream 16 kHz float frames from `source` to `url` (ws://host:port/v1/stream), then
-    `stop`; reconnect and resume as the module doc says (`retry=None`: never). `on_message`
+    `stop`; reconnect and resume as the module doc says (`retry=None`: never; the stream then
+ends with the server's error, or `connection_closed`, in `errors`). `on_message`
     sees every message, times shifted; `seed` fixes the jitter (tests)."""
     start = json.dumps({"type": "start", "sample_rate": SAMPLE_RATE, "encoding": "pcm_s16le",
                         "interim_results": interim, "endpointing": endpointing})
@@ -204,6 +205,10 @@ class _ResumableStream:
                     return self.result
                 if self.source_done and not self.pending.frames:  # all acknowledged: nothing to resume
                     return self.result
+                if self.retry is None:  # not asked to go on: the stream ends here, saying why
+                    self.result.errors += session.errors or [
+                        {"type": "error", "code": "connection_closed", "message": session.reason}]
+                    return self.result
                 failures = 0 if session.finals else failures + 1
                 await self._back_off(session, failures)
         finally:
@@ -223,9 +228,9 @@ class _ResumableStream:
     async def _back_off(self, session: _Session, failures: int) -> None:
         """Sleep before the next attempt, or raise ReconnectError when the retries are spent."""
         name = self.result.name or self.url
-        if self.retry is None or failures > self.retry.max_retries:
-            tries = "" if self.retry is None else f" after {self.retry.max_retries} retries without progress"
-            raise ReconnectError(f"{name}: the stream could not go on{tries}; last: {session.reason}")
+        if failures > self.retry.max_retries:
+            raise ReconnectError(f"{name}: the stream could not go on after {self.retry.max_retries} retries "
+                                 f"without progress; last: {session.reason}")
         delay = self.retry.delay_s(max(1, failures), self.rng)
         resume_s = self.pending.first_sample / SAMPLE_RATE
         self.result.reconnects.append(Reconnect(session.close_code, session.reason, resume_s, delay, session.finals))

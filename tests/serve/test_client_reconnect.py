@@ -126,11 +126,16 @@ def test_gives_up_after_max_retries_with_a_clear_error():
         with pytest.raises(ReconnectError, match=r"after 3 retries without progress; last: close code 1013"):
             asyncio.run(asyncio.wait_for(stream_audio(url, _frames(_audio(0.5)), retry=FAST), 20))
     assert len(fake.received) == 4  # the first attempt and three retries
-    # retry=None: the first refusal ends it
+    # retry=None: the first refusal ends the stream, with the server's error
     fake = FakeServer([])
     with fake.running() as url:
-        with pytest.raises(ReconnectError, match="could not go on; last: close code 1013"):
-            asyncio.run(asyncio.wait_for(stream_audio(url, _frames(_audio(0.5)), retry=None), 20))
+        r = asyncio.run(asyncio.wait_for(stream_audio(url, _frames(_audio(0.5)), retry=None), 20))
+    assert [e["code"] for e in r.errors] == ["too_many_streams"] and not r.reconnects
+    fake = FakeServer(["drop"])  # a lost connection has no error message: the client names it
+    with fake.running() as url:
+        r = asyncio.run(asyncio.wait_for(stream_audio(url, _frames(_audio(1.0)), retry=None), 20))
+    assert r.errors == [{"type": "error", "code": "connection_closed",
+                         "message": "close code 1006 (connection lost without a close frame)"}]
 
 
 def test_no_server_at_all_fails_at_once():
@@ -162,9 +167,16 @@ def test_transcribe_cli_reconnects_and_reports_it(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["text"] == "first rest" and not out["errors"]
     assert [c["close_code"] for c in out["reconnects"]] == [1001]
-    # --max-reconnects 0: the drain ends the run with a clear error (exit status 2)
+    # --max-reconnects 0: the drain ends the stream with the server's error (exit status 1)
     fake = FakeServer(["drain"])
     with fake.running() as url:
-        args = parser.parse_args([str(path), "--server", url, "--max-reconnects", "0"])
+        args = parser.parse_args([str(path), "--server", url, "--max-reconnects", "0", "--json"])
+        assert client.main(args) == 1
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["text"] == "first" and [e["code"] for e in out["errors"]] == ["shutting_down"]
+    # retries spent: one clear line, exit status 2
+    fake = FakeServer([])
+    with fake.running() as url:
+        args = parser.parse_args([str(path), "--server", url, "--max-reconnects", "1"])
         assert client.main(args) == 2
-    assert "could not go on; last: close code 1001" in capsys.readouterr().err
+    assert "could not go on after 1 retries without progress; last: close code 1013" in capsys.readouterr().err
