@@ -19,6 +19,7 @@ from typing import Callable, TextIO
 import numpy as np
 
 from mtspeech.data.geometry import SAMPLE_RATE  # what the server's models take: no resampling there
+from mtspeech.resumable_stream import Reconnect, RetryPolicy, stream_audio, to_pcm16  # noqa: F401 (to_pcm16: API)
 
 
 @dataclass
@@ -29,6 +30,7 @@ class FileResult:
     finals: list[dict] = field(default_factory=list)  # {"text", "start", "end", "words"}
     partials: int = 0
     errors: list[dict] = field(default_factory=list)
+    reconnects: list[Reconnect] = field(default_factory=list)  # sessions left for another replica
 
     @property
     def text(self) -> str:
@@ -49,49 +51,24 @@ def _unreadable(path: str | Path, error: Exception) -> FileResult:
     return FileResult(str(path), errors=[{"type": "error", "code": "unreadable_audio", "message": str(error)}])
 
 
-def to_pcm16(samples: np.ndarray) -> bytes:
-    """float samples in [-1, 1] → little-endian 16-bit PCM bytes (clipped)."""
-    return (np.clip(samples, -1.0, 32767 / 32768) * 32768).astype("<i2").tobytes()
-
-
 async def stream_samples(url: str, samples: np.ndarray, realtime: bool = False, frame_ms: int = 100,
                          api_key: str | None = None, interim: bool = True, endpointing: bool = True,
-                         on_message: Callable[[dict], None] | None = None, name: str = "") -> FileResult:
-    """Stream 16 kHz float samples to `url` (ws://host:port/v1/stream) and collect the results."""
-    from websockets.asyncio.client import connect
-
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
-    result = FileResult(name)
+                         on_message: Callable[[dict], None] | None = None, name: str = "",
+                         retry: RetryPolicy | None = RetryPolicy()) -> FileResult:
+    """Stream 16 kHz float samples to `url` (ws://host:port/v1/stream) and collect the results.
+    A replica that drains (1001) or is full (1013) is left for another, and the stream goes on
+    there from its last final (`mtspeech.resumable_stream`; `retry=None`: never)."""
     frame = SAMPLE_RATE * frame_ms // 1000
-    async with connect(url, additional_headers=headers, max_size=2**22, open_timeout=10) as ws:
-        await ws.send(json.dumps({"type": "start", "sample_rate": SAMPLE_RATE, "encoding": "pcm_s16le",
-                                  "interim_results": interim, "endpointing": endpointing}))
 
-        async def send_audio():
-            t0 = time.monotonic()
-            for i in range(0, len(samples), frame):
-                if realtime:  # pace like a live source: frame k leaves at k * frame_ms
-                    await asyncio.sleep(max(0.0, t0 + i / SAMPLE_RATE - time.monotonic()))
-                await ws.send(to_pcm16(samples[i : i + frame]))
-            await ws.send(json.dumps({"type": "stop"}))
+    async def frames():
+        t0 = time.monotonic()
+        for i in range(0, len(samples), frame):
+            if realtime:  # pace like a live source: frame k leaves at k * frame_ms
+                await asyncio.sleep(max(0.0, t0 + i / SAMPLE_RATE - time.monotonic()))
+            yield samples[i : i + frame]
 
-        sender = asyncio.create_task(send_audio())
-        try:
-            async for raw in ws:
-                msg = json.loads(raw)
-                if on_message is not None:
-                    on_message(msg)
-                if msg["type"] == "final":
-                    result.finals.append(msg)
-                elif msg["type"] == "partial":
-                    result.partials += 1
-                elif msg["type"] == "error":
-                    result.errors.append(msg)
-                elif msg["type"] == "end":
-                    break
-        finally:
-            sender.cancel()
-    return result
+    r = await stream_audio(url, frames(), api_key, interim, endpointing, on_message, name, retry)
+    return FileResult(name, r.finals, r.partials, r.errors, r.reconnects)
 
 
 def _printer(name: str, out: TextIO) -> Callable[[dict], None]:
@@ -109,9 +86,10 @@ def _printer(name: str, out: TextIO) -> Callable[[dict], None]:
 
 def transcribe_files(server_url: str, files: list[str | Path], realtime: bool = False,
                      api_key: str | None = None, frame_ms: int = 100, show_partials: bool = True,
-                     out: TextIO | None = None) -> list[FileResult]:
+                     out: TextIO | None = None, retry: RetryPolicy | None = RetryPolicy()) -> list[FileResult]:
     """Stream each file to the server (one after another), printing partials and finals. A file
-    that cannot be read gets an `unreadable_audio` error result; the others are still sent."""
+    that cannot be read gets an `unreadable_audio` error result; the others are still sent.
+    `retry`: how a stream moves to another replica (`stream_samples`)."""
     from mtspeech.data.audio import AudioError
 
     out = out or sys.stdout
@@ -131,7 +109,7 @@ def transcribe_files(server_url: str, files: list[str | Path], realtime: bool = 
                 continue
             results.append(await stream_samples(
                 url, samples, realtime, frame_ms, api_key, interim=show_partials,
-                on_message=_printer(str(path), out), name=str(path)))
+                on_message=_printer(str(path), out), name=str(path), retry=retry))
         return results
 
     return asyncio.run(run())
@@ -174,6 +152,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--realtime", action="store_true", help="send audio at real-time pace")
     parser.add_argument("--frame-ms", type=int, default=100, help="audio per WebSocket frame")
     parser.add_argument("--api-key", default=None)
+    parser.add_argument("--max-reconnects", type=int, default=RetryPolicy.max_retries,
+                        help="with --server: attempts in a row to move a stream to another replica after the "
+                             "server closes it with 1001 (draining) or 1013 (full); 0: never")
     parser.add_argument("--no-partials", action="store_true", help="ask for finals only")
     parser.add_argument("--device", default="cpu", help="local decoding device")
     # With --model: the decoder `mtspeech serve` would build from the same checkpoint and flags.
@@ -191,9 +172,13 @@ def main(args: argparse.Namespace) -> int:
     from websockets.exceptions import InvalidHandshake, InvalidURI
 
     if args.server:
+        if args.max_reconnects < 0:
+            print(f"mtspeech transcribe: --max-reconnects {args.max_reconnects}: expected >= 0", file=sys.stderr)
+            return 2
         try:
+            retry = RetryPolicy(max_retries=args.max_reconnects) if args.max_reconnects > 0 else None
             results = transcribe_files(args.server, args.files, args.realtime, args.api_key, args.frame_ms,
-                                       show_partials=not args.no_partials)
+                                       show_partials=not args.no_partials, retry=retry)
         except (OSError, InvalidURI, InvalidHandshake) as e:  # refused, unreachable, not our server
             print(f"mtspeech transcribe: cannot stream to {args.server}: {e}", file=sys.stderr)
             return 2
@@ -209,5 +194,6 @@ def main(args: argparse.Namespace) -> int:
             return 2
     if args.json:
         for r in results:
-            print(json.dumps({"file": r.path, "text": r.text, "finals": r.finals, "errors": r.errors}))
+            print(json.dumps({"file": r.path, "text": r.text, "finals": r.finals, "errors": r.errors,
+                              "reconnects": [vars(c) for c in r.reconnects]}))
     return 1 if any(r.errors for r in results) else 0

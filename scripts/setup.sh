@@ -3,6 +3,8 @@
 # then a virtual environment in .venv with exactly requirements.lock installed, then mtspeech
 # itself (editable, no dependencies), then an import check of the native extensions.
 #   MTSPEECH_BROWSER=1 also installs Debian's chromium (for the web-page test).
+#   MTSPEECH_NGINX=1 also installs Debian's nginx (deploy/replicas.py and its slow test; the
+#   package's own service is not used: the script runs nginx unprivileged in a run folder).
 #   MTSPEECH_PEERS=1 also installs the peer tools of benchmarks/peers.py (requirements-peers.lock).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +22,8 @@ for voice in festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts; do
   dpkg -s "$voice" >/dev/null 2>&1 || need+=("$voice")
 done
 if [ "${MTSPEECH_BROWSER:-0}" = 1 ] && ! command -v chromium >/dev/null; then need+=(chromium); fi
+# (nginx lives in /usr/sbin, which a non-root PATH may lack)
+if [ "${MTSPEECH_NGINX:-0}" = 1 ] && ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then need+=(nginx); fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing system packages: ${need[*]}"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"

@@ -3,5 +3,5 @@
 # Extra arguments go to pytest, e.g. `bash scripts/test.sh -m "not slow"`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-MTSPEECH_BROWSER=1 bash scripts/setup.sh
+MTSPEECH_BROWSER=1 MTSPEECH_NGINX=1 bash scripts/setup.sh
 exec .venv/bin/python -m pytest -q "$@"

@@ -24,7 +24,12 @@ class Metrics:
     - `batch_size`: streams per step;
     - `partial_latency` / `final_latency`: from the arrival of the audio that completed a
       chunk (or of `stop`) to the message being sent;
-    - `errors`: by error `code`.
+    - `errors`: by error `code`;
+    - `stream_connections`: `/v1/stream` connections, counted once each when they end, by
+      `outcome`: `completed` (closed 1000: the client's stop, or an idle / length limit),
+      `drained` (finalized by a shutdown, 1001), `refused` (full, draining, or a wrong key in
+      the header: never started), `terminated` (a fatal protocol error), `client_gone` (vanished). Their sum is
+      every connection the replica took, which a load-balancer test checks against its clients.
     """
 
     def __init__(self) -> None:
@@ -56,6 +61,8 @@ class Metrics:
         # max over workers: admission reads each worker's own
         self.decode_lag = Gauge("mtspeech_decode_lag_seconds", "decode lag (serve/lag.py) after the last "
                                 "decoding step or stream request", registry=r, multiprocess_mode="livemax")
+        self.stream_connections = Counter("mtspeech_stream_connections", "/v1/stream connections, by outcome",
+                                          ["outcome"], registry=r)
 
     @staticmethod
     def shared() -> bool:

@@ -25,6 +25,7 @@ from mtspeech.serve.server import Server
 
 log = logging.getLogger(__name__)
 router = APIRouter()
+OUTCOMES = {1000: "completed", 1001: "drained"}  # close code → Metrics.stream_connections outcome
 
 
 class StreamConnection:
@@ -42,6 +43,7 @@ class StreamConnection:
         self.close_code = 1000
         self.stopping = False
         self.waiting_since: float | None = None  # loop time the reader began waiting for a message
+        self.outcome = "client_gone"  # how it ended (Metrics.stream_connections), set when it does
 
     # -- outgoing ------------------------------------------------------------------------------
 
@@ -116,6 +118,7 @@ class StreamConnection:
                     await task
             if self.job is not None and not self.job.done:
                 self.server.batcher.remove(self.job)
+            self.outcome = "client_gone" if gone else OUTCOMES.get(self.close_code, "terminated")
             if gone:
                 self.server.metrics.errors.labels(P.ErrorCode.client_disconnected.value).inc()
             else:
@@ -272,11 +275,13 @@ async def stream(ws: WebSocket):
     finally:
         server.connections.discard(conn)
         server.close_slot()
+        server.metrics.stream_connections.labels(conn.outcome).inc()
 
 
 async def _refuse(ws: WebSocket, server: Server, code: P.ErrorCode, message: str, close_code: int) -> None:
     """Tell a client why it is not served, then close with `close_code` and the reason."""
     server.metrics.errors.labels(code.value).inc()
+    server.metrics.stream_connections.labels("refused").inc()
     with contextlib.suppress(Exception):
         await ws.send_text(P.ErrorMessage(code=code, message=message).model_dump_json())
         await ws.close(close_code, reason=message[:120])

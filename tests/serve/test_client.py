@@ -49,7 +49,8 @@ def test_unreadable_files_get_errors_and_the_rest_is_still_sent(recognizer, tmp_
     with live_server(create_app(recognizer)) as (addr, _):
         results = client.transcribe_files(f"ws://{addr}", [missing, good, empty], out=io.StringIO())
         args = argparse.Namespace(server=f"ws://{addr}", files=[str(missing), str(good)], realtime=False,
-                                  api_key=None, frame_ms=100, no_partials=True, json=False, model=None)
+                                  api_key=None, frame_ms=100, no_partials=True, json=False, model=None,
+                                  max_reconnects=5)
         assert client.main(args) == 1  # one file failed, and said so
     assert [bool(r.errors) for r in results] == [True, False, True]
     assert results[0].errors[0]["code"] == "unreadable_audio" and "no such file" in results[0].errors[0]["message"]
