@@ -152,10 +152,13 @@ def synthesize_train_voices(root: str | Path, speakers: int = 30, per_speaker: i
 
 
 def _write_split(root: Path, cfg: SynthConfig, split: str, new: list[Speaker], items: list,
-                 offset: int, jobs: int | None, progress: bool) -> dict:
+                 offset: int, jobs: int | None, progress: bool, render_seed: int | None = None) -> dict:
+    """Render `items` into `root/split` (audio drawn from `render_seed`, default the corpus's
+    seed), append `new` to SPEAKERS.TXT and write `root/<split>.json`; returns that summary."""
     first = offset + sum(len(v) for v in plan_corpus(cfg)[1].values())  # indices after the corpus's own
+    seed = cfg.seed if render_seed is None else render_seed
     render = [_Job(first + k, split, utt_id, str(root / split / spk.id / utt_id.split("-")[1] / f"{utt_id}.flac"),
-                   text, spk, cfg.seed, cfg.noise_snr_db) for k, (utt_id, spk, text) in enumerate(items)]
+                   text, spk, seed, cfg.noise_snr_db) for k, (utt_id, spk, text) in enumerate(items)]
     results = render_jobs(render, jobs, progress)
     write_chapter_sidecars(render, results)
     minutes = {s.id: 0.0 for s in new}
