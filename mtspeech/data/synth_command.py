@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 
 from mtspeech.data.final_test import FINAL_SEED  # no torch behind it: `synth --help` stays quick
 from mtspeech.data.synth import SynthConfig, synthesize_corpus
+
+log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -73,8 +76,12 @@ def main(args: argparse.Namespace) -> int:
     from mtspeech.data.noisy_twins import make_noisy_twins
 
     if args.final_only:
-        summary = synthesize_final(args.out, args.final_speakers, args.final_utterances, seed=args.final_seed,
-                                   jobs=args.jobs, progress=not args.no_progress)
+        try:
+            summary = synthesize_final(args.out, args.final_speakers, args.final_utterances, seed=args.final_seed,
+                                       jobs=args.jobs, progress=not args.no_progress)
+        except (ValueError, FileNotFoundError) as e:  # too small a corpus, or none: say so, no traceback
+            log.error("mtspeech synth --final-only: %s", e)
+            return 2
         print(json.dumps({k: v for k, v in summary.items() if k != "voices"}, indent=2))
         return 0
     if args.voices_only or args.train_voices_only:

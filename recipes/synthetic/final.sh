@@ -25,6 +25,8 @@ echo "== 2/3 manifests into $DATA (the other splits' finished chapters are reuse
 [ -f "$DATA/test-final-room.jsonl" ] || mtspeech prepare librispeech "$CORPUS" --out "$DATA"
 
 echo "== 3/3 score $EXP/final.pt on test-final, once"
+# run.sh has embedded the word trigram already; this only covers a model trained without it.
+[ -f "$EXP/lm-embedded" ] || { mtspeech embed-lm "$EXP/final.pt" && touch "$EXP/lm-embedded"; }
 python - "$EXP" <<'PY'
 import hashlib, json, sys, time
 from pathlib import Path

@@ -86,6 +86,9 @@ def test_final_only_writes_the_split_and_its_twins_and_leaves_the_corpus_alone(s
     add_arguments(parser)
     argv = ["--out", str(root), "--final-only", "--final-speakers", "2", "--final-utterances", "2",
             "--jobs", "1", "--no-progress"]
+    too_many = ["--final-speakers", "16", "--final-utterances", "16"]  # more than the tiny corpus leaves
+    assert main(parser.parse_args([*argv, *too_many])) == 2 and _digests(root) == before
+    assert main(parser.parse_args(["--out", str(tmp_path / "none"), "--final-only"])) == 2
     assert main(parser.parse_args(argv)) == 0
     after = _digests(root)
     assert {k for k in before if before[k] != after.get(k)} == {"SPEAKERS.TXT"}  # appended to
