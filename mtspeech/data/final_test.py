@@ -32,7 +32,7 @@ import json
 import random
 from pathlib import Path
 
-from mtspeech.data.new_voices import _write_split
+from mtspeech.data.new_voices import write_added_split
 from mtspeech.data.sentences import sentence_pool
 from mtspeech.data.synth import SynthConfig, corpus_config, plan_corpus, spare_training_sentences
 from mtspeech.data.voices import LANGUAGES, TRAIN_FLITE_VOICES, Speaker, draw_conversion
@@ -121,7 +121,8 @@ def synthesize_final(root: str | Path, speakers: int = 16, per_speaker: int = 16
     root = Path(root)
     cfg = corpus_config(root)
     new, items = plan_final(cfg, speakers, per_speaker, seed)
-    summary = _write_split(root, cfg, FINAL_SPLIT, new, items, _RENDER_OFFSET, jobs, progress, render_seed=seed)
+    summary = write_added_split(root, cfg, FINAL_SPLIT, new, items, _RENDER_OFFSET, jobs, progress,
+                                render_seed=seed)
     twins = make_noisy_twins(root, splits=[FINAL_SPLIT], seed=seed, progress=progress, summary_file=None)
     summary = {"seed": seed, **summary, "sentences": len({text for _, _, text in items}), "twins": twins}
     (root / f"{FINAL_SPLIT.replace('-', '_')}.json").write_text(json.dumps(summary, indent=2) + "\n",

@@ -2,8 +2,9 @@
 
 The command sits above the modules it drives (`synth.py`: the corpus; `new_voices.py`:
 test-voices and train-voices next to it; `noisy_twins.py`: the noisy and reverberant test
-splits; `final_test.py`: test-final, the final test set, with its twins). It lived in `synth.py` until `new_voices.py`, which builds on synth's plan and
-renderer, made the two import each other.
+splits; `final_test.py`: test-final, the final test set, with its twins). It lived in
+`synth.py` until `new_voices.py`, which builds on synth's plan and renderer, made the two
+import each other.
 """
 
 from __future__ import annotations
