@@ -13,6 +13,7 @@ import pytest
 from mtspeech.data.final_test import FINAL_SEED, FINAL_SPLIT, FINAL_VARIANTS, final_sentences, plan_final
 from mtspeech.data.librispeech import prepare_librispeech
 from mtspeech.data.new_voices import NEW_VARIANTS, TRAIN_VARIANTS, plan_train_voices, plan_voices
+from mtspeech.data.noisy_twins import OPTIONAL_TWIN_SPLITS, TWIN_SPLITS
 from mtspeech.data.synth import SynthConfig, plan_corpus, spare_training_sentences
 from mtspeech.data.synth_command import add_arguments, main
 from mtspeech.data.voices import SEEN_VARIANTS, TEST_ENGINE, TRAIN_FLITE_VOICES, UNSEEN_VARIANTS
@@ -108,7 +109,10 @@ def test_final_only_writes_the_split_and_its_twins_and_leaves_the_corpus_alone(s
     assert len(lines) == 4 and all(u["text"] and u["phones"] and u["speech"] and u["sex"] in "FM" for u in lines)
 
 
-def test_run_sh_neither_makes_nor_scores_it_and_final_sh_does():
+def test_run_sh_neither_makes_nor_scores_it_and_final_sh_does(synth_corpus):
+    # the default corpus and `--twins-only` (which run.sh calls) never write it
+    assert not any(p.name.startswith(FINAL_SPLIT) for p in synth_corpus.iterdir())
+    assert FINAL_SPLIT not in (*TWIN_SPLITS, *OPTIONAL_TWIN_SPLITS)
     run = (REPO / "recipes/synthetic/run.sh").read_text()
     commands = "\n".join(line.split("#")[0] for line in run.splitlines())  # comments may point to final.sh
     assert FINAL_SPLIT not in commands and "--final-only" not in commands and "final.sh" not in commands
