@@ -222,3 +222,19 @@ def test_a_bad_search_is_a_clear_error(prepared_manifests):
         spec["searches"] = {"s": bad}
         with pytest.raises(ConfigError, match=match):
             load_grid(spec)
+
+
+def test_the_final_test_set_never_selects_and_is_scored_only_with_final(prepared_manifests):
+    """test-final (docs/data.md) and its twins may not be dev splits under any name; under
+    `test:` they are scored only with --final."""
+    from mtspeech.ablation import load_grid
+    from mtspeech.config import ConfigError
+
+    spec = _grid(prepared_manifests)
+    for dev in ({"test-final": str(prepared_manifests["dev"])}, {"mine": "data/synthetic/test-final-snr10.jsonl"}):
+        with pytest.raises(ConfigError, match="final test set"):
+            load_grid({**spec, "dev": dev})
+    spec["test"] = {**spec["test"], "test-final": "data/synthetic/test-final.jsonl"}
+    assert "test-final" not in load_grid(spec).splits
+    assert load_grid(spec, final=True).splits["test-final"] == "data/synthetic/test-final.jsonl"
+    assert load_grid({**spec, "dev": {"test-finalists": str(prepared_manifests["dev"])}}).dev  # only the name itself

@@ -16,6 +16,7 @@ import yaml
 
 from mtspeech.ablation.search import parse_searches
 from mtspeech.config import ConfigError, load_yaml, merge
+from mtspeech.data.final_test import FINAL_SPLIT
 
 _GRID_KEYS = {"recipe", "out", "seeds", "baseline", "dev", "test", "shared", "evaluate", "variants", "select",
               "searches"}
@@ -149,6 +150,10 @@ def load_grid(source: str | Path | Mapping, seeds: list[int] | None = None,
         dev = {"dev": recipe_dev}
     if not isinstance(dev, Mapping):
         raise ConfigError("grid.dev: expected split name → manifest path")
+    final_test = sorted(str(k) for k, v in dev.items() if _is_final_test(str(k)) or _is_final_test(Path(str(v)).stem))
+    if final_test:
+        raise ConfigError(f"grid.dev: {final_test} is the final test set ({FINAL_SPLIT}, docs/data.md): it never "
+                          "selects; list it under `test:` and score it once with --final")
     clash = sorted(set(map(str, dev)) & set(map(str, test)))
     same = sorted(str(v) for v in dev.values() if str(v) in set(map(str, test.values())))
     if clash or same:
@@ -169,6 +174,11 @@ def load_grid(source: str | Path | Mapping, seeds: list[int] | None = None,
         final=final,
         searches=tuple(searches),
     )
+
+
+def _is_final_test(name: str) -> bool:
+    """True for the final test set and its twins (`test-final`, `test-final-snr10`, ...)."""
+    return name == FINAL_SPLIT or name.startswith(f"{FINAL_SPLIT}-")
 
 
 def run_config(grid: Grid, variant: str, seed: int, run_dir: Path) -> dict:

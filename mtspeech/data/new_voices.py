@@ -138,7 +138,7 @@ def synthesize_voices(root: str | Path, speakers: int = 24, per_speaker: int = 8
     `root/test_voices.json`) the split's size and its speakers."""
     cfg = corpus_config(root)
     new, items = plan_voices(cfg, speakers, per_speaker)
-    return _write_split(Path(root), cfg, SPLIT, new, items, 0, jobs, progress)
+    return write_added_split(Path(root), cfg, SPLIT, new, items, 0, jobs, progress)
 
 
 def synthesize_train_voices(root: str | Path, speakers: int = 30, per_speaker: int = 16,
@@ -148,14 +148,19 @@ def synthesize_train_voices(root: str | Path, speakers: int = 30, per_speaker: i
     cfg = corpus_config(root)
     new, items = plan_train_voices(cfg, speakers, per_speaker)
     # Render indices (noise seeds) past any test-voices utterance's.
-    return _write_split(Path(root), cfg, TRAIN_SPLIT, new, items, 1_000_000, jobs, progress)
+    return write_added_split(Path(root), cfg, TRAIN_SPLIT, new, items, 1_000_000, jobs, progress)
 
 
-def _write_split(root: Path, cfg: SynthConfig, split: str, new: list[Speaker], items: list,
-                 offset: int, jobs: int | None, progress: bool) -> dict:
+def write_added_split(root: Path, cfg: SynthConfig, split: str, new: list[Speaker], items: list,
+                      offset: int, jobs: int | None, progress: bool, render_seed: int | None = None) -> dict:
+    """Render a split added next to the corpus (test-voices, train-voices, test-final):
+    `items` into `root/split`, their audio drawn from `render_seed` (default: the corpus's seed)
+    at render indices from `offset` past the corpus's own; append `new` to SPEAKERS.TXT and
+    write `root/<split>.json`; returns that summary."""
     first = offset + sum(len(v) for v in plan_corpus(cfg)[1].values())  # indices after the corpus's own
+    seed = cfg.seed if render_seed is None else render_seed
     render = [_Job(first + k, split, utt_id, str(root / split / spk.id / utt_id.split("-")[1] / f"{utt_id}.flac"),
-                   text, spk, cfg.seed, cfg.noise_snr_db) for k, (utt_id, spk, text) in enumerate(items)]
+                   text, spk, seed, cfg.noise_snr_db) for k, (utt_id, spk, text) in enumerate(items)]
     results = render_jobs(render, jobs, progress)
     write_chapter_sidecars(render, results)
     minutes = {s.id: 0.0 for s in new}

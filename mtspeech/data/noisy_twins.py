@@ -88,10 +88,12 @@ def make_room_twin(corpus: Path, split: str, seed: int = 0, progress: bool = Tru
 
 
 def make_noisy_twins(corpus: str | Path, splits: Sequence[str] | None = None,
-                     snrs_db: Sequence[float] = TWIN_SNRS_DB, seed: int = 0, progress: bool = True) -> dict:
+                     snrs_db: Sequence[float] = TWIN_SNRS_DB, seed: int = 0, progress: bool = True,
+                     summary_file: str | None = "noisy_twins.json") -> dict:
     """Write the twins of `splits` (None: TWIN_SPLITS and whichever OPTIONAL_TWIN_SPLITS the
     corpus has, and their room twins) into `corpus`; returns {twin split: {kind: utterances},
-    room twin: {utterances, rt60_s, drr_db}}."""
+    room twin: {utterances, rt60_s, drr_db}}, also written to `corpus/summary_file` (None: not
+    written; test-final keeps its twins' summary in its own file)."""
     corpus = Path(corpus)
     if splits is None:
         splits = [*TWIN_SPLITS, *(s for s in OPTIONAL_TWIN_SPLITS if (corpus / s).is_dir())]
@@ -123,8 +125,9 @@ def make_noisy_twins(corpus: str | Path, splits: Sequence[str] | None = None,
             _copy_sidecars(folder, corpus / name)
             summary[name] = counts
         summary[room_twin_name(split)] = make_room_twin(corpus, split, seed, progress)
-    (corpus / "noisy_twins.json").write_text(json.dumps(
-        {"seed": seed, "snrs_db": list(snrs_db), "kinds": list(TWIN_KINDS), "room_rt60_s": list(ROOM_RT60_S),
-         "twins": summary}, indent=2) + "\n")
+    if summary_file is not None:
+        (corpus / summary_file).write_text(json.dumps(
+            {"seed": seed, "snrs_db": list(snrs_db), "kinds": list(TWIN_KINDS), "room_rt60_s": list(ROOM_RT60_S),
+             "twins": summary}, indent=2) + "\n")
     log.info("wrote noisy twins %s into %s", sorted(summary), corpus)
     return summary

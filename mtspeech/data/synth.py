@@ -22,7 +22,8 @@ sentence has (open vocabulary).
 babble noise; `mtspeech/data/noisy_twins.py`). `--voices-only` adds test-voices to a corpus:
 24 more held-out voices on voice variants no other split uses (`mtspeech/data/new_voices.py`);
 `--twins-only` after it makes its noisy twins too. `--train-voices-only` adds train-voices:
-30 more training speakers on yet other variants, reading training sentences.
+30 more training speakers on yet other variants, reading training sentences. `--final-only`
+adds test-final, the final test set that nothing is tuned on (`mtspeech/data/final_test.py`).
 
 Each utterance is assembled from 1-3 phrases, each synthesised separately (and converted, for
 a converted voice), trimmed of its leading/trailing silence and placed at known offsets with

@@ -1,17 +1,22 @@
 """`mtspeech synth`: the synthetic corpus, its extra voices and its noisy twins, from the command line.
 
-The command sits above the three modules it drives (`synth.py`: the corpus; `new_voices.py`:
+The command sits above the modules it drives (`synth.py`: the corpus; `new_voices.py`:
 test-voices and train-voices next to it; `noisy_twins.py`: the noisy and reverberant test
-splits). It lived in `synth.py` until `new_voices.py`, which builds on synth's plan and
-renderer, made the two import each other.
+splits; `final_test.py`: test-final, the final test set, with its twins). It lived in
+`synth.py` until `new_voices.py`, which builds on synth's plan and renderer, made the two
+import each other.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 
+from mtspeech.data.final_test import FINAL_SEED  # no torch behind it: `synth --help` stays quick
 from mtspeech.data.synth import SynthConfig, synthesize_corpus
+
+log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,13 +59,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="train-voices: speakers (default %(default)s)")
     parser.add_argument("--train-voice-utterances", type=int, default=16,
                         help="train-voices: utterances per speaker (default %(default)s)")
+    parser.add_argument("--final-only", action="store_true",
+                        help="only write test-final (the final test set: new sentences, new voices, noisy "
+                             "and room twins; scored once, never tuned on) next to the corpus already in --out")
+    parser.add_argument("--final-seed", type=int, default=FINAL_SEED,
+                        help="test-final's seed (default %(default)s: the documented one; another seed is "
+                             "another final test set)")
+    parser.add_argument("--final-speakers", type=int, default=16, help="test-final: speakers (default %(default)s)")
+    parser.add_argument("--final-utterances", type=int, default=16,
+                        help="test-final: utterances per speaker, each a sentence of its own (default %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def main(args: argparse.Namespace) -> int:
+    from mtspeech.data.final_test import synthesize_final
     from mtspeech.data.new_voices import synthesize_train_voices, synthesize_voices
     from mtspeech.data.noisy_twins import make_noisy_twins
 
+    if args.final_only:
+        try:
+            summary = synthesize_final(args.out, args.final_speakers, args.final_utterances, seed=args.final_seed,
+                                       jobs=args.jobs, progress=not args.no_progress)
+        except (ValueError, FileNotFoundError) as e:  # too small a corpus, or none: say so, no traceback
+            log.error("mtspeech synth --final-only: %s", e)
+            return 2
+        print(json.dumps({k: v for k, v in summary.items() if k != "voices"}, indent=2))
+        return 0
     if args.voices_only or args.train_voices_only:
         make, sizes = ((synthesize_train_voices, (args.train_voice_speakers, args.train_voice_utterances))
                        if args.train_voices_only else (synthesize_voices, (args.voice_speakers, args.voice_utterances)))
