@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from mtspeech.serve.incidents import internal_error
-from mtspeech.serve.lag import LagMeter
+from mtspeech.serve.lag import AudioClock, LagMeter
 from mtspeech.serve.metrics import Metrics
 from mtspeech.serve.protocol import ErrorCode, ErrorMessage
 from mtspeech.streaming import Event, Stream, StreamingRecognizer
@@ -65,6 +65,7 @@ class Job:
     closing_error: ErrorMessage | None = None
     done: bool = False
     busy: bool = False  # in a step (or flush) now: not eligible for another until it returns
+    clock: AudioClock = field(default_factory=AudioClock)  # when its audio arrived (decode lag)
 
 
 class Batcher:
@@ -156,10 +157,13 @@ class Batcher:
         return len(self._jobs)
 
     def lag_s(self) -> float:
-        """Decode lag now (serve/lag.py): the recent steps' p95, or the oldest wait if longer."""
-        waiting = [j.ready_since for j in self._jobs
-                   if j.ready_since is not None and not j.busy and j.source == "stream"]
-        return self.lag.lag_s(min(waiting) if waiting else None)
+        """Decode lag now (serve/lag.py): the recent steps' p95, or the longest a stream speaking
+        in real time has been waiting for its next step, if longer."""
+        now = time.monotonic()
+        waiting = [j.ready_since for j in self._jobs if j.ready_since is not None and not j.busy
+                   and j.source == "stream" and (j.clock.lag_s(j.stream.audio_seconds - j.stream.buffered_seconds,
+                                                               now) or 0.0) > 0.0]
+        return self.lag.lag_s(min(waiting) if waiting else None, now)
 
     # -- the consumer -------------------------------------------------------------------------
 
@@ -260,8 +264,11 @@ class Batcher:
             return False
 
     def _after_step(self, job: Job, since: float | None) -> None:
-        if since is not None and job.source == "stream":  # files decode as fast as they can
-            self.lag.observe(time.monotonic() - since)
+        if job.source == "stream":  # files decode as fast as they can: no real time to keep
+            s = job.stream
+            lag = job.clock.lag_s(s.audio_seconds - s.buffered_seconds)
+            if lag is not None:
+                self.lag.observe(lag)
         if job.done:
             return
         self._deliver(job, since if job.source == "stream" else None)

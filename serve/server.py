@@ -84,6 +84,7 @@ class Server:
             await loop.run_in_executor(self.audio_pool, self.recognizer.accept, job.stream, samples)
         else:  # a checked copy into the stream's queue: cheaper than the two thread hops of the pool
             self.recognizer.accept(job.stream, samples)
+        job.clock.arrived(job.stream.audio_seconds)
         self.batcher.notify(job)
         limit = self.settings.max_buffered_seconds
         while not job.done and not job.finishing and job.stream.buffered_seconds > limit:

@@ -12,7 +12,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from mtspeech.client import to_pcm16
-from mtspeech.serve.lag import LagMeter
+from mtspeech.serve.lag import AudioClock, LagMeter
 from serve_helpers import recv_all, signal, wav_bytes
 
 
@@ -25,6 +25,25 @@ def test_lag_meter_p95_of_the_window_and_the_oldest_wait():
     assert m.lag_s(now=3.5) == 0.0  # every step is older than the window: forgotten
     # a stream waiting for 0.8 s counts at once, before any step finishes
     assert m.lag_s(oldest_waiting_since=2.7, now=3.5) == pytest.approx(0.8)
+
+
+def test_audio_clock_counts_real_time_not_uploads_ahead_of_it():
+    live = AudioClock()  # 0.1 s frames arriving at real time from t=0.1
+    for k in range(1, 11):
+        live.arrived(0.1 * k, now=0.1 * k)
+    # decoded at 0.9 s: 0.4 s after its last sample came, 0.3 s after it was due counting from the
+    # first arrival (the first frame's own 0.1 s is not credited)
+    assert live.lag_s(0.5, now=0.9) == pytest.approx(0.3)
+    burst = AudioClock()  # 10 s arriving at once at t=0: due at real-time pace, not at arrival
+    burst.arrived(10.0, now=0.0)
+    assert burst.lag_s(3.2, now=1.0) == 0.0  # 3.2 s decoded within 1 s: ahead of real time
+    assert burst.lag_s(3.2, now=4.0) == pytest.approx(0.8)  # due at 3.2 s, decoded at 4.0 s
+    assert burst.lag_s(3.2, now=2.0) == 0.0
+    paused = AudioClock()  # 1 s, a 5 s pause, then more: due when it arrived
+    paused.arrived(1.0, now=1.0)
+    paused.arrived(2.0, now=7.0)
+    assert paused.lag_s(2.0, now=7.1) == pytest.approx(0.1)
+    assert AudioClock().lag_s(0.0, now=1.0) is None
 
 
 def test_a_server_behind_refuses_new_streams_and_finishes_the_open_one(make_server, recognizer, monkeypatch):
