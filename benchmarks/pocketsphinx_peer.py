@@ -149,6 +149,10 @@ def run(args) -> dict:
     for split in args.splits:
         utts = [u for u in read_manifest(data / f"{split}.jsonl") if u.text is not None]
         utts = utts[:args.limit] if args.limit else utts
+        unlabelled = [u.id for u in utts if u.speaker is None]
+        if unlabelled:
+            raise SystemExit(f"{data / split}.jsonl: {len(unlabelled)} utterance(s) without a speaker (first: "
+                             f"{unlabelled[0]}); the interval resamples speakers")
         hyps, decode_s, audio_s = decode_split(decoder, utts)
         splits[split] = score_split([u.text for u in utts], hyps, [u.speaker for u in utts], counts, args.samples)
         splits[split]["rtf"] = round(decode_s / audio_s, 3)

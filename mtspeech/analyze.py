@@ -16,9 +16,8 @@ Definitions, so the table is reproducible:
   utterance of the evaluated manifest that has a transcript.
 - **In-vocabulary** (IV) words are those at least one training sentence contains, and
   **out-of-vocabulary** (OOV) words those none does (bucket 0): `test-engine` reads sentences
-  with words training never had, so the table also gives IV and OOV accuracy apart. Neither
-  decoder can spell an OOV word from the LM (it holds training words only); the ASR head might
-  from its pieces, the phone head through CMUdict or G2P.
+  with words training never had, so the table also gives IV and OOV accuracy apart (the
+  word LM, estimated on the training transcripts, holds no OOV word either).
 """
 
 from __future__ import annotations
