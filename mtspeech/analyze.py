@@ -14,6 +14,10 @@ Definitions, so the table is reproducible:
   deleted words are wrong; insertions belong to no reference word and are not counted.
 - Accuracy of a bucket = correct reference words / reference words in the bucket, over every
   utterance of the evaluated manifest that has a transcript.
+- **In-vocabulary** (IV) words are those at least one training sentence contains, and
+  **out-of-vocabulary** (OOV) words those none does (bucket 0): `test-engine` reads sentences
+  with words training never had, so the table also gives IV and OOV accuracy apart (the
+  word LM, estimated on the training transcripts, holds no OOV word either).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from mtspeech.metrics import normalize_for_scoring
 log = logging.getLogger(__name__)
 
 # (label, smallest count, largest count or None): the README's rows, plus 0 for words no
-# training sentence contains (shown only when some exist; the demo is closed-vocabulary).
+# training sentence contains (shown only when some exist, as in `test-engine`).
 BUCKETS: tuple[tuple[str, int, int | None], ...] = (
     ("0", 0, 0), ("1", 1, 1), ("2–3", 2, 3), ("4–10", 4, 10), ("more", 11, None),
 )
@@ -81,6 +85,19 @@ def correct_reference_words(ref: str, hyp: str) -> list[tuple[str, bool]]:
             if chunk.type == "equal":
                 correct[chunk.ref_start_idx:chunk.ref_end_idx] = [True] * (chunk.ref_end_idx - chunk.ref_start_idx)
     return list(zip(ref_words, correct))
+
+
+def vocabulary_accuracy(counts: Counter, pairs) -> dict:
+    """IV and OOV word accuracy of (reference, hypothesis) `pairs`: `{"in": {"words", "correct",
+    "accuracy"}, "out": {...}}`, a word being in-vocabulary when `counts` (`sentence_counts` of
+    the training texts) has it; accuracy is None for an empty side."""
+    tally = {side: {"words": 0, "correct": 0} for side in ("in", "out")}
+    for ref, hyp in pairs:
+        for word, ok in correct_reference_words(ref, hyp):
+            side = tally["in" if counts[word] > 0 else "out"]
+            side["words"] += 1
+            side["correct"] += ok
+    return {side: {**t, "accuracy": t["correct"] / t["words"] if t["words"] else None} for side, t in tally.items()}
 
 
 def hypotheses_file(path: str | Path) -> Path:
@@ -155,6 +172,13 @@ def word_accuracy_by_frequency(train_manifest: str | Path | list, manifest: str 
                     row["words"] += 1
                 row["correct"][column.label] += ok
     labels = [c.label for c in columns]
+    # IV and OOV are the buckets summed: bucket 0 is OOV, every other one IV.
+    vocabulary = {}
+    for side, wanted in (("in", lambda label: label != "0"), ("out", lambda label: label == "0")):
+        words = sum(rows[label]["words"] for label, _, _ in BUCKETS if wanted(label))
+        correct = {c: sum(rows[label]["correct"][c] for label, _, _ in BUCKETS if wanted(label)) for c in labels}
+        vocabulary[side] = {"words": words, "correct": correct,
+                            "accuracy": {c: correct[c] / words if words else None for c in labels}}
     buckets = []
     for label, low, high in BUCKETS:
         row = rows[label]
@@ -174,6 +198,7 @@ def word_accuracy_by_frequency(train_manifest: str | Path | list, manifest: str 
         "manifest": str(manifest), "utterances": len(refs),
         "columns": [{"label": c.label, "hypotheses": str(c.path), "field": f"{c.task}.{c.field}"} for c in columns],
         "buckets": buckets,
+        "vocabulary": vocabulary,
     }
 
 
@@ -185,6 +210,13 @@ def render_table(result: dict) -> str:
     for b in result["buckets"]:
         cells = ["—" if b["accuracy"][c] is None else f"{100 * b['accuracy'][c]:.0f} %" for c in labels]
         lines.append(f"| {b['bucket']} | {b['words']} | " + " | ".join(cells) + " |")
+    if "vocabulary" in result:  # files written before IV/OOV was reported lack it
+        lines += ["", "| word … training | words | " + " | ".join(labels) + " |", "|---|---:|" + "---:|" * len(labels)]
+        for side, name in (("in", "in (IV)"), ("out", "not in (OOV)")):
+            v = result["vocabulary"][side]
+            cells = ["—" if v["accuracy"][c] is None else f"{100 * v['accuracy'][c]:.0f} % ({v['correct'][c]})"
+                     for c in labels]
+            lines.append(f"| {name} | {v['words']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -81,6 +81,12 @@ PAGES = [
          "The real-time factor is wall time on the machine of the run, one stream at a time."),
     Page("rir-match", "Synthetic rooms against pyroomacoustics' shoebox rooms",
          "python benchmarks/rir_match.py --rooms 20 --out rir.json", "*.json", render_rir_match),
+    Page("pocketsphinx", "Peer: PocketSphinx, out of the box, on the demo corpus's test splits",
+         "python benchmarks/pocketsphinx_peer.py --data data/synthetic --corpus-commit COMMIT --out ps.json",
+         "*.json", lambda r: benchmark("pocketsphinx_peer").render(r),
+         "Definitions: the docstring of `benchmarks/pocketsphinx_peer.py`. PocketSphinx does not depend on "
+         "our model: one file per synthesized corpus. RTF: decoding wall seconds per second of audio, one "
+         "process on the 2-core development machine, shared with other work."),
     Page("synth-speed", "Synthesis speed of the demo corpus per engine",
          "python benchmarks/synth_speed.py --per-kind 8 --out speed.json", "*.json",
          lambda r: benchmark("synth_speed").render(r),

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from mtspeech.analyze import (
-    AnalysisError, Column, bucket_of, correct_reference_words, sentence_counts, word_accuracy_by_frequency,
+    AnalysisError, Column, bucket_of, correct_reference_words, sentence_counts, vocabulary_accuracy,
+    word_accuracy_by_frequency,
 )
 from mtspeech.cli import main as cli_main
 
@@ -88,6 +89,22 @@ def test_table_equals_a_hand_count(files):
     assert rows["1"]["accuracy"]["greedy"] == pytest.approx(0.5)
     assert rows["4–10"]["accuracy"]["phones"] == pytest.approx(0.5)
     assert result["train_sentences"] == 4 and result["utterances"] == 2
+    # IV: THE THE CAT SAT DOG (5 words); OOV: ZEBRA alone
+    iv, oov = result["vocabulary"]["in"], result["vocabulary"]["out"]
+    assert (iv["words"], oov["words"]) == (5, 1)
+    assert iv["correct"] == {"greedy": 3, "trigram": 5, "phones": 2}
+    assert oov["correct"] == {"greedy": 1, "trigram": 1, "phones": 0}
+    assert iv["accuracy"]["greedy"] == pytest.approx(0.6) and oov["accuracy"]["phones"] == 0.0
+
+
+def test_vocabulary_accuracy_splits_reference_words_by_training_presence():
+    counts = sentence_counts(TRAIN)
+    result = vocabulary_accuracy(counts, [("THE DOG ZEBRA", "THE ZEBRA"), ("ZEBRA CAT", "ZEBRA KAT")])
+    # IV: THE (right), DOG (deleted), CAT (substituted); OOV: ZEBRA twice, both right
+    assert result == {"in": {"words": 3, "correct": 1, "accuracy": pytest.approx(1 / 3)},
+                      "out": {"words": 2, "correct": 2, "accuracy": 1.0}}
+    # no OOV word: accuracy None, not 0 (nothing to be right or wrong about)
+    assert vocabulary_accuracy(counts, [("THE CAT", "THE CAT")])["out"] == {"words": 0, "correct": 0, "accuracy": None}
 
 
 def test_cli_prints_the_table_and_writes_json(files, tmp_path, capsys):
@@ -98,6 +115,8 @@ def test_cli_prints_the_table_and_writes_json(files, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "| word in … training sentences | words | ASR greedy | ASR + trigram | phones → words |" in printed
     assert "| 1 | 2 | 50 % | 100 % | 0 % |" in printed
+    assert "| in (IV) | 5 | 60 % (3) | 100 % (5) | 40 % (2) |" in printed
+    assert "| not in (OOV) | 1 | 100 % (1) | 100 % (1) | 0 % (0) |" in printed
     saved = json.loads(out.read_text())
     assert [c["label"] for c in saved["columns"]] == ["ASR greedy", "ASR + trigram", "phones → words"]
 

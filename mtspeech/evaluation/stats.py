@@ -2,6 +2,8 @@
 
 - `mean_std_ci`: one metric over seeds (t interval of the mean);
 - `paired_bootstrap`: two systems on the same utterances (training seed held fixed);
+- `speaker_bootstrap`: one system's error rate (or two systems' difference) resampling
+  speakers, for splits of few voices, where utterances of one voice fail together;
 - `seed_utterance_bootstrap` / `seed_t_interval`: two systems over paired training seeds, the
   interval a recipe or grid verdict needs (`SeedAwareDelta`);
 - `adjust_p_values` (Holm / Benjamini-Hochberg) and `verdict`: one report's family of
@@ -130,6 +132,75 @@ def paired_bootstrap(
         p_value=p,
         n_resamples=n_resamples,
     )
+
+
+@dataclass(frozen=True)
+class SpeakerBootstrap:
+    """An error rate sum(e)/sum(N) and its percentile interval over speakers; with a second
+    system on the same utterances also B's rate and delta = B - A with its interval (None
+    without one)."""
+
+    rate: float
+    ci_low: float
+    ci_high: float
+    speakers: int
+    n_resamples: int
+    confidence: float
+    rate_b: float | None = None
+    ci_low_b: float | None = None
+    ci_high_b: float | None = None
+    delta: float | None = None
+    delta_ci_low: float | None = None
+    delta_ci_high: float | None = None
+
+
+def speaker_bootstrap(
+    errors: Sequence[tuple[int, int]],
+    speakers: Sequence,
+    errors_b: Sequence[tuple[int, int]] | None = None,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> SpeakerBootstrap:
+    """Bootstrap over speakers (a cluster bootstrap; Field & Welsh 2007) of an error rate.
+
+    errors: per utterance (errors, reference length), e.g. `ErrorCounts.errors, .ref_len`;
+    speakers: each utterance's speaker. A resample draws the split's S speakers with
+    replacement and pools all utterances of each drawn speaker (a speaker drawn twice counts
+    twice): rate* = sum over drawn speakers of e / sum of N. Utterances of one voice are not
+    independent (a voice the model cannot hear fails on all of them), so with few speakers
+    this interval is the honest one, wider than `paired_bootstrap`'s over utterances.
+    errors_b: a second system on the same utterances in the same order; its rate and B - A
+    are resampled with the same speaker draws (paired). CI: percentiles of rate*.
+    """
+    a = np.asarray(errors, dtype=np.int64).reshape(-1, 2)
+    if len(speakers) != len(a):
+        raise ValueError(f"{len(a)} utterances but {len(speakers)} speaker labels")
+    if a[:, 1].sum() == 0:
+        raise ValueError("no reference words: error rate undefined")
+    b = None if errors_b is None else np.asarray(errors_b, dtype=np.int64).reshape(-1, 2)
+    if b is not None and not np.array_equal(a[:, 1], b[:, 1]):
+        raise ValueError("reference lengths differ between A and B: not the same utterances in the same order")
+    _, spk = np.unique(np.asarray([str(s) for s in speakers]), return_inverse=True)
+    n_spk = int(spk.max()) + 1
+    per_speaker = lambda col: np.bincount(spk, weights=col, minlength=n_spk)  # noqa: E731
+    words, err_a = per_speaker(a[:, 1]), per_speaker(a[:, 0])
+    rng = np.random.default_rng(seed)
+    counts = rng.multinomial(n_spk, np.full(n_spk, 1 / n_spk), size=n_resamples).astype(np.float64)  # (R, S)
+    drawn_words = np.maximum(counts @ words, 1.0)  # drawn speakers with no reference word: rate 0
+    tail = (1 - confidence) / 2
+    interval = lambda x: (float(np.quantile(x, tail)), float(np.quantile(x, 1 - tail)))  # noqa: E731
+    reps_a = counts @ err_a / drawn_words
+    out = dict(rate=float(a[:, 0].sum() / a[:, 1].sum()), speakers=n_spk, n_resamples=n_resamples,
+               confidence=confidence)
+    out["ci_low"], out["ci_high"] = interval(reps_a)
+    if b is not None:
+        reps_b = counts @ per_speaker(b[:, 0]) / drawn_words
+        out["rate_b"] = float(b[:, 0].sum() / b[:, 1].sum())
+        out["ci_low_b"], out["ci_high_b"] = interval(reps_b)
+        out["delta"] = out["rate_b"] - out["rate"]
+        out["delta_ci_low"], out["delta_ci_high"] = interval(reps_b - reps_a)
+    return SpeakerBootstrap(**out)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -54,12 +54,12 @@ echo "== 3/5 train $EXP (resumes from $EXP/last.pt)"
 # serve) needs nothing but the checkpoint.
 [ -f "$EXP/lm-embedded" ] || { mtspeech embed-lm "$EXP/final.pt" && touch "$EXP/lm-embedded"; }
 
-echo "== 4/5 evaluate every task on test (seen speakers), test-unseen and test-voices (new voices)"
+echo "== 4/5 evaluate every task on test (seen speakers), test-unseen, test-voices (new voices) and test-engine (festival, never trained on)"
 # eval-SPLIT: greedy decoding (--decoder greedy: the default, auto, would use the LM embedded
 # above, as `mtspeech serve` does). eval-SPLIT-lm: beam search with
 # a word trigram of the training transcripts, on the ASR head's pieces and on the phone head
 # (words spelled in phones through CMUdict: phones/wer, phones/cer).
-for split in test test-unseen test-voices; do
+for split in test test-unseen test-voices test-engine; do
   [ -f "$EXP/eval-$split/results.json" ] || \
     mtspeech evaluate "$EXP/final.pt" "$DATA/$split.jsonl" --out "$EXP/eval-$split" --decoder greedy
   [ -f "$EXP/eval-$split-lm/results.json" ] || \
@@ -106,12 +106,16 @@ if [ -n "${COMPARE_PLAIN:-}" ]; then
   python benchmarks/demo_goals.py --compare "$EXP/compare-plain" --out "$EXP/compare-plain/goals.json"
 fi
 # Word accuracy on test by how many training sentences contain the word (mtspeech analyze).
-mtspeech analyze --train "${train[@]}" --manifest "$DATA/test.jsonl" \
-  --greedy "$EXP/eval-test" --lm "$EXP/eval-test-lm"
+# On test-engine too, whose sentences hold words no training sentence has: its in- and
+# out-of-vocabulary word accuracy (IV / OOV).
+for split in test test-engine; do
+  mtspeech analyze --train "${train[@]}" --manifest "$DATA/$split.jsonl" \
+    --greedy "$EXP/eval-$split" --lm "$EXP/eval-$split-lm"
+done
 python - "$EXP" <<'PY'
 import json, sys
 exp = sys.argv[1]
-runs = [(s, k, x) for s in ("test", "test-unseen", "test-voices") for k, x in (("greedy", ""), ("word LM", "-lm"))]
+runs = [(s, k, x) for s in ("test", "test-unseen", "test-voices", "test-engine") for k, x in (("greedy", ""), ("word LM", "-lm"))]
 runs += [(s, "greedy", "") for s in ("test-snr10", "test-snr0", "test-unseen-snr10", "test-unseen-snr0",
                                      "test-voices-snr10", "test-voices-snr0", "test-room", "test-unseen-room",
                                      "test-voices-room")]

@@ -1,11 +1,11 @@
-"""Seed summaries and the paired bootstrap."""
+"""Seed summaries, the paired bootstrap and the bootstrap over speakers."""
 
 import math
 
 import numpy as np
 import pytest
 
-from mtspeech.evaluation.stats import mean_std_ci, paired_bootstrap
+from mtspeech.evaluation.stats import mean_std_ci, paired_bootstrap, speaker_bootstrap
 
 
 def test_mean_std_ci_by_hand():
@@ -191,3 +191,47 @@ def test_error_rate_intervals_stay_in_range():
     assert s.ci_low < 0
     assert clip_interval(s.ci_low, s.ci_high, (0.0, 1.0)) == (0.0, 1.0)
     assert clip_interval(-0.1, 0.2, None) == (-0.1, 0.2)
+
+
+# ------------------------------------------------------------------ speaker_bootstrap
+
+def test_speaker_bootstrap_of_two_speakers_spans_each_alone():
+    """Speaker A: 1 error in 10 words; B: 9 in 10. A resample is AA (10 %), AB (50 %) or BB (90 %),
+    AA and BB a quarter of the time each: the 95 % interval is exactly [10 %, 90 %]."""
+    errors = [(1, 5), (0, 5), (4, 5), (5, 5)]
+    result = speaker_bootstrap(errors, ["a", "a", "b", "b"], n_resamples=2000)
+    assert result.rate == pytest.approx(0.5) and result.speakers == 2
+    assert (result.ci_low, result.ci_high) == (pytest.approx(0.1), pytest.approx(0.9))
+    assert result.delta is None and result.rate_b is None
+
+
+def test_speaker_bootstrap_is_wider_than_utterances_when_voices_fail_together():
+    """10 voices of 10 utterances; half the voices get every word wrong. Resampling utterances
+    (each its own 'speaker') pretends 100 independent draws; resampling voices, 10."""
+    errors = [(5 if spk < 5 else 0, 5) for spk in range(10) for _ in range(10)]
+    by_voice = speaker_bootstrap(errors, [spk for spk in range(10) for _ in range(10)])
+    by_utterance = speaker_bootstrap(errors, list(range(100)))
+    assert by_voice.rate == by_utterance.rate == pytest.approx(0.5)
+    assert by_voice.ci_high - by_voice.ci_low > 2 * (by_utterance.ci_high - by_utterance.ci_low)
+    assert by_voice.ci_low < 0.5 < by_voice.ci_high
+
+
+def test_speaker_bootstrap_pairs_two_systems_on_the_same_draws():
+    errors_a = [(2, 5), (3, 5), (1, 4), (4, 6), (0, 3), (2, 4)]
+    speakers = ["x", "x", "y", "y", "z", "z"]
+    same = speaker_bootstrap(errors_a, speakers, errors_b=errors_a)
+    assert (same.delta, same.delta_ci_low, same.delta_ci_high) == (0.0, 0.0, 0.0)
+    assert (same.ci_low_b, same.ci_high_b) == (same.ci_low, same.ci_high)
+    # B makes one error fewer on every utterance: better under every draw, so the whole interval is below 0
+    better = speaker_bootstrap(errors_a, speakers, errors_b=[(max(e - 1, 0), n) for e, n in errors_a])
+    assert better.delta == pytest.approx(better.rate_b - better.rate) and better.delta < 0
+    assert better.delta_ci_high < 0
+
+
+def test_speaker_bootstrap_rejects_mismatched_input():
+    with pytest.raises(ValueError, match="2 utterances but 1 speaker labels"):
+        speaker_bootstrap([(1, 2), (0, 2)], ["a"])
+    with pytest.raises(ValueError, match="reference lengths differ"):
+        speaker_bootstrap([(1, 2)], ["a"], errors_b=[(1, 3)])
+    with pytest.raises(ValueError, match="no reference words"):
+        speaker_bootstrap([(0, 0)], ["a"])
