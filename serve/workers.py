@@ -81,14 +81,18 @@ class Supervisor:
         self.n = args.workers
         cores = os.cpu_count() or 1
         self.sock = bind(args.host, args.port)
-        self.metrics_dir = tempfile.TemporaryDirectory(prefix="mtspeech-metrics-")
+        # A folder the caller named (PROMETHEUS_MULTIPROC_DIR, e.g. deploy/replicas.py's, read after
+        # the server exits) is used as it is; otherwise a temporary one, removed at exit.
+        given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        self.metrics_dir = None if given else tempfile.TemporaryDirectory(prefix="mtspeech-metrics-")
+        self.metrics_path = given or self.metrics_dir.name
         per_worker = worker_argv(
             args, parser, workers=1, fd=self.sock.fileno(),
             max_streams=math.ceil(args.max_streams / self.n),
             decode_threads=args.decode_threads or 1,
             intra_op_threads=args.intra_op_threads or max(1, cores // self.n))
         self.cmd = [sys.executable, "-m", "mtspeech.cli", "serve", *per_worker]
-        self.env = os.environ | {"PROMETHEUS_MULTIPROC_DIR": self.metrics_dir.name,
+        self.env = os.environ | {"PROMETHEUS_MULTIPROC_DIR": self.metrics_path,
                                  "MTSPEECH_SERVER_MAX_STREAMS": str(args.max_streams)}
         self.procs: list[subprocess.Popen | None] = [None] * self.n
         self.restarts: list[float] = []
@@ -113,7 +117,8 @@ class Supervisor:
         finally:
             self._stop_all()
             self.sock.close()
-            self.metrics_dir.cleanup()
+            if self.metrics_dir is not None:
+                self.metrics_dir.cleanup()
 
     def _watch(self) -> int:
         while not self.stopping:
@@ -149,7 +154,7 @@ class Supervisor:
     def _mark_dead(self, pid: int) -> None:
         from prometheus_client import multiprocess
 
-        multiprocess.mark_process_dead(pid, self.metrics_dir.name)
+        multiprocess.mark_process_dead(pid, self.metrics_path)
 
 
 def supervise(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:

@@ -103,11 +103,14 @@ def test_measuring_leaves_the_training_trajectory_unchanged(prepared_manifests, 
     records = [json.loads(line) for line in (tmp_path / "probed" / "train_log.jsonl").read_text().splitlines()]
     measured = {r["step"]: r for r in records if "relatedness/seconds" in r}
     assert sorted(measured) == [0, 1, 2]  # before each of the three steps
-    rec = measured[0]
+    # A task is measured on the steps whose batch labels it: a speed-perturbed copy has no
+    # speaker label, so the speaker's cosine is on some of the three steps only.
     for aux in ("phones", "speaker", "vad"):
-        assert -1.0 <= rec[f"relatedness/cos/{aux}"] <= 1.0
-        assert f"relatedness/affinity/{aux}/asr" in rec and f"relatedness/affinity/asr/{aux}" in rec
-    assert any(k.startswith("relatedness/cos/phones/blocks.") for k in rec)
+        cos = [r[f"relatedness/cos/{aux}"] for r in measured.values() if f"relatedness/cos/{aux}" in r]
+        assert cos and all(-1.0 <= c <= 1.0 for c in cos), aux
+        assert any(f"relatedness/affinity/{aux}/asr" in r and f"relatedness/affinity/asr/{aux}" in r
+                   for r in measured.values()), aux
+    assert any(k.startswith("relatedness/cos/phones/blocks.") for k in measured[0])
     # the learned layer weights are logged with the losses, summing to one
     train_recs = [r for r in records if "lr" in r]
     weights = [v for k, v in train_recs[-1].items() if k.startswith("layer_weight/phones/")]
