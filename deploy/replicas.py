@@ -155,8 +155,12 @@ class Replicas:
         metrics_dir = self.run_dir / "metrics" / f"replica-{k}"
         shutil.rmtree(metrics_dir, ignore_errors=True)  # values of an earlier run would be added up
         metrics_dir.mkdir(parents=True)
+        # N replicas on one machine share its cores: each gets cores / N worker processes unless
+        # the serve flags say otherwise (`serve --workers auto` would give every replica all of them)
+        workers = [] if any(a.split("=")[0] == "--workers" for a in self.serve_args) else \
+            ["--workers", str(max(1, (os.cpu_count() or 1) // len(self.ports)))]
         cmd = [sys.executable, "-m", "mtspeech.cli", "serve", "--model", self.model, "--host", "127.0.0.1",
-               "--port", str(port), "--max-upload-bytes", str(self.max_upload_bytes), *self.serve_args]
+               "--port", str(port), "--max-upload-bytes", str(self.max_upload_bytes), *workers, *self.serve_args]
         logfile = open(self.run_dir / f"replica-{k}.log", "ab")
         # its own session: a terminal's Ctrl-C reaches this script only, which stops replicas in order
         proc = subprocess.Popen(cmd, stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True,
