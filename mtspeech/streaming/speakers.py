@@ -32,10 +32,8 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
-from torch import nn
 
 from mtspeech.streaming.stream import FinalEvent, SpeakerChangeEvent
-from mtspeech.tasks.base import Role, task_with_role
 
 MAX_ENROLLED = 32  # named references a stream may bring
 MAX_TURNS_KEPT = 64  # turns remembered for labelling words (finals only ask about recent ones)
@@ -83,38 +81,6 @@ class _Window:
     embedding: np.ndarray  # (E,) L2-normalised
 
 
-class SpeakerFrames(nn.Module):
-    """The streaming face of a speaker-embedding task: its `forward` returns the frames the task
-    pools (its input layer, tower or mix, (B, T, D)), since its pooling spans more than a chunk;
-    `embed(frames (N, D)) -> (E,)` pools them as the task does for a whole utterance."""
-
-    def __init__(self, task: nn.Module) -> None:
-        super().__init__()
-        self.task = task
-        self.name, self.layer = task.name, task.layer
-        if hasattr(task, "layer_mix"):
-            self.layer_mix = task.layer_mix  # `task_input` reads it for a learned layer mix
-
-    def forward(self, h: torch.Tensor, h_lens: torch.Tensor) -> torch.Tensor:
-        return h
-
-    @torch.inference_mode()
-    def embed(self, frames: torch.Tensor) -> np.ndarray:
-        lens = torch.tensor([frames.shape[0]], device=frames.device)
-        return self.task.embed(frames[None], lens)[0].float().cpu().numpy()
-
-    @property
-    def embed_dim(self) -> int:
-        return int(self.task.embedding.out_features)
-
-
-def speaker_frames(model: nn.Module) -> SpeakerFrames | None:
-    """The model's speaker-embedding task (the first with `Role.SPEAKER_EMBEDDING`) as streaming
-    sees it, or None."""
-    task = task_with_role(model.tasks, Role.SPEAKER_EMBEDDING)
-    return None if task is None else SpeakerFrames(task)
-
-
 def check_enrolled(enrolled: Mapping[str, Sequence[float]] | None, embed_dim: int) -> dict[str, np.ndarray]:
     """Named reference embeddings → name: L2-normalised (E,) float arrays. ValueError (saying
     which name and why) on too many, a wrong dimension, a non-finite value or a zero vector."""
@@ -150,7 +116,7 @@ class SpeakerTracker:
     and `end_segment` at each pause (the recognizer calls it when an utterance ends); read new
     turns with `changes()` and labels with `speaker_at(frame)`.
 
-    `embed(frames (N, D)) -> (E,)`: one embedding from N frames (`SpeakerFrames.embed`).
+    `embed(frames (N, D)) -> (E,)`: one embedding from N frames (`mtspeech.streaming.encoder.SpeakerFrames.embed`).
     `enrolled`: name → L2-normalised (E,) reference (`check_enrolled`)."""
 
     def __init__(self, embed: Callable[[torch.Tensor], np.ndarray], frame_shift_s: float,
@@ -291,3 +257,16 @@ def label_final(final: FinalEvent, tracker: SpeakerTracker) -> FinalEvent:
         spoken[label] += w.end - w.start
     speaker = spoken.most_common(1)[0][0] if spoken else tracker.current
     return dataclasses.replace(final, speaker=speaker, word_speakers=who)
+
+
+def new_tracker(head, step_roles: Sequence[str], frame_shift_s: float, config: SpeakerTurnConfig | None = None,
+                enrolled: Mapping[str, Sequence[float]] | None = None) -> SpeakerTracker:
+    """A tracker for one stream of a recognizer whose speaker head is `head` (`SpeakerFrames`,
+    or None) and whose encoder step computes `step_roles`. ValueError, saying what is missing,
+    when the model has no speaker head, the step does not compute it, or `enrolled` is bad."""
+    if head is None:
+        raise ValueError("speaker turns need a model with a speaker-embedding task; this model has none")
+    if "speaker" not in step_roles:
+        raise ValueError("speaker turns: this encoder step does not output the speaker head's frames "
+                         "(an ONNX graph exported before speaker turns): export it again")
+    return SpeakerTracker(head.embed, frame_shift_s, config, check_enrolled(enrolled, head.embed_dim))

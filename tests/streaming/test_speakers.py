@@ -12,11 +12,17 @@ import pytest
 import torch
 
 from mtspeech.alignment import Word
+from mtspeech.data.geometry import FrameGeometry
+from mtspeech.streaming import StreamingRecognizer
+from mtspeech.streaming.stream import SpeakerChangeEvent
 from mtspeech.streaming.speakers import (MAX_ENROLLED, SpeakerTracker, SpeakerTurnConfig, check_enrolled,
                                          label_final)
 from mtspeech.streaming.stream import FinalEvent
+from mtspeech.streaming.speakers import SpeakerTurnConfig as TurnConfig
+from tiny_asr import ScriptedSpeaker, ScriptedVAD, conversation, tiny_recognizer
 
-DIM, FRAME_S, CHUNK = 16, 0.04, 8
+DIM, CHUNK = 16, 8
+FRAME_S = FrameGeometry().frame_shift_s
 
 
 def voices(n: int, seed: int = 0) -> list[np.ndarray]:
@@ -136,3 +142,75 @@ def test_config_is_checked():
         SpeakerTurnConfig(window_frames=0)
     with pytest.raises(ValueError, match="change_distance"):
         SpeakerTurnConfig(change_distance=2.5)
+
+
+# ----------------------------------------------------------------------------- through the recognizer
+
+
+def scripted(rec: StreamingRecognizer, speech: np.ndarray, voices: np.ndarray) -> StreamingRecognizer:
+    rec.vad, rec.speaker = ScriptedVAD(speech), ScriptedSpeaker(voices)
+    return rec
+
+
+def test_recognizer_streams_speaker_turns_and_labels_finals():
+    audio, speech, voices = conversation([(0, 3.0), (None, 1.5), (1, 3.0), (None, 1.5), (0, 2.0), (None, 1.5)])
+    rec = scripted(tiny_recognizer(), speech, voices)
+    s = rec.new_stream(speaker_turns=TurnConfig())
+    rec.accept(s, audio)
+    while rec.ready(s):
+        rec.step([s])
+    rec.finish(s)
+    events = rec.events(s)
+    changes = [e for e in events if isinstance(e, SpeakerChangeEvent)]
+    assert [(c.speaker, c.previous) for c in changes] == [("S1", None), ("S2", "S1"), ("S1", "S2")]
+    assert [c.start for c in changes] == pytest.approx([0.0, 4.5, 9.0], abs=FRAME_S)
+    finals = [e for e in events if isinstance(e, FinalEvent)]
+    assert finals and all(f.speaker in ("S1", "S2") and len(f.word_speakers) == len(f.words) for f in finals)
+    for f in finals:  # each utterance lies inside one voice's turn here
+        mid = (f.start + f.end) / 2
+        assert f.speaker == ("S2" if 4.5 <= mid < 7.5 else "S1"), (f.start, f.end, f.speaker)
+    # a stream that did not ask gets no speaker fields, and no speaker head runs for it
+    plain = scripted(tiny_recognizer(), speech, voices)
+    t = plain.new_stream()
+    assert "speaker" not in plain._roles([t])
+    assert all(f.speaker is None for f in plain.transcribe(audio))
+
+
+def test_speaker_turns_need_a_speaker_head_and_sound_enrolment():
+    rec = tiny_recognizer()
+    with pytest.raises(ValueError, match="speaker-embedding task"):
+        rec.new_stream(speaker_turns=TurnConfig())
+    rec.speaker = ScriptedSpeaker(np.zeros((10, DIM)))
+    with pytest.raises(ValueError, match="shape"):
+        rec.new_stream(speaker_turns=TurnConfig(), enrolled={"ann": [1.0, 2.0]})
+
+
+def test_a_real_speaker_head_streams_through_the_traced_step():
+    """A (random) speaker task: the traced step outputs the frames it pools, equal to the eager
+    step's, and a stream with speaker turns runs on it (labels mean nothing for a random head)."""
+    from mtspeech.streaming.encoder import TorchEncoderStep
+    from mtspeech.streaming.traced import TracedEncoderStep
+    from mtspeech.tasks.speaker import SpeakerConfig, SpeakerTask
+    from tiny_asr import CHUNK as C, LEFT, PieceTable, signal, tiny_model
+    from mtspeech.streaming import StreamingConfig
+
+    model = tiny_model()
+    del model.tasks["vad"]  # a random VAD may call nothing speech; without one every frame is
+    model.tasks["speaker"] = SpeakerTask(SpeakerConfig(embed_dim=12), 32, {"speakers": ["a", "b"]}).eval()
+    traced, eager = TracedEncoderStep(model, C, LEFT), TorchEncoderStep(model, C, LEFT)
+    assert "speaker" in traced.graph_roles
+    window, _ = model.geometry.chunk_window(C)
+    feats = torch.randn(2, window, 80)
+    got, _ = traced(feats, traced.init_cache(2), ("asr", "speaker"))
+    want, _ = eager(feats, eager.init_cache(2), ("asr", "speaker"))
+    assert got.logits["speaker"].shape == (2, C, 32)
+    torch.testing.assert_close(got.logits["speaker"], want.logits["speaker"], atol=1e-4, rtol=1e-4)
+
+    rec = StreamingRecognizer(model, PieceTable(), StreamingConfig(chunk_frames=C, left_chunks=LEFT),
+                              encoder_step=traced)
+    assert rec.speaker.embed_dim == 12
+    s = rec.new_stream(speaker_turns=TurnConfig(window_frames=4, min_window_frames=2))
+    rec.accept(s, signal(3.0))
+    rec.finish(s)
+    changes = [e for e in rec.events(s) if isinstance(e, SpeakerChangeEvent)]
+    assert changes and changes[0].speaker == "S1" and changes[0].previous is None
