@@ -189,6 +189,20 @@ class SpeakerTracker:
             label = who
         return label
 
+    def speaker_of_span(self, start_frame: float, end_frame: float) -> str | None:
+        """The label of the turn that overlaps stream frames [start_frame, end_frame) most (a
+        word at a turn's start may begin a frame before the voice's first speech frame)."""
+        if not self._turns:
+            return None
+        starts = [-math.inf] + [start for start, _ in self._turns[1:]]  # the first turn reaches back
+        ends = starts[1:] + [math.inf]
+        best, best_overlap = None, -math.inf
+        for start, end, (_, who) in zip(starts, ends, self._turns):
+            overlap = min(end, end_frame) - max(start, start_frame)
+            if overlap >= best_overlap:  # a tie goes to the later turn: a new voice's first word
+                best, best_overlap = who, overlap
+        return best
+
     # -- internals ----------------------------------------------------------------------------
 
     def _close_window(self) -> None:
@@ -248,10 +262,10 @@ class SpeakerTracker:
 
 
 def label_final(final: FinalEvent, tracker: SpeakerTracker) -> FinalEvent:
-    """`final` with each word's speaker (the turn holding its middle) and the utterance's (the
-    one that holds most of its words' time)."""
+    """`final` with each word's speaker (the turn it overlaps most) and the utterance's (the one
+    that holds most of its words' time)."""
     frame_s = tracker.frame_shift_s
-    who = tuple(tracker.speaker_at((w.start + w.end) / 2 / frame_s) for w in final.words)
+    who = tuple(tracker.speaker_of_span(w.start / frame_s, w.end / frame_s) for w in final.words)
     spoken: Counter = Counter()
     for w, label in zip(final.words, who):
         spoken[label] += w.end - w.start
