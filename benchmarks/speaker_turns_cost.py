@@ -12,8 +12,10 @@ anyway), the VAD head where endpointing would not run it, and one pooling + embe
 window of speech frames (`mtspeech/streaming/speakers.py`), per stream.
 
 `--random-model` builds a checkpoint with the demo's encoder size (recipes/synthetic/conformer.yaml:
-128 wide, 5 layers) and a speaker head on layer 0, randomly initialised: costs are those of
-the demo's shapes; its labels mean nothing.
+128 wide, 5 layers) and a speaker head on layer 0, randomly initialised, whose VAD head calls
+every frame speech (so the speaker head pools every frame: the most work per second of audio,
+and endpointing by the length limit only, in both conditions): costs are those of the demo's
+shapes; its labels mean nothing. The result also counts the windows embedded.
 """
 
 from __future__ import annotations
@@ -58,7 +60,20 @@ def _cpu_per_audio_second(rec, audio: list[np.ndarray], speakers) -> float:
     for s in streams:
         rec.events(s)
     spent = time.process_time() - start
-    return spent / sum(len(x) for x in audio) * rec.geometry.sample_rate
+    windows = sum(s.speakers.windows_embedded for s in streams if s.speakers)
+    return spent / sum(len(x) for x in audio) * rec.geometry.sample_rate, windows
+
+
+def _all_speech(path) -> None:
+    """Raise the random VAD head's output bias so every frame is speech: a random head calls
+    little or nothing speech, and speaker turns pool speech frames only, so this is the most
+    speaker-turn work a second of audio can cause (a window every `window_frames` frames)."""
+    import torch
+
+    ckpt = torch.load(path, weights_only=False)
+    key = sorted(k for k in ckpt["model"] if k.startswith("tasks.vad.") and k.endswith(".bias"))[-1]
+    ckpt["model"][key] = ckpt["model"][key] + 30.0
+    torch.save(ckpt, path)
 
 
 def run(args) -> dict:
@@ -75,20 +90,22 @@ def run(args) -> dict:
         from _tiny_model import build_random_checkpoint
 
         model = build_random_checkpoint(tempfile.mkdtemp() + "/random.pt", dim=128, layers=5, speaker=True)
+        _all_speech(model)
     rec = load_recognizer(model)
     audio = [_signal(args.seconds, rec.geometry.sample_rate, seed) for seed in range(args.streams)]
     _cpu_per_audio_second(rec, audio[:1], SpeakerTurnConfig())  # warm-up (and: the model has a speaker head)
     plain, turns = [], []
     for _ in range(args.repeats):
-        plain.append(_cpu_per_audio_second(rec, audio, None))
-        turns.append(_cpu_per_audio_second(rec, audio, SpeakerTurnConfig()))
+        plain.append(_cpu_per_audio_second(rec, audio, None)[0])
+        cpu, windows = _cpu_per_audio_second(rec, audio, SpeakerTurnConfig())
+        turns.append(cpu)
     ratios = [t / p for p, t in zip(plain, turns)]
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=Path(__file__).parent).stdout.strip() or None
     return {"benchmark": "speaker_turns_cost", "commit": commit, "cpus": os.cpu_count(),
             "load_average": list(os.getloadavg()), "model": "random-demo-size" if args.random_model else str(model),
             "backend": rec.encoder_step.name, "streams": args.streams, "seconds_per_stream": args.seconds,
-            "repeats": args.repeats, "threads": args.threads,
+            "repeats": args.repeats, "threads": args.threads, "windows_embedded_per_run": windows,
             "cpu_s_per_audio_s": {"plain": plain, "speaker_turns": turns},
             "ratio_median": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios)}
 
@@ -97,7 +114,7 @@ def render(r: dict) -> str:
     c = r["cpu_s_per_audio_s"]
     return (f"speaker turns, {r['streams']} streams x {r['seconds_per_stream']:g} s, {r['backend']}, "
             f"{r['threads']} thread(s), {r['repeats']} repeats, commit {r['commit']}, {r['cpus']} CPUs, "
-            f"load average {r['load_average'][0]:.2f}\n"
+            f"load average {r['load_average'][0]:.2f}, {r['windows_embedded_per_run']} windows embedded a run\n"
             f"  CPU s per audio s per stream: plain {statistics.median(c['plain']):.4f}, "
             f"with speaker turns {statistics.median(c['speaker_turns']):.4f}\n"
             f"  ratio: median {r['ratio_median']:.3f} [{r['ratio_min']:.3f}, {r['ratio_max']:.3f}]")

@@ -134,6 +134,7 @@ class SpeakerTracker:
         self._turns: list[tuple[int, str]] = []  # (start frame, label), in stream order
         self._changes: list[SpeakerChangeEvent] = []
         self._frames_seen = 0
+        self.windows_embedded = 0  # how often `embed` ran: the tracker's cost
 
     # -- input --------------------------------------------------------------------------------
 
@@ -208,6 +209,7 @@ class SpeakerTracker:
     def _close_window(self) -> None:
         frames = torch.cat(self._speech)
         window = _Window(self._window_start, frames.shape[0], _unit(self.embed(frames)))
+        self.windows_embedded += 1
         self._speech, self._speech_frames, self._window_start = [], 0, None
         if self._current is None:
             self._far = [window]
