@@ -28,10 +28,11 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.datastructures import UploadFile
 
 from mtspeech.serve import protocol as P
+from mtspeech.serve.answers import diarized, segments, subtitles, tells_speakers
 from mtspeech.serve.batcher import END, Job
 from mtspeech.serve.limits import ServerSettings, authorized
 from mtspeech.serve.server import APIError, Server
-from mtspeech.streaming import FinalEvent
+from mtspeech.streaming import FinalEvent, Stream
 from mtspeech.streaming.speakers import SpeakerTurnConfig
 
 log = logging.getLogger(__name__)
@@ -169,15 +170,16 @@ async def _until_disconnect(request: Request) -> None:
 
 
 async def transcribe(server: Server, request: Request, audio: AudioFile, endpointing: bool = True,
-                     speakers: bool = False) -> list[FinalEvent]:
+                     speakers: bool = False, stream: Stream | None = None) -> list[FinalEvent]:
     """Decode an upload through the batcher; its finals (labelled with speaker turns if
-    `speakers`). Raises APIError or ClientGone."""
+    `speakers`). `stream`: decode into this one (the caller reads its state afterwards)
+    instead of a new one. Raises APIError or ClientGone."""
     if not server.open_slot():
         raise APIError(503, P.ErrorCode.too_many_streams,
                        f"server at capacity ({server.settings.max_streams} streams); retry later",
                        headers={"Retry-After": "1"})
-    stream = server.recognizer.new_stream(audio.sample_rate, endpointing=endpointing, interim=False,
-                                          speaker_turns=SpeakerTurnConfig() if speakers else None)
+    stream = stream or server.recognizer.new_stream(audio.sample_rate, endpointing=endpointing, interim=False,
+                                                    speaker_turns=SpeakerTurnConfig() if speakers else None)
     job = server.batcher.add(stream, source="file")
     server.transcriptions.add(job)
     producer = asyncio.create_task(_produce(server, job, audio))
@@ -208,41 +210,6 @@ async def transcribe(server: Server, request: Request, audio: AudioFile, endpoin
             server.batcher.remove(job)
         server.transcriptions.discard(job)
         server.close_slot()
-
-
-# ----------------------------------------------------------------------------- answers
-
-
-def _segments(finals: list[FinalEvent]) -> list[P.Segment]:
-    return [P.Segment(id=i, start=f.start, end=f.end, text=f.text, words=P.words_out(f), speaker=f.speaker)
-            for i, f in enumerate(finals)]
-
-
-def tells_speakers(server: Server) -> bool:
-    """Whether the served model has a speaker head its encoder step computes (speaker turns)."""
-    rec = server.recognizer
-    return rec.speaker is not None and "speaker" in rec.encoder_step.roles
-
-
-def _diarized(finals: list[FinalEvent], seconds: float) -> P.DiarizedTranscription:
-    return P.DiarizedTranscription(duration=round(seconds, 3), text=" ".join(f.text for f in finals), segments=[
-        P.DiarizedSegment(id=f"seg_{i:03d}", start=f.start, end=f.end, text=f.text, speaker=f.speaker or "unknown")
-        for i, f in enumerate(finals)])
-
-
-def _timestamp(seconds: float, sep: str) -> str:
-    ms = round(seconds * 1000)
-    return f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d}{sep}{ms % 1000:03d}"
-
-
-def _subtitles(finals: list[FinalEvent], vtt: bool) -> str:
-    """SRT (numbered cues, comma before milliseconds) or WebVTT."""
-    sep = "." if vtt else ","
-    blocks = []
-    for i, f in enumerate(finals):
-        number = "" if vtt else f"{i + 1}\n"
-        blocks.append(f"{number}{_timestamp(f.start, sep)} --> {_timestamp(f.end, sep)}\n{f.text}\n")
-    return ("WEBVTT\n\n" if vtt else "") + "\n".join(blocks)
 
 
 # ----------------------------------------------------------------------------- routes
@@ -342,7 +309,7 @@ async def transcribe_route(request: Request):
     audio = probe_upload(body, settings)
     finals = await transcribe(server, request, audio, endpointing, speakers)
     out = P.TranscribeResponse(text=" ".join(f.text for f in finals), duration=round(audio.seconds, 3),
-                               segments=_segments(finals))
+                               segments=segments(finals))
     return JSONResponse(out.model_dump(mode="json", exclude_none=True))  # speaker fields only when asked
 
 
@@ -377,11 +344,11 @@ async def openai_transcriptions(request: Request):
     if fmt == "text":
         return PlainTextResponse(text + "\n")
     if fmt in ("srt", "vtt"):
-        return PlainTextResponse(_subtitles(finals, fmt == "vtt"))
+        return PlainTextResponse(subtitles(finals, fmt == "vtt"))
     if fmt == "json":
         return P.OpenAITranscription(text=text)
     if fmt == "diarized_json":
-        return _diarized(finals, audio.seconds)
+        return diarized(finals, audio.seconds)
     granularities = granularities or {"segment"}
     out = P.OpenAIVerboseTranscription(duration=round(audio.seconds, 3), text=text)
     if "segment" in granularities:
@@ -391,3 +358,30 @@ async def openai_transcriptions(request: Request):
     if "word" in granularities:
         out.words = [P.OpenAIWord(word=w.word, start=w.start, end=w.end) for f in finals for w in f.words]
     return JSONResponse(out.model_dump(mode="json", exclude_none=True))
+
+
+@router.post("/v1/speakers/embedding", response_model=P.SpeakerEmbedding, responses=_ERRORS,
+             openapi_extra=_TRANSCRIBE_BODY)
+async def speaker_embedding(request: Request):
+    """A reference for `start.enrolled_speakers`: the speaker head's embedding of an audio file
+    of one voice (raw body or multipart `file`), pooled as a stream's speaker turns pool it
+    (the centroid of its windows of speech; the largest cluster if it heard several voices)."""
+    server = _server(request)
+    settings = server.settings
+    _check_key(request, settings)
+    if not tells_speakers(server):
+        raise APIError(400, P.ErrorCode.bad_request, "the served model has no speaker head (or its exported "
+                       "graph lacks it): there is nothing to enrol with")
+    body = await _read_body(request, settings.max_upload_bytes)
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        body = await _form_file(await _read_form(request, body))
+    audio = probe_upload(body, settings)
+    stream = server.recognizer.new_stream(audio.sample_rate, interim=False, speaker_turns=SpeakerTurnConfig())
+    await transcribe(server, request, audio, stream=stream)
+    voice = stream.speakers.dominant_voice()
+    if voice is None:
+        raise APIError(400, P.ErrorCode.bad_request, f"the file held too little speech for one embedding "
+                       f"(the VAD head found under {SpeakerTurnConfig.min_window_frames} frames); send a few "
+                       "seconds of the voice", param="file")
+    centroid, windows, voices = voice
+    return P.SpeakerEmbedding(embedding=[round(float(x), 6) for x in centroid], windows=windows, voices=voices)

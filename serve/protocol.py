@@ -352,6 +352,16 @@ class DiarizedTranscription(BaseModel):
     segments: list[DiarizedSegment]
 
 
+class SpeakerEmbedding(BaseModel):
+    """`POST /v1/speakers/embedding`: a reference for `start.enrolled_speakers` (unit length),
+    the windows of speech it pools, and how many voices the file seemed to hold (more than 1:
+    the embedding is the voice heard most)."""
+
+    embedding: list[float]
+    windows: int
+    voices: int
+
+
 class HTTPErrorBody(BaseModel):
     message: str
     type: str

@@ -204,6 +204,15 @@ class SpeakerTracker:
                 best, best_overlap = who, overlap
         return best
 
+    def dominant_voice(self) -> tuple[np.ndarray, int, int] | None:
+        """(centroid (E,), its windows, the voices heard) of the voice heard most, None if no
+        window was embedded: an enrolment reference from a recording of one voice."""
+        heard = [c for c in self.clusters if not c.enrolled and c.count]
+        if not heard:
+            return None
+        voice = max(heard, key=lambda c: c.count)
+        return voice.centroid, voice.count, len(heard)
+
     # -- internals ----------------------------------------------------------------------------
 
     def _close_window(self) -> None:

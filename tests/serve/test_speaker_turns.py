@@ -130,19 +130,66 @@ def test_a_model_without_a_speaker_head_says_so(make_server):
     assert err["code"] == "bad_message" and "speaker-embedding task" in err["message"]
 
 
-@pytest.mark.parametrize("fmt", ["diarized_json", "verbose_json"])
+@pytest.mark.parametrize("fmt", ["diarized_json", "verbose_json", "transcribe"])
 def test_rest_segments_carry_speakers(fmt):
     import httpx
 
     audio, speech, voices = conversation(TURNS)
     with scripted_server(speech, voices) as addr:
-        r = httpx.post(f"http://{addr}/v1/audio/transcriptions", timeout=60,
-                       files={"file": ("talk.wav", wav_bytes(audio), "audio/wav")},
-                       data={"model": "mtspeech", "response_format": fmt})
+        if fmt == "transcribe":
+            r = httpx.post(f"http://{addr}/v1/transcribe?speakers=true", content=wav_bytes(audio), timeout=60)
+        else:
+            r = httpx.post(f"http://{addr}/v1/audio/transcriptions", timeout=60,
+                           files={"file": ("talk.wav", wav_bytes(audio), "audio/wav")},
+                           data={"model": "mtspeech", "response_format": fmt})
     assert r.status_code == 200, r.text
     segments = r.json()["segments"]
     assert segments
     for seg in segments:
-        assert seg["speaker"] == ("S2" if (seg["start"] + seg["end"]) / 2 >= TRUE_TURN_S else "S1")
+        true = "S2" if (seg["start"] + seg["end"]) / 2 >= TRUE_TURN_S else "S1"
+        assert seg["speaker"] == true
+        if fmt == "transcribe":  # words too
+            assert {w["speaker"] for w in seg["words"]} == {true}
     if fmt == "diarized_json":
         assert all(seg["type"] == "transcript.text.segment" and isinstance(seg["id"], str) for seg in segments)
+
+
+def test_enrolment_from_reference_audio():
+    """`POST /v1/speakers/embedding` of a recording of one voice gives a reference under which
+    a later stream names that voice."""
+    import httpx
+
+    ref_audio, ref_speech, ref_voices = conversation([(1, 3.0)])
+    audio, speech, voices = conversation(TURNS)  # the same voice vectors (same seed)
+    rec = tiny_recognizer()
+    rec.vad, rec.speaker = ScriptedVAD(ref_speech), ScriptedSpeaker(ref_voices)
+    with live_server(create_app(rec, ServerSettings())) as (addr, _server):
+        r = httpx.post(f"http://{addr}/v1/speakers/embedding", content=wav_bytes(ref_audio), timeout=60)
+        assert r.status_code == 200, r.text
+        ref = r.json()
+        assert ref["voices"] == 1 and ref["windows"] >= 3 and len(ref["embedding"]) == voices.shape[1]
+        rec.vad, rec.speaker = ScriptedVAD(speech), ScriptedSpeaker(voices)  # the conversation's script
+        msgs = asyncio.run(stream_messages(addr, audio, {
+            "enrolled_speakers": [{"name": "Grace", "embedding": ref["embedding"]}]}))
+        assert [m["speaker"] for m in msgs if m["type"] == "speaker_change"] == ["S1", "Grace"]
+        # silence only: too little speech to embed, said so
+        rec.vad = ScriptedVAD(np.zeros(200, dtype=bool))
+        r = httpx.post(f"http://{addr}/v1/speakers/embedding", content=wav_bytes(ref_audio), timeout=60)
+        assert r.status_code == 400 and "too little speech" in r.json()["error"]["message"]
+
+
+def test_speaker_routes_refuse_a_model_without_a_speaker_head(make_server):
+    import httpx
+
+    addr, _ = make_server()
+    wav = wav_bytes(conversation([(0, 1.0)])[0])
+    for url, kwargs in (("/v1/speakers/embedding", {"content": wav}),
+                        ("/v1/transcribe?speakers=true", {"content": wav}),
+                        ("/v1/audio/transcriptions", {"files": {"file": ("a.wav", wav, "audio/wav")},
+                                                      "data": {"response_format": "diarized_json"}})):
+        r = httpx.post(f"http://{addr}{url}", timeout=30, **kwargs)
+        assert r.status_code == 400 and "speaker head" in r.json()["error"]["message"], (url, r.text)
+    # verbose_json still answers, without speakers
+    r = httpx.post(f"http://{addr}/v1/audio/transcriptions", timeout=30,
+                   files={"file": ("a.wav", wav, "audio/wav")}, data={"response_format": "verbose_json"})
+    assert r.status_code == 200 and all("speaker" not in s for s in r.json()["segments"])
