@@ -214,3 +214,23 @@ def test_a_real_speaker_head_streams_through_the_traced_step():
     rec.finish(s)
     changes = [e for e in rec.events(s) if isinstance(e, SpeakerChangeEvent)]
     assert changes and changes[0].speaker == "S1" and changes[0].previous is None
+
+
+@pytest.mark.slow  # an ONNX export: about 20 s on 2 cores
+def test_an_onnx_export_carries_the_speaker_frames(tmp_path):
+    from mtspeech.export.onnx import export_onnx
+    from mtspeech.export.runtime import OnnxEncoderStep
+    from mtspeech.streaming.encoder import TorchEncoderStep
+    from mtspeech.tasks.speaker import SpeakerConfig, SpeakerTask
+    from tiny_asr import CHUNK as C, LEFT, tiny_model
+
+    model = tiny_model()
+    model.tasks["speaker"] = SpeakerTask(SpeakerConfig(embed_dim=12), 32, {"speakers": ["a", "b"]}).eval()
+    info = export_onnx(model, tmp_path, C, LEFT)
+    assert info.roles == ("asr", "vad", "speaker") and "speaker_logits" in info.outputs
+    onnx, eager = OnnxEncoderStep(tmp_path), TorchEncoderStep(model, C, LEFT)
+    window, _ = model.geometry.chunk_window(C)
+    feats = torch.randn(1, window, 80)
+    got, _ = onnx(feats, onnx.init_cache(1), ("asr", "speaker"))
+    want, _ = eager(feats, eager.init_cache(1), ("asr", "speaker"))
+    torch.testing.assert_close(got.logits["speaker"], want.logits["speaker"], atol=1e-4, rtol=1e-4)
