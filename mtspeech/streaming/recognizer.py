@@ -49,8 +49,8 @@ from mtspeech.data.resample import check_samples
 from mtspeech.streaming.endpoint import EndpointConfig, Endpointer
 from mtspeech.streaming.decoders import GreedyDecoder, TokenDecoder
 from mtspeech.streaming.encoder import (  # noqa: F401 (phone_task, vad_task re-exported)
-    AttributeHeads, CachePool, ChunkOutput, check_encoder_step, EncoderStep, TorchEncoderStep, asr_task, phone_task, speaker_frames,
-    vad_task)
+    AttributeHeads, CachePool, ChunkOutput, EncoderStep, TorchEncoderStep, asr_task, check_encoder_step, phone_task,
+    speaker_frames, vad_task)
 from mtspeech.streaming.features import featurize
 from mtspeech.streaming.speakers import SpeakerTurnConfig, label_final, new_tracker
 from mtspeech.streaming.stream import Event, FinalEvent, PartialEvent, SpeechActivityEvent, Stream
@@ -383,7 +383,7 @@ class StreamingRecognizer:
             s.speakers.end_segment()
             self._emit(s, *s.speakers.changes())
         if words:
-            final = (FinalEvent(
+            final = FinalEvent(
                 text=" ".join(w.word for w in words),
                 start=words[0].start,
                 end=words[-1].end,
@@ -391,7 +391,7 @@ class StreamingRecognizer:
                 tokens=result.tokens,
                 reason=reason,
                 detected_at=round(s._frames_done * self.frame_shift_s, 3),
-            ))
+            )
             self._emit(s, final if s.speakers is None else label_final(final, s.speakers))
         s._utt = s.decoder.begin()
         s._utt_has_tokens = False
