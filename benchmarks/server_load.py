@@ -26,7 +26,7 @@ Definitions (per level):
                     `end` when no final follows `stop`: the endpointer had already closed it).
   rtf               the server's own `mtspeech_real_time_factor` from `/metrics`: mean over the
                     level's decoding steps of (step compute time / audio in the batch).
-  cpu_cores         CPU seconds of the server process (psutil, else /proc/PID/stat) / wall seconds.
+  cpu_cores         CPU seconds of the server's processes (/proc/PID/stat, workers included) / wall seconds.
   rtf_cpu           server CPU seconds / audio seconds it received (`mtspeech_audio_seconds_total`).
   x_realtime        audio seconds received by the server / wall seconds (about N when it keeps up).
   efficiency        audio seconds per server CPU second (= 1 / rtf_cpu); `vs_n1` is it relative to
@@ -97,6 +97,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--continuous-seconds", type=float, default=20.0)
     ap.add_argument("--no-endpointing", action="store_true", help='streams ask for "endpointing": false')
     ap.add_argument("--keep-going", action="store_true", help="run every level even after one fails to keep up")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="runs of each level; a level keeps up only if every run does (the committed figures: 3)")
     ap.add_argument("--max-final-latency", type=float, default=0.5, help="keep-up bound on p95 final latency (s)")
     ap.add_argument("--max-partial-latency", type=float, default=None,
                     help="keep-up bound on p95 partial latency (s; default: one chunk + 0.1 s)")
@@ -113,6 +115,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     srv.add_argument("--decoder", choices=["greedy", "beam", "phones", "auto"], default="greedy",
                      help="the streams' decoder (`mtspeech serve --decoder`; beam, phones and auto use "
                           "the checkpoint's embedded LM, `--lm auto`)")
+    srv.add_argument("--workers", type=int, default=None, help="server processes (`mtspeech serve --workers`)")
     srv.add_argument("--decode-threads", type=int, default=None,
                      help="the server's concurrent decoding steps (default: the server's)")
     srv.add_argument("--intra-op-threads", type=int, default=None,
@@ -131,6 +134,7 @@ class TestAudio:
     frames: list[bytes]  # pcm_s16le, frame_ms each (the last may be shorter)
     duration: float
     partials: list[tuple[str, int]] = field(default_factory=list)  # (text, frame index; len(frames) = stop)
+    finals: list[tuple[str, int]] = field(default_factory=list)  # endpointed finals: (text, frame index)
 
 
 def load_test_audio(args) -> tuple[list[tuple[str, np.ndarray]], str]:
@@ -182,7 +186,7 @@ def prepare_audio(samples: list[tuple[str, np.ndarray]], ckpt: str, args, backen
     from mtspeech.serve.protocol import decode_frame
     from mtspeech.decoding.config import DecodingConfig
     from mtspeech.decoding.loader import load_recognizer
-    from mtspeech.streaming import PartialEvent, StreamingConfig
+    from mtspeech.streaming import FinalEvent, PartialEvent, StreamingConfig
     from mtspeech.streaming.endpoint import EndpointConfig
 
     torch.set_num_threads(1)
@@ -206,7 +210,11 @@ def prepare_audio(samples: list[tuple[str, np.ndarray]], ckpt: str, args, backen
             rec.accept(s, decode_frame(frame, "pcm_s16le"))  # exactly the samples the server gets
             while rec.ready(s):
                 rec.step([s])
-            audio.partials += [(e.text, j) for e in rec.events(s) if isinstance(e, PartialEvent)]
+            for e in rec.events(s):
+                if isinstance(e, PartialEvent):
+                    audio.partials.append((e.text, j))
+                elif isinstance(e, FinalEvent):
+                    audio.finals.append((e.text, j))
         rec.finish(s)
         audio.partials += [(e.text, len(frames)) for e in rec.events(s) if isinstance(e, PartialEvent)]
         out.append(audio)
@@ -247,7 +255,7 @@ class ServerProcess:
         elif backend != "torch":
             self.cmd += ["--backend", "onnx", "--onnx-dir", str(onnx_dir)] + (["--int8"] if backend == "onnx-int8" else [])
         self.env = os.environ.copy()
-        for flag in ("decode_threads", "intra_op_threads"):
+        for flag in ("workers", "decode_threads", "intra_op_threads"):
             if getattr(args, flag, None):
                 self.cmd += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
         self.startup_timeout = args.startup_timeout
@@ -281,31 +289,35 @@ class ServerProcess:
         self.log.seek(0)
         return self.log.read()[-chars:]
 
-    def cpu_seconds(self) -> float | None:
-        """User + system CPU seconds of the server process so far."""
-        try:
-            import psutil
+    def _pids(self) -> list[int]:
+        """The server process and its worker processes (`serve --workers N`)."""
+        pids = [self.proc.pid]
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
+                pids += [int(p) for p in (task / "children").read_text().split()]
+        return pids
 
-            t = psutil.Process(self.proc.pid).cpu_times()
-            return t.user + t.system
-        except ImportError:
-            pass
-        try:
-            stat = Path(f"/proc/{self.proc.pid}/stat").read_text()
-        except OSError:
-            return None
-        fields = stat[stat.rfind(")") + 2 :].split()  # fields from 3 (state) on; utime = 14, stime = 15
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    def cpu_seconds(self) -> float | None:
+        """User + system CPU seconds of the server's processes so far (from /proc)."""
+        total, tick = 0.0, os.sysconf("SC_CLK_TCK")
+        for pid in self._pids():
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rfind(")") + 2 :].split()  # fields from 3 (state) on; utime = 14, stime = 15
+            total += (int(fields[11]) + int(fields[12])) / tick
+        return total if total else None
 
     def rss_bytes(self) -> int | None:
-        """Resident set size of the server process now."""
-        try:
-            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-        except OSError:
-            pass
-        return None
+        """Resident set size of the server's processes now."""
+        total = 0
+        for pid in self._pids():
+            with contextlib.suppress(OSError):
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) * 1024
+        return total or None
 
     def metrics(self) -> dict:
         """The /metrics samples as {(name, ((label, value), ...)): value}."""
@@ -353,7 +365,7 @@ async def one_utterance(url: str, audio: TestAudio, frame_s: float, endpointing:
     from websockets.asyncio.client import connect
 
     res = {"audio_s": audio.duration, "partial_latencies": [], "partials": 0, "unmatched": 0,
-           "final_latency": None, "errors": [], "completed": False}
+           "final_latency": None, "endpoint_latencies": [], "errors": [], "completed": False}
     sent = [None] * (len(audio.frames) + 1)  # send time of each frame; the last slot is `stop`
     async with connect(url, max_size=2**22, open_timeout=20) as ws:
         await ws.send(json.dumps({"type": "start", "sample_rate": SAMPLE_RATE, "encoding": "pcm_s16le",
@@ -371,7 +383,7 @@ async def one_utterance(url: str, audio: TestAudio, frame_s: float, endpointing:
             sent[-1] = time.monotonic()
 
         task = asyncio.create_task(sender())
-        ptr = 0  # next candidate in the local partial schedule
+        ptr = fptr = 0  # next candidates in the local partial and final schedules
         try:
             async for raw in ws:
                 now = time.monotonic()
@@ -388,6 +400,11 @@ async def one_utterance(url: str, audio: TestAudio, frame_s: float, endpointing:
                         res["partial_latencies"].append(now - ref)
                 elif kind == "final" and sent[-1] is not None:
                     res["final_latency"] = now - sent[-1]  # the last final after stop wins
+                elif kind == "final":  # endpointed while speech goes on: from the frame that closed it
+                    idx = next((k for k in range(fptr, len(audio.finals)) if audio.finals[k][0] == msg["text"]), None)
+                    if idx is not None and sent[audio.finals[idx][1]] is not None:
+                        fptr = idx + 1
+                        res["endpoint_latencies"].append(now - sent[audio.finals[idx][1]])
                 elif kind == "error":
                     res["errors"].append(msg.get("code", "?"))
                 elif kind == "end":
@@ -462,6 +479,9 @@ def levels_of(args) -> list[int]:
 def summarize(n: int, utts: list[dict], m0: dict, m1: dict, cpu_s: float | None, wall: float,
               client_cpu_s: float, args, rss_peak: int | None = None, rss_base: int | None = None) -> dict:
     partial = [x for u in utts for x in u["partial_latencies"]]
+    first_partial = [u["partial_latencies"][0] for u in utts if u["partial_latencies"]]
+    endpoint = [x for u in utts for x in u.get("endpoint_latencies", [])]
+    lag = [max(u["partial_latencies"]) for u in utts if u["partial_latencies"]]  # each stream's worst
     final = [u["final_latency"] for u in utts if u["final_latency"] is not None]
     errors = [e for u in utts for e in u["errors"]]
     audio_s = _delta(m1, m0, "mtspeech_audio_seconds_total", source="stream")
@@ -485,6 +505,11 @@ def summarize(n: int, utts: list[dict], m0: dict, m1: dict, cpu_s: float | None,
         "final_latency_p50_s": _pct(final, 50),
         "final_latency_p95_s": _pct(final, 95),
         "final_latency_max_s": _pct(final, 100),
+        "first_partial_latency_p50_s": _pct(first_partial, 50),
+        "first_partial_latency_p95_s": _pct(first_partial, 95),
+        "endpoint_latency_p50_s": _pct(endpoint, 50),
+        "endpoint_latency_p95_s": _pct(endpoint, 95),
+        "stream_lag_p95_s": _pct(lag, 95),
         "server_partial_latency_p95_s": _round(_hist_quantile(m1, m0, "mtspeech_partial_latency_seconds", 0.95)),
         "server_final_latency_p95_s": _round(_hist_quantile(m1, m0, "mtspeech_final_latency_seconds", 0.95)),
         "rtf": _round(rtf),
@@ -524,8 +549,12 @@ async def _run_levels(server: ServerProcess, audios: list[TestAudio], args) -> l
     server.wait_idle()
     rss_base = server.rss_bytes()
     results = []
-    for n in levels_of(args):
+    for n, repeat in ((n, r) for n in levels_of(args) for r in range(args.repeats)):
+        if results and results[-1]["streams"] < n and not args.keep_going and \
+                not all(lv["keeps_up"] for lv in results if lv["streams"] == results[-1]["streams"]):
+            break
         server.wait_idle()
+        await asyncio.sleep(2.5)  # past the server's decode-lag window (serve/lag.py): no carried-over refusals
         m0, c0, r0, t0 = server.metrics(), server.cpu_seconds(), resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
         rss_peak = [server.rss_bytes() or 0]
 
@@ -543,10 +572,9 @@ async def _run_levels(server: ServerProcess, audios: list[TestAudio], args) -> l
         cpu = None if c0 is None or c1 is None else c1 - c0
         client_cpu = (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime)
         level = summarize(n, utts, m0, m1, cpu, wall, client_cpu, args, rss_peak[0] or None, rss_base)
+        level["repeat"] = repeat
         results.append(level)
         print(_row(level, results[0]), flush=True)
-        if not level["keeps_up"] and not args.keep_going:
-            break
     return results
 
 
@@ -607,21 +635,30 @@ def _result(levels: list[dict], args, source: str, audios: list[TestAudio]) -> d
     base = levels[0]
     for lv in levels:
         lv["efficiency_vs_n1"] = _vs(lv, base)
-    ok = [lv["streams"] for lv in levels if lv["keeps_up"]]
+    by_n: dict[int, list[dict]] = {}
+    for lv in levels:
+        by_n.setdefault(lv["streams"], []).append(lv)
+    ok = [n for n, runs in by_n.items() if all(lv["keeps_up"] for lv in runs)]
     return {
         "benchmark": "server_load",
         "model": "random-tiny" if args.random_model else str(args.model),
         "audio": {"source": source, "utterances": [{"name": a.name, "duration_s": round(a.duration, 3),
                                                     "local_partials": len(a.partials)} for a in audios]},
-        "settings": {k: getattr(args, k) for k in ("shape", "continuous_seconds", "frame_ms", "seconds_per_level", "chunk_frames", "left_chunks",
+        "settings": {k: getattr(args, k) for k in ("shape", "continuous_seconds", "repeats", "frame_ms", "seconds_per_level", "chunk_frames", "left_chunks",
                                                    "max_batch_size", "max_wait_ms", "endpoint_mode", "decoder", "device",
-                                                   "decode_threads", "intra_op_threads", "max_final_latency",
+                                                   "workers", "decode_threads", "intra_op_threads", "max_final_latency",
                                                    "max_partial_latency")}
                     | {"endpointing": not args.no_endpointing, "cpu_count": os.cpu_count()},
         "keep_up_definition": (f"no errors or unfinished utterances, p95 final latency < {args.max_final_latency:g} s, "
                                f"p95 partial latency < {args.max_partial_latency:g} s, rtf < 1"),
         "baseline": {"streams": base["streams"], "efficiency_audio_s_per_cpu_s": base["efficiency_audio_s_per_cpu_s"]},
         "levels": levels,
+        "summary": [{"streams": n, "repeats": len(runs), "keeps_up": n in ok,
+                     **{k: max((lv[k] for lv in runs if lv.get(k) is not None), default=None)
+                        for k in ("final_latency_p95_s", "partial_latency_p95_s", "first_partial_latency_p95_s",
+                                  "endpoint_latency_p95_s", "stream_lag_p95_s")},
+                     "errors": sum(lv.get("errors", 0) for lv in runs),
+                     "x_realtime_min": min(lv.get("x_realtime") or 0.0 for lv in runs)} for n, runs in by_n.items()],
         "max_streams_keeping_up": max(ok) if ok else 0,
     }
 
@@ -676,6 +713,17 @@ def _render_one(result: dict) -> str:
     lines.append(f"throughput relative to the baseline (N={b['streams']}, "
                  f"{_num(b['efficiency_audio_s_per_cpu_s'], '{:.1f}')} audio-s per server CPU-s, this run): "
                  + ", ".join(f"N={lv['streams']}: {_num(lv['efficiency_vs_n1'], '{:.2f}')}x" for lv in levels))
+    summary = result.get("summary") or []
+    if any(row["repeats"] > 1 for row in summary):
+        lines.append("per N over its repeats (worst p95 of any repeat, seconds): a level keeps up only if every "
+                     "repeat does")
+        lines.append(f"{'N':>4} {'runs':>4} {'keeps up':>8} {'final':>6} {'partial':>7} {'1st partial':>11} "
+                     f"{'endpoint':>8} {'stream lag':>10} {'errors':>6} {'min xRT':>7}")
+        for row in summary:
+            lines.append(f"{row['streams']:>4} {row['repeats']:>4} {'yes' if row['keeps_up'] else 'NO':>8} "
+                         f"{_num(row['final_latency_p95_s']):>6} {_num(row['partial_latency_p95_s']):>7} "
+                         f"{_num(row['first_partial_latency_p95_s']):>11} {_num(row['endpoint_latency_p95_s']):>8} "
+                         f"{_num(row['stream_lag_p95_s']):>10} {row['errors']:>6} {row['x_realtime_min']:>7.1f}")
     lines.append(f"keeps up = {result['keep_up_definition']}")
     lines.append(f"largest N that keeps up with real time: {result['max_streams_keeping_up']}")
     return "\n".join(lines)

@@ -138,6 +138,21 @@ def build_uvicorn(app: FastAPI, host: str, port: int, log_level: str = "info", f
     return GracefulServer(config)
 
 
+def _workers(value: str) -> int:
+    """`--workers`: a count >= 1, or auto (one per core)."""
+    import os
+
+    if value == "auto":
+        return os.cpu_count() or 1
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected a number of processes or auto") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n}: expected >= 1")
+    return n
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """`mtspeech serve` flags."""
     d = ServerSettings()
@@ -148,10 +163,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-streams", type=int, default=d.max_streams, help="concurrent streams (then 503/1013)")
     parser.add_argument("--max-batch-size", type=int, default=d.max_batch_size)
     parser.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms, help="wait for a fuller batch")
-    parser.add_argument("--workers", type=int, default=1,
+    parser.add_argument("--workers", type=_workers, default="auto",
                         help="server processes sharing the port, each with its own model and a share of "
-                             "--max-streams (one process is bound by its GIL, not by the cores: see "
-                             "serve/workers.py and docs/deploy.md)")
+                             "--max-streams (default auto: one per core; one process is bound by its GIL, "
+                             "not by the cores: see serve/workers.py and docs/deploy.md)")
     parser.add_argument("--fd", type=int, default=None, help=argparse.SUPPRESS)  # a worker's inherited socket
     parser.add_argument("--decode-threads", type=int, default=None,
                         help="decoding steps run at once, each on its own thread with its own streams "
@@ -165,6 +180,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--idle-timeout", type=float, default=d.idle_timeout_s, help="seconds without a message")
     parser.add_argument("--max-buffered-seconds", type=float, default=d.max_buffered_seconds,
                         help="audio per stream waiting to be decoded before the server stops reading it")
+    parser.add_argument("--max-decode-lag", type=float, default=d.max_decode_lag_s, metavar="SECONDS",
+                        help="refuse new streams (1013 / 503) while decoding runs this far behind real time, "
+                             "so the open ones keep their latency (0: only --max-streams limits)")
     parser.add_argument("--shutdown-timeout", type=float, default=d.shutdown_timeout_s,
                         help="SIGTERM: seconds to let open streams and HTTP transcriptions finish")
     parser.add_argument("--api-key", default=None, help="require this key (default: env MTSPEECH_API_KEY)")
@@ -195,9 +213,6 @@ def main(args: argparse.Namespace) -> int:
     """Run `mtspeech serve`."""
     import os
 
-    if args.workers < 1:
-        log.error("mtspeech serve: --workers must be >= 1")
-        return 2
     if args.workers > 1 and args.fd is None:  # the supervisor loads no model: its workers do
         from mtspeech.serve.workers import supervise
 
@@ -220,6 +235,7 @@ def main(args: argparse.Namespace) -> int:
         max_frame_bytes=args.max_frame_bytes, max_upload_bytes=args.max_upload_bytes,
         max_stream_seconds=args.max_stream_seconds, idle_timeout_s=args.idle_timeout,
         max_buffered_seconds=args.max_buffered_seconds, shutdown_timeout_s=args.shutdown_timeout,
+        max_decode_lag_s=args.max_decode_lag,
         api_key=args.api_key or os.environ.get("MTSPEECH_API_KEY") or None,
     )
     try:

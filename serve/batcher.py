@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from mtspeech.serve.incidents import internal_error
+from mtspeech.serve.lag import LagMeter
 from mtspeech.serve.metrics import Metrics
 from mtspeech.serve.protocol import ErrorCode, ErrorMessage
 from mtspeech.streaming import Event, Stream, StreamingRecognizer
@@ -83,6 +84,7 @@ class Batcher:
         self._task: asyncio.Task | None = None
         self._steps: set[asyncio.Task] = set()  # decoding steps in flight (at most `workers`)
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mtspeech-decode")
+        self.lag = LagMeter()
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -152,6 +154,12 @@ class Batcher:
     @property
     def open_jobs(self) -> int:
         return len(self._jobs)
+
+    def lag_s(self) -> float:
+        """Decode lag now (serve/lag.py): the recent steps' p95, or the oldest wait if longer."""
+        waiting = [j.ready_since for j in self._jobs
+                   if j.ready_since is not None and not j.busy and j.source == "stream"]
+        return self.lag.lag_s(min(waiting) if waiting else None)
 
     # -- the consumer -------------------------------------------------------------------------
 
@@ -229,6 +237,8 @@ class Batcher:
                 if await self._alone(loop, j, [], [j.stream]):
                     self._after_flush(j)
             return
+        if self.metrics is not None:
+            self.metrics.decode_lag.set(self.lag_s())
         if self.metrics is not None and batch:
             audio_s = len(batch) * self.recognizer.stride_frames * self.recognizer.geometry.hop_s
             self.metrics.rtf.observe(seconds / audio_s)
@@ -250,6 +260,8 @@ class Batcher:
             return False
 
     def _after_step(self, job: Job, since: float | None) -> None:
+        if since is not None and job.source == "stream":  # files decode as fast as they can
+            self.lag.observe(time.monotonic() - since)
         if job.done:
             return
         self._deliver(job, since if job.source == "stream" else None)

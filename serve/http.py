@@ -174,10 +174,9 @@ async def transcribe(server: Server, request: Request, audio: AudioFile, endpoin
     """Decode an upload through the batcher; its finals (labelled with speaker turns if
     `speakers`). `stream`: decode into this one (the caller reads its state afterwards)
     instead of a new one. Raises APIError or ClientGone."""
-    if not server.open_slot():
-        raise APIError(503, P.ErrorCode.too_many_streams,
-                       f"server at capacity ({server.settings.max_streams} streams); retry later",
-                       headers={"Retry-After": "1"})
+    refused = server.open_slot()
+    if refused is not None:
+        raise APIError(503, P.ErrorCode.too_many_streams, refused, headers={"Retry-After": "1"})
     stream = stream or server.recognizer.new_stream(audio.sample_rate, endpointing=endpointing, interim=False,
                                                     speaker_turns=SpeakerTurnConfig() if speakers else None)
     job = server.batcher.add(stream, source="file")

@@ -32,6 +32,11 @@ class ServerSettings:
     # A stream whose audio waiting to be decoded exceeds this is not read until it drains
     # (WebSocket: the socket is not read, so TCP paces the client; files: decoding pauses).
     max_buffered_seconds: float = 4.0
+    # Admission by measured decode lag (serve/lag.py): past this many seconds behind, new streams
+    # are refused (1013 / 503 + Retry-After) so the open ones stay within their latency; 0: off.
+    # Below the 0.5 s final-latency bound of benchmarks/server_load.py, with room for the step
+    # that is running when the lag is read.
+    max_decode_lag_s: float = 0.3
 
     def __post_init__(self) -> None:
         for name in ("max_streams", "max_batch_size", "decode_threads", "max_frame_bytes", "max_upload_bytes"):
@@ -42,6 +47,8 @@ class ServerSettings:
                 raise ValueError(f"{name}={getattr(self, name)}: expected a positive number of seconds")
         if self.shutdown_timeout_s < 0:
             raise ValueError(f"shutdown_timeout_s={self.shutdown_timeout_s}: expected >= 0")
+        if self.max_decode_lag_s < 0:
+            raise ValueError(f"max_decode_lag_s={self.max_decode_lag_s}: expected >= 0 (0: off)")
         if self.max_wait_ms < 0:
             raise ValueError(f"max_wait_ms={self.max_wait_ms}: expected >= 0")
 

@@ -53,6 +53,9 @@ class Metrics:
             buckets=LATENCY_BUCKETS_S, registry=r,
         )
         self.errors = Counter("mtspeech_errors", "errors reported to clients", ["code"], registry=r)
+        # max over workers: admission reads each worker's own
+        self.decode_lag = Gauge("mtspeech_decode_lag_seconds", "decode lag (serve/lag.py) after the last "
+                                "decoding step or stream request", registry=r, multiprocess_mode="livemax")
 
     @staticmethod
     def shared() -> bool:

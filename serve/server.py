@@ -56,11 +56,21 @@ class Server:
         # Resampling, checks and file decoding: off the event loop, and off the decoding thread.
         self.audio_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="mtspeech-audio")
 
-    def open_slot(self) -> bool:
-        if self.shutting_down or not self.slots.try_acquire():
-            return False
+    def open_slot(self) -> str | None:
+        """Take a stream slot; None, or why the server refuses a new stream now (a message for
+        the client: at capacity, or decoding too far behind real time)."""
+        if self.shutting_down:
+            return "server is shutting down"
+        budget = self.settings.max_decode_lag_s
+        if budget:
+            lag = self.batcher.lag_s()
+            self.metrics.decode_lag.set(lag)
+            if lag > budget:
+                return f"server is {lag:.2f} s behind real time (budget {budget:g} s); retry later"
+        if not self.slots.try_acquire():
+            return f"server at capacity ({self.settings.max_streams} streams); retry later"
         self.metrics.streams_open.set(self.slots.in_use)
-        return True
+        return None
 
     def close_slot(self) -> None:
         self.slots.release()

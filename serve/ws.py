@@ -268,9 +268,9 @@ async def stream(ws: WebSocket):
         return await _refuse(ws, server, P.ErrorCode.unauthorized, "wrong API key", 1008)
     if server.shutting_down:
         return await _refuse(ws, server, P.ErrorCode.shutting_down, "server is shutting down", 1001)
-    if not server.open_slot():
-        return await _refuse(ws, server, P.ErrorCode.too_many_streams,
-                             f"server at capacity ({settings.max_streams} streams); retry later", 1013)
+    refused = server.open_slot()
+    if refused is not None:
+        return await _refuse(ws, server, P.ErrorCode.too_many_streams, refused, 1013)
     conn = StreamConnection(ws, server, key_checked=settings.api_key is None or given is not None)
     server.connections.add(conn)
     try:

@@ -120,6 +120,11 @@ def test_server_load_summary_of_hand_made_levels():
     assert [lv["efficiency_vs_n1"] for lv in result["levels"]] == [1.0, 0.75, 0.25]
     assert result["max_streams_keeping_up"] == 2
     assert result["baseline"] == {"streams": 1, "efficiency_audio_s_per_cpu_s": 4.0}
+    # repeats: N=2 kept up in one run of two, so the largest N kept up in every run is 1
+    repeated = levels[:2] + [{"streams": 2, "keeps_up": False, "efficiency_audio_s_per_cpu_s": 3.0}]
+    result = bench._result(repeated, args, "files", [])
+    assert result["max_streams_keeping_up"] == 1
+    assert [(r["streams"], r["repeats"], r["keeps_up"]) for r in result["summary"]] == [(1, 1, True), (2, 2, False)]
     levels[0]["keeps_up"] = levels[1]["keeps_up"] = False
     assert bench._result(levels, args, "files", [])["max_streams_keeping_up"] == 0
 
