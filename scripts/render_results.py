@@ -79,6 +79,13 @@ PAGES = [
          "--lm auto --beam-size 20 --lm-weight 1.0 --out dec.json",
          "*.json", lambda r: benchmark("streaming_decoders").render(r),
          "The real-time factor is wall time on the machine of the run, one stream at a time."),
+    Page("speaker-turns", "Speaker turns: CPU per stream with and without them",
+         "python benchmarks/speaker_turns_cost.py --random-model --streams 8 --seconds 20 --repeats 5 "
+         "--out docs/results/speaker-turns/cost-random-demo-size.json",
+         "*.json", lambda r: benchmark("speaker_turns_cost").render(r),
+         "Definitions: the docstring of `benchmarks/speaker_turns_cost.py`. The random model has the "
+         "demo's encoder size and calls every frame speech: the most pooling a second of audio can cause. "
+         "CPU time on a machine shared with other sessions; the ratio's [min, max] over the repeats is its noise."),
     Page("rir-match", "Synthetic rooms against pyroomacoustics' shoebox rooms",
          "python benchmarks/rir_match.py --rooms 20 --out rir.json", "*.json", render_rir_match),
     Page("pocketsphinx", "Peer: PocketSphinx, out of the box, on the demo corpus's test splits",

@@ -28,16 +28,19 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.datastructures import UploadFile
 
 from mtspeech.serve import protocol as P
+from mtspeech.serve.answers import diarized, segments, subtitles, tells_speakers
 from mtspeech.serve.batcher import END, Job
 from mtspeech.serve.limits import ServerSettings, authorized
 from mtspeech.serve.server import APIError, Server
-from mtspeech.streaming import FinalEvent
+from mtspeech.streaming import FinalEvent, Stream
+from mtspeech.streaming.speakers import SpeakerTurnConfig
 
 log = logging.getLogger(__name__)
 router = APIRouter()
 
 BLOCK_SECONDS = 1.0  # files are decoded and fed this much at a time
 MAX_FILE_RATE = 384_000
+FORMATS = ("json", "text", "verbose_json", "srt", "vtt", "diarized_json")  # of /v1/audio/transcriptions
 # An error that ends a file's stream → the HTTP status it is answered with.
 STATUS = {P.ErrorCode.file_too_large: 413, P.ErrorCode.bad_audio: 400, P.ErrorCode.unsupported_audio: 415,
           P.ErrorCode.shutting_down: 503}
@@ -166,12 +169,16 @@ async def _until_disconnect(request: Request) -> None:
         pass
 
 
-async def transcribe(server: Server, request: Request, audio: AudioFile, endpointing: bool = True) -> list[FinalEvent]:
-    """Decode an upload through the batcher; its finals. Raises APIError or ClientGone."""
+async def transcribe(server: Server, request: Request, audio: AudioFile, endpointing: bool = True,
+                     speakers: bool = False, stream: Stream | None = None) -> list[FinalEvent]:
+    """Decode an upload through the batcher; its finals (labelled with speaker turns if
+    `speakers`). `stream`: decode into this one (the caller reads its state afterwards)
+    instead of a new one. Raises APIError or ClientGone."""
     refused = server.open_slot()
     if refused is not None:
         raise APIError(503, P.ErrorCode.too_many_streams, refused, headers={"Retry-After": "1"})
-    stream = server.recognizer.new_stream(audio.sample_rate, endpointing=endpointing, interim=False)
+    stream = stream or server.recognizer.new_stream(audio.sample_rate, endpointing=endpointing, interim=False,
+                                                    speaker_turns=SpeakerTurnConfig() if speakers else None)
     job = server.batcher.add(stream, source="file")
     server.transcriptions.add(job)
     producer = asyncio.create_task(_produce(server, job, audio))
@@ -204,31 +211,6 @@ async def transcribe(server: Server, request: Request, audio: AudioFile, endpoin
         server.close_slot()
 
 
-# ----------------------------------------------------------------------------- answers
-
-
-def _segments(finals: list[FinalEvent]) -> list[P.Segment]:
-    return [P.Segment(id=i, start=f.start, end=f.end, text=f.text,
-                      words=[P.WordOut(word=w.word, start=w.start, end=w.end, confidence=w.confidence)
-                             for w in f.words])
-            for i, f in enumerate(finals)]
-
-
-def _timestamp(seconds: float, sep: str) -> str:
-    ms = round(seconds * 1000)
-    return f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d}{sep}{ms % 1000:03d}"
-
-
-def _subtitles(finals: list[FinalEvent], vtt: bool) -> str:
-    """SRT (numbered cues, comma before milliseconds) or WebVTT."""
-    sep = "." if vtt else ","
-    blocks = []
-    for i, f in enumerate(finals):
-        number = "" if vtt else f"{i + 1}\n"
-        blocks.append(f"{number}{_timestamp(f.start, sep)} --> {_timestamp(f.end, sep)}\n{f.text}\n")
-    return ("WEBVTT\n\n" if vtt else "") + "\n".join(blocks)
-
-
 # ----------------------------------------------------------------------------- routes
 
 # What the OpenAPI schema declares (the routes read their bodies themselves, so that size
@@ -245,7 +227,7 @@ _TRANSCRIBE_BODY = {"requestBody": {"required": True, "content": {
 _OPENAI_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["file"], "properties": {
         "file": _BINARY, "model": {"type": "string"},
-        "response_format": {"type": "string", "enum": ["json", "text", "verbose_json", "srt", "vtt"]},
+        "response_format": {"type": "string", "enum": list(FORMATS)},
         "timestamp_granularities[]": {"type": "array", "items": {"type": "string", "enum": ["word", "segment"]}},
         "language": {"type": "string"}, "prompt": {"type": "string"}, "temperature": {"type": "number"},
     }}}}}}
@@ -306,55 +288,99 @@ async def metrics(request: Request):
 
 @router.post("/v1/transcribe", response_model=P.TranscribeResponse, responses=_ERRORS,
              openapi_extra={**_TRANSCRIBE_BODY, "parameters": [
-                 {"name": "endpointing", "in": "query", "required": False, "schema": {"type": "boolean", "default": True}}]})
+                 {"name": "endpointing", "in": "query", "required": False, "schema": {"type": "boolean", "default": True}},
+                 {"name": "speakers", "in": "query", "required": False, "schema": {"type": "boolean", "default": False}}]})
 async def transcribe_route(request: Request):
     """Audio file as the raw body (any container soundfile reads) or multipart `file`;
-    `?endpointing=false` keeps pauses inside utterances."""
+    `?endpointing=false` keeps pauses inside utterances; `?speakers=true` labels segments and
+    words with speaker turns (a model with a speaker head)."""
     server = _server(request)
     settings = server.settings
     _check_key(request, settings)
     endpointing = _flag(request, "endpointing", True)
+    speakers = _flag(request, "speakers", False)
+    if speakers and not tells_speakers(server):
+        raise APIError(400, P.ErrorCode.bad_request, "speakers=true: the served model has no speaker head "
+                       "(or its exported graph lacks it)", param="speakers")
     body = await _read_body(request, settings.max_upload_bytes)
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
         body = await _form_file(await _read_form(request, body))
     audio = probe_upload(body, settings)
-    finals = await transcribe(server, request, audio, endpointing)
-    return P.TranscribeResponse(text=" ".join(f.text for f in finals), duration=round(audio.seconds, 3),
-                                segments=_segments(finals))
+    finals = await transcribe(server, request, audio, endpointing, speakers)
+    out = P.TranscribeResponse(text=" ".join(f.text for f in finals), duration=round(audio.seconds, 3),
+                               segments=segments(finals))
+    return JSONResponse(out.model_dump(mode="json", exclude_none=True))  # speaker fields only when asked
 
 
-@router.post("/v1/audio/transcriptions", responses={200: {"description": "json, text, verbose_json, srt or vtt"},
+@router.post("/v1/audio/transcriptions", responses={200: {"description": ", ".join(FORMATS)},
                                                      **_ERRORS}, openapi_extra=_OPENAI_BODY)
 async def openai_transcriptions(request: Request):
     """OpenAI's transcription API: multipart `file`, `model`, `response_format`,
-    `timestamp_granularities[]` (`language`, `prompt`, `temperature` are accepted, ignored)."""
+    `timestamp_granularities[]` (`language`, `prompt`, `temperature` are accepted, ignored).
+    `verbose_json` segments carry `speaker` when the model has a speaker head; `diarized_json`
+    (OpenAI's diarizing shape) needs one."""
     server = _server(request)
     settings = server.settings
     _check_key(request, settings)
     form = await _read_form(request, await _read_body(request, settings.max_upload_bytes))
     fmt = str(form.get("response_format") or "json")
-    if fmt not in ("json", "text", "verbose_json", "srt", "vtt"):
+    if fmt not in FORMATS:
         raise APIError(400, P.ErrorCode.bad_request,
-                       f"response_format {fmt[:40]!r} is not supported; use json, text, verbose_json, srt or vtt",
+                       f"response_format {fmt[:40]!r} is not supported; use {', '.join(FORMATS)}",
                        param="response_format")
+    if fmt == "diarized_json" and not tells_speakers(server):
+        raise APIError(400, P.ErrorCode.bad_request, "response_format diarized_json: the served model has no "
+                       "speaker head (or its exported graph lacks it)", param="response_format")
     granularities = set(form.getlist("timestamp_granularities[]") or form.getlist("timestamp_granularities"))
     if granularities - {"word", "segment"}:
         raise APIError(400, P.ErrorCode.bad_request, f"timestamp_granularities {sorted(map(str, granularities))[:4]}: "
                        "expected 'word' and/or 'segment'", param="timestamp_granularities[]")
     audio = probe_upload(await _form_file(form), settings)
-    finals = await transcribe(server, request, audio)
+    # speaker turns cost the speaker head's pooling: only for the formats that show them
+    finals = await transcribe(server, request, audio,
+                              speakers=fmt == "diarized_json" or (fmt == "verbose_json" and tells_speakers(server)))
     text = " ".join(f.text for f in finals)
     if fmt == "text":
         return PlainTextResponse(text + "\n")
     if fmt in ("srt", "vtt"):
-        return PlainTextResponse(_subtitles(finals, fmt == "vtt"))
+        return PlainTextResponse(subtitles(finals, fmt == "vtt"))
     if fmt == "json":
         return P.OpenAITranscription(text=text)
+    if fmt == "diarized_json":
+        return diarized(finals, audio.seconds)
     granularities = granularities or {"segment"}
     out = P.OpenAIVerboseTranscription(duration=round(audio.seconds, 3), text=text)
     if "segment" in granularities:
-        out.segments = [P.OpenAISegment(id=i, start=f.start, end=f.end, text=f.text, tokens=list(f.tokens))
+        out.segments = [P.OpenAISegment(id=i, start=f.start, end=f.end, text=f.text, tokens=list(f.tokens),
+                                        speaker=f.speaker)
                         for i, f in enumerate(finals)]
     if "word" in granularities:
         out.words = [P.OpenAIWord(word=w.word, start=w.start, end=w.end) for f in finals for w in f.words]
     return JSONResponse(out.model_dump(mode="json", exclude_none=True))
+
+
+@router.post("/v1/speakers/embedding", response_model=P.SpeakerEmbedding, responses=_ERRORS,
+             openapi_extra=_TRANSCRIBE_BODY)
+async def speaker_embedding(request: Request):
+    """A reference for `start.enrolled_speakers`: the speaker head's embedding of an audio file
+    of one voice (raw body or multipart `file`), pooled as a stream's speaker turns pool it
+    (the centroid of its windows of speech; the largest cluster if it heard several voices)."""
+    server = _server(request)
+    settings = server.settings
+    _check_key(request, settings)
+    if not tells_speakers(server):
+        raise APIError(400, P.ErrorCode.bad_request, "the served model has no speaker head (or its exported "
+                       "graph lacks it): there is nothing to enrol with")
+    body = await _read_body(request, settings.max_upload_bytes)
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        body = await _form_file(await _read_form(request, body))
+    audio = probe_upload(body, settings)
+    stream = server.recognizer.new_stream(audio.sample_rate, interim=False, speaker_turns=SpeakerTurnConfig())
+    await transcribe(server, request, audio, stream=stream)
+    voice = stream.speakers.dominant_voice()
+    if voice is None:
+        raise APIError(400, P.ErrorCode.bad_request, f"the file held too little speech for one embedding "
+                       f"(the VAD head found under {SpeakerTurnConfig.min_window_frames} frames); send a few "
+                       "seconds of the voice", param="file")
+    centroid, windows, voices = voice
+    return P.SpeakerEmbedding(embedding=[round(float(x), 6) for x in centroid], windows=windows, voices=voices)

@@ -10,6 +10,8 @@ WebSocket `/v1/stream` (see docs/server.md):
     server → {"type": "final", "text", "start", "end", "words": [...]}   times in seconds
     server → {"type": "activity", "start", "frame_s", "speech": [...]}  per chunk, if asked for:
                                               the VAD head's p(speech) of each encoder frame
+    server → {"type": "speaker_change", "speaker", "previous", "start", "detected_at"}  with
+                                              `speakers`: a new turn (finals and words then carry `speaker`)
     server → {"type": "error", "code", "message"}
     server → {"type": "end"}                  nothing more follows; the server closes
 
@@ -20,15 +22,18 @@ official `openai` client reports them as it does for OpenAI itself.
 from __future__ import annotations
 
 import dataclasses
+import re
 from enum import Enum
 from typing import Annotated, Literal, Union
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
 from mtspeech.data.geometry import SAMPLE_RATE
 from mtspeech.streaming.endpoint import EndpointConfig
 from mtspeech.streaming import FinalEvent, PartialEvent, SpeechActivityEvent
+from mtspeech.streaming.speakers import MAX_ENROLLED, SpeakerTurnConfig
+from mtspeech.streaming.stream import SpeakerChangeEvent
 
 ENCODINGS = {"pcm_s16le": (np.dtype("<i2"), 32768.0), "f32le": (np.dtype("<f4"), 1.0)}
 
@@ -89,6 +94,19 @@ class EndpointRules(BaseModel):
         return dataclasses.replace(default, **{k: v for k, v in given.items() if v is not None})
 
 
+MAX_EMBEDDING_DIM = 4096  # far above any speaker head's; bounds what one reference may cost
+SPEAKER_NAME = r"^[^\x00-\x1f\x7f]{1,64}$"  # 1-64 characters, no control characters
+
+
+class EnrolledSpeaker(BaseModel):
+    """A named reference for speaker turns: an embedding of the server's speaker head (e.g. the
+    mean of its `speaker_embedding`s; see docs/server.md, Speaker turns)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    name: str = Field(pattern=SPEAKER_NAME)
+    embedding: list[float] = Field(min_length=1, max_length=MAX_EMBEDDING_DIM)
+
+
 class StartMessage(BaseModel):
     """Opens a stream. Audio frames after it are in `encoding` at `sample_rate` Hz, mono."""
 
@@ -105,6 +123,31 @@ class StartMessage(BaseModel):
     endpoint: EndpointRules | None = None
     # Also send the VAD head's per-frame p(speech) as `activity` messages (a live display).
     speech_activity: bool = False
+    # Speaker turns (docs/server.md, Speaker turns): finals and words carry `speaker` ("S1", ...,
+    # or an enrolled name) and `speaker_change` messages mark new turns. Off unless asked: it
+    # runs the speaker head's pooling per stream. Enrolled speakers turn it on too.
+    speakers: bool = False
+    enrolled_speakers: list[EnrolledSpeaker] = Field(default=[], max_length=MAX_ENROLLED)
+    # Cosine similarity to an enrolled reference under which a speaker stays anonymous.
+    enrol_similarity: float = Field(default=SpeakerTurnConfig.enrol_similarity, ge=-1.0, le=1.0,
+                                    allow_inf_nan=False)
+
+    @field_validator("enrolled_speakers")
+    @classmethod
+    def _distinct_names(cls, enrolled: list[EnrolledSpeaker]) -> list[EnrolledSpeaker]:
+        names = [e.name for e in enrolled]
+        if len(set(names)) != len(names):
+            raise ValueError("enrolled speaker names must be distinct")
+        if clash := [n for n in names if re.fullmatch(r"S\d+", n)]:
+            raise ValueError(f"enrolled name {clash[0]!r} looks like an anonymous label (S1, S2, ...); choose another")
+        return enrolled
+
+    def speaker_turns(self) -> tuple[SpeakerTurnConfig | None, dict[str, list[float]]]:
+        """The stream's speaker-turn config (None: off) and its enrolled references."""
+        if not (self.speakers or self.enrolled_speakers):
+            return None, {}
+        config = dataclasses.replace(SpeakerTurnConfig(), enrol_similarity=self.enrol_similarity)
+        return config, {e.name: e.embedding for e in self.enrolled_speakers}
     # For browsers, which cannot set an Authorization header on a WebSocket. Never logged.
     api_key: str | None = Field(default=None, max_length=1024, repr=False)
 
@@ -129,6 +172,7 @@ class WordOut(BaseModel):
     start: float
     end: float
     confidence: float
+    speaker: str | None = None  # only with speaker turns (left out of the JSON otherwise)
 
 
 class PartialMessage(BaseModel):
@@ -146,6 +190,18 @@ class FinalMessage(BaseModel):
     start: float
     end: float
     words: list[WordOut]
+    speaker: str | None = None  # only with speaker turns (left out of the JSON otherwise)
+
+
+class SpeakerChangeMessage(BaseModel):
+    """A new speaker turn: `speaker` talks from `start` (stream seconds); `previous` spoke before
+    (left out for the stream's first turn); confirmed at stream time `detected_at`."""
+
+    type: Literal["speaker_change"] = "speaker_change"
+    speaker: str
+    previous: str | None = None
+    start: float
+    detected_at: float
 
 
 class ActivityMessage(BaseModel):
@@ -169,13 +225,18 @@ class EndMessage(BaseModel):
 
 
 ServerMessage = Annotated[
-    Union[PartialMessage, FinalMessage, ActivityMessage, ErrorMessage, EndMessage], Field(discriminator="type")
+    Union[PartialMessage, FinalMessage, ActivityMessage, SpeakerChangeMessage, ErrorMessage, EndMessage],
+    Field(discriminator="type")
 ]
 SERVER_MESSAGE = TypeAdapter(ServerMessage)
 
 
-def event_message(event: PartialEvent | FinalEvent | SpeechActivityEvent) -> PartialMessage | FinalMessage | ActivityMessage:
-    """A recognizer event as its wire message."""
+def event_message(event: PartialEvent | FinalEvent | SpeechActivityEvent | SpeakerChangeEvent) \
+        -> PartialMessage | FinalMessage | ActivityMessage | SpeakerChangeMessage:
+    """A recognizer event as its wire message (send it with `exclude_none`)."""
+    if isinstance(event, SpeakerChangeEvent):
+        return SpeakerChangeMessage(speaker=event.speaker, previous=event.previous, start=event.start,
+                                    detected_at=event.detected_at)
     if isinstance(event, PartialEvent):
         return PartialMessage(text=event.text, stable=event.stable, unstable=event.unstable)
     if isinstance(event, SpeechActivityEvent):
@@ -184,8 +245,16 @@ def event_message(event: PartialEvent | FinalEvent | SpeechActivityEvent) -> Par
         text=event.text,
         start=event.start,
         end=event.end,
-        words=[WordOut(word=w.word, start=w.start, end=w.end, confidence=w.confidence) for w in event.words],
+        words=words_out(event),
+        speaker=event.speaker,
     )
+
+
+def words_out(final: FinalEvent) -> list[WordOut]:
+    """A final's words on the wire, each with its speaker when the stream has speaker turns."""
+    who = final.word_speakers or (None,) * len(final.words)
+    return [WordOut(word=w.word, start=w.start, end=w.end, confidence=w.confidence, speaker=s)
+            for w, s in zip(final.words, who)]
 
 
 def decode_frame(data: bytes, encoding: str) -> np.ndarray:
@@ -214,6 +283,7 @@ class Segment(BaseModel):
     end: float
     text: str
     words: list[WordOut] = []
+    speaker: str | None = None  # with `?speakers=true`
 
 
 class TranscribeResponse(BaseModel):
@@ -241,6 +311,7 @@ class OpenAISegment(BaseModel):
     avg_logprob: float = 0.0
     compression_ratio: float = 1.0
     no_speech_prob: float = 0.0
+    speaker: str | None = None  # an extra field (OpenAI has none here); when the model has a speaker head
 
 
 class OpenAIWord(BaseModel):
@@ -258,6 +329,37 @@ class OpenAIVerboseTranscription(BaseModel):
     text: str
     segments: list[OpenAISegment] | None = None
     words: list[OpenAIWord] | None = None
+
+
+class DiarizedSegment(BaseModel):
+    """One utterance of `response_format=diarized_json`, in the shape of OpenAI's
+    (`gpt-4o-transcribe-diarize`): an id string, times, text, the speaker's label."""
+
+    type: Literal["transcript.text.segment"] = "transcript.text.segment"
+    id: str
+    start: float
+    end: float
+    text: str
+    speaker: str  # "unknown" where too little speech came before the utterance's end to tell
+
+
+class DiarizedTranscription(BaseModel):
+    """`response_format=diarized_json`: the text and its speaker-labelled segments."""
+
+    task: str = "transcribe"
+    duration: float
+    text: str
+    segments: list[DiarizedSegment]
+
+
+class SpeakerEmbedding(BaseModel):
+    """`POST /v1/speakers/embedding`: a reference for `start.enrolled_speakers` (unit length),
+    the windows of speech it pools, and how many voices the file seemed to hold (more than 1:
+    the embedding is the voice heard most)."""
+
+    embedding: list[float]
+    windows: int
+    voices: int
 
 
 class HTTPErrorBody(BaseModel):

@@ -82,7 +82,7 @@ class StreamConnection:
         while (out := await self.outbox.get()) is not END:
             item = out.item
             msg = item if isinstance(item, P.ErrorMessage) else P.event_message(item)
-            await self.ws.send_text(msg.model_dump_json())
+            await self.ws.send_text(msg.model_dump_json(exclude_none=True))  # no speaker fields unless asked
             if isinstance(item, P.ErrorMessage):
                 m.errors.labels(item.code.value).inc()
             elif out.since is not None and msg.type in ("partial", "final"):
@@ -225,10 +225,16 @@ class StreamConnection:
             except ValueError as e:
                 self.error(P.ErrorCode.bad_message, f"invalid 'start' message: endpoint: {e}")
                 return
+        speaker_turns, enrolled = start.speaker_turns()
+        try:  # the recognizer refuses speaker turns without a speaker head, or references of its wrong size
+            stream = recognizer.new_stream(start.sample_rate, endpointing=start.endpointing,
+                                           interim=start.interim_results, decoder=start.decoder,
+                                           endpoint=endpoint, speech_activity=start.speech_activity,
+                                           speaker_turns=speaker_turns, enrolled=enrolled)
+        except ValueError as e:
+            self.error(P.ErrorCode.bad_message, f"invalid 'start' message: {e}")
+            return
         self.start = start
-        stream = recognizer.new_stream(start.sample_rate, endpointing=start.endpointing,
-                                       interim=start.interim_results, decoder=start.decoder,
-                                       endpoint=endpoint, speech_activity=start.speech_activity)
         self.job = self.server.batcher.add(stream, outbox=self.outbox)
 
     async def _on_audio(self, data: bytes) -> None:

@@ -228,3 +228,10 @@ def test_cli_startup_benchmark(tmp_path):
     assert [r["command"] for r in rows] == [label for label, _, _ in bench.COMMANDS]
     assert all(_finite(r[k]["median"]) for r in rows for k in ("wall_s", "cpu_s", "rss_mb"))
     assert bench.main(["--render", str(out)])["rows"] == rows
+
+
+def test_speaker_turns_cost_benchmark():
+    r = _load("speaker_turns_cost").main(["--random-model", "--streams", "2", "--seconds", "2", "--repeats", "1"])
+    c = r["cpu_s_per_audio_s"]
+    assert r["backend"] == "torch-traced" and _finite(r["ratio_median"])
+    assert len(c["plain"]) == len(c["speaker_turns"]) == 1 and min(c["plain"] + c["speaker_turns"]) > 0

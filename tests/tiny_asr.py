@@ -77,3 +77,73 @@ def batched_finals(rec: StreamingRecognizer, recordings: list[np.ndarray]) -> li
         rec.finish(s)
         texts.append(" ".join(e.text for e in rec.events(s) if isinstance(e, FinalEvent)))
     return texts
+
+
+# ----------------------------------------------------------------------------- scripted heads
+# Heads that read no audio, for tests of what the recognizer does with a head's output. A
+# random tiny model's speaker head cannot tell voices apart, so speaker-turn tests script it.
+
+
+class ScriptedVAD(torch.nn.Module):
+    """A VAD head that reads no audio: speech probability from a per-frame schedule (B=1)."""
+
+    layer = -1
+
+    def __init__(self, speech: np.ndarray):
+        super().__init__()
+        self.speech = speech
+        self.frame = 0
+
+    def forward(self, h, h_lens):
+        t = h.shape[1]
+        p = self.speech[self.frame : self.frame + t]
+        self.frame += t
+        return torch.from_numpy(np.where(p, 8.0, -8.0)).float()[None]
+
+    @staticmethod
+    def speech_probs(logits):
+        return torch.sigmoid(logits)
+
+
+class ScriptedSpeaker(torch.nn.Module):
+    """A speaker head that reads no audio: encoder frame t "sounds like" `voices[t]` (T, D) (B=1;
+    frames past the schedule are zeros). `embed` is the frames' mean, as `SpeakerFrames.embed`
+    pools a real head's frames."""
+
+    name, layer = "speaker", -1
+
+    def __init__(self, voices: np.ndarray):
+        super().__init__()
+        self.voices = torch.as_tensor(voices, dtype=torch.float32)
+        self.embed_dim = self.voices.shape[1]
+        self.frame = 0
+
+    def forward(self, h, h_lens):
+        t = h.shape[1]
+        out = torch.zeros(t, self.embed_dim)
+        part = self.voices[self.frame : self.frame + t]
+        out[: len(part)] = part
+        self.frame += t
+        return out[None]
+
+    def embed(self, frames: torch.Tensor) -> np.ndarray:
+        return frames.mean(0).numpy()
+
+
+def conversation(turns: list[tuple[int | None, float]], dim: int = 16, seed: int = 0):
+    """A scripted conversation: turns [(voice index or None for a pause, seconds)] →
+    (audio (N,) at the model's rate: a different test signal per voice, quiet noise in pauses;
+    per-frame speech (T,) bool; per-frame voice vectors (T, dim), unit voice + noise)."""
+    geometry = tiny_model().geometry
+    rng = np.random.default_rng(seed)
+    voice = rng.standard_normal((8, dim))
+    voice /= np.linalg.norm(voice, axis=1, keepdims=True)
+    audio, speech, frames = [], [], []
+    for who, seconds in turns:
+        n = round(seconds / geometry.frame_shift_s)
+        audio.append(0.003 * rng.standard_normal(int(seconds * geometry.sample_rate)).astype(np.float32)
+                     if who is None else signal(seconds, seed=who, rate=geometry.sample_rate))
+        speech += [who is not None] * n
+        base = np.zeros(dim) if who is None else voice[who]
+        frames.append(base + 0.1 * rng.standard_normal((n, dim)))
+    return np.concatenate(audio), np.array(speech), np.concatenate(frames)

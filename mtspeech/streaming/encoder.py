@@ -9,11 +9,14 @@ feature extractor and the token processor, so another runtime can replace it alo
     cache = step.init_cache(batch=1)                                  # or rows of a CachePool
     out, cache = step(feats, cache, roles=("asr", "vad"))             # feats (B, N <= 4c+3, F)
     out.logits["asr"]  # (B, c', V) raw logits; "phones" (B, c', P); "vad" (B, c') speech logits
+    out.logits["speaker"]  # (B, c', D) the frames the speaker head pools (not logits, see below)
 
 Streaming heads: `asr` (the model's main task, a transcript head, required), `phones` (the task
-whose role is `Role.PHONES`) and `vad` (the task whose role is `Role.SPEECH_ACTIVITY`), each read
-from its own encoder layer (or learned layer mix) by `task_input`, the one rule the model and
-evaluation use too. Tasks of other roles (a speaker embedding, a role-less task) do not stream.
+whose role is `Role.PHONES`), `vad` (the task whose role is `Role.SPEECH_ACTIVITY`) and `speaker`
+(the task whose role is `Role.SPEAKER_EMBEDDING`), each read from its own encoder layer (or
+learned layer mix) by `task_input`, the one rule the model and evaluation use too. The speaker
+head pools over more than a chunk, so its streaming output is its input frames (`SpeakerFrames`);
+`mtspeech/streaming/speakers.py` pools windows of them. Role-less tasks do not stream.
 The head names are those of the exported graph's outputs (`asr_logits`, ...), so they stay.
 """
 
@@ -23,6 +26,7 @@ import threading
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, Protocol, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -31,7 +35,7 @@ from mtspeech.encoders.cache import EncoderCache
 from mtspeech.tasks.base import Role, task_with_role
 from mtspeech.tasks.layer_mix import LEARNED, task_input
 
-HEAD_ROLES = ("asr", "phones", "vad")  # the streaming heads, in graph output order
+HEAD_ROLES = ("asr", "phones", "vad", "speaker")  # the streaming heads, in graph output order
 
 
 @dataclass(frozen=True)
@@ -88,10 +92,64 @@ def vad_task(model: nn.Module) -> nn.Module | None:
     return task_with_role(model.tasks, Role.SPEECH_ACTIVITY)
 
 
+class SpeakerFrames(nn.Module):
+    """The streaming face of a speaker-embedding task: `forward` returns the frames the task
+    pools (its layer, tower or mix (B, T, D)), since its pooling spans more than a chunk;
+    `embed(frames (N, D)) -> (E,)` pools them as the task pools a whole utterance."""
+
+    def __init__(self, task: nn.Module) -> None:
+        super().__init__()
+        self.task = task
+        self.name, self.layer = task.name, task.layer
+        if hasattr(task, "layer_mix"):
+            self.layer_mix = task.layer_mix  # `task_input` reads it for a learned layer mix
+
+    def forward(self, h: torch.Tensor, h_lens: torch.Tensor) -> torch.Tensor:
+        return h
+
+    @torch.inference_mode()
+    def embed(self, frames: torch.Tensor) -> np.ndarray:
+        lens = torch.tensor([frames.shape[0]], device=frames.device)
+        return self.task.embed(frames[None], lens)[0].float().cpu().numpy()
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.task.embedding.out_features)
+
+
+def speaker_frames(model: nn.Module) -> SpeakerFrames | None:
+    """The speaker-embedding task (the first whose role is `Role.SPEAKER_EMBEDDING`) as
+    streaming reads it, or None."""
+    task = task_with_role(model.tasks, Role.SPEAKER_EMBEDDING)
+    return None if task is None else SpeakerFrames(task)
+
+
 def head_tasks(model: nn.Module) -> dict[str, nn.Module]:
-    """role → task for the heads streaming reads (`asr` always; `phones`, `vad` if present)."""
-    found = {"asr": asr_task(model), "phones": phone_task(model), "vad": vad_task(model)}
+    """role → task for the heads streaming reads (`asr` always; `phones`, `vad`, `speaker` if present)."""
+    found = {"asr": asr_task(model), "phones": phone_task(model), "vad": vad_task(model),
+             "speaker": speaker_frames(model)}
     return {role: task for role, task in found.items() if task is not None}
+
+
+class AttributeHeads(Mapping):
+    """role → `getattr(owner, role)` for the streaming roles it holds (not None), read when used:
+    a step built on it runs whatever head its owner holds now (the recognizer's tests swap in
+    scripted VAD and speaker heads)."""
+
+    def __init__(self, owner: object) -> None:
+        self._owner = owner
+
+    def __getitem__(self, role: str) -> nn.Module:
+        task = getattr(self._owner, role, None) if role in HEAD_ROLES else None
+        if task is None:
+            raise KeyError(role)
+        return task
+
+    def __iter__(self):
+        return (r for r in HEAD_ROLES if r in self)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
 
 def head_logits(heads: dict[str, nn.Module], out: EncoderOutput, roles: Iterable[str]) -> dict[str, torch.Tensor]:
@@ -175,8 +233,12 @@ class TorchEncoderStep:
                  heads: Mapping[str, nn.Module] | None = None) -> None:
         self.encoder = model.encoder
         self.heads = head_tasks(model) if heads is None else heads
-        self.roles = tuple(r for r in HEAD_ROLES if r in self.heads)
         self.chunk_frames, self.left_chunks = chunk_frames, left_chunks
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        """The heads it computes now (`heads` may be a live view)."""
+        return tuple(r for r in HEAD_ROLES if r in self.heads)
 
     def init_cache(self, batch: int) -> EncoderCache:
         return self.encoder.init_cache(batch, self.chunk_frames, self.left_chunks)
@@ -187,3 +249,18 @@ class TorchEncoderStep:
         (B,): real feature frames of right-padded rows (None: all N)."""
         out, cache = self.encoder.forward_chunk(feats, cache, chunk_lens)
         return ChunkOutput(head_logits(self.heads, out, roles), out.lens), cache
+
+
+def check_encoder_step(step: EncoderStep, chunk_frames: int, left_chunks: int, model: nn.Module) -> None:
+    """An encoder step must chunk as the streaming config says (`chunk_frames`, `left_chunks`)
+    and compute every head the model has: a graph exported for another chunk size or without
+    the phone head would decode wrongly. (A step without the speaker head is refused only by
+    streams that ask for speaker turns: graphs exported before them lack it.)"""
+    if (step.chunk_frames, step.left_chunks) != (chunk_frames, left_chunks):
+        raise ValueError(
+            f"encoder step {step.name!r} runs chunk_frames={step.chunk_frames}, left_chunks={step.left_chunks} "
+            f"but the streaming config asks for {chunk_frames}, {left_chunks}: export it again "
+            f"with those (mtspeech export onnx --chunk-frames/--left-chunks) or change the config")
+    missing = [r for r, t in (("phones", phone_task(model)), ("vad", vad_task(model))) if t and r not in step.roles]
+    if missing:
+        raise ValueError(f"encoder step {step.name!r} lacks the model's {missing} head(s); export it again")

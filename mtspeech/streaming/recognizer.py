@@ -49,8 +49,10 @@ from mtspeech.data.resample import check_samples
 from mtspeech.streaming.endpoint import EndpointConfig, Endpointer
 from mtspeech.streaming.decoders import GreedyDecoder, TokenDecoder
 from mtspeech.streaming.encoder import (  # noqa: F401 (phone_task, vad_task re-exported)
-    CachePool, ChunkOutput, EncoderStep, TorchEncoderStep, asr_task, phone_task, vad_task)
+    AttributeHeads, CachePool, ChunkOutput, EncoderStep, TorchEncoderStep, asr_task, check_encoder_step, phone_task,
+    speaker_frames, vad_task)
 from mtspeech.streaming.features import featurize
+from mtspeech.streaming.speakers import SpeakerTurnConfig, label_final, new_tracker
 from mtspeech.streaming.stream import Event, FinalEvent, PartialEvent, SpeechActivityEvent, Stream
 
 log = logging.getLogger(__name__)
@@ -114,9 +116,10 @@ class StreamingRecognizer:
         self.asr = asr_task(model)
         self.vad = vad_task(model)
         self.phones = phone_task(model)
+        self.speaker = speaker_frames(model)  # its frames, pooled by a stream's SpeakerTracker
         self.encoder_step = encoder_step or TorchEncoderStep(
-            model, self.config.chunk_frames, self.config.left_chunks, _RecognizerHeads(self))
-        _check_encoder_step(self.encoder_step, self.config, model)
+            model, self.config.chunk_frames, self.config.left_chunks, AttributeHeads(self))
+        check_encoder_step(self.encoder_step, self.config.chunk_frames, self.config.left_chunks, model)
         self._caches = CachePool(self.encoder_step.init_cache)
         if self.config.endpoint.mode == "vad" and self.vad is None:
             log.warning("model has no VAD task; endpointing falls back to CTC blanks (mode 'blank')")
@@ -149,11 +152,15 @@ class StreamingRecognizer:
 
     def new_stream(self, sample_rate: int | None = None, endpointing: bool = True,
                    interim: bool = True, decoder: str | None = None,
-                   endpoint: EndpointConfig | None = None, speech_activity: bool = False) -> Stream:
+                   endpoint: EndpointConfig | None = None, speech_activity: bool = False,
+                   speaker_turns: SpeakerTurnConfig | None = None,
+                   enrolled: Mapping[str, Sequence[float]] | None = None) -> Stream:
         """A fresh stream for audio at `sample_rate` Hz (default: the model's), decoded by `decoder` (a name in
         `self.decoders`; default `self.default_decoder`). `endpoint`: this stream's endpoint
         rules (default `self.config.endpoint`); `speech_activity`: also emit the VAD head's
-        per-frame p(speech) as a `SpeechActivityEvent` per chunk (needs a VAD head)."""
+        per-frame p(speech) as a `SpeechActivityEvent` per chunk (needs a VAD head);
+        `speaker_turns`: label finals with speakers and emit `SpeakerChangeEvent`s
+        (`mtspeech/streaming/speakers.py`; `enrolled`: name → reference embedding)."""
         if sample_rate is None:
             sample_rate = self.geometry.sample_rate
         if not isinstance(sample_rate, int) or sample_rate <= 0:
@@ -163,6 +170,8 @@ class StreamingRecognizer:
             raise ValueError(f"decoder {decoder!r} is not available here; this recognizer has "
                              f"{sorted(self.decoders)}")
         endpoint = endpoint or self.config.endpoint
+        tracker = None if speaker_turns is None else new_tracker(
+            self.speaker, self.encoder_step.roles, self.frame_shift_s, speaker_turns, enrolled)
         if endpoint.mode == "vad" and not self.uses_vad:  # no VAD head: blanks decide (and no hangover)
             endpoint = dataclasses.replace(endpoint, mode="blank")
         if not endpointing:
@@ -175,6 +184,7 @@ class StreamingRecognizer:
         # The row returns to the pool when the stream finishes, or is dropped unfinished.
         stream._release_cache = weakref.finalize(stream, self._caches.release, row)
         stream.speech_activity = speech_activity and self.vad is not None
+        stream.speakers = tracker
         return stream
 
     def accept(self, stream: Stream, samples: np.ndarray | torch.Tensor) -> None:
@@ -291,8 +301,11 @@ class StreamingRecognizer:
         roles = ["asr"]
         if any(s.decoder.head == "phones" for s in streams):
             roles.append("phones")
-        if self.vad is not None and (self.uses_vad or any(s.speech_activity for s in streams)):
+        speakers = any(s.speakers is not None for s in streams)
+        if self.vad is not None and (self.uses_vad or speakers or any(s.speech_activity for s in streams)):
             roles.append("vad")
+        if speakers:
+            roles.append("speaker")
         return tuple(roles)
 
     def _decode_frames(self, streams: Sequence[Stream], out: ChunkOutput) -> None:
@@ -322,6 +335,10 @@ class StreamingRecognizer:
             if s.speech_activity:
                 self._emit(s, SpeechActivityEvent(round(s._frames_done * self.frame_shift_s, 3), self.frame_shift_s,
                                                   tuple(round(float(p), 3) for p in speech[b, :frames])))
+            if s.speakers is not None:  # before the frames below, whose finals it labels
+                s.speakers.push(out.logits["speaker"][b, :frames], None if speech is None else
+                                speech[b, :frames] >= self.config.endpoint.speech_threshold, s._frames_done)
+                self._emit(s, *s.speakers.changes())
             log_probs = heads[s.decoder.head][b, :frames]  # (c, V)
             nonblank = (best[s.decoder.head][b, :frames] != s.decoder.blank_id).tolist()
             pushed = 0  # frames of this chunk given to the decoder
@@ -362,8 +379,11 @@ class StreamingRecognizer:
         """Close the current utterance (emit a final if it has words) and reset the decoder."""
         result = s._utt.end()
         words = result.words
+        if s.speakers is not None:  # an utterance's end is a pause: a window ends there
+            s.speakers.end_segment()
+            self._emit(s, *s.speakers.changes())
         if words:
-            self._emit(s, FinalEvent(
+            final = FinalEvent(
                 text=" ".join(w.word for w in words),
                 start=words[0].start,
                 end=words[-1].end,
@@ -371,46 +391,14 @@ class StreamingRecognizer:
                 tokens=result.tokens,
                 reason=reason,
                 detected_at=round(s._frames_done * self.frame_shift_s, 3),
-            ))
+            )
+            self._emit(s, final if s.speakers is None else label_final(final, s.speakers))
         s._utt = s.decoder.begin()
         s._utt_has_tokens = False
         s._endpointer.reset()
         s._last_partial = ()
         s._stable = ()
 
-    def _emit(self, s: Stream, event: Event) -> None:
+    def _emit(self, s: Stream, *events: Event) -> None:
         with s._lock:
-            s._events.append(event)
-
-
-class _RecognizerHeads(Mapping):
-    """role → the recognizer's own `asr` / `phones` / `vad` head, read when used, so the torch
-    step runs whatever head the recognizer holds now (tests swap in a scripted VAD)."""
-
-    def __init__(self, recognizer: StreamingRecognizer) -> None:
-        self._rec = recognizer
-
-    def __getitem__(self, role: str) -> torch.nn.Module:
-        task = getattr(self._rec, role, None) if role in ("asr", "phones", "vad") else None
-        if task is None:
-            raise KeyError(role)
-        return task
-
-    def __iter__(self):
-        return (r for r in ("asr", "phones", "vad") if r in self)
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self)
-
-
-def _check_encoder_step(step: EncoderStep, config: StreamingConfig, model: torch.nn.Module) -> None:
-    """An encoder step must chunk as `config` says and compute every head the model has: a
-    graph exported for another chunk size or without the phone head would decode wrongly."""
-    if (step.chunk_frames, step.left_chunks) != (config.chunk_frames, config.left_chunks):
-        raise ValueError(
-            f"encoder step {step.name!r} runs chunk_frames={step.chunk_frames}, left_chunks={step.left_chunks} "
-            f"but the streaming config asks for {config.chunk_frames}, {config.left_chunks}: export it again "
-            f"with those (mtspeech export onnx --chunk-frames/--left-chunks) or change the config")
-    missing = [r for r, t in (("phones", phone_task(model)), ("vad", vad_task(model))) if t and r not in step.roles]
-    if missing:
-        raise ValueError(f"encoder step {step.name!r} lacks the model's {missing} head(s); export it again")
+            s._events.extend(events)

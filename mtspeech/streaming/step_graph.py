@@ -13,7 +13,9 @@ default serving step must not run through the exporter's folder.
              frames_seen (B,) int64                     -- the EncoderCache, field by field
     outputs  lens (B,) int64 valid encoder frames, then one logits tensor per head
              (`asr_logits` (B, c, V), `phones_logits` (B, c, P) if the model has a phone head,
-             `vad_logits` (B, c) if it has a VAD head), then the new cache in input order
+             `vad_logits` (B, c) if it has a VAD head, `speaker_logits` (B, c, D) if it has a
+             speaker head: not logits but the frames that head pools, `encoder.SpeakerFrames`),
+             then the new cache in input order
              (`new_keys`, ...).
 
 A window shorter than 4c+3 (a stream's last) is right-padded by the caller and described by

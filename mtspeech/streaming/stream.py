@@ -3,6 +3,7 @@
 `Stream` is created by `StreamingRecognizer.new_stream` and driven only through the
 recognizer; `PartialEvent`, `FinalEvent` and `SpeechActivityEvent` come back from
 `StreamingRecognizer.events`. Split from `recognizer.py`, which owns the stepping.
+`SpeakerChangeEvent`s come from a stream's speaker tracker (`speakers.py`).
 """
 
 from __future__ import annotations
@@ -48,6 +49,10 @@ class FinalEvent:
     tokens: tuple[int, ...]
     reason: str
     detected_at: float
+    # Only for streams made with speaker turns (`mtspeech/streaming/speakers.py`): the
+    # utterance's speaker label and each word's (None where no turn was known yet).
+    speaker: str | None = None
+    word_speakers: tuple[str | None, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -61,7 +66,19 @@ class SpeechActivityEvent:
     speech: tuple[float, ...]
 
 
-Event = PartialEvent | FinalEvent | SpeechActivityEvent
+@dataclass(frozen=True)
+class SpeakerChangeEvent:
+    """A new speaker turn (streams made with speaker turns only): `speaker` talks from `start`
+    (stream seconds) on; `previous` spoke before (None for the stream's first turn);
+    `detected_at` is the stream time at which the change was confirmed."""
+
+    speaker: str
+    previous: str | None
+    start: float
+    detected_at: float
+
+
+Event = PartialEvent | FinalEvent | SpeechActivityEvent | SpeakerChangeEvent
 
 
 # ----------------------------------------------------------------------------- the stream
@@ -72,6 +89,7 @@ class Stream:
 
     _ids = itertools.count()
     speech_activity = False  # emit a SpeechActivityEvent per chunk (set once by new_stream)
+    speakers = None  # its SpeakerTracker when made with speaker turns (set once by new_stream)
 
     def __init__(self, sample_rate: int, endpointing: bool, interim: bool, cache_row: int, decoder: TokenDecoder,
                  endpointer: Endpointer, geometry: FrameGeometry) -> None:

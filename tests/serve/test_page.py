@@ -206,3 +206,69 @@ def _srt_seconds(stamp: str) -> float:
     hms, ms = stamp.split(",")
     h, m, s = (int(x) for x in hms.split(":"))
     return 3600 * h + 60 * m + s + int(ms) / 1000
+
+
+SPEAKER_WORDS = """JSON.stringify({
+  words: Array.from(document.querySelectorAll('#finals .word')).map(w => ({
+    speaker: w.dataset.speaker ?? null, color: getComputedStyle(w).color})),
+  labels: Array.from(document.querySelectorAll('#finals small.speaker')).map(e => e.textContent),
+  speaking: document.getElementById('speaking').textContent})"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)")
+def test_page_colours_words_by_speaker(tmp_path):
+    """`?speakers=1` asks for speaker turns; each word takes its speaker's colour. The server's
+    VAD and speaker heads are scripted (a random model's speaker head tells no voices apart,
+    tests/serve/test_speaker_turns.py): two voices alternate with pauses, whatever the mic says."""
+    from tiny_asr import ScriptedSpeaker, ScriptedVAD, conversation, tiny_recognizer
+
+    _, speech, voices = conversation([(0, 3.0), (None, 1.6), (1, 3.0), (None, 1.6)] * 10)
+    rec = tiny_recognizer()
+    rec.vad, rec.speaker = ScriptedVAD(speech), ScriptedSpeaker(voices)
+    mic = tmp_path / "mic.wav"
+    wav = signal(2.0, seed=11)
+    mic.write_bytes(wav_bytes(torchaudio.functional.resample(torch.from_numpy(wav), 16000, 48000).numpy(), 48000))
+    devtools = _free_port()
+
+    async def session() -> dict:
+        deadline = time.monotonic() + 30
+        target = None
+        while target is None and time.monotonic() < deadline:
+            try:
+                pages = httpx.get(f"http://127.0.0.1:{devtools}/json/list", timeout=2).json()
+                target = next((p for p in pages if p.get("type") == "page"), None)
+            except httpx.HTTPError:
+                await asyncio.sleep(0.2)
+        assert target is not None, "Chromium exposed no page over DevTools"
+        async with connect(target["webSocketDebuggerUrl"], max_size=2**22) as ws:
+            page = DevTools(ws)
+            await page.until("document.querySelectorAll('#finals small.speaker').length >= 2 && "
+                             "new Set(Array.from(document.querySelectorAll('#finals small.speaker'))"
+                             ".map(e => e.textContent)).size >= 2", 60, "finals of two speakers")
+            return json.loads(await page.js(SPEAKER_WORDS))
+
+    with live_server(create_app(rec)) as (addr, _):
+        proc = subprocess.Popen(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+             f"--use-file-for-fake-audio-capture={mic}", "--autoplay-policy=no-user-gesture-required",
+             f"--remote-debugging-port={devtools}", f"--user-data-dir={tmp_path / 'profile'}",
+             "--no-first-run", f"http://{addr}/?autostart=1&speakers=1"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            out = asyncio.run(session())
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    assert out["labels"][:2] == ["S1", "S2"] and out["speaking"].startswith("speaking: S")
+    colours: dict[str, set] = {}
+    for w in out["words"]:
+        assert w["speaker"] in ("S1", "S2"), w
+        colours.setdefault(w["speaker"], set()).add(w["color"])
+    assert set(colours) == {"S1", "S2"} and all(len(c) == 1 for c in colours.values()), colours
+    assert colours["S1"] != colours["S2"] and BLACK not in colours["S1"] | colours["S2"]

@@ -16,7 +16,7 @@ import torchaudio
 from mtspeech.streaming.endpoint import EndpointConfig, Endpointer
 from mtspeech.streaming import FinalEvent, PartialEvent, StreamingRecognizer, StreamResampler
 from mtspeech.tasks.ctc import CTCTask
-from tiny_asr import CHUNK, LEFT, signal, tiny_recognizer
+from tiny_asr import CHUNK, LEFT, ScriptedVAD, signal, tiny_recognizer
 
 # Tiny models on 2 shared cores: one intra-op thread is ~100x faster than contended pools.
 torch.set_num_threads(1)
@@ -168,27 +168,6 @@ def test_other_sample_rates_are_resampled():
     feed_randomly(rec, s, wav8, np.random.default_rng(2), rate=8000)
     rec.finish(s)
     assert finals_of(rec.events(s))[0].tokens == ref.tokens
-
-
-class ScriptedVAD(torch.nn.Module):
-    """A VAD head that reads no audio: speech probability from a per-frame schedule (B=1)."""
-
-    layer = -1
-
-    def __init__(self, speech: np.ndarray):
-        super().__init__()
-        self.speech = speech
-        self.frame = 0
-
-    def forward(self, h, h_lens):
-        t = h.shape[1]
-        p = self.speech[self.frame : self.frame + t]
-        self.frame += t
-        return torch.from_numpy(np.where(p, 8.0, -8.0)).float()[None]
-
-    @staticmethod
-    def speech_probs(logits):
-        return torch.sigmoid(logits)
 
 
 def test_vad_endpointing_cuts_a_long_stream_into_utterances():

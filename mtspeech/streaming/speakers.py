@@ -1,0 +1,297 @@
+"""Speaker turns of a stream: online change detection and incremental clustering.
+
+The encoder's speaker head (the task whose role is `Role.SPEAKER_EMBEDDING`) pools a whole
+utterance into one embedding (`SpeakerTask.embed`, as `mtspeech evaluate` does for its EER).
+A stream cannot wait for the utterance, so a `SpeakerTracker` pools short windows instead:
+
+    speech frames ──(window_frames of them)──▶ embed ──▶ cosine distance to the current
+    speaker's running centroid ──▶ close: same turn (the centroid moves)
+                               └─▶ far for `change_frames` of speech, or far up to a pause:
+                                   a turn change; the far windows go to the nearest cluster
+                                   within `new_speaker_distance`, else to a new one (S1, S2, ...)
+
+Only speech frames count (the VAD head says which; without one every frame does), and a
+window never spans a pause (`end_segment`), so a turn change at a pause is found at the pause.
+A change is dated at the start of the first far window, so it lands within one window of the
+true turn; it is *confirmed* later (after `change_frames` of the new voice, or at its pause).
+
+Enrolment: named reference embeddings seed clusters that never move; a window joins one when
+its cosine similarity is at least `enrol_similarity`, otherwise the speaker stays anonymous.
+
+The thresholds' defaults are starting points, not values tuned on a benchmark (none exists
+yet: docs/server.md, Speaker turns); clients and `serve` can set them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections import Counter
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from mtspeech.streaming.stream import FinalEvent, SpeakerChangeEvent
+
+MAX_ENROLLED = 32  # named references a stream may bring
+MAX_TURNS_KEPT = 64  # turns remembered for labelling words (finals only ask about recent ones)
+
+
+@dataclass(frozen=True)
+class SpeakerTurnConfig:
+    """How a stream's speech is cut into turns. Frames are encoder frames (40 ms each);
+    distances are cosine distances (1 - cosine similarity) between L2-normalised embeddings."""
+
+    window_frames: int = 16  # speech frames pooled into one embedding
+    min_window_frames: int = 6  # a shorter rest at a pause is dropped, not embedded
+    change_distance: float = 0.5  # farther than this from the current speaker: maybe a change
+    change_frames: int = 24  # far speech this long (without a pause) confirms the change
+    new_speaker_distance: float = 0.6  # farther than this from every cluster: a new speaker
+    enrol_similarity: float = 0.6  # cosine similarity an enrolled name needs, else anonymous
+    max_speakers: int = 8  # past this, a window joins its nearest cluster
+
+    def __post_init__(self) -> None:
+        for key in ("window_frames", "min_window_frames", "change_frames", "max_speakers"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"speaker turns: {key}={getattr(self, key)}: expected >= 1")
+        if self.min_window_frames > self.window_frames:
+            raise ValueError(f"speaker turns: min_window_frames={self.min_window_frames} exceeds "
+                             f"window_frames={self.window_frames}")
+        for key in ("change_distance", "new_speaker_distance"):
+            if not 0.0 < getattr(self, key) < 2.0:
+                raise ValueError(f"speaker turns: {key}={getattr(self, key)}: expected in (0, 2)")
+        if not -1.0 <= self.enrol_similarity <= 1.0:
+            raise ValueError(f"speaker turns: enrol_similarity={self.enrol_similarity}: expected in [-1, 1]")
+
+
+@dataclass
+class _Cluster:
+    label: str
+    centroid: np.ndarray  # (E,) L2-normalised
+    count: int  # windows averaged in (enrolled references never move)
+    enrolled: bool = False
+
+
+@dataclass
+class _Window:
+    start_frame: int
+    frames: int
+    embedding: np.ndarray  # (E,) L2-normalised
+
+
+def check_enrolled(enrolled: Mapping[str, Sequence[float]] | None, embed_dim: int) -> dict[str, np.ndarray]:
+    """Named reference embeddings → name: L2-normalised (E,) float arrays. ValueError (saying
+    which name and why) on too many, a wrong dimension, a non-finite value or a zero vector."""
+    if not enrolled:
+        return {}
+    if len(enrolled) > MAX_ENROLLED:
+        raise ValueError(f"{len(enrolled)} enrolled speakers: at most {MAX_ENROLLED}")
+    out = {}
+    for name, values in enrolled.items():
+        e = np.asarray(values, dtype=np.float64)
+        if e.shape != (embed_dim,):
+            raise ValueError(f"enrolled speaker {name[:40]!r}: embedding of shape {e.shape}, "
+                             f"the model's speaker head gives ({embed_dim},)")
+        if not np.all(np.isfinite(e)):
+            raise ValueError(f"enrolled speaker {name[:40]!r}: embedding holds NaN or infinity")
+        with np.errstate(over="ignore"):  # a norm past float64 is refused just below
+            norm = float(np.linalg.norm(e))
+        if norm == 0.0 or not math.isfinite(norm):
+            raise ValueError(f"enrolled speaker {name[:40]!r}: embedding of norm {norm}: expected a "
+                             "nonzero vector of moderate size")
+        out[name] = (e / norm).astype(np.float32)
+    return out
+
+
+def _unit(e: np.ndarray) -> np.ndarray:
+    e = np.asarray(e, dtype=np.float32)
+    norm = float(np.linalg.norm(e))
+    return e / norm if norm > 0 and math.isfinite(norm) else np.zeros_like(e)
+
+
+class SpeakerTracker:
+    """One stream's speaker turns (see the module doc). Feed it with `push` per decoded chunk
+    and `end_segment` at each pause (the recognizer calls it when an utterance ends); read new
+    turns with `changes()` and labels with `speaker_at(frame)`.
+
+    `embed(frames (N, D)) -> (E,)`: one embedding from N frames (`mtspeech.streaming.encoder.SpeakerFrames.embed`).
+    `enrolled`: name → L2-normalised (E,) reference (`check_enrolled`)."""
+
+    def __init__(self, embed: Callable[[torch.Tensor], np.ndarray], frame_shift_s: float,
+                 config: SpeakerTurnConfig | None = None, enrolled: Mapping[str, np.ndarray] | None = None) -> None:
+        self.config = config or SpeakerTurnConfig()
+        self.embed = embed
+        self.frame_shift_s = frame_shift_s
+        self.clusters = [_Cluster(name, e, 1, enrolled=True) for name, e in (enrolled or {}).items()]
+        self._anonymous = 0  # S1, S2, ... given so far
+        self._speech: list[torch.Tensor] = []  # speech frames (n_i, D) of the window being filled
+        self._speech_frames = 0
+        self._window_start: int | None = None  # stream frame of the window's first speech frame
+        self._current: _Cluster | None = None
+        self._far: list[_Window] = []  # consecutive windows far from the current speaker
+        self._turns: list[tuple[int, str]] = []  # (start frame, label), in stream order
+        self._changes: list[SpeakerChangeEvent] = []
+        self._frames_seen = 0
+        self.windows_embedded = 0  # how often `embed` ran: the tracker's cost
+
+    # -- input --------------------------------------------------------------------------------
+
+    def push(self, frames: torch.Tensor, speech: np.ndarray | None, start_frame: int) -> None:
+        """frames (n, D): the speaker head's frames of one chunk, from stream frame `start_frame`;
+        speech (n,) bool: which are speech (None: all)."""
+        n = frames.shape[0]
+        self._frames_seen = start_frame + n
+        keep = np.ones(n, dtype=bool) if speech is None else np.asarray(speech, dtype=bool)[:n]
+        t = 0
+        while t < n:
+            if not keep[t]:
+                t += 1
+                continue
+            if self._window_start is None:
+                self._window_start = start_frame + t
+            take = min(n - t, self.config.window_frames - self._speech_frames)
+            run = take if keep[t : t + take].all() else int(np.argmin(keep[t : t + take]))
+            self._speech.append(frames[t : t + run])
+            self._speech_frames += run
+            t += run
+            if self._speech_frames == self.config.window_frames:
+                self._close_window()
+
+    def end_segment(self) -> None:
+        """A pause: embed the rest of the window if long enough, and settle far windows (a voice
+        that differed up to a pause is a new turn however short)."""
+        if self._speech_frames >= self.config.min_window_frames:
+            self._close_window()
+        self._speech, self._speech_frames, self._window_start = [], 0, None
+        if self._far:
+            self._change()
+
+    # -- output -------------------------------------------------------------------------------
+
+    def changes(self) -> list[SpeakerChangeEvent]:
+        """Turns that began since the last call, in order."""
+        out, self._changes = self._changes, []
+        return out
+
+    @property
+    def current(self) -> str | None:
+        """The label of the speaker talking now (None before the first window)."""
+        return None if self._current is None else self._current.label
+
+    def speaker_at(self, frame: float) -> str | None:
+        """The label of the turn holding stream frame `frame` (the first turn for frames before
+        it; None before any turn)."""
+        label = self._turns[0][1] if self._turns else None
+        for start, who in self._turns:
+            if start > frame:
+                break
+            label = who
+        return label
+
+    def speaker_of_span(self, start_frame: float, end_frame: float) -> str | None:
+        """The label of the turn that overlaps stream frames [start_frame, end_frame) most (a
+        word at a turn's start may begin a frame before the voice's first speech frame)."""
+        if not self._turns:
+            return None
+        starts = [-math.inf] + [start for start, _ in self._turns[1:]]  # the first turn reaches back
+        ends = starts[1:] + [math.inf]
+        best, best_overlap = None, -math.inf
+        for start, end, (_, who) in zip(starts, ends, self._turns):
+            overlap = min(end, end_frame) - max(start, start_frame)
+            if overlap >= best_overlap:  # a tie goes to the later turn: a new voice's first word
+                best, best_overlap = who, overlap
+        return best
+
+    def dominant_voice(self) -> tuple[np.ndarray, int, int] | None:
+        """(centroid (E,), its windows, the voices heard) of the voice heard most, None if no
+        window was embedded: an enrolment reference from a recording of one voice."""
+        heard = [c for c in self.clusters if not c.enrolled and c.count]
+        if not heard:
+            return None
+        voice = max(heard, key=lambda c: c.count)
+        return voice.centroid, voice.count, len(heard)
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _close_window(self) -> None:
+        frames = torch.cat(self._speech)
+        window = _Window(self._window_start, frames.shape[0], _unit(self.embed(frames)))
+        self.windows_embedded += 1
+        self._speech, self._speech_frames, self._window_start = [], 0, None
+        if self._current is None:
+            self._far = [window]
+            self._change()
+        elif 1.0 - float(window.embedding @ self._current.centroid) <= self.config.change_distance:
+            self._far = []  # a stray window (a cough, an overlap) is forgotten
+            self._add(self._current, [window])
+        else:
+            self._far.append(window)
+            if sum(w.frames for w in self._far) >= self.config.change_frames:
+                self._change()
+
+    def _change(self) -> None:
+        """The far windows are a turn: find or make their cluster; a new turn if it differs."""
+        windows, self._far = self._far, []
+        pooled = _unit(np.mean([w.embedding for w in windows], axis=0))
+        who = self._nearest(pooled)
+        self._add(who, windows)
+        if who is self._current:
+            return
+        start = windows[0].start_frame
+        self._changes.append(SpeakerChangeEvent(who.label, self.current, round(start * self.frame_shift_s, 3),
+                                                round(self._frames_seen * self.frame_shift_s, 3)))
+        self._current = who
+        self._turns.append((start, who.label))
+        del self._turns[:-MAX_TURNS_KEPT]
+
+    def _nearest(self, e: np.ndarray) -> _Cluster:
+        cfg = self.config
+        best, best_d = None, math.inf
+        for c in self.clusters:
+            d = 1.0 - float(e @ c.centroid)
+            limit = 1.0 - cfg.enrol_similarity if c.enrolled else cfg.new_speaker_distance
+            if d <= limit and d < best_d:
+                best, best_d = c, d
+        anonymous = [c for c in self.clusters if not c.enrolled]
+        if best is None and len(anonymous) >= cfg.max_speakers:
+            best = max(anonymous, key=lambda c: float(e @ c.centroid))
+        if best is None:
+            self._anonymous += 1
+            best = _Cluster(f"S{self._anonymous}", e, 0)
+            self.clusters.append(best)
+        return best
+
+    @staticmethod
+    def _add(cluster: _Cluster, windows: list[_Window]) -> None:
+        if cluster.enrolled:
+            return  # a reference stays as enrolled
+        total = cluster.centroid * cluster.count + sum(w.embedding for w in windows)
+        cluster.count += len(windows)
+        cluster.centroid = _unit(total)
+
+
+def label_final(final: FinalEvent, tracker: SpeakerTracker) -> FinalEvent:
+    """`final` with each word's speaker (the turn it overlaps most) and the utterance's (the one
+    that holds most of its words' time)."""
+    frame_s = tracker.frame_shift_s
+    who = tuple(tracker.speaker_of_span(w.start / frame_s, w.end / frame_s) for w in final.words)
+    spoken: Counter = Counter()
+    for w, label in zip(final.words, who):
+        spoken[label] += w.end - w.start
+    speaker = spoken.most_common(1)[0][0] if spoken else tracker.current
+    return dataclasses.replace(final, speaker=speaker, word_speakers=who)
+
+
+def new_tracker(head, step_roles: Sequence[str], frame_shift_s: float, config: SpeakerTurnConfig | None = None,
+                enrolled: Mapping[str, Sequence[float]] | None = None) -> SpeakerTracker:
+    """A tracker for one stream of a recognizer whose speaker head is `head` (`SpeakerFrames`,
+    or None) and whose encoder step computes `step_roles`. ValueError, saying what is missing,
+    when the model has no speaker head, the step does not compute it, or `enrolled` is bad."""
+    if head is None:
+        raise ValueError("speaker turns need a model with a speaker-embedding task; this model has none")
+    if "speaker" not in step_roles:
+        raise ValueError("speaker turns: this encoder step does not output the speaker head's frames "
+                         "(an ONNX graph exported before speaker turns): export it again")
+    return SpeakerTracker(head.embed, frame_shift_s, config, check_enrolled(enrolled, head.embed_dim))

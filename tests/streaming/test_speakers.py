@@ -1,0 +1,236 @@
+"""Speaker turns (mtspeech/streaming/speakers.py) on synthetic embedding sequences.
+
+Each "voice" is a random unit vector; a frame is its voice plus noise, and the tracker's
+`embed` is the frames' mean, so these tests check the change detector and the clustering,
+not a speaker model (tests/serve/test_speaker_turns.py streams through the server).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mtspeech.alignment import Word
+from mtspeech.data.geometry import FrameGeometry
+from mtspeech.streaming import StreamingRecognizer
+from mtspeech.streaming.stream import SpeakerChangeEvent
+from mtspeech.streaming.speakers import (MAX_ENROLLED, SpeakerTracker, SpeakerTurnConfig, check_enrolled,
+                                         label_final)
+from mtspeech.streaming.stream import FinalEvent
+from mtspeech.streaming.speakers import SpeakerTurnConfig as TurnConfig
+from tiny_asr import ScriptedSpeaker, ScriptedVAD, conversation, tiny_recognizer
+
+DIM, CHUNK = 16, 8
+FRAME_S = FrameGeometry().frame_shift_s
+
+
+def voices(n: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    v = rng.standard_normal((n, DIM))
+    return list(v / np.linalg.norm(v, axis=1, keepdims=True))
+
+
+def frames_of(plan: list[tuple[np.ndarray | None, int]], seed: int = 1) -> tuple[torch.Tensor, np.ndarray]:
+    """[(voice or None for a pause, frames)] → frames (T, D) and speech (T,)."""
+    rng = np.random.default_rng(seed)
+    rows, speech = [], []
+    for voice, n in plan:
+        base = np.zeros(DIM) if voice is None else voice
+        rows.append(base + 0.3 * rng.standard_normal((n, DIM)) / np.sqrt(DIM))
+        speech += [voice is not None] * n
+    return torch.tensor(np.concatenate(rows), dtype=torch.float32), np.array(speech)
+
+
+def mean_embed(frames: torch.Tensor) -> np.ndarray:
+    return frames.mean(0).numpy()
+
+
+def run(tracker: SpeakerTracker, frames: torch.Tensor, speech: np.ndarray | None, pauses_end_segments: bool = True):
+    """Push chunk by chunk, as the recognizer does; a pause after speech ends a segment."""
+    changes = []
+    for t0 in range(0, frames.shape[0], CHUNK):
+        sp = None if speech is None else speech[t0 : t0 + CHUNK]
+        tracker.push(frames[t0 : t0 + CHUNK], sp, t0)
+        if pauses_end_segments and sp is not None and not sp[-1] and (t0 == 0 or speech[t0 - 1]):
+            tracker.end_segment()
+        changes += tracker.changes()
+    tracker.end_segment()
+    return changes + tracker.changes()
+
+
+def test_two_voices_change_within_one_window_and_a_returning_voice_keeps_its_label():
+    a, b = voices(2)
+    frames, _ = frames_of([(a, 75), (b, 75), (a, 50)])  # 0-3 s A, 3-6 s B, 6-8 s A; no pauses
+    tracker = SpeakerTracker(mean_embed, FRAME_S)
+    changes = run(tracker, frames, None)
+    assert [(c.speaker, c.previous) for c in changes] == [("S1", None), ("S2", "S1"), ("S1", "S2")]
+    window_s = tracker.config.window_frames * FRAME_S
+    assert changes[0].start == 0.0
+    assert abs(changes[1].start - 3.0) <= window_s and abs(changes[2].start - 6.0) <= window_s
+    # confirmed after `change_frames` of the new voice, not before the change
+    assert changes[1].start < changes[1].detected_at <= 3.0 + 2 * window_s + CHUNK * FRAME_S
+    assert tracker.speaker_at(1.0 / FRAME_S) == "S1" and tracker.speaker_at(4.5 / FRAME_S) == "S2"
+
+
+def test_a_stray_window_is_no_change_but_a_short_turn_up_to_a_pause_is():
+    a, b = voices(2, seed=3)
+    # one window of B inside A speech (shorter than change_frames): no change
+    frames, _ = frames_of([(a, 48), (b, 16), (a, 48)])
+    changes = run(SpeakerTracker(mean_embed, FRAME_S), frames, None)
+    assert [c.speaker for c in changes] == ["S1"]
+    # the same short B, but followed by a pause: a turn of its own
+    frames, speech = frames_of([(a, 48), (None, 16), (b, 16), (None, 16), (a, 48)])
+    changes = run(SpeakerTracker(mean_embed, FRAME_S), frames, speech)
+    assert [c.speaker for c in changes] == ["S1", "S2", "S1"]
+    assert changes[1].start == pytest.approx(64 * FRAME_S)
+
+
+def test_non_speech_frames_are_not_pooled():
+    a, b = voices(2, seed=5)
+    frames, _ = frames_of([(a, 40), (b, 60), (a, 40)])
+    speech = np.ones(140, dtype=bool)
+    speech[40:100] = False  # the VAD says the B frames are not speech: they must not count
+    changes = run(SpeakerTracker(mean_embed, FRAME_S), frames, speech, pauses_end_segments=False)
+    assert [c.speaker for c in changes] == ["S1"]
+
+
+def test_enrolled_names_and_an_anonymous_stranger():
+    a, b, c = voices(3, seed=7)
+    enrolled = check_enrolled({"alice": a.tolist(), "bob": (2.5 * b).tolist()}, DIM)
+    frames, _ = frames_of([(b, 50), (c, 50), (a, 50)])
+    tracker = SpeakerTracker(mean_embed, FRAME_S, enrolled=enrolled)
+    assert [x.speaker for x in run(tracker, frames, None)] == ["bob", "S1", "alice"]
+    # with a similarity no embedding reaches, everyone stays anonymous
+    strict = SpeakerTracker(mean_embed, FRAME_S, SpeakerTurnConfig(enrol_similarity=1.0), enrolled)
+    assert [x.speaker for x in run(strict, frames, None)] == ["S1", "S2", "S3"]
+
+
+def test_clusters_are_capped():
+    vs = voices(4, seed=9)
+    frames, _ = frames_of([(v, 50) for v in vs])
+    tracker = SpeakerTracker(mean_embed, FRAME_S, SpeakerTurnConfig(max_speakers=2))
+    labels = {x.speaker for x in run(tracker, frames, None)}
+    assert labels <= {"S1", "S2"} and len([c for c in tracker.clusters]) == 2
+
+
+def test_final_words_get_the_speaker_of_their_turn():
+    a, b = voices(2, seed=11)
+    frames, _ = frames_of([(a, 75), (b, 75)])
+    tracker = SpeakerTracker(mean_embed, FRAME_S)
+    run(tracker, frames, None)
+    words = (Word("one", 2.0, 2.4, 1.0), Word("two", 2.5, 2.8, 1.0), Word("three", 3.9, 4.4, 1.0))
+    final = label_final(FinalEvent("one two three", 2.0, 4.4, words, (), "eos", 6.0), tracker)
+    assert final.word_speakers == ("S1", "S1", "S2") and final.speaker == "S1"  # 0.7 s of S1, 0.5 s of S2
+    assert label_final(FinalEvent("", 0, 0, (), (), "eos", 0), SpeakerTracker(mean_embed, FRAME_S)).speaker is None
+
+
+@pytest.mark.parametrize("enrolled, error", [
+    ({f"p{i}": [1.0] * DIM for i in range(MAX_ENROLLED + 1)}, "at most"),
+    ({"x": [1.0] * (DIM + 1)}, "shape"),
+    ({"x": [float("nan")] * DIM}, "NaN"),
+    ({"x": [0.0] * DIM}, "norm"),
+    ({"x": [1e308] * DIM}, "norm"),
+])
+def test_hostile_enrolment_is_refused_with_the_reason(enrolled, error):
+    with pytest.raises(ValueError, match=error):
+        check_enrolled(enrolled, DIM)
+
+
+def test_config_is_checked():
+    with pytest.raises(ValueError, match="window_frames"):
+        SpeakerTurnConfig(window_frames=0)
+    with pytest.raises(ValueError, match="change_distance"):
+        SpeakerTurnConfig(change_distance=2.5)
+
+
+# ----------------------------------------------------------------------------- through the recognizer
+
+
+def scripted(rec: StreamingRecognizer, speech: np.ndarray, voices: np.ndarray) -> StreamingRecognizer:
+    rec.vad, rec.speaker = ScriptedVAD(speech), ScriptedSpeaker(voices)
+    return rec
+
+
+def test_recognizer_streams_speaker_turns_and_labels_finals():
+    audio, speech, voices = conversation([(0, 3.0), (None, 1.5), (1, 3.0), (None, 1.5), (0, 2.0), (None, 1.5)])
+    rec = scripted(tiny_recognizer(), speech, voices)
+    s = rec.new_stream(speaker_turns=TurnConfig())
+    rec.accept(s, audio)
+    while rec.ready(s):
+        rec.step([s])
+    rec.finish(s)
+    events = rec.events(s)
+    changes = [e for e in events if isinstance(e, SpeakerChangeEvent)]
+    assert [(c.speaker, c.previous) for c in changes] == [("S1", None), ("S2", "S1"), ("S1", "S2")]
+    assert [c.start for c in changes] == pytest.approx([0.0, 4.5, 9.0], abs=FRAME_S)
+    finals = [e for e in events if isinstance(e, FinalEvent)]
+    assert finals and all(f.speaker in ("S1", "S2") and len(f.word_speakers) == len(f.words) for f in finals)
+    for f in finals:  # each utterance lies inside one voice's turn here
+        mid = (f.start + f.end) / 2
+        assert f.speaker == ("S2" if 4.5 <= mid < 7.5 else "S1"), (f.start, f.end, f.speaker)
+    # a stream that did not ask gets no speaker fields, and no speaker head runs for it
+    plain = scripted(tiny_recognizer(), speech, voices)
+    t = plain.new_stream()
+    assert "speaker" not in plain._roles([t])
+    assert all(f.speaker is None for f in plain.transcribe(audio))
+
+
+def test_speaker_turns_need_a_speaker_head_and_sound_enrolment():
+    rec = tiny_recognizer()
+    with pytest.raises(ValueError, match="speaker-embedding task"):
+        rec.new_stream(speaker_turns=TurnConfig())
+    rec.speaker = ScriptedSpeaker(np.zeros((10, DIM)))
+    with pytest.raises(ValueError, match="shape"):
+        rec.new_stream(speaker_turns=TurnConfig(), enrolled={"ann": [1.0, 2.0]})
+
+
+def test_a_real_speaker_head_streams_through_the_traced_step():
+    """A (random) speaker task: the traced step outputs the frames it pools, equal to the eager
+    step's, and a stream with speaker turns runs on it (labels mean nothing for a random head)."""
+    from mtspeech.streaming.encoder import TorchEncoderStep
+    from mtspeech.streaming.traced import TracedEncoderStep
+    from mtspeech.tasks.speaker import SpeakerConfig, SpeakerTask
+    from tiny_asr import CHUNK as C, LEFT, PieceTable, signal, tiny_model
+    from mtspeech.streaming import StreamingConfig
+
+    model = tiny_model()
+    del model.tasks["vad"]  # a random VAD may call nothing speech; without one every frame is
+    model.tasks["speaker"] = SpeakerTask(SpeakerConfig(embed_dim=12), 32, {"speakers": ["a", "b"]}).eval()
+    traced, eager = TracedEncoderStep(model, C, LEFT), TorchEncoderStep(model, C, LEFT)
+    assert "speaker" in traced.graph_roles
+    window, _ = model.geometry.chunk_window(C)
+    feats = torch.randn(2, window, 80)
+    got, _ = traced(feats, traced.init_cache(2), ("asr", "speaker"))
+    want, _ = eager(feats, eager.init_cache(2), ("asr", "speaker"))
+    assert got.logits["speaker"].shape == (2, C, 32)
+    torch.testing.assert_close(got.logits["speaker"], want.logits["speaker"], atol=1e-4, rtol=1e-4)
+
+    rec = StreamingRecognizer(model, PieceTable(), StreamingConfig(chunk_frames=C, left_chunks=LEFT),
+                              encoder_step=traced)
+    assert rec.speaker.embed_dim == 12
+    s = rec.new_stream(speaker_turns=TurnConfig(window_frames=4, min_window_frames=2))
+    rec.accept(s, signal(3.0))
+    rec.finish(s)
+    changes = [e for e in rec.events(s) if isinstance(e, SpeakerChangeEvent)]
+    assert changes and changes[0].speaker == "S1" and changes[0].previous is None
+
+
+@pytest.mark.slow  # an ONNX export: about 20 s on 2 cores
+def test_an_onnx_export_carries_the_speaker_frames(tmp_path):
+    from mtspeech.export.onnx import export_onnx
+    from mtspeech.export.runtime import OnnxEncoderStep
+    from mtspeech.streaming.encoder import TorchEncoderStep
+    from mtspeech.tasks.speaker import SpeakerConfig, SpeakerTask
+    from tiny_asr import CHUNK as C, LEFT, tiny_model
+
+    model = tiny_model()
+    model.tasks["speaker"] = SpeakerTask(SpeakerConfig(embed_dim=12), 32, {"speakers": ["a", "b"]}).eval()
+    info = export_onnx(model, tmp_path, C, LEFT)
+    assert info.roles == ("asr", "vad", "speaker") and "speaker_logits" in info.outputs
+    onnx, eager = OnnxEncoderStep(tmp_path), TorchEncoderStep(model, C, LEFT)
+    window, _ = model.geometry.chunk_window(C)
+    feats = torch.randn(1, window, 80)
+    got, _ = onnx(feats, onnx.init_cache(1), ("asr", "speaker"))
+    want, _ = eager(feats, eager.init_cache(1), ("asr", "speaker"))
+    torch.testing.assert_close(got.logits["speaker"], want.logits["speaker"], atol=1e-4, rtol=1e-4)
