@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     stale = [p for p, text in want.items() if not p.is_file() or p.read_text(encoding="utf-8") != text]
     for p in stale:
-        print(f"{p.relative_to(ROOT)} differs from what {OUT.relative_to(ROOT)} renders", file=sys.stderr)
+        print(f"{p} differs from what {OUT} renders", file=sys.stderr)
     return 1 if stale else 0
 
 

@@ -46,3 +46,24 @@ def test_a_number_edited_by_hand_or_a_json_changed_without_re_rendering_is_caugh
 
 def main_exit_code(results: Path) -> int:
     return render_results.main(["--check", "--results-dir", str(results)])
+
+
+def _demo_results():
+    spec = importlib.util.spec_from_file_location("demo_results", ROOT / "scripts" / "demo_results.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_readme_results_and_recipe_results_are_what_the_demo_json_renders_to(tmp_path, monkeypatch):
+    demo = _demo_results()
+    assert demo.main(["check"]) == 0, "re-render with `python scripts/demo_results.py render`"
+    # a CER typed into the README's block by hand is caught
+    readme = tmp_path / "README.md"
+    text = demo.README.read_text(encoding="utf-8")
+    block = text.split(demo.BEGIN, 1)[1].split(demo.END, 1)[0]
+    first_rate = block.split("| ")[8].split(" [")[0]  # the first row's greedy CER
+    readme.write_text(text.replace(f"| {first_rate} [", "| 1.0 [", 1), encoding="utf-8")
+    monkeypatch.setattr(demo, "README", readme)
+    monkeypatch.setattr(demo, "RESULTS_MD", demo.RESULTS_MD)
+    assert first_rate != "1.0" and demo.main(["check"]) == 1
