@@ -30,10 +30,8 @@ from mtspeech.experiment import Experiment, build_model, experiment_to_dict, fit
 from mtspeech.relatedness import RelatednessProbe
 from mtspeech.runtime import Runtime, autocast, resolve_amp, setup_runtime
 from mtspeech.stopping import BestCheckpoints, plateaued, write_stopping_record
-from mtspeech.train_log import TrainLog
-from mtspeech.encoders.towers import cross_stitch_alphas
+from mtspeech.train_log import TrainLog, step_record
 from mtspeech.optim import build_optimizer, build_scheduler
-from mtspeech.tasks.layer_mix import layer_weights
 from mtspeech.tasks.scoring import add_batch, finish, gather_over_ranks, task_scorers
 from mtspeech.weighting import build_weighting
 
@@ -298,16 +296,8 @@ class Trainer:
     def _log_step(self, losses: dict, bar) -> None:
         if not self.rt.main or self.step % self.exp.train.log_every_steps:
             return
-        weights = self.weighting.weights()
-        record = {"step": self.step, "epoch": self.epoch, "lr": self.scheduler.get_last_lr()[0],
-                  **{f"loss/{k}": v.item() for k, v in losses.items()},
-                  **{f"weight/{k}": float(w) for k, w in weights.items()},
-                  **{f"too_short/{k}": t.too_short for k, t in self.model.tasks.items()
-                     if getattr(t, "too_short", 0)},
-                  **{f"layer_weight/{t}/{k}": w for t, ws in layer_weights(self.model.tasks).items()
-                     for k, w in enumerate(ws)},
-                  **cross_stitch_alphas(self.model.encoder)}
-        self.run_log.write(record.pop("step"), record.pop("epoch"), record)
+        record = step_record(self.scheduler.get_last_lr()[0], losses, self.weighting.weights(), self.model)
+        self.run_log.write(self.step, self.epoch, record)
         bar.set_postfix({k.split("/")[1]: f"{v:.3g}" for k, v in record.items() if k.startswith("loss/")})
 
     def _measure_relatedness(self, batch) -> None:

@@ -7,6 +7,19 @@ import json
 from pathlib import Path
 
 
+def step_record(lr: float, losses: dict, weights: dict, model) -> dict:
+    """What a logged training step records besides its step and epoch: the learning rate, each
+    task's loss and weight, CTC tasks' too-short counts, learned layer mixes, cross-stitch alphas."""
+    from mtspeech.encoders.towers import cross_stitch_alphas
+    from mtspeech.tasks.layer_mix import layer_weights
+
+    return {"lr": lr, **{f"loss/{k}": v.item() for k, v in losses.items()},
+            **{f"weight/{k}": float(w) for k, w in weights.items()},
+            **{f"too_short/{k}": t.too_short for k, t in model.tasks.items() if getattr(t, "too_short", 0)},
+            **{f"layer_weight/{t}/{k}": w for t, ws in layer_weights(model.tasks).items() for k, w in enumerate(ws)},
+            **cross_stitch_alphas(model.encoder)}
+
+
 class TrainLog:
     """Both logs of one run, appended to on resume (TensorBoard purges events past `step`)."""
 

@@ -182,7 +182,7 @@ class StreamingRecognizer:
         stream = Stream(sample_rate, endpointing, interim, row, self.decoders[decoder],
                         Endpointer(endpoint, self.frame_shift_s), self.geometry)
         # The row returns to the pool when the stream finishes, or is dropped unfinished.
-        stream._release_cache = weakref.finalize(stream, self._caches.release, row)
+        stream.release_cache = weakref.finalize(stream, self._caches.release, row)
         stream.speech_activity = speech_activity and self.vad is not None
         stream.speakers = tracker
         return stream
@@ -233,7 +233,7 @@ class StreamingRecognizer:
     def _step_rows(self, streams: Sequence[Stream], x: torch.Tensor, chunk_lens: torch.Tensor | None = None) -> None:
         """Run the encoder on one window per stream (x (B, N, F); `chunk_lens`: real frames per
         row when rows are right-padded) with the streams' caches, then decode its output."""
-        rows = [s._cache_row for s in streams]
+        rows = [s.cache_row for s in streams]
         out, cache = self.encoder_step(x, self._caches.take(rows), self._roles(streams), chunk_lens)
         self._caches.put(rows, cache)
         self._decode_frames(streams, out)
@@ -265,18 +265,16 @@ class StreamingRecognizer:
             self._step_rows([s for s, _ in last], x, None if bool((lens == lens[0]).all()) else lens)
         for s in streams:
             s.finished = True
-            s._release_cache()
+            s.release_cache()
             self._finalize(s, "eos")
 
     def cache_of(self, stream: Stream):
         """A copy of the stream's encoder cache (`EncoderCache`, batch 1); for tests and debugging."""
-        return self._caches.take([stream._cache_row])
+        return self._caches.take([stream.cache_row])
 
     def events(self, stream: Stream) -> list[Event]:
         """Events produced since the last call (partials and finals, in order)."""
-        with stream._lock:
-            events, stream._events = stream._events, []
-        return events
+        return stream.drain_events()
 
     def transcribe(self, samples: np.ndarray | torch.Tensor, sample_rate: int | None = None,
                    endpointing: bool = True, decoder: str | None = None) -> list[FinalEvent]:
@@ -333,27 +331,27 @@ class StreamingRecognizer:
         for b, s in enumerate(streams):
             frames = row_frames[b]
             if s.speech_activity:
-                self._emit(s, SpeechActivityEvent(round(s._frames_done * self.frame_shift_s, 3), self.frame_shift_s,
+                self._emit(s, SpeechActivityEvent(round(s.frames_done * self.frame_shift_s, 3), self.frame_shift_s,
                                                   tuple(round(float(p), 3) for p in speech[b, :frames])))
             if s.speakers is not None:  # before the frames below, whose finals it labels
                 s.speakers.push(out.logits["speaker"][b, :frames], None if speech is None else
-                                speech[b, :frames] >= self.config.endpoint.speech_threshold, s._frames_done)
+                                speech[b, :frames] >= self.config.endpoint.speech_threshold, s.frames_done)
                 self._emit(s, *s.speakers.changes())
             log_probs = heads[s.decoder.head][b, :frames]  # (c, V)
             nonblank = (best[s.decoder.head][b, :frames] != s.decoder.blank_id).tolist()
             pushed = 0  # frames of this chunk given to the decoder
             for t in range(frames):
-                s._utt_has_tokens |= nonblank[t]
-                s._endpointer.update(bool(nonspeech[b, t]))
-                s._frames_done += 1
+                s.utterance_has_tokens |= nonblank[t]
+                s.endpointer.update(bool(nonspeech[b, t]))
+                s.frames_done += 1
                 # With endpointing off the stream's endpointer has no rule 2 (see new_stream).
-                rule = s._endpointer.check(has_words=s._utt_has_tokens)
+                rule = s.endpointer.check(has_words=s.utterance_has_tokens)
                 if rule is not None:
-                    s._utt.push(log_probs[pushed : t + 1], s._frames_done - (t + 1 - pushed))
+                    s.utterance.push(log_probs[pushed : t + 1], s.frames_done - (t + 1 - pushed))
                     pushed = t + 1
                     self._finalize(s, rule)
             if pushed < frames:
-                s._utt.push(log_probs[pushed:], s._frames_done - (frames - pushed))
+                s.utterance.push(log_probs[pushed:], s.frames_done - (frames - pushed))
             self._maybe_partial(s)
 
     def _maybe_partial(self, s: Stream) -> None:
@@ -362,22 +360,22 @@ class StreamingRecognizer:
         it (beam only) it stays as sent."""
         if not s.interim:
             return
-        p = s._utt.partial()
-        if p is None or p.key == s._last_partial:
+        p = s.utterance.partial()
+        if p is None or p.key == s.last_partial_key:
             return
-        s._last_partial = p.key
-        n = len(s._stable)
-        if p.stable > n and p.words[:n] == s._stable:
-            s._stable = p.words[: p.stable]
-        stable = " ".join(s._stable)
-        unstable = " ".join(p.words[len(s._stable):]) if p.words[: len(s._stable)] == s._stable \
+        s.last_partial_key = p.key
+        n = len(s.stable_words)
+        if p.stable > n and p.words[:n] == s.stable_words:
+            s.stable_words = p.words[: p.stable]
+        stable = " ".join(s.stable_words)
+        unstable = " ".join(p.words[len(s.stable_words):]) if p.words[: len(s.stable_words)] == s.stable_words \
             else " ".join(p.words[n:])
         text = " ".join(x for x in (stable, unstable) if x)
         self._emit(s, PartialEvent(text, stable, unstable))
 
     def _finalize(self, s: Stream, reason: str) -> None:
         """Close the current utterance (emit a final if it has words) and reset the decoder."""
-        result = s._utt.end()
+        result = s.utterance.end()
         words = result.words
         if s.speakers is not None:  # an utterance's end is a pause: a window ends there
             s.speakers.end_segment()
@@ -390,15 +388,10 @@ class StreamingRecognizer:
                 words=tuple(words),
                 tokens=result.tokens,
                 reason=reason,
-                detected_at=round(s._frames_done * self.frame_shift_s, 3),
+                detected_at=round(s.frames_done * self.frame_shift_s, 3),
             )
             self._emit(s, final if s.speakers is None else label_final(final, s.speakers))
-        s._utt = s.decoder.begin()
-        s._utt_has_tokens = False
-        s._endpointer.reset()
-        s._last_partial = ()
-        s._stable = ()
+        s.new_utterance()
 
     def _emit(self, s: Stream, *events: Event) -> None:
-        with s._lock:
-            s._events.extend(events)
+        s.emit_all(list(events))

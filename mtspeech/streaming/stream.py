@@ -90,6 +90,7 @@ class Stream:
     _ids = itertools.count()
     speech_activity = False  # emit a SpeechActivityEvent per chunk (set once by new_stream)
     speakers = None  # its SpeakerTracker when made with speaker turns (set once by new_stream)
+    release_cache = None  # returns its cache row to the recognizer's pool (set once by new_stream)
 
     def __init__(self, sample_rate: int, endpointing: bool, interim: bool, cache_row: int, decoder: TokenDecoder,
                  endpointer: Endpointer, geometry: FrameGeometry) -> None:
@@ -99,16 +100,40 @@ class Stream:
         self.interim = interim
         self.finished = False
         self.audio = FeatureBuffer(sample_rate, geometry)  # samples and feature frames not yet decoded
-        self._lock = threading.Lock()  # guards `_events` (read by `events` on another thread)
-        self._cache_row = cache_row  # this stream's row of the recognizer's CachePool
-        self._frames_done = 0  # encoder frames decoded so far (absolute frame index)
-        self.decoder = decoder
-        self._utt = decoder.begin()
-        self._utt_has_tokens = False  # a non-blank argmax of the decoder's head in this utterance
-        self._endpointer = endpointer
-        self._last_partial: tuple = ()
-        self._stable: tuple[str, ...] = ()  # stable words sent in this utterance's partials
+        self._lock = threading.Lock()  # guards `_events` (read by `drain_events` on another thread)
         self._events: list[Event] = []
+        # Decoding state, advanced by the recognizer's steps (and only by them):
+        self.cache_row = cache_row  # this stream's row of the recognizer's CachePool
+        self.frames_done = 0  # encoder frames decoded so far (absolute frame index)
+        self.decoder = decoder
+        self.utterance = decoder.begin()  # the token decoder's search over the current utterance
+        self.utterance_has_tokens = False  # a non-blank argmax of the decoder's head in this utterance
+        self.endpointer = endpointer
+        self.last_partial_key: tuple = ()  # the last partial sent (a new one only when it changes)
+        self.stable_words: tuple[str, ...] = ()  # stable words sent in this utterance's partials
+
+    def emit(self, event: Event) -> None:
+        """Queue an event for the client (thread-safe)."""
+        with self._lock:
+            self._events.append(event)
+
+    def emit_all(self, events: list[Event]) -> None:
+        with self._lock:
+            self._events.extend(events)
+
+    def drain_events(self) -> list[Event]:
+        """The events queued since the last call, oldest first (thread-safe)."""
+        with self._lock:
+            events, self._events = self._events, []
+        return events
+
+    def new_utterance(self) -> None:
+        """Reset the per-utterance state after a final: a fresh search, endpointer and partials."""
+        self.utterance = self.decoder.begin()
+        self.utterance_has_tokens = False
+        self.endpointer.reset()
+        self.last_partial_key = ()
+        self.stable_words = ()
 
     @property
     def resamples(self) -> bool:

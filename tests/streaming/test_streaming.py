@@ -200,7 +200,7 @@ def test_blank_endpointer_and_max_utterance_rule():
     feed_randomly(rec, s, signal(3.0), np.random.default_rng(4))
     rec.finish(s)
     assert rec.events(s) == []
-    assert s._endpointer.utterance_frames < 20
+    assert s.endpointer.utterance_frames < 20
 
     # rule 3: VAD says speech all the time, so only the length limit cuts (every 1.0 s).
     rec = tiny_recognizer(EndpointConfig(mode="vad", rule3_max_utterance_s=1.0))
@@ -277,7 +277,7 @@ def test_long_stream_memory_is_bounded():
         assert s.audio.frame_count < rec.window_frames
         # less than one window is left (samples are featurized only when a window needs them)
         assert s.buffered_seconds < (rec.window_frames * 160 + 400) / 16000
-        assert len(s._utt.tokens) <= 2.0 / 0.04
+        assert len(s.utterance.tokens) <= 2.0 / 0.04
     assert rec.cache_of(s).keys.shape[3] == CHUNK * LEFT
     assert len(finals_of(rec.events(s))) >= 8
 
@@ -307,12 +307,12 @@ def test_cache_pool_rows_are_taken_put_reused_and_freed_with_their_stream():
     # A recognizer's stream returns its row when finished, or when dropped unfinished.
     rec = tiny_recognizer()
     a, b = rec.new_stream(), rec.new_stream()
-    taken = {a._cache_row, b._cache_row}
+    taken = {a.cache_row, b.cache_row}
     rec.finish(a)
     del b
     gc.collect()
     c, d = rec.new_stream(), rec.new_stream()
-    assert {c._cache_row, d._cache_row} == taken
+    assert {c.cache_row, d.cache_row} == taken
 
 
 def test_misuse_is_reported():
