@@ -20,7 +20,7 @@ Its verdict needs 3 seeds.
 
     python benchmarks/demo_goals.py \\
         --compare docs/results/demo-compare/train-voices docs/results/demo-compare/train-voices-seed1 \\
-        --peers docs/results/peers/demo-train-voices.json docs/results/peers/demo-train-voices-seed1.json
+        --peers peers-seed0.json peers-seed1.json   # benchmarks/peers.py --out, one per seed
 """
 
 from __future__ import annotations

@@ -70,15 +70,6 @@ class Page:
 
 
 PAGES = [
-    Page("peers", "Peers: the VAD head against Silero VAD, the speaker head against Resemblyzer",
-         "python benchmarks/peers.py --model EXP/final.pt --data data/synthetic --out peers.json",
-         "*.json", lambda r: benchmark("peers").render(r),
-         "Definitions: the docstring of `benchmarks/peers.py`. One file per trained model and seed."),
-    Page("streaming", "Streaming decoders: accuracy and real-time factor per decoder",
-         "python benchmarks/streaming_decoders.py --model EXP/final.pt --manifest data/synthetic/test.jsonl "
-         "--lm auto --beam-size 20 --lm-weight 1.0 --out dec.json",
-         "*.json", lambda r: benchmark("streaming_decoders").render(r),
-         "The real-time factor is wall time on the machine of the run, one stream at a time."),
     Page("server-load", "Server load: the default server (phones + LM, --workers auto), two load shapes",
          "python benchmarks/server_load.py --model exp/synthetic/all/final.pt --utterances 8 --decoder auto "
          "--shape continuous --levels 64,96,128,160 --repeats 3 --keep-going --out load.json  # default-continuous-*; "

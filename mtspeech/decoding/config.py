@@ -7,7 +7,7 @@ so the same checkpoint and the same flags give the same decoder everywhere.
 
 The defaults were chosen on the synthetic demo's `dev` set: beam 20 (dev CER of the phone
 head's words 4.1 % at beam 10, 2.9 % at 20; commit 932b33d) and LM weight 1.0, the weight
-every committed word-LM result uses (recipes/synthetic/run.sh, docs/results/streaming/).
+every committed word-LM result uses (recipes/synthetic/run.sh, docs/results/demo/).
 """
 
 from __future__ import annotations
