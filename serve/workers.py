@@ -42,6 +42,17 @@ RESTART_WINDOW_S = 60.0
 POLL_S = 0.2
 
 
+def _die_with_supervisor() -> None:
+    """In a worker, before exec: SIGTERM it when the supervisor dies, even by SIGKILL (Linux's
+    PR_SET_PDEATHSIG), so no worker outlives it holding the port. Elsewhere, a no-op."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def worker_argv(args: argparse.Namespace, parser: argparse.ArgumentParser, **override) -> list[str]:
     """The `serve` flags of `args` as a command line (only those that differ from the defaults),
     with `override` (dest → value) applied."""
@@ -101,7 +112,7 @@ class Supervisor:
     def _start(self, i: int) -> None:
         # its own session: a terminal's Ctrl-C reaches the supervisor only, which passes on one SIGTERM
         self.procs[i] = subprocess.Popen(self.cmd, pass_fds=(self.sock.fileno(),), start_new_session=True,
-                                         env=self.env | {"MTSPEECH_WORKER": str(i)})
+                                         preexec_fn=_die_with_supervisor, env=self.env | {"MTSPEECH_WORKER": str(i)})
         log.info("worker %d started (pid %d)", i, self.procs[i].pid)
 
     def _on_signal(self, signum, frame) -> None:

@@ -92,3 +92,24 @@ def test_two_workers_share_the_port_count_together_restart_and_drain(tmp_path):
     assert rc == 0, log
     assert "restarting it" in log
     assert not [p for p in survivors if Path(f"/proc/{p}").exists()], "a worker outlived the supervisor"
+
+
+def test_workers_do_not_outlive_a_killed_supervisor(tmp_path):
+    """SIGKILL gives the supervisor no chance to stop its workers: they must stop on their own
+    rather than keep the port (PR_SET_PDEATHSIG)."""
+    ckpt = tiny_checkpoint(tmp_path, ["HELLO WORLD"], {"asr": {"kind": "ctc", "vocab_size": 30, "dropout": 0.0}})
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "mtspeech.cli", "serve", "--model", str(ckpt), "--port", str(port),
+                             "--workers", "2", "--log-level", "warning"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert _wait(lambda: len(_children(proc.pid)) == 2)
+        workers = _children(proc.pid)
+        proc.kill()
+        proc.wait(10)
+        assert _wait(lambda: not [p for p in workers if Path(f"/proc/{p}").exists()], 30), "orphaned workers"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
