@@ -161,8 +161,7 @@ class Batcher:
         in real time has been waiting for its next step, if longer."""
         now = time.monotonic()
         waiting = [j.ready_since for j in self._jobs if j.ready_since is not None and not j.busy
-                   and j.source == "stream" and (j.clock.lag_s(j.stream.audio_seconds - j.stream.buffered_seconds,
-                                                               now) or 0.0) > 0.0]
+                   and j.source == "stream" and (j.clock.lag_s(j.stream.decoded_seconds, now) or 0.0) > 0.0]
         return self.lag.lag_s(min(waiting) if waiting else None, now)
 
     # -- the consumer -------------------------------------------------------------------------
@@ -265,8 +264,7 @@ class Batcher:
 
     def _after_step(self, job: Job, since: float | None) -> None:
         if job.source == "stream":  # files decode as fast as they can: no real time to keep
-            s = job.stream
-            lag = job.clock.lag_s(s.audio_seconds - s.buffered_seconds)
+            lag = job.clock.lag_s(job.stream.decoded_seconds)
             if lag is not None:
                 self.lag.observe(lag)
         if job.done:

@@ -73,18 +73,20 @@ class Metrics:
         """The Prometheus text exposition of every metric (of every worker, when shared)."""
         if not self.shared():
             return generate_latest(self.registry)
-        from prometheus_client import multiprocess
-
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
-        return generate_latest(registry)
+        return generate_latest(_all_workers())
 
     def open_streams_total(self, own: int) -> int:
         """Open streams of the whole server: `own` (this process's), or every worker's when shared."""
         if not self.shared():
             return own
-        from prometheus_client import multiprocess
+        return int(sum(s.value for m in _all_workers().collect() if m.name == "mtspeech_streams_open"
+                       for s in m.samples))
 
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
-        return int(sum(s.value for m in registry.collect() if m.name == "mtspeech_streams_open" for s in m.samples))
+
+def _all_workers() -> CollectorRegistry:
+    """Every worker process's values, read from PROMETHEUS_MULTIPROC_DIR."""
+    from prometheus_client import multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return registry

@@ -151,6 +151,11 @@ class Stream:
         return self.samples_accepted / self.audio.geometry.sample_rate
 
     @property
+    def decoded_seconds(self) -> float:
+        """Audio accepted and already decoded, in seconds."""
+        return self.audio_seconds - self.buffered_seconds
+
+    @property
     def buffered_seconds(self) -> float:
         """Audio accepted but not decoded yet, in seconds. Grows when the client
         outpaces decoding."""

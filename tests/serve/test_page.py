@@ -82,16 +82,23 @@ WORDS = """JSON.stringify(Array.from(document.querySelectorAll('#finals .word'))
   background: getComputedStyle(w).backgroundColor})))"""
 
 
-async def _page_session(devtools_port: int, addr: str, upload: Path, downloads: Path) -> dict:
+async def _devtools_page(devtools_port: int) -> dict:
+    """Chromium's page target over DevTools, once it exposes one (within 30 s)."""
     deadline = time.monotonic() + 30
-    target = None
-    while target is None and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
         try:
             pages = httpx.get(f"http://127.0.0.1:{devtools_port}/json/list", timeout=2).json()
             target = next((p for p in pages if p.get("type") == "page"), None)
+            if target is not None:
+                return target
         except httpx.HTTPError:
-            await asyncio.sleep(0.2)
-    assert target is not None, "Chromium exposed no page over DevTools"
+            pass
+        await asyncio.sleep(0.2)
+    raise AssertionError("Chromium exposed no page over DevTools")
+
+
+async def _page_session(devtools_port: int, addr: str, upload: Path, downloads: Path) -> dict:
+    target = await _devtools_page(devtools_port)
     browser_url = httpx.get(f"http://127.0.0.1:{devtools_port}/json/version", timeout=2).json()["webSocketDebuggerUrl"]
     out: dict = {"partials": []}
     async with connect(target["webSocketDebuggerUrl"], max_size=2**22) as ws:
@@ -232,15 +239,7 @@ def test_page_colours_words_by_speaker(tmp_path):
     devtools = _free_port()
 
     async def session() -> dict:
-        deadline = time.monotonic() + 30
-        target = None
-        while target is None and time.monotonic() < deadline:
-            try:
-                pages = httpx.get(f"http://127.0.0.1:{devtools}/json/list", timeout=2).json()
-                target = next((p for p in pages if p.get("type") == "page"), None)
-            except httpx.HTTPError:
-                await asyncio.sleep(0.2)
-        assert target is not None, "Chromium exposed no page over DevTools"
+        target = await _devtools_page(devtools)
         async with connect(target["webSocketDebuggerUrl"], max_size=2**22) as ws:
             page = DevTools(ws)
             await page.until("document.querySelectorAll('#finals small.speaker').length >= 2 && "
