@@ -31,6 +31,7 @@ class DataConfig:
     augment: AugmentConfig | None = None  # noise / reverberation / gain in training (off when absent)
     max_utterance_seconds: float | None = 30.0
     cmvn_utterances: int = 300
+    sorted_epochs: int = 0  # SortaGrad: shortest batches first in the first N epochs (data/sampler.py)
 
 
 @dataclass(frozen=True)

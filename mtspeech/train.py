@@ -68,6 +68,7 @@ class Trainer:
         self.sampler = DurationBatchSampler(
             [u.duration for u in self.train_utts], exp.data.max_batch_seconds, shuffle=True,
             seed=exp.train.seed, rank=self.rt.rank, world_size=self.rt.world_size,
+            sorted_epochs=exp.data.sorted_epochs,
         )
         steps_per_epoch = math.ceil(len(self.sampler) / o.accum_steps)
         self.total_steps = exp.train.max_steps or steps_per_epoch * exp.train.epochs

@@ -1,0 +1,164 @@
+"""How long CTC sits on its blank plateau, per training seed, for a grid run and variants of it.
+
+An ASR-only CTC model first learns to emit blank everywhere (the training loss flattens near
+the label unigram entropy) and only later learns where the labels are. How many updates that
+takes varies a lot with the training seed, which made the ASR-only baseline of the ablation
+grids unreliable (issue 30, item 5). This measures it: each arm is the grid's run config plus
+overrides, trained for every seed until the loss leaves the plateau or `--max-updates`.
+
+    python benchmarks/ctc_plateau.py --grid recipes/synthetic/grid_controls.yaml --variant asr_only \\
+        --arm base --arm sortagrad:data.sorted_epochs=1 --seeds 0 1 2 --max-updates 2000 \\
+        --out exp/ctc-plateau --json docs/results/ctc-plateau/asr-only.json
+
+Escape: the first logged update at which the mean of the last 5 logged training losses of the
+main task is below `--escape-loss` (default 3.0; the plateau of the demo corpus's 64-piece
+vocabulary sits at 3.8-3.9, and a model past it falls below 3 within ~100 updates). A run that
+has escaped is stopped there; raising `--max-updates` later continues a run from its last
+epoch's `last.pt`. Runs train on one thread each (`--threads`), so two fit on 2 cores. The JSON keeps per run the escape update, the loss every
+100 updates and the per-epoch dev CER; per arm the escapes of every seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from mtspeech.ablation.grid import load_grid, run_config
+from mtspeech.experiment import experiment_to_dict, load_experiment
+
+WINDOW = 5  # logged losses averaged for the escape test
+
+
+def parse_arm(text: str) -> tuple[str, list[str]]:
+    """`name` or `name:key=value,key=value` → (name, ["key=value", ...])."""
+    name, _, sets = text.partition(":")
+    overrides = [s for s in sets.split(",") if s]
+    if not name or any("=" not in s for s in overrides):
+        raise argparse.ArgumentTypeError(f"--arm {text!r}: expected NAME or NAME:KEY=VALUE[,KEY=VALUE]")
+    return name, overrides
+
+
+def read_log(run_dir: Path, task: str) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
+    """(update, training loss) and (update, dev CER) pairs from the run's train_log.jsonl."""
+    path = run_dir / "train_log.jsonl"
+    losses, dev = [], []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:  # a line being written
+                continue
+            if f"loss/{task}" in r:
+                losses.append((r["step"], r[f"loss/{task}"]))
+            if f"dev/{task}/cer" in r:
+                dev.append((r["step"], r[f"dev/{task}/cer"]))
+    return losses, dev
+
+
+def escape_update(losses: list[tuple[int, float]], threshold: float) -> int | None:
+    for i in range(WINDOW, len(losses) + 1):
+        if sum(v for _, v in losses[i - WINDOW: i]) / WINDOW < threshold:
+            return losses[i - 1][0]
+    return None
+
+
+def train_until_escape(config: Path, run_dir: Path, task: str, threshold: float, max_updates: int) -> None:
+    """Run `mtspeech train` (it resumes from last.pt) until escape or `max_updates`."""
+    losses, _ = read_log(run_dir, task)
+    if escape_update(losses, threshold) is not None or (losses and losses[-1][0] >= max_updates):
+        return
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    cmd = [sys.executable, "-m", "mtspeech.cli", "train", "--config", str(config)]  # this venv's mtspeech
+    with open(run_dir / "train.out", "a") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        try:
+            while proc.poll() is None:
+                time.sleep(5)
+                losses, _ = read_log(run_dir, task)
+                if escape_update(losses, threshold) is not None or (losses and losses[-1][0] >= max_updates):
+                    proc.send_signal(signal.SIGTERM)
+                    proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+
+
+def summarize_run(run_dir: Path, task: str, threshold: float, max_updates: int) -> dict:
+    losses, dev = read_log(run_dir, task)
+    esc = escape_update(losses, threshold)
+    return {
+        "escape_update": esc,
+        "updates": losses[-1][0] if losses else 0,
+        "stopped_by": "escape" if esc is not None else ("max_updates" if losses and losses[-1][0] >= max_updates
+                                                         else "incomplete"),
+        "loss_every_100": [[s, round(v, 3)] for s, v in losses if s % 100 == 0],
+        "dev_cer": [[s, round(v, 4)] for s, v in dev],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--grid", required=True, help="ablation grid YAML whose run config is the starting point")
+    ap.add_argument("--variant", required=True, help="the grid variant (e.g. asr_only)")
+    ap.add_argument("--arm", action="append", type=parse_arm, required=True,
+                    help="NAME[:KEY=VALUE,...]: overrides on top of the variant (repeatable)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--max-updates", type=int, default=2000)
+    ap.add_argument("--escape-loss", type=float, default=3.0)
+    ap.add_argument("--out", type=Path, required=True, help="folder of the runs (resumable)")
+    ap.add_argument("--json", type=Path, help="write the summary here")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    ap.add_argument("--summarize-only", action="store_true", help="read the runs, train nothing")
+    args = ap.parse_args(argv)
+
+    grid = load_grid(args.grid)
+    if args.variant not in grid.variants:
+        ap.error(f"--variant {args.variant!r} is not in {args.grid}: {sorted(grid.variants)}")
+    arms = dict(args.arm)
+    if len(arms) != len(args.arm):
+        ap.error("two --arm share a name")
+    summary = {"command": " ".join(["python", "benchmarks/ctc_plateau.py", *(argv if argv is not None else sys.argv[1:])]),
+               "grid": str(args.grid), "variant": args.variant, "escape_loss": args.escape_loss,
+               "window": WINDOW, "max_updates": args.max_updates, "arms": {}}
+    for name, overrides in arms.items():
+        runs = {}
+        for seed in args.seeds:
+            run_dir = args.out / name / f"seed{seed}"
+            run_dir.mkdir(parents=True, exist_ok=True)
+            config = run_config(grid, args.variant, seed, run_dir)
+            config_path = run_dir / "config.yaml"
+            config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+            task = config.get("main_task") or "asr"
+            # the arm's overrides go through the same dotted-key path as `mtspeech train --set`
+            exp = load_experiment(str(config_path), [*overrides, f"train.threads={args.threads}"])
+            config_path.write_text(yaml.safe_dump(experiment_to_dict(exp), sort_keys=False))
+            if not args.summarize_only:
+                train_until_escape(config_path, run_dir, task, args.escape_loss, args.max_updates)
+            runs[f"seed{seed}"] = summarize_run(run_dir, task, args.escape_loss, args.max_updates)
+            print(f"{name} seed {seed}: escape at {runs[f'seed{seed}']['escape_update']}", flush=True)
+        escapes = [r["escape_update"] for r in runs.values()]
+        summary["arms"][name] = {"overrides": overrides, "escapes": escapes,
+                                 "escaped": sum(e is not None for e in escapes), "seeds": len(escapes),
+                                 "runs": runs}
+    train = grid.recipe.get("data", {}).get("train")
+    for path in ([train] if isinstance(train, str) else train or []):
+        if Path(path).is_file():
+            summary.setdefault("train_manifests", {})[path] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(summary, indent=1) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

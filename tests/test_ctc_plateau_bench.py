@@ -1,0 +1,39 @@
+"""benchmarks/ctc_plateau.py: the escape rule, arm parsing and the log reader (no training)."""
+
+import argparse
+import json
+
+import pytest
+
+from bench_module import load_benchmark
+
+plateau = load_benchmark("ctc_plateau")
+
+
+def test_escape_is_the_first_update_where_five_logged_losses_average_below_the_threshold():
+    flat = [(10 * i, 3.85) for i in range(1, 30)]
+    falling = [(300 + 10 * i, 3.85 - 0.2 * i) for i in range(1, 10)]
+    assert plateau.escape_update(flat, 3.0) is None
+    # means of the last five: 3.25 at update 350 (3.65..2.85), 3.05 at 360, 2.85 at 370
+    assert plateau.escape_update(flat + falling, 3.0) == 370
+    assert plateau.escape_update([(10, 2.0)] * 4, 3.0) is None  # fewer than five logged losses
+
+
+def test_arms_parse_and_bad_ones_are_refused():
+    assert plateau.parse_arm("base") == ("base", [])
+    assert plateau.parse_arm("sg:data.sorted_epochs=1,optim.lr=0.001") == (
+        "sg", ["data.sorted_epochs=1", "optim.lr=0.001"])
+    for bad in (":x=1", "a:novalue"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            plateau.parse_arm(bad)
+
+
+def test_run_summary_reads_losses_and_dev_cer_and_says_why_it_stopped(tmp_path):
+    rows = [{"step": s, "loss/asr": 3.9 if s < 500 else 2.0} for s in range(10, 800, 10)]
+    rows.insert(24, {"step": 243, "epoch": 1, "dev/asr/cer": 1.0})
+    (tmp_path / "train_log.jsonl").write_text("\n".join(map(json.dumps, rows)) + "\n{\"step\": 8")  # torn line
+    run = plateau.summarize_run(tmp_path, "asr", 3.0, 2000)
+    # at 520 the last five are 3.9, 3.9, 2.0, 2.0, 2.0: mean 2.76
+    assert run["escape_update"] == 520 and run["stopped_by"] == "escape"
+    assert run["dev_cer"] == [[243, 1.0]] and run["loss_every_100"][0] == [100, 3.9]
+    assert plateau.summarize_run(tmp_path, "asr", 1.0, 700)["stopped_by"] == "max_updates"
