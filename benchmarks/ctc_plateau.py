@@ -105,6 +105,34 @@ def summarize_run(run_dir: Path, task: str, threshold: float, max_updates: int) 
     }
 
 
+def _loss_at(run: dict, update: int) -> str:
+    at = dict((s, v) for s, v in run["loss_every_100"])
+    return f"{at[update]:.2f}" if update in at else "-"
+
+
+def render(summary: dict) -> str:
+    """Per arm: each seed's escape update (or "no" within the budget), its loss at the checkpoint
+    updates, and its last dev CER."""
+    cap = summary["max_updates"]
+    marks = [u for u in (500, 1000, 1500, 2000) if u <= cap]
+    head = ("arm", "overrides", "seed", "escape at", *[f"loss@{u}" for u in marks], "last dev CER")
+    rows = [head]
+    for name, arm in summary["arms"].items():
+        for seed, run in arm["runs"].items():
+            dev = run["dev_cer"]
+            esc = run["escape_update"]
+            rows.append((name, " ".join(arm["overrides"]) or "(the grid's run)", seed.removeprefix("seed"),
+                         str(esc) if esc is not None else f"no ({run['updates']} run)",
+                         *[_loss_at(run, u) for u in marks],
+                         f"{dev[-1][1]:.3f} @ {dev[-1][0]}" if dev else "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines += ["", f"escape: mean of {summary['window']} logged training losses below {summary['escape_loss']}; "
+              f"runs stop at escape or {cap} updates"]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--grid", required=True, help="ablation grid YAML whose run config is the starting point")
@@ -157,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(summary, indent=1) + "\n")
         print(f"wrote {args.json}")
+    print(render(summary))
     return 0
 
 

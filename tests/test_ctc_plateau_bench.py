@@ -37,3 +37,15 @@ def test_run_summary_reads_losses_and_dev_cer_and_says_why_it_stopped(tmp_path):
     assert run["escape_update"] == 520 and run["stopped_by"] == "escape"
     assert run["dev_cer"] == [[243, 1.0]] and run["loss_every_100"][0] == [100, 3.9]
     assert plateau.summarize_run(tmp_path, "asr", 1.0, 700)["stopped_by"] == "max_updates"
+
+
+def test_render_names_each_seed_escape_or_budget():
+    run = {"escape_update": None, "updates": 1500, "loss_every_100": [[500, 3.9], [1000, 3.8], [1500, 3.5]],
+           "dev_cer": [[1458, 0.97]]}
+    summary = {"max_updates": 1500, "window": 5, "escape_loss": 3.0,
+               "arms": {"base": {"overrides": [], "runs": {"seed0": run,
+                                                           "seed1": {**run, "escape_update": 900}}},
+                        "sg": {"overrides": ["data.sorted_epochs=1"], "runs": {"seed0": run}}}}
+    text = plateau.render(summary)
+    assert "no (1500 run)" in text and " 900 " in text and "data.sorted_epochs=1" in text
+    assert "0.970 @ 1458" in text and "loss@2000" not in text
