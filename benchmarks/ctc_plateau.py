@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -71,10 +72,18 @@ def escape_update(losses: list[tuple[int, float]], threshold: float) -> int | No
     return None
 
 
-def train_until_escape(config: Path, run_dir: Path, task: str, threshold: float, max_updates: int) -> None:
-    """Run `mtspeech train` (it resumes from last.pt) until escape or `max_updates`."""
+def _done(run_dir: Path, task: str, threshold: float, max_updates: int | None) -> bool:
+    """Escaped or past `max_updates`; with `max_updates` None (to the end): the run has ended."""
+    if max_updates is None:
+        return (run_dir / "stopping.json").is_file()
     losses, _ = read_log(run_dir, task)
-    if escape_update(losses, threshold) is not None or (losses and losses[-1][0] >= max_updates):
+    return escape_update(losses, threshold) is not None or bool(losses and losses[-1][0] >= max_updates)
+
+
+def train_until_escape(config: Path, run_dir: Path, task: str, threshold: float, max_updates: int | None) -> None:
+    """Run `mtspeech train` (it resumes from last.pt) until escape or `max_updates`, or with
+    `max_updates` None until the trainer stops by itself (dev plateau or the epoch cap)."""
+    if _done(run_dir, task, threshold, max_updates):
         return
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     cmd = [sys.executable, "-m", "mtspeech.cli", "train", "--config", str(config)]  # this venv's mtspeech
@@ -83,8 +92,7 @@ def train_until_escape(config: Path, run_dir: Path, task: str, threshold: float,
         try:
             while proc.poll() is None:
                 time.sleep(5)
-                losses, _ = read_log(run_dir, task)
-                if escape_update(losses, threshold) is not None or (losses and losses[-1][0] >= max_updates):
+                if max_updates is not None and _done(run_dir, task, threshold, max_updates):
                     proc.send_signal(signal.SIGTERM)
                     proc.wait(timeout=120)
         finally:
@@ -95,7 +103,15 @@ def train_until_escape(config: Path, run_dir: Path, task: str, threshold: float,
 def summarize_run(run_dir: Path, task: str, threshold: float, max_updates: int) -> dict:
     losses, dev = read_log(run_dir, task)
     esc = escape_update(losses, threshold)
-    return {
+    stopping = run_dir / "stopping.json"
+    if stopping.is_file():  # trained to the end: how it stopped and its best dev CER
+        record = json.loads(stopping.read_text())
+        cers = [e[f"{task}/cer"] for e in record["dev_curve"] if f"{task}/cer" in e]
+        end = {"stopped_by": record["stopped_by"], "epochs": record["epochs"], "updates": record["updates"],
+               "best_dev_cer": round(min(cers), 4) if cers else None}
+    else:
+        end = None
+    return {"end": end,
         "escape_update": esc,
         "updates": losses[-1][0] if losses else 0,
         "stopped_by": "escape" if esc is not None else ("max_updates" if losses and losses[-1][0] >= max_updates
@@ -103,6 +119,18 @@ def summarize_run(run_dir: Path, task: str, threshold: float, max_updates: int) 
         "loss_every_100": [[s, round(v, 3)] for s, v in losses if s % 100 == 0],
         "dev_cer": [[s, round(v, 4)] for s, v in dev],
     }
+
+
+def end_spread(runs: dict) -> dict | None:
+    """Mean and sample standard deviation over seeds of the best dev CER, when every run of the
+    arm has trained to its end (the acceptance of issue 30 item 5 reads the standard deviation)."""
+    ends = [r["end"] for r in runs.values()]
+    if not ends or any(e is None or e["best_dev_cer"] is None for e in ends):
+        return None
+    cers = [e["best_dev_cer"] for e in ends]
+    return {"per_seed": cers, "mean": round(statistics.fmean(cers), 4),
+            "sd": round(statistics.stdev(cers), 4) if len(cers) > 1 else None,
+            "stopped_by": [e["stopped_by"] for e in ends]}
 
 
 def _loss_at(run: dict, update: int) -> str:
@@ -115,7 +143,7 @@ def render(summary: dict) -> str:
     updates, and its last dev CER."""
     cap = summary["max_updates"]
     marks = [u for u in (500, 1000, 1500, 2000) if u <= cap]
-    head = ("arm", "overrides", "seed", "escape at", *[f"loss@{u}" for u in marks], "last dev CER")
+    head = ("arm", "overrides", "seed", "escape at", *[f"loss@{u}" for u in marks], "last dev CER", "end")
     rows = [head]
     for name, arm in summary["arms"].items():
         for seed, run in arm["runs"].items():
@@ -124,10 +152,18 @@ def render(summary: dict) -> str:
             rows.append((name, " ".join(arm["overrides"]) or "(the grid's run)", seed.removeprefix("seed"),
                          str(esc) if esc is not None else f"no ({run['updates']} run)",
                          *[_loss_at(run, u) for u in marks],
-                         f"{dev[-1][1]:.3f} @ {dev[-1][0]}" if dev else "-"))
+                         f"{dev[-1][1]:.3f} @ {dev[-1][0]}" if dev else "-",
+                         (f"best dev CER {run['end']['best_dev_cer']:.3f}, {run['end']['stopped_by']} "
+                          f"after {run['end']['updates']}") if run.get("end") else "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    for name, arm in summary["arms"].items():
+        spread = arm.get("best_dev_cer")
+        if spread:
+            sd = f"{100 * spread['sd']:.1f}" if spread["sd"] is not None else "-"
+            lines.append(f"{name}: best dev CER over {len(spread['per_seed'])} seeds, mean "
+                         f"{100 * spread['mean']:.1f} %, standard deviation {sd} points")
     lines += ["", f"escape: mean of {summary['window']} logged training losses below {summary['escape_loss']}; "
               f"runs stop at escape or {cap} updates"]
     return "\n".join(lines)
@@ -141,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="NAME[:KEY=VALUE,...]: overrides on top of the variant (repeatable)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--max-updates", type=int, default=2000)
+    ap.add_argument("--to-the-end", action="store_true",
+                    help="train each run until the trainer stops (dev plateau or cap), not at escape")
     ap.add_argument("--escape-loss", type=float, default=3.0)
     ap.add_argument("--out", type=Path, required=True, help="folder of the runs (resumable)")
     ap.add_argument("--json", type=Path, help="write the summary here")
@@ -170,13 +208,14 @@ def main(argv: list[str] | None = None) -> int:
             exp = load_experiment(str(config_path), [*overrides, f"train.threads={args.threads}"])
             config_path.write_text(yaml.safe_dump(experiment_to_dict(exp), sort_keys=False))
             if not args.summarize_only:
-                train_until_escape(config_path, run_dir, task, args.escape_loss, args.max_updates)
+                train_until_escape(config_path, run_dir, task, args.escape_loss,
+                                   None if args.to_the_end else args.max_updates)
             runs[f"seed{seed}"] = summarize_run(run_dir, task, args.escape_loss, args.max_updates)
             print(f"{name} seed {seed}: escape at {runs[f'seed{seed}']['escape_update']}", flush=True)
         escapes = [r["escape_update"] for r in runs.values()]
         summary["arms"][name] = {"overrides": overrides, "escapes": escapes,
                                  "escaped": sum(e is not None for e in escapes), "seeds": len(escapes),
-                                 "runs": runs}
+                                 "runs": runs, "best_dev_cer": end_spread(runs)}
     train = grid.recipe.get("data", {}).get("train")
     for path in ([train] if isinstance(train, str) else train or []):
         if Path(path).is_file():

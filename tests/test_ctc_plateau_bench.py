@@ -49,3 +49,21 @@ def test_render_names_each_seed_escape_or_budget():
     text = plateau.render(summary)
     assert "no (1500 run)" in text and " 900 " in text and "data.sorted_epochs=1" in text
     assert "0.970 @ 1458" in text and "loss@2000" not in text
+
+
+def test_runs_trained_to_the_end_give_the_best_dev_cer_spread_over_seeds(tmp_path):
+    runs = {}
+    for seed, cers in enumerate(([1.0, 0.5, 0.30, 0.31], [1.0, 0.9, 0.40], [0.8, 0.35])):
+        d = tmp_path / f"seed{seed}"
+        d.mkdir()
+        (d / "train_log.jsonl").write_text(json.dumps({"step": 10, "loss/asr": 3.9}) + "\n")
+        curve = [{"epoch": i + 1, "asr/cer": c} for i, c in enumerate(cers)]
+        (d / "stopping.json").write_text(json.dumps({"stopped_by": "plateau" if seed else "cap", "epochs": len(cers),
+                                                     "updates": 100 * len(cers), "dev_curve": curve}))
+        runs[f"seed{seed}"] = plateau.summarize_run(d, "asr", 3.0, 2000)
+    assert runs["seed0"]["end"] == {"stopped_by": "cap", "epochs": 4, "updates": 400, "best_dev_cer": 0.3}
+    spread = plateau.end_spread(runs)
+    assert spread["per_seed"] == [0.3, 0.4, 0.35] and spread["mean"] == 0.35 and spread["sd"] == 0.05
+    assert spread["stopped_by"] == ["cap", "plateau", "plateau"]
+    runs["seed2"]["end"] = None  # one run not trained to its end yet: no spread
+    assert plateau.end_spread(runs) is None
