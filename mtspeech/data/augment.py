@@ -98,9 +98,9 @@ class AugmentConfig:
     pad_prob: float = 0.0
     pad_s: tuple[float, float] = (0.5, 2.0)
     # share of ALL training utterances sent through a telephone channel (8 kHz, 300-3400 Hz,
-    # μ-law; independent of prob, the speaker label kept), at an RMS level drawn in dBov
+    # μ-law; independent of prob, the speaker label kept), as the server hears a call
     telephone_prob: float = 0.0
-    telephone_level_dbov: tuple[float, float] = LEVEL_DBOV
+    telephone_level_dbov: tuple[float, float] = LEVEL_DBOV  # the calls' RMS level, dB below the codec's full scale
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.noise) - set(NOISE_KINDS))
