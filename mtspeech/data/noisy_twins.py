@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import zlib
 from pathlib import Path
 from typing import Sequence
 
@@ -73,6 +74,12 @@ def phone_twin_name(split: str) -> str:
     return f"{split}-phone"
 
 
+def phone_level_dbov(seed: int, split: str, index: int) -> float:
+    """The call level of utterance `index` (sorted file order) of `split`'s telephone twin: a
+    stream per split, so dev-phone's levels do not mirror test-phone's."""
+    return draw_level_dbov(np.random.default_rng([seed, PHONE_SEED, zlib.crc32(split.encode()), index]))
+
+
 def _copy_sidecars(folder: Path, twin: Path) -> None:
     for sidecar in [*folder.rglob("*.trans.txt"), *folder.rglob("*.segments.txt")]:
         shutil.copyfile(sidecar, twin / sidecar.relative_to(folder))
@@ -110,7 +117,7 @@ def make_phone_twin(corpus: Path, split: str, seed: int = 0, progress: bool = Tr
         raise FileNotFoundError(f"{folder}: no .flac files; synthesize the corpus first (mtspeech synth)")
     levels = []
     for i, path in enumerate(tqdm(files, desc=name, disable=not progress, leave=False)):
-        level = draw_level_dbov(np.random.default_rng([seed, PHONE_SEED, i]))
+        level = phone_level_dbov(seed, split, i)
         wav, rate = soundfile.read(path, dtype="float64")
         _write(corpus / name / path.relative_to(folder), narrowband(wav, rate, level), PHONE_RATE)
         levels.append(level)

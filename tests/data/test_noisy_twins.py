@@ -106,8 +106,11 @@ def phone_corpus(synth_corpus, tmp_path_factory):
 
 
 def test_phone_twins_hold_the_clean_labels_at_8_khz(phone_corpus, tmp_path):
+    from mtspeech.data.noisy_twins import phone_level_dbov
+
     corpus, summary = phone_corpus
     assert set(summary) == {"dev-phone", "test-phone"}
+    assert phone_level_dbov(3, "dev", 0) != phone_level_dbov(3, "test", 0)  # a stream per split
     splits = ["dev", "dev-phone", "test", "test-phone"]
     prepare_librispeech(corpus, tmp_path, splits=splits, oov="g2p", jobs=1, progress=False)
     for split in ("dev", "test"):
@@ -127,14 +130,13 @@ def test_phone_twin_is_the_channel_as_the_server_hears_it_and_is_seeded(phone_co
     """Reading a twin file (load_audio: 8 kHz → 16 kHz) gives the channel's output up to 16-bit
     rounding, and the server's stream resampler, fed the file in uneven pieces, gives the same
     samples bit for bit; the same seed writes the same bytes."""
-    from mtspeech.data.noisy_twins import PHONE_SEED, make_phone_twin
-    from mtspeech.data.telephone import draw_level_dbov
+    from mtspeech.data.noisy_twins import make_phone_twin, phone_level_dbov
 
     corpus, summary = phone_corpus
     files = sorted((corpus / "test").rglob("*.flac"))
     for i, path in enumerate(files[:3]):
         twin_path = corpus / "test-phone" / path.relative_to(corpus / "test")
-        level = draw_level_dbov(np.random.default_rng([3, PHONE_SEED, i]))
+        level = phone_level_dbov(3, "test", i)
         read = load_audio(twin_path).numpy()
         channel = telephone_channel(load_audio(path).numpy(), RATE, level)
         assert abs(len(read) - len(channel)) <= 1
