@@ -287,17 +287,33 @@ def test_split_copies_the_shared_top_keeps_every_output_and_streams_like_full_co
         torch.testing.assert_close(torch.cat(chunks, dim=1), full.task_layers(task)[-1], **TOL, msg=task)
 
 
+def split_with_follower():
+    """A hard-shared model whose top two blocks branching split: vad follows the phones tower."""
+    model = model_of(config(towers=None, vad=-1))
+    split_into_towers(model.encoder, TowersConfig(tasks=("asr", "phones"), layers=2, followers={"vad": "phones"}))
+    with torch.no_grad():  # the towers apart, as training after the split would leave them
+        for p in model.encoder.towers.blocks["phones"].parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
 @pytest.mark.slow
-def test_towered_model_exports_to_onnx_with_torch_parity(tmp_path):
-    """The exported streaming step carries the towers' caches and reads each head's tower (~15 s)."""
+@pytest.mark.parametrize("build", ["cross_stitch", "split_with_follower"])
+def test_towered_model_exports_to_onnx_with_torch_parity(tmp_path, build):
+    """The exported streaming step carries the towers' caches and reads each head's tower, a
+    follower's too (~15 s each)."""
     from mtspeech.export.onnx import export_onnx
     from mtspeech.export.parity import logit_parity
     from mtspeech.export.runtime import OnnxEncoderStep
     from mtspeech.streaming.encoder import TorchEncoderStep
     from tiny_asr import signal
 
-    model = model_of(config(towers=dict(TOWERS, cross_stitch=True))).eval()
-    scramble_alphas(model.encoder)
+    if build == "cross_stitch":
+        model = model_of(config(towers=dict(TOWERS, cross_stitch=True)))
+        scramble_alphas(model.encoder)
+    else:
+        model = split_with_follower()
+    model.eval()
     model.cmvn.set_stats(torch.full((80,), -6.0), torch.full((80,), 4.0))
     export_onnx(model, tmp_path, 4, 3)
     with torch.inference_mode():
