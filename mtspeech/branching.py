@@ -22,7 +22,7 @@ warmup_steps: W, every: N, threshold: τ, max_layers: M}`:
    shared top blocks; the group's first task (config order) names it, the others follow it
    (`TowersConfig.followers`). The result is the structure hand-written towers build, so
    streaming, export and checkpoint loading share their code. Each tower parameter enters
-   the optimizer with a copy of its source's AdamW state (`carry_optimizer_state`): every
+   the optimizer with a copy of its source's AdamW state (`optim.rebuild_after_split`): every
    tower continues the shared layer's trajectory, as FAFS widens by copying.
 
 The decision (groups, depth, every affinity it read, and the reason per block) goes to
@@ -41,7 +41,6 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
-import torch
 from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.spatial.distance import squareform
 from torch import nn
@@ -137,17 +136,6 @@ def decide_branching(affinity: Mapping[int, np.ndarray], tasks: Sequence[str], t
                   "followers": {t: g[0] for g in groups_list for t in g[1:]}}
     return {"rule": RULE, "threshold": threshold, "tasks": list(tasks), "groups": groups_list,
             "split_layers": depth, "towers": towers, "blocks": blocks}
-
-
-def carry_optimizer_state(old: torch.optim.Optimizer, new: torch.optim.Optimizer,
-                          sources: Mapping[nn.Parameter, nn.Parameter]) -> None:
-    """Give each parameter of `new` the state `old` holds for it, or for the parameter it was
-    copied from (`sources`), cloned so the towers' moments then evolve apart."""
-    for group in new.param_groups:
-        for p in group["params"]:
-            state = old.state.get(sources.get(p, p))
-            if state:
-                new.state[p] = {k: v.clone() if torch.is_tensor(v) else v for k, v in state.items()}
 
 
 class AffinityBranching:

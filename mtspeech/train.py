@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from mtspeech import checkpoint as ckpt
-from mtspeech.branching import AffinityBranching, carry_optimizer_state
+from mtspeech.branching import AffinityBranching
 from mtspeech.data.features import cmvn_from_utterances
 from mtspeech.data.dataset import training_loader
 from mtspeech.data.manifest import read_manifest, read_manifests, within_duration
@@ -33,7 +33,7 @@ from mtspeech.relatedness import RelatednessProbe
 from mtspeech.runtime import Runtime, autocast, resolve_amp, setup_runtime
 from mtspeech.stopping import BestCheckpoints, plateaued, write_stopping_record
 from mtspeech.train_log import TrainLog, step_record
-from mtspeech.optim import build_optimizer, build_scheduler
+from mtspeech.optim import build_optimizer, build_scheduler, rebuild_after_split
 from mtspeech.tasks.scoring import add_batch, finish, gather_over_ranks, task_scorers
 from mtspeech.weighting import build_weighting
 
@@ -353,16 +353,10 @@ class Trainer:
         self._wrap()
 
     def _rebuild_optimizer(self, sources: dict) -> None:
-        """A new optimizer over the split model: every parameter keeps its AdamW state, each new
-        tower parameter gets a copy of its source's (`sources`: tower parameter → shared one);
-        the schedule goes on where it was."""
-        old, scheduler = self.optimizer, self.scheduler.state_dict()
-        self.optimizer = build_optimizer(self.model, self.weighting, self.exp.optim, self.rt.device)
-        carry_optimizer_state(old, self.optimizer, sources)
-        self.scheduler = build_scheduler(self.optimizer, self.exp.optim, self.total_steps)
-        self.scheduler.load_state_dict(scheduler)
-        for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_last_lr()):
-            group["lr"] = lr
+        """Optimizer and schedule over the split model (`optim.rebuild_after_split`)."""
+        self.optimizer, self.scheduler = rebuild_after_split(
+            self.model, self.weighting, self.exp.optim, self.rt.device, self.optimizer, self.scheduler,
+            self.total_steps, sources)
 
     # -------------------------------------------------------------- evaluation
     @torch.no_grad()

@@ -63,7 +63,7 @@ class TowersConfig:
     cross_stitch: bool = False
     cross_stitch_lr_scale: float = 10.0
     self_weight: float = 0.9
-    followers: Mapping[str, str] = field(default_factory=dict)
+    followers: Mapping[str, str] = field(default_factory=dict)  # task → the named task whose tower it shares
 
     def __post_init__(self):
         if len(self.tasks) < 2 or len(set(self.tasks)) != len(self.tasks):
@@ -93,21 +93,14 @@ BRANCHING_KINDS = ("affinity",)
 
 @dataclass(frozen=True)
 class BranchingConfig:
-    """Towers chosen during training from task affinity (`mtspeech/branching.py`), not by hand.
+    """Towers chosen during training from task affinity (`mtspeech/branching.py`), not by hand."""
 
-    kind: `affinity` (the one rule so far: FAFS-style widening from the top by gradient cosine).
-    warmup_steps: optimizer steps of hard-shared training before the split is decided.
-    every: measure the affinity every N steps of the warm-up (step 0 included).
-    threshold: a layer splits where every pair of task groups has a mean gradient cosine
-        below it (in [-1, 1]; 0: split only where the groups' gradients conflict).
-    max_layers: the most top layers that may split (None: as many as the tasks allow).
-    """
-
-    kind: str = "affinity"
-    warmup_steps: int = 100
-    every: int = 5
+    kind: str = "affinity"  # the one rule so far: FAFS-style widening from the top by gradient cosine
+    warmup_steps: int = 100  # optimizer steps of hard-shared training before the split is decided
+    every: int = 5  # measure the affinity every N steps of the warm-up (step 0 included)
+    # a block splits where every pair of task groups has a mean gradient cosine below it (in [-1, 1])
     threshold: float = 0.0
-    max_layers: int | None = None
+    max_layers: int | None = None  # the most top layers that may split (None: as many as the tasks allow)
 
     def __post_init__(self):
         if self.kind not in BRANCHING_KINDS:
