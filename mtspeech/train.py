@@ -76,6 +76,9 @@ class Trainer:
         steps_per_epoch = math.ceil(len(self.sampler) / o.accum_steps)
         self.total_steps = exp.train.max_steps or steps_per_epoch * exp.train.epochs
         self.scheduler = build_scheduler(self.optimizer, o, self.total_steps)
+        if branching is not None and branching.warmup_steps >= self.total_steps:
+            log.warning("encoder.branching.warmup_steps=%d is not below the run's %d steps: it will never split",
+                        branching.warmup_steps, self.total_steps)
         self.step = 0
         self.epoch = 0
         self.batches_done = 0  # of this epoch, as consumed by the loop (workers prefetch ahead)

@@ -237,3 +237,20 @@ def test_branching_with_hand_written_towers_or_too_few_top_tasks_is_refused(prep
     cfg = tiny_experiment(prepared_manifests, tmp_path / "exp", encoder={"layers": 3, "branching": {}})
     with pytest.raises(ConfigError, match=r"only \['asr'\] read the top layer"):  # the others read layer 0
         Trainer(experiment_from_dict(cfg))
+
+
+def test_the_branching_grid_plans_runs_that_load():
+    """recipes/synthetic/grid_branching.yaml (not yet run) stays ready to run: every variant's
+    config loads, and the branching variants put at least two tasks on the top layer."""
+    from pathlib import Path
+
+    from mtspeech.ablation.grid import load_grid, run_config
+
+    grid = load_grid(Path(__file__).parents[1] / "recipes" / "synthetic" / "grid_branching.yaml")
+    branched = 0
+    for variant in grid.variants:
+        exp = experiment_from_dict(run_config(grid, variant, grid.seeds[0], Path("unused")))
+        if exp.encoder.cfg.branching is not None:
+            branched += 1
+            assert sum(t.layer == -1 for t in exp.tasks.values()) >= 2, variant
+    assert branched == 2
