@@ -91,7 +91,7 @@ def mean_affinity(measurements: Sequence[Mapping[str, float]], tasks: Sequence[s
     if (counts[upper] == 0).any():
         missing = [f"{tasks[i]}/{tasks[j]}" for i, j in zip(*upper) if counts[i, j] == 0]
         raise RuntimeError(f"branching: no affinity measured for {missing} on block {layer} during the warm-up "
-                           "(a task without labels in every measured batch?): raise encoder.branching.warmup_steps")
+                           "(no measured batch held labels of both tasks?): raise encoder.branching.warmup_steps")
     mean = np.eye(t)
     mean[upper] = sums[upper] / counts[upper]
     mean.T[upper] = mean[upper]
