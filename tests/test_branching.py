@@ -187,6 +187,7 @@ class Crash(Exception):
 @pytest.mark.parametrize("kill_at", [1, 3])  # killed during the warm-up, or after the split
 def test_a_run_resumes_on_either_side_of_the_split_exactly(kill_at, toy_kind, prepared_manifests, tmp_path,
                                                             monkeypatch):
+    from mtspeech.checkpoint import CheckpointError
     from mtspeech.train import Trainer
 
     straight = Trainer(experiment_from_dict(toy_config(prepared_manifests, tmp_path / "straight")))
@@ -204,6 +205,9 @@ def test_a_run_resumes_on_either_side_of_the_split_exactly(kill_at, toy_kind, pr
     with pytest.raises(Crash):
         Trainer(experiment_from_dict(cfg)).fit()
     monkeypatch.setattr(Trainer, "_log_step", original)
+    unbranched = {**cfg, "encoder": {k: v for k, v in cfg["encoder"].items() if k != "branching"}}
+    with pytest.raises(CheckpointError, match="was trained with encoder.branching and this config says otherwise"):
+        Trainer(experiment_from_dict(unbranched))  # its last.pt cannot resume a hard-shared run
     resumed = Trainer(experiment_from_dict(cfg))
     assert resumed.step == kill_at and (resumed.model.encoder.towers is None) == (kill_at < 2)
     resumed.fit()
