@@ -139,33 +139,36 @@ def _loss_at(run: dict, update: int) -> str:
 
 
 def render(summary: dict) -> str:
-    """Per arm: each seed's escape update (or "no" within the budget), its loss at the checkpoint
-    updates, and its last dev CER."""
+    """Per arm and seed: the update of escape (or "no" within the budget), the training loss at
+    500-update marks, the dev CER after each of the first 8 epochs, and how a run trained to its
+    end stopped. The logged loss of a head with intermediate layers is its combined loss, so
+    across such arms compare the dev CER (of the top layer), not the loss."""
     cap = summary["max_updates"]
     marks = [u for u in (500, 1000, 1500, 2000) if u <= cap]
-    head = ("arm", "overrides", "seed", "escape at", *[f"loss@{u}" for u in marks], "last dev CER", "end")
+    head = ("arm", "seed", "escape at", *[f"loss@{u}" for u in marks], "dev CER after epochs 1-8", "end")
     rows = [head]
     for name, arm in summary["arms"].items():
         for seed, run in arm["runs"].items():
-            dev = run["dev_cer"]
-            esc = run["escape_update"]
-            rows.append((name, " ".join(arm["overrides"]) or "(the grid's run)", seed.removeprefix("seed"),
+            esc, end = run["escape_update"], run.get("end")
+            rows.append((name, seed.removeprefix("seed"),
                          str(esc) if esc is not None else f"no ({run['updates']} run)",
                          *[_loss_at(run, u) for u in marks],
-                         f"{dev[-1][1]:.3f} @ {dev[-1][0]}" if dev else "-",
-                         (f"best dev CER {run['end']['best_dev_cer']:.3f}, {run['end']['stopped_by']} "
-                          f"after {run['end']['updates']}") if run.get("end") else "-"))
+                         " ".join(f"{c:.2f}" for _, c in run["dev_cer"][:8]) or "-",
+                         (f"best dev CER {end['best_dev_cer']:.3f}, {end['stopped_by']} after {end['updates']}"
+                          if end else "-")))
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    lines.append("")
     for name, arm in summary["arms"].items():
+        lines.append(f"{name}: {' '.join(arm['overrides']) or 'the grid run as it is'}")
         spread = arm.get("best_dev_cer")
         if spread:
             sd = f"{100 * spread['sd']:.1f}" if spread["sd"] is not None else "-"
-            lines.append(f"{name}: best dev CER over {len(spread['per_seed'])} seeds, mean "
-                         f"{100 * spread['mean']:.1f} %, standard deviation {sd} points")
+            lines.append(f"  best dev CER over {len(spread['per_seed'])} seeds: mean {100 * spread['mean']:.1f} %, "
+                         f"standard deviation {sd} points")
     lines += ["", f"escape: mean of {summary['window']} logged training losses below {summary['escape_loss']}; "
-              f"runs stop at escape or {cap} updates"]
+              f"runs stop at escape or {cap} updates unless trained to their end"]
     return "\n".join(lines)
 
 
