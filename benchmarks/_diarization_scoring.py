@@ -18,8 +18,10 @@ DEFAULT = SpeakerTurnConfig()  # what the server runs (a client can change only 
 COLLAR_S = 0.25
 
 
-def turn_config(change_distance: float, new_speaker_distance: float) -> SpeakerTurnConfig:
-    return dataclasses.replace(DEFAULT, change_distance=change_distance, new_speaker_distance=new_speaker_distance)
+def turn_config(change_distance: float, new_speaker_distance: float,
+                gap_frames: int | None = None) -> SpeakerTurnConfig:
+    return dataclasses.replace(DEFAULT, change_distance=change_distance, new_speaker_distance=new_speaker_distance,
+                               gap_frames=gap_frames)
 
 
 class RecordingTracker(SpeakerTracker):
@@ -130,6 +132,21 @@ def replay(r: Recording, pipeline: str, config: SpeakerTurnConfig) -> list[Speak
     return events
 
 
+def with_reference_speech(r: Recording) -> Recording:
+    """`r` with the VAD's speech mask replaced by the reference's (a frame is speech when its
+    centre lies in a reference segment): what the embeddings do when the VAD is not the
+    problem. The pauses stay where the served endpointer put them."""
+    support = r.conversation.reference().get_timeline().support()
+    spans = np.array([[seg.start, seg.end] for seg in support]).reshape(-1, 2)
+
+    def mask(start: int, n: int) -> np.ndarray:
+        centres = (np.arange(start, start + n) + 0.5) * r.frame_shift_s
+        return ((centres[:, None] >= spans[:, 0]) & (centres[:, None] < spans[:, 1])).any(1)
+
+    calls = [None if c is None else (c[0], c[1], mask(c[0], c[1])) for c in r.calls]
+    return dataclasses.replace(r, calls=calls, live_events=[])
+
+
 def hypothesis(r: Recording, events: list[SpeakerChangeEvent]):
     """Speech frames (as the tracker saw them) labelled by the turn of the events holding each."""
     from pyannote.core import Annotation, Segment
@@ -219,17 +236,19 @@ def summarise(scored: list[dict], seed: int = 0) -> dict:
             "false_changes_per_min": sum(s["false_changes"] for s in scored) / minutes}
 
 
-def choose(recordings: list[Recording], pipeline: str, grid: list[float], tolerance_s: float = 1.0) -> dict:
-    """The (change_distance, new_speaker_distance) of `grid` x `grid` with the lowest pooled DER
-    over `recordings` (the first in grid order on a tie), and every pair's DER."""
+def choose(recordings: list[Recording], pipeline: str, grid: list[float], gaps: list[int | None],
+           tolerance_s: float = 1.0) -> dict:
+    """The (change_distance, new_speaker_distance, gap_frames) of `grid` x `grid` x `gaps` with
+    the lowest pooled DER over `recordings` (the first in grid order on a tie), and every DER."""
     rows = []
-    for cd in grid:
-        for nd in grid:
-            cfg = turn_config(cd, nd)
-            scored = [score(r, replay(r, pipeline, cfg), tolerance_s) for r in recordings]
-            rows.append([cd, nd, round(sum(s["error_ms"] for s in scored) / sum(s["total_ms"] for s in scored), 4)])
-    best = min(rows, key=lambda row: row[2])
-    return {"chosen": best[:2], "der": best[2], "grid": rows}
+    for gap in gaps:
+        for cd in grid:
+            for nd in grid:
+                scored = [score(r, replay(r, pipeline, turn_config(cd, nd, gap)), tolerance_s) for r in recordings]
+                der = sum(s["error_ms"] for s in scored) / sum(s["total_ms"] for s in scored)
+                rows.append([cd, nd, gap, round(der, 4)])
+    best = min(rows, key=lambda row: row[3])
+    return {"chosen": best[:3], "der": best[3], "grid": rows}
 
 
 def two_labels_in_time(scored: list[dict]) -> dict:

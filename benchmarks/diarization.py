@@ -25,14 +25,17 @@ encoder frames (frame k: samples [k, k+1) x 640 at 16 kHz) with Resemblyzer's `V
 over that audio's mel frames (volume normalised as its `preprocess_wav` does; no padding to its
 1.6 s training partials). Same windows, same VAD frames, same pauses, same clustering code.
 
-Thresholds: `change_distance` x `new_speaker_distance` over `--grid`, each pipeline's pair
-chosen by its DER over the tuning conversations (the served defaults are reported too).
+Settings: `change_distance` x `new_speaker_distance` over `--grid`, x `gap_frames` over `--gaps`
+(a window ends at that many non-speech frames), each pipeline's triple chosen by its DER over the
+tuning conversations (the served defaults are reported too).
 
 The hypothesis: every speech frame (VAD, as the tracker saw it) labelled with the speaker of the
 `speaker_change` event holding it (a frame before the first event: the first speaker), which is
 what a client can draw from the events. DER: `pyannote.metrics` `DiarizationErrorRate(collar=0.25,
 skip_overlap=False)` over the whole recording (UEM = [0, length]); overlapped speech counts, and
-a single-label hypothesis misses at least one voice there. Rates pool seconds over conversations;
+a single-label hypothesis misses at least one voice there. On the pyannote sample it is also
+given with the reference's speech in place of the VAD's (`with_reference_speech`), to separate
+the embeddings from the VAD. Rates pool seconds over conversations;
 intervals are 95 % percentile bootstraps over conversations (1000 resamples, seeded).
 
 Change latency: each true change (the floor passing to another voice: a turn's start) is matched
@@ -54,9 +57,10 @@ from _cli import add_model_arguments, run_main
 from _diarization_conversations import (PYANNOTE_WHEEL, ConversationShape, build_conversations,
                                         pyannote_sample, pyannote_wheel)
 from _diarization_scoring import (DEFAULT, Recording, choose, record, replay, score, summarise, turn_config,
-                                  two_labels_in_time)
+                                  two_labels_in_time, with_reference_speech)
 
-GRID = "0.1,0.15,0.2,0.3,0.4,0.5,0.6,0.7,0.8"  # Resemblyzer's distances run lower than the head's
+GRID = "0.1,0.15,0.2,0.3,0.4,0.5,0.6,0.7"  # Resemblyzer's distances run lower than the head's
+GAPS = "none,3,6"  # SpeakerTurnConfig.gap_frames: off, 0.12 s, 0.24 s
 
 
 def add_arguments(ap) -> None:
@@ -70,6 +74,7 @@ def add_arguments(ap) -> None:
     ap.add_argument("--seconds", type=float, default=45.0, help="a synthetic conversation lasts at least this")
     ap.add_argument("--speakers", default="2,4", help="voices per conversation: low,high")
     ap.add_argument("--grid", default=GRID, help="values tried for both thresholds")
+    ap.add_argument("--gaps", default=GAPS, help="gap_frames values tried ('none': off)")
     ap.add_argument("--tolerance", type=float, default=1.0, help="seconds between a true change and its event")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--pyannote-cache", default=str(Path.home() / ".cache" / "mtspeech-bench"),
@@ -128,7 +133,8 @@ def run(args) -> dict:
     recordings: dict[str, list[Recording]] = {k: [record(rec, c, peer) for c in v] for k, v in sets.items()}
     grid = [float(x) for x in args.grid.split(",")]
     pipelines = ["head"] + ([] if peer is None else ["resemblyzer"])
-    tuning = {p: choose(recordings["tune"], p, grid, args.tolerance) for p in pipelines}
+    gaps = [None if g == "none" else int(g) for g in args.gaps.split(",")]
+    tuning = {p: choose(recordings["tune"], p, grid, gaps, args.tolerance) for p in pipelines}
     settings = {"head (served defaults)": ("head", DEFAULT)}
     settings.update({f"{p} (tuned)": (p, turn_config(*tuning[p]["chosen"])) for p in pipelines})
     results = {}
@@ -136,13 +142,16 @@ def run(args) -> dict:
         scored = {k: [score(r, replay(r, pipeline, cfg), args.tolerance) for r in v] for k, v in recordings.items()
                   if k != "tune"}
         results[name] = {"pipeline": pipeline, "change_distance": cfg.change_distance,
-                         "new_speaker_distance": cfg.new_speaker_distance,
+                         "new_speaker_distance": cfg.new_speaker_distance, "gap_frames": cfg.gap_frames,
                          "test": summarise(scored["test"], seed=args.seed),
                          "acceptance": two_labels_in_time(scored["acceptance"]),
                          "acceptance_per_conversation": scored["acceptance"],
                          "per_conversation": scored["test"]}
         if "pyannote-sample" in scored:
             results[name]["pyannote_sample"] = scored["pyannote-sample"][0]
+            oracle = with_reference_speech(recordings["pyannote-sample"][0])
+            results[name]["pyannote_sample_reference_speech"] = score(oracle, replay(oracle, pipeline, cfg),
+                                                                      args.tolerance)
     if peer is not None:
         from mtspeech.evaluation.stats import speaker_bootstrap
 
@@ -181,20 +190,21 @@ def render(r: dict) -> str:
              f"{r['test_turns']} turns, {r['test_overlapped_turns']} overlapping)",
              f"  DER: pyannote.metrics, collar {r['collar_s']} s, overlap counted; change found: an event within "
              f"{r['tolerance_s']:g} s of the true change; 95 % bootstrap over conversations", "",
-             "| pipeline | change / new-speaker distance | DER % [95 % CI] | miss / FA / confusion % "
+             "| pipeline | change / new-speaker distance, gap frames | DER % [95 % CI] | miss / FA / confusion % "
              "| changes found % [CI] | latency median s [CI] | p90 s | false changes / min | "
-             "2-voice acceptance | pyannote sample DER % |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "2-voice acceptance | pyannote sample DER % (miss / FA / confusion) | the same, reference speech |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, x in r["results"].items():
         t, acc = x["test"], x["acceptance"]
         sample = x.get("pyannote_sample")
         lines.append(
-            f"| {name} | {x['change_distance']:g} / {x['new_speaker_distance']:g} | {_pct(t['der'])} "
+            f"| {name} | {x['change_distance']:g} / {x['new_speaker_distance']:g}, {x.get('gap_frames') or 'off'} "
+            f"| {_pct(t['der'])} "
             f"[{_pct(t['der_ci'][0])}, {_pct(t['der_ci'][1])}] | {_pct(t['missed'])} / {_pct(t['false_alarm'])} / "
             f"{_pct(t['confusion'])} | {_pct(t['found'])} [{_pct(t['found_ci'][0])}, {_pct(t['found_ci'][1])}] | "
             f"{_s(t['latency_median_s'])} [{_s(t['latency_ci'][0])}, {_s(t['latency_ci'][1])}] | "
             f"{_s(t['latency_p90_s'])} | {t['false_changes_per_min']:.2f} | {acc['passed']} of {acc['conversations']} "
-            f"| {'-' if sample is None else _pct(sample['der'])} |")
+            f"| {_sample(sample)} | {_sample(x.get('pyannote_sample_reference_speech'))} |")
     if r.get("peer_delta"):
         d = r["peer_delta"]
         lines += ["", f"  DER resemblyzer - head (tuned, paired over the same conversations): "
@@ -205,12 +215,19 @@ def render(r: dict) -> str:
     return "\n".join(lines)
 
 
+def _sample(s: dict | None) -> str:
+    if s is None:
+        return "-"
+    part = lambda k: _pct(s[k] / s["total_ms"])  # noqa: E731
+    return f"{_pct(s['der'])} ({part('missed_ms')} / {part('false_alarm_ms')} / {part('confusion_ms')})"
+
+
 def _s(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f}"
 
 
 def main(argv: list[str] | None = None) -> dict:
-    return run_main(__doc__, add_arguments, run, render, argv)
+    return run_main(__doc__, add_arguments, run, render, argv, indent=None)  # ~40 per-conversation records
 
 
 if __name__ == "__main__":
