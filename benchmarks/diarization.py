@@ -212,6 +212,16 @@ def render(r: dict) -> str:
                       f"{100 * d['ci'][1]:+.1f}]"]
     lines.append("  2-voice acceptance: conversations (two held-out voices, one turn each) labelled with exactly "
                  "two speakers whose change event starts within the tolerance of the true turn")
+    for name, x in r["results"].items():
+        per = x.get("acceptance_per_conversation", [])
+        extra = sum(s["labels"] > 2 for s in per)
+        missed = sum(s["found"] < s["true_changes"] for s in per)
+        lines.append(f"    {name}: {extra} with more than two labels, {missed} with the change not found")
+    for pipeline, t in r["tuning"].items():
+        served = [row[3] for row in t["grid"] if row[:3] == [DEFAULT.change_distance, DEFAULT.new_speaker_distance,
+                                                             DEFAULT.gap_frames]]
+        lines.append(f"  dev DER, {pipeline}: chosen {_pct(t['der'])} %" +
+                     (f", at the served defaults {_pct(served[0])} %" if served else "") + f" ({len(t['grid'])} settings)")
     return "\n".join(lines)
 
 
