@@ -104,8 +104,10 @@ def record(rec, conversation, peer=None, feed_s: float = 0.1) -> Recording:
     r = Recording(conversation, tracker.calls, rec.frame_shift_s, events)
     r.embedders["head"] = _memo(lambda idx: rec.speaker.embed(frames[torch.from_numpy(idx)]))
     if peer is not None:
-        if conversation.sample_rate != 16000:
-            raise ValueError(f"Resemblyzer needs 16 kHz audio, the model runs at {conversation.sample_rate} Hz")
+        from resemblyzer.hparams import sampling_rate as peer_rate
+
+        if conversation.sample_rate != peer_rate:
+            raise ValueError(f"Resemblyzer needs {peer_rate} Hz audio, the model runs at {conversation.sample_rate} Hz")
         spf = round(rec.frame_shift_s * conversation.sample_rate)
         r.embedders["resemblyzer"] = _memo(resemblyzer_embedder(peer, conversation.audio, spf))
     replayed = replay(r, "head", DEFAULT)
