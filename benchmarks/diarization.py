@@ -8,8 +8,9 @@ voices of `--tune-splits` (dev: training's speakers reading held-out sentences),
 thresholds are chosen; `--conversations` among `--test-splits` (test-voices and test-unseen:
 voices training never heard), where everything is reported; `--acceptance` two-voice, two-turn
 conversations of the held-out voices; and the real 30 s two-person sample of the pyannote.audio
-wheel. Each synthetic conversation: 2 to 4 voices, turns of 1 to 10 s, pauses, 20 % of turns
-overlapping the previous one.
+wheel. Each synthetic conversation: 2 to 4 voices, at least 45 s, turns of 1 to 10 s; each turn
+after the first starts after a pause of 0.2 to 1.5 s, or (with probability 0.2) 0.2 to 1 s
+before the previous one ends (`ConversationShape`).
 
 How a conversation is decoded: in-process through the server's code path, `load_recognizer`
 (default torch backend, greedy decoder) and `StreamingRecognizer` streams made as a WebSocket
