@@ -153,8 +153,11 @@ def hypothesis(r: Recording, events: list[SpeakerChangeEvent]):
     """Speech frames (as the tracker saw them) labelled by the turn of the events holding each."""
     from pyannote.core import Annotation, Segment
 
-    speech = [start + t for call in r.calls if call is not None for start, n, mask in [call]
-              for t in range(n) if mask is None or mask[t]]
+    speech = []  # the stream frames the tracker took as speech, in order
+    for call in r.calls:
+        if call is not None:
+            start, n, mask = call
+            speech += [start + t for t in range(n) if mask is None or mask[t]]
     hyp, fs = Annotation(uri=r.conversation.id), r.frame_shift_s
     if not events:
         return hyp
