@@ -23,7 +23,7 @@ name exist under `--root`; otherwise the seeds' t interval widened by their utte
 Its verdict needs 3 seeds.
 
     python benchmarks/demo_goals.py \\
-        --compare docs/results/demo-compare/train-voices docs/results/demo-compare/train-voices-seed1 \\
+        --compare exp/synthetic/all/compare-plain exp/synthetic/all-seed1/compare-plain \\
         --peers peers-seed0.json peers-seed1.json   # benchmarks/peers.py --out, one per seed
 """
 
