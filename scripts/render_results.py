@@ -105,6 +105,13 @@ PAGES = [
          "Definitions: the docstring of `benchmarks/pocketsphinx_peer.py`. PocketSphinx does not depend on "
          "our model: one file per synthesized corpus. RTF: decoding wall seconds per second of audio, one "
          "process on the 2-core development machine, shared with other work."),
+    Page("ctc-plateau", "CTC's blank plateau: the ASR-only run of the ablation grids, per training seed",
+         "python benchmarks/ctc_plateau.py --grid recipes/synthetic/grid_controls.yaml --variant asr_only "
+         "--arm base --arm interctc:tasks.asr.intermediate_layers=[1] --seeds 0 1 2 --out exp/ctc-plateau "
+         "[--to-the-end] --json docs/results/ctc-plateau/asr-only.json  # the other arms: see each JSON's command",
+         "*.json", lambda r: benchmark("ctc_plateau").render(r),
+         "Definitions: the docstring of `benchmarks/ctc_plateau.py`. Every number is read on `dev` (training "
+         "loss and dev CER); no test split is scored. One thread per run on the 2-core development machine."),
     Page("synth-speed", "Synthesis speed of the demo corpus per engine",
          "python benchmarks/synth_speed.py --per-kind 8 --out speed.json", "*.json",
          lambda r: benchmark("synth_speed").render(r),
