@@ -29,6 +29,19 @@ README = ROOT / "README.md"
 BEGIN, END = "<!-- command-costs:begin -->", "<!-- command-costs:end -->"
 COMMANDS = {"main": "bash recipes/synthetic/run.sh", "tests": "bash scripts/test.sh"}
 PARTS = (".venv", "data", "exp")
+RUN_LOG = Path("exp/synthetic/run-steps.jsonl")  # run.sh's own timing log (RUN_LOG in run.sh)
+
+
+def steps_from_log(path: Path, since: float) -> dict[str, float] | None:
+    """Seconds per step of the run.sh run that started at or after `since` (epoch seconds), from
+    its timing log: each step lasts until the next one starts. None unless the run reached `done`."""
+    if not path.is_file():
+        return None
+    marks = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    marks = [m for m in marks if m["at"] >= int(since)]
+    if not marks or marks[-1]["step"] != "done":
+        return None
+    return {a["step"]: float(b["at"] - a["at"]) for a, b in zip(marks, marks[1:])}
 
 
 def disk_bytes(path: Path) -> int:
@@ -52,6 +65,7 @@ def cpu_model() -> str:
 def measure(name: str, command: list[str]) -> dict | None:
     fresh = not (ROOT / ".venv").exists()
     before = disk_bytes(ROOT)
+    started_at = time.time()
     start = time.monotonic()
     rc = subprocess.run(command, cwd=ROOT, stdin=subprocess.DEVNULL).returncode
     seconds = time.monotonic() - start
@@ -65,6 +79,7 @@ def measure(name: str, command: list[str]) -> dict | None:
         "disk_added_bytes": disk_bytes(ROOT) - before,
         "parts_bytes": {p: disk_bytes(ROOT / p) for p in PARTS},
         "machine": {"cpus": os.cpu_count(), "cpu": cpu_model()},
+        "steps_seconds": steps_from_log(ROOT / RUN_LOG, started_at),
         "commit": commit, "date": datetime.date.today().isoformat(),
     }
 
@@ -84,6 +99,9 @@ def block() -> str:
             continue
         r = json.loads(path.read_text())
         parts = ", ".join(f"{p} {_gb(b)}" for p, b in r["parts_bytes"].items() if b)
+        steps = r.get("steps_seconds")
+        if steps:  # run.sh's own log: minutes per step
+            parts += "; per step (run.sh's log): " + ", ".join(f"{k} {v / 60:.0f} min" for k, v in steps.items())
         lines.append(f"- `{command}`: {r['seconds'] / 60:.0f} min on {r['machine']['cpus']} cores "
                      f"({'from a fresh clone, set-up included' if r['fresh_clone'] else 'set-up already done'}), "
                      f"{_gb(r['disk_added_bytes'])} of disk ({parts}); {r['date']}, commit {r['commit']}, "

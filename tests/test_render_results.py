@@ -95,3 +95,17 @@ def test_the_two_commands_time_and_disk_are_measured_into_json_and_rendered(tmp_
     assert costs.main(["render"]) == 0 and costs.main(["check"]) == 0
     block = readme.read_text().split(costs.BEGIN)[1]
     assert "`bash scripts/test.sh`: 0 min on" in block and "not measured yet" in block  # main: none
+    assert measured["steps_seconds"] is None  # no run.sh timing log in this clone
+
+
+def test_run_sh_steps_are_timed_from_its_own_log(tmp_path):
+    costs = _script("command_costs")
+    log = tmp_path / "run-steps.jsonl"
+    old = [{"step": "setup", "at": 100}, {"step": "synthesize", "at": 160}]  # an earlier, broken run
+    new = [{"step": "setup", "at": 1000}, {"step": "synthesize", "at": 1030}, {"step": "train", "at": 1630},
+           {"step": "done", "at": 1700}]
+    log.write_text("\n".join(json.dumps(m) for m in old + new[:-1]) + "\n")
+    assert costs.steps_from_log(log, 999.5) is None  # not finished
+    log.write_text("\n".join(json.dumps(m) for m in old + new) + "\n")
+    assert costs.steps_from_log(log, 999.5) == {"setup": 30.0, "synthesize": 600.0, "train": 70.0}
+    assert costs.steps_from_log(tmp_path / "missing.jsonl", 0) is None

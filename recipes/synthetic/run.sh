@@ -12,6 +12,12 @@
 #                                                         # without train-voices' 30 more
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# One line per step with its start time, and `done` at the end: the run's own timing log, which
+# `python scripts/command_costs.py measure main -- bash recipes/synthetic/run.sh` reports per step.
+RUN_LOG=${RUN_LOG:-exp/synthetic/run-steps.jsonl}
+mkdir -p "$(dirname "$RUN_LOG")"
+step() { printf '{"step": "%s", "at": %s}\n' "$1" "$(date +%s)" >> "$RUN_LOG"; }
+step setup
 bash scripts/setup.sh
 source .venv/bin/activate
 
@@ -32,6 +38,7 @@ train=("$DATA/train.jsonl" "$DATA/train-voices.jsonl")
 [ "$TRAIN_VOICES" = 1 ] || { train=("$DATA/train.jsonl"); schedule+=(--set "data.train=$DATA/train.jsonl"); }
 overrides=(--set "exp_dir=$EXP" "${schedule[@]}")
 
+step synthesize
 echo "== 1/5 synthesize the corpus ($HOURS h) into $CORPUS, and noisy, room and telephone twins"
 [ -f "$CORPUS/SPEAKERS.TXT" ] || mtspeech synth --out "$CORPUS" --hours "$HOURS"
 # test-voices: 24 more held-out speakers on voice variants no other split uses, 8 test
@@ -48,16 +55,19 @@ echo "== 1/5 synthesize the corpus ($HOURS h) into $CORPUS, and noisy, room and 
 # 28 the speaker head hears too few voices to place new ones: docs/results/grid-train-voices/).
 [ -f "$CORPUS/train_voices.json" ] || mtspeech synth --out "$CORPUS" --train-voices-only
 
+step prepare
 echo "== 2/5 prepare manifests into $DATA"
 [ -f "$DATA/train-voices.jsonl" ] && [ -f "$DATA/test-voices-room.jsonl" ] && [ -f "$DATA/test-phone.jsonl" ] || \
   mtspeech prepare librispeech "$CORPUS" --out "$DATA"
 
+step train
 echo "== 3/5 train $EXP (resumes from $EXP/last.pt)"
 [ -f "$EXP/final.pt" ] || mtspeech train --config "$RECIPE" "${overrides[@]}"
 # The word trigram of the training transcripts goes inside final.pt, so `--lm auto` (evaluate,
 # serve) needs nothing but the checkpoint.
 [ -f "$EXP/lm-embedded" ] || { mtspeech embed-lm "$EXP/final.pt" && touch "$EXP/lm-embedded"; }
 
+step evaluate
 echo "== 4/5 evaluate every task on test (seen speakers), test-unseen, test-voices (new voices), test-engine (festival, never trained on) and test-phone (test through a telephone channel)"
 # eval-SPLIT: greedy decoding (--decoder greedy: the default, auto, would use the LM embedded
 # above, as `mtspeech serve` does). eval-SPLIT-lm: beam search with
@@ -130,6 +140,7 @@ for split, kind, suffix in runs:
                                            if isinstance(v, (int, float))))
 PY
 
+step serve
 echo "== 5/5 transcribe a test file through the streaming server"
 PORT=${PORT:-8765}
 # The default decoder (auto) streams the best one the checkpoint allows: it carries its LM
@@ -153,4 +164,5 @@ REF=$(python -c "import json,sys; print(json.loads(open('$DATA/test.jsonl').read
 [ -f "$FILE" ] || FILE="$DATA/$FILE"
 mtspeech transcribe --server "ws://127.0.0.1:$PORT" --realtime "$FILE"
 echo "reference: $REF"
+step done
 echo "done: model $EXP/final.pt, reports $EXP/eval-*/report.md; serve it with: mtspeech serve --model $EXP/final.pt"
