@@ -23,6 +23,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling demo_results, also when loaded by path
+from demo_results import with_block  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "results" / "commands"
 README = ROOT / "README.md"
@@ -110,12 +113,7 @@ def block() -> str:
 
 
 def rendered_readme() -> str:
-    text = README.read_text(encoding="utf-8")
-    if BEGIN not in text or END not in text:
-        raise SystemExit(f"README.md has no {BEGIN} ... {END} block")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{BEGIN}\n{block()}\n{END}{tail}"
+    return with_block(README, BEGIN, END, block())
 
 
 def main(argv: list[str] | None = None) -> int:

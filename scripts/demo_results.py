@@ -102,13 +102,18 @@ def table(result: dict) -> str:
     return "\n".join(lines + ["", note])
 
 
+def with_block(path: Path, begin: str, end: str, body: str) -> str:
+    """The text of `path` with what lies between the markers `begin` and `end` replaced by `body`."""
+    text = path.read_text(encoding="utf-8")
+    if begin not in text or end not in text:
+        raise SystemExit(f"{path.name} has no {begin} ... {end} block")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{begin}\n{body}\n{end}{tail}"
+
+
 def rendered_readme(result: dict) -> str:
-    text = README.read_text(encoding="utf-8")
-    if BEGIN not in text or END not in text:
-        raise SystemExit(f"README.md has no {BEGIN} ... {END} block")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{BEGIN}\n{table(result)}\n{END}{tail}"
+    return with_block(README, BEGIN, END, table(result))
 
 
 def rendered_results_md(result: dict) -> str:
