@@ -226,11 +226,14 @@ class StreamConnection:
                 self.error(P.ErrorCode.bad_message, f"invalid 'start' message: endpoint: {e}")
                 return
         speaker_turns, enrolled = start.speaker_turns()
-        try:  # the recognizer refuses speaker turns without a speaker head, or references of its wrong size
+        # the recognizer refuses speaker turns without a speaker head, references of its wrong size,
+        # or hotwords for a decoder that cannot be biased (or a head that cannot spell them)
+        try:
             stream = recognizer.new_stream(start.sample_rate, endpointing=start.endpointing,
                                            interim=start.interim_results, decoder=start.decoder,
                                            endpoint=endpoint, speech_activity=start.speech_activity,
-                                           speaker_turns=speaker_turns, enrolled=enrolled)
+                                           speaker_turns=speaker_turns, enrolled=enrolled,
+                                           hotwords=start.hotword_pairs())
         except ValueError as e:
             self.error(P.ErrorCode.bad_message, f"invalid 'start' message: {e}")
             return
