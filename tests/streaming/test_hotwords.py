@@ -207,3 +207,19 @@ def test_bias_cache_is_bounded():
     cache.get(decoder, lists[1])
     cache.get(decoder, lists[2])
     assert cache.get(decoder, lists[0]) is not first  # evicted, built again
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_negligible_boost_searches_exactly_as_the_unbiased_decoder(phone_decoder, seed):
+    """The biased search re-implements the LM's part (KenLM x weight through a Python LM, the
+    lexicon trie rebuilt): with a bonus too small to matter it must find the same words, on
+    random posteriors where the LM decides a lot."""
+    rng = np.random.default_rng(seed)
+    lp = torch.from_numpy(rng.normal(0, 2.0, (40, len(PHONES) + 1)).astype(np.float32)).log_softmax(-1).numpy()
+    pieces = Pieces()
+    piece_decoder = BeamDecoder(pieces, "asr", 0.04, beam_size=8)
+    lp_pieces = torch.from_numpy(rng.normal(0, 2.0, (40, len(PIECES))).astype(np.float32)).log_softmax(-1).numpy()
+    tiny = parse_hotwords([("bad", 1e-9), ("cat sat", 1e-9)])  # lexicon words: nothing added
+    assert decode(BiasedBeamDecoder(phone_decoder, tiny), lp) == decode(phone_decoder, lp) != ""
+    assert decode(BiasedBeamDecoder(piece_decoder, parse_hotwords([("gh", 1e-9)])), lp_pieces) == \
+        decode(piece_decoder, lp_pieces) != ""
