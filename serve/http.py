@@ -176,10 +176,15 @@ async def transcribe(server: Server, request: Request, audio: AudioFile, endpoin
     """Decode an upload through the batcher; its finals (labelled with speaker turns if
     `speakers`, biased to `hotwords`). `stream`: decode into this one (the caller reads its
     state afterwards) instead of a new one. Raises APIError or ClientGone."""
+    if hotwords:
+        try:  # built on a thread (spelling new words may take seconds): the stream below finds it built
+            await asyncio.to_thread(server.recognizer.bias, None, hotwords)
+        except ValueError as e:  # greedy cannot be biased; a word the phone head cannot spell
+            raise APIError(400, P.ErrorCode.bad_request, str(e), param="hotwords") from e
     refused = server.open_slot()
     if refused is not None:
         raise APIError(503, P.ErrorCode.too_many_streams, refused, headers={"Retry-After": "1"})
-    try:  # hotwords the server's decoder cannot honour (greedy; a word its phone head cannot spell)
+    try:  # the list was checked above; this guards the slot against any other refusal
         stream = stream or server.recognizer.new_stream(audio.sample_rate, endpointing=endpointing, interim=False,
                                                         speaker_turns=SpeakerTurnConfig() if speakers else None,
                                                         hotwords=hotwords)

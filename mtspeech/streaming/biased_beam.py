@@ -22,7 +22,8 @@ from collections.abc import Sequence
 
 from mtspeech.data.g2p import pronounce
 from mtspeech.streaming.decoders import BeamDecoder, _BeamUtterance
-from mtspeech.streaming.hotwords import ContextGraph, Hotword, LexiconEntries, piece_bias, word_bias, word_boosts
+from mtspeech.streaming.hotwords import (MAX_NEW_WORDS, ContextGraph, Hotword, LexiconEntries, piece_bias, word_bias,
+                                         word_boosts)
 
 
 class BiasedBeamDecoder:
@@ -59,6 +60,9 @@ class BiasedBeamDecoder:
                     else:
                         ids[w] = self.known_words + len(extra)
                         extra.append(w)
+        if len(extra) > MAX_NEW_WORDS:
+            raise ValueError(f"hotwords: {len(extra)} words outside the decoder's lexicon (e.g. {extra[0]!r}); "
+                             f"at most {MAX_NEW_WORDS} a list, each spelled for it (add more with --lexicon-extra)")
         self.extra_words = tuple(extra)
         self.graph = ContextGraph([([ids[w] for w in h.words], h.boost) for h in self.hotwords])
         self.trie = self._trie(lexicon, {ids[w]: b for w, b in word_boosts(self.hotwords).items()})

@@ -39,6 +39,9 @@ MAX_HOTWORDS = 1000
 MAX_PHRASE_CHARS = 100
 MAX_PHRASE_WORDS = 10
 MAX_BOOST = 20.0
+# Words outside a lexicon decoder's lexicon in one list: each is spelled for the list, by the G2P
+# model for a word CMUdict lacks (tens of ms a word on one core), so this bounds a list's build.
+MAX_NEW_WORDS = 100
 DEFAULT_BOOST = 2.0
 
 

@@ -175,12 +175,7 @@ class StreamingRecognizer:
         if decoder not in self.decoders:
             raise ValueError(f"decoder {decoder!r} is not available here; this recognizer has "
                              f"{sorted(self.decoders)}")
-        token_decoder = self.decoders[decoder]
-        if hotwords:
-            if not isinstance(token_decoder, BeamDecoder):
-                raise ValueError(f"hotwords need a beam decoder ('beam' or 'phones'); decoder {decoder!r} cannot "
-                                 f"be biased (this recognizer has {sorted(self.decoders)})")
-            token_decoder = self._biased.get(token_decoder, parse_hotwords(hotwords))
+        token_decoder = self.bias(decoder, hotwords) if hotwords else self.decoders[decoder]
         endpoint = endpoint or self.config.endpoint
         tracker = None if speaker_turns is None else new_tracker(
             self.speaker, self.encoder_step.roles, self.frame_shift_s, speaker_turns, enrolled)
@@ -198,6 +193,18 @@ class StreamingRecognizer:
         stream.speech_activity = speech_activity and self.vad is not None
         stream.speakers = tracker
         return stream
+
+    def bias(self, decoder: str | None, hotwords: Sequence[tuple[str, float]]) -> TokenDecoder:
+        """Decoder `decoder` (default: the default one) biased to `hotwords`, built or taken from
+        the cache of recent lists. Safe on any thread: a server builds a list off its event loop
+        (the G2P model may spell up to `MAX_NEW_WORDS` words), then `new_stream` finds it built.
+        Raises ValueError for a decoder that cannot be biased or a list it cannot honour."""
+        decoder = decoder or self.default_decoder
+        base = self.decoders.get(decoder)
+        if not isinstance(base, BeamDecoder):
+            raise ValueError(f"hotwords need a beam decoder ('beam' or 'phones'); decoder {decoder!r} cannot "
+                             f"be biased (this recognizer has {sorted(self.decoders)})")
+        return self._biased.get(base, parse_hotwords(hotwords))
 
     def accept(self, stream: Stream, samples: np.ndarray | torch.Tensor) -> None:
         """Append mono float samples (N,) at the stream's sample rate (any N).

@@ -223,3 +223,15 @@ def test_a_negligible_boost_searches_exactly_as_the_unbiased_decoder(phone_decod
     assert decode(BiasedBeamDecoder(phone_decoder, tiny), lp) == decode(phone_decoder, lp) != ""
     assert decode(BiasedBeamDecoder(piece_decoder, parse_hotwords([("gh", 1e-9)])), lp_pieces) == \
         decode(piece_decoder, lp_pieces) != ""
+
+
+def test_a_list_with_too_many_words_outside_the_lexicon_is_refused(phone_decoder):
+    """Each new word is spelled for the list (the G2P model: tens of ms a word), so a list may
+    hold at most MAX_NEW_WORDS of them, counted before any is spelled; lexicon words do not count."""
+    from mtspeech.streaming.hotwords import MAX_NEW_WORDS
+
+    letters = "BCDFGHJKLMNPQRSTVWXZ"
+    new = [f"Q{a}{b}" for a in letters for b in letters][: MAX_NEW_WORDS + 1]
+    BiasedBeamDecoder(phone_decoder, parse_hotwords([(w, 1.0) for w in ("cat", "bad", "sat")] * 300))
+    with pytest.raises(ValueError, match=f"{MAX_NEW_WORDS + 1} words outside the decoder's lexicon"):
+        BiasedBeamDecoder(phone_decoder, parse_hotwords([(w, 1.0) for w in new]))
