@@ -87,6 +87,17 @@ PAGES = [
          "Definitions: the docstring of `benchmarks/speaker_turns_cost.py`. The random model has the "
          "demo's encoder size and calls every frame speech: the most pooling a second of audio can cause. "
          "CPU time on a machine shared with other sessions; the ratio's [min, max] over the repeats is its noise."),
+    Page("hotwords", "Hotwords: recall, false alarms and the WER cost of a list, on the demo",
+         "python benchmarks/hotwords.py --model /work/wt-demo/exp/synthetic/all/final.pt "
+         "--data /work/wt-demo/data/synthetic --out docs/results/hotwords/hotwords.json",
+         "*.json", lambda r: benchmark("hotwords").render_text(r),
+         "Definitions (targets, the hotword sentences, the list, recall, false alarms): the docstring of "
+         "`benchmarks/hotwords.py`. `change`: test WER with the list minus without, in points. RTF: decoding "
+         "wall seconds per audio second, one stream on the 2-core development machine shared with other "
+         "work; `build s`: the list's build (its lexicon trie), once per distinct list. The method: "
+         "docs/server.md, Hotwords. Beyond the interval's utterance sampling: flashlight's beam search "
+         "breaks ties between hypotheses by memory address, so decoding the same log-probabilities twice "
+         "can differ by a word (seen while making this page), with or without a list."),
     Page("rir-match", "Synthetic rooms against pyroomacoustics' shoebox rooms",
          "python benchmarks/rir_match.py --rooms 20 --out rir.json", "*.json", render_rir_match),
     Page("pocketsphinx", "Peer: PocketSphinx, out of the box, on the demo corpus's test splits",

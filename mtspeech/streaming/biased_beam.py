@@ -1,7 +1,8 @@
 """A `BeamDecoder` biased towards one stream's hotwords (the method: `streaming/hotwords.py`).
 
-    biased = bias(rec.decoders["phones"], parse_hotwords([("quokka", 2.0)]))
+    biased = BiasedBeamDecoder(rec.decoders["phones"], parse_hotwords([("quokka", 2.0)]))
     utt = biased.begin()        # as any TokenDecoder: push / partial / end
+    rec.bias("phones", [("quokka", 2.0)])   # the same, through the recognizer's cache of lists
 
 What a stream's hotwords cost, paid once per distinct hotword list (`BiasCache` keeps the last
 few, so streams that share a list share its build), then per utterance:

@@ -254,7 +254,7 @@ class LexiconEntries:
                 self.entries.append((idx, [p.tokens_dict.get_index(t) for t in spelling], unigram))
         unk = p.word_dict.get_index("<unk>")
         unk_log10 = lm.score(null, unk)[1]
-        # the rarest word the LM lists (a lexicon word it lacks scores exactly as <unk>)
+        # the rarest lexicon word the LM lists (a lexicon word the LM lacks scores exactly as <unk>)
         listed = [s for s in (lm.score(null, i)[1] for i in {e[0] for e in self.entries}) if s != unk_log10]
         self.scoring = WordScoring(lm, base.options["lm_weight"], p.word_dict.index_size(), unk,
                                    unk_log10, min(listed, default=unk_log10))
