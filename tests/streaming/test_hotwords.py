@@ -235,3 +235,30 @@ def test_a_list_with_too_many_words_outside_the_lexicon_is_refused(phone_decoder
     BiasedBeamDecoder(phone_decoder, parse_hotwords([(w, 1.0) for w in ("cat", "bad", "sat")] * 300))
     with pytest.raises(ValueError, match=f"{MAX_NEW_WORDS + 1} words outside the decoder's lexicon"):
         BiasedBeamDecoder(phone_decoder, parse_hotwords([(w, 1.0) for w in new]))
+
+
+def test_biased_search_over_many_pieces_extends_the_likely_ones():
+    """A 300-piece table (past BIASED_PIECES_PER_FRAME): on posteriors whose mass sits on a few
+    pieces a frame, the biased search finds what the unbiased one finds, and the boosted word."""
+    from mtspeech.streaming.biased_beam import BIASED_PIECES_PER_FRAME
+
+    class Many:
+        pieces = ["<blank>", "<unk>"] + [f"\u2581{a}{b}{c}" for a in "BCDFGHJKLM" for b in "AEIOU"
+                                        for c in "NPRSTV"][:298]
+        vocab_size = len(pieces)
+
+        def id_to_piece(self, i):
+            return self.pieces[i]
+
+        def encode(self, text):
+            return [self.pieces.index("\u2581" + w) for w in text.split()]
+
+    table = Many()
+    assert table.vocab_size > BIASED_PIECES_PER_FRAME
+    decoder = BeamDecoder(table, "asr", 0.04, beam_size=8)
+    frames = [[(5, 0.0)], [(0, 0.0)], [(7, 0.0), (250, -1.0)], [(0, 0.0)], [(9, 0.0)], [(0, 0.0)]]
+    lp = log_probs(frames, table.vocab_size)
+    heard, second = " ".join(table.pieces[i][1:] for i in (5, 7, 9)), table.pieces[250][1:]
+    assert decode(decoder, lp) == heard
+    assert decode(BiasedBeamDecoder(decoder, parse_hotwords([(second, 1e-9)])), lp) == heard
+    assert decode(BiasedBeamDecoder(decoder, parse_hotwords([(second, 3.0)])), lp).split()[1] == second
