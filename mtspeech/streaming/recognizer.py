@@ -296,10 +296,11 @@ class StreamingRecognizer:
         return stream.drain_events()
 
     def transcribe(self, samples: np.ndarray | torch.Tensor, sample_rate: int | None = None,
-                   endpointing: bool = True, decoder: str | None = None) -> list[FinalEvent]:
+                   endpointing: bool = True, decoder: str | None = None,
+                   hotwords: Sequence[tuple[str, float]] = ()) -> list[FinalEvent]:
         """Decode a whole recording at `sample_rate` Hz (default: the model's) through the
-        streaming path (single stream); the finals."""
-        s = self.new_stream(sample_rate, endpointing=endpointing, interim=False, decoder=decoder)
+        streaming path (single stream; `hotwords` as `new_stream`'s); the finals."""
+        s = self.new_stream(sample_rate, endpointing=endpointing, interim=False, decoder=decoder, hotwords=hotwords)
         self.accept(s, samples)
         while self.ready(s):
             self.step([s])
