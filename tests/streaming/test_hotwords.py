@@ -262,3 +262,18 @@ def test_biased_search_over_many_pieces_extends_the_likely_ones():
     assert decode(decoder, lp) == heard
     assert decode(BiasedBeamDecoder(decoder, parse_hotwords([(second, 1e-9)])), lp) == heard
     assert decode(BiasedBeamDecoder(decoder, parse_hotwords([(second, 3.0)])), lp).split()[1] == second
+
+
+def test_partials_name_a_word_added_for_the_stream(phone_decoder):
+    """Word ids past the lexicon's are the stream's own words: partials and finals name them."""
+    lp = phone_path([[("AH", 0.0)], [("D", 0.0), ("B", -1.0)], [("AE", 0.0)], [("B", 0.0), ("D", -1.0)],
+                     [("AH", 0.0)]])
+    utt = BiasedBeamDecoder(phone_decoder, parse_hotwords([("dab", 3.0)])).begin()
+    partials = []
+    for t in range(0, len(lp), 2):
+        utt.push(lp[t:t + 2], t)
+        p = utt.partial()
+        partials.append(p.words if p else ())
+    assert any("DAB" in words for words in partials)
+    words = utt.end().words
+    assert [w.word for w in words] == ["A", "DAB", "A"] and words[1].start < words[1].end
