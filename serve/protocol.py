@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import unicodedata
 from enum import Enum
 from typing import Annotated, Literal, Union
 
@@ -32,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
 from mtspeech.data.geometry import SAMPLE_RATE
 from mtspeech.streaming.endpoint import EndpointConfig
-from mtspeech.streaming.hotwords import DEFAULT_BOOST, MAX_BOOST, MAX_HOTWORDS, MAX_PHRASE_CHARS
+from mtspeech.streaming.hotwords import DEFAULT_BOOST, MAX_BOOST, MAX_HOTWORDS, MAX_PHRASE_CHARS, phrase_words
 from mtspeech.streaming import FinalEvent, PartialEvent, SpeechActivityEvent
 from mtspeech.streaming.speakers import MAX_ENROLLED, SpeakerTurnConfig
 from mtspeech.streaming.stream import SpeakerChangeEvent
@@ -120,11 +119,8 @@ class Hotword(BaseModel):
 
     @field_validator("phrase")
     @classmethod
-    def _printable(cls, phrase: str) -> str:
-        if not phrase.strip():
-            raise ValueError("empty phrase; give a word or a phrase")
-        if any(unicodedata.category(c).startswith("C") for c in phrase):
-            raise ValueError("the phrase holds a control or unassigned character")
+    def _words(cls, phrase: str) -> str:
+        phrase_words(phrase)  # the recognizer's own check: blank, control characters, no word, too many
         return phrase
 
 

@@ -53,29 +53,42 @@ class Hotword:
     boost: float
 
 
+def phrase_words(phrase: str) -> tuple[str, ...]:
+    """A hotword phrase's normalised words (upper case, numbers spelled, as transcripts are).
+
+    Raises ValueError saying what is wrong: not text, blank, over `MAX_PHRASE_CHARS`, a control
+    or unassigned character, no word once normalised, over `MAX_PHRASE_WORDS` words.
+    """
+    if not isinstance(phrase, str) or not phrase.strip():
+        raise ValueError("empty; give a word or a phrase")
+    if len(phrase) > MAX_PHRASE_CHARS:
+        raise ValueError(f"{len(phrase)} characters; at most {MAX_PHRASE_CHARS}")
+    if any(unicodedata.category(c).startswith("C") for c in phrase):
+        raise ValueError("holds a control or unassigned character")
+    words = tuple(normalize_text(phrase).split())
+    if not words:
+        raise ValueError(f"{phrase!r} holds no word once normalised")
+    if len(words) > MAX_PHRASE_WORDS:
+        raise ValueError(f"{len(words)} words; at most {MAX_PHRASE_WORDS}")
+    return words
+
+
 def parse_hotwords(items: Sequence[tuple[str, float]]) -> tuple[Hotword, ...]:
     """(phrase, boost) pairs → normalised `Hotword`s (duplicates keep their highest boost).
 
-    Raises ValueError naming the entry: too many entries, an empty or over-long phrase, a
-    control character, a boost outside (0, MAX_BOOST].
+    Raises ValueError naming the entry: too many entries, a phrase `phrase_words` refuses, a
+    boost outside (0, MAX_BOOST].
     """
     if len(items) > MAX_HOTWORDS:
         raise ValueError(f"hotwords: {len(items)} entries; at most {MAX_HOTWORDS}")
     best: dict[tuple[str, ...], float] = {}
     for i, (phrase, boost) in enumerate(items):
-        if not isinstance(phrase, str) or not phrase.strip():
-            raise ValueError(f"hotwords[{i}].phrase: empty; give a word or a phrase")
-        if len(phrase) > MAX_PHRASE_CHARS:
-            raise ValueError(f"hotwords[{i}].phrase: {len(phrase)} characters; at most {MAX_PHRASE_CHARS}")
-        if any(unicodedata.category(c).startswith("C") for c in phrase):
-            raise ValueError(f"hotwords[{i}].phrase: holds a control or unassigned character")
+        try:
+            words = phrase_words(phrase)
+        except ValueError as e:
+            raise ValueError(f"hotwords[{i}].phrase: {e}") from None
         if isinstance(boost, bool) or not isinstance(boost, (int, float)) or not 0 < boost <= MAX_BOOST:
             raise ValueError(f"hotwords[{i}].boost: {boost!r}; expected a number in (0, {MAX_BOOST}]")
-        words = tuple(normalize_text(phrase).split())
-        if not words:
-            raise ValueError(f"hotwords[{i}].phrase: {phrase!r} holds no word once normalised")
-        if len(words) > MAX_PHRASE_WORDS:
-            raise ValueError(f"hotwords[{i}].phrase: {len(words)} words; at most {MAX_PHRASE_WORDS}")
         best[words] = max(best.get(words, 0.0), float(boost))
     return tuple(Hotword(w, b) for w, b in best.items())
 
