@@ -13,7 +13,9 @@ its 30 dB noise), so they sound like the demo and differ from it only in the tar
 **List**: the 20 targets plus fillers, training words no `test` transcript holds, up to
 `--list-size` (100) entries, each at `--boosts` (one run each).
 
-For each beam decoder the checkpoint serves (`phones`, `beam`), with the list and without:
+For each beam decoder the checkpoint serves (`phones`, `beam`), without the list, with it at
+each boost, and "added only": the list at a negligible boost, so that its words outside the
+lexicon are merely added to it (at the LM back-off of `--lexicon-extra` words) and none is favoured:
 - **recall**: occurrences of each target in the hypotheses of its own sentences / in their
   references;
 - **false alarms**: occurrences of each target in the hypotheses of every other utterance
@@ -42,6 +44,9 @@ import numpy as np
 
 from _cli import run_main
 
+# The "added only" run: the list at a boost too small to favour anything, so its only effect is
+# that words outside the lexicon join it at the LM back-off of added words, as --lexicon-extra adds them.
+ADDED_ONLY = 1e-9
 # Names and places for the novel targets; those the training text holds are dropped.
 NOVEL = ("ZANZIBAR OKONKWO TASHKENT MIRABEL KATMANDU NAIROBI GRETCHEN DUBROVNIK HELSINKI REYKJAVIK "
          "SAMARKAND TIMBUKTU GWENDOLYN YOLANDA WINNIPEG").split()
@@ -191,8 +196,8 @@ def run(args) -> dict:
             base.lexicon_entries()  # once per server: the lexicon in token ids, its unigrams
         lexicon_s = time.perf_counter() - t0
         runs, build_s = {}, {}
-        for boost in [None, *args.boosts]:
-            label = "without" if boost is None else f"boost {boost:g}"
+        for boost in [None, ADDED_ONLY, *args.boosts]:
+            label = "without" if boost is None else "added only" if boost == ADDED_ONLY else f"boost {boost:g}"
             decoder = base
             if boost is not None:
                 t0 = time.perf_counter()

@@ -29,7 +29,7 @@ def test_hotwords_benchmark_end_to_end(synth_corpus, prepared_manifests, tmp_pat
     assert result["hotword_set"]["utterances"] == 4 and result["settings"]["list_size"] == 6
     assert set(result["decoders"]) == {"phones", "beam"}
     for decoder in result["decoders"].values():
-        assert set(decoder["runs"]) == {"without", "boost 2"}
+        assert set(decoder["runs"]) == {"without", "added only", "boost 2"}
         for run in decoder["runs"].values():
             assert 0 <= run["recall"] <= 1 and run["false_alarms"] >= 0
             assert all(math.isfinite(run[k]) for k in ("test_wer", "test_wer_change_points", "rtf"))
