@@ -17,19 +17,20 @@ def add_model_arguments(ap: argparse.ArgumentParser) -> None:
 
 
 def run_main(doc: str, add_arguments: Callable, run: Callable, render: Callable,
-             argv: list[str] | None = None) -> dict:
-    """Parse `argv`, run, print the rendered result, write it as JSON to `--out` if given."""
+             argv: list[str] | None = None, indent: int | None = 1) -> dict:
+    """Parse `argv`, run, print the rendered result, write it as JSON to `--out` if given
+    (`indent` None: on one line, for results with many per-item records)."""
     ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     add_arguments(ap)
     args = ap.parse_args(argv)
-    return emit(run(args), render, args.out)
+    return emit(run(args), render, args.out, indent)
 
 
-def emit(result: dict, render: Callable, out: str | None) -> dict:
+def emit(result: dict, render: Callable, out: str | None, indent: int | None = 1) -> dict:
     """Print the rendered result and write it as JSON to `out` if given."""
     print(render(result))
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(result, indent=1))
+        Path(out).write_text(json.dumps(result, indent=indent))
         print(f"wrote {out}")
     return result

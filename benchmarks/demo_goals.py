@@ -1,4 +1,5 @@
-"""Issue 14's goals for the demo recipe, per training seed and over the seeds.
+"""Issue 14's goals for the demo recipe (and issue 35's telephone goal), per training seed and
+over the seeds.
 
 One `COMPARE_PLAIN=1 run.sh` run (one seed) measures the augmented demo against the same
 recipe without augmentation on 106 `test` utterances. Its paired bootstrap covers which
@@ -10,7 +11,10 @@ several seeds and states each goal per seed and on the mean over seeds:
 - 10 dB: the demo's `test-snr10` CER over its `test` CER (`compare-plain/test-snr10.json`);
 - VAD: head frame F1 minus Silero VAD's on every split `benchmarks/peers.py` scored;
 - speaker: head EER minus Resemblyzer's on `test-unseen` and `test-unseen-snr10` (and
-  `test-voices`, reported, not a goal).
+  `test-voices`, reported, not a goal);
+- telephone (issue 35): the demo's `test-phone` CER over its `test` CER
+  (`compare-plain/test-phone.json`, which run.sh writes since the telephone twins exist; a
+  seed without it leaves the row out).
 
 The mean over seeds comes with a Student t interval over the seeds (the training noise).
 The clean cost also gets the seed-aware interval of `mtspeech compare` over the seed pairs
@@ -19,7 +23,7 @@ name exist under `--root`; otherwise the seeds' t interval widened by their utte
 Its verdict needs 3 seeds.
 
     python benchmarks/demo_goals.py \\
-        --compare docs/results/demo-compare/train-voices docs/results/demo-compare/train-voices-seed1 \\
+        --compare exp/synthetic/all/compare-plain exp/synthetic/all-seed1/compare-plain \\
         --peers peers-seed0.json peers-seed1.json   # benchmarks/peers.py --out, one per seed
 """
 
@@ -42,6 +46,7 @@ from mtspeech.evaluation.stats import SeedAwareDelta, mean_std_ci, seed_t_interv
 
 CLEAN_BUDGET = 0.005  # CER, demo minus plain on `test`
 NOISE_RATIO = 1.5  # `test-snr10` CER at most this times `test` CER
+PHONE_RATIO = 1.5  # `test-phone` CER at most this times `test` CER (issue 35)
 EER_SPLITS = ("test-unseen", "test-unseen-snr10")  # the goal's; test-voices is reported too
 
 
@@ -72,7 +77,11 @@ def seed_numbers(compare_dir: Path, peers_json: Path | None) -> dict:
         "clean_cost_ci": [clean["ci_low"], clean["ci_high"]],
         "snr10_cer": noisy["b"], "noise_ratio": noisy["b"] / clean["b"],
         "vad_margin_min": None, "vad_splits_won": None, "vad_splits": None,
+        "phone_cer": None, "phone_ratio": None,
     }
+    if (compare_dir / "test-phone.json").is_file():
+        phone = _asr_cer(compare_dir / "test-phone.json")
+        out.update(phone_cer=phone["b"], phone_ratio=phone["b"] / clean["b"])
     if peers_json is None:
         return out
     peers = json.loads(peers_json.read_text())
@@ -143,6 +152,7 @@ def goals(seeds: list[dict], mean: dict) -> list[dict]:
 
     rows = [row("clean cost ≤ 0.5 CER points", "clean_cost", lambda v: v <= CLEAN_BUDGET),
             row("10 dB CER ≤ 1.5 × clean", "noise_ratio", lambda v: v <= NOISE_RATIO),
+            row("telephone CER ≤ 1.5 × clean (issue 35)", "phone_ratio", lambda v: v <= PHONE_RATIO),
             row("VAD F1 ≥ Silero's, every split (worst margin)", "vad_margin_min", lambda v: v >= 0)]
     rows += [row(f"EER ≤ Resemblyzer's, {s}", f"eer_margin/{s}", lambda v: v <= 0) for s in EER_SPLITS]
     rows.append(row("EER ≤ Resemblyzer's, test-voices (reported, not a goal)", "eer_margin/test-voices",
@@ -159,21 +169,24 @@ def run(args: argparse.Namespace) -> dict:
     mean = over_seeds(seeds)
     # the seeds' mean 10 dB CER over their mean clean CER (each seed scores the same utterances)
     pooled_ratio = sum(s["snr10_cer"] for s in seeds) / sum(s["demo_cer"] for s in seeds)
+    pooled_phone = (sum(s["phone_cer"] for s in seeds) / sum(s["demo_cer"] for s in seeds)
+                    if all(s["phone_cer"] is not None for s in seeds) else None)
     return {"benchmark": "demo_goals", "seeds": seeds, "mean": mean, "goals": goals(seeds, mean),
             "pooled_clean_cost": pooled_clean_cost(seeds, Path(args.root)),
-            "pooled_noise_ratio": pooled_ratio}
+            "pooled_noise_ratio": pooled_ratio, "pooled_phone_ratio": pooled_phone}
 
 
 def _cell(key: str, v: float | None) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "–"
-    return f"{v:.2f}" if key == "noise_ratio" else f"{100 * v:+.1f}"
+    return f"{v:.2f}" if key in ("noise_ratio", "phone_ratio") else f"{100 * v:+.1f}"
 
 
 def render(r: dict) -> str:
     n = len(r["seeds"])
     head = "| goal | " + " | ".join(s["label"] for s in r["seeds"]) + " | mean [95 % CI over seeds] | met |"
-    lines = ["Issue 14's goals (points for CER, F1 and EER margins; ratio for 10 dB):", "",
+    lines = ["Issue 14's goals and issue 35's (points for CER, F1 and EER margins; ratios for 10 dB and "
+             "telephone):", "",
              head, "|---" * (n + 3) + "|"]
     for g in r["goals"]:
         if all(ok is None for ok in g["met_per_seed"]):
@@ -189,6 +202,8 @@ def render(r: dict) -> str:
             met = "every seed" if n > 1 else "yes"
         lines.append(f"| {g['goal']} | " + " | ".join(cells) + f" | {mean} | {met} |")
     lines += ["", f"10 dB over clean, the seeds' mean CERs: {r['pooled_noise_ratio']:.3f}"]
+    if r["pooled_phone_ratio"] is not None:
+        lines += [f"Telephone over clean, the seeds' mean CERs: {r['pooled_phone_ratio']:.3f}"]
     p = r["pooled_clean_cost"]
     if p["ci"][0] is not None:
         budget = {True: "inside", False: "not inside", None: "–"}[p["within_budget"]]

@@ -31,6 +31,7 @@ class DataConfig:
     augment: AugmentConfig | None = None  # noise / reverberation / gain in training (off when absent)
     max_utterance_seconds: float | None = 30.0
     cmvn_utterances: int = 300
+    sorted_epochs: int = 0  # SortaGrad: shortest batches first in the first N epochs (data/sampler.py)
 
 
 @dataclass(frozen=True)
@@ -153,9 +154,11 @@ def experiment_from_dict(data: Mapping) -> Experiment:
                      **{f.name: getattr(partial, f.name) for f in dataclasses.fields(partial)})
     exp.asr_task  # noqa: B018 — validate now, not mid-training
     towers = getattr(encoder_cfg, "towers", None)
-    unknown = [t for t in (towers.tasks if towers is not None else ()) if t not in tasks]
-    if unknown:
-        raise ConfigError(f"encoder.towers.tasks: {unknown} are not configured tasks ({sorted(tasks)})")
+    if towers is not None:
+        for key, named in (("tasks", towers.tasks), ("followers", [*towers.followers, *towers.followers.values()])):
+            unknown = sorted({t for t in named if t not in tasks})
+            if unknown:
+                raise ConfigError(f"encoder.towers.{key}: {unknown} are not configured tasks ({sorted(tasks)})")
     if exp.train.best_metric and not exp.data.dev:
         pass  # without dev data, "best" falls back to the training loss (see train.py)
     return exp
@@ -165,8 +168,11 @@ def experiment_to_dict(exp: Experiment) -> dict:
     """Experiment → plain dict that `experiment_from_dict` reads back."""
     out = to_dict(exp)
     out["encoder"] = {"kind": exp.encoder.kind, **to_dict(exp.encoder.cfg)}
-    if out["encoder"].get("towers", 0) is None:  # without towers, the dict of configs that predate them:
-        del out["encoder"]["towers"]              # an interrupted ablation grid still resumes (ablate.py)
+    for key in ("towers", "branching"):  # unset, the dict of configs that predate them:
+        if out["encoder"].get(key, 0) is None:  # an interrupted ablation grid still resumes (ablate.py)
+            del out["encoder"][key]
+    if not (out["encoder"].get("towers") or {}).get("followers", True):
+        del out["encoder"]["towers"]["followers"]  # likewise for towers written before followers
     return out
 
 
@@ -214,7 +220,7 @@ def build_model(exp: Experiment, labels: dict):
     tasks = {name: build_task(cfg, encoder.dim, labels[name]) for name, cfg in exp.tasks.items()}
     towers = getattr(encoder, "towers", None)
     for name, task in tasks.items():
-        tower_layers = towers.depth if towers is not None and name in towers.tasks else 0
+        tower_layers = towers.depth if towers is not None and towers.cfg.tower_of(name) else 0
         # checks the index (a tower task must read its tower); `learned` gets its mix
         attach_layer_mix(task, encoder.num_layers, f"tasks.{name}.layer", tower_layers)
         if tower_layers and not towers.cfg.cross_stitch and task.layer not in (LEARNED, -1, encoder.num_layers - 1):

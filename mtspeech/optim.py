@@ -29,6 +29,26 @@ def build_optimizer(model: torch.nn.Module, weighting: torch.nn.Module, optim_cf
                              fused=device.type in ("cpu", "cuda"))
 
 
+def rebuild_after_split(model: torch.nn.Module, weighting: torch.nn.Module, optim_cfg, device: torch.device,
+                        old: torch.optim.Optimizer, old_scheduler, total_steps: int,
+                        sources: dict) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """A new optimizer and schedule over a model whose encoder was just split into towers
+    (`mtspeech/branching.py`): every parameter keeps its AdamW state, each new tower parameter
+    gets a copy of its source's (`sources`: tower parameter → shared one; {} when a checkpoint
+    will load the state), and the schedule goes on at the step it had reached."""
+    optimizer = build_optimizer(model, weighting, optim_cfg, device)
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = old.state.get(sources.get(p, p))
+            if state:  # cloned: the towers' moments evolve apart from here
+                optimizer.state[p] = {k: v.clone() if torch.is_tensor(v) else v for k, v in state.items()}
+    scheduler = build_scheduler(optimizer, optim_cfg, total_steps)
+    scheduler.load_state_dict(old_scheduler.state_dict())
+    for group, lr in zip(optimizer.param_groups, scheduler.get_last_lr()):
+        group["lr"] = lr
+    return optimizer, scheduler
+
+
 def lr_lambda(optim_cfg, total_steps: int):
     """Linear warm-up, then cosine decay to `min_lr_ratio` of the peak at `total_steps`."""
 

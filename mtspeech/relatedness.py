@@ -13,6 +13,8 @@ batch and before training on it, two things about the shared (encoder) parameter
   same batch after a plain SGD step of size `lookahead_lr` on task j's gradient of the shared
   parameters (heads unchanged). Z > 0: a step on j helps i. Keys
   `relatedness/affinity/<j>/<i>` for every ordered pair, j = i included.
+- **pairwise cosines per group** (on request, `pairs`; affinity-driven branching asks): cos of
+  every two tasks' gradients on each parameter group, `relatedness/pair_cos/<a>/<b>/<group>`.
 
 Losses are the raw task losses (the static weights left out: the cosine ignores scale, and
 the affinity asks what a step on the task itself does to the others).
@@ -74,6 +76,24 @@ def parameter_groups(names: Sequence[str]) -> dict[str, list[int]]:
     return groups
 
 
+def _pair_cosines(a_grads: Sequence[torch.Tensor | None], b_grads: Sequence[torch.Tensor | None],
+                  groups: Mapping[str, Sequence[int]]) -> dict[str, float]:
+    """cos(g_a, g_b) over all parameters (key "") and per group; a zero-norm side leaves the key out."""
+    dot, n_a, n_b = [], [], []  # per parameter, float64 (sums over millions of values)
+    for a, b in zip(a_grads, b_grads):
+        a = None if a is None else a.double().flatten()
+        b = None if b is None else b.double().flatten()
+        dot.append(0.0 if a is None or b is None else float(a @ b))
+        n_a.append(0.0 if a is None else float(a @ a))
+        n_b.append(0.0 if b is None else float(b @ b))
+    out = {}
+    for group, idx in [("", range(len(dot))), *groups.items()]:
+        na, nb = sum(n_a[i] for i in idx), sum(n_b[i] for i in idx)
+        if na > 0 and nb > 0:
+            out[group] = sum(dot[i] for i in idx) / math.sqrt(na * nb)
+    return out
+
+
 def gradient_cosines(
     grads: Mapping[str, Sequence[torch.Tensor | None]],
     main_task: str,
@@ -88,22 +108,23 @@ def gradient_cosines(
     out: dict[str, float] = {}
     if main_task not in grads:
         return out
-    g_main = grads[main_task]
     for task, g_task in grads.items():
-        if task == main_task:
-            continue
-        dot, n_task, n_main = [], [], []  # per parameter, float64 (sums over millions of values)
-        for a, b in zip(g_task, g_main):
-            a = None if a is None else a.double().flatten()
-            b = None if b is None else b.double().flatten()
-            dot.append(0.0 if a is None or b is None else float(a @ b))
-            n_task.append(0.0 if a is None else float(a @ a))
-            n_main.append(0.0 if b is None else float(b @ b))
-        for group, idx in [("", range(len(dot))), *groups.items()]:
-            na, nb = sum(n_task[i] for i in idx), sum(n_main[i] for i in idx)
-            if na > 0 and nb > 0:
-                key = f"{PREFIX}/cos/{task}" + (f"/{group}" if group else "")
-                out[key] = sum(dot[i] for i in idx) / math.sqrt(na * nb)
+        if task != main_task:
+            for group, cos in _pair_cosines(g_task, grads[main_task], groups).items():
+                out[f"{PREFIX}/cos/{task}" + (f"/{group}" if group else "")] = cos
+    return out
+
+
+def pair_cosines(grads: Mapping[str, Sequence[torch.Tensor | None]],
+                 groups: Mapping[str, Sequence[int]]) -> dict[str, float]:
+    """cos(g_a, g_b) of every unordered task pair (a before b in `grads`' order), per group only:
+    `relatedness/pair_cos/<a>/<b>/<group>`. The per-layer affinity that branching splits on."""
+    tasks, out = list(grads), {}
+    for i, a in enumerate(tasks):
+        for b in tasks[i + 1:]:
+            for group, cos in _pair_cosines(grads[a], grads[b], groups).items():
+                if group:
+                    out[f"{PREFIX}/pair_cos/{a}/{b}/{group}"] = cos
     return out
 
 
@@ -113,8 +134,10 @@ def measure_relatedness(
     main_task: str,
     lookahead_lr: float,
     groups: Mapping[str, Sequence[int]] | None = None,
+    pairs: bool = False,
 ) -> dict[str, float]:
-    """Gradient cosines with `main_task` and the lookahead affinity matrix, on one batch.
+    """Gradient cosines with `main_task` and the lookahead affinity matrix, on one batch
+    (with `pairs`, also every task pair's cosine per group: `pair_cosines`).
 
     loss_fn(overrides): the present tasks' scalar losses on the batch, with the parameters
         named in `overrides` (name → tensor) replacing the module's own (None: none replaced).
@@ -135,7 +158,7 @@ def measure_relatedness(
             grads[task] = torch.autograd.grad(loss, params, retain_graph=i + 1 < len(losses), allow_unused=True)
         base = {k: float(v.detach()) for k, v in losses.items()}
         del losses  # frees the graph before the lookahead forwards
-        out = gradient_cosines(grads, main_task, groups)
+        out = gradient_cosines(grads, main_task, groups) | (pair_cosines(grads, groups) if pairs else {})
         for j, g_j in grads.items():
             stepped = {n: p.detach() - lookahead_lr * g.to(p.dtype) for n, p, g in zip(names, params, g_j)
                        if g is not None}
@@ -173,10 +196,11 @@ class RelatednessProbe:
     Args:
         model: the MultiTaskModel (not its DDP wrapper: the probe must not trigger DDP's hooks).
         lookahead_lr: the SGD step size of the affinity's lookahead.
+        pairs: also measure every task pair's cosine per group (`pair_cosines`; branching reads them).
     """
 
-    def __init__(self, model: nn.Module, lookahead_lr: float):
-        self.model, self.lookahead_lr = model, lookahead_lr
+    def __init__(self, model: nn.Module, lookahead_lr: float, pairs: bool = False):
+        self.model, self.lookahead_lr, self.pairs = model, lookahead_lr, pairs
         names = {id(p): n for n, p in model.named_parameters()}
         self.shared = {names[id(p)]: p for p in model.shared_parameters()}
         self.groups = parameter_groups(list(self.shared))
@@ -186,6 +210,8 @@ class RelatednessProbe:
         self.keys = ([f"{PREFIX}/cos/{t}" for t in aux]
                      + [f"{PREFIX}/cos/{t}/{g}" for t in aux for g in self.groups]
                      + [f"{PREFIX}/affinity/{j}/{i}" for j in tasks for i in tasks]
+                     + [f"{PREFIX}/pair_cos/{a}/{b}/{g}" for k, a in enumerate(tasks) for b in tasks[k + 1:]
+                        for g in self.groups if pairs]
                      + [f"{PREFIX}/seconds"])
 
     def measure(self, wav: torch.Tensor, wav_lens: torch.Tensor, targets: Mapping,
@@ -196,7 +222,8 @@ class RelatednessProbe:
         counters = {n: t.too_short for n, t in self.model.tasks.items() if hasattr(t, "too_short")}
         try:
             out = measure_relatedness(model_loss_fn(self.model, wav, wav_lens, targets, autocast),
-                                      self.shared, self.model.asr_task, self.lookahead_lr, self.groups)
+                                      self.shared, self.model.asr_task, self.lookahead_lr, self.groups,
+                                      self.pairs)
         finally:
             with torch.no_grad():
                 for n, b in self.model.named_buffers():

@@ -48,6 +48,13 @@ class BestCheckpoints:
             (self.exp_dir / b["file"]).unlink(missing_ok=True)
         self.file.write_text(json.dumps(kept, indent=1))
 
+    def clear(self) -> None:
+        """Forget every kept epoch (files deleted): after branching's split their weights no
+        longer fit the model, so they cannot be averaged with the epochs that follow."""
+        for f in self.files():
+            f.unlink()
+        self.file.unlink(missing_ok=True)
+
     def files(self) -> list[Path]:
         """The kept checkpoints that exist, best first (to average into `final.pt`)."""
         return [f for f in (self.exp_dir / b["file"] for b in self.entries()) if f.exists()]

@@ -10,6 +10,7 @@ sampler position and RNG states, and training restarts from `exp_dir/last.pt` on
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -22,6 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from mtspeech import checkpoint as ckpt
+from mtspeech.branching import AffinityBranching
 from mtspeech.data.features import cmvn_from_utterances
 from mtspeech.data.dataset import training_loader
 from mtspeech.data.manifest import read_manifest, read_manifests, within_duration
@@ -31,7 +33,7 @@ from mtspeech.relatedness import RelatednessProbe
 from mtspeech.runtime import Runtime, autocast, resolve_amp, setup_runtime
 from mtspeech.stopping import BestCheckpoints, plateaued, write_stopping_record
 from mtspeech.train_log import TrainLog, step_record
-from mtspeech.optim import build_optimizer, build_scheduler
+from mtspeech.optim import build_optimizer, build_scheduler, rebuild_after_split
 from mtspeech.tasks.scoring import add_batch, finish, gather_over_ranks, task_scorers
 from mtspeech.weighting import build_weighting
 
@@ -56,6 +58,8 @@ class Trainer:
 
         self.labels = self._labels()
         self.model = build_model(exp, self.labels).to(self.rt.device)
+        branching = getattr(exp.encoder.cfg, "branching", None)  # towers chosen in training (branching.py)
+        self.branching = AffinityBranching(branching, self.model) if branching is not None else None
         self.task_names = list(exp.tasks)
         self.weighting = build_weighting(exp.weighting, self.task_names, {n: c.weight for n, c in exp.tasks.items()})
         self.weighting.to(self.rt.device)
@@ -68,10 +72,14 @@ class Trainer:
         self.sampler = DurationBatchSampler(
             [u.duration for u in self.train_utts], exp.data.max_batch_seconds, shuffle=True,
             seed=exp.train.seed, rank=self.rt.rank, world_size=self.rt.world_size,
+            sorted_epochs=exp.data.sorted_epochs,
         )
         steps_per_epoch = math.ceil(len(self.sampler) / o.accum_steps)
         self.total_steps = exp.train.max_steps or steps_per_epoch * exp.train.epochs
         self.scheduler = build_scheduler(self.optimizer, o, self.total_steps)
+        if branching is not None and branching.warmup_steps >= self.total_steps:
+            log.warning("encoder.branching.warmup_steps=%d is not below the run's %d steps: it will never split",
+                        branching.warmup_steps, self.total_steps)
         self.step = 0
         self.epoch = 0
         self.batches_done = 0  # of this epoch, as consumed by the loop (workers prefetch ahead)
@@ -83,18 +91,23 @@ class Trainer:
         resumed = self._maybe_resume()
         if not resumed:
             self._fit_cmvn()
-        self.ddp = None
-        if self.rt.world_size > 1:
-            self.ddp = DistributedDataParallel(
-                self.model, device_ids=[self.rt.device.index] if self.rt.device.type == "cuda" else None
-            )
-        self.relatedness = (RelatednessProbe(self.model, exp.train.relatedness_lookahead_lr)
-                            if exp.train.relatedness_every else None)
+        self._wrap()
         self._related_step: int | None = None  # the step last measured (a skipped batch must not repeat it)
         self.run_log = TrainLog(self.exp_dir, resume_step=self.step) if self.rt.main else None
         self.best = BestCheckpoints(self.exp_dir, exp.train.average_best)
 
     # ----------------------------------------------------------------- set-up
+    def _wrap(self) -> None:
+        """DDP wrapper and relatedness probe of the model as it is now (again after a split)."""
+        self.ddp = None
+        if self.rt.world_size > 1:
+            self.ddp = DistributedDataParallel(
+                self.model, device_ids=[self.rt.device.index] if self.rt.device.type == "cuda" else None
+            )
+        warming = self.branching is not None and self.branching.record is None  # it reads pair cosines
+        self.relatedness = (RelatednessProbe(self.model, self.exp.train.relatedness_lookahead_lr, pairs=warming)
+                            if self.exp.train.relatedness_every or warming else None)
+
     def _labels(self) -> dict:
         """Fit label spaces on rank 0 (tokenizer training etc.), share through exp_dir."""
         path = self.exp_dir / "labels.json"
@@ -116,8 +129,11 @@ class Trainer:
 
     # ------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict:
+        exp = self.exp
+        if self.model.encoder.cfg is not exp.encoder.cfg:  # branching split it: the config names the towers
+            exp = dataclasses.replace(exp, encoder=dataclasses.replace(exp.encoder, cfg=self.model.encoder.cfg))
         return {
-            "config": experiment_to_dict(self.exp),
+            "config": experiment_to_dict(exp),
             "labels": self.labels,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -130,7 +146,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             # Every rank's own RNG state (dropout, SpecAugment draw from them): index = rank.
             "rng": {"per_rank": self._rng_of_ranks or [ckpt.rng_state()]},
-        }
+        } | ({"branching": self.branching.state_dict()} if self.branching is not None else {})
 
     def save(self, name: str) -> Path | None:
         """Write a checkpoint from rank 0 (other ranks return None)."""
@@ -161,6 +177,13 @@ class Trainer:
         if not path.exists():
             return False
         state = ckpt.load_state(path)
+        if ("branching" in state) != (self.branching is not None):
+            raise ckpt.CheckpointError(f"{path} was trained {'with' if 'branching' in state else 'without'} "
+                                       "encoder.branching and this config says otherwise: resume with the run's config")
+        if self.branching is not None:  # split as the run did before loading the split weights
+            self.branching.load_state_dict(state["branching"])
+            if self.branching.split(self.model):
+                self._rebuild_optimizer({})  # its state comes from the checkpoint just below
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -183,7 +206,6 @@ class Trainer:
     def fit(self) -> dict:
         """Train to the configured length; returns the last dev results."""
         exp = self.exp
-        module = self.ddp or self.model
         while self.epoch < exp.train.epochs and self.step < self.total_steps and not self._plateaued():
             self.sampler.set_epoch(self.epoch)
             self.model.train()
@@ -210,7 +232,7 @@ class Trainer:
                 no_sync = self.ddp is not None and (not sync or self.weighting.syncs_model_grads)
                 with self.ddp.no_sync() if no_sync else contextlib.nullcontext(), \
                         autocast(self.rt.device, self.amp):
-                    losses, _, _ = module(batch.wav, batch.wav_lens, batch.targets)
+                    losses, _, _ = (self.ddp or self.model)(batch.wav, batch.wav_lens, batch.targets)
                 # A task without any label in this batch sits the step out (its zero loss
                 # would otherwise drag adaptive weightings). Its zero loss, which has a graph,
                 # rides along on another task's loss: the value is unchanged, but its head
@@ -238,6 +260,8 @@ class Trainer:
                 accum = 0
                 if self._optimizer_step():
                     self._log_step(losses, bar)
+                    if self.branching is not None and self.branching.due(self.step):
+                        self._branch()
                 if exp.train.checkpoint_every_steps and self.step % exp.train.checkpoint_every_steps == 0:
                     self.save_last()
                 if self.step >= self.total_steps:
@@ -302,15 +326,41 @@ class Trainer:
 
     def _measure_relatedness(self, batch) -> None:
         """Task relatedness (mtspeech/relatedness.py) on a step's first batch, every
-        `relatedness_every` steps, before the step trains on it (which it leaves unchanged)."""
-        if self.step % self.exp.train.relatedness_every or self.step == self._related_step:
+        `relatedness_every` steps and when branching's warm-up asks, before the step trains on it
+        (which it leaves unchanged)."""
+        every = self.exp.train.relatedness_every
+        branching = self.branching is not None and self.branching.wants_measurement(self.step)
+        if not (branching or every and self.step % every == 0) or self.step == self._related_step:
             return
         self._related_step = self.step
         values = self.relatedness.measure(batch.wav, batch.wav_lens, batch.targets,
                                           autocast=lambda: autocast(self.rt.device, self.amp))
         values = self.relatedness.average_over_ranks(values, self.rt.device)  # all ranks call it alike
+        if branching:
+            self.branching.add(self.step, values)
         if self.run_log is not None:
             self.run_log.write(self.step, self.epoch, values)
+
+    def _branch(self) -> None:
+        """End of branching's warm-up: decide, record, and split the encoder (branching.py).
+        The measurements are the same on every rank, so every rank splits alike."""
+        record = self.branching.decide(self.step)
+        if self.rt.main:
+            self.branching.write(self.exp_dir)
+            self.run_log.write(self.step, self.epoch, {"branching/split_layers": record["split_layers"],
+                                                       "branching/groups": len(record["groups"])})
+        sources = self.branching.split(self.model)
+        if sources:
+            self._rebuild_optimizer(sources)
+            if self.rt.main:
+                self.best.clear()  # the unsplit epochs' weights do not fit the split model
+        self._wrap()
+
+    def _rebuild_optimizer(self, sources: dict) -> None:
+        """Optimizer and schedule over the split model (`optim.rebuild_after_split`)."""
+        self.optimizer, self.scheduler = rebuild_after_split(
+            self.model, self.weighting, self.exp.optim, self.rt.device, self.optimizer, self.scheduler,
+            self.total_steps, sources)
 
     # -------------------------------------------------------------- evaluation
     @torch.no_grad()

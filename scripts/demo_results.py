@@ -29,6 +29,7 @@ SPLITS = {  # split → what it holds
     "test-unseen": "4 held-out voices",
     "test-voices": "24 more held-out voices",
     "test-engine": "festival: an engine no training split has",
+    "test-phone": "test through a telephone channel: 8 kHz, 300-3400 Hz, μ-law",
 }
 COMMAND = ("bash recipes/synthetic/run.sh && python scripts/demo_results.py collect exp/synthetic/all "
            "&& python scripts/demo_results.py render")

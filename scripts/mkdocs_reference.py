@@ -103,6 +103,7 @@ def config_reference() -> str:
     from mtspeech.data.features import FeatureConfig, SpecAugmentConfig
     from mtspeech.decoding.config import DecodingConfig
     from mtspeech.encoders import ENCODERS
+    from mtspeech.encoders.towers import BranchingConfig, TowersConfig
     from mtspeech.experiment import DataConfig, Experiment, OptimConfig, TrainConfig
     from mtspeech.serve.limits import ServerSettings
     from mtspeech.tasks import TASKS
@@ -115,6 +116,7 @@ def config_reference() -> str:
         parts.append(_table(prefix, cls))
     parts += ["### `encoder`, by `kind`", ""]
     parts += [_table("encoder", enc.Config, f"`encoder` with `kind: {kind}`") for kind, enc in ENCODERS.items()]
+    parts += [_table("encoder.towers", TowersConfig), _table("encoder.branching", BranchingConfig)]
     parts += ["### `tasks.NAME`, by `kind`", ""]
     parts += [_table("tasks.NAME", task.Config, f"`tasks.NAME` with `kind: {kind}`") for kind, task in TASKS.items()]
     parts += ["### Decoding and serving", "",

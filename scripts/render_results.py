@@ -87,6 +87,16 @@ PAGES = [
          "Definitions: the docstring of `benchmarks/speaker_turns_cost.py`. The random model has the "
          "demo's encoder size and calls every frame speech: the most pooling a second of audio can cause. "
          "CPU time on a machine shared with other sessions; the ratio's [min, max] over the repeats is its noise."),
+    Page("diarization", "Diarization of the live speaker turns: DER and change latency, against Resemblyzer",
+         "python benchmarks/diarization.py --model exp/synthetic/all/final.pt --data data/synthetic "
+         "--out docs/results/diarization/demo.json",
+         "*.json", lambda r: benchmark("diarization").render(r),
+         "Definitions (conversations, pipelines, DER, latency, acceptance): the docstring of "
+         "`benchmarks/diarization.py`. Thresholds are chosen per pipeline on conversations of the dev "
+         "split's voices (speakers training heard, reading sentences it did not) and reported on conversations "
+         "of voices training never heard; the served defaults are reported too. The pyannote sample is one "
+         "real recording (no interval); both pipelines use the model's VAD frames there, trained on "
+         "synthetic speech only, so its miss share is the VAD's. The model: the demo model of docs/results/demo/."),
     Page("hotwords", "Hotwords: recall, false alarms and the WER cost of a list, on the demo",
          "python benchmarks/hotwords.py --model /work/wt-demo/exp/synthetic/all/final.pt "
          "--data /work/wt-demo/data/synthetic --out docs/results/hotwords/hotwords.json",
@@ -106,6 +116,13 @@ PAGES = [
          "Definitions: the docstring of `benchmarks/pocketsphinx_peer.py`. PocketSphinx does not depend on "
          "our model: one file per synthesized corpus. RTF: decoding wall seconds per second of audio, one "
          "process on the 2-core development machine, shared with other work."),
+    Page("ctc-plateau", "CTC's blank plateau: the ASR-only run of the ablation grids, per training seed",
+         "python benchmarks/ctc_plateau.py --grid recipes/synthetic/grid_controls.yaml --variant asr_only "
+         "--arm base --arm interctc:tasks.asr.intermediate_layers=[1] --seeds 0 1 2 --out exp/ctc-plateau "
+         "[--to-the-end] --json docs/results/ctc-plateau/asr-only.json  # the other arms: see each JSON's command",
+         "*.json", lambda r: benchmark("ctc_plateau").render(r),
+         "Definitions: the docstring of `benchmarks/ctc_plateau.py`. Every number is read on `dev` (training "
+         "loss and dev CER); no test split is scored. One thread per run on the 2-core development machine."),
     Page("synth-speed", "Synthesis speed of the demo corpus per engine",
          "python benchmarks/synth_speed.py --per-kind 8 --out speed.json", "*.json",
          lambda r: benchmark("synth_speed").render(r),

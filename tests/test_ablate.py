@@ -73,7 +73,7 @@ def test_variants_merge_dotted_and_nested_overrides_and_null_removes_tasks(prepa
 
 
 @pytest.mark.parametrize("name", ["ablation", "grid_hierarchy", "grid_sharing", "grid_augment", "grid_weighting",
-                                  "grid_controls"])
+                                  "grid_controls", "grid_telephone"])
 def test_committed_grids_resolve_every_variant(tmp_path, name):
     grid = load_grid(REPO / "recipes" / "synthetic" / f"{name}.yaml")
     assert len(grid.variants) >= 4 and len(grid.seeds) >= 2

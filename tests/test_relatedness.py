@@ -65,6 +65,19 @@ def test_cosine_and_affinity_match_a_hand_computation_on_a_two_parameter_toy():
     assert toy.a.grad is None and toy.b.grad is None
 
 
+def test_pair_cosines_are_every_task_pairs_cosine_per_group():
+    toy = Toy()
+    shared = {"a": toy.a, "b": toy.b, "c": toy.c}
+    loss_fn = lambda overrides: functional_call(toy, dict(overrides or {}), ())  # noqa: E731
+    out = measure_relatedness(loss_fn, shared, "asr", 0.1, groups={"ab": [0, 1], "c": [2]}, pairs=True)
+    g_asr, g_aux = (2 * (A - 1), 4 * B), (2 * (A * B - 1) * B, 2 * (A * B - 1) * A)
+    cos = sum(x * y for x, y in zip(g_asr, g_aux)) / math.sqrt(sum(x * x for x in g_asr) * sum(y * y for y in g_aux))
+    assert out["relatedness/pair_cos/asr/aux/ab"] == pytest.approx(cos, rel=1e-12)
+    # per group only, one key per unordered pair; c has no asr gradient, so no cosine
+    assert [k for k in out if "pair_cos" in k] == ["relatedness/pair_cos/asr/aux/ab"]
+    assert not any("pair_cos" in k for k in measure_relatedness(loss_fn, shared, "asr", 0.1))  # off by default
+
+
 def test_parameter_groups_follow_the_blocks():
     names = ["encoder.front.conv.0.weight", "encoder.front.proj.bias", "encoder.blocks.0.ff1.w",
              "encoder.blocks.0.attn.q", "encoder.blocks.1.ff1.w", "encoder.norm.weight"]

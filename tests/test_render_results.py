@@ -2,6 +2,7 @@
 re-rendering every page gives the committed text, and a hand-edited number is caught."""
 
 import importlib.util
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -48,11 +49,15 @@ def main_exit_code(results: Path) -> int:
     return render_results.main(["--check", "--results-dir", str(results)])
 
 
-def _demo_results():
-    spec = importlib.util.spec_from_file_location("demo_results", ROOT / "scripts" / "demo_results.py")
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _demo_results():
+    return _script("demo_results")
 
 
 def test_the_readme_results_and_recipe_results_are_what_the_demo_json_renders_to(tmp_path, monkeypatch):
@@ -67,3 +72,40 @@ def test_the_readme_results_and_recipe_results_are_what_the_demo_json_renders_to
     monkeypatch.setattr(demo, "README", readme)
     monkeypatch.setattr(demo, "RESULTS_MD", demo.RESULTS_MD)
     assert first_rate != "1.0" and demo.main(["check"]) == 1
+
+
+def test_the_two_commands_time_and_disk_are_measured_into_json_and_rendered(tmp_path, monkeypatch):
+    costs = _script("command_costs")
+    assert costs.main(["check"]) == 0, "re-render with `python scripts/command_costs.py render`"
+    clone = tmp_path / "clone"
+    (clone / "data").mkdir(parents=True)
+    readme = clone / "README.md"
+    readme.write_text(f"# x\n{costs.BEGIN}\n{costs.END}\n", encoding="utf-8")
+    for name, value in (("ROOT", clone), ("OUT", clone / "results"), ("README", readme)):
+        monkeypatch.setattr(costs, name, value)
+    grow = "open('data/blob', 'wb').write(b'x' * 3_000_000)"
+    assert costs.main(["measure", "tests", "--", sys.executable, "-c", grow]) == 0
+    measured = json.loads((clone / "results" / "tests.json").read_text())
+    assert measured["fresh_clone"] is True and measured["seconds"] >= 0
+    assert measured["disk_added_bytes"] >= 3_000_000 and measured["parts_bytes"]["data"] >= 3_000_000
+    # a failing command writes nothing
+    assert costs.main(["measure", "main", "--", sys.executable, "-c", "raise SystemExit(3)"]) == 1
+    assert not (clone / "results" / "main.json").exists()
+    assert costs.main(["check"]) == 1  # the README block was not rendered yet
+    assert costs.main(["render"]) == 0 and costs.main(["check"]) == 0
+    block = readme.read_text().split(costs.BEGIN)[1]
+    assert "`bash scripts/test.sh`: 0 min on" in block and "not measured yet" in block  # main: none
+    assert measured["steps_seconds"] is None  # no run.sh timing log in this clone
+
+
+def test_run_sh_steps_are_timed_from_its_own_log(tmp_path):
+    costs = _script("command_costs")
+    log = tmp_path / "run-steps.jsonl"
+    old = [{"step": "setup", "at": 100}, {"step": "synthesize", "at": 160}]  # an earlier, broken run
+    new = [{"step": "setup", "at": 1000}, {"step": "synthesize", "at": 1030}, {"step": "train", "at": 1630},
+           {"step": "done", "at": 1700}]
+    log.write_text("\n".join(json.dumps(m) for m in old + new[:-1]) + "\n")
+    assert costs.steps_from_log(log, 999.5) is None  # not finished
+    log.write_text("\n".join(json.dumps(m) for m in old + new) + "\n")
+    assert costs.steps_from_log(log, 999.5) == {"setup": 30.0, "synthesize": 600.0, "train": 70.0}
+    assert costs.steps_from_log(tmp_path / "missing.jsonl", 0) is None

@@ -134,14 +134,14 @@ def test_augmentation_starts_at_its_epoch(prepared_manifests, tmp_path):
 @pytest.mark.parametrize("accum_steps", [1, 3])
 def test_resume_after_kill_gives_the_same_loss_curve(prepared_manifests, tmp_path, monkeypatch, accum_steps):
     """Bit for bit on the CPU, with gradient accumulation and the loader's augmentation too
-    (noise, rooms, noise-only padding, new voices; an epoch's leftover micro-batches once
+    (noise, rooms, noise-only padding, new voices, telephone; an epoch's leftover micro-batches once
     leaked into the next epoch, unsaved)."""
     cfg = tiny_config(prepared_manifests, tmp_path / "straight", epochs=2, checkpoint_every_steps=1)
     cfg["data"]["speed_perturb"] = [0.9, 1.0, 1.1]
     cfg["optim"]["accum_steps"] = accum_steps
     if accum_steps > 1:  # and loader augmentation from the killed epoch on: identical across the resume too
         cfg["data"]["augment"] = {"prob": 0.5, "reverb_prob": 0.5, "pad_prob": 0.5, "formant_prob": 0.3,
-                                  "start_epoch": 1}
+                                  "telephone_prob": 0.3, "start_epoch": 1}
     train(experiment_from_dict(cfg))
     straight = read_log(tmp_path / "straight")
 

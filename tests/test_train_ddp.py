@@ -98,3 +98,17 @@ def test_ranks_draw_equal_batches_through_a_resume_mid_epoch(prepared_manifests,
     counts = _batches_per_rank_and_epoch(record)  # both runs, appended
     assert counts[(0, 0)] == counts[(1, 0)] and counts[(0, 1)] == counts[(1, 1)] > 0, counts
     _assert_ranks_identical(record)
+
+
+@pytest.mark.slow
+def test_branching_splits_alike_on_every_rank_and_the_ranks_train_on_in_step(prepared_manifests, tmp_path):
+    """The warm-up's affinities are averaged over ranks, so both ranks take the same decision,
+    split at the same step and re-wrap the split model in DDP; they end bit-identical."""
+    cfg = _config(prepared_manifests, tmp_path / "branch")
+    cfg["tasks"]["phones"]["layer"] = -1  # asr and phones on the top: the candidates
+    cfg["encoder"]["branching"] = {"warmup_steps": 2, "every": 1, "threshold": 1.0}  # any cosine below 1 splits
+    done, record = _run(cfg, tmp_path, "none", at_batch=0)
+    assert done.returncode == 0, done.stderr[-3000:]
+    decision = json.loads((tmp_path / "branch" / "branching.json").read_text())
+    assert decision["groups"] == [["asr"], ["phones"]] and decision["split_layers"] == 1  # speaker, vad read 0
+    _assert_ranks_identical(record)

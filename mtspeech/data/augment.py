@@ -1,5 +1,5 @@
 """Waveform augmentation in the loader: additive noise at a sampled SNR, room reverberation, gain,
-and a formant shift that makes a new voice.
+a formant shift that makes a new voice, and a telephone channel.
 
 Every transform but padding keeps time where it was, so the labels follow the audio unchanged: the
 speech segments of the VAD task, the words. Noise, a room and loudness do not change who
@@ -41,6 +41,11 @@ S at factor α is labelled as a speaker of its own, `S~vtlpα` (`voice_label`), 
 losing its label; the speaker task's label space gets every such speaker
 (`augmented_speakers`). A speaker head trained on 28 voices then sees 28 x (1 + K), each
 new one a consistent voice, which is what a head must tell apart on voices it never heard.
+
+Telephone channel (`telephone_prob`, `mtspeech.data.telephone`: 8 kHz, 300-3400 Hz, a call
+level, μ-law, back to 16 kHz as the server resamples a call): last, since the network carries
+what the phone's microphone picked up, room and noise included. Like `formant_prob`, a share
+of all training utterances on a stream of its own; the speaker label stays (same caller).
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ import numpy as np
 import torch
 
 from mtspeech.data.geometry import SAMPLE_RATE
+from mtspeech.data.telephone import LEVEL_DBOV, draw_level_dbov, telephone_channel
 
 NOISE_KINDS = ("white", "pink", "brown", "babble")
 ROOM_DRR = ("fixed", "shoebox")
@@ -91,15 +97,20 @@ class AugmentConfig:
     # long non-speech stretches in noise, which the corpus's <= 0.7 s edges never show it.
     pad_prob: float = 0.0
     pad_s: tuple[float, float] = (0.5, 2.0)
+    # share of ALL training utterances sent through a telephone channel (8 kHz, 300-3400 Hz,
+    # μ-law; independent of prob, the speaker label kept), as the server hears a call
+    telephone_prob: float = 0.0
+    telephone_level_dbov: tuple[float, float] = LEVEL_DBOV  # the calls' RMS level, dB below the codec's full scale
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.noise) - set(NOISE_KINDS))
         if unknown:
             raise ValueError(f"data.augment.noise: unknown kind(s) {unknown}; expected some of {NOISE_KINDS}")
-        for name in ("prob", "reverb_prob", "formant_prob", "pad_prob"):
+        for name in ("prob", "reverb_prob", "formant_prob", "pad_prob", "telephone_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"data.augment.{name}={getattr(self, name)}: expected a probability in [0, 1]")
-        for name in ("snr_db", "rt60_s", "gain_db", "babble_utterances", "formant_warp", "pad_s"):
+        for name in ("snr_db", "rt60_s", "gain_db", "babble_utterances", "formant_warp", "pad_s",
+                     "telephone_level_dbov"):
             low, high = getattr(self, name)
             if low > high:
                 raise ValueError(f"data.augment.{name}=({low}, {high}): expected low <= high")
@@ -111,6 +122,9 @@ class AugmentConfig:
         if 0 < self.stop_epoch <= self.start_epoch:
             raise ValueError(f"data.augment.stop_epoch={self.stop_epoch}: expected 0 (never) or more than "
                              f"start_epoch={self.start_epoch}")
+        if self.telephone_level_dbov[1] > 0:
+            raise ValueError(f"data.augment.telephone_level_dbov={self.telephone_level_dbov}: expected "
+                             "levels <= 0 dBov (the codec's full scale)")
         if self.pad_s[0] < 0:
             raise ValueError(f"data.augment.pad_s={self.pad_s}: expected seconds >= 0")
         if self.rt60_s[0] <= 0 or self.babble_utterances[0] < 1:
@@ -157,6 +171,7 @@ class Recipe:
     babble: tuple[int, ...] = ()  # pool indices mixed into babble
     formant_warp: float | None = None  # VTLP factor α of a new voice
     drr_db: float = 0.0  # the room's direct-to-reverberant ratio (with rt60_s)
+    telephone_level_dbov: float | None = None  # a telephone channel at this call level
 
 
 class Augmenter:
@@ -179,10 +194,12 @@ class Augmenter:
     def recipe(self, seed: int, index: int) -> Recipe | None:
         """The transforms of item `index` under `seed` (a pure function of both)."""
         c = self.config
-        formant = self._formant_warp(seed, index)
+        formant, phone = self._formant_warp(seed, index), self._telephone_level(seed, index)
         rng = np.random.default_rng([seed & 0xFFFFFFFF, index, 0xA06])
         if rng.random() >= c.prob:
-            return None if formant is None else Recipe(None, None, None, None, formant_warp=formant)
+            if formant is None and phone is None:
+                return None
+            return Recipe(None, None, None, None, formant_warp=formant, telephone_level_dbov=phone)
         kinds = [k for k in c.noise if k != "babble" or self.pool_size > 1]
         noise = str(rng.choice(kinds)) if kinds else None
         babble: tuple[int, ...] = ()
@@ -204,6 +221,7 @@ class Augmenter:
             babble=babble,
             formant_warp=formant,
             drr_db=drr_db,
+            telephone_level_dbov=phone,
         )
 
     def _formant_warp(self, seed: int, index: int) -> float | None:
@@ -218,6 +236,15 @@ class Augmenter:
         if c.formant_speakers:
             return float(c.formant_speakers[int(rng.integers(len(c.formant_speakers)))])
         return float(rng.uniform(*c.formant_warp))
+
+    def _telephone_level(self, seed: int, index: int) -> float | None:
+        """The call level (dBov) of item `index` when it goes through the telephone channel,
+        else None. A stream of its own, like the formant draw."""
+        c = self.config
+        if c.telephone_prob <= 0:
+            return None
+        rng = np.random.default_rng([seed & 0xFFFFFFFF, index, 0x7E1])
+        return draw_level_dbov(rng, c.telephone_level_dbov) if rng.random() < c.telephone_prob else None
 
     def padding(self, seed: int, index: int) -> tuple[int, int]:
         """(samples before, samples after) of silence item `index` gets under `seed`, (0, 0)
@@ -261,6 +288,8 @@ class Augmenter:
             x = add_at_snr(x, n, r.snr_db, speech_mask(len(x), speech, self.sample_rate))
         if r.gain_db is not None:
             x = x * 10 ** (r.gain_db / 20)
+        if r.telephone_level_dbov is not None:  # last: the network carries what the phone picked up
+            x = telephone_channel(x, self.sample_rate, r.telephone_level_dbov)
         return torch.from_numpy(np.clip(x, -1.0, 1.0).astype(np.float32))
 
 

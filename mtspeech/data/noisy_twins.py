@@ -18,6 +18,13 @@ direct-to-reverberant ratio as a random shoebox room of that RT60 gives it
 pyroomacoustics' image-source rooms), no noise. The speech segments stay those of the dry
 speech: the direct path arrives at t = 0, and the tail after a segment is the room, not the
 talker. Output depends only on the clean corpus and `seed`.
+
+`make_phone_twins` writes telephone twins of `dev` and `test`, `dev-phone` and `test-phone`:
+every utterance through `telephone.narrowband` (8 kHz, 300-3400 Hz, a call level drawn per
+utterance, μ-law), stored as the 8 kHz 16-bit PCM a telephone gateway sends. Reading one
+(`audio.load_audio`) resamples it to 16 kHz with the one resampler, as the server resamples an
+8 kHz stream, so evaluating the twin scores exactly what the server would be given. Same ids,
+transcripts, speakers and speech segments; only the audio (and its rate) differ.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import zlib
 from pathlib import Path
 from typing import Sequence
 
@@ -36,6 +44,7 @@ from tqdm import tqdm
 from mtspeech.data.augment import (add_at_snr, babble, colored_noise, reverberate, room_impulse_response,
                                    shoebox_drr_db, speech_mask)
 from mtspeech.data.librispeech import read_segments_txt
+from mtspeech.data.telephone import BAND_HZ, LEVEL_DBOV, PHONE_RATE, draw_level_dbov, narrowband
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +55,8 @@ TWIN_KINDS = ("white", "pink", "brown", "babble")
 BABBLE_VOICES = 4
 ROOM_RT60_S = (0.3, 0.9)
 ROOM_SEED = 0x200  # the rooms' stream, apart from the noise's [seed, snr index, utterance]
+PHONE_TWIN_SPLITS = ("dev", "test")  # dev: for choices, so test-phone stays a test
+PHONE_SEED = 0x300  # the call levels' stream
 
 
 def twin_name(split: str, snr_db: float) -> str:
@@ -56,6 +67,17 @@ def twin_name(split: str, snr_db: float) -> str:
 def room_twin_name(split: str) -> str:
     """`test` → `test-room`."""
     return f"{split}-room"
+
+
+def phone_twin_name(split: str) -> str:
+    """`test` → `test-phone`."""
+    return f"{split}-phone"
+
+
+def phone_level_dbov(seed: int, split: str, index: int) -> float:
+    """The call level of utterance `index` (sorted file order) of `split`'s telephone twin: a
+    stream per split, so dev-phone's levels do not mirror test-phone's."""
+    return draw_level_dbov(np.random.default_rng([seed, PHONE_SEED, zlib.crc32(split.encode()), index]))
 
 
 def _copy_sidecars(folder: Path, twin: Path) -> None:
@@ -85,6 +107,36 @@ def make_room_twin(corpus: Path, split: str, seed: int = 0, progress: bool = Tru
     _copy_sidecars(folder, corpus / name)
     return {"utterances": len(rt60s), "rt60_s": [round(min(rt60s), 3), round(max(rt60s), 3)],
             "drr_db": [round(min(drrs), 1), round(max(drrs), 1)]}
+
+
+def make_phone_twin(corpus: Path, split: str, seed: int = 0, progress: bool = True) -> dict:
+    """Write `split`'s telephone twin (module docstring); returns its size and call-level range."""
+    folder, name = corpus / split, phone_twin_name(split)
+    files = sorted(folder.rglob("*.flac"))
+    if not files:
+        raise FileNotFoundError(f"{folder}: no .flac files; synthesize the corpus first (mtspeech synth)")
+    levels = []
+    for i, path in enumerate(tqdm(files, desc=name, disable=not progress, leave=False)):
+        level = phone_level_dbov(seed, split, i)
+        wav, rate = soundfile.read(path, dtype="float64")
+        _write(corpus / name / path.relative_to(folder), narrowband(wav, rate, level), PHONE_RATE)
+        levels.append(level)
+    _copy_sidecars(folder, corpus / name)
+    return {"utterances": len(files), "sample_rate": PHONE_RATE,
+            "level_dbov": [round(min(levels), 1), round(max(levels), 1)]}
+
+
+def make_phone_twins(corpus: str | Path, splits: Sequence[str] = PHONE_TWIN_SPLITS, seed: int = 0,
+                     progress: bool = True, summary_file: str | None = "phone_twins.json") -> dict:
+    """Write the telephone twins of `splits` into `corpus`; returns {twin split: summary}, also
+    written (with the seed and the channel's settings) to `corpus/summary_file` unless None."""
+    corpus = Path(corpus)
+    summary = {phone_twin_name(split): make_phone_twin(corpus, split, seed, progress) for split in splits}
+    if summary_file is not None:
+        (corpus / summary_file).write_text(json.dumps(
+            {"seed": seed, "band_hz": list(BAND_HZ), "level_dbov": list(LEVEL_DBOV), "twins": summary}, indent=2) + "\n")
+    log.info("wrote telephone twins %s into %s", sorted(summary), corpus)
+    return summary
 
 
 def make_noisy_twins(corpus: str | Path, splits: Sequence[str] | None = None,

@@ -31,6 +31,9 @@ class DurationBatchSampler(torch.utils.data.Sampler):
         shuffle: shuffle within buckets and the batch order per epoch; False packs in
             duration order (evaluation).
         seed: with the epoch, determines the order on every rank.
+        sorted_epochs: SortaGrad (Amodei et al. 2016, Deep Speech 2): in the first this many
+            epochs the batches come shortest first instead of shuffled. CTC leaves its blank
+            plateau sooner on short utterances, whose alignments are nearly forced.
         num_buckets: equal-count duration buckets (more: less padding, less randomness).
         rank, world_size: DDP position. Every rank gets the same number of batches and ranks
             get disjoint utterances: when the batch count does not divide by `world_size`,
@@ -40,7 +43,7 @@ class DurationBatchSampler(torch.utils.data.Sampler):
 
     def __init__(self, durations: Sequence[float], max_batch_seconds: float, shuffle: bool = True,
                  seed: int = 0, num_buckets: int = 16, rank: int = 0, world_size: int = 1,
-                 drop_last: bool = False):
+                 drop_last: bool = False, sorted_epochs: int = 0):
         if max_batch_seconds <= 0:
             raise ValueError(f"max_batch_seconds must be positive, got {max_batch_seconds}")
         if not 0 <= rank < world_size:
@@ -57,6 +60,9 @@ class DurationBatchSampler(torch.utils.data.Sampler):
         self.rank = rank
         self.world_size = world_size
         self.drop_last = drop_last
+        if sorted_epochs < 0:
+            raise ValueError(f"sorted_epochs must be >= 0, got {sorted_epochs}")
+        self.sorted_epochs = sorted_epochs
         self.epoch = 0
         self.position = 0  # batches of this epoch already handed out on this rank
         self._cache: tuple[int, list[list[int]]] | None = None
@@ -69,6 +75,9 @@ class DurationBatchSampler(torch.utils.data.Sampler):
         if not self.shuffle:
             return self._pack(order)
         rng = np.random.default_rng([self.seed, epoch])
+        if epoch < self.sorted_epochs:  # SortaGrad: shortest first, ties in a seeded order
+            perm = rng.permutation(len(self.durations))
+            return self._pack(perm[np.argsort(self.durations[perm], kind="stable")])
         # A bucket ends in one part-filled batch, so give each at least ~2 batches of audio.
         num_buckets = min(self.num_buckets, max(1, int(self.durations.sum() / (2 * self.max_batch_seconds))))
         buckets = np.array_split(order, num_buckets)

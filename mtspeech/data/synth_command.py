@@ -1,8 +1,8 @@
 """`mtspeech synth`: the synthetic corpus, its extra voices and its noisy twins, from the command line.
 
 The command sits above the modules it drives (`synth.py`: the corpus; `new_voices.py`:
-test-voices and train-voices next to it; `noisy_twins.py`: the noisy and reverberant test
-splits; `final_test.py`: test-final, the final test set, with its twins). It lived in
+test-voices and train-voices next to it; `noisy_twins.py`: the noisy, reverberant and
+telephone twins; `final_test.py`: test-final, the final test set, with its twins). It lived in
 `synth.py` until `new_voices.py`, which builds on synth's plan and renderer, made the two
 import each other.
 """
@@ -42,9 +42,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="closed vocabulary: the N most frequent words of the sentence pool "
                              "(default: every word; 0 = every word)")
     parser.add_argument("--noisy-twins", action="store_true",
-                        help="also write test and test-unseen at 10 and 0 dB SNR (test-snr10, ...)")
+                        help="also write test and test-unseen at 10 and 0 dB SNR (test-snr10, ...), through "
+                             "rooms (test-room, ...), and dev and test through a telephone channel (dev-phone, "
+                             "test-phone)")
     parser.add_argument("--twins-only", action="store_true",
-                        help="only write the noisy twins of the corpus already in --out")
+                        help="only write the twins (noisy, room and telephone) of the corpus already in --out")
+    parser.add_argument("--phone-twins-only", action="store_true",
+                        help="only write the telephone twins (dev-phone, test-phone: 8 kHz, 300-3400 Hz, "
+                             "mu-law) of the corpus already in --out")
     parser.add_argument("--voices-only", action="store_true",
                         help="only write test-voices (more held-out voices, for speaker verification) "
                              "next to the corpus already in --out")
@@ -74,7 +79,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from mtspeech.data.final_test import synthesize_final
     from mtspeech.data.new_voices import synthesize_train_voices, synthesize_voices
-    from mtspeech.data.noisy_twins import make_noisy_twins
+    from mtspeech.data.noisy_twins import make_noisy_twins, make_phone_twins
 
     if args.final_only:
         try:
@@ -91,8 +96,13 @@ def main(args: argparse.Namespace) -> int:
         summary = make(args.out, *sizes, jobs=args.jobs, progress=not args.no_progress)
         print(json.dumps({k: v for k, v in summary.items() if k != "voices"}, indent=2))
         return 0
+    if args.phone_twins_only:
+        print(json.dumps(make_phone_twins(args.out, seed=args.seed, progress=not args.no_progress), indent=2))
+        return 0
     if args.twins_only:
-        print(json.dumps(make_noisy_twins(args.out, seed=args.seed, progress=not args.no_progress), indent=2))
+        twins = make_noisy_twins(args.out, seed=args.seed, progress=not args.no_progress)
+        twins.update(make_phone_twins(args.out, seed=args.seed, progress=not args.no_progress))
+        print(json.dumps(twins, indent=2))
         return 0
     snr = None if args.no_noise else args.noise_snr
     cfg = SynthConfig(hours=args.hours, seed=args.seed, speakers=args.speakers,
@@ -104,5 +114,6 @@ def main(args: argparse.Namespace) -> int:
     summary = synthesize_corpus(args.out, cfg)
     if args.noisy_twins:
         summary["noisy_twins"] = make_noisy_twins(args.out, seed=args.seed, progress=not args.no_progress)
+        summary["phone_twins"] = make_phone_twins(args.out, seed=args.seed, progress=not args.no_progress)
     print(json.dumps(summary, indent=2))
     return 0

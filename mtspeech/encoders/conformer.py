@@ -30,14 +30,15 @@ from mtspeech.encoders.cache import EncoderCache
 from mtspeech.encoders.conditioning import Conditioner, condition
 from mtspeech.encoders.masks import attention_mask, padding_mask, sample_chunk
 from mtspeech.encoders.subsampling import Conv2dSubsampling4, chunk_window, subsampled_lens
-from mtspeech.encoders.towers import Towers, TowersConfig
+from mtspeech.encoders.towers import BranchingConfig, Towers, TowersConfig
 
 
 @dataclass(frozen=True)
 class EncoderConfig:
     """Sizes and chunking shared by the streaming encoders. `left_chunks` limits left context
     during training (None = unlimited); `dynamic_left_chunks` samples it per batch in
-    0..left_chunks. `towers` splits the top layers per task (see `towers.py`; None: fully shared)."""
+    0..left_chunks. `towers` splits the top layers per task (see `towers.py`; None: fully shared);
+    `branching` has training choose them from task affinity instead (`mtspeech/branching.py`)."""
 
     input_dim: int = 80
     dim: int = 144
@@ -51,8 +52,15 @@ class EncoderConfig:
     dynamic_left_chunks: bool = False
     subsampling_channels: int | None = None  # conv front-end width (None: dim)
     towers: TowersConfig | None = None
+    branching: BranchingConfig | None = None
 
     def __post_init__(self):
+        if self.towers is not None and self.branching is not None:
+            raise ValueError("encoder.towers and encoder.branching are exclusive: branching chooses the towers "
+                             "itself (remove encoder.towers), or write them by hand (remove encoder.branching)")
+        if self.branching is not None and (self.branching.max_layers or 0) > self.layers:
+            raise ValueError(f"encoder.branching.max_layers={self.branching.max_layers} exceeds the encoder's "
+                             f"{self.layers} layers")
         if self.towers is not None and self.towers.layers > self.layers:
             raise ValueError(f"encoder.towers.layers={self.towers.layers} exceeds the encoder's {self.layers} layers")
         if self.dim % self.heads or (self.dim // self.heads) % 2:

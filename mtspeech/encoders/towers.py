@@ -20,7 +20,14 @@ How tasks read the layers (see `EncoderOutput.task_layers`): every task still se
 L-layer encoder, and its `layer` index (or learned mix) means what it always meant. A task
 named in the towers sees the trunk followed by its own tower, and must read a tower layer
 (a trunk layer would leave its tower without gradient; a `learned` mix spans both). A task
-not named sees the trunk followed by the *first* listed tower: the trunk's continuation.
+in `followers` (`{vad: phones}`) shares a named task's tower, with the same rule: a group
+of tasks on one tower, which is what affinity-driven branching (`mtspeech/branching.py`)
+builds. A task named nowhere sees the trunk followed by the *first* listed tower: the
+trunk's continuation.
+
+`split_into_towers` turns a hard-shared encoder into this structure at run time: each
+tower's blocks start as copies of the shared top blocks (branching's split), so the state
+dict, cache slots, streaming and export are those of towers written in the config.
 
 Each stitch mixes frame by frame, so a streaming chunk's mix equals the full forward's on
 the same frames; every tower block keeps its own slots in the `EncoderCache` (after the
@@ -29,8 +36,10 @@ trunk's, tower by tower: see `Towers.cache_slot`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
 
 import torch
 from torch import nn
@@ -46,6 +55,7 @@ class TowersConfig:
     cross_stitch: mix the towers after each layer with a learned α (False: no sharing above the trunk).
     cross_stitch_lr_scale: α's learning rate over the base `optim.lr` (Misra et al.: 10-100x).
     self_weight: α's initial diagonal; the off-diagonal entries start at (1 - self_weight)/(T - 1).
+    followers: task → the named task whose tower it shares (a group of tasks on one tower).
     """
 
     tasks: tuple[str, ...]
@@ -53,6 +63,7 @@ class TowersConfig:
     cross_stitch: bool = False
     cross_stitch_lr_scale: float = 10.0
     self_weight: float = 0.9
+    followers: Mapping[str, str] = field(default_factory=dict)  # task → the named task whose tower it shares
 
     def __post_init__(self):
         if len(self.tasks) < 2 or len(set(self.tasks)) != len(self.tasks):
@@ -67,6 +78,40 @@ class TowersConfig:
             raise ValueError(f"encoder.towers.cross_stitch_lr_scale must be > 0, got {self.cross_stitch_lr_scale}")
         if not 0.0 <= self.self_weight <= 1.0:
             raise ValueError(f"encoder.towers.self_weight must be in [0, 1], got {self.self_weight}")
+        for task, tower in self.followers.items():
+            if tower not in self.tasks or task in self.tasks or not task or "." in task:
+                raise ValueError(f"encoder.towers.followers: {task}: {tower} must map a task without a tower of "
+                                 f"its own to one of encoder.towers.tasks {list(self.tasks)}")
+
+    def tower_of(self, task: str) -> str | None:
+        """The tower task `task` reads: its own, the one it follows, or None (the trunk's continuation)."""
+        return task if task in self.tasks else self.followers.get(task)
+
+
+BRANCHING_KINDS = ("affinity",)
+
+
+@dataclass(frozen=True)
+class BranchingConfig:
+    """Towers chosen during training from task affinity (`mtspeech/branching.py`), not by hand."""
+
+    kind: str = "affinity"  # the one rule so far: FAFS-style widening from the top by gradient cosine
+    warmup_steps: int = 100  # optimizer steps of hard-shared training before the split is decided
+    every: int = 5  # measure the affinity every N steps of the warm-up (step 0 included)
+    # a block splits where every pair of task groups has a mean gradient cosine below it (in [-1, 1])
+    threshold: float = 0.0
+    max_layers: int | None = None  # the most top layers that may split (None: as many as the tasks allow)
+
+    def __post_init__(self):
+        if self.kind not in BRANCHING_KINDS:
+            raise ValueError(f"encoder.branching.kind: {self.kind!r} is not one of {list(BRANCHING_KINDS)}")
+        if self.warmup_steps < 1 or not 1 <= self.every <= self.warmup_steps:
+            raise ValueError(f"encoder.branching: warmup_steps={self.warmup_steps} must be >= 1 and "
+                             f"every={self.every} in 1..warmup_steps (at least one measurement before the split)")
+        if not -1.0 <= self.threshold <= 1.0:
+            raise ValueError(f"encoder.branching.threshold={self.threshold} must be a cosine in [-1, 1]")
+        if self.max_layers is not None and self.max_layers < 1:
+            raise ValueError(f"encoder.branching.max_layers={self.max_layers} must be >= 1 or null (no cap)")
 
 
 class CrossStitch(nn.Module):
@@ -134,11 +179,42 @@ class Towers(nn.Module):
                 xs = self.stitches[j](xs)  # zero (padding) frames stay zero: the mix is linear
             for t, x in zip(self.tasks, xs):
                 outs[t].append(x)
-        return outs
+        return outs | {task: outs[tower] for task, tower in self.cfg.followers.items()}
 
     def alphas(self) -> list[torch.Tensor]:
         """Each tower layer's α (T, T), bottom first; empty without cross-stitch."""
         return [] if self.stitches is None else [s.alpha for s in self.stitches]
+
+
+def split_into_towers(encoder: nn.Module, cfg: TowersConfig) -> dict[nn.Parameter, nn.Parameter]:
+    """Split a hard-shared encoder's top `cfg.layers` blocks into towers, in place.
+
+    Every tower's block j starts as a copy of shared block L-K+j (weights, not just shapes),
+    so right after the split every task computes what it computed before: FAFS widens a
+    layer by copying it. The encoder ends as `towers.py` builds it from a config with
+    `towers: cfg` (same state-dict keys and cache slots); its `cfg` says so.
+
+    Returns: each new tower parameter → the shared parameter it was copied from, for the
+    optimizer to carry that parameter's state over (trunk parameters stay the same objects).
+    """
+    if getattr(encoder, "towers", None) is not None:
+        raise ValueError("the encoder already has towers: it can be split only once")
+    if cfg.cross_stitch:
+        raise ValueError("a split copies hard-shared blocks; it adds no cross-stitch units")
+    trunk = len(encoder.blocks) - cfg.layers
+    if trunk < 0:
+        raise ValueError(f"cannot split the top {cfg.layers} layers of a {len(encoder.blocks)}-layer encoder")
+    encoder.cfg = dataclasses.replace(encoder.cfg, towers=cfg, branching=None)  # validates, as a config would
+    shared = list(encoder.blocks[trunk:])
+    towers = Towers(cfg, lambda: copy.deepcopy(shared[0]), trunk)
+    sources = {}
+    for task in cfg.tasks:
+        for block, source in zip(towers.blocks[task], shared):
+            block.load_state_dict(source.state_dict())
+            sources.update(zip(block.parameters(), source.parameters()))
+    encoder.blocks = nn.ModuleList(encoder.blocks[:trunk])
+    encoder.towers = towers
+    return sources
 
 
 def cross_stitch_alphas(encoder: nn.Module) -> dict[str, float]:

@@ -12,14 +12,20 @@ A stream cannot wait for the utterance, so a `SpeakerTracker` pools short window
 
 Only speech frames count (the VAD head says which; without one every frame does), and a
 window never spans a pause (`end_segment`), so a turn change at a pause is found at the pause.
+With `gap_frames`, a window also ends at a run of that many non-speech frames (shorter than the
+endpointer's pause, which ends an utterance only after 1.2 s): the gap between two speakers'
+turns is often shorter, and a window across it would pool the end of one voice with the start
+of the next and date the change at the earlier voice's last words. Such a gap only ends the
+window; unlike a pause it does not settle a far window into a turn.
 A change is dated at the start of the first far window, so it lands within one window of the
 true turn; it is *confirmed* later (after `change_frames` of the new voice, or at its pause).
 
 Enrolment: named reference embeddings seed clusters that never move; a window joins one when
 its cosine similarity is at least `enrol_similarity`, otherwise the speaker stays anonymous.
 
-The thresholds' defaults are starting points, not values tuned on a benchmark (none exists
-yet: docs/server.md, Speaker turns); clients and `serve` can set them.
+The thresholds' defaults are starting points, not values tuned on a benchmark;
+`benchmarks/diarization.py` measures them and the values it chooses on dev voices
+(docs/results/diarization/).
 """
 
 from __future__ import annotations
@@ -51,11 +57,14 @@ class SpeakerTurnConfig:
     new_speaker_distance: float = 0.6  # farther than this from every cluster: a new speaker
     enrol_similarity: float = 0.6  # cosine similarity an enrolled name needs, else anonymous
     max_speakers: int = 8  # past this, a window joins its nearest cluster
+    gap_frames: int | None = None  # non-speech frames that end a window (None: only pauses do)
 
     def __post_init__(self) -> None:
         for key in ("window_frames", "min_window_frames", "change_frames", "max_speakers"):
             if getattr(self, key) < 1:
                 raise ValueError(f"speaker turns: {key}={getattr(self, key)}: expected >= 1")
+        if self.gap_frames is not None and self.gap_frames < 1:
+            raise ValueError(f"speaker turns: gap_frames={self.gap_frames}: expected None or >= 1")
         if self.min_window_frames > self.window_frames:
             raise ValueError(f"speaker turns: min_window_frames={self.min_window_frames} exceeds "
                              f"window_frames={self.window_frames}")
@@ -129,6 +138,7 @@ class SpeakerTracker:
         self._speech: list[torch.Tensor] = []  # speech frames (n_i, D) of the window being filled
         self._speech_frames = 0
         self._window_start: int | None = None  # stream frame of the window's first speech frame
+        self._gap = 0  # non-speech frames since the last speech frame
         self._current: _Cluster | None = None
         self._far: list[_Window] = []  # consecutive windows far from the current speaker
         self._turns: list[tuple[int, str]] = []  # (start frame, label), in stream order
@@ -147,8 +157,12 @@ class SpeakerTracker:
         t = 0
         while t < n:
             if not keep[t]:
+                self._gap += 1
+                if self._gap == self.config.gap_frames:
+                    self._end_window()
                 t += 1
                 continue
+            self._gap = 0
             if self._window_start is None:
                 self._window_start = start_frame + t
             take = min(n - t, self.config.window_frames - self._speech_frames)
@@ -162,9 +176,7 @@ class SpeakerTracker:
     def end_segment(self) -> None:
         """A pause: embed the rest of the window if long enough, and settle far windows (a voice
         that differed up to a pause is a new turn however short)."""
-        if self._speech_frames >= self.config.min_window_frames:
-            self._close_window()
-        self._speech, self._speech_frames, self._window_start = [], 0, None
+        self._end_window()
         if self._far:
             self._change()
 
@@ -214,6 +226,12 @@ class SpeakerTracker:
         return voice.centroid, voice.count, len(heard)
 
     # -- internals ----------------------------------------------------------------------------
+
+    def _end_window(self) -> None:
+        """The window being filled ends early: embedded if long enough, else dropped."""
+        if self._speech_frames >= self.config.min_window_frames:
+            self._close_window()
+        self._speech, self._speech_frames, self._window_start = [], 0, None
 
     def _close_window(self) -> None:
         frames = torch.cat(self._speech)

@@ -12,6 +12,12 @@
 #                                                         # without train-voices' 30 more
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# One line per step with its start time, and `done` at the end: the run's own timing log, which
+# `python scripts/command_costs.py measure main -- bash recipes/synthetic/run.sh` reports per step.
+RUN_LOG=${RUN_LOG:-exp/synthetic/run-steps.jsonl}
+mkdir -p "$(dirname "$RUN_LOG")"
+step() { printf '{"step": "%s", "at": %s}\n' "$1" "$(date +%s)" >> "$RUN_LOG"; }
+step setup
 bash scripts/setup.sh
 source .venv/bin/activate
 
@@ -32,7 +38,8 @@ train=("$DATA/train.jsonl" "$DATA/train-voices.jsonl")
 [ "$TRAIN_VOICES" = 1 ] || { train=("$DATA/train.jsonl"); schedule+=(--set "data.train=$DATA/train.jsonl"); }
 overrides=(--set "exp_dir=$EXP" "${schedule[@]}")
 
-echo "== 1/5 synthesize the corpus ($HOURS h) into $CORPUS, and noisy twins of its test splits"
+step synthesize
+echo "== 1/5 synthesize the corpus ($HOURS h) into $CORPUS, and noisy, room and telephone twins"
 [ -f "$CORPUS/SPEAKERS.TXT" ] || mtspeech synth --out "$CORPUS" --hours "$HOURS"
 # test-voices: 24 more held-out speakers on voice variants no other split uses, 8 test
 # sentences each (test-unseen's 4 voices are too few to rank speaker embeddings).
@@ -40,26 +47,33 @@ echo "== 1/5 synthesize the corpus ($HOURS h) into $CORPUS, and noisy twins of i
 # the test splits again at 10 and 0 dB SNR (white, pink, brown, babble): test-snr10, ...; and
 # through simulated rooms (RT60 0.3-0.9 s, no noise): test-room, ...
 [ -d "$CORPUS/test-voices-room" ] || mtspeech synth --out "$CORPUS" --twins-only
+# dev and test through a telephone channel (8 kHz, 300-3400 Hz, a call level, mu-law), stored at
+# 8 kHz so reading them resamples as the server resamples a call: dev-phone, test-phone. (A fresh
+# corpus got them from --twins-only above; this line adds them to an older one.)
+[ -d "$CORPUS/test-phone" ] || mtspeech synth --out "$CORPUS" --phone-twins-only
 # train-voices: 30 more training speakers, on voice variants no other split uses (with train's
 # 28 the speaker head hears too few voices to place new ones: docs/results/grid-train-voices/).
 [ -f "$CORPUS/train_voices.json" ] || mtspeech synth --out "$CORPUS" --train-voices-only
 
+step prepare
 echo "== 2/5 prepare manifests into $DATA"
-[ -f "$DATA/train-voices.jsonl" ] && [ -f "$DATA/test-voices-room.jsonl" ] || \
+[ -f "$DATA/train-voices.jsonl" ] && [ -f "$DATA/test-voices-room.jsonl" ] && [ -f "$DATA/test-phone.jsonl" ] || \
   mtspeech prepare librispeech "$CORPUS" --out "$DATA"
 
+step train
 echo "== 3/5 train $EXP (resumes from $EXP/last.pt)"
 [ -f "$EXP/final.pt" ] || mtspeech train --config "$RECIPE" "${overrides[@]}"
 # The word trigram of the training transcripts goes inside final.pt, so `--lm auto` (evaluate,
 # serve) needs nothing but the checkpoint.
 [ -f "$EXP/lm-embedded" ] || { mtspeech embed-lm "$EXP/final.pt" && touch "$EXP/lm-embedded"; }
 
-echo "== 4/5 evaluate every task on test (seen speakers), test-unseen, test-voices (new voices) and test-engine (festival, never trained on)"
+step evaluate
+echo "== 4/5 evaluate every task on test (seen speakers), test-unseen, test-voices (new voices), test-engine (festival, never trained on) and test-phone (test through a telephone channel)"
 # eval-SPLIT: greedy decoding (--decoder greedy: the default, auto, would use the LM embedded
 # above, as `mtspeech serve` does). eval-SPLIT-lm: beam search with
 # a word trigram of the training transcripts, on the ASR head's pieces and on the phone head
 # (words spelled in phones through CMUdict: phones/wer, phones/cer).
-for split in test test-unseen test-voices test-engine; do
+for split in test test-unseen test-voices test-engine test-phone; do
   [ -f "$EXP/eval-$split/results.json" ] || \
     mtspeech evaluate "$EXP/final.pt" "$DATA/$split.jsonl" --out "$EXP/eval-$split" --decoder greedy
   [ -f "$EXP/eval-$split-lm/results.json" ] || \
@@ -78,7 +92,7 @@ if [ -n "${COMPARE_PLAIN:-}" ]; then
   plain_overrides=(--set "exp_dir=$PLAIN" --set data.augment=null "${schedule[@]}")
   [ -f "$PLAIN/final.pt" ] || mtspeech train --config "$RECIPE" "${plain_overrides[@]}"
   for split in test test-unseen test-voices test-snr10 test-snr0 test-unseen-snr10 test-unseen-snr0 \
-      test-voices-snr10 test-voices-snr0 test-room test-unseen-room test-voices-room; do
+      test-voices-snr10 test-voices-snr0 test-room test-unseen-room test-voices-room test-phone; do
     [ -f "$PLAIN/eval-$split/results.json" ] || \
       mtspeech evaluate "$PLAIN/final.pt" "$DATA/$split.jsonl" --out "$PLAIN/eval-$split" --decoder greedy
     echo "-- $split, greedy"
@@ -86,9 +100,9 @@ if [ -n "${COMPARE_PLAIN:-}" ]; then
       --json "$EXP/compare-plain/$split.json"
   done
   # The word decoders too (beam + trigram on the ASR head's pieces, and the phone head → words),
-  # on the clean splits and at 10 dB.
+  # on the clean splits, at 10 dB and through the telephone channel.
   [ -f "$PLAIN/lm-embedded" ] || { mtspeech embed-lm "$PLAIN/final.pt" && touch "$PLAIN/lm-embedded"; }
-  for split in test test-unseen test-voices test-snr10 test-unseen-snr10 test-voices-snr10; do
+  for split in test test-unseen test-voices test-snr10 test-unseen-snr10 test-voices-snr10 test-phone; do
     for exp in "$PLAIN" "$EXP"; do
       [ -f "$exp/eval-$split-lm/results.json" ] || \
         mtspeech evaluate "$exp/final.pt" "$DATA/$split.jsonl" --out "$exp/eval-$split-lm" \
@@ -115,7 +129,8 @@ done
 python - "$EXP" <<'PY'
 import json, sys
 exp = sys.argv[1]
-runs = [(s, k, x) for s in ("test", "test-unseen", "test-voices", "test-engine") for k, x in (("greedy", ""), ("word LM", "-lm"))]
+runs = [(s, k, x) for s in ("test", "test-unseen", "test-voices", "test-engine", "test-phone")
+        for k, x in (("greedy", ""), ("word LM", "-lm"))]
 runs += [(s, "greedy", "") for s in ("test-snr10", "test-snr0", "test-unseen-snr10", "test-unseen-snr0",
                                      "test-voices-snr10", "test-voices-snr0", "test-room", "test-unseen-room",
                                      "test-voices-room")]
@@ -125,6 +140,7 @@ for split, kind, suffix in runs:
                                            if isinstance(v, (int, float))))
 PY
 
+step serve
 echo "== 5/5 transcribe a test file through the streaming server"
 PORT=${PORT:-8765}
 # The default decoder (auto) streams the best one the checkpoint allows: it carries its LM
@@ -148,4 +164,5 @@ REF=$(python -c "import json,sys; print(json.loads(open('$DATA/test.jsonl').read
 [ -f "$FILE" ] || FILE="$DATA/$FILE"
 mtspeech transcribe --server "ws://127.0.0.1:$PORT" --realtime "$FILE"
 echo "reference: $REF"
+step done
 echo "done: model $EXP/final.pt, reports $EXP/eval-*/report.md; serve it with: mtspeech serve --model $EXP/final.pt"

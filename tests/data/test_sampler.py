@@ -50,6 +50,20 @@ def test_epochs_differ_and_are_reproducible():
     assert list(s) == e1  # iterating a finished epoch again replays it
 
 
+def test_sortagrad_epochs_go_shortest_first_then_shuffle():
+    s = DurationBatchSampler(DURATIONS, BUDGET, seed=1, sorted_epochs=1)
+    e0 = list(s)
+    longest = [max(DURATIONS[i] for i in b) for b in e0]
+    assert longest == sorted(longest) and sorted(flat(e0)) == list(range(len(DURATIONS)))
+    assert all(padded_seconds(b) <= BUDGET for b in e0)
+    s.set_epoch(1)  # after the sorted epochs: the usual shuffled plan, the same as without SortaGrad
+    plain = DurationBatchSampler(DURATIONS, BUDGET, seed=1)
+    plain.set_epoch(1)
+    assert list(s) == list(plain)
+    with pytest.raises(ValueError, match="sorted_epochs"):
+        DurationBatchSampler(DURATIONS, BUDGET, sorted_epochs=-1)
+
+
 @pytest.mark.parametrize("world_size", [2, 3])
 def test_ranks_get_disjoint_utterances_and_equal_batch_counts(world_size):
     for n in (len(DURATIONS), 7):  # also a case where the batch count does not divide

@@ -1,6 +1,7 @@
 """Task towers with cross-stitch units (soft sharing): identity stitch = plain towers, chunked =
 full context with the towers' caches, α trains at its own rate, clear config errors, and
-configs without towers build the model they always built."""
+configs without towers build the model they always built; a hard-shared encoder split into
+towers (branching's split) keeps its outputs, and streams like full context."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from encoder_helpers import feats, tiny
 from mtspeech.config import ConfigError
 from mtspeech.encoders import EncoderCache
 from mtspeech.encoders.subsampling import chunk_windows
-from mtspeech.encoders.towers import CrossStitch, cross_stitch_alphas
+from mtspeech.encoders.towers import CrossStitch, TowersConfig, cross_stitch_alphas, split_into_towers
 from mtspeech.experiment import build_model, experiment_from_dict, experiment_to_dict
 from mtspeech.tasks import Targets
 
@@ -260,17 +261,59 @@ def test_trainer_gives_alpha_its_learning_rate_logs_and_plots_it(prepared_manife
                                                             "phones ← phones"}
 
 
+@pytest.mark.parametrize("chunk_frames,left_chunks", [(1, 3), (3, 1)])
+@torch.no_grad()
+def test_split_copies_the_shared_top_keeps_every_output_and_streams_like_full_context(chunk_frames, left_chunks):
+    enc = tiny("conformer", layers=3).eval()
+    x, lens = feats(79)
+    before = enc(x, lens, chunk_frames=chunk_frames, left_chunks=left_chunks)
+    sources = split_into_towers(enc, TowersConfig(tasks=("up", "down"), layers=2, followers={"same": "up"}))
+    assert len(enc.blocks) == 1 and enc.cache_layers == 1 + 2 * 2 and enc.cfg.towers.layers == 2
+    assert all(p is not s and torch.equal(p, s) for p, s in sources.items())  # copies, not shared
+    with torch.no_grad():  # train the towers apart, so a mixed-up tower cannot hide
+        for p in enc.towers.blocks["down"].parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    full = enc(x, lens, chunk_frames=chunk_frames, left_chunks=left_chunks)
+    torch.testing.assert_close(full.task_layers("up")[-1], before.layers[-1], **TOL)  # up's tower: a copy
+    assert full.towers["same"] is full.towers["up"]  # a follower reads its group's tower
+    assert not torch.allclose(full.towers["down"][-1], full.towers["up"][-1], atol=1e-3)
+    cache = enc.init_cache(1, chunk_frames, left_chunks)
+    parts: dict[str, list[torch.Tensor]] = {t: [] for t in ("up", "same", "down")}
+    for start, end in chunk_windows(x.shape[1], chunk_frames):
+        out, cache = enc.forward_chunk(x[:, start:end], cache)
+        for task in parts:
+            parts[task].append(out.task_layers(task)[-1])
+    for task, chunks in parts.items():
+        torch.testing.assert_close(torch.cat(chunks, dim=1), full.task_layers(task)[-1], **TOL, msg=task)
+
+
+def split_with_follower():
+    """A hard-shared model whose top two blocks branching split: vad follows the phones tower."""
+    model = model_of(config(towers=None, vad=-1))
+    split_into_towers(model.encoder, TowersConfig(tasks=("asr", "phones"), layers=2, followers={"vad": "phones"}))
+    with torch.no_grad():  # the towers apart, as training after the split would leave them
+        for p in model.encoder.towers.blocks["phones"].parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
 @pytest.mark.slow
-def test_towered_model_exports_to_onnx_with_torch_parity(tmp_path):
-    """The exported streaming step carries the towers' caches and reads each head's tower (~15 s)."""
+@pytest.mark.parametrize("build", ["cross_stitch", "split_with_follower"])
+def test_towered_model_exports_to_onnx_with_torch_parity(tmp_path, build):
+    """The exported streaming step carries the towers' caches and reads each head's tower, a
+    follower's too (~15 s each)."""
     from mtspeech.export.onnx import export_onnx
     from mtspeech.export.parity import logit_parity
     from mtspeech.export.runtime import OnnxEncoderStep
     from mtspeech.streaming.encoder import TorchEncoderStep
     from tiny_asr import signal
 
-    model = model_of(config(towers=dict(TOWERS, cross_stitch=True))).eval()
-    scramble_alphas(model.encoder)
+    if build == "cross_stitch":
+        model = model_of(config(towers=dict(TOWERS, cross_stitch=True)))
+        scramble_alphas(model.encoder)
+    else:
+        model = split_with_follower()
+    model.eval()
     model.cmvn.set_stats(torch.full((80,), -6.0), torch.full((80,), 4.0))
     export_onnx(model, tmp_path, 4, 3)
     with torch.inference_mode():

@@ -1,4 +1,5 @@
-"""benchmarks/demo_goals.py: issue 14's goals per seed and over seeds, from `run.sh`'s outputs."""
+"""benchmarks/demo_goals.py: issue 14's goals (and issue 35's telephone goal) per seed and over
+seeds, from `run.sh`'s outputs."""
 
 import json
 from pathlib import Path
@@ -21,14 +22,21 @@ def _eval(folder: Path, char_errors: list[int], ref_chars: int = 50) -> None:
     (folder / "hypotheses.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def _seed(root: Path, name: str, plain: list[int], demo: list[int], demo_snr10: list[int]) -> Path:
-    """One seed's evaluation folders and `compare-plain` JSON, the way run.sh lays them out."""
+def _seed(root: Path, name: str, plain: list[int], demo: list[int], demo_snr10: list[int],
+          demo_phone: list[int] | None = None) -> Path:
+    """One seed's evaluation folders and `compare-plain` JSON, the way run.sh lays them out
+    (test-phone only when `demo_phone` is given, as before the telephone twins)."""
     exp, base = root / f"all-{name}", root / f"plain-{name}"
     _eval(base / "eval-test", plain)
     _eval(exp / "eval-test", demo)
     _eval(base / "eval-test-snr10", [e * 3 for e in plain])
     _eval(exp / "eval-test-snr10", demo_snr10)
-    for split in ("test", "test-snr10"):
+    splits = ["test", "test-snr10"]
+    if demo_phone is not None:
+        _eval(base / "eval-test-phone", [e * 4 for e in plain])
+        _eval(exp / "eval-test-phone", demo_phone)
+        splits.append("test-phone")
+    for split in splits:
         assert cli(["compare", str(base / f"eval-{split}"), str(exp / f"eval-{split}"), "--metric", "cer",
                     "--json", str(exp / "compare-plain" / f"{split}.json")]) == 0
     # what run.sh's compare JSON names: the folders relative to the clone it ran in
@@ -96,3 +104,22 @@ def test_peers_files_must_match_the_seeds(tmp_path, demo_goals):
                          str(tmp_path / "p.json")])
     with pytest.raises(SystemExit, match="test.json: not found"):
         demo_goals.main(["--compare", str(tmp_path / "no-such-run")])
+
+
+def test_the_telephone_goal_per_seed_and_on_the_mean_when_run_sh_scored_test_phone(tmp_path, demo_goals, capsys):
+    n = 20
+    a = _seed(tmp_path, "a", [5] * n, [5] * n, [6] * n, demo_phone=[7] * n)  # 7/5 = 1.4 x clean
+    b = _seed(tmp_path, "b", [5] * n, [4] * n, [6] * n, demo_phone=[8] * n)  # 8/4 = 2.0 x clean
+    r = demo_goals.main(["--compare", str(a), str(b), "--root", str(tmp_path)])
+    goal = {g["key"]: g for g in r["goals"]}["phone_ratio"]
+    assert goal["per_seed"] == pytest.approx([1.4, 2.0]) and goal["met_per_seed"] == [True, False]
+    assert goal["mean"] == pytest.approx(1.7) and not goal["met_on_mean"]
+    assert r["pooled_phone_ratio"] == pytest.approx(15 / 9)
+    out = capsys.readouterr().out
+    assert "| telephone CER ≤ 1.5 × clean (issue 35) | 1.40 ✓ | 2.00 ✗ | 1.70 [" in out
+    # a seed run before the twins existed has no test-phone comparison: no row, no pooled ratio
+    old = _seed(tmp_path, "old", [5] * n, [5] * n, [6] * n)
+    r = demo_goals.main(["--compare", str(old), "--root", str(tmp_path)])
+    assert r["seeds"][0]["phone_ratio"] is None and r["pooled_phone_ratio"] is None
+    out = capsys.readouterr().out
+    assert "telephone CER" not in out and "Telephone over clean" not in out

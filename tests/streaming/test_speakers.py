@@ -95,6 +95,25 @@ def test_non_speech_frames_are_not_pooled():
     assert [c.speaker for c in changes] == ["S1"]
 
 
+def test_a_short_gap_ends_the_window_so_the_change_is_dated_at_the_new_voice():
+    a, b = voices(2, seed=11)
+    # A, a 0.32 s gap (shorter than a pause: no end_segment), then B: the gap is a turn change
+    frames, speech = frames_of([(a, 40), (None, 8), (b, 60)])
+    spanning = run(SpeakerTracker(mean_embed, FRAME_S), frames, speech, pauses_end_segments=False)
+    gapped = SpeakerTracker(mean_embed, FRAME_S, SpeakerTurnConfig(gap_frames=5))
+    changes = run(gapped, frames, speech, pauses_end_segments=False)
+    assert [c.speaker for c in changes] == [c.speaker for c in spanning] == ["S1", "S2"]
+    assert changes[1].start == pytest.approx(48 * FRAME_S)  # B's first frame, not A's last window
+    assert spanning[1].start != pytest.approx(48 * FRAME_S)  # without: the window spans the gap
+    # A's 8 frames before the gap were embedded as a window of their own (6 <= 8 < 16)
+    assert gapped.windows_embedded == 2 + 1 + 60 // 16 + 1
+    # a rest shorter than min_window_frames before a gap is dropped, not embedded
+    frames, speech = frames_of([(a, 19), (None, 8), (a, 16)])
+    tracker = SpeakerTracker(mean_embed, FRAME_S, SpeakerTurnConfig(gap_frames=5))
+    run(tracker, frames, speech, pauses_end_segments=False)
+    assert tracker.windows_embedded == 2
+
+
 def test_enrolled_names_and_an_anonymous_stranger():
     a, b, c = voices(3, seed=7)
     enrolled = check_enrolled({"alice": a.tolist(), "bob": (2.5 * b).tolist()}, DIM)
@@ -142,6 +161,8 @@ def test_config_is_checked():
         SpeakerTurnConfig(window_frames=0)
     with pytest.raises(ValueError, match="change_distance"):
         SpeakerTurnConfig(change_distance=2.5)
+    with pytest.raises(ValueError, match="gap_frames=0"):
+        SpeakerTurnConfig(gap_frames=0)
 
 
 # ----------------------------------------------------------------------------- through the recognizer

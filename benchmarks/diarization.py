@@ -1,0 +1,245 @@
+"""Diarization of the live speaker turns: DER and change latency, against a Resemblyzer peer.
+
+    python benchmarks/diarization.py --model exp/synthetic/all/final.pt --data data/synthetic \\
+        --pyannote-cache ~/.cache/mtspeech-bench --out diarization.json
+
+Conversations (`benchmarks/_diarization_conversations.py`): `--tune-conversations` among the
+voices of `--tune-splits` (dev: training's speakers reading held-out sentences), where the two
+thresholds are chosen; `--conversations` among `--test-splits` (test-voices and test-unseen:
+voices training never heard), where everything is reported; `--acceptance` two-voice, two-turn
+conversations of the held-out voices; and the real 30 s two-person sample of the pyannote.audio
+wheel. Each synthetic conversation: 2 to 4 voices, at least 45 s, turns of 1 to 10 s; each turn
+after the first starts after a pause of 0.2 to 1.5 s, or (with probability 0.2) 0.2 to 1 s
+before the previous one ends (`ConversationShape`).
+
+How a conversation is decoded: in-process through the server's code path, `load_recognizer`
+(default torch backend, greedy decoder) and `StreamingRecognizer` streams made as a WebSocket
+`start` with `speakers: true` makes them, fed 0.1 s at a time; the stream's `SpeakerTracker`
+(`mtspeech/streaming/speakers.py`) also records what the recognizer fed it (per chunk the
+speaker head's frames and the VAD's speech mask; every pause). Replaying that record into fresh
+trackers gives the other settings without decoding again; a replay at the served settings must
+give exactly the served `speaker_change` events (checked for every conversation).
+
+Pipelines, which differ only in the window embedding: `head` pools the speaker head's frames of
+a window (`SpeakerFrames.embed`, as served); `resemblyzer` embeds the audio of the same window's
+encoder frames (frame k: samples [k, k+1) x 640 at 16 kHz) with Resemblyzer's `VoiceEncoder`
+over that audio's mel frames (volume normalised as its `preprocess_wav` does; no padding to its
+1.6 s training partials). Same windows, same VAD frames, same pauses, same clustering code.
+
+Settings: `change_distance` x `new_speaker_distance` over `--grid`, x `gap_frames` over `--gaps`
+(a window ends at that many non-speech frames), each pipeline's triple chosen by its DER over the
+tuning conversations (the served defaults are reported too).
+
+The hypothesis: every speech frame (VAD, as the tracker saw it) labelled with the speaker of the
+`speaker_change` event holding it (a frame before the first event: the first speaker), which is
+what a client can draw from the events. DER: `pyannote.metrics` `DiarizationErrorRate(collar=0.25,
+skip_overlap=False)` over the whole recording (UEM = [0, length]); overlapped speech counts, and
+a single-label hypothesis misses at least one voice there. On the pyannote sample it is also
+given with the reference's speech in place of the VAD's (`with_reference_speech`), to separate
+the embeddings from the VAD. Rates pool seconds over conversations;
+intervals are 95 % percentile bootstraps over conversations (1000 resamples, seeded).
+
+Change latency: each true change (the floor passing to another voice: a turn's start) is matched
+one to one with the nearest `speaker_change` event (the first turn's excluded) whose `start` lies
+within `--tolerance` (1 s); found = matched share; latency = the event's `detected_at` minus the
+true change, in stream seconds (audio decoded, not wall time: live, a chunk's audio also waits for
+the chunk to fill, 0.32 s at the default 8 frames, plus decoding); unmatched events are false changes.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+from _cli import add_model_arguments, run_main
+from _diarization_conversations import (PYANNOTE_WHEEL, ConversationShape, build_conversations,
+                                        pyannote_sample, pyannote_wheel)
+from _diarization_scoring import (DEFAULT, Recording, choose, record, replay, score, summarise, turn_config,
+                                  two_labels_in_time, with_reference_speech)
+
+GRID = "0.1,0.15,0.2,0.3,0.4,0.5,0.6,0.7"  # Resemblyzer's distances run lower than the head's
+GAPS = "none,3,6"  # SpeakerTurnConfig.gap_frames: off, 0.12 s, 0.24 s
+
+
+def add_arguments(ap) -> None:
+    add_model_arguments(ap)
+    ap.add_argument("--data", required=True, help="corpus folder holding the split manifests (SPLIT.jsonl)")
+    ap.add_argument("--tune-splits", default="dev", help="comma-separated: voices the thresholds are chosen on")
+    ap.add_argument("--test-splits", default="test-voices,test-unseen", help="comma-separated: held-out voices")
+    ap.add_argument("--tune-conversations", type=int, default=20)
+    ap.add_argument("--conversations", type=int, default=30)
+    ap.add_argument("--acceptance", type=int, default=10, help="two-voice, two-turn held-out conversations")
+    ap.add_argument("--seconds", type=float, default=45.0, help="a synthetic conversation lasts at least this")
+    ap.add_argument("--speakers", default="2,4", help="voices per conversation: low,high")
+    ap.add_argument("--grid", default=GRID, help="values tried for both thresholds")
+    ap.add_argument("--gaps", default=GAPS, help="gap_frames values tried ('none': off)")
+    ap.add_argument("--tolerance", type=float, default=1.0, help="seconds between a true change and its event")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--pyannote-cache", default=str(Path.home() / ".cache" / "mtspeech-bench"),
+                    help="folder for the pyannote.audio wheel (downloaded there if absent)")
+    ap.add_argument("--no-pyannote-sample", action="store_true", help="leave the real sample out (offline)")
+    ap.add_argument("--no-peer", action="store_true", help="leave Resemblyzer out")
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    ap.add_argument("--out", default=None)
+
+
+def _manifests(data: str, splits: str) -> list[Path]:
+    paths = [Path(data) / f"{s}.jsonl" for s in splits.split(",") if s]
+    for p in paths:
+        if not p.is_file():
+            raise SystemExit(f"{p}: no such manifest (--data names the folder of SPLIT.jsonl files)")
+    return paths
+
+
+def run(args) -> dict:
+    import tempfile
+
+    import torch
+
+    from mtspeech.decoding.config import DecodingConfig
+    from mtspeech.decoding.loader import load_recognizer
+
+    torch.set_num_threads(args.threads)
+    cpu0 = time.process_time()
+    model = args.model
+    if args.random_model:
+        from _tiny_model import build_random_checkpoint
+
+        model = build_random_checkpoint(tempfile.mkdtemp() + "/random.pt", speaker=True)
+    rec = load_recognizer(model, DecodingConfig(decoder="greedy"))
+    if rec.speaker is None:
+        raise SystemExit(f"{model}: the model has no speaker-embedding task; nothing to diarize")
+    rate = rec.geometry.sample_rate
+    lo, hi = (int(x) for x in args.speakers.split(","))
+    shape = ConversationShape(speakers=(lo, hi), min_seconds=args.seconds)
+    tests = _manifests(args.data, args.test_splits)
+    sets = {
+        "tune": build_conversations(_manifests(args.data, args.tune_splits), args.tune_conversations, args.seed,
+                                    rate, shape, "tune-"),
+        "test": build_conversations(tests, args.conversations, args.seed + 1, rate, shape, "test-"),
+        "acceptance": build_conversations(tests, args.acceptance, args.seed + 2, rate,
+                                          ConversationShape(speakers=(2, 2), turn_s=(3.0, 8.0), overlap_prob=0.0,
+                                                            turns=2), "accept-"),
+    }
+    if not args.no_pyannote_sample:
+        sets["pyannote-sample"] = [pyannote_sample(pyannote_wheel(args.pyannote_cache), rate)]
+    peer = None
+    if not args.no_peer:
+        from resemblyzer import VoiceEncoder
+
+        peer = VoiceEncoder("cpu", verbose=False)
+    recordings: dict[str, list[Recording]] = {k: [record(rec, c, peer) for c in v] for k, v in sets.items()}
+    grid = [float(x) for x in args.grid.split(",")]
+    pipelines = ["head"] + ([] if peer is None else ["resemblyzer"])
+    gaps = [None if g == "none" else int(g) for g in args.gaps.split(",")]
+    tuning = {p: choose(recordings["tune"], p, grid, gaps, args.tolerance) for p in pipelines}
+    settings = {"head (served defaults)": ("head", DEFAULT)}
+    settings.update({f"{p} (tuned)": (p, turn_config(*tuning[p]["chosen"])) for p in pipelines})
+    results = {}
+    for name, (pipeline, cfg) in settings.items():
+        scored = {k: [score(r, replay(r, pipeline, cfg), args.tolerance) for r in v] for k, v in recordings.items()
+                  if k != "tune"}
+        results[name] = {"pipeline": pipeline, "change_distance": cfg.change_distance,
+                         "new_speaker_distance": cfg.new_speaker_distance, "gap_frames": cfg.gap_frames,
+                         "test": summarise(scored["test"], seed=args.seed),
+                         "acceptance": two_labels_in_time(scored["acceptance"]),
+                         "acceptance_per_conversation": scored["acceptance"],
+                         "per_conversation": scored["test"]}
+        if "pyannote-sample" in scored:
+            results[name]["pyannote_sample"] = scored["pyannote-sample"][0]
+            oracle = with_reference_speech(recordings["pyannote-sample"][0])
+            results[name]["pyannote_sample_reference_speech"] = score(oracle, replay(oracle, pipeline, cfg),
+                                                                      args.tolerance)
+    if peer is not None:
+        from mtspeech.evaluation.stats import speaker_bootstrap
+
+        a, b = (results[f"{p} (tuned)"]["per_conversation"] for p in pipelines)
+        boot = speaker_bootstrap([(s["error_ms"], s["total_ms"]) for s in a], [s["id"] for s in a],
+                                 [(s["error_ms"], s["total_ms"]) for s in b], seed=args.seed)
+        delta = {"der_resemblyzer_minus_head": boot.delta, "ci": [boot.delta_ci_low, boot.delta_ci_high]}
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).parent).stdout.strip() or None
+    return {"benchmark": "diarization", "commit": commit, "model": "random-tiny" if args.random_model else str(model),
+            "backend": rec.encoder_step.name, "chunk_frames": rec.config.chunk_frames,
+            "window_frames": DEFAULT.window_frames, "frame_shift_s": rec.frame_shift_s, "seed": args.seed,
+            "tune_splits": args.tune_splits, "test_splits": args.test_splits, "tolerance_s": args.tolerance,
+            "collar_s": 0.25, "skip_overlap": False,
+            "conversations": {k: len(v) for k, v in sets.items()},
+            "audio_s": {k: round(sum(c.seconds for c in v), 1) for k, v in sets.items()},
+            "test_speakers_per_conversation": [len(c.speakers) for c in sets["test"]],
+            "test_overlapped_turns": sum(b.start < a.end for c in sets["test"] for a, b in zip(c.turns, c.turns[1:])),
+            "test_turns": sum(len(c.turns) for c in sets["test"]),
+            "tuning": tuning, "results": results, "peer_delta": delta if peer is not None else None,
+            "versions": {m: version(m) for m in ("pyannote.metrics", "resemblyzer", "torch")},
+            "pyannote_wheel": None if args.no_pyannote_sample else PYANNOTE_WHEEL,
+            "cpu_s": round(time.process_time() - cpu0, 1), "cpus": os.cpu_count()}
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def render(r: dict) -> str:
+    n = r["conversations"]
+    lines = [f"diarization, model {r['model']}, commit {r['commit']}, {r['backend']}, chunks of {r['chunk_frames']} "
+             f"frames, windows of {r['window_frames']} speech frames, seed {r['seed']}",
+             f"  thresholds chosen on {n['tune']} conversations of {r['tune_splits']} voices; reported on "
+             f"{n['test']} conversations of held-out voices ({r['test_splits']}; {r['audio_s']['test']:.0f} s, "
+             f"{r['test_turns']} turns, {r['test_overlapped_turns']} overlapping)",
+             f"  DER: pyannote.metrics, collar {r['collar_s']} s, overlap counted; change found: an event within "
+             f"{r['tolerance_s']:g} s of the true change; 95 % bootstrap over conversations", "",
+             "| pipeline | change / new-speaker distance, gap frames | DER % [95 % CI] | miss / FA / confusion % "
+             "| changes found % [CI] | latency median s [CI] | p90 s | false changes / min | "
+             "2-voice acceptance | pyannote sample DER % (miss / FA / confusion) | the same, reference speech |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, x in r["results"].items():
+        t, acc = x["test"], x["acceptance"]
+        sample = x.get("pyannote_sample")
+        lines.append(
+            f"| {name} | {x['change_distance']:g} / {x['new_speaker_distance']:g}, {x.get('gap_frames') or 'off'} "
+            f"| {_pct(t['der'])} "
+            f"[{_pct(t['der_ci'][0])}, {_pct(t['der_ci'][1])}] | {_pct(t['missed'])} / {_pct(t['false_alarm'])} / "
+            f"{_pct(t['confusion'])} | {_pct(t['found'])} [{_pct(t['found_ci'][0])}, {_pct(t['found_ci'][1])}] | "
+            f"{_s(t['latency_median_s'])} [{_s(t['latency_ci'][0])}, {_s(t['latency_ci'][1])}] | "
+            f"{_s(t['latency_p90_s'])} | {t['false_changes_per_min']:.2f} | {acc['passed']} of {acc['conversations']} "
+            f"| {_sample(sample)} | {_sample(x.get('pyannote_sample_reference_speech'))} |")
+    if r.get("peer_delta"):
+        d = r["peer_delta"]
+        lines += ["", f"  DER resemblyzer - head (tuned, paired over the same conversations): "
+                      f"{100 * d['der_resemblyzer_minus_head']:+.1f} points [{100 * d['ci'][0]:+.1f}, "
+                      f"{100 * d['ci'][1]:+.1f}]"]
+    lines.append("  2-voice acceptance: conversations (two held-out voices, one turn each) labelled with exactly "
+                 "two speakers whose change event starts within the tolerance of the true turn")
+    for name, x in r["results"].items():
+        per = x.get("acceptance_per_conversation", [])
+        extra = sum(s["labels"] > 2 for s in per)
+        missed = sum(s["found"] < s["true_changes"] for s in per)
+        lines.append(f"    {name}: {extra} with more than two labels, {missed} with the change not found")
+    for pipeline, t in r["tuning"].items():
+        served = [row[3] for row in t["grid"] if row[:3] == [DEFAULT.change_distance, DEFAULT.new_speaker_distance,
+                                                             DEFAULT.gap_frames]]
+        lines.append(f"  dev DER, {pipeline}: chosen {_pct(t['der'])} %" +
+                     (f", at the served defaults {_pct(served[0])} %" if served else "") + f" ({len(t['grid'])} settings)")
+    return "\n".join(lines)
+
+
+def _sample(s: dict | None) -> str:
+    if s is None:
+        return "-"
+    part = lambda k: _pct(s[k] / s["total_ms"])  # noqa: E731
+    return f"{_pct(s['der'])} ({part('missed_ms')} / {part('false_alarm_ms')} / {part('confusion_ms')})"
+
+
+def _s(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    return run_main(__doc__, add_arguments, run, render, argv, indent=None)  # ~40 per-conversation records
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""benchmarks/diarization.py: the conversation builder, the pyannote sample reader, and the
+record → replay → DER path on a stream whose speaker and VAD heads are scripted.
+
+What this proves, and what not: the session's tiny model is random, and a random speaker head
+cannot tell voices apart (tests/serve/test_speaker_turns.py says the same), so the two-voice
+check here scripts the heads (`tests/tiny_asr.py`) and proves the benchmark's plumbing: the
+served events, the hypothesis drawn from them, DER and the change matching. Whether a trained
+model separates voices is what the benchmark's committed JSON reports (docs/results/diarization/).
+"""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import zipfile
+
+import numpy as np
+import pytest
+import soundfile
+from bench_module import load_benchmark
+from tiny_asr import ScriptedSpeaker, ScriptedVAD, conversation, tiny_recognizer
+
+from mtspeech.streaming.stream import SpeakerChangeEvent
+
+conversations = load_benchmark("_diarization_conversations")
+scoring = load_benchmark("_diarization_scoring")
+RATE = 16000
+
+
+def test_conversations_are_seeded_and_keep_their_shape(prepared_manifests):
+    shape = conversations.ConversationShape(speakers=(2, 2), turn_s=(1.0, 3.0), overlap_prob=1.0,
+                                            overlap_s=(0.2, 0.4), turns=4)
+    manifest = [prepared_manifests["test-unseen"]]
+    a = conversations.build_conversations(manifest, 2, seed=7, sample_rate=RATE, shape=shape)
+    b = conversations.build_conversations(manifest, 2, seed=7, sample_rate=RATE, shape=shape)
+    assert [c.turns for c in a] == [c.turns for c in b] and all(np.array_equal(x.audio, y.audio) for x, y in zip(a, b))
+    for c in a:
+        assert len(c.turns) == 4 and len(c.speakers) == 2
+        for prev, turn in zip(c.turns, c.turns[1:]):
+            assert turn.speaker != prev.speaker
+            assert prev.start < turn.start < prev.end < turn.end  # every turn overlaps the last, never inside it
+        assert all(t.end - t.start <= 3.0 + 1e-6 for t in c.turns)
+        assert c.changes() == [t.start for t in c.turns[1:]]
+        assert c.seconds >= c.turns[-1].end
+        overlap = sum(max(0.0, p.end - t.start) for p, t in zip(c.turns, c.turns[1:]))
+        speech = sum(e - s for t in c.turns for s, e in t.speech)
+        assert c.reference().get_timeline().support().duration() == pytest.approx(speech - overlap, abs=0.05)
+
+
+def test_too_few_speakers_is_a_clear_error(prepared_manifests):
+    with pytest.raises(ValueError, match="speakers, conversations need up to 4"):
+        conversations.build_conversations([prepared_manifests["test-unseen"]], 1, 0, RATE)
+
+
+def _fake_wheel(path, rttm: str):
+    buf = io.BytesIO()
+    soundfile.write(buf, np.zeros(RATE, dtype=np.float32), RATE, format="WAV", subtype="PCM_16")
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr(conversations.SAMPLE_WAV, buf.getvalue())
+        z.writestr(conversations.SAMPLE_RTTM, rttm)
+
+
+def test_pyannote_sample_reads_the_wheel_and_skips_back_channels(tmp_path):
+    wheel = tmp_path / "pyannote_audio-4.0.7-py3-none-any.whl"
+    _fake_wheel(wheel, "SPEAKER sample 1 0.1 0.3 <NA> <NA> a <NA> <NA>\n"
+                       "SPEAKER sample 1 0.45 0.4 <NA> <NA> b <NA> <NA>\n"
+                       "SPEAKER sample 1 0.5 0.1 <NA> <NA> a <NA> <NA>\n")  # a's back-channel inside b's turn
+    c = conversations.pyannote_sample(wheel, RATE)
+    assert c.seconds == 1.0 and c.speakers == ["a", "b"] and c.changes() == [0.45]
+    assert conversations.pyannote_wheel(tmp_path) == wheel  # cached: no download
+
+
+def test_pyannote_wheel_offline_says_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 1, "", "no network"))
+    with pytest.raises(RuntimeError, match="no-pyannote-sample"):
+        conversations.pyannote_wheel(tmp_path / "cache")
+    _fake_wheel(tmp_path / "other.whl", "")
+    with pytest.raises(ValueError, match="no SPEAKER line"):
+        conversations.pyannote_sample(tmp_path / "other.whl", RATE)
+
+
+def test_two_scripted_voices_get_two_labels_and_the_change_within_a_second():
+    turns = [(0, 3.0), (None, 1.5), (1, 3.0), (None, 1.5)]  # voice 1 starts at 4.5 s
+    audio, speech, voices = conversation(turns)
+    rec = tiny_recognizer()
+    rec.vad, rec.speaker = ScriptedVAD(speech), ScriptedSpeaker(voices)
+    conv = conversations.Conversation("scripted", audio, RATE, (
+        conversations.Turn("x", ((0.0, 3.0),)), conversations.Turn("y", ((4.5, 7.5),))))
+    r = scoring.record(rec, conv)  # raises if replaying the record differs from the served events
+    s = scoring.score(r, r.live_events, tolerance_s=1.0)
+    assert s["labels"] == 2 and s["found"] == s["true_changes"] == 1 and s["false_changes"] == 0
+    assert abs(s["start_error_s"][0]) <= 1.0 and s["latency_s"][0] > 0
+    assert s["der"] < 0.05  # frames are 40 ms, the collar 0.25 s: nearly all of it is right
+    assert scoring.two_labels_in_time([s])["passed"] == 1
+    # the same record with thresholds that merge everything: one label, a missed change, confusion
+    merged = scoring.score(r, scoring.replay(r, "head", scoring.turn_config(1.9, 1.9)), 1.0)
+    assert merged["labels"] == 1 and merged["found"] == 0 and merged["der"] > 0.3
+
+
+def test_change_matching_is_one_to_one_within_the_tolerance():
+    ev = lambda start, prev="S1": SpeakerChangeEvent("S2", prev, start, start + 1.0)  # noqa: E731
+    events = [ev(0.0, None), ev(2.1), ev(2.3), ev(9.0)]
+    matched, false = scoring.match_changes([2.0, 5.0], events, tolerance_s=1.0)
+    assert [(t, e.start) for t, e in matched] == [(2.0, 2.1)] and false == 2  # 2.3 and 9.0 unmatched
+
+
+def test_summary_pools_seconds_over_conversations():
+    one = {"id": "a", "seconds": 60.0, "total_ms": 1000, "error_ms": 100, "missed_ms": 100, "false_alarm_ms": 0,
+           "confusion_ms": 0, "true_changes": 2, "found": 1, "false_changes": 1, "latency_s": [1.0],
+           "start_error_s": [0.1]}
+    two = dict(one, id="b", total_ms=3000, error_ms=900, missed_ms=0, confusion_ms=900, found=2, latency_s=[2.0, 3.0])
+    s = scoring.summarise([one, two])
+    assert s["der"] == pytest.approx(0.25) and s["confusion"] == pytest.approx(0.225)
+    assert s["found"] == pytest.approx(0.75) and s["latency_median_s"] == 2.0 and s["false_changes_per_min"] == 1.0
+    assert s["der_ci"][0] <= 0.25 <= s["der_ci"][1]
+
+
+@pytest.mark.slow  # builds a random checkpoint and loads Resemblyzer: ~20 s on two shared cores
+def test_the_benchmark_runs_end_to_end_on_a_random_model(prepared_manifests):
+    """Every headline number present (a random model's values mean nothing)."""
+    bench = load_benchmark("diarization")
+    r = bench.main(["--random-model", "--data", str(prepared_manifests["dev"].parent), "--test-splits", "test-unseen",
+                    "--speakers", "2,2", "--tune-conversations", "1", "--conversations", "2", "--acceptance", "1",
+                    "--seconds", "4", "--grid", "0.3,0.6", "--gaps", "none,3", "--no-pyannote-sample"])
+    assert r["conversations"] == {"tune": 1, "test": 2, "acceptance": 1}
+    assert set(r["results"]) == {"head (served defaults)", "head (tuned)", "resemblyzer (tuned)"}
+    for x in r["results"].values():
+        assert 0.0 <= x["test"]["der"] and len(x["per_conversation"]) == 2
+    assert len(r["tuning"]["resemblyzer"]["grid"]) == 8 and r["peer_delta"] is not None
+    assert "| head (tuned) |" in bench.render(r)
