@@ -1,7 +1,7 @@
 """Hotword recall, false alarms and the WER cost of biasing, on the synthetic demo (issue 33).
 
-    python benchmarks/hotwords.py --model /work/wt-demo/exp/synthetic/all/final.pt \
-        --data /work/wt-demo/data/synthetic --out docs/results/hotwords/hotwords.json
+    python benchmarks/hotwords.py --model exp/synthetic/all/final.pt --data data/synthetic \
+        --out docs/results/hotwords/hotwords.json
 
 **Targets** (20 by default): half *novel* words, names and places that no training sentence
 holds (`NOVEL`, those the training text lacks), half *rare* words, read once in the training
