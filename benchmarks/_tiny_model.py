@@ -25,9 +25,9 @@ _WORDS = ("THE OF AND TO A IN HE THAT WAS IT HIS HAD WITH AS FOR YOU BUT SHE ON 
 
 
 def tiny_config(exp_dir: str | Path, dim: int = 32, layers: int = 2, vocab_size: int = 40,
-                speaker: bool = False) -> dict:
+                speaker: bool = False, phones: bool = False) -> dict:
     """The experiment dict of the tiny model (ASR CTC + VAD; `speaker`: and a speaker head on
-    layer 0, as the demo's)."""
+    layer 0, as the demo's; `phones`: and a phone CTC head on layer 0)."""
     config = {
         "exp_dir": str(exp_dir),
         "data": {"train": "unused.jsonl", "num_workers": 0, "speed_perturb": None},
@@ -41,13 +41,17 @@ def tiny_config(exp_dir: str | Path, dim: int = 32, layers: int = 2, vocab_size:
     }
     if speaker:
         config["tasks"]["speaker"] = {"kind": "speaker", "layer": 0}
+    if phones:
+        config["tasks"]["phones"] = {"kind": "ctc", "label": "phones", "layer": 0, "dropout": 0.0}
     return config
 
 
 def build_random_checkpoint(path: str | Path, seed: int = 0, dim: int = 32, layers: int = 2,
-                            speaker: bool = False) -> Path:
+                            speaker: bool = False, phones: bool = False) -> Path:
     """Write a randomly initialised tiny checkpoint to `path` (`speaker`: with a speaker head
-    over 4 made-up training speakers); returns the path."""
+    over 4 made-up training speakers; `phones`: with a phone head over CMUdict's 39 phones);
+    returns the path."""
+    from mtspeech.data.lexicon import PHONES
     from mtspeech.checkpoint import load_model, save_atomic
     from mtspeech.experiment import build_model, experiment_from_dict, experiment_to_dict, fit_labels
 
@@ -55,8 +59,9 @@ def build_random_checkpoint(path: str | Path, seed: int = 0, dim: int = 32, laye
     rng = random.Random(seed)
     texts = [" ".join(rng.choice(_WORDS) for _ in range(rng.randint(4, 12))) for _ in range(60)]
     with tempfile.TemporaryDirectory(prefix="mtspeech_tiny_") as tmp:
-        exp = experiment_from_dict(tiny_config(tmp, dim, layers, speaker=speaker))
-        labels = fit_labels(exp, [SimpleNamespace(text=t, speaker=f"spk{i % 4}") for i, t in enumerate(texts)])  # trains sentencepiece in tmp
+        exp = experiment_from_dict(tiny_config(tmp, dim, layers, speaker=speaker, phones=phones))
+        utts = [SimpleNamespace(text=t, speaker=f"spk{i % 4}", phones=list(PHONES)) for i, t in enumerate(texts)]
+        labels = fit_labels(exp, utts)  # trains sentencepiece in tmp
         torch.manual_seed(seed)
         model = build_model(exp, labels)
         # Log-mel of speech at typical levels is around -6 +- 4: normalise roughly like a fitted CMVN.

@@ -54,10 +54,12 @@ def _unreadable(path: str | Path, error: Exception) -> FileResult:
 async def stream_samples(url: str, samples: np.ndarray, realtime: bool = False, frame_ms: int = 100,
                          api_key: str | None = None, interim: bool = True, endpointing: bool = True,
                          on_message: Callable[[dict], None] | None = None, name: str = "",
-                         retry: RetryPolicy | None = RetryPolicy()) -> FileResult:
+                         retry: RetryPolicy | None = RetryPolicy(),
+                         hotwords: list[tuple[str, float]] = ()) -> FileResult:
     """Stream 16 kHz float samples to `url` (ws://host:port/v1/stream) and collect the results.
     A replica that drains (1001) or is full (1013) is left for another, and the stream goes on
-    there from its last final (`mtspeech.resumable_stream`; `retry=None`: never)."""
+    there from its last final (`mtspeech.resumable_stream`; `retry=None`: never). `hotwords`:
+    (phrase, boost) pairs for the stream's `start`."""
     frame = SAMPLE_RATE * frame_ms // 1000
 
     async def frames():
@@ -67,7 +69,8 @@ async def stream_samples(url: str, samples: np.ndarray, realtime: bool = False, 
                 await asyncio.sleep(max(0.0, t0 + i / SAMPLE_RATE - time.monotonic()))
             yield samples[i : i + frame]
 
-    r = await stream_audio(url, frames(), api_key, interim, endpointing, on_message, name, retry)
+    r = await stream_audio(url, frames(), api_key, interim, endpointing, on_message, name, retry,
+                           hotwords=[{"phrase": p, "boost": b} for p, b in hotwords])
     return FileResult(name, r.finals, r.partials, r.errors, r.reconnects)
 
 
@@ -86,10 +89,11 @@ def _printer(name: str, out: TextIO) -> Callable[[dict], None]:
 
 def transcribe_files(server_url: str, files: list[str | Path], realtime: bool = False,
                      api_key: str | None = None, frame_ms: int = 100, show_partials: bool = True,
-                     out: TextIO | None = None, retry: RetryPolicy | None = RetryPolicy()) -> list[FileResult]:
+                     out: TextIO | None = None, retry: RetryPolicy | None = RetryPolicy(),
+                     hotwords: list[tuple[str, float]] = ()) -> list[FileResult]:
     """Stream each file to the server (one after another), printing partials and finals. A file
     that cannot be read gets an `unreadable_audio` error result; the others are still sent.
-    `retry`: how a stream moves to another replica (`stream_samples`)."""
+    `retry`: how a stream moves to another replica; `hotwords`: each stream's (`stream_samples`)."""
     from mtspeech.data.audio import AudioError
 
     out = out or sys.stdout
@@ -109,7 +113,7 @@ def transcribe_files(server_url: str, files: list[str | Path], realtime: bool = 
                 continue
             results.append(await stream_samples(
                 url, samples, realtime, frame_ms, api_key, interim=show_partials,
-                on_message=_printer(str(path), out), name=str(path), retry=retry))
+                on_message=_printer(str(path), out), name=str(path), retry=retry, hotwords=hotwords))
         return results
 
     return asyncio.run(run())
@@ -117,11 +121,12 @@ def transcribe_files(server_url: str, files: list[str | Path], realtime: bool = 
 
 def transcribe_local(model_path: str | Path, files: list[str | Path], device: str = "cpu",
                      out: TextIO | None = None, streaming=None, decoding=None,
-                     backend: str = "torch-eager") -> list[FileResult]:
+                     backend: str = "torch-eager", hotwords: list[tuple[str, float]] = ()) -> list[FileResult]:
     """Decode files in-process with the streaming recognizer (no server) that `mtspeech serve`
     would build from the same checkpoint and `decoding` (`DecodingConfig`; default: its
     defaults, so `auto`); an unreadable file gets an error result, as in `transcribe_files`.
-    `backend`: eager by default, since tracing at start costs more than it saves on a few files."""
+    `backend`: eager by default, since tracing at start costs more than it saves on a few files;
+    `hotwords`: (phrase, boost) pairs the default decoder favours (it must be a beam decoder)."""
     from mtspeech.data.audio import AudioError
     from mtspeech.decoding.loader import load_recognizer
 
@@ -130,7 +135,7 @@ def transcribe_local(model_path: str | Path, files: list[str | Path], device: st
     results = []
     for path in files:
         try:
-            finals = rec.transcribe(_load(path))
+            finals = rec.transcribe(_load(path), hotwords=hotwords)
         except AudioError as e:
             results.append(_unreadable(path, e))
             continue
@@ -141,6 +146,25 @@ def transcribe_local(model_path: str | Path, files: list[str | Path], device: st
             _printer(str(path), out)(f)
         results.append(res)
     return results
+
+
+def parse_hotword_flags(values: list[str] | None) -> list[tuple[str, float]]:
+    """`--hotword PHRASE[:BOOST]` values → (phrase, boost) pairs, checked as a server checks a
+    `start` list (`streaming.hotwords.parse_hotwords`); raises ValueError naming the entry. The
+    text after the last colon is the boost only if it reads as a number."""
+    if not values:
+        return []  # no import: the streaming package (torch) stays unloaded for a plain --server run
+    from mtspeech.streaming.hotwords import DEFAULT_BOOST, parse_hotwords
+
+    pairs = []
+    for value in values:
+        phrase, _, boost = value.rpartition(":")
+        try:
+            pairs.append((phrase, float(boost)) if phrase else (value, DEFAULT_BOOST))
+        except ValueError:
+            pairs.append((value, DEFAULT_BOOST))
+    parse_hotwords(pairs)
+    return pairs
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -164,6 +188,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=decoding.BACKENDS, default="torch-eager",
                         help="with --model: what runs the encoder (as `mtspeech serve --backend`)")
     parser.add_argument("--json", action="store_true", help="print one JSON line per file at the end")
+    parser.add_argument("--hotword", action="append", default=None, metavar="PHRASE[:BOOST]",
+                        help="a phrase the beam decoders favour, optionally with its boost (default: the "
+                             "protocol's); repeat for more (docs/server.md, Hotwords)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -171,6 +198,11 @@ def main(args: argparse.Namespace) -> int:
     cannot be reached."""
     from websockets.exceptions import InvalidHandshake, InvalidURI
 
+    try:
+        hotwords = parse_hotword_flags(args.hotword)
+    except ValueError as e:
+        print(f"mtspeech transcribe: --hotword: {e}", file=sys.stderr)
+        return 2
     if args.server:
         if args.max_reconnects < 0:
             print(f"mtspeech transcribe: --max-reconnects {args.max_reconnects}: expected >= 0", file=sys.stderr)
@@ -178,7 +210,7 @@ def main(args: argparse.Namespace) -> int:
         try:
             retry = RetryPolicy(max_retries=args.max_reconnects) if args.max_reconnects > 0 else None
             results = transcribe_files(args.server, args.files, args.realtime, args.api_key, args.frame_ms,
-                                       show_partials=not args.no_partials, retry=retry)
+                                       show_partials=not args.no_partials, retry=retry, hotwords=hotwords)
         except (OSError, InvalidURI, InvalidHandshake) as e:  # refused, unreachable, not our server
             print(f"mtspeech transcribe: cannot stream to {args.server}: {e}", file=sys.stderr)
             return 2
@@ -188,8 +220,8 @@ def main(args: argparse.Namespace) -> int:
 
         try:
             results = transcribe_local(args.model, args.files, args.device, decoding=from_args(args),
-                                       backend=args.backend)
-        except (DecodingError, CheckpointError) as e:
+                                       backend=args.backend, hotwords=hotwords)
+        except (DecodingError, CheckpointError, ValueError) as e:  # ValueError: hotwords greedy cannot take
             print(f"mtspeech transcribe: {e}", file=sys.stderr)
             return 2
     if args.json:

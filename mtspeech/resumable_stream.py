@@ -150,13 +150,18 @@ class _Unacknowledged:
 async def stream_audio(url: str, source: AsyncIterator[np.ndarray], api_key: str | None = None,
                        interim: bool = True, endpointing: bool = True,
                        on_message: Callable[[dict], None] | None = None, name: str = "",
-                       retry: RetryPolicy | None = RetryPolicy(), seed: int | None = None) -> StreamResult:
+                       retry: RetryPolicy | None = RetryPolicy(), seed: int | None = None,
+                       hotwords: list[dict] | None = None) -> StreamResult:
     """Stream 16 kHz float frames from `source` to `url` (ws://host:port/v1/stream), then
     `stop`; reconnect and resume as the module doc says (`retry=None`: never; the stream then
 ends with the server's error, or `connection_closed`, in `errors`). `on_message`
-    sees every message, times shifted; `seed` fixes the jitter (tests)."""
-    start = json.dumps({"type": "start", "sample_rate": SAMPLE_RATE, "encoding": "pcm_s16le",
-                        "interim_results": interim, "endpointing": endpointing})
+    sees every message, times shifted; `seed` fixes the jitter (tests); `hotwords`: the
+    `start` message's list of `{"phrase", "boost"}` (sent again on a resumed stream)."""
+    start = {"type": "start", "sample_rate": SAMPLE_RATE, "encoding": "pcm_s16le",
+             "interim_results": interim, "endpointing": endpointing}
+    if hotwords:
+        start["hotwords"] = hotwords
+    start = json.dumps(start)
     stream = _ResumableStream(url, start, api_key, on_message, name, retry, random.Random(seed))
     return await stream.run(source)
 

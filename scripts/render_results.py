@@ -97,6 +97,18 @@ PAGES = [
          "of voices training never heard; the served defaults are reported too. The pyannote sample is one "
          "real recording (no interval); both pipelines use the model's VAD frames there, trained on "
          "synthetic speech only, so its miss share is the VAD's. The model: the demo model of docs/results/demo/."),
+    Page("hotwords", "Hotwords: recall, false alarms and the WER cost of a list, on the demo",
+         "python benchmarks/hotwords.py --model exp/synthetic/all/final.pt --data data/synthetic "
+         "--out docs/results/hotwords/hotwords.json",
+         "*.json", lambda r: benchmark("hotwords").render_text(r),
+         "Definitions (targets, the hotword sentences, the list, recall, false alarms): the docstring of "
+         "`benchmarks/hotwords.py`. `change`: test WER with the list minus without, in points. RTF: decoding "
+         "wall seconds per audio second, one stream on the 2-core development machine shared with other "
+         "work; `build s`: the list's build (its lexicon trie), once per distinct list. The method: "
+         "docs/server.md, Hotwords. Beyond the interval's utterance sampling: flashlight's beam search "
+         "breaks ties between hypotheses by memory address, so decoding the same log-probabilities twice "
+         "can differ by a word (seen while making this page), with or without a list. The model: the demo "
+         "model of docs/results/demo/."),
     Page("rir-match", "Synthetic rooms against pyroomacoustics' shoebox rooms",
          "python benchmarks/rir_match.py --rooms 20 --out rir.json", "*.json", render_rir_match),
     Page("pocketsphinx", "Peer: PocketSphinx, out of the box, on the demo corpus's test splits",

@@ -25,6 +25,7 @@ import soundfile
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from mtspeech.serve import protocol as P
@@ -170,15 +171,26 @@ async def _until_disconnect(request: Request) -> None:
 
 
 async def transcribe(server: Server, request: Request, audio: AudioFile, endpointing: bool = True,
-                     speakers: bool = False, stream: Stream | None = None) -> list[FinalEvent]:
+                     speakers: bool = False, stream: Stream | None = None,
+                     hotwords: list[tuple[str, float]] = ()) -> list[FinalEvent]:
     """Decode an upload through the batcher; its finals (labelled with speaker turns if
-    `speakers`). `stream`: decode into this one (the caller reads its state afterwards)
-    instead of a new one. Raises APIError or ClientGone."""
+    `speakers`, biased to `hotwords`). `stream`: decode into this one (the caller reads its
+    state afterwards) instead of a new one. Raises APIError or ClientGone."""
+    if hotwords:
+        try:  # built on a thread (spelling new words may take seconds): the stream below finds it built
+            await asyncio.to_thread(server.recognizer.bias, None, hotwords)
+        except ValueError as e:  # greedy cannot be biased; a word the phone head cannot spell
+            raise APIError(400, P.ErrorCode.bad_request, str(e), param="hotwords") from e
     refused = server.open_slot()
     if refused is not None:
         raise APIError(503, P.ErrorCode.too_many_streams, refused, headers={"Retry-After": "1"})
-    stream = stream or server.recognizer.new_stream(audio.sample_rate, endpointing=endpointing, interim=False,
-                                                    speaker_turns=SpeakerTurnConfig() if speakers else None)
+    try:  # the list was checked above; this guards the slot against any other refusal
+        stream = stream or server.recognizer.new_stream(audio.sample_rate, endpointing=endpointing, interim=False,
+                                                        speaker_turns=SpeakerTurnConfig() if speakers else None,
+                                                        hotwords=hotwords)
+    except ValueError as e:
+        server.close_slot()
+        raise APIError(400, P.ErrorCode.bad_request, str(e), param="hotwords") from e
     job = server.batcher.add(stream, source="file")
     server.transcriptions.add(job)
     producer = asyncio.create_task(_produce(server, job, audio))
@@ -222,7 +234,8 @@ _ERRORS = {status: {"model": P.HTTPError, "description": what} for status, what 
 _BINARY = {"type": "string", "format": "binary"}
 _TRANSCRIBE_BODY = {"requestBody": {"required": True, "content": {
     "application/octet-stream": {"schema": _BINARY},
-    "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {"file": _BINARY}}},
+    "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
+        "file": _BINARY, "hotwords": {"type": "string"}}}},
 }}}
 _OPENAI_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["file"], "properties": {
@@ -230,7 +243,24 @@ _OPENAI_BODY = {"requestBody": {"required": True, "content": {"multipart/form-da
         "response_format": {"type": "string", "enum": list(FORMATS)},
         "timestamp_granularities[]": {"type": "array", "items": {"type": "string", "enum": ["word", "segment"]}},
         "language": {"type": "string"}, "prompt": {"type": "string"}, "temperature": {"type": "number"},
+        "hotwords": {"type": "string", "description": 'an extra field: JSON array of {"phrase", "boost"}'},
     }}}}}}
+
+
+def _hotwords(raw) -> list[tuple[str, float]]:
+    """The `hotwords` field (a form field or query parameter): a JSON array of
+    `{"phrase", "boost"}`, checked by the protocol's `Hotword`; 400 naming the entry otherwise."""
+    if raw is None or raw == "":
+        return []
+    if not isinstance(raw, str):
+        raise APIError(400, P.ErrorCode.bad_request, "hotwords: expected a JSON array as a form field, not a file",
+                       param="hotwords")
+    try:
+        items = P.HOTWORDS.validate_json(raw)
+    except ValidationError as e:
+        detail = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'hotwords'}: {err['msg']}" for err in e.errors()[:3])
+        raise APIError(400, P.ErrorCode.bad_request, f"hotwords: {detail[:300]}", param="hotwords") from None
+    return [(h.phrase, h.boost) for h in items]
 
 
 def _flag(request: Request, name: str, default: bool) -> bool:
@@ -289,11 +319,14 @@ async def metrics(request: Request):
 @router.post("/v1/transcribe", response_model=P.TranscribeResponse, responses=_ERRORS,
              openapi_extra={**_TRANSCRIBE_BODY, "parameters": [
                  {"name": "endpointing", "in": "query", "required": False, "schema": {"type": "boolean", "default": True}},
-                 {"name": "speakers", "in": "query", "required": False, "schema": {"type": "boolean", "default": False}}]})
+                 {"name": "speakers", "in": "query", "required": False, "schema": {"type": "boolean", "default": False}},
+                 {"name": "hotwords", "in": "query", "required": False, "schema": {"type": "string"},
+                  "description": 'JSON array of {"phrase", "boost"} (or a multipart field of that name)'}]})
 async def transcribe_route(request: Request):
     """Audio file as the raw body (any container soundfile reads) or multipart `file`;
     `?endpointing=false` keeps pauses inside utterances; `?speakers=true` labels segments and
-    words with speaker turns (a model with a speaker head)."""
+    words with speaker turns (a model with a speaker head); `hotwords` (query or form field):
+    a JSON array of `{"phrase", "boost"}` the beam decoders favour."""
     server = _server(request)
     settings = server.settings
     _check_key(request, settings)
@@ -303,10 +336,14 @@ async def transcribe_route(request: Request):
         raise APIError(400, P.ErrorCode.bad_request, "speakers=true: the served model has no speaker head "
                        "(or its exported graph lacks it)", param="speakers")
     body = await _read_body(request, settings.max_upload_bytes)
+    hotwords = request.query_params.get("hotwords")
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
-        body = await _form_file(await _read_form(request, body))
+        form = await _read_form(request, body)
+        hotwords = form.get("hotwords", hotwords)
+        body = await _form_file(form)
+    hotwords = _hotwords(hotwords)
     audio = probe_upload(body, settings)
-    finals = await transcribe(server, request, audio, endpointing, speakers)
+    finals = await transcribe(server, request, audio, endpointing, speakers, hotwords=hotwords)
     out = P.TranscribeResponse(text=" ".join(f.text for f in finals), duration=round(audio.seconds, 3),
                                segments=segments(finals))
     return JSONResponse(out.model_dump(mode="json", exclude_none=True))  # speaker fields only when asked
@@ -316,7 +353,8 @@ async def transcribe_route(request: Request):
                                                      **_ERRORS}, openapi_extra=_OPENAI_BODY)
 async def openai_transcriptions(request: Request):
     """OpenAI's transcription API: multipart `file`, `model`, `response_format`,
-    `timestamp_granularities[]` (`language`, `prompt`, `temperature` are accepted, ignored).
+    `timestamp_granularities[]` (`language`, `prompt`, `temperature` are accepted, ignored);
+    `hotwords`, an extra field, as on `/v1/transcribe`.
     `verbose_json` segments carry `speaker` when the model has a speaker head; `diarized_json`
     (OpenAI's diarizing shape) needs one."""
     server = _server(request)
@@ -335,10 +373,12 @@ async def openai_transcriptions(request: Request):
     if granularities - {"word", "segment"}:
         raise APIError(400, P.ErrorCode.bad_request, f"timestamp_granularities {sorted(map(str, granularities))[:4]}: "
                        "expected 'word' and/or 'segment'", param="timestamp_granularities[]")
+    hotwords = _hotwords(form.get("hotwords"))
     audio = probe_upload(await _form_file(form), settings)
     # speaker turns cost the speaker head's pooling: only for the formats that show them
     finals = await transcribe(server, request, audio,
-                              speakers=fmt == "diarized_json" or (fmt == "verbose_json" and tells_speakers(server)))
+                              speakers=fmt == "diarized_json" or (fmt == "verbose_json" and tells_speakers(server)),
+                              hotwords=hotwords)
     text = " ".join(f.text for f in finals)
     if fmt == "text":
         return PlainTextResponse(text + "\n")

@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
 from mtspeech.data.geometry import SAMPLE_RATE
 from mtspeech.streaming.endpoint import EndpointConfig
+from mtspeech.streaming.hotwords import DEFAULT_BOOST, MAX_BOOST, MAX_HOTWORDS, MAX_PHRASE_CHARS, phrase_words
 from mtspeech.streaming import FinalEvent, PartialEvent, SpeechActivityEvent
 from mtspeech.streaming.speakers import MAX_ENROLLED, SpeakerTurnConfig
 from mtspeech.streaming.stream import SpeakerChangeEvent
@@ -107,6 +108,26 @@ class EnrolledSpeaker(BaseModel):
     embedding: list[float] = Field(min_length=1, max_length=MAX_EMBEDDING_DIM)
 
 
+class Hotword(BaseModel):
+    """A phrase the beam decoders favour on this stream and its bonus per word, in the search's
+    log-score units (docs/server.md, Hotwords). The bounds are the recognizer's
+    (`mtspeech/streaming/hotwords.py`), checked here first so the answer names the field."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    phrase: str = Field(min_length=1, max_length=MAX_PHRASE_CHARS)
+    boost: float = Field(default=DEFAULT_BOOST, gt=0, le=MAX_BOOST)
+
+    @field_validator("phrase")
+    @classmethod
+    def _words(cls, phrase: str) -> str:
+        phrase_words(phrase)  # the recognizer's own check: blank, control characters, no word, too many
+        return phrase
+
+
+Hotwords = Annotated[list[Hotword], Field(max_length=MAX_HOTWORDS)]
+HOTWORDS = TypeAdapter(Hotwords)  # the REST routes' `hotwords` field: a JSON array of Hotword
+
+
 class StartMessage(BaseModel):
     """Opens a stream. Audio frames after it are in `encoding` at `sample_rate` Hz, mono."""
 
@@ -131,6 +152,8 @@ class StartMessage(BaseModel):
     # Cosine similarity to an enrolled reference under which a speaker stays anonymous.
     enrol_similarity: float = Field(default=SpeakerTurnConfig.enrol_similarity, ge=-1.0, le=1.0,
                                     allow_inf_nan=False)
+    # Phrases the beam decoders favour on this stream (needs a 'beam' or 'phones' decoder).
+    hotwords: Hotwords = []
 
     @field_validator("enrolled_speakers")
     @classmethod
@@ -148,6 +171,10 @@ class StartMessage(BaseModel):
             return None, {}
         config = dataclasses.replace(SpeakerTurnConfig(), enrol_similarity=self.enrol_similarity)
         return config, {e.name: e.embedding for e in self.enrolled_speakers}
+    def hotword_pairs(self) -> list[tuple[str, float]]:
+        """The stream's hotwords as `StreamingRecognizer.new_stream` takes them."""
+        return [(h.phrase, h.boost) for h in self.hotwords]
+
     # For browsers, which cannot set an Authorization header on a WebSocket. Never logged.
     api_key: str | None = Field(default=None, max_length=1024, repr=False)
 

@@ -139,7 +139,7 @@ class StreamConnection:
             if msg.get("bytes") is not None:
                 await self._on_audio(msg["bytes"])
             elif msg.get("text") is not None:
-                self._on_text(msg["text"])
+                await self._on_text(msg["text"])
         return False
 
     async def _idle_watchdog(self) -> None:
@@ -157,7 +157,7 @@ class StreamConnection:
                 return
             await asyncio.sleep(left)
 
-    def _on_text(self, text: str) -> None:
+    async def _on_text(self, text: str) -> None:
         if len(text) > self.settings.max_frame_bytes:
             self.terminate(P.ErrorCode.frame_too_large,
                            f"text frame of {len(text)} bytes exceeds the {self.settings.max_frame_bytes}-byte limit",
@@ -186,7 +186,7 @@ class StreamConnection:
             self.error(P.ErrorCode.bad_message, f"invalid {kind!r} message: nested too deeply")
             return
         if isinstance(message, P.StartMessage):
-            self._on_start(message)
+            await self._on_start(message)
         elif not self.key_checked:
             self._unauthorized()
         else:
@@ -196,7 +196,7 @@ class StreamConnection:
         self.terminate(P.ErrorCode.unauthorized, "missing or wrong API key (Authorization: Bearer KEY, "
                        'or "api_key" in the start message)', 1008)
 
-    def _on_start(self, start: P.StartMessage) -> None:
+    async def _on_start(self, start: P.StartMessage) -> None:
         s = self.settings
         if not self.key_checked:
             if not key_matches(start.api_key, s.api_key):
@@ -225,12 +225,21 @@ class StreamConnection:
             except ValueError as e:
                 self.error(P.ErrorCode.bad_message, f"invalid 'start' message: endpoint: {e}")
                 return
+        if start.hotwords:
+            try:  # built on a thread: spelling new words may take seconds, the loop serves every stream
+                await asyncio.to_thread(recognizer.bias, start.decoder, start.hotword_pairs())
+            except ValueError as e:
+                self.error(P.ErrorCode.bad_message, f"invalid 'start' message: {e}")
+                return
         speaker_turns, enrolled = start.speaker_turns()
-        try:  # the recognizer refuses speaker turns without a speaker head, or references of its wrong size
+        # the recognizer refuses speaker turns without a speaker head, references of its wrong size,
+        # or hotwords for a decoder that cannot be biased (or a head that cannot spell them)
+        try:
             stream = recognizer.new_stream(start.sample_rate, endpointing=start.endpointing,
                                            interim=start.interim_results, decoder=start.decoder,
                                            endpoint=endpoint, speech_activity=start.speech_activity,
-                                           speaker_turns=speaker_turns, enrolled=enrolled)
+                                           speaker_turns=speaker_turns, enrolled=enrolled,
+                                           hotwords=start.hotword_pairs())
         except ValueError as e:
             self.error(P.ErrorCode.bad_message, f"invalid 'start' message: {e}")
             return

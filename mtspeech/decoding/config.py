@@ -41,6 +41,8 @@ class DecodingConfig:
     an `lm_order`-gram of the training transcripts named in its config.
     `beam_size`, `lm_weight`, `word_score`: the beam search's (score = acoustic + lm_weight *
     LM + word_score * words).
+    `lexicon_extra`: a file of words added to the LM (at a unigram back-off) and to the lexicons,
+    spelled by CMUdict or the G2P model (`decoding/vocabulary.py`); needs an LM.
     """
 
     decoder: str = "auto"
@@ -49,6 +51,7 @@ class DecodingConfig:
     lm_weight: float = 1.0
     word_score: float = 0.0
     lm_order: int = 3
+    lexicon_extra: str | None = None
 
     def __post_init__(self) -> None:
         if self.decoder not in DECODER_KINDS:
@@ -66,7 +69,7 @@ class DecodingConfig:
         DecodingConfig of its decoding keys and the rest."""
         names = {f.name for f in fields(cls)}
         rest = {k: v for k, v in options.items() if k not in names}
-        cfg = cls(**{k: (str(v) if k == "lm" and v is not None else v) for k, v in options.items() if k in names})
+        cfg = cls(**{k: (str(v) if k in ("lm", "lexicon_extra") and v is not None else v) for k, v in options.items() if k in names})
         return cfg, rest
 
 
@@ -86,9 +89,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lm-weight", type=float, default=d.lm_weight)
     parser.add_argument("--word-score", type=float, default=d.word_score)
     parser.add_argument("--lm-order", type=int, default=d.lm_order, help="n-gram order of --lm auto")
+    parser.add_argument("--lexicon-extra", default=d.lexicon_extra, metavar="FILE",
+                        help="words to add to the LM and the lexicons, one a line (optionally followed by its "
+                             "ARPAbet phones; otherwise CMUdict, else the G2P model spells it); needs an LM")
 
 
 def from_args(args: argparse.Namespace) -> DecodingConfig:
     """The DecodingConfig of parsed `add_arguments` flags; raises DecodingError."""
     return DecodingConfig(decoder=args.decoder, lm=args.lm, beam_size=args.beam_size, lm_weight=args.lm_weight,
-                          word_score=args.word_score, lm_order=args.lm_order)
+                          word_score=args.word_score, lm_order=args.lm_order,
+                          lexicon_extra=args.lexicon_extra)

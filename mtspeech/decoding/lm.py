@@ -271,22 +271,23 @@ def build_lexicon(words: Iterable[str], tokenizer: PieceTokenizer, out_path: str
 
 
 def build_phone_lexicon(words: Iterable[str], phones: Sequence[str], out_path: str | Path,
-                        oov: str = "g2p") -> Path:
+                        oov: str = "g2p", spellings: dict[str, Sequence[str]] | None = None) -> Path:
     """Write a flashlight lexicon over phones: one `WORD<tab>PH PH ...` line per word.
 
-    Pronunciations come from CMUdict (`mtspeech.data.lexicon.Lexicon`, espeak-ng letter-to-
-    sound for a word it lacks, as when the phone labels were made). A word that has no
+    Pronunciations come from `spellings` (word → phones: the open-vocabulary words of
+    `decoding/vocabulary.py`), else from CMUdict (`mtspeech.data.lexicon.Lexicon`, espeak-ng
+    letter-to-sound for a word it lacks, as when the phone labels were made). A word that has no
     pronunciation, or one using a phone outside `phones` (the phone task's label set), is
     left out and logged: a decoder can only spell words in the units its head emits.
     """
     from mtspeech.data.lexicon import Lexicon
 
-    lexicon, known = Lexicon(oov=oov), set(phones)
+    lexicon, known, spellings = Lexicon(oov=oov), set(phones), spellings or {}
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     lines, dropped = [], []
     for w in sorted(set(words) - {BOS, EOS, UNK}):
-        spelling = lexicon.word_phones(w)
+        spelling = spellings[w] if w in spellings else lexicon.word_phones(w)
         if spelling and set(spelling) <= known:
             lines.append(f"{w}\t{' '.join(spelling)}")
         else:

@@ -35,18 +35,20 @@ from mtspeech.streaming.recognizer import StreamingConfig, StreamingRecognizer
 log = logging.getLogger(__name__)
 
 
-def phone_lexicon_for_lm(lm: Path, phones: list[str], out_path: Path) -> Path | None:
+def phone_lexicon_for_lm(lm: Path, phones: list[str], out_path: Path,
+                         spellings: dict[str, tuple[str, ...]] | None = None) -> Path | None:
     """The phone-lexicon word decoder's lexicon: every word of the ARPA LM `lm` spelled in the
     phone head's labels through CMUdict (`lm.build_phone_lexicon`), written to `out_path`. A
     word needs only be heard, never spelled, which on a closed vocabulary with little text
     beats spelling it from sub-word units. None (with a warning) for a non-ARPA LM: its
-    vocabulary is the lexicon, and only ARPA text lists it."""
+    vocabulary is the lexicon, and only ARPA text lists it. `spellings`: phones of words added
+    by `--lexicon-extra` (CMUdict's or the G2P model's, or the file's own)."""
     from mtspeech.decoding.lm import ArpaLM, build_phone_lexicon
 
     if lm.suffix != ".arpa":
         log.warning("no 'phones' decoder: it needs an ARPA LM (its vocabulary is the lexicon), got %s", lm)
         return None
-    return build_phone_lexicon(ArpaLM.load(lm).vocab, phones, out_path)
+    return build_phone_lexicon(ArpaLM.load(lm).vocab, phones, out_path, spellings=spellings)
 
 
 def build_decoders(model: torch.nn.Module, tokenizer, frame_shift_s: float,
@@ -57,19 +59,44 @@ def build_decoders(model: torch.nn.Module, tokenizer, frame_shift_s: float,
     "beam": over the ASR pieces; lexicon-free without `lm` (a file, already resolved), else
     with the LM through a piece lexicon spelling its vocabulary. "phones": only with an ARPA
     `lm` and a phone head: the LM's words spelled in phones (`phone_lexicon_for_lm`), written
-    to `work_dir` (default: next to the LM).
+    to `work_dir` (default: next to the LM). `decoding.lexicon_extra`: its words join the LM
+    (`vocabulary.extend_arpa`, written to `work_dir` too) and so both lexicons.
     """
     options = dict(beam_size=decoding.beam_size, lm_weight=decoding.lm_weight, word_score=decoding.word_score)
+    spellings = None
+    if decoding.lexicon_extra is not None:
+        if lm is None:
+            raise DecodingError("--lexicon-extra adds words to the word LM's lexicons: pass --lm ARPA or --lm auto")
+        lm, spellings = _with_extra_words(Path(lm), decoding.lexicon_extra, Path(work_dir or Path(lm).parent))
     piece_lexicon = None if lm is None else lexicon_for_lm(Path(lm), tokenizer)
     out = {"beam": BeamDecoder(tokenizer, "asr", frame_shift_s, lm=lm, lexicon=piece_lexicon, **options)}
     phones = phone_task(model)
     if lm is not None and phones is not None:
         lm = Path(lm)
-        lexicon = phone_lexicon_for_lm(lm, phones.phones, Path(work_dir or lm.parent) / f"{lm.stem}.phones.lexicon.txt")
+        lexicon = phone_lexicon_for_lm(lm, phones.phones, Path(work_dir or lm.parent) / f"{lm.stem}.phones.lexicon.txt",
+                                       spellings)
         if lexicon is not None:
             out["phones"] = BeamDecoder(PhoneTable(phones.phones), "phones", frame_shift_s, lm=lm,
                                         lexicon=lexicon, **options)
     return out
+
+
+def _with_extra_words(lm: Path, extra: str, work_dir: Path) -> tuple[Path, dict[str, tuple[str, ...]]]:
+    """The LM with `--lexicon-extra`'s words added (`work_dir/<lm>.extra.arpa`) and their phones.
+
+    A word the G2P model cannot spell is refused here, at start, naming the word."""
+    from mtspeech.data.g2p import G2PError, pronounce
+    from mtspeech.decoding.vocabulary import extend_arpa, read_lexicon_extra
+
+    if lm.suffix != ".arpa":
+        raise DecodingError(f"--lexicon-extra needs an ARPA LM (its vocabulary is the lexicon), got {lm}")
+    try:
+        words = read_lexicon_extra(extra)
+        spellings = {w: phones or pronounce(w) for w, phones in words.items()}
+    except (ValueError, G2PError) as e:
+        raise DecodingError(str(e)) from e
+    work_dir.mkdir(parents=True, exist_ok=True)
+    return extend_arpa(lm, list(words), work_dir / f"{lm.stem}.extra.arpa"), spellings
 
 
 def batch_decoder(decoder: TokenDecoder, table) -> GreedyDecoder | BeamSearchDecoder:
@@ -104,6 +131,8 @@ def load_recognizer(checkpoint: str | Path, decoding: DecodingConfig | None = No
     lm = decoding.lm
     if lm not in (None, "auto") and not Path(lm).is_file():
         raise DecodingError(f"LM file {lm} does not exist: pass an ARPA file or 'auto'")
+    if decoding.lexicon_extra is not None and not Path(decoding.lexicon_extra).is_file():
+        raise DecodingError(f"--lexicon-extra {decoding.lexicon_extra}: no such file")
     checkpoint = Path(checkpoint)
     model, exp, _labels = load_model(checkpoint)
     model.to(device).eval()
@@ -112,6 +141,9 @@ def load_recognizer(checkpoint: str | Path, decoding: DecodingConfig | None = No
     if lm == "auto":
         work_dir = Path(work_dir or tempfile.mkdtemp(prefix="mtspeech-lm-"))
         lm = training_transcripts_lm(exp, work_dir, decoding.lm_order, checkpoint)
+    if decoding.lexicon_extra is not None and lm is None:
+        raise DecodingError("--lexicon-extra adds words to the word LM's lexicons: pass --lm ARPA or --lm auto "
+                            "(or embed one with `mtspeech embed-lm`)")
     tokenizer = _asr_tokenizer(model)
     decoders = {}
     if decoding.decoder not in ("greedy", "auto") or lm is not None:  # auto without an LM: greedy

@@ -227,6 +227,7 @@ class BeamDecoder:
             sil_token=blank, sil_score=0.0, blank_token=blank, unk_word="<unk>", log_add=False,
         )
         self._make_search = self._search_factory(beam_size, beam_threshold, lm_weight, word_score)
+        self._lexicon_entries = None  # for hotwords: `lexicon_entries`
 
     def _search_factory(self, beam_size, beam_threshold, lm_weight, word_score):
         """A function returning a fresh flashlight search sharing the prototype's LM and trie.
@@ -250,6 +251,21 @@ class BeamDecoder:
         trie = T._construct_trie(p.tokens_dict, p.word_dict, T._load_words(self.lexicon), p.lm, p.blank)
         unk = p.word_dict.get_index("<unk>")
         return lambda: T._LexiconDecoder(opts, trie, p.lm, p.blank, p.blank, unk, [], False)
+
+    def lexicon_entries(self):
+        """The lexicon spelled in token ids with its unigram scores, built on the first stream
+        with hotwords and kept (`streaming/biased_beam.py`)."""
+        if self.lexicon is None:
+            raise ValueError("a lexicon-free decoder has no lexicon")
+        if self._lexicon_entries is None:
+            from mtspeech.streaming.hotwords import LexiconEntries
+
+            self._lexicon_entries = LexiconEntries(self)
+        return self._lexicon_entries
+
+    def word_name(self, search, word_id: int) -> str:
+        """The word of a lexicon search's word id."""
+        return search.word_dict.get_entry(word_id)
 
     def begin(self) -> "_BeamUtterance":
         search = copy.copy(self._proto)  # torchaudio's online API on a search of its own
@@ -303,7 +319,7 @@ class _BeamUtterance:
         at = np.flatnonzero(words >= 0)
         ends = np.searchsorted(starts, at, side="right")  # tokens begun by each word's frame
         counts = np.diff(ends, prepend=0)
-        groups = [(self.search.word_dict.get_entry(int(words[f])), int(n)) for f, n in zip(at, counts) if n > 0]
+        groups = [(self.d.word_name(self.search, int(words[f])), int(n)) for f, n in zip(at, counts) if n > 0]
         groups.append(("", len(ids) - (int(ends[-1]) if len(ends) else 0)))  # no finished word: untimed
         return groups
 

@@ -47,7 +47,9 @@ import torch
 
 from mtspeech.data.resample import check_samples
 from mtspeech.streaming.endpoint import EndpointConfig, Endpointer
-from mtspeech.streaming.decoders import GreedyDecoder, TokenDecoder
+from mtspeech.streaming.biased_beam import BiasCache
+from mtspeech.streaming.decoders import BeamDecoder, GreedyDecoder, TokenDecoder
+from mtspeech.streaming.hotwords import parse_hotwords
 from mtspeech.streaming.encoder import (  # noqa: F401 (phone_task, vad_task re-exported)
     AttributeHeads, CachePool, ChunkOutput, EncoderStep, TorchEncoderStep, asr_task, check_encoder_step, phone_task,
     speaker_frames, vad_task)
@@ -136,6 +138,7 @@ class StreamingRecognizer:
         if default_decoder not in self.decoders:
             raise ValueError(f"default_decoder={default_decoder!r}: not among {sorted(self.decoders)}")
         self.default_decoder = default_decoder
+        self._biased = BiasCache()  # hotword lists' biased decoders, shared by streams sending the same list
 
     def with_encoder_step(self, encoder_step: EncoderStep) -> "StreamingRecognizer":
         """The same recognizer (model, tokenizer, config, decoders) running `encoder_step`
@@ -154,13 +157,16 @@ class StreamingRecognizer:
                    interim: bool = True, decoder: str | None = None,
                    endpoint: EndpointConfig | None = None, speech_activity: bool = False,
                    speaker_turns: SpeakerTurnConfig | None = None,
-                   enrolled: Mapping[str, Sequence[float]] | None = None) -> Stream:
+                   enrolled: Mapping[str, Sequence[float]] | None = None,
+                   hotwords: Sequence[tuple[str, float]] = ()) -> Stream:
         """A fresh stream for audio at `sample_rate` Hz (default: the model's), decoded by `decoder` (a name in
         `self.decoders`; default `self.default_decoder`). `endpoint`: this stream's endpoint
         rules (default `self.config.endpoint`); `speech_activity`: also emit the VAD head's
         per-frame p(speech) as a `SpeechActivityEvent` per chunk (needs a VAD head);
         `speaker_turns`: label finals with speakers and emit `SpeakerChangeEvent`s
-        (`mtspeech/streaming/speakers.py`; `enrolled`: name → reference embedding)."""
+        (`mtspeech/streaming/speakers.py`; `enrolled`: name → reference embedding); `hotwords`:
+        (phrase, boost) pairs the beam decoders favour (`mtspeech/streaming/hotwords.py`).
+        Raises ValueError for settings this recognizer cannot honour, naming them."""
         if sample_rate is None:
             sample_rate = self.geometry.sample_rate
         if not isinstance(sample_rate, int) or sample_rate <= 0:
@@ -169,6 +175,7 @@ class StreamingRecognizer:
         if decoder not in self.decoders:
             raise ValueError(f"decoder {decoder!r} is not available here; this recognizer has "
                              f"{sorted(self.decoders)}")
+        token_decoder = self.bias(decoder, hotwords) if hotwords else self.decoders[decoder]
         endpoint = endpoint or self.config.endpoint
         tracker = None if speaker_turns is None else new_tracker(
             self.speaker, self.encoder_step.roles, self.frame_shift_s, speaker_turns, enrolled)
@@ -179,13 +186,25 @@ class StreamingRecognizer:
             # drops silence: one endless utterance would re-render an ever longer partial per chunk.
             endpoint = dataclasses.replace(endpoint, rule2_trailing_silence_s=math.inf)
         row = self._caches.acquire()
-        stream = Stream(sample_rate, endpointing, interim, row, self.decoders[decoder],
+        stream = Stream(sample_rate, endpointing, interim, row, token_decoder,
                         Endpointer(endpoint, self.frame_shift_s), self.geometry)
         # The row returns to the pool when the stream finishes, or is dropped unfinished.
         stream.release_cache = weakref.finalize(stream, self._caches.release, row)
         stream.speech_activity = speech_activity and self.vad is not None
         stream.speakers = tracker
         return stream
+
+    def bias(self, decoder: str | None, hotwords: Sequence[tuple[str, float]]) -> TokenDecoder:
+        """Decoder `decoder` (default: the default one) biased to `hotwords`, built or taken from
+        the cache of recent lists. Safe on any thread: a server builds a list off its event loop
+        (the G2P model may spell up to `MAX_NEW_WORDS` words), then `new_stream` finds it built.
+        Raises ValueError for a decoder that cannot be biased or a list it cannot honour."""
+        decoder = decoder or self.default_decoder
+        base = self.decoders.get(decoder)
+        if not isinstance(base, BeamDecoder):
+            raise ValueError(f"hotwords need a beam decoder ('beam' or 'phones'); decoder {decoder!r} cannot "
+                             f"be biased (this recognizer has {sorted(self.decoders)})")
+        return self._biased.get(base, parse_hotwords(hotwords))
 
     def accept(self, stream: Stream, samples: np.ndarray | torch.Tensor) -> None:
         """Append mono float samples (N,) at the stream's sample rate (any N).
@@ -277,10 +296,11 @@ class StreamingRecognizer:
         return stream.drain_events()
 
     def transcribe(self, samples: np.ndarray | torch.Tensor, sample_rate: int | None = None,
-                   endpointing: bool = True, decoder: str | None = None) -> list[FinalEvent]:
+                   endpointing: bool = True, decoder: str | None = None,
+                   hotwords: Sequence[tuple[str, float]] = ()) -> list[FinalEvent]:
         """Decode a whole recording at `sample_rate` Hz (default: the model's) through the
-        streaming path (single stream); the finals."""
-        s = self.new_stream(sample_rate, endpointing=endpointing, interim=False, decoder=decoder)
+        streaming path (single stream; `hotwords` as `new_stream`'s); the finals."""
+        s = self.new_stream(sample_rate, endpointing=endpointing, interim=False, decoder=decoder, hotwords=hotwords)
         self.accept(s, samples)
         while self.ready(s):
             self.step([s])

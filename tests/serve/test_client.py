@@ -48,7 +48,7 @@ def test_unreadable_files_get_errors_and_the_rest_is_still_sent(recognizer, tmp_
     missing = tmp_path / "missing.flac"
     with live_server(create_app(recognizer)) as (addr, _):
         results = client.transcribe_files(f"ws://{addr}", [missing, good, empty], out=io.StringIO())
-        args = argparse.Namespace(server=f"ws://{addr}", files=[str(missing), str(good)], realtime=False,
+        args = argparse.Namespace(server=f"ws://{addr}", files=[str(missing), str(good)], realtime=False, hotword=None,
                                   api_key=None, frame_ms=100, no_partials=True, json=False, model=None,
                                   max_reconnects=5)
         assert client.main(args) == 1  # one file failed, and said so
@@ -157,3 +157,34 @@ def test_sigterm_drains_streams_and_uploads_then_exits_zero(checkpoint, tmp_path
     assert upload["r"].status_code == 200, upload["r"].text
     assert upload["r"].json()["duration"] == 120.0
     assert rc == 0, log
+
+
+def test_hotword_flags_reach_the_local_decoder_and_the_server(recognizer, tmp_path, capsys):
+    """`--hotword PHRASE[:BOOST]`: checked as a server checks a start list, then sent in `start`
+    (or given to the local recognizer); a decoder that cannot be biased is refused clearly."""
+    assert client.parse_hotword_flags(["new york:3", "quokka", "a:b"]) == [
+        ("new york", 3.0), ("quokka", 2.0), ("a:b", 2.0)]
+    with pytest.raises(ValueError, match="empty"):
+        client.parse_hotword_flags(["  :2"])
+    path = tmp_path / "a.wav"
+    path.write_bytes(wav_bytes(signal(1.0, seed=2)))
+    p = argparse.ArgumentParser()
+    client.add_arguments(p)
+    with live_server(create_app(recognizer)) as (addr, _):  # its default decoder is greedy
+        args = p.parse_args([str(path), "--server", f"ws://{addr}", "--hotword", "hello:2", "--max-reconnects", "0"])
+        assert client.main(args) == 1
+    assert "need a beam decoder" in capsys.readouterr().out
+    args = p.parse_args([str(path), "--model", "unused.pt", "--hotword", "\x00"])
+    assert client.main(args) == 2 and "--hotword" in capsys.readouterr().err
+
+
+def test_local_decoding_with_hotwords_on_a_beam_decoder(checkpoint, tmp_path, capsys):
+    path = tmp_path / "a.wav"
+    path.write_bytes(wav_bytes(signal(1.0, seed=2)))
+    p = argparse.ArgumentParser()
+    client.add_arguments(p)
+    args = p.parse_args([str(path), "--model", str(checkpoint), "--decoder", "beam", "--beam-size", "4",
+                         "--hotword", "hello world:3", "--json"])
+    assert client.main(args) == 0
+    args = p.parse_args([str(path), "--model", str(checkpoint), "--hotword", "hello"])  # auto, no LM: greedy
+    assert client.main(args) == 2 and "need a beam decoder" in capsys.readouterr().err

@@ -86,3 +86,28 @@ def test_evaluate_decodes_with_the_recognizers_settings(tmp_path):
     assert isinstance(loader.batch_decoder(rec.decoders["greedy"], rec.tokenizer), GreedyDecoder)
     beam = loader.batch_decoder(rec.decoders["beam"], rec.tokenizer)
     assert isinstance(beam, BeamSearchDecoder) and beam._lexicon  # the LM's words, through its lexicon
+
+
+def test_lexicon_extra_reaches_every_entry_point_and_needs_an_lm(tmp_path, monkeypatch):
+    """`--lexicon-extra FILE`: serve, transcribe and evaluate decode with the same extended LM and
+    lexicons, which spell its words; without an LM it is refused before the model loads."""
+    from mtspeech.decoding.config import DecodingConfig, DecodingError
+
+    checkpoint = lm_checkpoint(tmp_path)
+    extra = tmp_path / "extra.txt"
+    extra.write_text("DOGS\nBLORF B L AO R F\n")
+    audio = tmp_path / "a.wav"
+    audio.write_bytes(wav_bytes(signal(0.5)))
+    flags = ["--lm", "auto", "--lexicon-extra", str(extra)]
+    served = _built_by(serve_app, ["--model", str(checkpoint), "--backend", "torch-eager", "--workers", "1", *flags],
+                       monkeypatch)
+    evaluated = _built_by(evaluate_command, [str(checkpoint), str(tmp_path / "train.jsonl"),
+                                             "--out", str(tmp_path / "eval"), *flags], monkeypatch)
+    assert _settings(served) == _settings(evaluated)
+    phones = Path(served.decoders["phones"].options["lexicon"]).read_text().splitlines()
+    assert {"DOGS\tD AA G Z", "BLORF\tB L AO R F"} <= set(phones)
+    assert "BLORF" in Path(served.decoders["beam"].options["lexicon"]).read_text()
+    with pytest.raises(DecodingError, match="--lexicon-extra"):
+        _LOAD(checkpoint, DecodingConfig(decoder="greedy", lexicon_extra=str(extra)), "torch-eager")
+    with pytest.raises(DecodingError, match="no such file"):
+        _LOAD(checkpoint, DecodingConfig(lm="auto", lexicon_extra=str(tmp_path / "nope.txt")), "torch-eager")

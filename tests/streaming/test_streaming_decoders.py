@@ -177,3 +177,23 @@ def test_build_decoders_spells_lm_words_in_phones(lm_files, tmp_path):
     assert set(decoders) == {"beam", "phones"}
     lexicon = (tmp_path / "lm.phones.lexicon.txt").read_text()
     assert "CAT\tK AE T" in lexicon
+
+
+def test_build_decoders_adds_lexicon_extra_words_to_the_lm_and_both_lexicons(lm_files, tmp_path):
+    """`--lexicon-extra`: its words join the LM (extended ARPA in the work folder) and the phone
+    lexicon, spelled as the file says (or by CMUdict / the G2P model); no LM: refused."""
+    lm, _, _ = lm_files
+    extra = tmp_path / "extra.txt"
+    extra.write_text("BATS B AE T S\nSTAB\n")  # STAB: CMUdict S T AE B
+
+    class Encoding(Pieces):
+        def encode(self, text: str) -> list[int]:
+            return [PIECES.index(p) for p in PIECE_LEXICON.get(text, "<unk>").split()]
+
+    decoding = DecodingConfig(lexicon_extra=str(extra))
+    decoders = build_decoders(tiny_phone_model(), Encoding(), 0.04, decoding, lm=lm, work_dir=tmp_path)
+    assert decoders["phones"].options["lm"] == str(tmp_path / "lm.extra.arpa")
+    lexicon = (tmp_path / "lm.extra.phones.lexicon.txt").read_text().splitlines()
+    assert {"BATS\tB AE T S", "STAB\tS T AE B", "CAT\tK AE T"} <= set(lexicon)
+    with pytest.raises(ValueError, match="--lexicon-extra .*needs? .*LM|pass --lm"):
+        build_decoders(tiny_phone_model(), Encoding(), 0.04, decoding, lm=None, work_dir=tmp_path)
