@@ -54,6 +54,8 @@ class Recording:
     calls: list
     frame_shift_s: float
     live_events: list[SpeakerChangeEvent]
+    frames: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 1))  # (T, D) the speaker head's frames
+    recorded_with: SpeakerTurnConfig = DEFAULT  # the settings that gave `live_events`
     embedders: dict[str, Callable[[np.ndarray], np.ndarray]] = field(default_factory=dict)
 
 
@@ -101,7 +103,18 @@ def record(rec, conversation, peer=None, feed_s: float = 0.1) -> Recording:
     rec.finish(stream)
     events += [e for e in rec.events(stream) if isinstance(e, SpeakerChangeEvent)]
     frames = torch.cat(tracker.frames) if tracker.frames else torch.zeros(0, 1)
-    r = Recording(conversation, tracker.calls, rec.frame_shift_s, events)
+    r = attach_embedders(Recording(conversation, tracker.calls, rec.frame_shift_s, events, frames), rec, peer)
+    replayed = replay(r, "head", r.recorded_with)
+    if [dataclasses.astuple(e) for e in replayed] != [dataclasses.astuple(e) for e in r.live_events]:
+        raise RuntimeError(f"{conversation.id}: the replay at the served settings differs from the served events "
+                           f"({replayed} != {r.live_events})")
+    return r
+
+
+def attach_embedders(r: Recording, rec, peer=None) -> Recording:
+    """`r` with its window embedders (`head`: `rec`'s speaker head over the recorded frames; with
+    `peer`, `resemblyzer` over the audio)."""
+    conversation, frames = r.conversation, r.frames
     r.embedders["head"] = _memo(lambda idx: rec.speaker.embed(frames[torch.from_numpy(idx)]))
     if peer is not None:
         from resemblyzer.hparams import sampling_rate as peer_rate
@@ -110,10 +123,6 @@ def record(rec, conversation, peer=None, feed_s: float = 0.1) -> Recording:
             raise ValueError(f"Resemblyzer needs {peer_rate} Hz audio, the model runs at {conversation.sample_rate} Hz")
         spf = round(rec.frame_shift_s * conversation.sample_rate)
         r.embedders["resemblyzer"] = _memo(resemblyzer_embedder(peer, conversation.audio, spf))
-    replayed = replay(r, "head", DEFAULT)
-    if [dataclasses.astuple(e) for e in replayed] != [dataclasses.astuple(e) for e in events]:
-        raise RuntimeError(f"{conversation.id}: the replay at the served settings differs from the served events "
-                           f"({replayed} != {events})")
     return r
 
 

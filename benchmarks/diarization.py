@@ -57,7 +57,8 @@ from pathlib import Path
 from _cli import add_model_arguments, run_main
 from _diarization_conversations import (PYANNOTE_WHEEL, ConversationShape, build_conversations,
                                         pyannote_sample, pyannote_wheel)
-from _diarization_scoring import (DEFAULT, Recording, choose, record, replay, score, summarise, turn_config,
+from _diarization_recordings import load_or_record, recording_key
+from _diarization_scoring import (DEFAULT, Recording, choose, replay, score, summarise, turn_config,
                                   two_labels_in_time, with_reference_speech)
 
 GRID = "0.1,0.15,0.2,0.3,0.4,0.5,0.6,0.7"  # Resemblyzer's distances run lower than the head's
@@ -72,6 +73,8 @@ def add_arguments(ap) -> None:
     ap.add_argument("--tune-conversations", type=int, default=20)
     ap.add_argument("--conversations", type=int, default=30)
     ap.add_argument("--acceptance", type=int, default=10, help="two-voice, two-turn held-out conversations")
+    ap.add_argument("--tune-acceptance", type=int, default=10,
+                    help="two-voice, two-turn conversations of the tuning voices (the acceptance, seen on dev)")
     ap.add_argument("--seconds", type=float, default=45.0, help="a synthetic conversation lasts at least this")
     ap.add_argument("--speakers", default="2,4", help="voices per conversation: low,high")
     ap.add_argument("--grid", default=GRID, help="values tried for both thresholds")
@@ -82,6 +85,9 @@ def add_arguments(ap) -> None:
                     help="folder for the pyannote.audio wheel (downloaded there if absent)")
     ap.add_argument("--no-pyannote-sample", action="store_true", help="leave the real sample out (offline)")
     ap.add_argument("--no-peer", action="store_true", help="leave Resemblyzer out")
+    ap.add_argument("--recordings", default=None,
+                    help="folder where what the tracker was fed is saved and read back, so a later run with other "
+                         "settings decodes nothing (keep it out of git: e.g. exp/diarization-recordings)")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     ap.add_argument("--out", default=None)
 
@@ -115,14 +121,14 @@ def run(args) -> dict:
     rate = rec.geometry.sample_rate
     lo, hi = (int(x) for x in args.speakers.split(","))
     shape = ConversationShape(speakers=(lo, hi), min_seconds=args.seconds)
-    tests = _manifests(args.data, args.test_splits)
+    tests, tunes = _manifests(args.data, args.test_splits), _manifests(args.data, args.tune_splits)
+    two_turns = ConversationShape(speakers=(2, 2), turn_s=(3.0, 8.0), overlap_prob=0.0, turns=2)
     sets = {
-        "tune": build_conversations(_manifests(args.data, args.tune_splits), args.tune_conversations, args.seed,
-                                    rate, shape, "tune-"),
+        "tune": build_conversations(tunes, args.tune_conversations, args.seed, rate, shape, "tune-"),
+        "tune-acceptance": build_conversations(tunes, args.tune_acceptance, args.seed + 3, rate, two_turns,
+                                               "tune-accept-"),
         "test": build_conversations(tests, args.conversations, args.seed + 1, rate, shape, "test-"),
-        "acceptance": build_conversations(tests, args.acceptance, args.seed + 2, rate,
-                                          ConversationShape(speakers=(2, 2), turn_s=(3.0, 8.0), overlap_prob=0.0,
-                                                            turns=2), "accept-"),
+        "acceptance": build_conversations(tests, args.acceptance, args.seed + 2, rate, two_turns, "accept-"),
     }
     if not args.no_pyannote_sample:
         sets["pyannote-sample"] = [pyannote_sample(pyannote_wheel(args.pyannote_cache), rate)]
@@ -131,7 +137,13 @@ def run(args) -> dict:
         from resemblyzer import VoiceEncoder
 
         peer = VoiceEncoder("cpu", verbose=False)
-    recordings: dict[str, list[Recording]] = {k: [record(rec, c, peer) for c in v] for k, v in sets.items()}
+    key = recording_key(model, data=str(Path(args.data).resolve()), tune_splits=args.tune_splits,
+                        test_splits=args.test_splits, tune_conversations=args.tune_conversations,
+                        conversations=args.conversations, acceptance=args.acceptance,
+                        tune_acceptance=args.tune_acceptance, seconds=args.seconds,
+                        speakers=args.speakers, seed=args.seed, sample_rate=rate)
+    recordings: dict[str, list[Recording]] = {k: load_or_record(args.recordings, k, key, v, rec, peer)
+                                              for k, v in sets.items()}
     grid = [float(x) for x in args.grid.split(",")]
     pipelines = ["head"] + ([] if peer is None else ["resemblyzer"])
     gaps = [None if g == "none" else int(g) for g in args.gaps.split(",")]
@@ -141,7 +153,7 @@ def run(args) -> dict:
     results = {}
     for name, (pipeline, cfg) in settings.items():
         scored = {k: [score(r, replay(r, pipeline, cfg), args.tolerance) for r in v] for k, v in recordings.items()
-                  if k != "tune"}
+                  if not k.startswith("tune")}
         results[name] = {"pipeline": pipeline, "change_distance": cfg.change_distance,
                          "new_speaker_distance": cfg.new_speaker_distance, "gap_frames": cfg.gap_frames,
                          "test": summarise(scored["test"], seed=args.seed),
