@@ -18,10 +18,13 @@ DEFAULT = SpeakerTurnConfig()  # what the server runs (a client can change only 
 COLLAR_S = 0.25
 
 
-def turn_config(change_distance: float, new_speaker_distance: float,
-                gap_frames: int | None = None) -> SpeakerTurnConfig:
+def turn_config(change_distance: float, new_speaker_distance: float, gap_frames: int | None = None,
+                new_speaker_frames: int | None = None) -> SpeakerTurnConfig:
+    """The served settings with these replaced (`new_speaker_frames` None: the served one)."""
     return dataclasses.replace(DEFAULT, change_distance=change_distance, new_speaker_distance=new_speaker_distance,
-                               gap_frames=gap_frames)
+                               gap_frames=gap_frames,
+                               new_speaker_frames=DEFAULT.new_speaker_frames if new_speaker_frames is None
+                               else new_speaker_frames)
 
 
 class RecordingTracker(SpeakerTracker):
@@ -250,19 +253,37 @@ def summarise(scored: list[dict], seed: int = 0) -> dict:
             "false_changes_per_min": sum(s["false_changes"] for s in scored) / minutes}
 
 
-def choose(recordings: list[Recording], pipeline: str, grid: list[float], gaps: list[int | None],
-           tolerance_s: float = 1.0) -> dict:
-    """The (change_distance, new_speaker_distance, gap_frames) of `grid` x `grid` x `gaps` with
-    the lowest pooled DER over `recordings` (the first in grid order on a tie), and every DER."""
-    rows = []
-    for gap in gaps:
-        for cd in grid:
-            for nd in grid:
-                scored = [score(r, replay(r, pipeline, turn_config(cd, nd, gap)), tolerance_s) for r in recordings]
-                der = sum(s["error_ms"] for s in scored) / sum(s["total_ms"] for s in scored)
-                rows.append([cd, nd, gap, round(der, 4)])
-    best = min(rows, key=lambda row: row[3])
-    return {"chosen": best[:3], "der": best[3], "grid": rows}
+def choose(recordings: list[Recording], acceptance: list[Recording], pipeline: str, grid: list[float],
+           gaps: list[int | None], new_speaker_frames: list[int], tolerance_s: float = 1.0) -> dict:
+    """The (change_distance, new_speaker_distance, gap_frames, new_speaker_frames) of `grid` x
+    `grid` x `gaps` x `new_speaker_frames` (settings the config refuses are skipped) that passes
+    the most two-voice conversations of `acceptance` (the issue's criterion), then has the lowest
+    pooled DER over `recordings` (the first in grid order on a tie); and every row
+    [cd, nd, gap, frames, DER, passed]."""
+    rows, scores = [], {}
+
+    def scored(r: Recording, cfg: SpeakerTurnConfig) -> dict:  # many settings give the same events:
+        events = replay(r, pipeline, cfg)                        # scored once (DER is the cost)
+        key = (r.conversation.id, tuple(dataclasses.astuple(e) for e in events))
+        if key not in scores:
+            scores[key] = score(r, events, tolerance_s)
+        return scores[key]
+
+    for frames in new_speaker_frames:
+        for gap in gaps:
+            for cd in grid:
+                for nd in grid:
+                    try:
+                        cfg = turn_config(cd, nd, gap, frames)
+                    except ValueError:  # e.g. new_speaker_frames below change_frames
+                        continue
+                    tune = [scored(r, cfg) for r in recordings]
+                    der = sum(s["error_ms"] for s in tune) / sum(s["total_ms"] for s in tune)
+                    passed = two_labels_in_time([scored(r, cfg) for r in acceptance])["passed"]
+                    rows.append([cd, nd, gap, frames, round(der, 4), passed])
+    best = min(rows, key=lambda row: (-row[5], row[4]))
+    return {"chosen": best[:4], "der": best[4], "acceptance_passed": best[5], "acceptance_conversations":
+            len(acceptance), "grid": rows}
 
 
 def two_labels_in_time(scored: list[dict]) -> dict:

@@ -27,8 +27,11 @@ over that audio's mel frames (volume normalised as its `preprocess_wav` does; no
 1.6 s training partials). Same windows, same VAD frames, same pauses, same clustering code.
 
 Settings: `change_distance` x `new_speaker_distance` over `--grid`, x `gap_frames` over `--gaps`
-(a window ends at that many non-speech frames), each pipeline's triple chosen by its DER over the
-tuning conversations (the served defaults are reported too).
+(a window ends at that many non-speech frames), x `new_speaker_frames` over `--new-speaker-frames`
+(far speech a voice needs before it founds a speaker); each pipeline's setting is chosen on dev
+voices only: the most two-voice, two-turn dev conversations (`--tune-acceptance`) passing the
+acceptance below, then the lowest DER over the tuning conversations (the served defaults, chosen
+the same way for the head, are reported too).
 
 The hypothesis: every speech frame (VAD, as the tracker saw it) labelled with the speaker of the
 `speaker_change` event holding it (a frame before the first event: the first speaker), which is
@@ -63,6 +66,7 @@ from _diarization_scoring import (DEFAULT, Recording, choose, replay, score, sum
 
 GRID = "0.1,0.15,0.2,0.3,0.4,0.5,0.6,0.7"  # Resemblyzer's distances run lower than the head's
 GAPS = "none,3,6"  # SpeakerTurnConfig.gap_frames: off, 0.12 s, 0.24 s
+NEW_SPEAKER_FRAMES = "24,32,48"  # SpeakerTurnConfig.new_speaker_frames: 0.96, 1.28, 1.92 s of speech
 
 
 def add_arguments(ap) -> None:
@@ -79,6 +83,7 @@ def add_arguments(ap) -> None:
     ap.add_argument("--speakers", default="2,4", help="voices per conversation: low,high")
     ap.add_argument("--grid", default=GRID, help="values tried for both thresholds")
     ap.add_argument("--gaps", default=GAPS, help="gap_frames values tried ('none': off)")
+    ap.add_argument("--new-speaker-frames", default=NEW_SPEAKER_FRAMES, help="new_speaker_frames values tried")
     ap.add_argument("--tolerance", type=float, default=1.0, help="seconds between a true change and its event")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--pyannote-cache", default=str(Path.home() / ".cache" / "mtspeech-bench"),
@@ -147,7 +152,9 @@ def run(args) -> dict:
     grid = [float(x) for x in args.grid.split(",")]
     pipelines = ["head"] + ([] if peer is None else ["resemblyzer"])
     gaps = [None if g == "none" else int(g) for g in args.gaps.split(",")]
-    tuning = {p: choose(recordings["tune"], p, grid, gaps, args.tolerance) for p in pipelines}
+    frames = [int(x) for x in args.new_speaker_frames.split(",")]
+    tuning = {p: choose(recordings["tune"], recordings["tune-acceptance"], p, grid, gaps, frames, args.tolerance)
+              for p in pipelines}
     settings = {"head (served defaults)": ("head", DEFAULT)}
     settings.update({f"{p} (tuned)": (p, turn_config(*tuning[p]["chosen"])) for p in pipelines})
     results = {}
@@ -156,6 +163,7 @@ def run(args) -> dict:
                   if not k.startswith("tune")}
         results[name] = {"pipeline": pipeline, "change_distance": cfg.change_distance,
                          "new_speaker_distance": cfg.new_speaker_distance, "gap_frames": cfg.gap_frames,
+                         "new_speaker_frames": cfg.new_speaker_frames,
                          "test": summarise(scored["test"], seed=args.seed),
                          "acceptance": two_labels_in_time(scored["acceptance"]),
                          "acceptance_per_conversation": scored["acceptance"],
@@ -198,12 +206,13 @@ def render(r: dict) -> str:
     n = r["conversations"]
     lines = [f"diarization, model {r['model']}, commit {r['commit']}, {r['backend']}, chunks of {r['chunk_frames']} "
              f"frames, windows of {r['window_frames']} speech frames, seed {r['seed']}",
-             f"  thresholds chosen on {n['tune']} conversations of {r['tune_splits']} voices; reported on "
+             f"  settings chosen on {n['tune-acceptance']} two-voice and {n['tune']} conversations of {r['tune_splits']} "
+             f"voices; reported on "
              f"{n['test']} conversations of held-out voices ({r['test_splits']}; {r['audio_s']['test']:.0f} s, "
              f"{r['test_turns']} turns, {r['test_overlapped_turns']} overlapping)",
              f"  DER: pyannote.metrics, collar {r['collar_s']} s, overlap counted; change found: an event within "
              f"{r['tolerance_s']:g} s of the true change; 95 % bootstrap over conversations", "",
-             "| pipeline | change / new-speaker distance, gap frames | DER % [95 % CI] | miss / FA / confusion % "
+             "| pipeline | change / new-speaker distance, gap frames, new-speaker frames | DER % [95 % CI] | miss / FA / confusion % "
              "| changes found % [CI] | latency median s [CI] | p90 s | false changes / min | "
              "2-voice acceptance | pyannote sample DER % (miss / FA / confusion) | the same, reference speech |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -211,7 +220,8 @@ def render(r: dict) -> str:
         t, acc = x["test"], x["acceptance"]
         sample = x.get("pyannote_sample")
         lines.append(
-            f"| {name} | {x['change_distance']:g} / {x['new_speaker_distance']:g}, {x.get('gap_frames') or 'off'} "
+            f"| {name} | {x['change_distance']:g} / {x['new_speaker_distance']:g}, {x.get('gap_frames') or 'off'}, "
+            f"{x['new_speaker_frames']} "
             f"| {_pct(t['der'])} "
             f"[{_pct(t['der_ci'][0])}, {_pct(t['der_ci'][1])}] | {_pct(t['missed'])} / {_pct(t['false_alarm'])} / "
             f"{_pct(t['confusion'])} | {_pct(t['found'])} [{_pct(t['found_ci'][0])}, {_pct(t['found_ci'][1])}] | "
@@ -231,10 +241,12 @@ def render(r: dict) -> str:
         missed = sum(s["found"] < s["true_changes"] for s in per)
         lines.append(f"    {name}: {extra} with more than two labels, {missed} with the change not found")
     for pipeline, t in r["tuning"].items():
-        served = [row[3] for row in t["grid"] if row[:3] == [DEFAULT.change_distance, DEFAULT.new_speaker_distance,
-                                                             DEFAULT.gap_frames]]
-        lines.append(f"  dev DER, {pipeline}: chosen {_pct(t['der'])} %" +
-                     (f", at the served defaults {_pct(served[0])} %" if served else "") + f" ({len(t['grid'])} settings)")
+        served = [row[4:] for row in t["grid"] if row[:4] == [DEFAULT.change_distance, DEFAULT.new_speaker_distance,
+                                                              DEFAULT.gap_frames, DEFAULT.new_speaker_frames]]
+        lines.append(f"  dev, {pipeline}: chosen {t['acceptance_passed']} of {t['acceptance_conversations']} two-voice "
+                     f"passed, DER {_pct(t['der'])} %" + (f"; at the served defaults {served[0][1]} passed, DER "
+                                                          f"{_pct(served[0][0])} %" if served else "")
+                     + f" ({len(t['grid'])} settings)")
     return "\n".join(lines)
 
 

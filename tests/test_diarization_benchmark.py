@@ -147,10 +147,12 @@ def test_the_benchmark_runs_end_to_end_on_a_random_model(prepared_manifests):
     bench = load_benchmark("diarization")
     r = bench.main(["--random-model", "--data", str(prepared_manifests["dev"].parent), "--test-splits", "test-unseen",
                     "--speakers", "2,2", "--tune-conversations", "1", "--conversations", "2", "--acceptance", "1",
-                    "--seconds", "4", "--grid", "0.3,0.6", "--gaps", "none,3", "--no-pyannote-sample"])
-    assert r["conversations"] == {"tune": 1, "test": 2, "acceptance": 1}
+                    "--tune-acceptance", "1", "--seconds", "4", "--grid", "0.3,0.6", "--gaps", "none,3",
+                    "--new-speaker-frames", "16,24,48", "--no-pyannote-sample"])
+    assert r["conversations"] == {"tune": 1, "tune-acceptance": 1, "test": 2, "acceptance": 1}
     assert set(r["results"]) == {"head (served defaults)", "head (tuned)", "resemblyzer (tuned)"}
     for x in r["results"].values():
         assert 0.0 <= x["test"]["der"] and len(x["per_conversation"]) == 2
-    assert len(r["tuning"]["resemblyzer"]["grid"]) == 8 and r["peer_delta"] is not None
+    # 16 new-speaker frames are below change_frames (24): skipped, not an error
+    assert len(r["tuning"]["resemblyzer"]["grid"]) == 16 and r["peer_delta"] is not None
     assert "| head (tuned) |" in bench.render(r)

@@ -93,19 +93,20 @@ def test_a_new_voice_is_confirmed_within_new_speaker_frames(new_speaker_frames):
 
 def test_odd_windows_inside_a_turn_found_no_speaker():
     a, b, c, d = voices(4, seed=3)
+    cfg = SpeakerTurnConfig(change_frames=24, new_speaker_frames=48)  # 1.5 and 3 windows
     # two windows of another voice inside A's speech: more than change_frames, less than
     # new_speaker_frames: pending, then forgotten when A is heard again
     frames, _ = frames_of([(a, 48), (b, 32), (a, 48)])
-    tracker = SpeakerTracker(mean_embed, FRAME_S)
+    tracker = SpeakerTracker(mean_embed, FRAME_S, cfg)
     assert [c.speaker for c in run(tracker, frames, None)] == ["S1"] and len(tracker.clusters) == 1
     # three odd windows (new_speaker_frames of speech) that do not agree with one another: each
     # ends the run before it, so none founds a speaker
     frames, _ = frames_of([(a, 48), (b, 16), (c, 16), (d, 16), (a, 48)])
-    tracker = SpeakerTracker(mean_embed, FRAME_S)
+    tracker = SpeakerTracker(mean_embed, FRAME_S, cfg)
     assert [c.speaker for c in run(tracker, frames, None)] == ["S1"] and len(tracker.clusters) == 1
     # the same three windows of one voice do found one
     frames, _ = frames_of([(a, 48), (b, 48), (a, 48)])
-    assert [c.speaker for c in run(SpeakerTracker(mean_embed, FRAME_S), frames, None)] == ["S1", "S2", "S1"]
+    assert [c.speaker for c in run(SpeakerTracker(mean_embed, FRAME_S, cfg), frames, None)] == ["S1", "S2", "S1"]
 
 
 def test_a_short_burst_at_a_pause_goes_to_a_known_speaker():
@@ -138,7 +139,8 @@ def test_a_short_gap_ends_the_window_so_the_change_is_dated_at_the_new_voice():
     a, b = voices(2, seed=11)
     # A, a 0.32 s gap (shorter than a pause: no end_segment), then B: the gap is a turn change
     frames, speech = frames_of([(a, 40), (None, 8), (b, 60)])
-    spanning = run(SpeakerTracker(mean_embed, FRAME_S), frames, speech, pauses_end_segments=False)
+    spanning = run(SpeakerTracker(mean_embed, FRAME_S, SpeakerTurnConfig(gap_frames=None)), frames, speech,
+                   pauses_end_segments=False)
     gapped = SpeakerTracker(mean_embed, FRAME_S, SpeakerTurnConfig(gap_frames=5))
     changes = run(gapped, frames, speech, pauses_end_segments=False)
     assert [c.speaker for c in changes] == [c.speaker for c in spanning] == ["S1", "S2"]
