@@ -206,14 +206,13 @@ def render(r: dict) -> str:
     n = r["conversations"]
     lines = [f"diarization, model {r['model']}, commit {r['commit']}, {r['backend']}, chunks of {r['chunk_frames']} "
              f"frames, windows of {r['window_frames']} speech frames, seed {r['seed']}",
-             f"  settings chosen on {n['tune-acceptance']} two-voice and {n['tune']} conversations of {r['tune_splits']} "
-             f"voices; reported on "
-             f"{n['test']} conversations of held-out voices ({r['test_splits']}; {r['audio_s']['test']:.0f} s, "
+             f"  settings chosen on {n['tune-acceptance']} two-voice and {n['tune']} conversations of "
+             f"{r['tune_splits']} voices; reported on {n['test']} conversations of held-out voices ({r['test_splits']}; {r['audio_s']['test']:.0f} s, "
              f"{r['test_turns']} turns, {r['test_overlapped_turns']} overlapping)",
              f"  DER: pyannote.metrics, collar {r['collar_s']} s, overlap counted; change found: an event within "
              f"{r['tolerance_s']:g} s of the true change; 95 % bootstrap over conversations", "",
-             "| pipeline | change / new-speaker distance, gap frames, new-speaker frames | DER % [95 % CI] | miss / FA / confusion % "
-             "| changes found % [CI] | latency median s [CI] | p90 s | false changes / min | "
+             "| pipeline | change / new-speaker distance, gap frames, new-speaker frames | DER % [95 % CI] "
+             "| miss / FA / confusion % | changes found % [CI] | latency median s [CI] | p90 s | false changes / min | "
              "2-voice acceptance | pyannote sample DER % (miss / FA / confusion) | the same, reference speech |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, x in r["results"].items():

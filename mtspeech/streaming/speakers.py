@@ -87,7 +87,8 @@ class SpeakerTurnConfig:
             raise ValueError(f"speaker turns: gap_frames={self.gap_frames}: expected None or >= 1")
         if self.new_speaker_frames < self.change_frames:
             raise ValueError(f"speaker turns: new_speaker_frames={self.new_speaker_frames} is below "
-                             f"change_frames={self.change_frames}: a new speaker is a change, it needs at least as much")
+                             f"change_frames={self.change_frames}: a new speaker is a change, it needs at least "
+                             "as much")
         if self.min_window_frames > self.window_frames:
             raise ValueError(f"speaker turns: min_window_frames={self.min_window_frames} exceeds "
                              f"window_frames={self.window_frames}")
