@@ -18,10 +18,13 @@ DEFAULT = SpeakerTurnConfig()  # what the server runs (a client can change only 
 COLLAR_S = 0.25
 
 
-def turn_config(change_distance: float, new_speaker_distance: float,
-                gap_frames: int | None = None) -> SpeakerTurnConfig:
+def turn_config(change_distance: float, new_speaker_distance: float, gap_frames: int | None = None,
+                new_speaker_frames: int | None = None) -> SpeakerTurnConfig:
+    """The served settings with these replaced (`new_speaker_frames` None: the served one)."""
     return dataclasses.replace(DEFAULT, change_distance=change_distance, new_speaker_distance=new_speaker_distance,
-                               gap_frames=gap_frames)
+                               gap_frames=gap_frames,
+                               new_speaker_frames=DEFAULT.new_speaker_frames if new_speaker_frames is None
+                               else new_speaker_frames)
 
 
 class RecordingTracker(SpeakerTracker):
@@ -54,6 +57,8 @@ class Recording:
     calls: list
     frame_shift_s: float
     live_events: list[SpeakerChangeEvent]
+    frames: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 1))  # (T, D) the speaker head's frames
+    recorded_with: SpeakerTurnConfig = DEFAULT  # the settings that gave `live_events`
     embedders: dict[str, Callable[[np.ndarray], np.ndarray]] = field(default_factory=dict)
 
 
@@ -101,7 +106,18 @@ def record(rec, conversation, peer=None, feed_s: float = 0.1) -> Recording:
     rec.finish(stream)
     events += [e for e in rec.events(stream) if isinstance(e, SpeakerChangeEvent)]
     frames = torch.cat(tracker.frames) if tracker.frames else torch.zeros(0, 1)
-    r = Recording(conversation, tracker.calls, rec.frame_shift_s, events)
+    r = attach_embedders(Recording(conversation, tracker.calls, rec.frame_shift_s, events, frames), rec, peer)
+    replayed = replay(r, "head", r.recorded_with)
+    if [dataclasses.astuple(e) for e in replayed] != [dataclasses.astuple(e) for e in r.live_events]:
+        raise RuntimeError(f"{conversation.id}: the replay at the served settings differs from the served events "
+                           f"({replayed} != {r.live_events})")
+    return r
+
+
+def attach_embedders(r: Recording, rec, peer=None) -> Recording:
+    """`r` with its window embedders (`head`: `rec`'s speaker head over the recorded frames; with
+    `peer`, `resemblyzer` over the audio)."""
+    conversation, frames = r.conversation, r.frames
     r.embedders["head"] = _memo(lambda idx: rec.speaker.embed(frames[torch.from_numpy(idx)]))
     if peer is not None:
         from resemblyzer.hparams import sampling_rate as peer_rate
@@ -110,10 +126,6 @@ def record(rec, conversation, peer=None, feed_s: float = 0.1) -> Recording:
             raise ValueError(f"Resemblyzer needs {peer_rate} Hz audio, the model runs at {conversation.sample_rate} Hz")
         spf = round(rec.frame_shift_s * conversation.sample_rate)
         r.embedders["resemblyzer"] = _memo(resemblyzer_embedder(peer, conversation.audio, spf))
-    replayed = replay(r, "head", DEFAULT)
-    if [dataclasses.astuple(e) for e in replayed] != [dataclasses.astuple(e) for e in events]:
-        raise RuntimeError(f"{conversation.id}: the replay at the served settings differs from the served events "
-                           f"({replayed} != {events})")
     return r
 
 
@@ -241,19 +253,37 @@ def summarise(scored: list[dict], seed: int = 0) -> dict:
             "false_changes_per_min": sum(s["false_changes"] for s in scored) / minutes}
 
 
-def choose(recordings: list[Recording], pipeline: str, grid: list[float], gaps: list[int | None],
-           tolerance_s: float = 1.0) -> dict:
-    """The (change_distance, new_speaker_distance, gap_frames) of `grid` x `grid` x `gaps` with
-    the lowest pooled DER over `recordings` (the first in grid order on a tie), and every DER."""
-    rows = []
-    for gap in gaps:
-        for cd in grid:
-            for nd in grid:
-                scored = [score(r, replay(r, pipeline, turn_config(cd, nd, gap)), tolerance_s) for r in recordings]
-                der = sum(s["error_ms"] for s in scored) / sum(s["total_ms"] for s in scored)
-                rows.append([cd, nd, gap, round(der, 4)])
-    best = min(rows, key=lambda row: row[3])
-    return {"chosen": best[:3], "der": best[3], "grid": rows}
+def choose(recordings: list[Recording], acceptance: list[Recording], pipeline: str, grid: list[float],
+           gaps: list[int | None], new_speaker_frames: list[int], tolerance_s: float = 1.0) -> dict:
+    """The (change_distance, new_speaker_distance, gap_frames, new_speaker_frames) of `grid` x
+    `grid` x `gaps` x `new_speaker_frames` (settings the config refuses are skipped) that passes
+    the most two-voice conversations of `acceptance` (the issue's criterion), then has the lowest
+    pooled DER over `recordings` (the first in grid order on a tie); and every row
+    [cd, nd, gap, frames, DER, passed]."""
+    rows, scores = [], {}
+
+    def scored(r: Recording, cfg: SpeakerTurnConfig) -> dict:  # many settings give the same events:
+        events = replay(r, pipeline, cfg)                        # scored once (DER is the cost)
+        key = (r.conversation.id, tuple(dataclasses.astuple(e) for e in events))
+        if key not in scores:
+            scores[key] = score(r, events, tolerance_s)
+        return scores[key]
+
+    for frames in new_speaker_frames:
+        for gap in gaps:
+            for cd in grid:
+                for nd in grid:
+                    try:
+                        cfg = turn_config(cd, nd, gap, frames)
+                    except ValueError:  # e.g. new_speaker_frames below change_frames
+                        continue
+                    tune = [scored(r, cfg) for r in recordings]
+                    der = sum(s["error_ms"] for s in tune) / sum(s["total_ms"] for s in tune)
+                    passed = two_labels_in_time([scored(r, cfg) for r in acceptance])["passed"]
+                    rows.append([cd, nd, gap, frames, round(der, 4), passed])
+    best = min(rows, key=lambda row: (-row[5], row[4]))
+    return {"chosen": best[:4], "der": best[4], "acceptance_passed": best[5], "acceptance_conversations":
+            len(acceptance), "grid": rows}
 
 
 def two_labels_in_time(scored: list[dict]) -> dict:

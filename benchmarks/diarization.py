@@ -27,8 +27,11 @@ over that audio's mel frames (volume normalised as its `preprocess_wav` does; no
 1.6 s training partials). Same windows, same VAD frames, same pauses, same clustering code.
 
 Settings: `change_distance` x `new_speaker_distance` over `--grid`, x `gap_frames` over `--gaps`
-(a window ends at that many non-speech frames), each pipeline's triple chosen by its DER over the
-tuning conversations (the served defaults are reported too).
+(a window ends at that many non-speech frames), x `new_speaker_frames` over `--new-speaker-frames`
+(far speech a voice needs before it founds a speaker); each pipeline's setting is chosen on dev
+voices only: the most two-voice, two-turn dev conversations (`--tune-acceptance`) passing the
+acceptance below, then the lowest DER over the tuning conversations (the served defaults, chosen
+the same way for the head, are reported too).
 
 The hypothesis: every speech frame (VAD, as the tracker saw it) labelled with the speaker of the
 `speaker_change` event holding it (a frame before the first event: the first speaker), which is
@@ -57,11 +60,13 @@ from pathlib import Path
 from _cli import add_model_arguments, run_main
 from _diarization_conversations import (PYANNOTE_WHEEL, ConversationShape, build_conversations,
                                         pyannote_sample, pyannote_wheel)
-from _diarization_scoring import (DEFAULT, Recording, choose, record, replay, score, summarise, turn_config,
+from _diarization_recordings import load_or_record, recording_key
+from _diarization_scoring import (DEFAULT, Recording, choose, replay, score, summarise, turn_config,
                                   two_labels_in_time, with_reference_speech)
 
 GRID = "0.1,0.15,0.2,0.3,0.4,0.5,0.6,0.7"  # Resemblyzer's distances run lower than the head's
 GAPS = "none,3,6"  # SpeakerTurnConfig.gap_frames: off, 0.12 s, 0.24 s
+NEW_SPEAKER_FRAMES = "24,32,48"  # SpeakerTurnConfig.new_speaker_frames: 0.96, 1.28, 1.92 s of speech
 
 
 def add_arguments(ap) -> None:
@@ -72,16 +77,22 @@ def add_arguments(ap) -> None:
     ap.add_argument("--tune-conversations", type=int, default=20)
     ap.add_argument("--conversations", type=int, default=30)
     ap.add_argument("--acceptance", type=int, default=10, help="two-voice, two-turn held-out conversations")
+    ap.add_argument("--tune-acceptance", type=int, default=10,
+                    help="two-voice, two-turn conversations of the tuning voices (the acceptance, seen on dev)")
     ap.add_argument("--seconds", type=float, default=45.0, help="a synthetic conversation lasts at least this")
     ap.add_argument("--speakers", default="2,4", help="voices per conversation: low,high")
     ap.add_argument("--grid", default=GRID, help="values tried for both thresholds")
     ap.add_argument("--gaps", default=GAPS, help="gap_frames values tried ('none': off)")
+    ap.add_argument("--new-speaker-frames", default=NEW_SPEAKER_FRAMES, help="new_speaker_frames values tried")
     ap.add_argument("--tolerance", type=float, default=1.0, help="seconds between a true change and its event")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--pyannote-cache", default=str(Path.home() / ".cache" / "mtspeech-bench"),
                     help="folder for the pyannote.audio wheel (downloaded there if absent)")
     ap.add_argument("--no-pyannote-sample", action="store_true", help="leave the real sample out (offline)")
     ap.add_argument("--no-peer", action="store_true", help="leave Resemblyzer out")
+    ap.add_argument("--recordings", default=None,
+                    help="folder where what the tracker was fed is saved and read back, so a later run with other "
+                         "settings decodes nothing (keep it out of git: e.g. exp/diarization-recordings)")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     ap.add_argument("--out", default=None)
 
@@ -115,14 +126,14 @@ def run(args) -> dict:
     rate = rec.geometry.sample_rate
     lo, hi = (int(x) for x in args.speakers.split(","))
     shape = ConversationShape(speakers=(lo, hi), min_seconds=args.seconds)
-    tests = _manifests(args.data, args.test_splits)
+    tests, tunes = _manifests(args.data, args.test_splits), _manifests(args.data, args.tune_splits)
+    two_turns = ConversationShape(speakers=(2, 2), turn_s=(3.0, 8.0), overlap_prob=0.0, turns=2)
     sets = {
-        "tune": build_conversations(_manifests(args.data, args.tune_splits), args.tune_conversations, args.seed,
-                                    rate, shape, "tune-"),
+        "tune": build_conversations(tunes, args.tune_conversations, args.seed, rate, shape, "tune-"),
+        "tune-acceptance": build_conversations(tunes, args.tune_acceptance, args.seed + 3, rate, two_turns,
+                                               "tune-accept-"),
         "test": build_conversations(tests, args.conversations, args.seed + 1, rate, shape, "test-"),
-        "acceptance": build_conversations(tests, args.acceptance, args.seed + 2, rate,
-                                          ConversationShape(speakers=(2, 2), turn_s=(3.0, 8.0), overlap_prob=0.0,
-                                                            turns=2), "accept-"),
+        "acceptance": build_conversations(tests, args.acceptance, args.seed + 2, rate, two_turns, "accept-"),
     }
     if not args.no_pyannote_sample:
         sets["pyannote-sample"] = [pyannote_sample(pyannote_wheel(args.pyannote_cache), rate)]
@@ -131,19 +142,28 @@ def run(args) -> dict:
         from resemblyzer import VoiceEncoder
 
         peer = VoiceEncoder("cpu", verbose=False)
-    recordings: dict[str, list[Recording]] = {k: [record(rec, c, peer) for c in v] for k, v in sets.items()}
+    key = recording_key(model, data=str(Path(args.data).resolve()), tune_splits=args.tune_splits,
+                        test_splits=args.test_splits, tune_conversations=args.tune_conversations,
+                        conversations=args.conversations, acceptance=args.acceptance,
+                        tune_acceptance=args.tune_acceptance, seconds=args.seconds,
+                        speakers=args.speakers, seed=args.seed, sample_rate=rate)
+    recordings: dict[str, list[Recording]] = {k: load_or_record(args.recordings, k, key, v, rec, peer)
+                                              for k, v in sets.items()}
     grid = [float(x) for x in args.grid.split(",")]
     pipelines = ["head"] + ([] if peer is None else ["resemblyzer"])
     gaps = [None if g == "none" else int(g) for g in args.gaps.split(",")]
-    tuning = {p: choose(recordings["tune"], p, grid, gaps, args.tolerance) for p in pipelines}
+    frames = [int(x) for x in args.new_speaker_frames.split(",")]
+    tuning = {p: choose(recordings["tune"], recordings["tune-acceptance"], p, grid, gaps, frames, args.tolerance)
+              for p in pipelines}
     settings = {"head (served defaults)": ("head", DEFAULT)}
     settings.update({f"{p} (tuned)": (p, turn_config(*tuning[p]["chosen"])) for p in pipelines})
     results = {}
     for name, (pipeline, cfg) in settings.items():
         scored = {k: [score(r, replay(r, pipeline, cfg), args.tolerance) for r in v] for k, v in recordings.items()
-                  if k != "tune"}
+                  if not k.startswith("tune")}
         results[name] = {"pipeline": pipeline, "change_distance": cfg.change_distance,
                          "new_speaker_distance": cfg.new_speaker_distance, "gap_frames": cfg.gap_frames,
+                         "new_speaker_frames": cfg.new_speaker_frames,
                          "test": summarise(scored["test"], seed=args.seed),
                          "acceptance": two_labels_in_time(scored["acceptance"]),
                          "acceptance_per_conversation": scored["acceptance"],
@@ -186,20 +206,21 @@ def render(r: dict) -> str:
     n = r["conversations"]
     lines = [f"diarization, model {r['model']}, commit {r['commit']}, {r['backend']}, chunks of {r['chunk_frames']} "
              f"frames, windows of {r['window_frames']} speech frames, seed {r['seed']}",
-             f"  thresholds chosen on {n['tune']} conversations of {r['tune_splits']} voices; reported on "
-             f"{n['test']} conversations of held-out voices ({r['test_splits']}; {r['audio_s']['test']:.0f} s, "
+             f"  settings chosen on {n['tune-acceptance']} two-voice and {n['tune']} conversations of "
+             f"{r['tune_splits']} voices; reported on {n['test']} conversations of held-out voices ({r['test_splits']}; {r['audio_s']['test']:.0f} s, "
              f"{r['test_turns']} turns, {r['test_overlapped_turns']} overlapping)",
              f"  DER: pyannote.metrics, collar {r['collar_s']} s, overlap counted; change found: an event within "
              f"{r['tolerance_s']:g} s of the true change; 95 % bootstrap over conversations", "",
-             "| pipeline | change / new-speaker distance, gap frames | DER % [95 % CI] | miss / FA / confusion % "
-             "| changes found % [CI] | latency median s [CI] | p90 s | false changes / min | "
+             "| pipeline | change / new-speaker distance, gap frames, new-speaker frames | DER % [95 % CI] "
+             "| miss / FA / confusion % | changes found % [CI] | latency median s [CI] | p90 s | false changes / min | "
              "2-voice acceptance | pyannote sample DER % (miss / FA / confusion) | the same, reference speech |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, x in r["results"].items():
         t, acc = x["test"], x["acceptance"]
         sample = x.get("pyannote_sample")
         lines.append(
-            f"| {name} | {x['change_distance']:g} / {x['new_speaker_distance']:g}, {x.get('gap_frames') or 'off'} "
+            f"| {name} | {x['change_distance']:g} / {x['new_speaker_distance']:g}, {x.get('gap_frames') or 'off'}, "
+            f"{x['new_speaker_frames']} "
             f"| {_pct(t['der'])} "
             f"[{_pct(t['der_ci'][0])}, {_pct(t['der_ci'][1])}] | {_pct(t['missed'])} / {_pct(t['false_alarm'])} / "
             f"{_pct(t['confusion'])} | {_pct(t['found'])} [{_pct(t['found_ci'][0])}, {_pct(t['found_ci'][1])}] | "
@@ -219,10 +240,12 @@ def render(r: dict) -> str:
         missed = sum(s["found"] < s["true_changes"] for s in per)
         lines.append(f"    {name}: {extra} with more than two labels, {missed} with the change not found")
     for pipeline, t in r["tuning"].items():
-        served = [row[3] for row in t["grid"] if row[:3] == [DEFAULT.change_distance, DEFAULT.new_speaker_distance,
-                                                             DEFAULT.gap_frames]]
-        lines.append(f"  dev DER, {pipeline}: chosen {_pct(t['der'])} %" +
-                     (f", at the served defaults {_pct(served[0])} %" if served else "") + f" ({len(t['grid'])} settings)")
+        served = [row[4:] for row in t["grid"] if row[:4] == [DEFAULT.change_distance, DEFAULT.new_speaker_distance,
+                                                              DEFAULT.gap_frames, DEFAULT.new_speaker_frames]]
+        lines.append(f"  dev, {pipeline}: chosen {t['acceptance_passed']} of {t['acceptance_conversations']} two-voice "
+                     f"passed, DER {_pct(t['der'])} %" + (f"; at the served defaults {served[0][1]} passed, DER "
+                                                          f"{_pct(served[0][0])} %" if served else "")
+                     + f" ({len(t['grid'])} settings)")
     return "\n".join(lines)
 
 

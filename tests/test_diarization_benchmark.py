@@ -24,6 +24,7 @@ from mtspeech.streaming.stream import SpeakerChangeEvent
 
 conversations = load_benchmark("_diarization_conversations")
 scoring = load_benchmark("_diarization_scoring")
+recordings = load_benchmark("_diarization_recordings")
 RATE = 16000
 
 
@@ -97,6 +98,31 @@ def test_two_scripted_voices_get_two_labels_and_the_change_within_a_second():
     assert merged["labels"] == 1 and merged["found"] == 0 and merged["der"] > 0.3
 
 
+def test_saved_recordings_replay_without_decoding_and_a_new_key_records_again(tmp_path):
+    turns = [(0, 3.0), (None, 1.5), (1, 3.0), (None, 1.5)]
+    audio, speech, voices = conversation(turns)
+    rec = tiny_recognizer()
+    rec.vad, rec.speaker = ScriptedVAD(speech), ScriptedSpeaker(voices)
+    conv = conversations.Conversation("scripted", audio, RATE, (
+        conversations.Turn("x", ((0.0, 3.0),)), conversations.Turn("y", ((4.5, 7.5),))))
+    model = tmp_path / "model.pt"
+    model.write_bytes(b"weights")
+    key = recordings.recording_key(model, seed=0)
+    first = recordings.load_or_record(tmp_path / "rec", "set", key, [conv], rec, None)
+    assert (tmp_path / "rec" / "set.pt").is_file()
+    rec.step = None  # nothing may decode now: a read-back recording replays from the file
+    again = recordings.load_or_record(tmp_path / "rec", "set", key, [conv], rec, None)
+    assert again[0].live_events == first[0].live_events and len(again[0].calls) == len(first[0].calls)
+    cfg = scoring.turn_config(0.3, 0.4, 3)
+    assert scoring.replay(again[0], "head", cfg) == scoring.replay(first[0], "head", cfg)
+    # another key (another seed, or a retrained model) is not read back: it records again
+    with pytest.raises(TypeError):
+        recordings.load_or_record(tmp_path / "rec", "set", recordings.recording_key(model, seed=1), [conv], rec, None)
+    other = conversations.Conversation("other", audio, RATE, conv.turns)
+    with pytest.raises(ValueError, match="does not match conversation other"):
+        recordings.load_or_record(tmp_path / "rec", "set", key, [other], rec, None)
+
+
 def test_change_matching_is_one_to_one_within_the_tolerance():
     ev = lambda start, prev="S1": SpeakerChangeEvent("S2", prev, start, start + 1.0)  # noqa: E731
     events = [ev(0.0, None), ev(2.1), ev(2.3), ev(9.0)]
@@ -121,10 +147,12 @@ def test_the_benchmark_runs_end_to_end_on_a_random_model(prepared_manifests):
     bench = load_benchmark("diarization")
     r = bench.main(["--random-model", "--data", str(prepared_manifests["dev"].parent), "--test-splits", "test-unseen",
                     "--speakers", "2,2", "--tune-conversations", "1", "--conversations", "2", "--acceptance", "1",
-                    "--seconds", "4", "--grid", "0.3,0.6", "--gaps", "none,3", "--no-pyannote-sample"])
-    assert r["conversations"] == {"tune": 1, "test": 2, "acceptance": 1}
+                    "--tune-acceptance", "1", "--seconds", "4", "--grid", "0.3,0.6", "--gaps", "none,3",
+                    "--new-speaker-frames", "16,24,48", "--no-pyannote-sample"])
+    assert r["conversations"] == {"tune": 1, "tune-acceptance": 1, "test": 2, "acceptance": 1}
     assert set(r["results"]) == {"head (served defaults)", "head (tuned)", "resemblyzer (tuned)"}
     for x in r["results"].values():
         assert 0.0 <= x["test"]["der"] and len(x["per_conversation"]) == 2
-    assert len(r["tuning"]["resemblyzer"]["grid"]) == 8 and r["peer_delta"] is not None
+    # 16 new-speaker frames are below change_frames (24): skipped, not an error
+    assert len(r["tuning"]["resemblyzer"]["grid"]) == 16 and r["peer_delta"] is not None
     assert "| head (tuned) |" in bench.render(r)

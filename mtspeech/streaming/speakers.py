@@ -6,9 +6,24 @@ A stream cannot wait for the utterance, so a `SpeakerTracker` pools short window
 
     speech frames ──(window_frames of them)──▶ embed ──▶ cosine distance to the current
     speaker's running centroid ──▶ close: same turn (the centroid moves)
-                               └─▶ far for `change_frames` of speech, or far up to a pause:
-                                   a turn change; the far windows go to the nearest cluster
-                                   within `new_speaker_distance`, else to a new one (S1, S2, ...)
+                               └─▶ far: pending; pending windows that hold `change_frames` of
+                                   speech, or that end at a pause, are settled:
+                                   - near a known cluster (within `new_speaker_distance`): that
+                                     speaker (a turn change unless it is the current one);
+                                   - else, once they hold `new_speaker_frames` of speech: a new
+                                     speaker (S1, S2, ...), its centroid their mean;
+                                   - else at a pause: the nearest known speaker (no centroid moves);
+                                   - else: still pending, the next far window adds evidence.
+
+Why a new speaker waits for more than a change: a window of 0.64 s gives a noisy embedding, and a
+cluster founded on one or two odd windows splits one voice into two labels, for good. A known
+voice coming back is cheaper to get wrong (the next windows correct it), so it needs only
+`change_frames`. Pending windows must also agree: a far window farther than
+`new_speaker_distance` from their mean ends their run as a pause would, so windows of two
+different odd sounds never add up to a speaker. The stream's first voice is founded the same
+way (it has no current speaker to be close to). Centroids are running means of the windows
+assigned within their distance; a short burst handed to the nearest speaker at a pause is not
+added, so it cannot drag a centroid away.
 
 Only speech frames count (the VAD head says which; without one every frame does), and a
 window never spans a pause (`end_segment`), so a turn change at a pause is found at the pause.
@@ -18,14 +33,18 @@ turns is often shorter, and a window across it would pool the end of one voice w
 of the next and date the change at the earlier voice's last words. Such a gap only ends the
 window; unlike a pause it does not settle a far window into a turn.
 A change is dated at the start of the first far window, so it lands within one window of the
-true turn; it is *confirmed* later (after `change_frames` of the new voice, or at its pause).
+true turn; it is *confirmed* later (after `change_frames` of a known voice or `new_speaker_frames`
+of a new one, or at its pause). All of it is online: per window one embedding and one cosine
+per cluster.
 
 Enrolment: named reference embeddings seed clusters that never move; a window joins one when
 its cosine similarity is at least `enrol_similarity`, otherwise the speaker stays anonymous.
 
-The thresholds' defaults are starting points, not values tuned on a benchmark;
-`benchmarks/diarization.py` measures them and the values it chooses on dev voices
-(docs/results/diarization/).
+The defaults of `change_distance`, `new_speaker_distance`, `gap_frames` and `new_speaker_frames`
+are the demo model's setting chosen by `benchmarks/diarization.py` on conversations of dev voices
+only (docs/results/diarization/demo.json, `tuning.head.chosen`), which also reports them on
+held-out voices. Another model's speaker head spreads its embeddings differently: run the
+benchmark on it (`--recordings` makes the tuning replays cheap).
 """
 
 from __future__ import annotations
@@ -52,19 +71,24 @@ class SpeakerTurnConfig:
 
     window_frames: int = 16  # speech frames pooled into one embedding
     min_window_frames: int = 6  # a shorter rest at a pause is dropped, not embedded
-    change_distance: float = 0.5  # farther than this from the current speaker: maybe a change
+    change_distance: float = 0.15  # farther than this from the current speaker: maybe a change
     change_frames: int = 24  # far speech this long (without a pause) confirms the change
-    new_speaker_distance: float = 0.6  # farther than this from every cluster: a new speaker
+    new_speaker_distance: float = 0.4  # farther than this from every cluster: a new speaker
     enrol_similarity: float = 0.6  # cosine similarity an enrolled name needs, else anonymous
     max_speakers: int = 8  # past this, a window joins its nearest cluster
-    gap_frames: int | None = None  # non-speech frames that end a window (None: only pauses do)
+    gap_frames: int | None = 3  # non-speech frames that end a window (None: only pauses do)
+    new_speaker_frames: int = 32  # far speech a voice heard nowhere before needs to become a speaker
 
     def __post_init__(self) -> None:
-        for key in ("window_frames", "min_window_frames", "change_frames", "max_speakers"):
+        for key in ("window_frames", "min_window_frames", "change_frames", "new_speaker_frames", "max_speakers"):
             if getattr(self, key) < 1:
                 raise ValueError(f"speaker turns: {key}={getattr(self, key)}: expected >= 1")
         if self.gap_frames is not None and self.gap_frames < 1:
             raise ValueError(f"speaker turns: gap_frames={self.gap_frames}: expected None or >= 1")
+        if self.new_speaker_frames < self.change_frames:
+            raise ValueError(f"speaker turns: new_speaker_frames={self.new_speaker_frames} is below "
+                             f"change_frames={self.change_frames}: a new speaker is a change, it needs at least "
+                             "as much")
         if self.min_window_frames > self.window_frames:
             raise ValueError(f"speaker turns: min_window_frames={self.min_window_frames} exceeds "
                              f"window_frames={self.window_frames}")
@@ -178,7 +202,7 @@ class SpeakerTracker:
         that differed up to a pause is a new turn however short)."""
         self._end_window()
         if self._far:
-            self._change()
+            self._settle(at_pause=True)
 
     # -- output -------------------------------------------------------------------------------
 
@@ -238,33 +262,58 @@ class SpeakerTracker:
         window = _Window(self._window_start, frames.shape[0], _unit(self.embed(frames)))
         self.windows_embedded += 1
         self._speech, self._speech_frames, self._window_start = [], 0, None
-        if self._current is None:
-            self._far = [window]
-            self._change()
-        elif 1.0 - float(window.embedding @ self._current.centroid) <= self.config.change_distance:
+        if self._far and 1.0 - float(window.embedding @ self._pooled_far()) > self.config.new_speaker_distance:
+            # a window that would not join the pending far windows' cluster ends their run, as a
+            # pause would: pending windows found a speaker only if they are one voice
+            self._settle(at_pause=True)
+        if self._current is not None and \
+                1.0 - float(window.embedding @ self._current.centroid) <= self.config.change_distance:
             self._far = []  # a stray window (a cough, an overlap) is forgotten
             self._add(self._current, [window])
-        else:
-            self._far.append(window)
-            if sum(w.frames for w in self._far) >= self.config.change_frames:
-                self._change()
+            return
+        self._far.append(window)  # far from the current speaker (or the stream's first voice)
+        if self._current is None or sum(w.frames for w in self._far) >= self.config.change_frames:
+            self._settle(at_pause=False)
 
-    def _change(self) -> None:
-        """The far windows are a turn: find or make their cluster; a new turn if it differs."""
-        windows, self._far = self._far, []
-        pooled = _unit(np.mean([w.embedding for w in windows], axis=0))
-        who = self._nearest(pooled)
+    def _pooled_far(self) -> np.ndarray:
+        return _unit(np.mean([w.embedding for w in self._far], axis=0))
+
+    def _settle(self, at_pause: bool) -> None:
+        """Decide what the far windows are: a known speaker (a turn if not the current one), a new
+        speaker once they hold `new_speaker_frames` of speech, or, at a pause before that, the
+        nearest known speaker's (too little to found a voice on). Without a pause and a match,
+        they stay pending: the next far window brings more evidence."""
+        cfg, windows = self.config, self._far
+        pooled = self._pooled_far()
+        who = self._match(pooled)
+        if who is None:
+            enough = sum(w.frames for w in windows) >= cfg.new_speaker_frames
+            if not enough and not at_pause:
+                return
+            if not enough and self._current is not None:
+                self._far = []  # centroids stay means of windows within their distance: not added
+                self._switch(max(self.clusters, key=lambda c: float(pooled @ c.centroid)), windows[0].start_frame)
+                return
+            self._anonymous += 1
+            who = _Cluster(f"S{self._anonymous}", pooled, 0)
+            self.clusters.append(who)
+        self._far = []
         self._add(who, windows)
+        self._switch(who, windows[0].start_frame)
+
+    def _switch(self, who: _Cluster, start: int) -> None:
+        """`who` talks from stream frame `start`: a turn (and its event) unless `who` talks already."""
         if who is self._current:
             return
-        start = windows[0].start_frame
         self._changes.append(SpeakerChangeEvent(who.label, self.current, round(start * self.frame_shift_s, 3),
                                                 round(self._frames_seen * self.frame_shift_s, 3)))
         self._current = who
         self._turns.append((start, who.label))
         del self._turns[:-MAX_TURNS_KEPT]
 
-    def _nearest(self, e: np.ndarray) -> _Cluster:
+    def _match(self, e: np.ndarray) -> _Cluster | None:
+        """The nearest cluster within its distance (`new_speaker_distance`; an enrolled one:
+        `enrol_similarity`), or past `max_speakers` the nearest anonymous one; else None."""
         cfg = self.config
         best, best_d = None, math.inf
         for c in self.clusters:
@@ -275,10 +324,6 @@ class SpeakerTracker:
         anonymous = [c for c in self.clusters if not c.enrolled]
         if best is None and len(anonymous) >= cfg.max_speakers:
             best = max(anonymous, key=lambda c: float(e @ c.centroid))
-        if best is None:
-            self._anonymous += 1
-            best = _Cluster(f"S{self._anonymous}", e, 0)
-            self.clusters.append(best)
         return best
 
     @staticmethod

@@ -68,22 +68,62 @@ def test_two_voices_change_within_one_window_and_a_returning_voice_keeps_its_lab
     window_s = tracker.config.window_frames * FRAME_S
     assert changes[0].start == 0.0
     assert abs(changes[1].start - 3.0) <= window_s and abs(changes[2].start - 6.0) <= window_s
-    # confirmed after `change_frames` of the new voice, not before the change
-    assert changes[1].start < changes[1].detected_at <= 3.0 + 2 * window_s + CHUNK * FRAME_S
+    # a voice heard before is confirmed after `change_frames` of it, a new one after
+    # `new_speaker_frames`, counted in whole windows after the one that straddles the change
+    cfg = tracker.config
+    whole = lambda frames: -(-frames // cfg.window_frames) * window_s  # noqa: E731 (windows that hold them)
+    assert changes[1].start < changes[1].detected_at <= 3.0 + window_s + whole(cfg.new_speaker_frames) + CHUNK * FRAME_S
+    assert changes[2].start < changes[2].detected_at <= 6.0 + window_s + whole(cfg.change_frames) + CHUNK * FRAME_S
     assert tracker.speaker_at(1.0 / FRAME_S) == "S1" and tracker.speaker_at(4.5 / FRAME_S) == "S2"
 
 
-def test_a_stray_window_is_no_change_but_a_short_turn_up_to_a_pause_is():
+@pytest.mark.parametrize("new_speaker_frames", [24, 48, 64])
+def test_a_new_voice_is_confirmed_within_new_speaker_frames(new_speaker_frames):
+    a, b = voices(2, seed=11)
+    frames, _ = frames_of([(a, 100), (b, 100)])  # B from 4 s, with no pause to help
+    tracker = SpeakerTracker(mean_embed, FRAME_S, SpeakerTurnConfig(new_speaker_frames=new_speaker_frames))
+    changes = run(tracker, frames, None)
+    assert [c.speaker for c in changes] == ["S1", "S2"]
+    windows = -(-new_speaker_frames // 16)
+    assert changes[1].start == pytest.approx(4.0, abs=16 * FRAME_S)
+    # not before that much of B was heard, and no later than one more window and a chunk
+    assert 4.0 + (new_speaker_frames - 16) * FRAME_S <= changes[1].detected_at
+    assert changes[1].detected_at <= 4.0 + (windows + 1) * 16 * FRAME_S + CHUNK * FRAME_S
+
+
+def test_odd_windows_inside_a_turn_found_no_speaker():
+    a, b, c, d = voices(4, seed=3)
+    cfg = SpeakerTurnConfig(change_frames=24, new_speaker_frames=48)  # 1.5 and 3 windows
+    # two windows of another voice inside A's speech: more than change_frames, less than
+    # new_speaker_frames: pending, then forgotten when A is heard again
+    frames, _ = frames_of([(a, 48), (b, 32), (a, 48)])
+    tracker = SpeakerTracker(mean_embed, FRAME_S, cfg)
+    assert [c.speaker for c in run(tracker, frames, None)] == ["S1"] and len(tracker.clusters) == 1
+    # three odd windows (new_speaker_frames of speech) that do not agree with one another: each
+    # ends the run before it, so none founds a speaker
+    frames, _ = frames_of([(a, 48), (b, 16), (c, 16), (d, 16), (a, 48)])
+    tracker = SpeakerTracker(mean_embed, FRAME_S, cfg)
+    assert [c.speaker for c in run(tracker, frames, None)] == ["S1"] and len(tracker.clusters) == 1
+    # the same three windows of one voice do found one
+    frames, _ = frames_of([(a, 48), (b, 48), (a, 48)])
+    assert [c.speaker for c in run(SpeakerTracker(mean_embed, FRAME_S, cfg), frames, None)] == ["S1", "S2", "S1"]
+
+
+def test_a_short_burst_at_a_pause_goes_to_a_known_speaker():
     a, b = voices(2, seed=3)
-    # one window of B inside A speech (shorter than change_frames): no change
-    frames, _ = frames_of([(a, 48), (b, 16), (a, 48)])
-    changes = run(SpeakerTracker(mean_embed, FRAME_S), frames, None)
-    assert [c.speaker for c in changes] == ["S1"]
-    # the same short B, but followed by a pause: a turn of its own
+    # a short new voice up to a pause: too little to found a speaker; the nearest known keeps it
     frames, speech = frames_of([(a, 48), (None, 16), (b, 16), (None, 16), (a, 48)])
-    changes = run(SpeakerTracker(mean_embed, FRAME_S), frames, speech)
+    assert [c.speaker for c in run(SpeakerTracker(mean_embed, FRAME_S), frames, speech)] == ["S1"]
+    # with new_speaker_frames of one window it is a turn of its own
+    short = SpeakerTurnConfig(change_frames=16, new_speaker_frames=16)
+    changes = run(SpeakerTracker(mean_embed, FRAME_S, short), frames, speech)
     assert [c.speaker for c in changes] == ["S1", "S2", "S1"]
     assert changes[1].start == pytest.approx(64 * FRAME_S)
+    # a short reply of a voice heard before is a turn at its pause, whatever its length
+    frames, speech = frames_of([(a, 64), (None, 16), (b, 64), (None, 16), (a, 32), (None, 16), (b, 16), (None, 16)])
+    changes = run(SpeakerTracker(mean_embed, FRAME_S), frames, speech)
+    assert [c.speaker for c in changes] == ["S1", "S2", "S1", "S2"]
+    assert changes[3].start == pytest.approx((64 + 16 + 64 + 16 + 32 + 16) * FRAME_S)
 
 
 def test_non_speech_frames_are_not_pooled():
@@ -99,7 +139,8 @@ def test_a_short_gap_ends_the_window_so_the_change_is_dated_at_the_new_voice():
     a, b = voices(2, seed=11)
     # A, a 0.32 s gap (shorter than a pause: no end_segment), then B: the gap is a turn change
     frames, speech = frames_of([(a, 40), (None, 8), (b, 60)])
-    spanning = run(SpeakerTracker(mean_embed, FRAME_S), frames, speech, pauses_end_segments=False)
+    spanning = run(SpeakerTracker(mean_embed, FRAME_S, SpeakerTurnConfig(gap_frames=None)), frames, speech,
+                   pauses_end_segments=False)
     gapped = SpeakerTracker(mean_embed, FRAME_S, SpeakerTurnConfig(gap_frames=5))
     changes = run(gapped, frames, speech, pauses_end_segments=False)
     assert [c.speaker for c in changes] == [c.speaker for c in spanning] == ["S1", "S2"]
@@ -163,6 +204,8 @@ def test_config_is_checked():
         SpeakerTurnConfig(change_distance=2.5)
     with pytest.raises(ValueError, match="gap_frames=0"):
         SpeakerTurnConfig(gap_frames=0)
+    with pytest.raises(ValueError, match="new_speaker_frames=16 is below change_frames=24"):
+        SpeakerTurnConfig(new_speaker_frames=16)
 
 
 # ----------------------------------------------------------------------------- through the recognizer
