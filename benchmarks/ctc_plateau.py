@@ -49,9 +49,11 @@ def parse_arm(text: str) -> tuple[str, list[str]]:
 
 
 def read_log(run_dir: Path, task: str) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
-    """(update, training loss) and (update, dev CER) pairs from the run's train_log.jsonl."""
+    """(update, training loss) and (update, dev CER) pairs from the run's train_log.jsonl, one per
+    update: a run stopped mid-epoch resumes from its last epoch's checkpoint and logs those
+    updates again, and the later record is kept."""
     path = run_dir / "train_log.jsonl"
-    losses, dev = [], []
+    losses, dev = {}, {}
     if path.is_file():
         for line in path.read_text().splitlines():
             try:
@@ -59,10 +61,10 @@ def read_log(run_dir: Path, task: str) -> tuple[list[tuple[int, float]], list[tu
             except json.JSONDecodeError:  # a line being written
                 continue
             if f"loss/{task}" in r:
-                losses.append((r["step"], r[f"loss/{task}"]))
+                losses[r["step"]] = r[f"loss/{task}"]
             if f"dev/{task}/cer" in r:
-                dev.append((r["step"], r[f"dev/{task}/cer"]))
-    return losses, dev
+                dev[r["step"]] = r[f"dev/{task}/cer"]
+    return sorted(losses.items()), sorted(dev.items())
 
 
 def escape_update(losses: list[tuple[int, float]], threshold: float) -> int | None:

@@ -31,11 +31,13 @@ def test_arms_parse_and_bad_ones_are_refused():
 def test_run_summary_reads_losses_and_dev_cer_and_says_why_it_stopped(tmp_path):
     rows = [{"step": s, "loss/asr": 3.9 if s < 500 else 2.0} for s in range(10, 800, 10)]
     rows.insert(24, {"step": 243, "epoch": 1, "dev/asr/cer": 1.0})
+    rows.insert(30, {"step": 250, "loss/asr": 3.7})  # logged again after a resume: the later record counts
     (tmp_path / "train_log.jsonl").write_text("\n".join(map(json.dumps, rows)) + "\n{\"step\": 8")  # torn line
     run = plateau.summarize_run(tmp_path, "asr", 3.0, 2000)
     # at 520 the last five are 3.9, 3.9, 2.0, 2.0, 2.0: mean 2.76
     assert run["escape_update"] == 520 and run["stopped_by"] == "escape"
     assert run["dev_cer"] == [[243, 1.0]] and run["loss_every_100"][0] == [100, 3.9]
+    assert plateau.read_log(tmp_path, "asr")[0][24] == (250, 3.7)
     assert plateau.summarize_run(tmp_path, "asr", 1.0, 700)["stopped_by"] == "max_updates"
 
 
