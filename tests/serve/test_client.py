@@ -6,7 +6,6 @@ import argparse
 import io
 
 import pytest
-import torch
 
 from mtspeech import client
 from mtspeech.decoding.loader import load_recognizer
