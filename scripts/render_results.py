@@ -56,8 +56,8 @@ class Page:
         files = sorted((results_dir / self.folder).glob(self.pattern))
         if not files:
             raise FileNotFoundError(f"{results_dir / self.folder}: no {self.pattern} to render")
-        out = [f"<!-- Rendered by `python scripts/render_results.py` from the JSON in this folder: "
-               f"edit the JSON or the script, never this page. -->", f"# {self.title}", "",
+        out = ["<!-- Rendered by `python scripts/render_results.py` from the JSON in this folder: "
+               "edit the JSON or the script, never this page. -->", f"# {self.title}", "",
                "Measured with:", "", f"    {self.command}", ""]
         if self.note:
             out += [self.note, ""]
@@ -120,11 +120,15 @@ PAGES = [
          "process on the 2-core development machine, shared with other work."),
     Page("ctc-plateau", "CTC's blank plateau: the ASR-only run of the ablation grids, per training seed",
          "python benchmarks/ctc_plateau.py --grid recipes/synthetic/grid_controls.yaml --variant asr_only "
-         "--arm base --arm interctc:tasks.asr.intermediate_layers=[1] --seeds 0 1 2 --out exp/ctc-plateau "
-         "[--to-the-end] --json docs/results/ctc-plateau/asr-only.json  # the other arms: see each JSON's command",
+         "--arm grid --arm no-interctc:tasks.asr.intermediate_layers=[] --seeds 0 1 2 --max-updates 2000 "
+         "--to-the-end --out exp/ctc-plateau --json docs/results/ctc-plateau/asr-only.json  # sortagrad.json: "
+         "--arm sortagrad:tasks.asr.intermediate_layers=[],data.sorted_epochs=1 --seeds 0 1 --max-updates 1500, "
+         "each run stopped at escape",
          "*.json", lambda r: benchmark("ctc_plateau").render(r),
-         "Definitions: the docstring of `benchmarks/ctc_plateau.py`. Every number is read on `dev` (training "
-         "loss and dev CER); no test split is scored. One thread per run on the 2-core development machine."),
+         "Definitions: the docstring of `benchmarks/ctc_plateau.py`. `grid` is grid_controls.yaml's asr_only run, "
+         "which gives the ASR head an intermediate CTC on layer 1; `no-interctc` is the same run without it (the "
+         "grid before the fix). Every number is read on `dev` (training loss and dev CER); no test split is scored. "
+         "One thread per run on the 2-core development machine; each JSON's `command` re-read the runs."),
     Page("synth-speed", "Synthesis speed of the demo corpus per engine",
          "python benchmarks/synth_speed.py --per-kind 8 --out speed.json", "*.json",
          lambda r: benchmark("synth_speed").render(r),
