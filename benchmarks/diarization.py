@@ -193,7 +193,7 @@ def run(args) -> dict:
             "test_overlapped_turns": sum(b.start < a.end for c in sets["test"] for a, b in zip(c.turns, c.turns[1:])),
             "test_turns": sum(len(c.turns) for c in sets["test"]),
             "tuning": tuning, "results": results, "peer_delta": delta if peer is not None else None,
-            "versions": {m: version(m) for m in ("pyannote.metrics", "resemblyzer", "torch")},
+            "versions": {m: version(m) for m in ("pyannote.metrics", "torch") + (("resemblyzer",) if peer else ())},
             "pyannote_wheel": None if args.no_pyannote_sample else PYANNOTE_WHEEL,
             "cpu_s": round(time.process_time() - cpu0, 1), "cpus": os.cpu_count()}
 

@@ -147,3 +147,17 @@ def conversation(turns: list[tuple[int | None, float]], dim: int = 16, seed: int
         base = np.zeros(dim) if who is None else voice[who]
         frames.append(base + 0.1 * rng.standard_normal((n, dim)))
     return np.concatenate(audio), np.array(speech), np.concatenate(frames)
+
+
+def longest_match_ids(text: str, pieces: list[str]) -> list[int]:
+    """Greedy longest-match piece ids of `text`, as a sentencepiece look-alike: each word starts
+    with "\u2581"; a remainder no piece starts gives <unk> (id 1) and ends the word."""
+    ids = []
+    for word in text.split():
+        rest = "\u2581" + word
+        while rest:
+            i = max((j for j in range(2, len(pieces)) if rest.startswith(pieces[j])),
+                    key=lambda j: len(pieces[j]), default=1)
+            ids.append(i)
+            rest = rest[len(pieces[i]):] if i != 1 else ""
+    return ids

@@ -8,6 +8,7 @@ import torch
 from mtspeech.alignment import word_alignments
 from mtspeech.decoding.ctc import BeamSearchDecoder, GreedyDecoder, PhoneTable, add_word_times, build_decoder
 from mtspeech.decoding.lm import ArpaLM, build_lexicon, build_ngram_lm, build_phone_lexicon
+from tiny_asr import longest_match_ids
 
 PIECES = ["<blank>", "<unk>", "▁THE", "▁CAT", "▁C", "AT", "S", "▁SAT", "▁MAT", "▁ON", "▁HAT"]
 
@@ -24,15 +25,7 @@ class PieceTokenizer:
         return "".join(PIECES[i] for i in ids).replace("▁", " ").strip()
 
     def encode(self, text):
-        ids = []
-        for word in text.split():
-            rest = "▁" + word
-            while rest:
-                i = max((j for j in range(2, len(PIECES)) if rest.startswith(PIECES[j])),
-                        key=lambda j: len(PIECES[j]), default=1)
-                ids.append(i)
-                rest = rest[len(PIECES[i]):] if i != 1 else ""
-        return ids
+        return longest_match_ids(text, PIECES)
 
 
 TOK = PieceTokenizer()

@@ -17,7 +17,7 @@ from mtspeech.serve.limits import ServerSettings
 from mtspeech.streaming import FinalEvent
 from mtspeech.streaming.decoders import BeamDecoder
 from serve_helpers import live_server, next_message, recv_all, signal, stream_messages, tiny_recognizer, wav_bytes
-from tiny_asr import PIECES
+from tiny_asr import PIECES, longest_match_ids
 
 HOTWORDS = [{"phrase": "GH", "boost": 3.0}, {"phrase": "b c", "boost": 1.5}]
 
@@ -32,15 +32,7 @@ class Pieces:
         return PIECES[i]
 
     def encode(self, text: str) -> list[int]:
-        ids = []
-        for word in text.split():
-            rest = "\u2581" + word
-            while rest:
-                i = max((j for j in range(2, len(PIECES)) if rest.startswith(PIECES[j])),
-                        key=lambda j: len(PIECES[j]), default=1)
-                ids.append(i)
-                rest = rest[len(PIECES[i]):] if i != 1 else ""
-        return ids
+        return longest_match_ids(text, PIECES)
 
 
 @pytest.fixture(scope="module")

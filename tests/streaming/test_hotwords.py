@@ -13,7 +13,7 @@ from mtspeech.decoding.lm import build_ngram_lm
 from mtspeech.streaming.biased_beam import BiasCache, BiasedBeamDecoder
 from mtspeech.streaming.decoders import BeamDecoder
 from mtspeech.streaming.hotwords import MAX_HOTWORDS, ContextGraph, parse_hotwords
-from tiny_asr import PIECES, PieceTable, signal, tiny_recognizer
+from tiny_asr import PIECES, PieceTable, longest_match_ids, signal, tiny_recognizer
 
 torch.set_num_threads(1)
 
@@ -31,15 +31,7 @@ class Pieces(PieceTable):
         return "".join(PIECES[i] for i in ids).replace("\u2581", " ").strip()
 
     def encode(self, text):
-        ids = []
-        for word in text.split():
-            rest = "\u2581" + word
-            while rest:
-                i = max((j for j in range(2, len(PIECES)) if rest.startswith(PIECES[j])),
-                        key=lambda j: len(PIECES[j]), default=1)
-                ids.append(i)
-                rest = rest[len(PIECES[i]):] if i != 1 else ""
-        return ids
+        return longest_match_ids(text, PIECES)
 
 
 # ----------------------------------------------------------------------------- the context graph
