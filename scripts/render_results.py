@@ -118,6 +118,13 @@ PAGES = [
          "Definitions: the docstring of `benchmarks/pocketsphinx_peer.py`. PocketSphinx does not depend on "
          "our model: one file per synthesized corpus. RTF: decoding wall seconds per second of audio, one "
          "process on the 2-core development machine, shared with other work."),
+    Page("peers", "Peers: the VAD head against Silero VAD, the speaker head against Resemblyzer",
+         "python benchmarks/peers.py --model exp/synthetic/all/final.pt --data data/synthetic --vad-splits test "
+         "test-engine test-voices --speaker-splits test-engine test-voices test-unseen --out docs/results/peers/demo.json",
+         "*.json", lambda r: benchmark("peers").render(r),
+         "Definitions: the docstring of `benchmarks/peers.py`. The model: the demo model of docs/results/demo/ "
+         "(trained at the commit named there). `test-engine` is festival, an engine training never heard. The "
+         "recipe is not frozen yet, so these are measurements of this model, not issue 35's goal verdicts."),
     Page("ctc-plateau", "CTC's blank plateau: the ASR-only run of the ablation grids, per training seed",
          "python benchmarks/ctc_plateau.py --grid recipes/synthetic/grid_controls.yaml --variant asr_only "
          "--arm grid --arm no-interctc:tasks.asr.intermediate_layers=[] --seeds 0 1 2 --max-updates 2000 "
