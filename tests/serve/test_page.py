@@ -7,6 +7,7 @@ marked; then the transcript downloads as .txt and .srt."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import socket
@@ -80,6 +81,26 @@ WORDS = """JSON.stringify(Array.from(document.querySelectorAll('#finals .word'))
   word: w.textContent, start: Number(w.dataset.start), end: Number(w.dataset.end),
   confidence: Number(w.dataset.confidence), low: w.classList.contains('low'),
   background: getComputedStyle(w).backgroundColor})))"""
+
+
+@contextlib.contextmanager
+def _browser(mic: Path, devtools_port: int, profile: Path, url: str):
+    """Headless Chromium on `url`, its fake microphone playing `mic`, DevTools on `devtools_port`;
+    stopped (killed if it does not exit) when the block ends."""
+    proc = subprocess.Popen(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+         f"--use-file-for-fake-audio-capture={mic}", "--autoplay-policy=no-user-gesture-required",
+         f"--remote-debugging-port={devtools_port}", f"--user-data-dir={profile}", "--no-first-run", url],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 async def _devtools_page(devtools_port: int) -> dict:
@@ -157,21 +178,8 @@ def test_microphone_page_live_file_and_downloads(recognizer, tmp_path):
     devtools = _free_port()
     with live_server(create_app(recognizer)) as (addr, _):
         expected = httpx.post(f"http://{addr}/v1/transcribe", content=upload.read_bytes(), timeout=30).json()
-        proc = subprocess.Popen(
-            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
-             f"--use-file-for-fake-audio-capture={mic}", "--autoplay-policy=no-user-gesture-required",
-             f"--remote-debugging-port={devtools}", f"--user-data-dir={tmp_path / 'profile'}",
-             "--no-first-run", f"http://{addr}/?autostart=1"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
+        with _browser(mic, devtools, tmp_path / "profile", f"http://{addr}/?autostart=1"):
             out = asyncio.run(_page_session(devtools, addr, upload, downloads))
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
 
     live = out["live"]
     assert live["finals"], f"no final transcript on the page: {live}"
@@ -248,21 +256,8 @@ def test_page_colours_words_by_speaker(tmp_path):
             return json.loads(await page.js(SPEAKER_WORDS))
 
     with live_server(create_app(rec)) as (addr, _):
-        proc = subprocess.Popen(
-            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
-             f"--use-file-for-fake-audio-capture={mic}", "--autoplay-policy=no-user-gesture-required",
-             f"--remote-debugging-port={devtools}", f"--user-data-dir={tmp_path / 'profile'}",
-             "--no-first-run", f"http://{addr}/?autostart=1&speakers=1"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
+        with _browser(mic, devtools, tmp_path / "profile", f"http://{addr}/?autostart=1&speakers=1"):
             out = asyncio.run(session())
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
 
     assert out["labels"][:2] == ["S1", "S2"] and out["speaking"].startswith("speaking: S")
     colours: dict[str, set] = {}
