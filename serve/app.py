@@ -169,8 +169,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "not by the cores: see serve/workers.py and docs/deploy.md)")
     parser.add_argument("--fd", type=int, default=None, help=argparse.SUPPRESS)  # a worker's inherited socket
     parser.add_argument("--decode-threads", type=int, default=None,
-                        help="decoding steps run at once, each on its own thread with its own streams "
-                             "(default: 2 on 2 or more cores, else 1)")
+                        help="decoding steps run at once, each on its own thread with its own streams; 0 runs "
+                             "them on the event loop's thread, one at a time (default: 2 on 2 or more cores, "
+                             "else 1)")
     parser.add_argument("--intra-op-threads", type=int, default=None,
                         help="threads of one step's encoder (torch and onnxruntime; default: the cores "
                              "divided by --decode-threads)")
@@ -214,11 +215,11 @@ def main(args: argparse.Namespace) -> int:
     import os
 
     cores = os.cpu_count() or 1
-    decode_threads = args.decode_threads or (2 if cores >= 2 else 1)
-    intra_op = args.intra_op_threads or max(1, cores // decode_threads)
+    decode_threads = args.decode_threads if args.decode_threads is not None else (2 if cores >= 2 else 1)
+    intra_op = args.intra_op_threads or max(1, cores // max(decode_threads, 1))
     try:
-        if decode_threads < 1 or intra_op < 1:
-            raise ValueError("--decode-threads and --intra-op-threads must be >= 1")
+        if decode_threads < 0 or intra_op < 1:
+            raise ValueError("--decode-threads must be >= 0 and --intra-op-threads >= 1")
         settings = ServerSettings(
             max_streams=args.max_streams, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
             decode_threads=decode_threads,

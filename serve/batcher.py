@@ -7,6 +7,9 @@ most `max_batch_size`), and runs `recognizer.step` on a worker thread so the eve
 moving bytes while the network runs. Up to `workers` steps run at once, each on its own
 thread with disjoint streams (a stream is in at most one step): the encoder releases the GIL,
 so two single-threaded steps use two cores without the barriers of one two-threaded step.
+`workers=0` runs each step on the event loop's own thread instead (inline, one at a time): a
+step's many short GIL releases (each torch call) then never wait for a busy event loop to hand
+the GIL back, which under load cost more than the overlap gained (docs/deploy.md, "Workers").
 Events come back to each job's `outbox` queue, in order, followed by `END` once the job was
 asked to finish.
 
@@ -73,8 +76,8 @@ class Batcher:
 
     def __init__(self, recognizer: StreamingRecognizer, max_batch_size: int = 16,
                  max_wait_ms: float = 10.0, metrics: Metrics | None = None, workers: int = 1) -> None:
-        if workers < 1:
-            raise ValueError(f"workers={workers}: expected >= 1")
+        if workers < 0:
+            raise ValueError(f"workers={workers}: expected >= 0 (0: steps on the event loop's thread)")
         self.recognizer = recognizer
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1000.0
@@ -84,7 +87,8 @@ class Batcher:
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._steps: set[asyncio.Task] = set()  # decoding steps in flight (at most `workers`)
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mtspeech-decode")
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mtspeech-decode") \
+            if workers else None
         self.lag = LagMeter()
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -112,7 +116,8 @@ class Batcher:
             await asyncio.wait(self._steps)
         for job in list(self._jobs):
             self._close(job, ErrorMessage(code=ErrorCode.shutting_down, message="server stopped"))
-        self._executor.shutdown(wait=True)
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
 
     # -- job API (event loop thread) ------------------------------------------------------------
 
@@ -182,7 +187,7 @@ class Batcher:
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
-            while len(self._steps) < self.workers:
+            while len(self._steps) < max(self.workers, 1):
                 idle = [j for j in self._jobs if not j.busy]
                 ready = [j for j in idle if self.recognizer.ready(j.stream)]
                 flush = [j for j in idle if j.finishing and j not in ready]
@@ -213,7 +218,7 @@ class Batcher:
 
     async def _step(self, batch: list[Job], flush: list[Job]) -> None:
         try:
-            await self._decode(asyncio.get_running_loop(), batch, flush)
+            await self._decode(batch, flush)
         except Exception:  # _decode handles step errors; anything else must not stall the jobs
             log.exception("delivering a decoding step failed")
         finally:
@@ -222,22 +227,21 @@ class Batcher:
             self._steps.discard(asyncio.current_task())
             self._wakeup.set()  # a worker is free, and the jobs may be ready again
 
-    async def _decode(self, loop, batch: list[Job], flush: list[Job]) -> None:
+    async def _decode(self, batch: list[Job], flush: list[Job]) -> None:
         since = {id(j): j.ready_since for j in batch}
         for j in batch:
             j.ready_since = None
         try:
-            seconds = await loop.run_in_executor(self._executor, self._work, [j.stream for j in batch],
-                                                 [j.stream for j in flush])
+            seconds = await self._run_work([j.stream for j in batch], [j.stream for j in flush])
         except Exception:
             # One bad stream must not end the others: retry each alone, close only who fails.
             log.warning("a batched step of %d streams failed; retrying them one by one",
                         len(batch) + len(flush))
             for j in batch:
-                if await self._alone(loop, j, [j.stream], []):
+                if await self._alone(j, [j.stream], []):
                     self._after_step(j, since[id(j)])
             for j in flush:
-                if await self._alone(loop, j, [], [j.stream]):
+                if await self._alone(j, [], [j.stream]):
                     self._after_flush(j)
             return
         if self.metrics is not None:
@@ -251,10 +255,10 @@ class Batcher:
         for j in flush:
             self._after_flush(j)
 
-    async def _alone(self, loop, job: Job, streams, flush) -> bool:
+    async def _alone(self, job: Job, streams, flush) -> bool:
         """One job's step or flush on its own; on failure the job is closed. True if it ran."""
         try:
-            await loop.run_in_executor(self._executor, self._work, streams, flush)
+            await self._run_work(streams, flush)
             return True
         except Exception as e:
             if not job.done:
@@ -278,6 +282,12 @@ class Batcher:
             return
         self._deliver(job, job.finish_since if job.source == "stream" else None)
         self._close(job, job.closing_error)
+
+    async def _run_work(self, streams: list[Stream], flush: list[Stream]) -> float:
+        """`_work` on a worker thread, or here on the loop's thread when `workers` is 0."""
+        if self._executor is None:
+            return self._work(streams, flush)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._work, streams, flush)
 
     def _work(self, streams: list[Stream], flush: list[Stream]) -> float:
         """On the worker thread: one batched step, then the finishing streams' flushes (batched too)."""

@@ -100,7 +100,7 @@ class Supervisor:
         per_worker = worker_argv(
             args, parser, workers=1, fd=self.sock.fileno(),
             max_streams=math.ceil(args.max_streams / self.n),
-            decode_threads=args.decode_threads or 1,
+            decode_threads=1 if args.decode_threads is None else args.decode_threads,
             intra_op_threads=args.intra_op_threads or max(1, cores // self.n))
         self.cmd = [sys.executable, "-m", "mtspeech.cli", "serve", *per_worker]
         self.env = os.environ | {"PROMETHEUS_MULTIPROC_DIR": self.metrics_path,

@@ -127,6 +127,51 @@ def test_two_decode_threads_run_steps_at_once_on_disjoint_streams(make_server, r
     assert seen["max_steps"] == 2
 
 
+def test_inline_decoding_runs_steps_on_the_event_loop_thread(make_server, recognizer):
+    """`decode_threads=0`: every step runs on the event loop's own thread (no executor), and the
+    streams decode exactly as with threads."""
+    addr, app = make_server(max_batch_size=4, max_wait_ms=5, decode_threads=0)
+    batcher = app.state.server.batcher
+    work, on_loop = batcher._work, []
+
+    def spy(streams, flush):
+        try:  # raises on any thread but one running an event loop: the server's
+            asyncio.get_running_loop()
+            on_loop.append(True)
+        except RuntimeError:
+            on_loop.append(False)
+        return work(streams, flush)
+
+    batcher._work = spy
+    wavs = [signal(1.2 + 0.1 * k, seed=k) for k in range(6)]
+
+    async def run():
+        return await asyncio.gather(*[
+            stream_samples(f"ws://{addr}/v1/stream", w, frame_ms=60, endpointing=False) for w in wavs])
+
+    for w, r in zip(wavs, asyncio.run(run())):
+        assert not r.errors
+        assert r.text == reference_text(recognizer, w)
+    assert batcher._executor is None
+    assert on_loop and all(on_loop)
+
+
+def test_decode_threads_below_zero_is_refused_before_a_model_loads(tmp_path):
+    import argparse
+
+    from mtspeech.serve import app as serve_app
+    from mtspeech.serve.limits import ServerSettings
+
+    with pytest.raises(ValueError, match="decode_threads=-1"):
+        ServerSettings(decode_threads=-1)
+    assert ServerSettings(decode_threads=0).decode_threads == 0
+    parser = argparse.ArgumentParser()
+    serve_app.add_arguments(parser)
+    ckpt = tmp_path / "model.pt"
+    ckpt.write_bytes(b"not read: the flag is refused first")
+    assert serve_app.main(parser.parse_args(["--model", str(ckpt), "--decode-threads", "-1"])) == 2
+
+
 def test_bad_input_gets_clear_errors_while_another_stream_works(make_server, recognizer):
     addr, app = make_server(max_frame_bytes=64 * 1024, idle_timeout_s=0.6)
     url = f"ws://{addr}/v1/stream"
