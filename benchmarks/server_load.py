@@ -72,6 +72,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _cli import add_model_arguments, run_main  # noqa: E402
+from _pyspy import Profile  # noqa: E402
 
 from mtspeech.data.geometry import SAMPLE_RATE, FrameGeometry  # noqa: E402
 
@@ -103,6 +104,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--max-partial-latency", type=float, default=None,
                     help="keep-up bound on p95 partial latency (s; default: one chunk + 0.1 s)")
     ap.add_argument("--out", help="write the results as JSON here")
+    ap.add_argument("--profile", metavar="DIR",
+                    help="py-spy record every server process during each level: raw stacks in DIR, the "
+                         "functions holding the most samples in the level's JSON (`profile`)")
     srv = ap.add_argument_group("server (passed to `mtspeech serve`)")
     srv.add_argument("--device", default="cpu")
     srv.add_argument("--backend", nargs="+", choices=BACKENDS, default=["torch"],
@@ -256,7 +260,7 @@ class ServerProcess:
             self.cmd += ["--backend", "onnx", "--onnx-dir", str(onnx_dir)] + (["--int8"] if backend == "onnx-int8" else [])
         self.env = os.environ.copy()
         for flag in ("workers", "decode_threads", "intra_op_threads"):
-            if getattr(args, flag, None):
+            if getattr(args, flag, None) is not None:  # --decode-threads 0 is a setting (inline steps)
                 self.cmd += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
         self.startup_timeout = args.startup_timeout
         self.proc: subprocess.Popen | None = None
@@ -296,6 +300,11 @@ class ServerProcess:
             for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
                 pids += [int(p) for p in (task / "children").read_text().split()]
         return pids
+
+    def worker_pids(self) -> list[int]:
+        """The processes that decode: the workers, or the server itself when it has none."""
+        pids = self._pids()
+        return pids[1:] or pids
 
     def cpu_seconds(self) -> float | None:
         """User + system CPU seconds of the server's processes so far (from /proc)."""
@@ -564,7 +573,10 @@ async def _run_levels(server: ServerProcess, audios: list[TestAudio], args) -> l
                 await asyncio.sleep(0.25)
 
         watcher = asyncio.create_task(watch_rss())
-        utts = await run_level(url, audios, n, args)
+        with contextlib.ExitStack() as stack:
+            prof = None if not args.profile else stack.enter_context(
+                Profile(server.worker_pids(), Path(args.profile) / f"level-{n}-repeat-{repeat}"))
+            utts = await run_level(url, audios, n, args)
         watcher.cancel()
         server.wait_idle()
         wall = time.monotonic() - t0
@@ -573,6 +585,8 @@ async def _run_levels(server: ServerProcess, audios: list[TestAudio], args) -> l
         client_cpu = (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime)
         level = summarize(n, utts, m0, m1, cpu, wall, client_cpu, args, rss_peak[0] or None, rss_base)
         level["repeat"] = repeat
+        if prof is not None:
+            level["profile"] = prof.summary
         results.append(level)
         print(_row(level, results[0]), flush=True)
     return results
@@ -726,6 +740,12 @@ def _render_one(result: dict) -> str:
                          f"{_num(row['stream_lag_p95_s']):>10} {row['errors']:>6} {row['x_realtime_min']:>7.1f}")
     lines.append(f"keeps up = {result['keep_up_definition']}")
     lines.append(f"largest N that keeps up with real time: {result['max_streams_keeping_up']}")
+    for lv in levels:
+        if lv.get("profile"):
+            p = lv["profile"]
+            lines.append(f"py-spy, N={lv['streams']} repeat {lv['repeat']} ({p['samples']} samples at {p['rate_hz']} Hz "
+                         "over the server processes; share of samples with the function on the stack):")
+            lines += [f"  {share:6.1%}  {name}" for name, share in p["inclusive"][:15]]
     return "\n".join(lines)
 
 

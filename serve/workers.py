@@ -1,4 +1,4 @@
-"""`mtspeech serve --workers N`: N server processes sharing one listening socket.
+"""`mtspeech serve --workers N`: N server processes on one port, one listening socket each.
 
 Why processes: under load one server process is bound by its GIL, not by the cores. The
 flashlight beam search steps with the GIL held, and the event loop, the batcher and the
@@ -8,7 +8,7 @@ brings a second GIL, so the work of N streams spreads over the cores. uvicorn's 
 does the same, but it would import the app by name in each process; here each worker is the
 ordinary `mtspeech serve` command with `--fd`, so it builds its recognizer from the same flags.
 
-The supervisor (this module) binds the socket, starts the workers with it, and:
+The supervisor (this module) binds the sockets, starts each worker with its own, and:
   - splits `--max-streams` between them (each refuses past its share: 1013 / 503);
   - gives each worker cores / N intra-op threads and one decoding thread;
   - shares Prometheus metrics through `PROMETHEUS_MULTIPROC_DIR`, so `/metrics` and `/healthz`
@@ -18,8 +18,13 @@ The supervisor (this module) binds the socket, starts the workers with it, and:
   - restarts a worker that dies unexpectedly (at most `MAX_RESTARTS` in `RESTART_WINDOW_S`, then
     gives up and stops the others: a worker that cannot stay up is a configuration error).
 
-The kernel hands each new connection to one of the workers waiting in accept(); connections
-stay with the worker that accepted them.
+Each worker has its own listening socket on the port (SO_REUSEPORT), and the kernel spreads new
+connections over the sockets by a hash of their addresses, so every worker gets its share of a
+burst. With one socket shared by all workers, the worker that woke first took every connection
+waiting (asyncio accepts up to the backlog at once): a load test of 192 streams started together
+put six times as many samples on one worker as on the other, which fell behind while the other
+idled. The supervisor keeps every socket open, so connections queued for a worker that died wait
+for its replacement instead of being refused. Connections stay with the worker that accepted them.
 """
 
 from __future__ import annotations
@@ -74,15 +79,26 @@ def worker_argv(args: argparse.Namespace, parser: argparse.ArgumentParser, **ove
     return argv
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """The listening socket every worker accepts on (IPv6 when `host` is an IPv6 address)."""
+def bind(host: str, port: int, n: int = 1) -> list[socket.socket]:
+    """`n` listening sockets on host:port, one per worker, sharing the port by SO_REUSEPORT (IPv6
+    when `host` is an IPv6 address). Port 0: the first gets a free port and the others join it."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(2048)
-    sock.set_inheritable(True)
-    return sock
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(n):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((host, port))
+            port = sock.getsockname()[1]
+            sock.listen(2048)
+            sock.set_inheritable(True)
+    except OSError:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
 
 
 class Supervisor:
@@ -91,18 +107,17 @@ class Supervisor:
     def __init__(self, args: argparse.Namespace, parser: argparse.ArgumentParser):
         self.n = args.workers
         cores = os.cpu_count() or 1
-        self.sock = bind(args.host, args.port)
+        self.socks = bind(args.host, args.port, self.n)
         # A folder the caller named (PROMETHEUS_MULTIPROC_DIR, e.g. deploy/replicas.py's, read after
         # the server exits) is used as it is; otherwise a temporary one, removed at exit.
         given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         self.metrics_dir = None if given else tempfile.TemporaryDirectory(prefix="mtspeech-metrics-")
         self.metrics_path = given or self.metrics_dir.name
-        per_worker = worker_argv(
-            args, parser, workers=1, fd=self.sock.fileno(),
+        self.cmds = [[sys.executable, "-m", "mtspeech.cli", "serve", *worker_argv(
+            args, parser, workers=1, fd=sock.fileno(),
             max_streams=math.ceil(args.max_streams / self.n),
             decode_threads=1 if args.decode_threads is None else args.decode_threads,
-            intra_op_threads=args.intra_op_threads or max(1, cores // self.n))
-        self.cmd = [sys.executable, "-m", "mtspeech.cli", "serve", *per_worker]
+            intra_op_threads=args.intra_op_threads or max(1, cores // self.n))] for sock in self.socks]
         self.env = os.environ | {"PROMETHEUS_MULTIPROC_DIR": self.metrics_path,
                                  "MTSPEECH_SERVER_MAX_STREAMS": str(args.max_streams)}
         self.procs: list[subprocess.Popen | None] = [None] * self.n
@@ -111,7 +126,7 @@ class Supervisor:
 
     def _start(self, i: int) -> None:
         # its own session: a terminal's Ctrl-C reaches the supervisor only, which passes on one SIGTERM
-        self.procs[i] = subprocess.Popen(self.cmd, pass_fds=(self.sock.fileno(),), start_new_session=True,
+        self.procs[i] = subprocess.Popen(self.cmds[i], pass_fds=(self.socks[i].fileno(),), start_new_session=True,
                                          preexec_fn=_die_with_supervisor, env=self.env | {"MTSPEECH_WORKER": str(i)})
         log.info("worker %d started (pid %d)", i, self.procs[i].pid)
 
@@ -127,7 +142,8 @@ class Supervisor:
             return self._watch()
         finally:
             self._stop_all()
-            self.sock.close()
+            for sock in self.socks:
+                sock.close()
             if self.metrics_dir is not None:
                 self.metrics_dir.cleanup()
 

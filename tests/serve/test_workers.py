@@ -113,3 +113,48 @@ def test_workers_do_not_outlive_a_killed_supervisor(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def _sockets(pid: int) -> int:
+    """Open socket file descriptors of a process."""
+    n = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            n += os.readlink(fd).startswith("socket:")
+        except OSError:
+            pass
+    return n
+
+
+def test_a_burst_of_connections_spreads_over_the_workers(tmp_path):
+    """60 WebSockets opened at once: each worker holds at least a quarter of them. With one
+    shared listening socket the worker that woke first accepted the whole burst."""
+    ckpt = tiny_checkpoint(tmp_path, ["HELLO WORLD"], {"asr": {"kind": "ctc", "vocab_size": 30, "dropout": 0.0}})
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "mtspeech.cli", "serve", "--model", str(ckpt), "--port", str(port),
+                             "--workers", "2", "--max-streams", "200", "--log-level", "warning"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"127.0.0.1:{port}"
+    try:
+        assert _wait(lambda: httpx.get(f"http://{base}/healthz", timeout=2).json()["status"] == "ok")
+        assert _wait(lambda: len(_children(proc.pid)) == 2)
+        workers = _children(proc.pid)
+        time.sleep(1.0)  # both workers past start-up (each answers /healthz once it is up)
+        before = {w: _sockets(w) for w in workers}
+
+        async def burst(n: int) -> dict[int, int]:
+            socks = await asyncio.gather(*[connect(f"ws://{base}/v1/stream") for _ in range(n)])
+            await asyncio.sleep(0.5)
+            held = {w: _sockets(w) - before[w] for w in workers}
+            for ws in socks:
+                await ws.close()
+            return held
+
+        held = asyncio.run(burst(60))
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    assert sum(held.values()) == 60, held
+    assert min(held.values()) >= 15, f"connections per worker: {held}"
