@@ -10,7 +10,10 @@ ordinary `mtspeech serve` command with `--fd`, so it builds its recognizer from 
 
 The supervisor (this module) binds the sockets, starts each worker with its own, and:
   - splits `--max-streams` between them (each refuses past its share: 1013 / 503);
-  - gives each worker cores / N intra-op threads and one decoding thread;
+  - gives each worker cores / N intra-op threads and runs its decoding steps on its event loop's
+    thread (`--decode-threads 0`): in a process of its own, a step on a second thread waited for
+    the busy loop at each of its ~100 GIL releases, and at 160 streams final latency p95 was
+    0.77 s threaded against 0.46 s inline (benchmarks/server_load.py, same machine and run);
   - shares Prometheus metrics through `PROMETHEUS_MULTIPROC_DIR`, so `/metrics` and `/healthz`
     of any worker count every worker's streams;
   - on SIGTERM or SIGINT passes SIGTERM on (each worker drains its streams: finals first) and
@@ -116,7 +119,7 @@ class Supervisor:
         self.cmds = [[sys.executable, "-m", "mtspeech.cli", "serve", *worker_argv(
             args, parser, workers=1, fd=sock.fileno(),
             max_streams=math.ceil(args.max_streams / self.n),
-            decode_threads=1 if args.decode_threads is None else args.decode_threads,
+            decode_threads=0 if args.decode_threads is None else args.decode_threads,
             intra_op_threads=args.intra_op_threads or max(1, cores // self.n))] for sock in self.socks]
         self.env = os.environ | {"PROMETHEUS_MULTIPROC_DIR": self.metrics_path,
                                  "MTSPEECH_SERVER_MAX_STREAMS": str(args.max_streams)}

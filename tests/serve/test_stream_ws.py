@@ -308,8 +308,9 @@ def test_stream_limits_capacity_and_api_key(make_server):
 @pytest.mark.slow
 def test_rss_flat_over_a_thousand_connections(make_server):
     """Soak: 1,000 connect / stream / close cycles (a third leave without stop) leave the
-    process RSS within 5 % of where it was after a warm-up."""
-    addr, app = make_server()
+    process RSS within 5 % of where it was after a warm-up. Admission by lag is off: on a
+    loaded CI machine a lagging step would refuse cycles, which is not what this measures."""
+    addr, app = make_server(max_decode_lag_s=0)
     url = f"ws://{addr}/v1/stream"
     audio = to_pcm16(signal(0.4))
 
