@@ -99,7 +99,7 @@ def fine_tune(model: nn.Module, pset: ParamSet, init: dict[str, torch.Tensor], b
             opt.zero_grad(set_to_none=True)
             losses.append(_batch_losses(model, pset, trainable, batches, device, backward=True, check=step == 0))
             opt.step()
+        seconds = time.perf_counter() - t0  # the steps only: what adapting costs, not reporting on it
         with torch.no_grad():
             losses.append(_batch_losses(model, pset, trainable, batches, device, backward=False, check=steps == 0))
-    seconds = time.perf_counter() - t0
     return FineTuneResult({k: v.detach().cpu() for k, v in trainable.items()}, losses, seconds)

@@ -146,9 +146,11 @@ class ParamSet:
         return changed_weights(self.state, self.cfg, self.delta(trainable))
 
     def merged_state(self, trainable: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The model's whole state dict with the adapted tensors written in (detached)."""
+        """The model's whole state dict with the adapted tensors written in (detached, on the
+        CPU, as checkpoints hold them whatever device adaptation ran on)."""
         with torch.no_grad():
-            return {**self.state, **{k: v.detach().clone() for k, v in self.overrides(trainable).items()}}
+            merged = {**self.state, **self.overrides(trainable)}
+            return {k: v.detach().to("cpu", copy=True) for k, v in merged.items()}
 
 
 def _is_target(module_name: str, target: str) -> bool:
@@ -164,19 +166,19 @@ def changed_weights(state: dict[str, torch.Tensor], cfg: ParamSetConfig,
                     delta: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """State key → new value for every tensor a delta changes: LoRA's factors merged into their
     weight W + (alpha / rank) B A, any other entry the new value itself."""
-    out = {}
     scale = cfg.alpha / cfg.rank
-    for key, value in delta.items():
-        if key.endswith(_LORA_B):
-            continue
-        if key.endswith(_LORA_A):
-            weight = key[: -len(_LORA_A)]
-            out[weight] = state[weight] + scale * (delta[weight + _LORA_B] @ value)
-        else:
-            out[key] = value
-    unknown = set(out) - set(state)
+    targets = {k[: -len(_LORA_A)] if k.endswith(_LORA_A) else k for k in delta if not k.endswith(_LORA_B)}
+    unknown = targets - set(state)
     if unknown:
         raise AdaptationError(f"the delta names tensors this model does not have: {sorted(unknown)[:5]}")
+    out = {}
+    for key in targets:
+        base = state[key]
+        if key + _LORA_A in delta:
+            a, b = delta[key + _LORA_A].to(base.device), delta[key + _LORA_B].to(base.device)
+            out[key] = base + scale * (b @ a)
+        else:
+            out[key] = delta[key].to(base.device)
     return out
 
 
