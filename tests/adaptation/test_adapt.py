@@ -164,3 +164,21 @@ def test_command_line_refuses_a_mixed_manifest_and_returns_2(tiny_trained, prepa
     assert main(args) == 2
     assert "pick it with --speaker" in caplog.text
     assert not (tmp_path / "x.pt").exists()
+
+
+@pytest.mark.slow  # the ONNX export alone takes over ten seconds on two shared cores
+def test_adapted_checkpoint_exports_to_onnx_with_logit_parity(tiny_trained, voice, tmp_path):
+    from mtspeech.export.onnx import export_onnx
+    from mtspeech.export.parity import logit_parity
+    from mtspeech.export.runtime import OnnxEncoderStep
+    from mtspeech.streaming.encoder import TorchEncoderStep
+
+    out = tmp_path / "lora.pt"
+    adapt(tiny_trained, voice[0], SETS["lora"], out, k=1, steps=3, lr=1e-2)
+    model = load_model(out)[0]
+    export_onnx(model, tmp_path / "onnx", 4, 2)
+    with torch.inference_mode():
+        wav = inputs.load_waves(voice[1][:1], 16000)[0]
+        feats = model.features(wav[None], torch.tensor([len(wav)]))[0][0]
+    diff = logit_parity(TorchEncoderStep(model, 4, 2), OnnxEncoderStep(tmp_path / "onnx"), [feats])
+    assert diff and max(diff.values()) < 1e-4, diff
