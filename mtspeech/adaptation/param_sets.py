@@ -104,7 +104,7 @@ class ParamSet:
         self.cfg = cfg
         self.state = {k: v.detach() for k, v in model.state_dict().items()}
         blocks = asr_path_blocks(model)
-        if cfg.layers is not None and cfg.layers > len(blocks):
+        if cfg.kind != "input-norm" and cfg.layers is not None and cfg.layers > len(blocks):
             raise AdaptationError(f"--layers {cfg.layers}: the ASR path has only {len(blocks)} encoder blocks")
         top = tuple(b + "." for b in blocks[-(cfg.layers or len(blocks)):])
         if cfg.kind == "input-norm":
@@ -117,8 +117,9 @@ class ParamSet:
             self.keys = [f"{name}.weight" for name, m in model.named_modules()
                          if isinstance(m, nn.Linear) and name.startswith(top) and _is_target(name, cfg.target)]
         if not self.keys:
-            raise AdaptationError(f"parameter set {cfg.kind!r} finds no tensor to adapt in this model's "
-                                  f"top {cfg.layers or len(blocks)} blocks ({cfg.target if cfg.kind == 'lora' else ''})")
+            what = f"{cfg.target} projections" if cfg.kind == "lora" else "LayerNorms with gains"
+            raise AdaptationError(f"parameter set {cfg.kind!r} finds no {what} in the top {cfg.layers or len(blocks)} "
+                                  "encoder blocks on this model's ASR path")
 
     def initial(self, seed: int = 0) -> dict[str, torch.Tensor]:
         """The trainable tensors at the trained model's values (LoRA: A random from `seed`, B zero)."""
