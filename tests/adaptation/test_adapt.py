@@ -182,3 +182,20 @@ def test_adapted_checkpoint_exports_to_onnx_with_logit_parity(tiny_trained, voic
         feats = model.features(wav[None], torch.tensor([len(wav)]))[0][0]
     diff = logit_parity(TorchEncoderStep(model, 4, 2), OnnxEncoderStep(tmp_path / "onnx"), [feats])
     assert diff and max(diff.values()) < 1e-4, diff
+
+
+def test_command_line_adapts_from_files_with_transcripts_beside_them(tiny_trained, voice, tmp_path):
+    files = []
+    for u in voice[1][:2]:
+        wav, rate = soundfile.read(u.audio, dtype="float32")
+        path = tmp_path / f"{u.id}.flac"
+        soundfile.write(path, wav, rate)
+        path.with_suffix(".txt").write_text(u.text.lower() + "\n")  # normalised as prepare normalises
+        files.append(str(path))
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args([str(tiny_trained), *files, "--params", "input-norm", "--steps", "2",
+                              "--out", str(tmp_path / "out.pt")])
+    assert main(args) == 0
+    record = load_state(tmp_path / "out.pt")["adaptation"]
+    assert record["utterances"] == [u.id for u in voice[1][:2]] and record["k"] == 2
