@@ -92,7 +92,7 @@ def adapt(checkpoint: str | Path, utts: list, cfg: ParamSetConfig, out: str | Pa
     result = fine_tune(model, pset, start, batches, steps, lr, device=device, progress=progress)
 
     out = Path(out)
-    delta = {k: v.contiguous() for k, v in pset.delta(result.trainable).items()}
+    delta = {name: t.contiguous() for name, t in pset.delta(result.trainable).items()}
     record = {
         "set": cfg.as_dict(), "k": len(chosen), "utterances": [u.id for u in chosen],
         "speakers": sorted({u.speaker for u in chosen if u.speaker is not None}),
