@@ -97,6 +97,8 @@ _COMMANDS = [
         ("ablate", "mtspeech.ablation.cli", "train and evaluate a grid of task sets × seeds; report"),
         ("analyze", "mtspeech.analyze", "word accuracy by training-sentence count, from evaluate's hypotheses"),
         ("export", "mtspeech.export.command", "export the streaming encoder and heads to ONNX (optionally int8)"),
+        ("adapt", "mtspeech.adaptation.command", "fit a model to a new voice from k transcribed utterances"),
+        ("meta-train", "mtspeech.adaptation.reptile", "meta-learn adapt's starting values across training voices (Reptile)"),
         ("transcribe", "mtspeech.client", "transcribe files locally or through a server"),
         ("serve", "mtspeech.serve.app", "run the streaming recognition server"),
     ]),

@@ -1,0 +1,239 @@
+"""Fast adaptation to new voices (issue 36 item 3): CER on a voice after adapting to k of its
+utterances, against no adaptation, for plain fine-tuning, a Reptile start and embedding
+conditioning.
+
+For every voice of the manifest (default split: test-voices, voices no training split has),
+every k and every selection seed, k of the voice's utterances are drawn exactly as
+`mtspeech adapt --k K --seed S` draws them, the set is adapted on them with `adapt`'s own inner
+loop (`fine_tune`), and the CER (greedy, the one scorer `evaluate` uses) is scored on that
+voice's OTHER utterances only: an utterance is never both adapted on and scored. A k that
+leaves a voice nothing to score is skipped for that voice, and listed. Methods:
+
+    none               the model as trained, on the same scored utterances (the paired baseline)
+    fine-tune          the set adapted from the trained values
+    reptile            the set adapted from the start `mtspeech meta-train` learned (--meta)
+    speaker-embedding  no gradient steps; only for models with speaker-conditioned layers, else
+                       listed under not_available with the reason
+
+Intervals: per method and k, the utterances of every seed are pooled per voice and the CER and
+its difference to `none` are bootstrapped over voices (`speaker_bootstrap`, a cluster bootstrap:
+one voice's utterances fail together); the spread over selection seeds is reported beside it (t
+interval of the per-seed CERs, `mean_std_ci`). Adaptation time: wall seconds of the steps on
+`--threads` threads (2 by default, as the issue asks), median over runs. Delta size: bytes of the
+delta file `mtspeech adapt` would write.
+
+    mtspeech meta-train EXP/final.pt --manifest data/synthetic/train-voices.jsonl \\
+        --params layer-norms --k 5 --out EXP/meta-layer-norms.pt
+    python benchmarks/adaptation.py --model EXP/final.pt --meta EXP/meta-layer-norms.pt \\
+        --data data/synthetic --params layer-norms --out adaptation.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import io
+import math
+import statistics
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from _cli import emit
+
+from mtspeech.adaptation import inputs
+from mtspeech.adaptation.command import DEFAULT_LR, INIT_KEY, add_set_arguments, load_base, set_config
+from mtspeech.adaptation.fine_tune import fine_tune
+from mtspeech.adaptation.param_sets import AdaptationError, ParamSet, ParamSetConfig
+from mtspeech.data.manifest import Utterance, read_manifest
+from mtspeech.evaluation.stats import mean_std_ci, speaker_bootstrap
+from mtspeech.tasks.base import ScoredBatch
+
+METHODS = ("none", "fine-tune", "reptile", "speaker-embedding")
+
+
+def char_errors(model, utts: list[Utterance], wavs: dict[str, torch.Tensor]) -> dict[str, tuple[int, int]]:
+    """Utterance id → (character errors, reference characters) of the greedy ASR transcript,
+    scored by the ASR task's own scorer (full context, eval mode)."""
+    task = model.tasks[model.asr_task]
+    scorer = task.scorer()
+    out = {}
+    batches = inputs.batches(utts, [wavs[u.id] for u in utts], task, 60.0, model.geometry.sample_rate)
+    with torch.no_grad():
+        for b in batches:
+            enc = model.encode(b.wav, b.wav_lens)
+            logits = model.task_logits(enc)[task.name]
+            for u, rec in zip(b.utts, scorer.add(ScoredBatch(b.utts, logits, enc))):
+                out[u.id] = (rec["char_errors"], rec["ref_chars"])
+    return out
+
+
+def delta_bytes(pset: ParamSet, trainable: dict[str, torch.Tensor]) -> int:
+    """Size of the delta file `mtspeech adapt` writes for these tensors (torch.save, in memory)."""
+    buf = io.BytesIO()
+    torch.save({"set": pset.cfg.as_dict(), "tensors": {k: v.contiguous() for k, v in pset.delta(trainable).items()}},
+               buf)
+    return buf.tell()
+
+
+def _finite(x: float) -> float | None:
+    """x, or None where it is NaN (one seed has no spread; JSON has no NaN)."""
+    return None if math.isnan(x) else x
+
+
+def summarize(runs: list[dict], methods: list[str], ks: list[int], seeds: list[int], n_resamples: int) -> dict:
+    """Per method and k: CER pooled over voices and seeds, its interval over voices, the paired
+    difference to `none` and its interval, per-seed CERs and their t interval, time, delta size."""
+    out: dict = {}
+    for method in methods:
+        for k in ks:
+            rows = [r for r in runs if r["k"] == k]
+            if not rows:
+                continue
+            errs, base, voices = [], [], []
+            per_seed = defaultdict(lambda: [0, 0])
+            for r in rows:
+                for uid, (e, n) in r["scored"].items():
+                    errs.append((r["errors"][method][uid], n))
+                    base.append((e, n))
+                    voices.append(r["voice"])
+                    per_seed[r["seed"]][0] += r["errors"][method][uid]
+                    per_seed[r["seed"]][1] += n
+            boot = speaker_bootstrap(base, voices, errs, n_resamples=n_resamples)
+            seed_cers = [per_seed[s][0] / per_seed[s][1] for s in seeds if per_seed[s][1]]
+            spread = mean_std_ci(seed_cers)
+            timed = [r["seconds"][method] for r in rows if method in r["seconds"]]
+            sizes = [r["delta_bytes"][method] for r in rows if method in r["delta_bytes"]]
+            out.setdefault(method, {})[str(k)] = {
+                "cer": boot.rate_b, "ci_low": boot.ci_low_b, "ci_high": boot.ci_high_b,
+                "delta_vs_none": boot.delta, "delta_ci_low": boot.delta_ci_low, "delta_ci_high": boot.delta_ci_high,
+                "voices": boot.speakers, "runs": len(rows), "scored_utterances": len(errs),
+                "per_seed_cer": dict(zip(map(str, seeds), seed_cers)),
+                "seed_ci_low": _finite(spread.ci_low), "seed_ci_high": _finite(spread.ci_high),
+                "adapt_seconds_median": statistics.median(timed) if timed else None,
+                "delta_bytes": max(sizes) if sizes else None,
+            }
+    return out
+
+
+def run(args: argparse.Namespace) -> dict:
+    torch.set_num_threads(args.threads)
+    cfg = set_config(args)
+    state, model = load_base(args.model)
+    pset = ParamSet(model, cfg)
+    lr = DEFAULT_LR[cfg.kind] if args.lr is None else args.lr
+    methods, not_available = ["none", "fine-tune"], {}
+    meta_tensors, meta_settings = None, None
+    if args.meta:
+        meta = load_base(args.meta)[0].get(INIT_KEY)
+        if meta is None or meta["set"] != cfg.as_dict():
+            raise AdaptationError(f"--meta {args.meta} holds no Reptile start for {cfg.as_dict()}")
+        meta_tensors, meta_settings = meta["tensors"], meta["settings"]
+        methods.append("reptile")
+    else:
+        not_available["reptile"] = "no --meta checkpoint given (run `mtspeech meta-train` first)"
+    try:
+        ParamSet(model, ParamSetConfig("speaker-embedding"))
+    except AdaptationError as e:
+        not_available["speaker-embedding"] = str(e)
+
+    manifest = Path(args.manifest) if args.manifest else Path(args.data) / f"{args.split}.jsonl"
+    by_voice: dict[str, list[Utterance]] = defaultdict(list)
+    for u in read_manifest(manifest):
+        if u.speaker is not None and u.text:
+            by_voice[u.speaker].append(u)
+    voices = sorted(by_voice)[: args.voices or None]
+    rate = model.geometry.sample_rate
+    wavs = {u.id: w for v in voices for u, w in zip(by_voice[v], inputs.load_waves(by_voice[v], rate))}
+    base_errors = {uid: e for v in voices for uid, e in char_errors(model, by_voice[v], wavs).items()}
+    scorer_model = copy.deepcopy(model)  # receives each adapted state; `model` stays the base
+
+    runs, skipped = [], []
+    t0 = time.perf_counter()
+    for voice in voices:
+        for k in args.ks:
+            if k >= len(by_voice[voice]):
+                skipped.append({"voice": voice, "k": k, "reason": f"the voice has {len(by_voice[voice])} utterances: "
+                                                                  "none would be left to score"})
+                continue
+            for seed in args.seeds:
+                chosen = inputs.choose(by_voice[voice], k, seed)
+                chosen_ids = {u.id for u in chosen}
+                scored = [u for u in by_voice[voice] if u.id not in chosen_ids]
+                batches = inputs.batches(chosen, [wavs[u.id] for u in chosen], model.tasks[model.asr_task],
+                                         60.0, rate)
+                record = {"voice": voice, "k": k, "seed": seed, "adapted_on": sorted(chosen_ids),
+                          "scored": {u.id: base_errors[u.id] for u in scored},
+                          "errors": {"none": {u.id: base_errors[u.id][0] for u in scored}},
+                          "seconds": {}, "delta_bytes": {}, "loss": {}}
+                starts = {"fine-tune": pset.initial(seed)}
+                if meta_tensors is not None:
+                    starts["reptile"] = meta_tensors
+                for method, start in starts.items():
+                    result = fine_tune(model, pset, start, batches, args.steps, lr)
+                    scorer_model.load_state_dict(pset.merged_state(result.trainable))
+                    errors = char_errors(scorer_model, scored, wavs)
+                    record["errors"][method] = {uid: e for uid, (e, _) in errors.items()}
+                    record["seconds"][method] = result.seconds
+                    record["delta_bytes"][method] = delta_bytes(pset, result.trainable)
+                    record["loss"][method] = [result.losses[0], result.losses[-1]]
+                runs.append(record)
+    return {
+        "model": str(args.model), "manifest": str(manifest), "set": cfg.as_dict(), "steps": args.steps, "lr": lr,
+        "ks": args.ks, "seeds": args.seeds, "threads": args.threads, "voices": voices,
+        "meta": {"checkpoint": str(args.meta), "settings": meta_settings} if args.meta else None,
+        "methods": methods, "not_available": not_available, "skipped": skipped,
+        "results": summarize(runs, methods, args.ks, args.seeds, args.resamples),
+        "runs": runs, "seconds": time.perf_counter() - t0,
+    }
+
+
+def render(result: dict) -> str:
+    fmt = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
+    lines = [f"adaptation of {result['set']['kind']} on {result['manifest']} ({len(result['voices'])} voices, "
+             f"seeds {result['seeds']}, {result['steps']} steps)", "",
+             "| method | k | CER [voices] | Δ vs none [voices] | seed interval | s / adaptation | delta bytes |",
+             "|---|---|---|---|---|---|---|"]
+    for method, by_k in result["results"].items():
+        for k, r in by_k.items():
+            lines.append(f"| {method} | {k} | {fmt(r['cer'])} [{fmt(r['ci_low'])}, {fmt(r['ci_high'])}] | "
+                         f"{fmt(r['delta_vs_none'])} [{fmt(r['delta_ci_low'])}, {fmt(r['delta_ci_high'])}] | "
+                         f"[{fmt(r['seed_ci_low'])}, {fmt(r['seed_ci_high'])}] | {fmt(r['adapt_seconds_median'])} | "
+                         f"{r['delta_bytes'] or '-'} |")
+    for method, why in result["not_available"].items():
+        lines.append(f"\n{method}: not available: {why}")
+    return "\n".join(lines)
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--model", required=True, help="trained checkpoint (final.pt)")
+    ap.add_argument("--meta", default=None, help="`mtspeech meta-train`'s output for the same set (the reptile rows)")
+    where = ap.add_mutually_exclusive_group(required=True)
+    where.add_argument("--data", help="manifest folder (data/synthetic); with --split")
+    where.add_argument("--manifest", help="a manifest of the voices instead")
+    ap.add_argument("--split", default="test-voices")
+    add_set_arguments(ap)
+    ap.add_argument("--ks", type=int, nargs="+", default=[1, 5, 20])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="selection seeds of the k utterances")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--lr", type=float, default=None, help="default: `mtspeech adapt`'s for the set")
+    ap.add_argument("--voices", type=int, default=None, help="the first N voices only (a quick look)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (the issue's 2 cores)")
+    ap.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples over voices")
+    ap.add_argument("--out", default=None, help="JSON output")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(ap)
+    args = ap.parse_args(argv)
+    try:
+        result = run(args)
+    except AdaptationError as e:
+        ap.error(str(e))
+    return emit(result, render, args.out)
+
+
+if __name__ == "__main__":
+    main()

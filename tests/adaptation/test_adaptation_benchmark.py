@@ -1,0 +1,50 @@
+"""benchmarks/adaptation.py end to end on the tiny model: two voices, k = 1 and 2, two seeds."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+from bench_module import load_benchmark
+
+from mtspeech.adaptation import reptile
+from mtspeech.adaptation.param_sets import ParamSetConfig
+from mtspeech.data.manifest import read_manifest, write_manifest
+
+bench = load_benchmark("adaptation")
+
+
+def test_benchmark_scores_only_utterances_it_did_not_adapt_on(tiny_trained, new_condition, prepared_manifests,
+                                                             tmp_path):
+    utts = read_manifest(new_condition)
+    two_voices = [dataclasses.replace(u, speaker="AB"[i % 2]) for i, u in enumerate(utts)]  # 4 utterances each
+    manifest = tmp_path / "voices.jsonl"
+    write_manifest(manifest, two_voices)
+    meta = tmp_path / "meta.pt"
+    reptile.meta_train(tiny_trained, read_manifest(prepared_manifests["train"]), ParamSetConfig("layer-norms", layers=1),
+                       meta, reptile.ReptileConfig(outer_steps=1, meta_batch=1, k=1, inner_steps=1))
+    out = tmp_path / "adaptation.json"
+    bench.main(["--model", str(tiny_trained), "--meta", str(meta), "--manifest", str(manifest),
+                "--params", "layer-norms", "--layers", "1", "--ks", "1", "2", "4", "--seeds", "0", "1",
+                "--steps", "2", "--threads", "1", "--resamples", "200", "--out", str(out)])
+    result = json.loads(out.read_text())
+
+    assert result["methods"] == ["none", "fine-tune", "reptile"]
+    assert "speaker-embedding" in result["not_available"]
+    assert {(s["voice"], s["k"]) for s in result["skipped"]} == {("A", 4), ("B", 4)}  # nothing left to score
+    assert len(result["runs"]) == 2 * 2 * 2  # voices x k in (1, 2) x seeds
+    for run in result["runs"]:
+        assert len(run["adapted_on"]) == run["k"]
+        assert not set(run["adapted_on"]) & set(run["scored"])
+        assert set(run["scored"]) | set(run["adapted_on"]) == {u.id for u in two_voices if u.speaker == run["voice"]}
+    for method in result["methods"]:
+        for k in ("1", "2"):
+            r = result["results"][method][k]
+            for key in ("cer", "ci_low", "ci_high", "delta_vs_none", "seed_ci_low", "seed_ci_high"):
+                assert math.isfinite(r[key]), (method, k, key)
+            assert r["ci_low"] <= r["cer"] <= r["ci_high"]
+            assert r["voices"] == 2 and r["scored_utterances"] == 2 * (4 - int(k)) * 2
+    assert result["results"]["none"]["1"]["delta_vs_none"] == 0
+    assert result["results"]["fine-tune"]["1"]["delta_bytes"] > 0
+    assert result["results"]["reptile"]["1"]["adapt_seconds_median"] > 0
