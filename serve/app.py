@@ -24,7 +24,7 @@ from mtspeech.decoding import config as decoding
 from mtspeech.serve import http, ws
 from mtspeech.serve import protocol as P
 from mtspeech.serve.incidents import internal_error
-from mtspeech.serve.limits import ServerSettings
+from mtspeech.serve.limits import STREAMS_PER_CORE, ServerSettings
 from mtspeech.serve.server import APIError, Server
 from mtspeech.streaming import StreamingConfig, StreamingRecognizer
 from mtspeech.streaming.endpoint import EndpointConfig
@@ -160,7 +160,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
-    parser.add_argument("--max-streams", type=int, default=d.max_streams, help="concurrent streams (then 503/1013)")
+    parser.add_argument("--max-streams", type=int, default=None,
+                        help="concurrent streams, a hard cap (then 503/1013); default: "
+                             f"{STREAMS_PER_CORE} per core, what the load benchmark measured the default server "
+                             "keep up with (docs/deploy.md, Capacity)")
     parser.add_argument("--max-batch-size", type=int, default=d.max_batch_size)
     parser.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms, help="wait for a fuller batch")
     parser.add_argument("--workers", type=_workers, default="auto",
@@ -215,6 +218,8 @@ def main(args: argparse.Namespace) -> int:
     import os
 
     cores = os.cpu_count() or 1
+    if args.max_streams is None:
+        args.max_streams = STREAMS_PER_CORE * cores
     decode_threads = args.decode_threads if args.decode_threads is not None else (2 if cores >= 2 else 1)
     intra_op = args.intra_op_threads or max(1, cores // max(decode_threads, 1))
     try:

@@ -7,6 +7,13 @@ from dataclasses import dataclass
 
 from starlette.requests import HTTPConnection
 
+# `mtspeech serve`'s default --max-streams per core: what benchmarks/server_load.py measured the
+# default server (2 workers, phones + the embedded LM, the demo model) keep up with on 2 cores,
+# continuous speech, every repeat (docs/results/server-load/default-continuous-2cores.json: 160),
+# halved. A test keeps the two equal. Other models and machines: measure and pass --max-streams;
+# admission by measured lag (max_decode_lag_s) refuses streams before this cap when decoding falls behind.
+STREAMS_PER_CORE = 80
+
 
 @dataclass(frozen=True)
 class ServerSettings:
