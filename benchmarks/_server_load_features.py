@@ -15,7 +15,8 @@ The cost of a feature set at N streams is the server's CPU seconds per audio sec
 (`rtf_cpu`, server_load.py's definition) and its ratio to the plain level of the same N and
 repeat: measured minutes apart on the same server, so both share the machine's state. The
 server builds a hotword list once and keeps it (`StreamingRecognizer.bias`); that build falls in
-the warm-up, which runs one utterance per feature set before the levels.
+the warm-up, which runs one utterance per feature set before the levels (with `--workers`, a
+worker the warm-up missed builds it in its first level: the median over repeats discounts that).
 """
 
 from __future__ import annotations

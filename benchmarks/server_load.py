@@ -71,6 +71,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -682,7 +683,7 @@ def _export_onnx(ckpt: str, out_dir: str, args) -> str:
 
 
 def _result(levels: list[dict], args, source: str, audios: list[TestAudio],
-            features: list[FeatureSet] = (FeatureSet(PLAIN),)) -> dict:
+            features: Sequence[FeatureSet] = (FeatureSet(PLAIN),)) -> dict:
     """One backend's run as the benchmark reports it: levels, summary and keep-up verdict of the
     first feature set; with several sets, the others' levels and the cost rows beside them."""
     first = features[0].name
