@@ -246,9 +246,11 @@ def render(r: dict) -> str:
         extra = sum(s["labels"] > 2 for s in per)
         missed = sum(s["found"] < s["true_changes"] for s in per)
         lines.append(f"    {name}: {extra} with more than two labels, {missed} with the change not found")
-    default = [DEFAULT.change_distance, DEFAULT.new_speaker_distance, DEFAULT.gap_frames, DEFAULT.new_speaker_frames]
+    # the served setting as the run recorded it (the code's defaults may have moved on since)
+    x = r["results"]["head (served defaults)"]
+    default = [x["change_distance"], x["new_speaker_distance"], x["gap_frames"], x["new_speaker_frames"]]
     for pipeline, t in r["tuning"].items():  # a row: the setting, then [DER, passed] (no margin before it existed)
-        served = [row[-2:] for row in t["grid"] if row[:-2] == default + ([DEFAULT.switch_margin] if margins else [])]
+        served = [row[-2:] for row in t["grid"] if row[:-2] == default + ([x["switch_margin"]] if margins else [])]
         lines.append(f"  dev, {pipeline}: chosen {t['acceptance_passed']} of {t['acceptance_conversations']} two-voice "
                      f"passed, DER {_pct(t['der'])} %" + (f"; at the served defaults {served[0][1]} passed, DER "
                                                           f"{_pct(served[0][0])} %" if served else "")

@@ -81,7 +81,7 @@ class SpeakerTurnConfig:
 
     window_frames: int = 16  # speech frames pooled into one embedding
     min_window_frames: int = 6  # a shorter rest at a pause is dropped, not embedded
-    change_distance: float = 0.15  # farther than this from the current speaker: maybe a change
+    change_distance: float = 0.1  # farther than this from the current speaker: maybe a change
     change_frames: int = 24  # far speech this long (without a pause) confirms the change
     new_speaker_distance: float = 0.4  # farther than this from every cluster: a new speaker
     enrol_similarity: float = 0.6  # cosine similarity an enrolled name needs, else anonymous
