@@ -141,23 +141,6 @@ def test_server_load_feature_sets_in_one_run(assets):
     assert "cost per feature set" in text and text.count("[diarization+hotwords100]") == 2
 
 
-def test_server_load_features_are_checked():
-    features = _load("_server_load_features")
-    sets = features.parse_features("diarization+hotwords3,plain", {"THE"}, seed=1)
-    assert [f.name for f in sets] == ["plain", "diarization+hotwords3"]  # plain first: the baseline
-    assert sets[1].start_fields()["hotwords"][0] == {"phrase": sets[1].hotwords[0], "boost": 2.0}
-    assert sets[1].stream_options()["speaker_turns"] is not None and len(sets[1].stream_options()["hotwords"]) == 3
-    assert features.unrelated_hotwords(3, set(), seed=1) == sets[1].hotwords  # seeded
-    for spec, error in [("diarization", None), ("plain,plain", "twice"), ("plain,speakers", "'speakers'"),
-                        ("plain,hotwords0", "hotwords0"), ("plain,hotwords1001", "hotwords1001"),
-                        ("diarization,hotwords2", "include 'plain'"), ("plain,,diarization", "empty")]:
-        if error is None:
-            features.parse_features(spec, set())
-            continue
-        with pytest.raises(SystemExit, match=error):
-            features.parse_features(spec, set())
-
-
 def test_server_load_summary_of_hand_made_levels():
     """_result on three levels whose efficiencies and keep-up verdicts are known: efficiency
     relative to N=1 and the largest N that kept up, worked out by hand."""
