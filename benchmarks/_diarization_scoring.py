@@ -5,6 +5,7 @@ trackers with other embeddings or thresholds, and score the events (DER, change 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -19,12 +20,14 @@ COLLAR_S = 0.25
 
 
 def turn_config(change_distance: float, new_speaker_distance: float, gap_frames: int | None = None,
-                new_speaker_frames: int | None = None) -> SpeakerTurnConfig:
-    """The served settings with these replaced (`new_speaker_frames` None: the served one)."""
+                new_speaker_frames: int | None = None,
+                switch_margin: float | None = DEFAULT.switch_margin) -> SpeakerTurnConfig:
+    """The served settings with these replaced (`new_speaker_frames` None: the served one;
+    `switch_margin` None: off, as in SpeakerTurnConfig)."""
     return dataclasses.replace(DEFAULT, change_distance=change_distance, new_speaker_distance=new_speaker_distance,
                                gap_frames=gap_frames,
                                new_speaker_frames=DEFAULT.new_speaker_frames if new_speaker_frames is None
-                               else new_speaker_frames)
+                               else new_speaker_frames, switch_margin=switch_margin)
 
 
 class RecordingTracker(SpeakerTracker):
@@ -254,12 +257,13 @@ def summarise(scored: list[dict], seed: int = 0) -> dict:
 
 
 def choose(recordings: list[Recording], acceptance: list[Recording], pipeline: str, grid: list[float],
-           gaps: list[int | None], new_speaker_frames: list[int], tolerance_s: float = 1.0) -> dict:
-    """The (change_distance, new_speaker_distance, gap_frames, new_speaker_frames) of `grid` x
-    `grid` x `gaps` x `new_speaker_frames` (settings the config refuses are skipped) that passes
-    the most two-voice conversations of `acceptance` (the issue's criterion), then has the lowest
-    pooled DER over `recordings` (the first in grid order on a tie); and every row
-    [cd, nd, gap, frames, DER, passed]."""
+           gaps: list[int | None], new_speaker_frames: list[int], tolerance_s: float = 1.0,
+           switch_margins: list[float | None] = (DEFAULT.switch_margin,)) -> dict:
+    """The (change_distance, new_speaker_distance, gap_frames, new_speaker_frames, switch_margin)
+    of `grid` x `grid` x `gaps` x `new_speaker_frames` x `switch_margins` (settings the config
+    refuses are skipped) that passes the most two-voice conversations of `acceptance` (the
+    issue's criterion), then has the lowest pooled DER over `recordings` (the first in grid order
+    on a tie); and every row [cd, nd, gap, frames, margin, DER, passed]."""
     rows, scores = [], {}
 
     def scored(r: Recording, cfg: SpeakerTurnConfig) -> dict:  # many settings give the same events:
@@ -269,20 +273,17 @@ def choose(recordings: list[Recording], acceptance: list[Recording], pipeline: s
             scores[key] = score(r, events, tolerance_s)
         return scores[key]
 
-    for frames in new_speaker_frames:
-        for gap in gaps:
-            for cd in grid:
-                for nd in grid:
-                    try:
-                        cfg = turn_config(cd, nd, gap, frames)
-                    except ValueError:  # e.g. new_speaker_frames below change_frames
-                        continue
-                    tune = [scored(r, cfg) for r in recordings]
-                    der = sum(s["error_ms"] for s in tune) / sum(s["total_ms"] for s in tune)
-                    passed = two_labels_in_time([scored(r, cfg) for r in acceptance])["passed"]
-                    rows.append([cd, nd, gap, frames, round(der, 4), passed])
-    best = min(rows, key=lambda row: (-row[5], row[4]))
-    return {"chosen": best[:4], "der": best[4], "acceptance_passed": best[5], "acceptance_conversations":
+    for margin, frames, gap, cd, nd in itertools.product(switch_margins, new_speaker_frames, gaps, grid, grid):
+        try:
+            cfg = turn_config(cd, nd, gap, frames, margin)
+        except ValueError:  # e.g. new_speaker_frames below change_frames
+            continue
+        tune = [scored(r, cfg) for r in recordings]
+        der = sum(s["error_ms"] for s in tune) / sum(s["total_ms"] for s in tune)
+        passed = two_labels_in_time([scored(r, cfg) for r in acceptance])["passed"]
+        rows.append([cd, nd, gap, frames, margin, round(der, 4), passed])
+    best = min(rows, key=lambda row: (-row[6], row[5]))
+    return {"chosen": best[:5], "der": best[5], "acceptance_passed": best[6], "acceptance_conversations":
             len(acceptance), "grid": rows}
 
 

@@ -72,6 +72,18 @@ def build_random_checkpoint(path: str | Path, seed: int = 0, dim: int = 32, laye
     return path
 
 
+def all_speech_vad(path: str | Path) -> Path:
+    """Raise the checkpoint's random VAD head's output bias so every frame is speech: a random
+    head calls little or nothing speech, and speaker turns pool speech frames only, so this is
+    the most speaker-turn work a second of audio can cause (a window every `window_frames`
+    frames). Rewrites `path`; returns it."""
+    ckpt = torch.load(path, weights_only=False)
+    key = sorted(k for k in ckpt["model"] if k.startswith("tasks.vad.") and k.endswith(".bias"))[-1]
+    ckpt["model"][key] = ckpt["model"][key] + 30.0
+    torch.save(ckpt, path)
+    return Path(path)
+
+
 if __name__ == "__main__":
     import sys
 

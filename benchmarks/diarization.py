@@ -28,7 +28,9 @@ over that audio's mel frames (volume normalised as its `preprocess_wav` does; no
 
 Settings: `change_distance` x `new_speaker_distance` over `--grid`, x `gap_frames` over `--gaps`
 (a window ends at that many non-speech frames), x `new_speaker_frames` over `--new-speaker-frames`
-(far speech a voice needs before it founds a speaker); each pipeline's setting is chosen on dev
+(far speech a voice needs before it founds a speaker), x `switch_margin` over `--switch-margins`
+(how decisive less than `change_frames` of far speech must be for a pause to settle a switch);
+each pipeline's setting is chosen on dev
 voices only: the most two-voice, two-turn dev conversations (`--tune-acceptance`) passing the
 acceptance below, then the lowest DER over the tuning conversations (the served defaults, chosen
 the same way for the head, are reported too).
@@ -67,6 +69,7 @@ from _diarization_scoring import (DEFAULT, Recording, choose, replay, score, sum
 GRID = "0.1,0.15,0.2,0.3,0.4,0.5,0.6,0.7"  # Resemblyzer's distances run lower than the head's
 GAPS = "none,3,6"  # SpeakerTurnConfig.gap_frames: off, 0.12 s, 0.24 s
 NEW_SPEAKER_FRAMES = "24,32,48"  # SpeakerTurnConfig.new_speaker_frames: 0.96, 1.28, 1.92 s of speech
+SWITCH_MARGINS = "none,0.1,0.2,0.3"  # SpeakerTurnConfig.switch_margin ('none': a pause settles any far window)
 
 
 def add_arguments(ap) -> None:
@@ -84,6 +87,7 @@ def add_arguments(ap) -> None:
     ap.add_argument("--grid", default=GRID, help="values tried for both thresholds")
     ap.add_argument("--gaps", default=GAPS, help="gap_frames values tried ('none': off)")
     ap.add_argument("--new-speaker-frames", default=NEW_SPEAKER_FRAMES, help="new_speaker_frames values tried")
+    ap.add_argument("--switch-margins", default=SWITCH_MARGINS, help="switch_margin values tried ('none': off)")
     ap.add_argument("--tolerance", type=float, default=1.0, help="seconds between a true change and its event")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--pyannote-cache", default=str(Path.home() / ".cache" / "mtspeech-bench"),
@@ -153,8 +157,9 @@ def run(args) -> dict:
     pipelines = ["head"] + ([] if peer is None else ["resemblyzer"])
     gaps = [None if g == "none" else int(g) for g in args.gaps.split(",")]
     frames = [int(x) for x in args.new_speaker_frames.split(",")]
-    tuning = {p: choose(recordings["tune"], recordings["tune-acceptance"], p, grid, gaps, frames, args.tolerance)
-              for p in pipelines}
+    margins = [None if m == "none" else float(m) for m in args.switch_margins.split(",")]
+    tuning = {p: choose(recordings["tune"], recordings["tune-acceptance"], p, grid, gaps, frames, args.tolerance,
+                        margins) for p in pipelines}
     settings = {"head (served defaults)": ("head", DEFAULT)}
     settings.update({f"{p} (tuned)": (p, turn_config(*tuning[p]["chosen"])) for p in pipelines})
     results = {}
@@ -163,7 +168,7 @@ def run(args) -> dict:
                   if not k.startswith("tune")}
         results[name] = {"pipeline": pipeline, "change_distance": cfg.change_distance,
                          "new_speaker_distance": cfg.new_speaker_distance, "gap_frames": cfg.gap_frames,
-                         "new_speaker_frames": cfg.new_speaker_frames,
+                         "new_speaker_frames": cfg.new_speaker_frames, "switch_margin": cfg.switch_margin,
                          "test": summarise(scored["test"], seed=args.seed),
                          "acceptance": two_labels_in_time(scored["acceptance"]),
                          "acceptance_per_conversation": scored["acceptance"],
@@ -204,6 +209,7 @@ def _pct(x: float | None) -> str:
 
 def render(r: dict) -> str:
     n = r["conversations"]
+    margins = any("switch_margin" in x for x in r["results"].values())  # results before the margin lack it
     lines = [f"diarization, model {r['model']}, commit {r['commit']}, {r['backend']}, chunks of {r['chunk_frames']} "
              f"frames, windows of {r['window_frames']} speech frames, seed {r['seed']}",
              f"  settings chosen on {n['tune-acceptance']} two-voice and {n['tune']} conversations of "
@@ -211,7 +217,8 @@ def render(r: dict) -> str:
              f"{r['test_turns']} turns, {r['test_overlapped_turns']} overlapping)",
              f"  DER: pyannote.metrics, collar {r['collar_s']} s, overlap counted; change found: an event within "
              f"{r['tolerance_s']:g} s of the true change; 95 % bootstrap over conversations", "",
-             "| pipeline | change / new-speaker distance, gap frames, new-speaker frames | DER % [95 % CI] "
+             "| pipeline | change / new-speaker distance, gap frames, new-speaker frames"
+             + (", switch margin" if margins else "") + " | DER % [95 % CI] "
              "| miss / FA / confusion % | changes found % [CI] | latency median s [CI] | p90 s | false changes / min | "
              "2-voice acceptance | pyannote sample DER % (miss / FA / confusion) | the same, reference speech |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -220,8 +227,8 @@ def render(r: dict) -> str:
         sample = x.get("pyannote_sample")
         lines.append(
             f"| {name} | {x['change_distance']:g} / {x['new_speaker_distance']:g}, {x.get('gap_frames') or 'off'}, "
-            f"{x['new_speaker_frames']} "
-            f"| {_pct(t['der'])} "
+            f"{x['new_speaker_frames']}" + (f", {_margin(x.get('switch_margin'))}" if margins else "")
+            + f" | {_pct(t['der'])} "
             f"[{_pct(t['der_ci'][0])}, {_pct(t['der_ci'][1])}] | {_pct(t['missed'])} / {_pct(t['false_alarm'])} / "
             f"{_pct(t['confusion'])} | {_pct(t['found'])} [{_pct(t['found_ci'][0])}, {_pct(t['found_ci'][1])}] | "
             f"{_s(t['latency_median_s'])} [{_s(t['latency_ci'][0])}, {_s(t['latency_ci'][1])}] | "
@@ -239,14 +246,20 @@ def render(r: dict) -> str:
         extra = sum(s["labels"] > 2 for s in per)
         missed = sum(s["found"] < s["true_changes"] for s in per)
         lines.append(f"    {name}: {extra} with more than two labels, {missed} with the change not found")
-    for pipeline, t in r["tuning"].items():
-        served = [row[4:] for row in t["grid"] if row[:4] == [DEFAULT.change_distance, DEFAULT.new_speaker_distance,
-                                                              DEFAULT.gap_frames, DEFAULT.new_speaker_frames]]
+    # the served setting as the run recorded it (the code's defaults may have moved on since)
+    x = r["results"]["head (served defaults)"]
+    default = [x["change_distance"], x["new_speaker_distance"], x["gap_frames"], x["new_speaker_frames"]]
+    for pipeline, t in r["tuning"].items():  # a row: the setting, then [DER, passed] (no margin before it existed)
+        served = [row[-2:] for row in t["grid"] if row[:-2] == default + ([x["switch_margin"]] if margins else [])]
         lines.append(f"  dev, {pipeline}: chosen {t['acceptance_passed']} of {t['acceptance_conversations']} two-voice "
                      f"passed, DER {_pct(t['der'])} %" + (f"; at the served defaults {served[0][1]} passed, DER "
                                                           f"{_pct(served[0][0])} %" if served else "")
                      + f" ({len(t['grid'])} settings)")
     return "\n".join(lines)
+
+
+def _margin(m: float | None) -> str:
+    return "off" if m is None else f"{m:g}"
 
 
 def _sample(s: dict | None) -> str:

@@ -40,12 +40,19 @@ Definitions (per level):
                     `max_streams_keeping_up` is the largest N that keeps up.
 
 By default the run stops after the first level that does not keep up (`--keep-going` runs all).
+`--features plain,diarization+hotwords100` runs each level once per feature set (what a stream's
+`start` asks for: speaker turns, N unrelated hotwords), interleaved, against the same server, and
+reports each set's server CPU per audio second and its ratio to plain streams of the same run
+(`benchmarks/_server_load_features.py`); the levels, summary and keep-up verdict above are the
+first set's (plain).
 `--backend torch torch-eager onnx onnx-int8` repeats the whole run per backend (`mtspeech serve --backend`;
 the ONNX graphs are exported once, into a temporary folder) and reports each one.
 
     python benchmarks/server_load.py --model exp/synthetic/all/final.pt --levels 1,64,128,160,192 \
         --backend torch onnx onnx-int8 --out load.json
     python benchmarks/server_load.py --random-model --max-streams 4 --seconds-per-level 5
+    python benchmarks/server_load.py --model exp/synthetic/all/final.pt --decoder auto --levels 8,32 \
+        --repeats 3 --features plain,diarization+hotwords100 --out features.json
 """
 
 from __future__ import annotations
@@ -64,6 +71,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,6 +81,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _cli import add_model_arguments, run_main  # noqa: E402
 from _pyspy import Profile  # noqa: E402
+from _server_load_features import (PLAIN, FeatureSet, cost_rows, parse_features, render_costs,  # noqa: E402
+                                   run_order, words_of_manifest)
 
 from mtspeech.data.geometry import SAMPLE_RATE, FrameGeometry  # noqa: E402
 
@@ -103,6 +113,10 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--max-final-latency", type=float, default=0.5, help="keep-up bound on p95 final latency (s)")
     ap.add_argument("--max-partial-latency", type=float, default=None,
                     help="keep-up bound on p95 partial latency (s; default: one chunk + 0.1 s)")
+    ap.add_argument("--features", default=PLAIN,
+                    help="comma-separated feature sets, each level run once per set: plain, or features joined by "
+                         "'+' (diarization: speaker turns; hotwordsN: N unrelated hotwords, needs a beam decoder); "
+                         "e.g. plain,diarization+hotwords100")
     ap.add_argument("--out", help="write the results as JSON here")
     ap.add_argument("--profile", metavar="DIR",
                     help="py-spy record every server process during each level: raw stacks in DIR, the "
@@ -117,8 +131,10 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     srv.add_argument("--max-wait-ms", type=float, default=10.0)
     srv.add_argument("--endpoint-mode", choices=["vad", "blank"], default="vad")
     srv.add_argument("--decoder", choices=["greedy", "beam", "phones", "auto"], default="greedy",
-                     help="the streams' decoder (`mtspeech serve --decoder`; beam, phones and auto use "
-                          "the checkpoint's embedded LM, `--lm auto`)")
+                     help="the streams' decoder (`mtspeech serve --decoder`; beam, phones and auto use --lm)")
+    srv.add_argument("--lm", default="auto",
+                     help="word LM of the beam decoders (`mtspeech serve --lm`; default auto: the checkpoint's "
+                          "embedded LM); 'none': beam over pieces without a word LM")
     srv.add_argument("--workers", type=int, default=None, help="server processes (`mtspeech serve --workers`)")
     srv.add_argument("--decode-threads", type=int, default=None,
                      help="the server's concurrent decoding steps (default: the server's)")
@@ -181,23 +197,30 @@ def continuous_audio(samples: list[tuple[str, np.ndarray]], seconds: float, vari
     return out
 
 
+def _lm(args) -> str | None:
+    """The word LM the server's beam decoders use (None: none, or a greedy server)."""
+    return None if args.decoder == "greedy" or getattr(args, "lm", "auto") == "none" else args.lm
+
+
 def prepare_audio(samples: list[tuple[str, np.ndarray]], ckpt: str, args, backend: str = "torch",
-                  onnx_dir: str | None = None) -> list[TestAudio]:
-    """Cut into PCM frames and replay locally to learn which frame each partial waits for."""
+                  onnx_dir: str | None = None, features: tuple[FeatureSet, ...] = (FeatureSet(PLAIN),)
+                  ) -> dict[str, list[TestAudio]]:
+    """Cut into PCM frames and replay locally, once per feature set as a stream asking for it
+    (hotwords change the partials), to learn which frame each partial waits for: feature set
+    name → the test audio."""
     import torch
 
     from mtspeech.client import to_pcm16
-    from mtspeech.serve.protocol import decode_frame
     from mtspeech.decoding.config import DecodingConfig
     from mtspeech.decoding.loader import load_recognizer
-    from mtspeech.streaming import FinalEvent, PartialEvent, StreamingConfig
+    from mtspeech.streaming import StreamingConfig
     from mtspeech.streaming.endpoint import EndpointConfig
 
     torch.set_num_threads(1)
     cfg = StreamingConfig(chunk_frames=args.chunk_frames, left_chunks=args.left_chunks,
                           endpoint=EndpointConfig(mode=args.endpoint_mode))
     # as the server decodes: its flags (see ServerProcess), DecodingConfig's defaults otherwise
-    decoding = DecodingConfig(decoder=args.decoder, lm=None if args.decoder == "greedy" else "auto")
+    decoding = DecodingConfig(decoder=args.decoder, lm=_lm(args))
     rec = load_recognizer(ckpt, decoding, "torch-eager", streaming=cfg)
     # partial texts as this backend's server will produce them (torch's traced step = eager)
     if backend.startswith("onnx"):
@@ -205,24 +228,29 @@ def prepare_audio(samples: list[tuple[str, np.ndarray]], ckpt: str, args, backen
 
         rec = rec.with_encoder_step(OnnxEncoderStep(onnx_dir, int8=backend == "onnx-int8", threads=1))
     step = SAMPLE_RATE * args.frame_ms // 1000
-    out = []
-    for name, wav in samples:
-        frames = [to_pcm16(wav[i : i + step]) for i in range(0, len(wav), step)]
-        audio = TestAudio(name, frames, len(wav) / SAMPLE_RATE)
-        s = rec.new_stream(SAMPLE_RATE, endpointing=not args.no_endpointing, interim=True)
-        for j, frame in enumerate(frames):
-            rec.accept(s, decode_frame(frame, "pcm_s16le"))  # exactly the samples the server gets
-            while rec.ready(s):
-                rec.step([s])
-            for e in rec.events(s):
-                if isinstance(e, PartialEvent):
-                    audio.partials.append((e.text, j))
-                elif isinstance(e, FinalEvent):
-                    audio.finals.append((e.text, j))
-        rec.finish(s)
-        audio.partials += [(e.text, len(frames)) for e in rec.events(s) if isinstance(e, PartialEvent)]
-        out.append(audio)
-    return out
+    return {f.name: [_replay(rec, name, [to_pcm16(wav[i : i + step]) for i in range(0, len(wav), step)],
+                             len(wav) / SAMPLE_RATE, f, args) for name, wav in samples] for f in features}
+
+
+def _replay(rec, name: str, frames: list[bytes], duration: float, features: FeatureSet, args) -> TestAudio:
+    """One utterance's partial and final schedule, decoded locally frame by frame."""
+    from mtspeech.serve.protocol import decode_frame
+    from mtspeech.streaming import FinalEvent, PartialEvent
+
+    audio = TestAudio(name, frames, duration)
+    s = rec.new_stream(SAMPLE_RATE, endpointing=not args.no_endpointing, interim=True, **features.stream_options())
+    for j, frame in enumerate(frames):
+        rec.accept(s, decode_frame(frame, "pcm_s16le"))  # exactly the samples the server gets
+        while rec.ready(s):
+            rec.step([s])
+        for e in rec.events(s):
+            if isinstance(e, PartialEvent):
+                audio.partials.append((e.text, j))
+            elif isinstance(e, FinalEvent):
+                audio.finals.append((e.text, j))
+    rec.finish(s)
+    audio.partials += [(e.text, len(frames)) for e in rec.events(s) if isinstance(e, PartialEvent)]
+    return audio
 
 
 # ----------------------------------------------------------------------------- the server
@@ -253,7 +281,9 @@ class ServerProcess:
                     "--left-chunks", str(args.left_chunks), "--endpoint-mode", args.endpoint_mode,
                     "--log-level", "warning"]
         if getattr(args, "decoder", None):
-            self.cmd += ["--decoder", args.decoder] + (["--lm", "auto"] if args.decoder != "greedy" else [])
+            lm = _lm(args)
+            self.cmd += ["--decoder", args.decoder] + ([] if lm is None else
+                                                       ["--lm", lm if lm == "auto" else str(Path(lm).resolve())])
         if backend == "torch-eager":
             self.cmd += ["--backend", "torch-eager"]
         elif backend != "torch":
@@ -369,16 +399,19 @@ def _hist_quantile(m1: dict, m0: dict, name: str, q: float) -> float | None:
 # ----------------------------------------------------------------------------- the clients
 
 
-async def one_utterance(url: str, audio: TestAudio, frame_s: float, endpointing: bool) -> dict:
-    """Stream one utterance at real-time pace; latencies as defined in the module doc."""
+async def one_utterance(url: str, audio: TestAudio, frame_s: float, endpointing: bool,
+                        start_fields: dict | None = None) -> dict:
+    """Stream one utterance at real-time pace; latencies as defined in the module doc.
+    `start_fields`: added to the `start` message (a feature set's, `FeatureSet.start_fields`)."""
     from websockets.asyncio.client import connect
 
     res = {"audio_s": audio.duration, "partial_latencies": [], "partials": 0, "unmatched": 0,
-           "final_latency": None, "endpoint_latencies": [], "errors": [], "completed": False}
+           "final_latency": None, "endpoint_latencies": [], "errors": [], "completed": False,
+           "finals": 0, "finals_with_speaker": 0, "speaker_changes": 0}
     sent = [None] * (len(audio.frames) + 1)  # send time of each frame; the last slot is `stop`
     async with connect(url, max_size=2**22, open_timeout=20) as ws:
         await ws.send(json.dumps({"type": "start", "sample_rate": SAMPLE_RATE, "encoding": "pcm_s16le",
-                                  "interim_results": True, "endpointing": endpointing}))
+                                  "interim_results": True, "endpointing": endpointing, **(start_fields or {})}))
 
         async def sender():
             t0 = time.monotonic()
@@ -398,6 +431,11 @@ async def one_utterance(url: str, audio: TestAudio, frame_s: float, endpointing:
                 now = time.monotonic()
                 msg = json.loads(raw)
                 kind = msg["type"]
+                if kind == "final":
+                    res["finals"] += 1
+                    res["finals_with_speaker"] += msg.get("speaker") is not None
+                elif kind == "speaker_change":
+                    res["speaker_changes"] += 1
                 if kind == "partial":
                     res["partials"] += 1
                     idx = next((k for k in range(ptr, len(audio.partials)) if audio.partials[k][0] == msg["text"]), None)
@@ -428,8 +466,9 @@ async def one_utterance(url: str, audio: TestAudio, frame_s: float, endpointing:
     return res
 
 
-async def run_level(url: str, audios: list[TestAudio], n: int, args) -> list[dict]:
-    """N streams, each sending utterances back to back until the level's time is up."""
+async def run_level(url: str, audios: list[TestAudio], n: int, args, start_fields: dict | None = None) -> list[dict]:
+    """N streams, each sending utterances back to back until the level's time is up (each
+    `start` with `start_fields` added)."""
     frame_s = args.frame_ms / 1000
     chunk_s = args.chunk_frames * FrameGeometry().frame_shift_s
     deadline = time.monotonic() + args.seconds_per_level
@@ -439,7 +478,7 @@ async def run_level(url: str, audios: list[TestAudio], n: int, args) -> list[dic
             audio = audios[i % len(audios)]
             try:
                 return [await asyncio.wait_for(
-                    one_utterance(url, audio, frame_s, not args.no_endpointing), audio.duration + 60)]
+                    one_utterance(url, audio, frame_s, not args.no_endpointing, start_fields), audio.duration + 60)]
             except Exception as e:  # noqa: BLE001 — counted as the level's error
                 return [{"audio_s": 0.0, "partial_latencies": [], "partials": 0, "unmatched": 0,
                          "final_latency": None, "errors": [type(e).__name__], "completed": False}]
@@ -450,7 +489,7 @@ async def run_level(url: str, audios: list[TestAudio], n: int, args) -> list[dic
             k += 1
             try:
                 results.append(await asyncio.wait_for(
-                    one_utterance(url, audio, frame_s, not args.no_endpointing), audio.duration + 60))
+                    one_utterance(url, audio, frame_s, not args.no_endpointing, start_fields), audio.duration + 60))
             except Exception as e:  # a refused or broken connection, a timeout: count it, go on
                 results.append({"audio_s": 0.0, "partial_latencies": [], "partials": 0, "unmatched": 0,
                                 "final_latency": None, "errors": [type(e).__name__], "completed": False})
@@ -532,6 +571,7 @@ def summarize(n: int, utts: list[dict], m0: dict, m1: dict, cpu_s: float | None,
         "rss_peak_mib": _round(rss_peak / 2**20 if rss_peak else None, 1),
         "rss_per_stream_mib": _round((rss_peak - rss_base) / 2**20 / n if rss_peak and rss_base else None, 3),
         "client_cpu_cores": _round(client_cpu_s / wall if wall else None),
+        **{k: sum(u.get(k, 0) for u in utts) for k in ("finals", "finals_with_speaker", "speaker_changes")},
     }
     why = []
     if level["errors"] or level["completed"] < level["utterances"]:
@@ -551,14 +591,18 @@ def _round(x: float | None, digits: int = 4) -> float | None:
     return None if x is None else round(float(x), digits)
 
 
-async def _run_levels(server: ServerProcess, audios: list[TestAudio], args) -> list[dict]:
+async def _run_levels(server: ServerProcess, audios: dict[str, list[TestAudio]], features: list[FeatureSet],
+                      args) -> list[dict]:
     url = f"ws://127.0.0.1:{server.port}/v1/stream"
-    # Warm-up: one utterance (first-call allocations, lazy imports) outside every level.
-    await one_utterance(url, audios[0], args.frame_ms / 1000, not args.no_endpointing)
+    # Warm-up: one utterance per feature set (first-call allocations, lazy imports, the server's
+    # build of a hotword list, which it keeps) outside every level.
+    for f in features:
+        await one_utterance(url, audios[f.name][0], args.frame_ms / 1000, not args.no_endpointing, f.start_fields())
     server.wait_idle()
     rss_base = server.rss_bytes()
     results = []
-    for n, repeat in ((n, r) for n in levels_of(args) for r in range(args.repeats)):
+    runs = ((n, r, f) for n in levels_of(args) for r in range(args.repeats) for f in run_order(features, r))
+    for n, repeat, feature in runs:
         if results and results[-1]["streams"] < n and not args.keep_going and \
                 not all(lv["keeps_up"] for lv in results if lv["streams"] == results[-1]["streams"]):
             break
@@ -575,8 +619,8 @@ async def _run_levels(server: ServerProcess, audios: list[TestAudio], args) -> l
         watcher = asyncio.create_task(watch_rss())
         with contextlib.ExitStack() as stack:
             prof = None if not args.profile else stack.enter_context(
-                Profile(server.worker_pids(), Path(args.profile) / f"level-{n}-repeat-{repeat}"))
-            utts = await run_level(url, audios, n, args)
+                Profile(server.worker_pids(), Path(args.profile) / f"level-{n}-repeat-{repeat}-{feature.name}"))
+            utts = await run_level(url, audios[feature.name], n, args, feature.start_fields())
         watcher.cancel()
         server.wait_idle()
         wall = time.monotonic() - t0
@@ -584,11 +628,12 @@ async def _run_levels(server: ServerProcess, audios: list[TestAudio], args) -> l
         cpu = None if c0 is None or c1 is None else c1 - c0
         client_cpu = (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime)
         level = summarize(n, utts, m0, m1, cpu, wall, client_cpu, args, rss_peak[0] or None, rss_base)
-        level["repeat"] = repeat
+        level["repeat"], level["features"] = repeat, feature.name
         if prof is not None:
             level["profile"] = prof.summary
         results.append(level)
-        print(_row(level, results[0]), flush=True)
+        print(_row(level, next(lv for lv in results if lv["features"] == feature.name)) +
+              ("" if len(features) == 1 else f"  [{feature.name}]"), flush=True)
     return results
 
 
@@ -597,12 +642,17 @@ def run(args) -> dict:
         args.max_partial_latency = round(args.chunk_frames * FrameGeometry().frame_shift_s + 0.1, 3)
     if min(levels_of(args)) < 1:
         raise SystemExit("stream counts (--max-streams, --levels) must be >= 1")
+    features = parse_features(args.features, words_of_manifest(args.manifest))
+    if any(f.hotwords for f in features) and args.decoder == "greedy":
+        raise SystemExit("--features with hotwords: the server's decoder must be a beam decoder (--decoder beam, "
+                         "phones or auto with an LM; --decoder beam --lm none without one); greedy cannot be biased")
     ckpt, tmp = args.model, None
     if args.random_model:
         from _tiny_model import build_random_checkpoint
 
         tmp = tempfile.TemporaryDirectory(prefix="mtspeech_bench_")
-        ckpt = str(build_random_checkpoint(Path(tmp.name) / "tiny_random.pt"))
+        ckpt = str(build_random_checkpoint(Path(tmp.name) / "tiny_random.pt",
+                                           speaker=any(f.speakers for f in features)))
     onnx_tmp = None
     try:
         samples, source = load_test_audio(args)
@@ -615,18 +665,20 @@ def run(args) -> dict:
             onnx_dir = _export_onnx(ckpt, onnx_tmp.name, args)
         per_backend = {}
         for backend in dict.fromkeys(args.backend):
-            audios = prepare_audio(samples, ckpt, args, backend, onnx_dir)
+            audios = prepare_audio(samples, ckpt, args, backend, onnx_dir, tuple(features))
             with ServerProcess(ckpt, args, max(levels_of(args)), backend, onnx_dir) as server:
+                plain = audios[features[0].name]
                 print(f"[{backend}] server up on port {server.port} after {server.startup_s:.1f} s; "
-                      f"{len(audios)} test utterances ({source}), {sum(a.duration for a in audios):.1f} s",
+                      f"{len(plain)} test utterances ({source}), {sum(a.duration for a in plain):.1f} s",
                       flush=True)
                 print(_header(), flush=True)
-                per_backend[backend] = asyncio.run(_run_levels(server, audios, args))
+                per_backend[backend] = asyncio.run(_run_levels(server, audios, features, args))
     finally:
         for t in (tmp, onnx_tmp):
             if t is not None:
                 t.cleanup()
-    results = {b: _result(levels, args, source, audios) for b, levels in per_backend.items()}
+    results = {b: _result(levels, args, source, audios[features[0].name], features)
+               for b, levels in per_backend.items()}
     first = results[next(iter(results))]
     return first | {"backend": next(iter(results)), "backends": results}
 
@@ -644,11 +696,17 @@ def _export_onnx(ckpt: str, out_dir: str, args) -> str:
     return out_dir
 
 
-def _result(levels: list[dict], args, source: str, audios: list[TestAudio]) -> dict:
-    """One backend's run as the benchmark reports it."""
+def _result(levels: list[dict], args, source: str, audios: list[TestAudio],
+            features: Sequence[FeatureSet] = (FeatureSet(PLAIN),)) -> dict:
+    """One backend's run as the benchmark reports it: levels, summary and keep-up verdict of the
+    first feature set; with several sets, the others' levels and the cost rows beside them."""
+    first = features[0].name
+    others = [lv for lv in levels if lv.get("features", first) != first]
+    levels = [lv for lv in levels if lv.get("features", first) == first]
+    for group in (levels, others):
+        for lv in group:  # relative to the first level of the same feature set
+            lv["efficiency_vs_n1"] = _vs(lv, next(x for x in group if x.get("features") == lv.get("features")))
     base = levels[0]
-    for lv in levels:
-        lv["efficiency_vs_n1"] = _vs(lv, base)
     by_n: dict[int, list[dict]] = {}
     for lv in levels:
         by_n.setdefault(lv["streams"], []).append(lv)
@@ -661,7 +719,7 @@ def _result(levels: list[dict], args, source: str, audios: list[TestAudio]) -> d
         "settings": {k: getattr(args, k) for k in ("shape", "continuous_seconds", "repeats", "frame_ms", "seconds_per_level", "chunk_frames", "left_chunks",
                                                    "max_batch_size", "max_wait_ms", "endpoint_mode", "decoder", "device",
                                                    "workers", "decode_threads", "intra_op_threads", "max_final_latency",
-                                                   "max_partial_latency")}
+                                                   "max_partial_latency", "features")}
                     | {"endpointing": not args.no_endpointing, "cpu_count": os.cpu_count()},
         "keep_up_definition": (f"no errors or unfinished utterances, p95 final latency < {args.max_final_latency:g} s, "
                                f"p95 partial latency < {args.max_partial_latency:g} s, rtf < 1"),
@@ -674,7 +732,8 @@ def _result(levels: list[dict], args, source: str, audios: list[TestAudio]) -> d
                      "errors": sum(lv.get("errors", 0) for lv in runs),
                      "x_realtime_min": min(lv.get("x_realtime") or 0.0 for lv in runs)} for n, runs in by_n.items()],
         "max_streams_keeping_up": max(ok) if ok else 0,
-    }
+    } | ({} if len(features) == 1 else {"feature_sets": [f.describe() for f in features], "feature_levels": others,
+                                        "feature_costs": cost_rows(levels + others)})
 
 
 def _vs(level: dict, base: dict) -> float | None:
@@ -721,8 +780,9 @@ def render(result: dict) -> str:
 
 
 def _render_one(result: dict) -> str:
-    levels = result["levels"]
-    lines = [_header()] + [_row(lv, levels[0]) for lv in levels]
+    levels, others = result["levels"], result.get("feature_levels") or []
+    lines = [f"feature set {levels[0]['features']}:"] if others else []
+    lines += [_header()] + [_row(lv, levels[0]) for lv in levels]
     b = result["baseline"]
     lines.append(f"throughput relative to the baseline (N={b['streams']}, "
                  f"{_num(b['efficiency_audio_s_per_cpu_s'], '{:.1f}')} audio-s per server CPU-s, this run): "
@@ -740,11 +800,18 @@ def _render_one(result: dict) -> str:
                          f"{_num(row['stream_lag_p95_s']):>10} {row['errors']:>6} {row['x_realtime_min']:>7.1f}")
     lines.append(f"keeps up = {result['keep_up_definition']}")
     lines.append(f"largest N that keeps up with real time: {result['max_streams_keeping_up']}")
-    for lv in levels:
+    if others:
+        lines.append("the other feature sets (the same run, each level interleaved with the one above; vs N1: "
+                     "against the set's own first level)")
+        lines += [_header()] + [_row(lv, next(x for x in others if x["features"] == lv["features"]))
+                                + f"  [{lv['features']}]" for lv in others]
+        lines += render_costs(result)
+    for lv in levels + others:
         if lv.get("profile"):
             p = lv["profile"]
-            lines.append(f"py-spy, N={lv['streams']} repeat {lv['repeat']} ({p['samples']} samples at {p['rate_hz']} Hz "
-                         "over the server processes; share of samples with the function on the stack):")
+            lines.append(f"py-spy, N={lv['streams']} repeat {lv['repeat']} [{lv.get('features', 'plain')}] "
+                         f"({p['samples']} samples at {p['rate_hz']} Hz over the server processes; share of "
+                         "samples with the function on the stack):")
             lines += [f"  {share:6.1%}  {name}" for name, share in p["inclusive"][:15]]
     return "\n".join(lines)
 

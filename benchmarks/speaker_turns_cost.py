@@ -64,18 +64,6 @@ def _cpu_per_audio_second(rec, audio: list[np.ndarray], speakers) -> float:
     return spent / sum(len(x) for x in audio) * rec.geometry.sample_rate, windows
 
 
-def _all_speech(path) -> None:
-    """Raise the random VAD head's output bias so every frame is speech: a random head calls
-    little or nothing speech, and speaker turns pool speech frames only, so this is the most
-    speaker-turn work a second of audio can cause (a window every `window_frames` frames)."""
-    import torch
-
-    ckpt = torch.load(path, weights_only=False)
-    key = sorted(k for k in ckpt["model"] if k.startswith("tasks.vad.") and k.endswith(".bias"))[-1]
-    ckpt["model"][key] = ckpt["model"][key] + 30.0
-    torch.save(ckpt, path)
-
-
 def run(args) -> dict:
     import tempfile
 
@@ -87,10 +75,10 @@ def run(args) -> dict:
     torch.set_num_threads(args.threads)
     model = args.model
     if args.random_model:
-        from _tiny_model import build_random_checkpoint
+        from _tiny_model import all_speech_vad, build_random_checkpoint
 
-        model = build_random_checkpoint(tempfile.mkdtemp() + "/random.pt", dim=128, layers=5, speaker=True)
-        _all_speech(model)
+        model = all_speech_vad(build_random_checkpoint(tempfile.mkdtemp() + "/random.pt", dim=128, layers=5,
+                                                       speaker=True))
     rec = load_recognizer(model)
     audio = [_signal(args.seconds, rec.geometry.sample_rate, seed) for seed in range(args.streams)]
     _cpu_per_audio_second(rec, audio[:1], SpeakerTurnConfig())  # warm-up (and: the model has a speaker head)

@@ -72,14 +72,20 @@ class Page:
 PAGES = [
     Page("server-load", "Server load: the default server (phones + LM, --workers auto), two load shapes",
          "python benchmarks/server_load.py --model exp/synthetic/all/final.pt --utterances 8 --decoder auto "
-         "--shape continuous --levels 64,96,128,160 --repeats 3 --keep-going --out load.json  # default-continuous-*; "
-         "default-utterances-*: --shape utterances --seconds-per-level 20 --levels 32,64,96",
+         "--shape continuous --levels 112,128,144,160,176,192 --repeats 3 --keep-going --out load.json  "
+         "# default-continuous-*; default-utterances-*: --shape utterances --seconds-per-level 20 "
+         "--levels 64,80,96,112,128,144; greedy-continuous-*: --decoder greedy --levels 224,256,288,320; "
+         "features-*: --shape continuous --levels 32,64 --repeats 3 --keep-going "
+         "--features plain,diarization+hotwords100",
          "*.json", lambda r: benchmark("server_load").render(r),
          "Definitions (latencies, keeps up): the docstring of `benchmarks/server_load.py`. 2 cores, the load "
          "client on the same cores; continuous: N streams started together, each 20 s of test speech at real "
          "time then stop; utterances: N streams, staggered, each sending test utterances one connection "
          "after another for 20 s (a stream refused by the server's admission by lag is an error). A level "
-         "keeps up only if all 3 repeats do. The model: the demo model of docs/results/demo/."),
+         "keeps up only if all 3 repeats do. features: each level runs once per feature set against the same "
+         "server, interleaved (plain streams; streams whose start asks for speaker turns and 100 unrelated "
+         "hotwords), so the cost of those features is a ratio to plain streams of the same run. "
+         "The model: the demo model of docs/results/demo/."),
     Page("speaker-turns", "Speaker turns: CPU per stream with and without them",
          "python benchmarks/speaker_turns_cost.py --random-model --streams 8 --seconds 20 --repeats 5 "
          "--out docs/results/speaker-turns/cost-random-demo-size.json",

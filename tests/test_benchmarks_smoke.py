@@ -104,6 +104,43 @@ def test_server_load_benchmark(assets):
             assert lv["why_not"], lv
 
 
+def test_server_load_feature_sets_in_one_run(assets):
+    """Plain streams and streams asking for speaker turns and 100 hotwords, interleaved against one
+    server: the cost rows are there, and each kind of stream got what it asked for (the server
+    accepted 100 hotwords, diarization streams received speaker turns, plain ones none)."""
+    tiny = _load("_tiny_model")
+    # a speaker head, and a VAD that calls every frame speech, so a 1.6 s stream holds the
+    # 32 speech frames that found its first speaker
+    ckpt = tiny.all_speech_vad(tiny.build_random_checkpoint(assets["root"] / "tiny_speaker.pt", speaker=True))
+    bench = _load("server_load")
+    out = assets["root"] / "features.json"
+    bench.main(["--model", str(ckpt), "--manifest", str(assets["manifest"]), "--utterances", "1", "--levels", "1",
+                "--repeats", "2", "--seconds-per-level", "0.5", "--intra-op-threads", "1", "--keep-going",
+                "--decoder", "beam", "--lm", "none", "--features", "plain,diarization+hotwords100", "--out", str(out)])
+    result = json.loads(out.read_text())
+    sets = {f["name"]: f for f in result["feature_sets"]}
+    assert list(sets) == ["plain", "diarization+hotwords100"] and sets["diarization+hotwords100"]["speakers"]
+    words = sets["diarization+hotwords100"]["hotwords"]
+    assert len(set(words)) == 100 and not set(words) & {"THE", "LITTLE", "MAN"}  # none the test sentence says
+    plain, featured = result["levels"], result["feature_levels"]
+    assert [lv["features"] for lv in plain] == ["plain"] * 2
+    assert [lv["features"] for lv in featured] == ["diarization+hotwords100"] * 2
+    for lv in plain + featured:  # 100 hotwords refused would be an error message and no completed utterance
+        assert lv["errors"] == 0 and lv["completed"] == lv["utterances"] >= 1, lv
+        assert lv["partials_unmatched"] == 0 and _finite(lv["rtf_cpu"])
+    for lv in plain:
+        assert lv["speaker_changes"] == 0 and lv["finals_with_speaker"] == 0
+    for lv in featured:  # each utterance's stream found its first speaker, and its finals carry it
+        assert lv["speaker_changes"] >= lv["utterances"] and lv["finals_with_speaker"] == lv["finals"] > 0, lv
+    rows = {r["features"]: r for r in result["feature_costs"]}
+    assert set(rows) == set(sets) and all(r["streams"] == 1 and r["repeats"] == 2 for r in rows.values())
+    assert rows["plain"]["vs_plain"] == 1.0 and _finite(rows["diarization+hotwords100"]["vs_plain"])
+    lo, hi = rows["diarization+hotwords100"]["vs_plain_range"]
+    assert 0 < lo <= rows["diarization+hotwords100"]["vs_plain"] <= hi
+    text = bench.render(result)
+    assert "cost per feature set" in text and text.count("[diarization+hotwords100]") == 2
+
+
 def test_server_load_summary_of_hand_made_levels():
     """_result on three levels whose efficiencies and keep-up verdicts are known: efficiency
     relative to N=1 and the largest N that kept up, worked out by hand."""

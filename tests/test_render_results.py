@@ -45,6 +45,35 @@ def test_a_number_edited_by_hand_or_a_json_changed_without_re_rendering_is_caugh
     assert main_exit_code(results) == 1
 
 
+def test_a_load_run_with_feature_sets_shows_its_cost_rows_on_the_server_load_page(tmp_path):
+    """When a `server_load.py --features plain,diarization+hotwords100` JSON is committed, the
+    server-load page shows each set's CPU per audio second and its ratio to plain."""
+    from bench_module import load_benchmark
+
+    cost_rows = load_benchmark("_server_load_features").cost_rows
+    results = tmp_path / "results"
+    shutil.copytree(ROOT / "docs" / "results", results)
+    run = json.loads((results / "server-load" / "default-continuous-2cores.json").read_text())
+    plain = [lv | {"features": "plain"} for lv in run["levels"]]
+    featured = [lv | {"features": "diarization+hotwords100", "rtf_cpu": round(1.25 * lv["rtf_cpu"], 6)}
+                for lv in run["levels"]]  # a quarter more CPU per audio second, in every repeat
+    sets = [{"name": "plain", "speakers": False, "hotwords": []},
+            {"name": "diarization+hotwords100", "speakers": True, "hotwords": ["WORD"] * 100}]
+    run.pop("backends", None)
+    run |= {"levels": plain, "feature_levels": featured, "feature_sets": sets,
+            "feature_costs": cost_rows(plain + featured)}
+    (results / "server-load" / "features-2cores.json").write_text(json.dumps(run))
+    page = results / "server-load" / "README.md"
+    assert render_results.check(results) == [page]  # a new JSON: the page must be rendered again
+    assert main_exit_code(results) == 1
+    assert render_results.main(["--results-dir", str(results)]) == 0
+    text = page.read_text()
+    assert "cost per feature set" in text and "diarization+hotwords100: speaker turns, 100 hotwords" in text
+    rows = [line for line in text.splitlines() if line.startswith("diarization+hotwords100 ")]
+    assert len(rows) == len({lv["streams"] for lv in plain}) and all(" 1.25x [1.25, 1.25] " in r for r in rows)
+    assert render_results.check(results) == []
+
+
 def main_exit_code(results: Path) -> int:
     return render_results.main(["--check", "--results-dir", str(results)])
 

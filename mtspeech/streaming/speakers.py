@@ -14,6 +14,8 @@ A stream cannot wait for the utterance, so a `SpeakerTracker` pools short window
                                      speaker (S1, S2, ...), its centroid their mean;
                                    - else at a pause: the nearest known speaker (no centroid moves);
                                    - else: still pending, the next far window adds evidence.
+                               A pause settles less than `change_frames` of far speech only when it
+                               is decisive (`switch_margin`); else it stays pending past the pause.
 
 Why a new speaker waits for more than a change: a window of 0.64 s gives a noisy embedding, and a
 cluster founded on one or two odd windows splits one voice into two labels, for good. A known
@@ -24,6 +26,14 @@ different odd sounds never add up to a speaker. The stream's first voice is foun
 way (it has no current speaker to be close to). Centroids are running means of the windows
 assigned within their distance; a short burst handed to the nearest speaker at a pause is not
 added, so it cannot drag a centroid away.
+
+Why a pause needs a margin: settled at a pause, a single window of a sentence's last words
+(0.24 to 0.64 s) decided a turn, and one odd window flipped the label to another speaker and,
+a window later, back (on dev conversations most false changes were such one-window switches).
+Such short evidence now switches only when it is closer to the speaker switched to than to the
+current one by `switch_margin` (cosine distance); otherwise it stays pending past the pause, so
+the next utterance's first windows confirm it (a change, still dated at the first far window) or
+dismiss it (a window close to the current speaker forgets it, one unlike it drops it).
 
 Only speech frames count (the VAD head says which; without one every frame does), and a
 window never spans a pause (`end_segment`), so a turn change at a pause is found at the pause.
@@ -43,7 +53,8 @@ its cosine similarity is at least `enrol_similarity`, otherwise the speaker stay
 The defaults of `change_distance`, `new_speaker_distance`, `gap_frames` and `new_speaker_frames`
 are the demo model's setting chosen by `benchmarks/diarization.py` on conversations of dev voices
 only (docs/results/diarization/demo.json, `tuning.head.chosen`), which also reports them on
-held-out voices. Another model's speaker head spreads its embeddings differently: run the
+held-out voices. `switch_margin` is off until that committed run is redone with it in the grid
+(a dev-only run preferred change_distance 0.1 with a margin of 0.2). Another model's speaker head spreads its embeddings differently: run the
 benchmark on it (`--recordings` makes the tuning replays cheap).
 """
 
@@ -78,6 +89,9 @@ class SpeakerTurnConfig:
     max_speakers: int = 8  # past this, a window joins its nearest cluster
     gap_frames: int | None = 3  # non-speech frames that end a window (None: only pauses do)
     new_speaker_frames: int = 32  # far speech a voice heard nowhere before needs to become a speaker
+    # How much closer (cosine distance) to the speaker switched to than to the current one less
+    # than `change_frames` of far speech must be for a pause to settle a switch (None: any is enough).
+    switch_margin: float | None = None
 
     def __post_init__(self) -> None:
         for key in ("window_frames", "min_window_frames", "change_frames", "new_speaker_frames", "max_speakers"):
@@ -95,6 +109,8 @@ class SpeakerTurnConfig:
         for key in ("change_distance", "new_speaker_distance"):
             if not 0.0 < getattr(self, key) < 2.0:
                 raise ValueError(f"speaker turns: {key}={getattr(self, key)}: expected in (0, 2)")
+        if self.switch_margin is not None and not 0.0 <= self.switch_margin < 2.0:
+            raise ValueError(f"speaker turns: switch_margin={self.switch_margin}: expected None or in [0, 2)")
         if not -1.0 <= self.enrol_similarity <= 1.0:
             raise ValueError(f"speaker turns: enrol_similarity={self.enrol_similarity}: expected in [-1, 1]")
 
@@ -265,7 +281,7 @@ class SpeakerTracker:
         if self._far and 1.0 - float(window.embedding @ self._pooled_far()) > self.config.new_speaker_distance:
             # a window that would not join the pending far windows' cluster ends their run, as a
             # pause would: pending windows found a speaker only if they are one voice
-            self._settle(at_pause=True)
+            self._settle(at_pause=True, broken=True)
         if self._current is not None and \
                 1.0 - float(window.embedding @ self._current.centroid) <= self.config.change_distance:
             self._far = []  # a stray window (a cough, an overlap) is forgotten
@@ -278,14 +294,20 @@ class SpeakerTracker:
     def _pooled_far(self) -> np.ndarray:
         return _unit(np.mean([w.embedding for w in self._far], axis=0))
 
-    def _settle(self, at_pause: bool) -> None:
+    def _settle(self, at_pause: bool, broken: bool = False) -> None:
         """Decide what the far windows are: a known speaker (a turn if not the current one), a new
         speaker once they hold `new_speaker_frames` of speech, or, at a pause before that, the
         nearest known speaker's (too little to found a voice on). Without a pause and a match,
-        they stay pending: the next far window brings more evidence."""
+        they stay pending: the next far window brings more evidence. At a pause (`at_pause`) or a
+        window unlike them (`broken` too), too little evidence that is not decisive stays
+        pending past the pause, or is dropped at a break."""
         cfg, windows = self.config, self._far
         pooled = self._pooled_far()
         who = self._match(pooled)
+        if at_pause and not self._decisive(pooled, who):
+            if broken:
+                self._far = []
+            return
         if who is None:
             enough = sum(w.frames for w in windows) >= cfg.new_speaker_frames
             if not enough and not at_pause:
@@ -300,6 +322,19 @@ class SpeakerTracker:
         self._far = []
         self._add(who, windows)
         self._switch(who, windows[0].start_frame)
+
+    def _decisive(self, pooled: np.ndarray, who: _Cluster | None) -> bool:
+        """Whether the pending far windows (pooled (E,)) may be settled now: they hold
+        `change_frames` of speech, or there is no current speaker, or they are closer to the
+        speaker they would switch to (`who`, else the nearest) than to the current one by
+        `switch_margin`."""
+        cfg = self.config
+        if self._current is None or cfg.switch_margin is None or \
+                sum(w.frames for w in self._far) >= cfg.change_frames:
+            return True
+        target = who or max(self.clusters, key=lambda c: float(pooled @ c.centroid))
+        gain = float(pooled @ target.centroid) - float(pooled @ self._current.centroid)  # = d(current) - d(target)
+        return gain >= cfg.switch_margin
 
     def _switch(self, who: _Cluster, start: int) -> None:
         """`who` talks from stream frame `start`: a turn (and its event) unless `who` talks already."""

@@ -126,6 +126,44 @@ def test_a_short_burst_at_a_pause_goes_to_a_known_speaker():
     assert changes[3].start == pytest.approx((64 + 16 + 64 + 16 + 32 + 16) * FRAME_S)
 
 
+def _between(a: np.ndarray, b: np.ndarray, towards_b: float) -> np.ndarray:
+    """A unit voice on the arc from a to b, `towards_b` of the way: a window that sounds like both."""
+    v = (1 - towards_b) * a + towards_b * b
+    return v / np.linalg.norm(v)
+
+
+def test_one_ambiguous_window_at_a_pause_no_longer_flips_the_label():
+    a, b = voices(2, seed=3)
+    odd = _between(a, b, 0.55)  # a touch nearer B than A: far from A, within B's cluster distance
+    # A, B, A again, then one window that sounds like both up to a pause, then A goes on
+    plan = [(a, 64), (None, 16), (b, 64), (None, 16), (a, 48), (None, 16), (odd, 16), (None, 16), (a, 48)]
+    frames, speech = frames_of(plan)
+    # the old rule (any far window settles at its pause): a false turn to S2 and straight back
+    old = run(SpeakerTracker(mean_embed, FRAME_S, SpeakerTurnConfig(switch_margin=None)), frames, speech)
+    assert [c.speaker for c in old] == ["S1", "S2", "S1", "S2", "S1"]
+    # with the margin: the window is not decisive, stays pending past the pause and is forgotten
+    # when A is heard again
+    tracker = SpeakerTracker(mean_embed, FRAME_S, SpeakerTurnConfig(switch_margin=0.2))
+    assert [c.speaker for c in run(tracker, frames, speech)] == ["S1", "S2", "S1"]
+    assert tracker.speaker_at((64 + 16 + 64 + 16 + 48 + 16 + 8)) == "S1"
+
+
+def test_an_ambiguous_first_window_of_a_true_turn_is_confirmed_after_the_pause():
+    a, b = voices(2, seed=3)
+    odd = _between(a, b, 0.55)
+    # B's turn begins with one ambiguous window and a pause, then B goes on: the change waits for
+    # B's next window, and is still dated at the turn's first window
+    plan = [(a, 64), (None, 16), (b, 64), (None, 16), (a, 48), (None, 16), (odd, 16), (None, 16), (b, 48)]
+    frames, speech = frames_of(plan)
+    changes = run(SpeakerTracker(mean_embed, FRAME_S, SpeakerTurnConfig(switch_margin=0.2)), frames, speech)
+    assert [c.speaker for c in changes] == ["S1", "S2", "S1", "S2"]
+    turn_s = (64 + 16 + 64 + 16 + 48 + 16) * FRAME_S
+    assert changes[3].start == pytest.approx(turn_s)
+    # confirmed once B's first window after the pause is heard (and its chunk decoded): within 1 s
+    after_pause_s = turn_s + (16 + 16) * FRAME_S
+    assert after_pause_s < changes[3].detected_at <= after_pause_s + (16 + CHUNK) * FRAME_S
+
+
 def test_non_speech_frames_are_not_pooled():
     a, b = voices(2, seed=5)
     frames, _ = frames_of([(a, 40), (b, 60), (a, 40)])
@@ -206,6 +244,9 @@ def test_config_is_checked():
         SpeakerTurnConfig(gap_frames=0)
     with pytest.raises(ValueError, match="new_speaker_frames=16 is below change_frames=24"):
         SpeakerTurnConfig(new_speaker_frames=16)
+    with pytest.raises(ValueError, match="switch_margin=-0.1"):
+        SpeakerTurnConfig(switch_margin=-0.1)
+    assert SpeakerTurnConfig(switch_margin=None).switch_margin is None
 
 
 # ----------------------------------------------------------------------------- through the recognizer
