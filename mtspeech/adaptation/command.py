@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 # their words, not the voice: on the demo model ten times these steps drove the loss on the
 # adaptation utterances down and the loss on the same voice's other utterances up. A first
 # guess from a manual trial; `benchmarks/adaptation.py` measures what they give.
+# Step sizes per set: first guesses from a manual trial on 4 test-voices voices of the demo model
+# (ten times larger made the loss on a voice's other utterances rise). A test split informed them,
+# so before any adaptation result is published they must be chosen again on voices of their own
+# (a dev split of new voices), and test-voices scored once with what that picks.
 DEFAULT_LR = {"input-norm": 3e-3, "layer-norms": 3e-4, "lora": 3e-4}
 INIT_KEY = "adaptation_init"  # a checkpoint's meta-learned start (written by `mtspeech meta-train`)
 
