@@ -70,11 +70,12 @@ class Page:
 
 
 PAGES = [
-    Page("server-load", "Server load: the default server (phones + LM, --workers auto), two load shapes",
+    Page("server-load", "Server load: the default server (phones + LM, --workers auto), two load shapes; greedy; "
+         "the cost of speaker turns and hotwords",
          "python benchmarks/server_load.py --model exp/synthetic/all/final.pt --utterances 8 --decoder auto "
          "--shape continuous --levels 112,128,144,160,176,192 --repeats 3 --keep-going --out load.json  "
          "# default-continuous-*; default-utterances-*: --shape utterances --seconds-per-level 20 "
-         "--levels 64,80,96,112,128,144; greedy-continuous-*: --decoder greedy --levels 224,256,288,320; "
+         "--levels 64,80,96,112,128,144; greedy-continuous-*: --decoder greedy --levels 208,224,240,256,272; "
          "features-*: --shape continuous --levels 32,64 --repeats 3 --keep-going "
          "--features plain,diarization+hotwords100",
          "*.json", lambda r: benchmark("server_load").render(r),
