@@ -29,15 +29,21 @@ from mtspeech.text.normalize import normalize_text
 MIN_SAMPLE_RATE = 8000
 
 
-def from_manifest(path: str | Path, speaker: str | None = None) -> list[Utterance]:
-    """The utterances of `path` (of `speaker` only, when given); one voice or an error."""
+def read_checked(path: str | Path) -> list[Utterance]:
+    """Every utterance of manifest `path`; AdaptationError if it is missing or malformed."""
     path = Path(path)
     if not path.is_file():
         raise AdaptationError(f"manifest {path} does not exist")
     try:
-        utts = read_manifest(path)
+        return read_manifest(path)
     except (ManifestError, UnicodeDecodeError) as e:
         raise AdaptationError(f"manifest {path} is malformed: {e}") from None
+
+
+def from_manifest(path: str | Path, speaker: str | None = None) -> list[Utterance]:
+    """The utterances of `path` (of `speaker` only, when given); one voice or an error."""
+    path = Path(path)
+    utts = read_checked(path)
     if speaker is not None:
         utts = [u for u in utts if u.speaker == speaker]
         if not utts:

@@ -35,7 +35,7 @@ from mtspeech.adaptation.command import DEFAULT_LR, INIT_KEY, add_set_arguments,
 from mtspeech.adaptation.fine_tune import fine_tune
 from mtspeech.adaptation.param_sets import AdaptationError, ParamSet, ParamSetConfig
 from mtspeech.checkpoint import load_state, save_atomic
-from mtspeech.data.manifest import ManifestError, Utterance, read_manifest
+from mtspeech.data.manifest import Utterance
 
 log = logging.getLogger(__name__)
 
@@ -158,12 +158,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     try:
         manifest = Path(args.manifest)
-        if not manifest.is_file():
-            raise AdaptationError(f"manifest {manifest} does not exist")
-        try:
-            utts = read_manifest(manifest)
-        except (ManifestError, UnicodeDecodeError) as e:
-            raise AdaptationError(f"manifest {manifest} is malformed: {e}") from None
+        utts = inputs.read_checked(manifest)
         reptile = ReptileConfig(args.outer_steps, args.meta_batch, args.k, args.inner_steps, args.inner_lr,
                                 args.outer_lr, args.seed, args.save_every)
         meta_train(args.checkpoint, utts, set_config(args), args.out, reptile, progress=True)

@@ -87,6 +87,19 @@ def test_sixteen_concurrent_streams_are_batched_and_correct(make_server, recogni
     assert total / count > 1.5, "streams should share decoding steps"
 
 
+def _stream_exactly(addr: str, recognizer, n: int) -> None:
+    """Stream n signals of different lengths at once; each decodes exactly as in-process."""
+    wavs = [signal(1.2 + 0.1 * k, seed=k) for k in range(n)]
+
+    async def run():
+        return await asyncio.gather(*[
+            stream_samples(f"ws://{addr}/v1/stream", w, frame_ms=60, endpointing=False) for w in wavs])
+
+    for w, r in zip(wavs, asyncio.run(run())):
+        assert not r.errors
+        assert r.text == reference_text(recognizer, w)
+
+
 def test_two_decode_threads_run_steps_at_once_on_disjoint_streams(make_server, recognizer):
     """`decode_threads=2`: two steps run concurrently (each slowed here so they must overlap),
     never with a stream in both, and every stream still decodes exactly."""
@@ -115,15 +128,7 @@ def test_two_decode_threads_run_steps_at_once_on_disjoint_streams(make_server, r
                 del active[key]
 
     batcher._work = spy
-    wavs = [signal(1.2 + 0.1 * k, seed=k) for k in range(8)]
-
-    async def run():
-        return await asyncio.gather(*[
-            stream_samples(f"ws://{addr}/v1/stream", w, frame_ms=60, endpointing=False) for w in wavs])
-
-    for w, r in zip(wavs, asyncio.run(run())):
-        assert not r.errors
-        assert r.text == reference_text(recognizer, w)
+    _stream_exactly(addr, recognizer, 8)
     assert seen["max_steps"] == 2
 
 
@@ -143,15 +148,7 @@ def test_inline_decoding_runs_steps_on_the_event_loop_thread(make_server, recogn
         return work(streams, flush)
 
     batcher._work = spy
-    wavs = [signal(1.2 + 0.1 * k, seed=k) for k in range(6)]
-
-    async def run():
-        return await asyncio.gather(*[
-            stream_samples(f"ws://{addr}/v1/stream", w, frame_ms=60, endpointing=False) for w in wavs])
-
-    for w, r in zip(wavs, asyncio.run(run())):
-        assert not r.errors
-        assert r.text == reference_text(recognizer, w)
+    _stream_exactly(addr, recognizer, 6)
     assert batcher._executor is None
     assert on_loop and all(on_loop)
 

@@ -29,6 +29,12 @@ def _children(pid: int) -> list[int]:
             for c in (task / "children").read_text().split()]
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _wait(predicate, timeout_s: float = 60.0) -> bool:
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout_s:
@@ -44,9 +50,7 @@ def _wait(predicate, timeout_s: float = 60.0) -> bool:
 def test_two_workers_share_the_port_count_together_restart_and_drain(tmp_path):
     ckpt = tiny_checkpoint(tmp_path, ["HELLO WORLD", "STREAMING SPEECH"],
                            {"asr": {"kind": "ctc", "vocab_size": 30, "dropout": 0.0}, "vad": {"kind": "vad"}})
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "mtspeech.cli", "serve", "--model", str(ckpt), "--port", str(port),
                              "--workers", "2", "--max-streams", "10", "--log-level", "warning"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -98,9 +102,7 @@ def test_workers_do_not_outlive_a_killed_supervisor(tmp_path):
     """SIGKILL gives the supervisor no chance to stop its workers: they must stop on their own
     rather than keep the port (PR_SET_PDEATHSIG)."""
     ckpt = tiny_checkpoint(tmp_path, ["HELLO WORLD"], {"asr": {"kind": "ctc", "vocab_size": 30, "dropout": 0.0}})
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "mtspeech.cli", "serve", "--model", str(ckpt), "--port", str(port),
                              "--workers", "2", "--log-level", "warning"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -130,9 +132,7 @@ def test_a_burst_of_connections_spreads_over_the_workers(tmp_path):
     """60 WebSockets opened at once: each worker holds at least a quarter of them. With one
     shared listening socket the worker that woke first accepted the whole burst."""
     ckpt = tiny_checkpoint(tmp_path, ["HELLO WORLD"], {"asr": {"kind": "ctc", "vocab_size": 30, "dropout": 0.0}})
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "mtspeech.cli", "serve", "--model", str(ckpt), "--port", str(port),
                              "--workers", "2", "--max-streams", "200", "--log-level", "warning"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
