@@ -50,11 +50,10 @@ per cluster.
 Enrolment: named reference embeddings seed clusters that never move; a window joins one when
 its cosine similarity is at least `enrol_similarity`, otherwise the speaker stays anonymous.
 
-The defaults of `change_distance`, `new_speaker_distance`, `gap_frames` and `new_speaker_frames`
-are the demo model's setting chosen by `benchmarks/diarization.py` on conversations of dev voices
-only (docs/results/diarization/demo.json, `tuning.head.chosen`), which also reports them on
-held-out voices. `switch_margin` is off until that committed run is redone with it in the grid
-(a dev-only run preferred change_distance 0.1 with a margin of 0.2). Another model's speaker head spreads its embeddings differently: run the
+The defaults of `change_distance`, `new_speaker_distance`, `gap_frames`, `new_speaker_frames`
+and `switch_margin` are the demo model's setting chosen by `benchmarks/diarization.py` on
+conversations of dev voices only (docs/results/diarization/demo.json, `tuning.head.chosen`),
+which also reports them on held-out voices. Another model's speaker head spreads its embeddings differently: run the
 benchmark on it (`--recordings` makes the tuning replays cheap).
 """
 
@@ -82,7 +81,7 @@ class SpeakerTurnConfig:
 
     window_frames: int = 16  # speech frames pooled into one embedding
     min_window_frames: int = 6  # a shorter rest at a pause is dropped, not embedded
-    change_distance: float = 0.15  # farther than this from the current speaker: maybe a change
+    change_distance: float = 0.1  # farther than this from the current speaker: maybe a change
     change_frames: int = 24  # far speech this long (without a pause) confirms the change
     new_speaker_distance: float = 0.4  # farther than this from every cluster: a new speaker
     enrol_similarity: float = 0.6  # cosine similarity an enrolled name needs, else anonymous
@@ -91,7 +90,7 @@ class SpeakerTurnConfig:
     new_speaker_frames: int = 32  # far speech a voice heard nowhere before needs to become a speaker
     # How much closer (cosine distance) to the speaker switched to than to the current one less
     # than `change_frames` of far speech must be for a pause to settle a switch (None: any is enough).
-    switch_margin: float | None = None
+    switch_margin: float | None = 0.2
 
     def __post_init__(self) -> None:
         for key in ("window_frames", "min_window_frames", "change_frames", "new_speaker_frames", "max_speakers"):
