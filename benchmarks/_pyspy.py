@@ -16,6 +16,7 @@ import collections
 import shutil
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 RATE_HZ = 100
@@ -23,7 +24,7 @@ RATE_HZ = 100
 
 class Profile:
     def __init__(self, pids: list[int], prefix: str | Path, top: int = 25) -> None:
-        exe = shutil.which("py-spy") or str(Path(__import__("sys").executable).with_name("py-spy"))
+        exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
         if not Path(exe).exists():
             raise SystemExit("--profile needs py-spy (it is in the lock: bash scripts/setup.sh)")
         self.exe, self.pids, self.prefix, self.top = exe, pids, Path(prefix), top

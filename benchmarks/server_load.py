@@ -617,9 +617,9 @@ async def _run_levels(server: ServerProcess, audios: dict[str, list[TestAudio]],
                 await asyncio.sleep(0.25)
 
         watcher = asyncio.create_task(watch_rss())
-        with contextlib.ExitStack() as stack:
-            prof = None if not args.profile else stack.enter_context(
-                Profile(server.worker_pids(), Path(args.profile) / f"level-{n}-repeat-{repeat}-{feature.name}"))
+        profile = contextlib.nullcontext() if not args.profile else \
+            Profile(server.worker_pids(), Path(args.profile) / f"level-{n}-repeat-{repeat}-{feature.name}")
+        with profile as prof:
             utts = await run_level(url, audios[feature.name], n, args, feature.start_fields())
         watcher.cancel()
         server.wait_idle()

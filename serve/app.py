@@ -173,8 +173,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fd", type=int, default=None, help=argparse.SUPPRESS)  # a worker's inherited socket
     parser.add_argument("--decode-threads", type=int, default=None,
                         help="decoding steps run at once, each on its own thread with its own streams; 0 runs "
-                             "them on the event loop's thread, one at a time (default: 2 on 2 or more cores, "
-                             "else 1)")
+                             "them on the event loop's thread, one at a time (default: 0 in each worker of "
+                             "--workers N > 1; one process: 2 on 2 or more cores, else 1)")
     parser.add_argument("--intra-op-threads", type=int, default=None,
                         help="threads of one step's encoder (torch and onnxruntime; default: the cores "
                              "divided by --decode-threads)")
