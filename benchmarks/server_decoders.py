@@ -46,7 +46,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _cli import add_model_arguments, run_main  # noqa: E402
-from server_load import ServerProcess, _delta  # noqa: E402
+from server_load import ServerProcess, _delta, serve_flags  # noqa: E402
 
 from mtspeech.data.geometry import SAMPLE_RATE  # noqa: E402
 from mtspeech.decoding.config import DecodingConfig  # noqa: E402
@@ -200,9 +200,8 @@ def run(args) -> dict:
             ckpt = str(build_random_checkpoint(Path(tmp) / "tiny_random.pt"))
         else:
             ckpt = str(Path(args.model).resolve())  # the server runs from the repository root
-        server = ServerProcess(ckpt, args, args.streams)
-        server.cmd += _server_cmd_extra(args)
-        with server:
+        with ServerProcess(ckpt, serve_flags(args, args.streams) + _server_cmd_extra(args),
+                           args.startup_timeout) as server:
             print(f"server up on port {server.port} after {server.startup_s:.1f} s; {len(utts)} utterances, "
                   f"{seconds:.1f} s of audio", flush=True)
             results = {}

@@ -45,6 +45,8 @@ By default the run stops after the first level that does not keep up (`--keep-go
 reports each set's server CPU per audio second and its ratio to plain streams of the same run
 (`benchmarks/_server_load_features.py`); the levels, summary and keep-up verdict above are the
 first set's (plain).
+`--replicas N` runs the same load through nginx in front of N replicas on this machine
+(`deploy/replicas.py`; what is read from the group: `benchmarks/_server_load_replicas.py`).
 `--backend torch torch-eager onnx onnx-int8` repeats the whole run per backend (`mtspeech serve --backend`;
 the ONNX graphs are exported once, into a temporary folder) and reports each one.
 
@@ -81,6 +83,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _cli import add_model_arguments, run_main  # noqa: E402
 from _pyspy import Profile  # noqa: E402
+from _server_procs import cpu_seconds_of, parse_metrics, process_tree, rss_bytes_of  # noqa: E402
 from _server_load_features import (PLAIN, FeatureSet, cost_rows, parse_features, render_costs,  # noqa: E402
                                    run_order, words_of_manifest)
 
@@ -140,6 +143,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
                      help="the server's concurrent decoding steps (default: the server's)")
     srv.add_argument("--intra-op-threads", type=int, default=None,
                      help="the server's threads per step (default: the server's)")
+    srv.add_argument("--replicas", type=int, default=None,
+                     help="N replicas behind nginx on this machine (deploy/replicas.py; each gets cores / N "
+                          "workers unless --workers is given); the streams connect to nginx")
     srv.add_argument("--startup-timeout", type=float, default=180.0, help="seconds to wait for /healthz")
 
 
@@ -267,32 +273,48 @@ def _get(url: str, timeout: float = 10.0) -> bytes:
         return r.read()
 
 
+def serve_flags(args, max_streams: int, backend: str = "torch", onnx_dir: str | None = None) -> list[str]:
+    """`mtspeech serve`'s flags for a run, but --model, --host and --port."""
+    flags = ["--device", args.device,
+             "--max-streams", str(max(64, 2 * max_streams)),  # room for reconnects
+             "--max-batch-size", str(args.max_batch_size),
+             "--max-wait-ms", str(args.max_wait_ms), "--chunk-frames", str(args.chunk_frames),
+             "--left-chunks", str(args.left_chunks), "--endpoint-mode", args.endpoint_mode,
+             "--log-level", "warning"]
+    if getattr(args, "decoder", None):
+        lm = _lm(args)
+        flags += ["--decoder", args.decoder] + ([] if lm is None else
+                                                ["--lm", lm if lm == "auto" else str(Path(lm).resolve())])
+    if backend == "torch-eager":
+        flags += ["--backend", "torch-eager"]
+    elif backend != "torch":
+        flags += ["--backend", "onnx", "--onnx-dir", str(onnx_dir)] + (["--int8"] if backend == "onnx-int8" else [])
+    for flag in ("workers", "decode_threads", "intra_op_threads"):
+        if getattr(args, flag, None) is not None:  # --decode-threads 0 is a setting (inline steps)
+            flags += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
+    return flags
+
+
+def start_server(ckpt: str, args, max_streams: int, backend: str = "torch", onnx_dir: str | None = None):
+    """One server (`ServerProcess`), or `--replicas N` behind nginx (`ReplicaGroup`)."""
+    flags = serve_flags(args, max_streams, backend, onnx_dir)
+    if getattr(args, "replicas", None):
+        from _server_load_replicas import ReplicaGroup
+
+        return ReplicaGroup(str(Path(ckpt).resolve()), flags, args.replicas, args.startup_timeout)
+    return ServerProcess(ckpt, flags, args.startup_timeout)
+
+
 class ServerProcess:
     """`python -m mtspeech.cli serve ...` on a free loopback port."""
 
-    def __init__(self, ckpt: str, args, max_streams: int, backend: str = "torch", onnx_dir: str | None = None) -> None:
+    def __init__(self, ckpt: str, flags: list[str], startup_timeout: float) -> None:
         self.port = _free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.cmd = [sys.executable, "-m", "mtspeech.cli", "serve", "--model", str(ckpt),
-                    "--host", "127.0.0.1", "--port", str(self.port), "--device", args.device,
-                    "--max-streams", str(max(64, 2 * max_streams)),  # room for reconnects
-                    "--max-batch-size", str(args.max_batch_size),
-                    "--max-wait-ms", str(args.max_wait_ms), "--chunk-frames", str(args.chunk_frames),
-                    "--left-chunks", str(args.left_chunks), "--endpoint-mode", args.endpoint_mode,
-                    "--log-level", "warning"]
-        if getattr(args, "decoder", None):
-            lm = _lm(args)
-            self.cmd += ["--decoder", args.decoder] + ([] if lm is None else
-                                                       ["--lm", lm if lm == "auto" else str(Path(lm).resolve())])
-        if backend == "torch-eager":
-            self.cmd += ["--backend", "torch-eager"]
-        elif backend != "torch":
-            self.cmd += ["--backend", "onnx", "--onnx-dir", str(onnx_dir)] + (["--int8"] if backend == "onnx-int8" else [])
+                    "--host", "127.0.0.1", "--port", str(self.port), *flags]
         self.env = os.environ.copy()
-        for flag in ("workers", "decode_threads", "intra_op_threads"):
-            if getattr(args, flag, None) is not None:  # --decode-threads 0 is a setting (inline steps)
-                self.cmd += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
-        self.startup_timeout = args.startup_timeout
+        self.startup_timeout = startup_timeout
         self.proc: subprocess.Popen | None = None
         self.log = tempfile.TemporaryFile(mode="w+")
 
@@ -325,11 +347,7 @@ class ServerProcess:
 
     def _pids(self) -> list[int]:
         """The server process and its worker processes (`serve --workers N`)."""
-        pids = [self.proc.pid]
-        with contextlib.suppress(OSError):
-            for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
-                pids += [int(p) for p in (task / "children").read_text().split()]
-        return pids
+        return process_tree([self.proc.pid])
 
     def worker_pids(self) -> list[int]:
         """The processes that decode: the workers, or the server itself when it has none."""
@@ -338,33 +356,15 @@ class ServerProcess:
 
     def cpu_seconds(self) -> float | None:
         """User + system CPU seconds of the server's processes so far (from /proc)."""
-        total, tick = 0.0, os.sysconf("SC_CLK_TCK")
-        for pid in self._pids():
-            try:
-                stat = Path(f"/proc/{pid}/stat").read_text()
-            except OSError:
-                continue
-            fields = stat[stat.rfind(")") + 2 :].split()  # fields from 3 (state) on; utime = 14, stime = 15
-            total += (int(fields[11]) + int(fields[12])) / tick
-        return total if total else None
+        return cpu_seconds_of(self._pids())
 
     def rss_bytes(self) -> int | None:
         """Resident set size of the server's processes now."""
-        total = 0
-        for pid in self._pids():
-            with contextlib.suppress(OSError):
-                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1]) * 1024
-        return total or None
+        return rss_bytes_of(self._pids())
 
     def metrics(self) -> dict:
         """The /metrics samples as {(name, ((label, value), ...)): value}."""
-        from prometheus_client.parser import text_string_to_metric_families
-
-        text = _get(self.base + "/metrics").decode()
-        return {(s.name, tuple(sorted(s.labels.items()))): s.value
-                for fam in text_string_to_metric_families(text) for s in fam.samples}
+        return parse_metrics(_get(self.base + "/metrics").decode())
 
     def wait_idle(self, timeout: float = 30.0) -> None:
         t0 = time.monotonic()
@@ -666,7 +666,7 @@ def run(args) -> dict:
         per_backend = {}
         for backend in dict.fromkeys(args.backend):
             audios = prepare_audio(samples, ckpt, args, backend, onnx_dir, tuple(features))
-            with ServerProcess(ckpt, args, max(levels_of(args)), backend, onnx_dir) as server:
+            with start_server(ckpt, args, max(levels_of(args)), backend, onnx_dir) as server:
                 plain = audios[features[0].name]
                 print(f"[{backend}] server up on port {server.port} after {server.startup_s:.1f} s; "
                       f"{len(plain)} test utterances ({source}), {sum(a.duration for a in plain):.1f} s",
@@ -718,7 +718,7 @@ def _result(levels: list[dict], args, source: str, audios: list[TestAudio],
                                                     "local_partials": len(a.partials)} for a in audios]},
         "settings": {k: getattr(args, k) for k in ("shape", "continuous_seconds", "repeats", "frame_ms", "seconds_per_level", "chunk_frames", "left_chunks",
                                                    "max_batch_size", "max_wait_ms", "endpoint_mode", "decoder", "device",
-                                                   "workers", "decode_threads", "intra_op_threads", "max_final_latency",
+                                                   "workers", "decode_threads", "intra_op_threads", "replicas", "max_final_latency",
                                                    "max_partial_latency", "features")}
                     | {"endpointing": not args.no_endpointing, "cpu_count": os.cpu_count()},
         "keep_up_definition": (f"no errors or unfinished utterances, p95 final latency < {args.max_final_latency:g} s, "
@@ -782,6 +782,10 @@ def render(result: dict) -> str:
 def _render_one(result: dict) -> str:
     levels, others = result["levels"], result.get("feature_levels") or []
     lines = [f"feature set {levels[0]['features']}:"] if others else []
+    replicas = result["settings"].get("replicas")
+    if replicas:
+        lines.append(f"{replicas} replicas behind nginx (deploy/replicas.py) on {result['settings']['cpu_count']} "
+                     "cores; cpu counts every replica and nginx, and the latencies include nginx's hop")
     lines += [_header()] + [_row(lv, levels[0]) for lv in levels]
     b = result["baseline"]
     lines.append(f"throughput relative to the baseline (N={b['streams']}, "

@@ -104,6 +104,33 @@ def test_server_load_benchmark(assets):
             assert lv["why_not"], lv
 
 
+def test_server_load_through_nginx_replicas(assets):
+    """`--replicas 2`: the streams go through nginx to two replicas, and the levels count what
+    both did: the audio the replicas' /metrics report adds up to what the clients sent, and the
+    CPU column includes every process of the group."""
+    bench = _load("server_load")
+    if bench_nginx() is None:
+        pytest.fail("nginx is not installed: scripts/setup.sh installs it with MTSPEECH_NGINX=1 (CI does)")
+    out = assets["root"] / "replicas.json"
+    bench.main(["--model", str(assets["ckpt"]), "--audio", str(assets["wav"]), "--levels", "4",
+                "--seconds-per-level", "0.5", "--intra-op-threads", "1", "--replicas", "2", "--keep-going",
+                "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert result["settings"]["replicas"] == 2
+    (lv,) = result["levels"]
+    assert lv["errors"] == 0 and lv["completed"] == lv["utterances"] >= 4
+    # each utterance is 1.6 s and every one was decoded by one of the two replicas
+    assert lv["audio_s"] == pytest.approx(1.6 * lv["utterances"], rel=0.05)
+    assert _finite(lv["server_cpu_s"]) and lv["server_cpu_s"] > 0
+
+
+def bench_nginx():
+    import shutil
+    from pathlib import Path
+
+    return shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+
+
 def test_server_load_feature_sets_in_one_run(assets):
     """Plain streams and streams asking for speaker turns and 100 hotwords, interleaved against one
     server: the cost rows are there, and each kind of stream got what it asked for (the server
