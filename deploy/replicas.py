@@ -61,6 +61,22 @@ http {{
 """
 
 
+def replica_share(serve_args: list[str], replicas: int, cores: int | None = None) -> list[str]:
+    """The serve flags that give one of N replicas on this machine its share of the cores, as
+    `serve --workers auto` shares them among its workers: cores / N worker processes, each
+    decoding on its event loop's thread with one intra-op thread per core it has. Without them a
+    replica left with one process would take `serve`'s one-process defaults (two decoding threads
+    of cores / 2 intra-op threads each: every replica would run threads for all the cores, and
+    its steps would wait on the GIL; see serve/workers.py). Flags already in `serve_args` win."""
+    cores = cores or os.cpu_count() or 1
+    given = {a.split("=")[0] for a in serve_args}
+    workers = max(1, cores // replicas)
+    flags = {"--workers": workers, "--decode-threads": 0, "--intra-op-threads": max(1, cores // (replicas * workers))}
+    if "--workers" in given:  # the caller sized the replica: serve's own defaults for that size
+        return []
+    return [x for flag, value in flags.items() if flag not in given for x in (flag, str(value))]
+
+
 def render_site(listen_port: int, replica_ports: list[int], max_upload_bytes: int, host: str = "127.0.0.1",
                 template: str | None = None) -> str:
     """deploy/nginx/mtspeech.conf with its `replicas:` lines set: one upstream `server` per
@@ -155,12 +171,9 @@ class Replicas:
         metrics_dir = self.run_dir / "metrics" / f"replica-{k}"
         shutil.rmtree(metrics_dir, ignore_errors=True)  # values of an earlier run would be added up
         metrics_dir.mkdir(parents=True)
-        # N replicas on one machine share its cores: each gets cores / N worker processes unless
-        # the serve flags say otherwise (`serve --workers auto` would give every replica all of them)
-        workers = [] if any(a.split("=")[0] == "--workers" for a in self.serve_args) else \
-            ["--workers", str(max(1, (os.cpu_count() or 1) // len(self.ports)))]
         cmd = [sys.executable, "-m", "mtspeech.cli", "serve", "--model", self.model, "--host", "127.0.0.1",
-               "--port", str(port), "--max-upload-bytes", str(self.max_upload_bytes), *workers, *self.serve_args]
+               "--port", str(port), "--max-upload-bytes", str(self.max_upload_bytes),
+               *replica_share(self.serve_args, len(self.ports)), *self.serve_args]
         logfile = open(self.run_dir / f"replica-{k}.log", "ab")
         # its own session: a terminal's Ctrl-C reaches this script only, which stops replicas in order
         proc = subprocess.Popen(cmd, stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True,

@@ -52,3 +52,16 @@ def test_nginx_accepts_the_rendered_config_as_an_unprivileged_process(tmp_path):
                             "-e", str(tmp_path / "error.log"), "-t"], capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
     assert "syntax is ok" in check.stderr
+
+
+def test_each_replica_gets_a_worker_share_of_the_cores():
+    """N replicas on one machine split its cores as `serve --workers auto` splits them among
+    workers: inline decoding, one intra-op thread per core. (One process per replica used to get
+    serve's one-process defaults: two decoding threads, each replica running threads for every core.)"""
+    share = _replicas().replica_share
+    assert share([], 2, cores=2) == ["--workers", "1", "--decode-threads", "0", "--intra-op-threads", "1"]
+    assert share([], 2, cores=8) == ["--workers", "4", "--decode-threads", "0", "--intra-op-threads", "1"]
+    assert share([], 3, cores=2) == ["--workers", "1", "--decode-threads", "0", "--intra-op-threads", "1"]
+    # the caller's flags win; a caller who sized the replica (--workers) gets serve's own defaults for it
+    assert share(["--decode-threads", "1"], 2, cores=2) == ["--workers", "1", "--intra-op-threads", "1"]
+    assert share(["--workers=2"], 2, cores=2) == []
