@@ -7,7 +7,8 @@ server with `--workers auto`. What the benchmark reads from "the server" is read
 group:
 
   cpu, rss     every process under the replicas and nginx (nginx's workers proxy every frame,
-               so their CPU is part of the cost);
+               so their CPU is part of the cost); nginx's own CPU is also reported per level
+               (`balancer_cpu_s`);
   /metrics     each replica's, read on its own port and added up (counters and histogram buckets
                add; nginx would send a /metrics request to one replica only);
   idle         every replica's `/healthz` reports no open stream.
@@ -105,6 +106,11 @@ class ReplicaGroup:
 
     def cpu_seconds(self) -> float | None:
         return cpu_seconds_of(self._pids())
+
+    def balancer_cpu_seconds(self) -> float:
+        """nginx's CPU seconds so far (its master and workers): part of `cpu_seconds`."""
+        proc = self.group.nginx_proc
+        return (cpu_seconds_of(process_tree([proc.pid])) or 0.0) if proc is not None else 0.0
 
     def rss_bytes(self) -> int | None:
         return rss_bytes_of(self._pids())

@@ -609,6 +609,8 @@ async def _run_levels(server: ServerProcess, audios: dict[str, list[TestAudio]],
         server.wait_idle()
         await asyncio.sleep(2.5)  # past the server's decode-lag window (serve/lag.py): no carried-over refusals
         m0, c0, r0, t0 = server.metrics(), server.cpu_seconds(), resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
+        balancer = getattr(server, "balancer_cpu_seconds", None)  # nginx's share, with --replicas
+        b0 = balancer() if balancer else None
         rss_peak = [server.rss_bytes() or 0]
 
         async def watch_rss():  # the level's peak RSS, sampled while its streams are open
@@ -629,6 +631,8 @@ async def _run_levels(server: ServerProcess, audios: dict[str, list[TestAudio]],
         client_cpu = (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime)
         level = summarize(n, utts, m0, m1, cpu, wall, client_cpu, args, rss_peak[0] or None, rss_base)
         level["repeat"], level["features"] = repeat, feature.name
+        if b0 is not None:
+            level["balancer_cpu_s"] = round(balancer() - b0, 3)
         if prof is not None:
             level["profile"] = prof.summary
         results.append(level)
@@ -680,7 +684,8 @@ def run(args) -> dict:
     results = {b: _result(levels, args, source, audios[features[0].name], features)
                for b, levels in per_backend.items()}
     first = results[next(iter(results))]
-    return first | {"backend": next(iter(results)), "backends": results}
+    # one backend: its result once (a "backends" copy would double the file)
+    return first | {"backend": next(iter(results))} | ({"backends": results} if len(results) > 1 else {})
 
 
 def _export_onnx(ckpt: str, out_dir: str, args) -> str:
@@ -779,6 +784,25 @@ def render(result: dict) -> str:
     return "\n".join(out)
 
 
+def render_summary(results: dict[str, dict]) -> str:
+    """One line per run (JSON file): its configuration, the levels it tried, the largest N every
+    repeat kept up at ("≥" when that is the highest level tried: the limit lies above) and the
+    efficiency there (audio-s per server CPU-s, median over the repeats)."""
+    lines = [f"{'run':<38} {'backend':<9} {'decoder':<7} {'shape':<10} {'replicas':>8} {'repeats':>7} "
+             f"{'levels':>9} {'kept up':>7} {'audio-s/cpu-s':>13}"]
+    for name, result in results.items():
+        for backend, r in (result.get("backends") or {result.get("backend", "torch"): result}).items():
+            st, n = r["settings"], r["max_streams_keeping_up"]
+            tried = sorted({lv["streams"] for lv in r["levels"]})
+            eff = sorted(lv["efficiency_audio_s_per_cpu_s"] for lv in r["levels"]
+                         if lv["streams"] == n and lv.get("efficiency_audio_s_per_cpu_s") is not None)
+            kept = ("≥" if n == tried[-1] else "") + str(n)
+            lines.append(f"{name:<38} {backend:<9} {st['decoder']:<7} {st['shape']:<10} {st.get('replicas') or 1:>8} "
+                         f"{st['repeats']:>7} {f'{tried[0]}-{tried[-1]}':>9} {kept:>7} "
+                         f"{(f'{eff[len(eff) // 2]:.1f}' if eff else '-'):>13}")
+    return "\n".join(lines)
+
+
 def _render_one(result: dict) -> str:
     levels, others = result["levels"], result.get("feature_levels") or []
     lines = [f"feature set {levels[0]['features']}:"] if others else []
@@ -802,6 +826,10 @@ def _render_one(result: dict) -> str:
                          f"{_num(row['final_latency_p95_s']):>6} {_num(row['partial_latency_p95_s']):>7} "
                          f"{_num(row['first_partial_latency_p95_s']):>11} {_num(row['endpoint_latency_p95_s']):>8} "
                          f"{_num(row['stream_lag_p95_s']):>10} {row['errors']:>6} {row['x_realtime_min']:>7.1f}")
+    if any("balancer_cpu_s" in lv for lv in levels):
+        lines.append("nginx's share of the cpu column, per level: " + ", ".join(
+            f"N={lv['streams']}: {lv['balancer_cpu_s'] / lv['server_cpu_s']:.1%}" for lv in levels
+            if lv.get("balancer_cpu_s") is not None and lv.get("server_cpu_s")))
     lines.append(f"keeps up = {result['keep_up_definition']}")
     lines.append(f"largest N that keeps up with real time: {result['max_streams_keeping_up']}")
     if others:

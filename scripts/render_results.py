@@ -51,6 +51,8 @@ class Page:
     pattern: str
     render: Callable[[dict], str]
     note: str = ""
+    summary: Callable[[dict[str, dict]], str] | None = None  # one table over the files, {name: JSON}
+
 
     def text(self, results_dir: Path) -> str:
         files = sorted((results_dir / self.folder).glob(self.pattern))
@@ -61,6 +63,9 @@ class Page:
                "Measured with:", "", f"    {self.command}", ""]
         if self.note:
             out += [self.note, ""]
+        if self.summary is not None:
+            out += ["```", self.summary({f.name: json.loads(f.read_text(encoding="utf-8")) for f in files}).rstrip(),
+                    "```", ""]
         for f in files:
             result = json.loads(f.read_text(encoding="utf-8"))
             model = result.get("model")
@@ -71,13 +76,14 @@ class Page:
 
 PAGES = [
     Page("server-load", "Server load: the default server (phones + LM, --workers auto), two load shapes; greedy; "
-         "the cost of speaker turns and hotwords",
+         "the cost of speaker turns and hotwords; ONNX; two replicas behind nginx",
          "python benchmarks/server_load.py --model exp/synthetic/all/final.pt --utterances 8 --decoder auto "
          "--shape continuous --levels 112,128,144,160,176,192 --repeats 3 --keep-going --out load.json  "
-         "# default-continuous-*; default-utterances-*: --shape utterances --seconds-per-level 20 "
-         "--levels 64,80,96,112,128,144; greedy-continuous-*: --decoder greedy --levels 208,224,240,256,272; "
-         "features-*: --shape continuous --levels 32,64 --repeats 3 --keep-going "
-         "--features plain,diarization+hotwords100",
+         "# default-continuous-* and window-*-one-server-*; default-utterances-*: --shape utterances "
+         "--seconds-per-level 20 --levels 64,80,96,112,128,144; greedy-continuous-*: --decoder greedy "
+         "--levels 208,224,240,256,272; features-*: --levels 32,64 --features plain,diarization+hotwords100; "
+         "window-*-onnx-*: --backend onnx --levels 128,144,160,176; window-*-onnx-int8-*: --backend onnx-int8 "
+         "--levels 128,144,160,176; window-*-2replicas-nginx-*: --replicas 2 --levels 112,128,144,160",
          "*.json", lambda r: benchmark("server_load").render(r),
          "Definitions (latencies, keeps up): the docstring of `benchmarks/server_load.py`. 2 cores, the load "
          "client on the same cores; continuous: N streams started together, each 20 s of test speech at real "
@@ -86,7 +92,16 @@ PAGES = [
          "keeps up only if all 3 repeats do. features: each level runs once per feature set against the same "
          "server, interleaved (plain streams; streams whose start asks for speaker turns and 100 unrelated "
          "hotwords), so the cost of those features is a ratio to plain streams of the same run. "
-         "The model: the demo model of docs/results/demo/."),
+         "window-*: six runs back to back within one hour on the same machine (the load benchmarks alone at "
+         "normal priority; other jobs at nice 19), in the order numbered: the default server twice, the ONNX "
+         "backend, its int8 copy, and two replicas behind nginx twice (deploy/replicas.py, one worker each, "
+         "on the same 2 cores; nginx's own share of the CPU is on the second run's table). The default "
+         "server's two runs there, and default-continuous-* from an earlier session the same day, differ by more than one "
+         "level: a keep-up level moves that much between runs of one configuration, so only a difference "
+         "larger than that, seen in every run, says one configuration keeps up with more streams. "
+         "The summary's first table: one line per file; its efficiency is at that file's kept-up level. "
+"The model: the demo model of docs/results/demo/.",
+         summary=lambda rs: benchmark("server_load").render_summary(rs)),
     Page("speaker-turns", "Speaker turns: CPU per stream with and without them",
          "python benchmarks/speaker_turns_cost.py --random-model --streams 8 --seconds 20 --repeats 5 "
          "--out docs/results/speaker-turns/cost-random-demo-size.json",
