@@ -18,11 +18,12 @@ Every set's trainable tensors live in a plain dict `{name: tensor}` (what the op
 Reptile update); `ParamSet.overrides` turns it into the model's own state keys for
 `torch.func.functional_call`, and `delta` into the small file `mtspeech adapt` writes beside
 the checkpoint (the new values, or LoRA's factors), which `apply_delta` puts back on the base
-weights.
+weights: the very weights it was made from, whose fingerprint the file records.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass
 
 import torch
@@ -191,14 +192,31 @@ def changed_weights(state: dict[str, torch.Tensor], cfg: ParamSetConfig,
     return out
 
 
+def weights_fingerprint(state: dict[str, torch.Tensor]) -> str:
+    """Hex SHA-256 of a state dict's names, dtypes, shapes and values: what a delta file records
+    of the weights it was made from (two checkpoints of the same weights share it)."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def apply_delta(state: dict[str, torch.Tensor], delta_file: dict) -> dict[str, torch.Tensor]:
     """A base model's state dict with a delta file's tensors applied (a new dict): how an adapted
     model is rebuilt from the base checkpoint and the small file `mtspeech adapt` writes.
     Raises AdaptationError for a file that is not a delta or does not fit `state` (a tensor the
-    model lacks, a shape it does not have)."""
+    model lacks, a shape it does not have, or weights other than those it was made from, when
+    the file records them: `base_weights`)."""
     if not isinstance(delta_file, dict) or not isinstance(delta_file.get("set"), dict) \
             or not isinstance(delta_file.get("tensors"), dict):
         raise AdaptationError("not a delta file of `mtspeech adapt` (expected 'set' and 'tensors' entries)")
+    made_from = delta_file.get("base_weights")
+    if made_from is not None and made_from != weights_fingerprint(state):
+        # Same names and shapes, other values: the merged model would be neither adapted nor base.
+        raise AdaptationError("the delta was made from other weights than these (its base_weights fingerprint "
+                              "differs): apply it to the checkpoint it was adapted from")
     try:
         cfg = ParamSetConfig(**delta_file["set"])
     except TypeError as e:  # a key ParamSetConfig does not have

@@ -37,3 +37,17 @@ def test_a_fitting_delta_is_applied():
 def test_a_delta_that_does_not_fit_is_refused_naming_why(delta, names):
     with pytest.raises(AdaptationError, match=names.replace("(", r"\(").replace(")", r"\)")):
         apply_delta(STATE, delta)
+
+
+def test_a_delta_recording_other_base_weights_is_refused():
+    """Same names and shapes, other values: only the fingerprint `adapt` records tells."""
+    from mtspeech.adaptation.param_sets import weights_fingerprint
+
+    delta = {"set": LAYER_NORMS, "tensors": {"encoder.blocks.0.norm.weight": torch.full((4,), 2.0)},
+             "base_weights": weights_fingerprint(STATE)}
+    assert torch.equal(apply_delta(STATE, delta)["encoder.blocks.0.norm.weight"], torch.full((4,), 2.0))
+    other = {**STATE, "encoder.blocks.0.attn.qkv.weight": torch.ones(6, 4)}
+    assert weights_fingerprint(other) != weights_fingerprint(STATE)
+    assert weights_fingerprint({k: v.clone() for k, v in STATE.items()}) == weights_fingerprint(STATE)
+    with pytest.raises(AdaptationError, match="made from other weights"):
+        apply_delta(other, delta)

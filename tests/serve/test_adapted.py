@@ -182,12 +182,13 @@ def _write(folder, name, content) -> object:
     return path
 
 
-def _refused(models, keys, *match, api_key=None):
+def _refused(models, keys, *match, api_key=None, base=None):
     from mtspeech.decoding.loader import load_recognizer
 
-    base = load_recognizer(models.base, backend="torch-eager", streaming=models.streaming)
+    base = base or models.base
+    recognizer = load_recognizer(base, backend="torch-eager", streaming=models.streaming)
     with pytest.raises(AdaptedError) as e:
-        load_adapted(keys, models.base, base, backend="torch-eager", api_key=api_key)
+        load_adapted(keys, base, recognizer, backend="torch-eager", api_key=api_key)
     for text in match:
         assert text in str(e.value), str(e.value)
     for key in (ADAPTED_KEY, DELTA_KEY, "dup-key"):
@@ -243,6 +244,12 @@ def test_a_delta_that_does_not_fit_the_base_is_refused(models):
         torch.save({**delta, "tensors": tensors}, path)
         _refused(models, _write(models.folder, f"{label}.json", {"keys": {DELTA_KEY: {"delta": path.name}}}),
                  f"entry 1 (delta {path})", match)
+    # a base of the same labels and shapes but other weights (trained on): only the fingerprint tells
+    state = torch.load(models.base, weights_only=False)
+    retrained = models.folder / "retrained.pt"
+    torch.save({**state, "model": {k: v + 0.01 if v.is_floating_point() else v for k, v in state["model"].items()}},
+               retrained)
+    _refused(models, models.keys, "entry 2", "made from other weights", base=retrained)
     not_delta = _write(models.folder, "garbage.delta.pt", "not a tensor file")
     _refused(models, _write(models.folder, "garbage.json", {"keys": {DELTA_KEY: {"delta": not_delta.name}}}),
              "cannot read it as a delta")
