@@ -14,6 +14,7 @@ import logging
 from types import SimpleNamespace
 
 import httpx
+import openai
 import pytest
 import torch
 
@@ -145,6 +146,9 @@ def test_uploads_decode_with_the_model_their_key_picks(serve, models):
     assert transcribe(BASE_KEY).json()["text"] == base
     assert transcribe(DELTA_KEY, "/v1/audio/transcriptions").json()["text"] == adapted
     assert transcribe(BASE_KEY, "/v1/audio/transcriptions").json()["text"] == base
+    for key, text in ((DELTA_KEY, adapted), (BASE_KEY, base)):  # the official client: its key chooses
+        api = openai.OpenAI(base_url=f"http://{addr}/v1", api_key=key, max_retries=0, timeout=60)
+        assert api.audio.transcriptions.create(model="mtspeech", file=("a.wav", body)).text == text
     for key in (None, "wrong"):
         r = transcribe(key)
         assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
