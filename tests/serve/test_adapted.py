@@ -178,6 +178,41 @@ def test_a_server_with_a_key_refuses_streams_without_one_and_limits_all_models_t
     asyncio.run(run())
 
 
+def test_an_adapted_model_falling_behind_holds_back_new_streams_of_the_base_too(serve, models, monkeypatch):
+    """Admission by decode lag reads the one batcher that steps every model: the server's lag."""
+    import time
+
+    from websockets.asyncio.client import connect
+
+    from mtspeech.client import to_pcm16
+
+    addr, app = serve(max_decode_lag_s=0.3)
+    slow = app.state.server.router.route(ADAPTED_KEY).recognizer
+    assert slow is not app.state.server.recognizer
+    step = slow.step
+
+    def slow_step(streams):  # each step 0.5 s: chunks (0.16 s of audio here) queue up
+        time.sleep(0.5)
+        return step(streams)
+
+    monkeypatch.setattr(slow, "step", slow_step)
+
+    async def run():
+        async with connect(f"ws://{addr}/v1/stream") as a:
+            await a.send(json.dumps({"type": "start", "api_key": ADAPTED_KEY}))
+            for i in range(0, len(models.wav), 1600):  # 3 s at once: many chunks ready
+                await a.send(to_pcm16(models.wav[i : i + 1600]))
+            await asyncio.sleep(1.2)
+            async with connect(f"ws://{addr}/v1/stream") as b:  # a base stream: refused as well
+                message = json.loads(await asyncio.wait_for(b.recv(), 5))
+                assert message["code"] == "too_many_streams" and "behind real time" in message["message"]
+            monkeypatch.setattr(slow, "step", step)
+            await a.send(json.dumps({"type": "stop"}))
+            assert (await recv_all(a, timeout_s=30))[-1]["type"] == "end"
+
+    asyncio.run(run())
+
+
 # ----------------------------------------------------------------------------- start-up refusals
 
 
