@@ -89,8 +89,10 @@ def _parse(path: Path) -> object:
     if path.suffix.lower() in (".yaml", ".yml"):
         try:
             return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
-        except yaml.YAMLError as e:
-            raise AdaptedError(f"not valid YAML ({str(e)[:200]})") from None
+        except yaml.YAMLError as e:  # its text quotes the file's lines, keys included: only where and what
+            mark = getattr(e, "problem_mark", None)
+            where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+            raise AdaptedError(f"not valid YAML ({where}{getattr(e, 'problem', None) or 'unreadable'})") from None
     try:
         return json.loads(text, object_pairs_hook=_unique_pairs)
     except ValueError as e:
@@ -136,8 +138,8 @@ def _checked_key(key: object, i: int, api_key: str | None) -> str:
 def _entry(spec: object, i: int, folder: Path) -> AdaptedEntry:
     where = f"entry {i}"
     if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in KINDS:
-        raise AdaptedError(f'{where}: expected {{"model": PATH}} or {{"delta": PATH}} (one of them), got '
-                           f"{sorted(spec) if isinstance(spec, dict) else type(spec).__name__}")
+        # nothing of the entry is quoted: in a file nested wrongly its field names may be keys
+        raise AdaptedError(f'{where}: expected {{"model": PATH}} or {{"delta": PATH}} (exactly one of them)')
     kind, value = next(iter(spec.items()))
     if not isinstance(value, str) or not value:
         raise AdaptedError(f"{where}: {kind} must be a path (a string)")

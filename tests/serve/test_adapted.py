@@ -258,6 +258,10 @@ def test_yaml_is_read_and_its_duplicates_and_numbers_refused(models):
                                            "  dup-key: {model: voices/adapted.pt}\n")
     _refused(models, dup, "written twice")
     _refused(models, _write(models.folder, "num.yaml", "keys:\n  12345: {model: voices/adapted.pt}\n"), "quote it")
+    broken = _write(models.folder, "broken.yaml", "keys:\n  dup-key: {model: voices/adapted.pt\n")
+    assert "line 3" in _refused(models, broken, "not valid YAML")  # where, and never the line's text
+    nested = _write(models.folder, "nested.json", {"keys": {"model": {"dup-key": "voices/adapted.pt"}}})
+    _refused(models, nested, "entry 1", "exactly one of them")  # a key in the place of a field: not quoted
 
 
 def test_a_missing_file_and_a_key_equal_to_api_key_are_refused(models):
