@@ -311,3 +311,72 @@ def test_serve_refuses_a_bad_key_file_before_loading_a_model(models):
     assert serve_app.main(parser.parse_args(args)) == 2
     args = ["--model", str(models.base), "--adapted", str(models.keys), "--api-key", DELTA_KEY, "--workers", "2"]
     assert serve_app.main(parser.parse_args(args)) == 2  # the supervisor checks the file before it starts workers
+
+
+# ----------------------------------------------------------------------------- the served command
+
+
+def _offline_text(checkpoint, wav, backend="torch-eager", streaming=None) -> str:
+    from mtspeech.decoding.loader import load_recognizer
+
+    rec = load_recognizer(checkpoint, backend=backend, streaming=streaming)
+    return " ".join(f.text for f in rec.transcribe(wav, endpointing=False))
+
+
+def test_the_traced_backend_runs_the_adapted_weights(models):
+    """`serve`'s default backend traces each adapted model's own step: it decodes as loading the
+    adapted checkpoint with that backend does (not as the base's traced graph would)."""
+    from mtspeech.decoding.loader import load_recognizer
+
+    base = load_recognizer(models.base, backend="torch", streaming=models.streaming)
+    adapted = load_adapted(models.keys, models.base, base, backend="torch")[DELTA_KEY].recognizer
+    assert type(adapted.encoder_step) is type(base.encoder_step)
+    assert adapted.encoder_step is not base.encoder_step and adapted.model is not base.model
+    text = " ".join(f.text for f in adapted.transcribe(models.wav, endpointing=False))
+    assert text == _offline_text(models.adapted, models.wav, "torch", models.streaming) == models.texts["adapted"][False]
+
+
+@pytest.mark.slow  # two worker processes, each loading and tracing two models: ~30 s on two shared cores
+def test_serve_command_with_workers_routes_by_key(models):
+    """`mtspeech serve --adapted --workers 2`: each worker loads the file's models; a stream with
+    the delta's key decodes as the adapted checkpoint, one without a key as the base; /metrics of
+    the workers together names the models, and neither it nor the server's output holds a key."""
+    import signal as signals
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "mtspeech.cli", "serve", "--model", str(models.base),
+                             "--adapted", str(models.keys), "--port", str(port), "--workers", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    addr = f"127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(f"http://{addr}/healthz", timeout=2).json()["status"] == "ok":
+                    break
+            except (httpx.HTTPError, ValueError):
+                pass
+            assert proc.poll() is None, proc.communicate()[0][-2000:]
+            time.sleep(0.2)
+
+        async def run():
+            return await asyncio.gather(_stream(addr, models.wav, header_key=DELTA_KEY), _stream(addr, models.wav))
+
+        adapted, base = (_final_text(m) for m in asyncio.run(run()))
+        assert adapted == _offline_text(models.adapted, models.wav) != base == _offline_text(models.base, models.wav)
+        metrics = httpx.get(f"http://{addr}/metrics", timeout=5).text
+        assert 'mtspeech_model_streams_total{model="base"} 1.0' in metrics
+        assert sum(line.startswith("mtspeech_model_streams_total{model=\"adapted-") and line.endswith(" 1.0")
+                   for line in metrics.splitlines()) == 1
+    finally:
+        proc.send_signal(signals.SIGTERM)
+        output = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 0, output[-2000:]
+    assert "adapted model adapted-" in output  # each worker's start-up log, with the model ids
+    for key in (ADAPTED_KEY, DELTA_KEY):
+        assert key not in metrics and key not in output
