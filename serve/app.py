@@ -1,4 +1,5 @@
-"""The mtspeech inference server: composes the routes around one `StreamingRecognizer`.
+"""The mtspeech inference server: composes the routes around one `StreamingRecognizer` (and one
+per adapted model of `--adapted`: serve/adapted.py).
 
 Routes: `WS /v1/stream` (serve/ws.py), `POST /v1/transcribe`, OpenAI-compatible
 `POST /v1/audio/transcriptions`, `GET /healthz`, `GET /metrics` (serve/http.py), `GET /`
@@ -14,6 +15,7 @@ import contextlib
 import logging
 import signal
 from pathlib import Path
+from typing import Mapping
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -25,6 +27,7 @@ from mtspeech.serve import http, ws
 from mtspeech.serve import protocol as P
 from mtspeech.serve.incidents import internal_error
 from mtspeech.serve.limits import STREAMS_PER_CORE, ServerSettings
+from mtspeech.serve.routing import ServedModel
 from mtspeech.serve.server import APIError, Server
 from mtspeech.streaming import StreamingConfig, StreamingRecognizer
 from mtspeech.streaming.endpoint import EndpointConfig
@@ -36,9 +39,10 @@ CLIENT_CLOSED_REQUEST = 499  # nginx's code: nobody reads it, but access logs sh
 
 def create_app(recognizer_or_model_path: StreamingRecognizer | str | Path,
                settings: ServerSettings | None = None, streaming: StreamingConfig | None = None,
-               device: str = "cpu") -> FastAPI:
+               device: str = "cpu", adapted: Mapping[str, ServedModel] | None = None) -> FastAPI:
     """The FastAPI app serving a recognizer (or a checkpoint path, loaded here by
-    `load_recognizer` with the default `DecodingConfig` and the eager torch step)."""
+    `load_recognizer` with the default `DecodingConfig` and the eager torch step) and, for the
+    API keys of `adapted` (serve/adapted.py: `load_adapted`), their adapted models."""
     settings = settings or ServerSettings()
     recognizer = recognizer_or_model_path
     if not isinstance(recognizer, StreamingRecognizer):
@@ -46,7 +50,7 @@ def create_app(recognizer_or_model_path: StreamingRecognizer | str | Path,
 
         recognizer = load_recognizer(recognizer_or_model_path, backend="torch-eager", streaming=streaming,
                                      device=device)
-    server = Server(recognizer, settings)
+    server = Server(recognizer, settings, adapted)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -190,6 +194,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shutdown-timeout", type=float, default=d.shutdown_timeout_s,
                         help="SIGTERM: seconds to let open streams and HTTP transcriptions finish")
     parser.add_argument("--api-key", default=None, help="require this key (default: env MTSPEECH_API_KEY)")
+    parser.add_argument("--adapted", default=None, metavar="FILE",
+                        help='JSON or YAML {"keys": {KEY: {"model": CHECKPOINT} or {"delta": DELTA}}}: requests '
+                             "with KEY are decoded by that adapted model (`mtspeech adapt`), others by --model; "
+                             "its keys are accepted besides --api-key (docs/server.md, Adapted models)")
     parser.add_argument("--chunk-frames", type=int, default=StreamingConfig.chunk_frames,
                         help="encoder frames (40 ms) per chunk")
     parser.add_argument("--left-chunks", type=int, default=StreamingConfig.left_chunks)
@@ -238,6 +246,10 @@ def main(args: argparse.Namespace) -> int:
         decoding_config = decoding.from_args(args)
         if not Path(args.model).is_file():
             raise ValueError(f"--model {args.model}: no such checkpoint file")
+        if args.adapted is not None:  # the file itself, before any model loads (workers check the models)
+            from mtspeech.serve.adapted import read_key_map
+
+            read_key_map(args.adapted, settings.api_key)
     except ValueError as e:
         log.error("mtspeech serve: %s", e)
         return 2
@@ -258,9 +270,15 @@ def main(args: argparse.Namespace) -> int:
     try:
         recognizer = load_recognizer(args.model, decoding_config, args.backend, streaming=streaming,
                                      device=args.device, onnx_dir=args.onnx_dir, int8=args.int8)
+        adapted = None
+        if args.adapted is not None:
+            from mtspeech.serve.adapted import load_adapted
+
+            adapted = load_adapted(args.adapted, args.model, recognizer, backend=args.backend, int8=args.int8,
+                                   api_key=settings.api_key)
     except (ValueError, CheckpointError) as e:
         log.error("mtspeech serve: %s", e)
         return 2
-    app = create_app(recognizer, settings)
+    app = create_app(recognizer, settings, adapted=adapted)
     run(app, args.host, args.port, args.log_level, fd=args.fd)
     return 0

@@ -13,6 +13,12 @@ the GIL back, which under load cost more than the overlap gained (docs/deploy.md
 Events come back to each job's `outbox` queue, in order, followed by `END` once the job was
 asked to finish.
 
+A server may serve several models (its base model and adapted ones: serve/routing.py). Each job
+names its `ServedModel`, and a step decodes the streams of one model together: the model of the
+stream that has waited longest, so no model's streams starve. One consumer for all of them keeps
+the server's limits whole: `workers` bounds the steps of every model together, and the decode lag
+that admission reads is the whole server's.
+
 The consumer is supervised: it cannot die. A step that fails is retried stream by stream, so
 an error closes only the stream that caused it (with an `internal` error carrying an incident
 id; the detail goes to the log), and an unexpected error in the loop itself is logged and the
@@ -31,6 +37,7 @@ from mtspeech.serve.incidents import internal_error
 from mtspeech.serve.lag import AudioClock, LagMeter
 from mtspeech.serve.metrics import Metrics
 from mtspeech.serve.protocol import ErrorCode, ErrorMessage
+from mtspeech.serve.routing import BASE_ID, ServedModel
 from mtspeech.streaming import Event, Stream, StreamingRecognizer
 
 RESTART_DELAY_S = 0.05  # after an unexpected loop error: don't spin if it repeats
@@ -59,6 +66,7 @@ class Job:
     """
 
     stream: Stream
+    model: ServedModel  # what decodes it
     source: str = "stream"
     outbox: asyncio.Queue = field(default_factory=asyncio.Queue)
     progressed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -72,13 +80,15 @@ class Job:
 
 
 class Batcher:
-    """The single decoding consumer of a server (see module doc)."""
+    """The single decoding consumer of a server (see module doc). `recognizer`: the model a job
+    added without naming one is decoded by."""
 
     def __init__(self, recognizer: StreamingRecognizer, max_batch_size: int = 16,
                  max_wait_ms: float = 10.0, metrics: Metrics | None = None, workers: int = 1) -> None:
         if workers < 0:
             raise ValueError(f"workers={workers}: expected >= 0 (0: steps on the event loop's thread)")
         self.recognizer = recognizer
+        self.default_model = ServedModel(BASE_ID, recognizer)
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1000.0
         self.metrics = metrics
@@ -121,9 +131,11 @@ class Batcher:
 
     # -- job API (event loop thread) ------------------------------------------------------------
 
-    def add(self, stream: Stream, source: str = "stream", outbox: asyncio.Queue | None = None) -> Job:
-        """Register a stream; its events arrive on `outbox` (a new queue unless given)."""
-        job = Job(stream=stream, source=source)
+    def add(self, stream: Stream, source: str = "stream", outbox: asyncio.Queue | None = None,
+            model: ServedModel | None = None) -> Job:
+        """Register a stream of `model` (default: the batcher's recognizer; the stream must come from
+        the model's `new_stream`); its events arrive on `outbox` (a new queue unless given)."""
+        job = Job(stream=stream, model=model or self.default_model, source=source)
         if outbox is not None:
             job.outbox = outbox
         self._jobs.add(job)
@@ -132,7 +144,7 @@ class Batcher:
 
     def notify(self, job: Job) -> None:
         """Call after `accept`: the stream may have become ready."""
-        if job.ready_since is None and self.recognizer.ready(job.stream):
+        if job.ready_since is None and job.model.recognizer.ready(job.stream):
             job.ready_since = time.monotonic()
         if self._wakeup is not None:
             self._wakeup.set()
@@ -189,14 +201,20 @@ class Batcher:
             self._wakeup.clear()
             while len(self._steps) < max(self.workers, 1):
                 idle = [j for j in self._jobs if not j.busy]
-                ready = [j for j in idle if self.recognizer.ready(j.stream)]
-                flush = [j for j in idle if j.finishing and j not in ready]
+                ready = [j for j in idle if j.model.recognizer.ready(j.stream)]
+                ready_set = set(ready)
+                flush = [j for j in idle if j.finishing and j not in ready_set]
                 if not ready and not flush:
                     break
                 now = time.monotonic()
                 for j in ready:
                     if j.ready_since is None:
                         j.ready_since = now
+                # One step decodes one model's streams: the model of the job waiting longest (a
+                # flush counts from its finish), so a busy model never starves another.
+                oldest = min(ready + flush, key=lambda j: j.ready_since if j in ready_set else j.finish_since)
+                ready = [j for j in ready if j.model is oldest.model]
+                flush = [j for j in flush if j.model is oldest.model]
                 if ready and not flush and len(ready) < self.max_batch_size and self.max_wait_s > 0:
                     remaining = min(j.ready_since for j in ready) + self.max_wait_s - now
                     if remaining > 0:  # wait for a fuller batch, then look again
@@ -207,18 +225,18 @@ class Batcher:
                         self._wakeup.clear()
                         continue
                 ready.sort(key=lambda j: j.ready_since)  # oldest first: fairness
-                self._launch(ready[: self.max_batch_size], flush)
+                self._launch(oldest.model, ready[: self.max_batch_size], flush)
 
-    def _launch(self, batch: list[Job], flush: list[Job]) -> None:
-        """Start one step of `batch` (and `flush`) on a worker thread; the loop goes on."""
+    def _launch(self, model: ServedModel, batch: list[Job], flush: list[Job]) -> None:
+        """Start one step of `model`'s `batch` (and `flush`) on a worker thread; the loop goes on."""
         for j in batch + flush:
             j.busy = True
-        task = asyncio.get_running_loop().create_task(self._step(batch, flush))
+        task = asyncio.get_running_loop().create_task(self._step(model, batch, flush))
         self._steps.add(task)
 
-    async def _step(self, batch: list[Job], flush: list[Job]) -> None:
+    async def _step(self, model: ServedModel, batch: list[Job], flush: list[Job]) -> None:
         try:
-            await self._decode(batch, flush)
+            await self._decode(model.recognizer, batch, flush)
         except Exception:  # _decode handles step errors; anything else must not stall the jobs
             log.exception("delivering a decoding step failed")
         finally:
@@ -227,27 +245,27 @@ class Batcher:
             self._steps.discard(asyncio.current_task())
             self._wakeup.set()  # a worker is free, and the jobs may be ready again
 
-    async def _decode(self, batch: list[Job], flush: list[Job]) -> None:
+    async def _decode(self, recognizer: StreamingRecognizer, batch: list[Job], flush: list[Job]) -> None:
         since = {id(j): j.ready_since for j in batch}
         for j in batch:
             j.ready_since = None
         try:
-            seconds = await self._run_work([j.stream for j in batch], [j.stream for j in flush])
+            seconds = await self._run_work(recognizer, [j.stream for j in batch], [j.stream for j in flush])
         except Exception:
             # One bad stream must not end the others: retry each alone, close only who fails.
             log.warning("a batched step of %d streams failed; retrying them one by one",
                         len(batch) + len(flush))
             for j in batch:
-                if await self._alone(j, [j.stream], []):
+                if await self._alone(j, recognizer, [j.stream], []):
                     self._after_step(j, since[id(j)])
             for j in flush:
-                if await self._alone(j, [], [j.stream]):
+                if await self._alone(j, recognizer, [], [j.stream]):
                     self._after_flush(j)
             return
         if self.metrics is not None:
             self.metrics.decode_lag.set(self.lag_s())
         if self.metrics is not None and batch:
-            audio_s = len(batch) * self.recognizer.stride_frames * self.recognizer.geometry.hop_s
+            audio_s = len(batch) * recognizer.stride_frames * recognizer.geometry.hop_s
             self.metrics.rtf.observe(seconds / audio_s)
             self.metrics.batch_size.observe(len(batch))
         for j in batch:
@@ -255,10 +273,10 @@ class Batcher:
         for j in flush:
             self._after_flush(j)
 
-    async def _alone(self, job: Job, streams, flush) -> bool:
+    async def _alone(self, job: Job, recognizer: StreamingRecognizer, streams, flush) -> bool:
         """One job's step or flush on its own; on failure the job is closed. True if it ran."""
         try:
-            await self._run_work(streams, flush)
+            await self._run_work(recognizer, streams, flush)
             return True
         except Exception as e:
             if not job.done:
@@ -283,23 +301,25 @@ class Batcher:
         self._deliver(job, job.finish_since if job.source == "stream" else None)
         self._close(job, job.closing_error)
 
-    async def _run_work(self, streams: list[Stream], flush: list[Stream]) -> float:
+    async def _run_work(self, recognizer: StreamingRecognizer, streams: list[Stream], flush: list[Stream]) -> float:
         """`_work` on a worker thread, or here on the loop's thread when `workers` is 0."""
         if self._executor is None:
-            return self._work(streams, flush)
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self._work, streams, flush)
+            return self._work(recognizer, streams, flush)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._work, recognizer, streams,
+                                                                flush)
 
-    def _work(self, streams: list[Stream], flush: list[Stream]) -> float:
-        """On the worker thread: one batched step, then the finishing streams' flushes (batched too)."""
+    def _work(self, recognizer: StreamingRecognizer, streams: list[Stream], flush: list[Stream]) -> float:
+        """On the worker thread: one batched step of `recognizer`'s `streams`, then the finishing
+        streams' flushes (batched too)."""
         t0 = time.perf_counter()
         if streams:
-            self.recognizer.step(streams)
+            recognizer.step(streams)
         if flush:
-            self.recognizer.finish_many(flush)
+            recognizer.finish_many(flush)
         return time.perf_counter() - t0
 
     def _deliver(self, job: Job, since: float | None) -> None:
-        for event in self.recognizer.events(job.stream):
+        for event in job.model.recognizer.events(job.stream):
             job.outbox.put_nowait(Outgoing(event, since))
 
     def _close(self, job: Job, error: ErrorMessage | None) -> None:

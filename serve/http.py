@@ -31,7 +31,8 @@ from starlette.datastructures import UploadFile
 from mtspeech.serve import protocol as P
 from mtspeech.serve.answers import diarized, segments, subtitles, tells_speakers
 from mtspeech.serve.batcher import END, Job
-from mtspeech.serve.limits import ServerSettings, authorized
+from mtspeech.serve.limits import ServerSettings, request_key
+from mtspeech.serve.routing import ServedModel
 from mtspeech.serve.server import APIError, Server
 from mtspeech.streaming import FinalEvent, Stream
 from mtspeech.streaming.speakers import SpeakerTurnConfig
@@ -55,9 +56,12 @@ def _server(request: Request) -> Server:
     return request.app.state.server
 
 
-def _check_key(request: Request, settings: ServerSettings) -> None:
-    if not authorized(request, settings.api_key):
+def _model(request: Request) -> ServedModel:
+    """The model the request's key chooses (serve/routing.py); 401 for a key the server refuses."""
+    model = _server(request).router.route(request_key(request))
+    if model is None:
         raise APIError(401, P.ErrorCode.unauthorized, "missing or wrong API key (Authorization: Bearer KEY)")
+    return model
 
 
 # ----------------------------------------------------------------------------- uploads
@@ -170,28 +174,30 @@ async def _until_disconnect(request: Request) -> None:
         pass
 
 
-async def transcribe(server: Server, request: Request, audio: AudioFile, endpointing: bool = True,
-                     speakers: bool = False, stream: Stream | None = None,
+async def transcribe(server: Server, request: Request, model: ServedModel, audio: AudioFile,
+                     endpointing: bool = True, speakers: bool = False, stream: Stream | None = None,
                      hotwords: list[tuple[str, float]] = ()) -> list[FinalEvent]:
-    """Decode an upload through the batcher; its finals (labelled with speaker turns if
-    `speakers`, biased to `hotwords`). `stream`: decode into this one (the caller reads its
-    state afterwards) instead of a new one. Raises APIError or ClientGone."""
+    """Decode an upload with `model` through the batcher; its finals (labelled with speaker turns
+    if `speakers`, biased to `hotwords`). `stream`: decode into this one (made by `model`'s
+    recognizer; the caller reads its state afterwards) instead of a new one. Raises APIError or
+    ClientGone."""
+    recognizer = model.recognizer
     if hotwords:
         try:  # built on a thread (spelling new words may take seconds): the stream below finds it built
-            await asyncio.to_thread(server.recognizer.bias, None, hotwords)
+            await asyncio.to_thread(recognizer.bias, None, hotwords)
         except ValueError as e:  # greedy cannot be biased; a word the phone head cannot spell
             raise APIError(400, P.ErrorCode.bad_request, str(e), param="hotwords") from e
     refused = server.open_slot()
     if refused is not None:
         raise APIError(503, P.ErrorCode.too_many_streams, refused, headers={"Retry-After": "1"})
     try:  # the list was checked above; this guards the slot against any other refusal
-        stream = stream or server.recognizer.new_stream(audio.sample_rate, endpointing=endpointing, interim=False,
-                                                        speaker_turns=SpeakerTurnConfig() if speakers else None,
-                                                        hotwords=hotwords)
+        stream = stream or recognizer.new_stream(audio.sample_rate, endpointing=endpointing, interim=False,
+                                                 speaker_turns=SpeakerTurnConfig() if speakers else None,
+                                                 hotwords=hotwords)
     except ValueError as e:
         server.close_slot()
         raise APIError(400, P.ErrorCode.bad_request, str(e), param="hotwords") from e
-    job = server.batcher.add(stream, source="file")
+    job = server.add_job(model, stream, source="file")
     server.transcriptions.add(job)
     producer = asyncio.create_task(_produce(server, job, audio))
     watcher = asyncio.create_task(_until_disconnect(request))
@@ -296,15 +302,16 @@ _CREATED = int(time.time())  # OpenAI's `created`: here, when the server process
 
 @router.get("/v1/models", response_model=P.ModelList, responses=_ERRORS)
 async def models(request: Request):
-    """OpenAI's model list (the SDKs call it, e.g. `client.models.list()`): the one model served."""
-    _check_key(request, _server(request).settings)
+    """OpenAI's model list (the SDKs call it, e.g. `client.models.list()`): the one model served
+    (an adapted voice is not another model to choose: the key picks it)."""
+    _model(request)
     return P.ModelList(data=[P.ModelCard(id=MODEL_ID, created=_CREATED)])
 
 
 @router.get("/v1/models/{model_id}", response_model=P.ModelCard, responses=_ERRORS)
 async def model(request: Request, model_id: str):
     """OpenAI's model retrieval (`client.models.retrieve("mtspeech")`)."""
-    _check_key(request, _server(request).settings)
+    _model(request)
     if model_id != MODEL_ID:
         raise APIError(404, P.ErrorCode.model_not_found, f"model {model_id[:80]!r} does not exist; "
                        f"this server has {MODEL_ID!r}", param="model")
@@ -329,7 +336,7 @@ async def transcribe_route(request: Request):
     a JSON array of `{"phrase", "boost"}` the beam decoders favour."""
     server = _server(request)
     settings = server.settings
-    _check_key(request, settings)
+    model = _model(request)
     endpointing = _flag(request, "endpointing", True)
     speakers = _flag(request, "speakers", False)
     if speakers and not tells_speakers(server):
@@ -343,7 +350,7 @@ async def transcribe_route(request: Request):
         body = await _form_file(form)
     hotwords = _hotwords(hotwords)
     audio = probe_upload(body, settings)
-    finals = await transcribe(server, request, audio, endpointing, speakers, hotwords=hotwords)
+    finals = await transcribe(server, request, model, audio, endpointing, speakers, hotwords=hotwords)
     out = P.TranscribeResponse(text=" ".join(f.text for f in finals), duration=round(audio.seconds, 3),
                                segments=segments(finals))
     return JSONResponse(out.model_dump(mode="json", exclude_none=True))  # speaker fields only when asked
@@ -359,7 +366,7 @@ async def openai_transcriptions(request: Request):
     (OpenAI's diarizing shape) needs one."""
     server = _server(request)
     settings = server.settings
-    _check_key(request, settings)
+    model = _model(request)
     form = await _read_form(request, await _read_body(request, settings.max_upload_bytes))
     fmt = str(form.get("response_format") or "json")
     if fmt not in FORMATS:
@@ -376,7 +383,7 @@ async def openai_transcriptions(request: Request):
     hotwords = _hotwords(form.get("hotwords"))
     audio = probe_upload(await _form_file(form), settings)
     # speaker turns cost the speaker head's pooling: only for the formats that show them
-    finals = await transcribe(server, request, audio,
+    finals = await transcribe(server, request, model, audio,
                               speakers=fmt == "diarized_json" or (fmt == "verbose_json" and tells_speakers(server)),
                               hotwords=hotwords)
     text = " ".join(f.text for f in finals)
@@ -407,7 +414,7 @@ async def speaker_embedding(request: Request):
     (the centroid of its windows of speech; the largest cluster if it heard several voices)."""
     server = _server(request)
     settings = server.settings
-    _check_key(request, settings)
+    model = _model(request)
     if not tells_speakers(server):
         raise APIError(400, P.ErrorCode.bad_request, "the served model has no speaker head (or its exported "
                        "graph lacks it): there is nothing to enrol with")
@@ -415,8 +422,8 @@ async def speaker_embedding(request: Request):
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
         body = await _form_file(await _read_form(request, body))
     audio = probe_upload(body, settings)
-    stream = server.recognizer.new_stream(audio.sample_rate, interim=False, speaker_turns=SpeakerTurnConfig())
-    await transcribe(server, request, audio, stream=stream)
+    stream = model.recognizer.new_stream(audio.sample_rate, interim=False, speaker_turns=SpeakerTurnConfig())
+    await transcribe(server, request, model, audio, stream=stream)
     voice = stream.speakers.dominant_voice()
     if voice is None:
         raise APIError(400, P.ErrorCode.bad_request, f"the file held too little speech for one embedding "

@@ -76,11 +76,6 @@ def key_matches(given: str | None, api_key: str | None) -> bool:
     return given is not None and secrets.compare_digest(given.encode(), api_key.encode())
 
 
-def authorized(conn: HTTPConnection, api_key: str | None) -> bool:
-    """True when no key is configured, or the request's Bearer header carries it."""
-    return key_matches(request_key(conn), api_key)
-
-
 class StreamSlots:
     """A non-blocking counter of open streams: `try_acquire` fails instead of queueing.
 

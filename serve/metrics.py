@@ -29,7 +29,10 @@ class Metrics:
       `outcome`: `completed` (closed 1000: the client's stop, or an idle / length limit),
       `drained` (finalized by a shutdown, 1001), `refused` (full, draining, or a wrong key in
       the header: never started), `terminated` (a fatal protocol error), `client_gone` (vanished). Their sum is
-      every connection the replica took, which a load-balancer test checks against its clients.
+      every connection the replica took, which a load-balancer test checks against its clients;
+    - `model_streams` / `model_audio_seconds`: streams started (WebSocket and files) and audio
+      received, by `model`: the short id of the model decoding them (`base`, or `adapted-` and
+      the start of its file's SHA-256: serve/routing.py), never the API key that chose it.
     """
 
     def __init__(self) -> None:
@@ -63,6 +66,10 @@ class Metrics:
                                 "decoding step or stream request", registry=r, multiprocess_mode="livemax")
         self.stream_connections = Counter("mtspeech_stream_connections", "/v1/stream connections, by outcome",
                                           ["outcome"], registry=r)
+        self.model_streams = Counter("mtspeech_model_streams", "streams and file transcriptions started, by the "
+                                     "model decoding them", ["model"], registry=r)
+        self.model_audio_seconds = Counter("mtspeech_model_audio_seconds", "audio seconds received, by the model "
+                                           "decoding them", ["model"], registry=r)
 
     @staticmethod
     def shared() -> bool:

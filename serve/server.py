@@ -1,4 +1,5 @@
-"""The shared state every route uses: settings, stream slots, the batcher, metrics, API errors.
+"""The shared state every route uses: settings, the models by key, stream slots, the batcher,
+metrics, API errors.
 
 `ws.py` and `http.py` import this module only; `app.py` composes them. Audio enters a stream
 through `Server.feed`, which resamples and checks it on a worker thread (never on the event
@@ -12,6 +13,7 @@ import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Mapping
 
 import numpy as np
 
@@ -20,6 +22,7 @@ from mtspeech.serve import protocol as P
 from mtspeech.serve.batcher import Batcher, Job
 from mtspeech.serve.limits import ServerSettings, StreamSlots
 from mtspeech.serve.metrics import Metrics
+from mtspeech.serve.routing import BASE_ID, KeyRouter, ServedModel
 from mtspeech.streaming import StreamingRecognizer
 
 log = logging.getLogger(__name__)
@@ -40,16 +43,26 @@ class APIError(Exception):
 
 
 class Server:
-    """Shared state of one app: recognizer, batcher, limits, metrics, open connections."""
+    """Shared state of one app: the models (by API key), batcher, limits, metrics, open connections.
 
-    def __init__(self, recognizer: StreamingRecognizer, settings: ServerSettings) -> None:
+    `recognizer`: the base model's; `adapted`: API key → an adapted model (serve/adapted.py).
+    Every model's streams share the one batcher and the server's limits."""
+
+    def __init__(self, recognizer: StreamingRecognizer, settings: ServerSettings,
+                 adapted: Mapping[str, ServedModel] | None = None) -> None:
         self.recognizer = recognizer
         self.settings = settings
+        self.router = KeyRouter(ServedModel(BASE_ID, recognizer), settings.api_key, adapted)
         self.metrics = Metrics()
         self.stream_audio_seconds = self.metrics.audio_seconds.labels("stream")  # looked up once, used per frame
+        # per model, looked up once: every model is listed in /metrics from the start
+        self.model_audio_seconds = {i: self.metrics.model_audio_seconds.labels(i) for i in self.router.models}
+        self.model_streams = {i: self.metrics.model_streams.labels(i) for i in self.router.models}
         self.slots = StreamSlots(settings.max_streams)
         self.batcher = Batcher(recognizer, settings.max_batch_size, settings.max_wait_ms, self.metrics,
                                workers=settings.decode_threads)
+        if len(self.router.models) > 1:
+            log.info("serving %d models: %s", len(self.router.models), ", ".join(self.router.models))
         self.connections: set = set()  # open WebSocket connections (ws.StreamConnection)
         self.transcriptions: set[Job] = set()  # HTTP transcriptions in flight
         self.shutting_down = False
@@ -76,14 +89,21 @@ class Server:
         self.slots.release()
         self.metrics.streams_open.set(self.slots.in_use)
 
+    def add_job(self, model: ServedModel, stream, source: str = "stream", outbox: asyncio.Queue | None = None) -> Job:
+        """Hand `model`'s new `stream` to the batcher (counted in the model's metrics)."""
+        self.model_streams[model.id].inc()
+        return self.batcher.add(stream, source=source, outbox=outbox, model=model)
+
     async def feed(self, job: Job, samples: np.ndarray) -> None:
         """Accept `samples` (at the stream's rate) into `job`, then wait while its backlog is
         over `max_buffered_seconds`. Raises ValueError for unusable audio (nothing accepted)."""
+        recognizer = job.model.recognizer
         if job.stream.resamples or len(samples) > INLINE_ACCEPT_SAMPLES:
             loop = asyncio.get_running_loop()
-            await loop.run_in_executor(self.audio_pool, self.recognizer.accept, job.stream, samples)
+            await loop.run_in_executor(self.audio_pool, recognizer.accept, job.stream, samples)
         else:  # a checked copy into the stream's queue: cheaper than the two thread hops of the pool
-            self.recognizer.accept(job.stream, samples)
+            recognizer.accept(job.stream, samples)
+        self.model_audio_seconds[job.model.id].inc(len(samples) / job.stream.sample_rate)
         job.clock.arrived(job.stream.audio_seconds)
         self.batcher.notify(job)
         limit = self.settings.max_buffered_seconds

@@ -5,6 +5,9 @@ awaits `Server.feed` for audio, so while a stream's backlog is over `max_buffere
 the server simply stops reading that socket and TCP paces the client. Every message to the
 client goes through `outbox` (a single writer keeps order); the batcher puts events there,
 the reader puts errors there, `END` ends the writer.
+
+The API key picks the model (serve/routing.py): an `Authorization` header's, as the connection
+opens, or else the first `start`'s `api_key` (browsers cannot set headers on a WebSocket).
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from pydantic import ValidationError
 
 from mtspeech.serve import protocol as P
 from mtspeech.serve.batcher import END, Job, Outgoing
-from mtspeech.serve.limits import key_matches, request_key
+from mtspeech.serve.limits import request_key
+from mtspeech.serve.routing import ServedModel
 from mtspeech.serve.server import Server
 
 log = logging.getLogger(__name__)
@@ -29,17 +33,20 @@ OUTCOMES = {1000: "completed", 1001: "drained"}  # close code → Metrics.stream
 
 
 class StreamConnection:
-    """One `/v1/stream` WebSocket (see module doc). `key_checked`: the Authorization header
-    already carried the key (or none is needed); otherwise `start` must carry `api_key`."""
+    """One `/v1/stream` WebSocket (see module doc). `model`: the model the Authorization header's
+    key chose; None without a header, and then the `start` message's `api_key` chooses
+    (`key_checked`: until then, whether a client without a key may send anything but `start`)."""
 
-    def __init__(self, ws: WebSocket, server: Server, key_checked: bool) -> None:
+    def __init__(self, ws: WebSocket, server: Server, model: ServedModel | None) -> None:
         self.ws = ws
         self.server = server
         self.settings = server.settings
         self.outbox: asyncio.Queue = asyncio.Queue()
         self.job: Job | None = None
         self.start: P.StartMessage | None = None
-        self.key_checked = key_checked
+        self.model = model
+        self.from_header = model is not None
+        self.key_checked = model is not None or not server.router.needs_key
         self.close_code = 1000
         self.stopping = False
         self.waiting_since: float | None = None  # loop time the reader began waiting for a message
@@ -198,26 +205,27 @@ class StreamConnection:
 
     async def _on_start(self, start: P.StartMessage) -> None:
         s = self.settings
-        if not self.key_checked:
-            if not key_matches(start.api_key, s.api_key):
-                return self._unauthorized()
-            self.key_checked = True
         if self.start is not None:
             self.error(P.ErrorCode.already_started, "the stream is already started; send audio or stop")
             return
+        if not self.from_header:  # the start's key chooses (until a start is accepted, each one's)
+            model = self.server.router.route(start.api_key)
+            if model is None:
+                return self._unauthorized()
+            self.model, self.key_checked = model, True
+        recognizer = self.model.recognizer
         if not s.min_sample_rate <= start.sample_rate <= s.max_sample_rate:
             self.error(P.ErrorCode.unsupported_sample_rate,
                        f"sample_rate {start.sample_rate} Hz is not supported; use {s.min_sample_rate}"
                        f"..{s.max_sample_rate} Hz (audio is resampled to "
-                       f"{self.server.recognizer.geometry.sample_rate} Hz)")
+                       f"{recognizer.geometry.sample_rate} Hz)")
             return
-        decoders = self.server.recognizer.decoders
+        decoders = recognizer.decoders
         if start.decoder is not None and start.decoder not in decoders:
             self.error(P.ErrorCode.bad_message,
                        f"decoder {start.decoder!r} is not available on this server (it has {sorted(decoders)}; "
                        "'beam' and 'phones' need the server started with --decoder/--lm, 'phones' a phone head)")
             return
-        recognizer = self.server.recognizer
         endpoint = None
         if start.endpoint is not None:
             try:  # the protocol bounded each field; EndpointConfig checks what remains
@@ -244,7 +252,7 @@ class StreamConnection:
             self.error(P.ErrorCode.bad_message, f"invalid 'start' message: {e}")
             return
         self.start = start
-        self.job = self.server.batcher.add(stream, outbox=self.outbox)
+        self.job = self.server.add_job(self.model, stream, outbox=self.outbox)
 
     async def _on_audio(self, data: bytes) -> None:
         s = self.settings
@@ -273,17 +281,17 @@ class StreamConnection:
 @router.websocket("/v1/stream")
 async def stream(ws: WebSocket):
     server: Server = ws.app.state.server
-    settings = server.settings
     await ws.accept()
     given = request_key(ws)
-    if given is not None and not key_matches(given, settings.api_key):
+    model = None if given is None else server.router.route(given)
+    if given is not None and model is None:
         return await _refuse(ws, server, P.ErrorCode.unauthorized, "wrong API key", 1008)
     if server.shutting_down:
         return await _refuse(ws, server, P.ErrorCode.shutting_down, "server is shutting down", 1001)
     refused = server.open_slot()
     if refused is not None:
         return await _refuse(ws, server, P.ErrorCode.too_many_streams, refused, 1013)
-    conn = StreamConnection(ws, server, key_checked=settings.api_key is None or given is not None)
+    conn = StreamConnection(ws, server, model)
     server.connections.add(conn)
     try:
         await conn.run()

@@ -23,7 +23,8 @@ import torch
 
 from mtspeech.adaptation import inputs
 from mtspeech.adaptation.fine_tune import fine_tune
-from mtspeech.adaptation.param_sets import KINDS, LORA_TARGETS, AdaptationError, ParamSet, ParamSetConfig
+from mtspeech.adaptation.param_sets import (KINDS, LORA_TARGETS, AdaptationError, ParamSet, ParamSetConfig,
+                                           weights_fingerprint)
 from mtspeech.checkpoint import CheckpointError, load_state, save_atomic
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,8 @@ def adapt(checkpoint: str | Path, utts: list, cfg: ParamSetConfig, out: str | Pa
         "audio_seconds": sum(len(w) for w in wavs) / geometry.sample_rate,
         "delta_file": delta_path(out).name, "delta_values": sum(v.numel() for v in delta.values()),
     }
-    save_atomic({"set": cfg.as_dict(), "tensors": delta, "adaptation": record}, delta_path(out))
+    save_atomic({"set": cfg.as_dict(), "tensors": delta, "adaptation": record,
+                 "base_weights": weights_fingerprint(state["model"])}, delta_path(out))
     record["delta_bytes"] = delta_path(out).stat().st_size
     adapted = {key: value for key, value in state.items() if key != INIT_KEY}
     adapted["model"] = pset.merged_state(result.trainable)

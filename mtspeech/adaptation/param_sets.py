@@ -18,11 +18,12 @@ Every set's trainable tensors live in a plain dict `{name: tensor}` (what the op
 Reptile update); `ParamSet.overrides` turns it into the model's own state keys for
 `torch.func.functional_call`, and `delta` into the small file `mtspeech adapt` writes beside
 the checkpoint (the new values, or LoRA's factors), which `apply_delta` puts back on the base
-weights.
+weights: the very weights it was made from, whose fingerprint the file records.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass
 
 import torch
@@ -176,16 +177,51 @@ def changed_weights(state: dict[str, torch.Tensor], cfg: ParamSetConfig,
     for key in targets:
         base = state[key]
         if key + _LORA_A in delta:
-            a, b = delta[key + _LORA_A].to(base.device), delta[key + _LORA_B].to(base.device)
-            out[key] = base + scale * (b @ a)
+            a, b = delta.get(key + _LORA_A), delta.get(key + _LORA_B)
+            if a is None or b is None or a.ndim != 2 or b.ndim != 2 or (b.shape[0], a.shape[1]) != base.shape \
+                    or a.shape[0] != b.shape[1]:
+                shapes = [None if t is None else tuple(t.shape) for t in (b, a)]
+                raise AdaptationError(f"the delta's LoRA factors of {key} (B, A shapes {shapes}) do not fit its "
+                                      f"weight of shape {tuple(base.shape)}")
+            out[key] = base + scale * (b.to(base.device) @ a.to(base.device))
         else:
+            if delta[key].shape != base.shape:  # a delta of another architecture: refuse, never broadcast
+                raise AdaptationError(f"the delta's {key} has shape {tuple(delta[key].shape)}; this model's has "
+                                      f"{tuple(base.shape)}")
             out[key] = delta[key].to(base.device)
     return out
 
 
+def weights_fingerprint(state: dict[str, torch.Tensor]) -> str:
+    """Hex SHA-256 of a state dict's names, dtypes, shapes and values: what a delta file records
+    of the weights it was made from (two checkpoints of the same weights share it)."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def apply_delta(state: dict[str, torch.Tensor], delta_file: dict) -> dict[str, torch.Tensor]:
     """A base model's state dict with a delta file's tensors applied (a new dict): how an adapted
-    model is rebuilt from the base checkpoint and the small file `mtspeech adapt` writes."""
-    cfg = ParamSetConfig(**delta_file["set"])
+    model is rebuilt from the base checkpoint and the small file `mtspeech adapt` writes.
+    Raises AdaptationError for a file that is not a delta or does not fit `state` (a tensor the
+    model lacks, a shape it does not have, or weights other than those it was made from, when
+    the file records them: `base_weights`)."""
+    if not isinstance(delta_file, dict) or not isinstance(delta_file.get("set"), dict) \
+            or not isinstance(delta_file.get("tensors"), dict):
+        raise AdaptationError("not a delta file of `mtspeech adapt` (expected 'set' and 'tensors' entries)")
+    made_from = delta_file.get("base_weights")
+    if made_from is not None and made_from != weights_fingerprint(state):
+        # Same names and shapes, other values: the merged model would be neither adapted nor base.
+        raise AdaptationError("the delta was made from other weights than these (its base_weights fingerprint "
+                              "differs): apply it to the checkpoint it was adapted from")
+    try:
+        cfg = ParamSetConfig(**delta_file["set"])
+    except TypeError as e:  # a key ParamSetConfig does not have
+        raise AdaptationError(f"the delta's parameter set {delta_file['set']} is not one adapt writes ({e})") from None
+    if not all(isinstance(t, torch.Tensor) for t in delta_file["tensors"].values()):
+        raise AdaptationError("the delta's 'tensors' entry holds values that are not tensors")
     with torch.no_grad():
         return {**state, **changed_weights(state, cfg, delta_file["tensors"])}

@@ -10,6 +10,9 @@ the same search with the same settings, batched), `mtspeech embed-lm` (through t
     rec.decoders            # {"greedy": ..., "beam": ..., "phones": ...} as the model and LM allow
     rec.default_decoder     # what `decoder` resolved to
 
+`recognizer_with_weights(rec, weights, backend, source=...)` is the same recognizer over other
+weights of the same model (an adapted voice: `mtspeech serve --adapted`).
+
 Backends (what runs the encoder chunk and the heads; features and token decoding are the same):
 `torch` (the full-chunk step traced to one TorchScript graph, eager if the trace fails),
 `torch-eager`, `onnx` (the export under onnxruntime: `onnx_dir`, or exported at start; `int8`).
@@ -20,9 +23,11 @@ export/, and nothing below imports it.
 
 from __future__ import annotations
 
+import copy
 import logging
 import tempfile
 from pathlib import Path
+from typing import Mapping
 
 import torch
 
@@ -158,6 +163,27 @@ def load_recognizer(checkpoint: str | Path, decoding: DecodingConfig | None = No
     step = _encoder_step(model, checkpoint, backend, streaming, onnx_dir, int8)
     return StreamingRecognizer(model, tokenizer, streaming, device, decoders=decoders, default_decoder=default,
                                encoder_step=step)
+
+
+def recognizer_with_weights(base: StreamingRecognizer, weights: Mapping[str, torch.Tensor], backend: str = "torch",
+                            *, source: str | Path, int8: bool = False) -> StreamingRecognizer:
+    """`base`'s recognizer (tokenizer, decoders, streaming config, device) over a copy of its model
+    carrying `weights`, a state dict of the same architecture (an adapted model: `mtspeech adapt`),
+    loaded strictly. Its encoder step is built for `backend` as `load_recognizer` builds one; with
+    `onnx` it is exported now (from this copy; `source`, the weights' file, is what export.json
+    names). The decoders are shared: they hold no stream state (`TokenDecoder.begin`)."""
+    if backend not in BACKENDS:
+        raise DecodingError(f"backend {backend!r}: choose one of {BACKENDS}")
+    model = copy.deepcopy(base.model)
+    try:
+        model.load_state_dict(dict(weights), strict=True)
+    except RuntimeError as e:  # missing or unexpected keys, another shape
+        raise DecodingError(f"{source}: its weights do not fit the served model ({str(e)[:300]})") from None
+    model.eval()
+    step = _encoder_step(model, Path(source), backend, base.config, None, int8)
+    decoders = {k: v for k, v in base.decoders.items() if k != "greedy"}
+    return StreamingRecognizer(model, base.tokenizer, base.config, decoders=decoders,
+                               default_decoder=base.default_decoder, encoder_step=step)
 
 
 def _encoder_step(model, checkpoint: Path, backend: str, streaming: StreamingConfig, onnx_dir, int8: bool):

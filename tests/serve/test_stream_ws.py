@@ -113,7 +113,7 @@ def test_two_decode_threads_run_steps_at_once_on_disjoint_streams(make_server, r
     active: dict[int, set] = {}  # step id → its streams
     seen, step_ids = {"max_steps": 0}, itertools.count()
 
-    def spy(streams, flush):
+    def spy(recognizer, streams, flush):
         ids = {s.id for s in [*streams, *flush]}
         with lock:
             assert all(not (ids & other) for other in active.values()), "a stream is in two steps"
@@ -122,7 +122,7 @@ def test_two_decode_threads_run_steps_at_once_on_disjoint_streams(make_server, r
             seen["max_steps"] = max(seen["max_steps"], len(active))
         try:
             time.sleep(0.02)
-            return work(streams, flush)
+            return work(recognizer, streams, flush)
         finally:
             with lock:
                 del active[key]
@@ -139,13 +139,13 @@ def test_inline_decoding_runs_steps_on_the_event_loop_thread(make_server, recogn
     batcher = app.state.server.batcher
     work, on_loop = batcher._work, []
 
-    def spy(streams, flush):
+    def spy(recognizer, streams, flush):
         try:  # raises on any thread but one running an event loop: the server's
             asyncio.get_running_loop()
             on_loop.append(True)
         except RuntimeError:
             on_loop.append(False)
-        return work(streams, flush)
+        return work(recognizer, streams, flush)
 
     batcher._work = spy
     _stream_exactly(addr, recognizer, 6)
