@@ -28,8 +28,7 @@ def _server_of_this_checkout() -> None:
 _server_of_this_checkout()  # at import, before the test modules import mtspeech.serve
 
 from mtspeech.serve.app import create_app  # noqa: E402
-from mtspeech.serve.limits import ServerSettings  # noqa: E402
-from serve_helpers import live_server, tiny_recognizer  # noqa: E402
+from serve_helpers import live_server, steady_settings, tiny_recognizer  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -43,7 +42,7 @@ def make_server(recognizer):
     stack = contextlib.ExitStack()
 
     def make(**settings):
-        app = create_app(recognizer, ServerSettings(**settings))
+        app = create_app(recognizer, steady_settings(**settings))
         addr, _server = stack.enter_context(live_server(app))
         return addr, app
 

@@ -156,3 +156,13 @@ def lm_checkpoint(tmp_path: Path) -> Path:
     tasks = {"asr": {"kind": "ctc", "vocab_size": 30, "dropout": 0.0},
              "phones": {"kind": "ctc", "label": "phones", "layer": 0, "dropout": 0.0}, "vad": {"kind": "vad"}}
     return tiny_checkpoint(tmp_path, LM_TEXTS, tasks, train=str(tmp_path / "train.jsonl"), phones=True)
+
+
+def steady_settings(**settings):
+    """ServerSettings for a behaviour test: admission by decode lag off unless the test sets it.
+    On a loaded test machine (another suite, a helper's job) a slow step can push the measured
+    lag past the default budget, and the server then rightly answers 503 / 1013 where the test
+    expects its answer to the request; the admission tests set `max_decode_lag_s` themselves."""
+    from mtspeech.serve.limits import ServerSettings
+
+    return ServerSettings(**({"max_decode_lag_s": 0.0} | settings))

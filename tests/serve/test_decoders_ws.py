@@ -13,10 +13,6 @@ from fastapi.testclient import TestClient
 from websockets.asyncio.client import connect
 
 from mtspeech.client import to_pcm16
-from mtspeech.serve import app as serve_app
-from mtspeech.serve import protocol as P
-from mtspeech.serve.app import create_app
-from mtspeech.serve.limits import ServerSettings
 from mtspeech.streaming import PartialEvent
 from mtspeech.decoding.config import DecodingConfig, DecodingError
 from mtspeech.decoding.loader import load_recognizer
@@ -24,8 +20,8 @@ from mtspeech.streaming.decoders import BeamDecoder
 from mtspeech.serve import app as serve_app
 from mtspeech.serve import protocol as P
 from mtspeech.serve.app import create_app
-from mtspeech.serve.limits import ServerSettings
-from serve_helpers import LM_TEXTS, lm_checkpoint, stream_messages, live_server, recv_all, signal, tiny_recognizer
+from serve_helpers import (LM_TEXTS, live_server, lm_checkpoint, recv_all, signal, steady_settings, stream_messages,
+                           tiny_recognizer)
 from tiny_asr import PIECES
 
 
@@ -42,7 +38,7 @@ def beam_server():
     """A live server whose recognizer has a lexicon-free 'beam' decoder besides greedy."""
     rec = tiny_recognizer()
     rec.decoders["beam"] = BeamDecoder(Pieces(), "asr", rec.frame_shift_s, beam_size=8)
-    with live_server(create_app(rec, ServerSettings())) as (addr, _server):
+    with live_server(create_app(rec, steady_settings())) as (addr, _server):
         yield addr, rec
 
 
@@ -112,7 +108,7 @@ def test_models_list_with_the_openai_client(make_server):
 
 
 def test_models_list_shape(recognizer):
-    with TestClient(create_app(recognizer, ServerSettings())) as c:
+    with TestClient(create_app(recognizer, steady_settings())) as c:
         body = c.get("/v1/models").json()
     assert body["object"] == "list"
     assert body["data"] == [{"id": "mtspeech", "object": "model", "created": body["data"][0]["created"],

@@ -17,7 +17,6 @@ import struct
 
 import httpx
 import numpy as np
-import pytest
 import schemathesis
 import soundfile
 from fastapi.testclient import TestClient
@@ -30,8 +29,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from mtspeech.client import stream_samples, to_pcm16
 from mtspeech.serve import protocol as P
 from mtspeech.serve.app import create_app
-from mtspeech.serve.limits import ServerSettings
-from serve_helpers import reference_text, signal, wav_bytes
+from serve_helpers import reference_text, signal, steady_settings, wav_bytes
 
 API_KEY = "s3cret"
 FRAME_LIMIT = 32 * 1024  # max_frame_bytes of the fuzzed server; uvicorn cuts frames past 4x + 1 KB
@@ -337,7 +335,7 @@ def test_raw_uploads_never_answer_5xx(recognizer):
     WAV/FLAC/OGG, WAV headers claiming anything, float WAVs of NaN/inf/3e38) to
     `/v1/transcribe` (raw body) and `/v1/audio/transcriptions` (multipart, random format
     fields): never 5xx, errors in OpenAI's shape, successes in the documented models."""
-    app = create_app(recognizer, ServerSettings(**HTTP_SETTINGS))
+    app = create_app(recognizer, steady_settings(**HTTP_SETTINGS))
     formats = {"json": P.OpenAITranscription, "verbose_json": P.OpenAIVerboseTranscription}
 
     with TestClient(app) as client:
@@ -376,7 +374,7 @@ def test_raw_uploads_never_answer_5xx(recognizer):
 def test_openapi_operations_never_answer_5xx(recognizer):
     """Every operation of the app's OpenAPI schema (schemathesis), with inputs that fit the
     schema and inputs that break it: never 5xx, errors in OpenAI's shape."""
-    app = create_app(recognizer, ServerSettings(**HTTP_SETTINGS))
+    app = create_app(recognizer, steady_settings(**HTTP_SETTINGS))
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     operations = [result.ok() for result in schema.get_all_operations()]
     assert {f"{op.method.upper()} {op.path}" for op in operations} >= {

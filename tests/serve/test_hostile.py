@@ -20,8 +20,7 @@ from websockets.asyncio.client import connect
 
 from mtspeech.client import to_pcm16
 from mtspeech.serve.app import create_app
-from mtspeech.serve.limits import ServerSettings
-from serve_helpers import live_server, next_message, recv_all, reference_text, rss_bytes, signal
+from serve_helpers import live_server, next_message, recv_all, reference_text, rss_bytes, signal, steady_settings
 
 
 def _float_wav(samples: np.ndarray, rate: int) -> bytes:
@@ -158,7 +157,7 @@ def test_decompression_bomb_is_refused_from_its_header(recognizer, monkeypatch):
         return out
 
     monkeypatch.setattr(soundfile.SoundFile, "read", counting_read)
-    app = create_app(recognizer, ServerSettings(max_file_seconds=60.0))
+    app = create_app(recognizer, steady_settings(max_file_seconds=60.0))
     with TestClient(app) as c:
         r = c.post("/v1/transcribe", content=bomb)
     assert r.status_code == 413 and r.json()["error"]["code"] == "file_too_large"
@@ -209,7 +208,7 @@ def test_deep_json_and_terminal_close_codes(make_server):
 
 
 def test_http_refusal_at_capacity_is_counted_once(recognizer):
-    app = create_app(recognizer, ServerSettings(max_streams=1))
+    app = create_app(recognizer, steady_settings(max_streams=1))
     server = app.state.server
     with TestClient(app) as c:
         server.slots.try_acquire()  # someone holds the only slot
@@ -277,7 +276,7 @@ def test_unpaced_twenty_minute_stream_is_paced_and_rss_bounded():
     from tiny_asr import PieceTable, tiny_model
 
     rec = StreamingRecognizer(tiny_model(), PieceTable(), StreamingConfig(chunk_frames=16, left_chunks=2))
-    app = create_app(rec, ServerSettings(max_buffered_seconds=2.0, max_stream_seconds=7200))
+    app = create_app(rec, steady_settings(max_buffered_seconds=2.0, max_stream_seconds=7200))
     with live_server(app) as (addr, _):
         _unpaced_twenty_minutes(addr, app)
 

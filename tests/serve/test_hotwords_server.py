@@ -13,10 +13,10 @@ from websockets.asyncio.client import connect
 
 from mtspeech.client import to_pcm16
 from mtspeech.serve.app import create_app
-from mtspeech.serve.limits import ServerSettings
 from mtspeech.streaming import FinalEvent
 from mtspeech.streaming.decoders import BeamDecoder
-from serve_helpers import live_server, next_message, recv_all, signal, stream_messages, tiny_recognizer, wav_bytes
+from serve_helpers import (live_server, next_message, recv_all, signal, steady_settings, stream_messages,
+                           tiny_recognizer, wav_bytes)
 from tiny_asr import PIECES, longest_match_ids
 
 HOTWORDS = [{"phrase": "GH", "boost": 3.0}, {"phrase": "b c", "boost": 1.5}]
@@ -55,7 +55,7 @@ def in_process(rec, wav, hotwords) -> str:
 
 def test_stream_hotwords_equal_in_process_and_change_the_search(beam_recognizer):
     wav = signal(3.0, seed=4)
-    with live_server(create_app(beam_recognizer, ServerSettings())) as (addr, _server):
+    with live_server(create_app(beam_recognizer, steady_settings())) as (addr, _server):
         msgs = asyncio.run(stream_messages(addr, wav, {"endpointing": False, "hotwords": HOTWORDS}))
     finals = " ".join(m["text"] for m in msgs if m["type"] == "final")
     assert finals == in_process(beam_recognizer, wav, HOTWORDS)
@@ -74,7 +74,7 @@ def test_stream_hotwords_equal_in_process_and_change_the_search(beam_recognizer)
     ("CAT", "hotwords"),
 ])
 def test_hostile_hotwords_are_bad_message_and_the_stream_can_start_after(beam_recognizer, hotwords, field):
-    settings = ServerSettings(max_frame_bytes=2_000_000)  # so the 1 MB phrase reaches the protocol
+    settings = steady_settings(max_frame_bytes=2_000_000)  # so the 1 MB phrase reaches the protocol
 
     async def run(addr):
         async with connect(f"ws://{addr}/v1/stream", max_size=None) as ws:
@@ -93,7 +93,7 @@ def test_hostile_hotwords_are_bad_message_and_the_stream_can_start_after(beam_re
 
 
 def test_hotwords_with_a_decoder_that_cannot_be_biased_are_refused(beam_recognizer):
-    with live_server(create_app(beam_recognizer, ServerSettings())) as (addr, _server):
+    with live_server(create_app(beam_recognizer, steady_settings())) as (addr, _server):
         msgs = asyncio.run(stream_messages(addr, signal(0.5), {"decoder": "greedy", "hotwords": HOTWORDS}))
     assert msgs[0]["code"] == "bad_message" and "need a beam decoder" in msgs[0]["message"]
 
@@ -101,7 +101,7 @@ def test_hotwords_with_a_decoder_that_cannot_be_biased_are_refused(beam_recogniz
 def test_rest_routes_take_hotwords_and_refuse_bad_ones(beam_recognizer):
     wav = signal(3.0, seed=4)
     expected = in_process(beam_recognizer, wav, HOTWORDS)
-    with TestClient(create_app(beam_recognizer, ServerSettings())) as c:
+    with TestClient(create_app(beam_recognizer, steady_settings())) as c:
         raw = c.post("/v1/transcribe", params={"hotwords": json.dumps(HOTWORDS), "endpointing": "false"},
                      content=wav_bytes(wav))
         form = c.post("/v1/transcribe", params={"endpointing": "false"}, data={"hotwords": json.dumps(HOTWORDS)},
@@ -125,7 +125,7 @@ def test_rest_routes_take_hotwords_and_refuse_bad_ones(beam_recognizer):
 def test_openai_client_sends_hotwords_as_an_extra_field(beam_recognizer, tmp_path):
     path = tmp_path / "a.wav"
     path.write_bytes(wav_bytes(signal(2.0, seed=5)))
-    with live_server(create_app(beam_recognizer, ServerSettings())) as (addr, _server):
+    with live_server(create_app(beam_recognizer, steady_settings())) as (addr, _server):
         api = openai.OpenAI(base_url=f"http://{addr}/v1", api_key="any", max_retries=0, timeout=30)
         with open(path, "rb") as f:
             plain = api.audio.transcriptions.create(model="mtspeech", file=f)
@@ -138,6 +138,6 @@ def test_openai_client_sends_hotwords_as_an_extra_field(beam_recognizer, tmp_pat
 
 
 def test_a_server_whose_default_is_greedy_refuses_rest_hotwords(recognizer):
-    with TestClient(create_app(recognizer, ServerSettings())) as c:
+    with TestClient(create_app(recognizer, steady_settings())) as c:
         r = c.post("/v1/transcribe", params={"hotwords": json.dumps(HOTWORDS)}, content=wav_bytes(signal(0.5)))
     assert r.status_code == 400 and "need a beam decoder" in r.json()["error"]["message"]

@@ -7,14 +7,13 @@ import openai
 import pytest
 from fastapi.testclient import TestClient
 
-from serve_helpers import reference_text, signal, wav_bytes
+from serve_helpers import reference_text, signal, steady_settings, wav_bytes
 from mtspeech.serve.app import create_app
-from mtspeech.serve.limits import ServerSettings
 
 
 @pytest.fixture
 def client(recognizer):
-    app = create_app(recognizer, ServerSettings(max_upload_bytes=200_000, max_streams=4))
+    app = create_app(recognizer, steady_settings(max_upload_bytes=200_000, max_streams=4))
     with TestClient(app) as c:
         yield c
 
@@ -82,7 +81,7 @@ def test_health_metrics_and_page(client):
 
 
 def test_api_key_on_http(recognizer):
-    app = create_app(recognizer, ServerSettings(api_key="k"))
+    app = create_app(recognizer, steady_settings(api_key="k"))
     with TestClient(app) as c:
         data = wav_bytes(signal(0.5))
         assert c.post("/v1/transcribe", content=data).status_code == 401
@@ -92,7 +91,7 @@ def test_api_key_on_http(recognizer):
 
 
 def test_http_past_capacity_is_503(recognizer):
-    app = create_app(recognizer, ServerSettings(max_streams=1))
+    app = create_app(recognizer, steady_settings(max_streams=1))
     with TestClient(app) as c:
         app.state.server.slots.in_use = 1  # a stream holds the only slot
         r = c.post("/v1/transcribe", content=wav_bytes(signal(0.5)))

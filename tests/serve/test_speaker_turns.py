@@ -21,8 +21,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from mtspeech.serve.app import create_app
-from mtspeech.serve.limits import ServerSettings
-from serve_helpers import live_server, next_message, stream_messages, wav_bytes
+from serve_helpers import live_server, next_message, steady_settings, stream_messages, wav_bytes
 from tiny_asr import ScriptedSpeaker, ScriptedVAD, conversation, tiny_recognizer
 
 # voice 0 talks 0-3 s, a pause, voice 1 talks 4.5-7.5 s (the true turn: 4.5 s), a pause
@@ -35,7 +34,7 @@ def scripted_server(speech: np.ndarray, voices: np.ndarray):
     """A live server whose recognizer's VAD and speaker heads follow the script (one stream)."""
     rec = tiny_recognizer()
     rec.vad, rec.speaker = ScriptedVAD(speech), ScriptedSpeaker(voices)
-    with live_server(create_app(rec, ServerSettings())) as (addr, _server):
+    with live_server(create_app(rec, steady_settings())) as (addr, _server):
         yield addr
 
 
@@ -163,7 +162,7 @@ def test_enrolment_from_reference_audio():
     audio, speech, voices = conversation(TURNS)  # the same voice vectors (same seed)
     rec = tiny_recognizer()
     rec.vad, rec.speaker = ScriptedVAD(ref_speech), ScriptedSpeaker(ref_voices)
-    with live_server(create_app(rec, ServerSettings())) as (addr, _server):
+    with live_server(create_app(rec, steady_settings())) as (addr, _server):
         r = httpx.post(f"http://{addr}/v1/speakers/embedding", content=wav_bytes(ref_audio), timeout=60)
         assert r.status_code == 200, r.text
         ref = r.json()
