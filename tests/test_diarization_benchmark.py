@@ -149,15 +149,19 @@ def test_the_benchmark_runs_end_to_end_on_a_random_model(prepared_manifests):
     r = bench.main(["--random-model", "--data", str(prepared_manifests["dev"].parent), "--test-splits", "test-unseen",
                     "--speakers", "2,2", "--tune-conversations", "1", "--conversations", "2", "--acceptance", "1",
                     "--tune-acceptance", "1", "--seconds", "4", "--grid", "0.3,0.6", "--gaps", "none,3",
-                    "--new-speaker-frames", "16,24,48", "--switch-margins", "none,0.2", "--no-pyannote-sample",
-                    "--no-peer"])
+                    "--new-speaker-frames", "16,24,48", "--switch-margins", "none,0.2", "--backdate-windows", "0,2",
+                    "--no-pyannote-sample", "--no-peer"])
     assert r["conversations"] == {"tune": 1, "tune-acceptance": 1, "test": 2, "acceptance": 1}
     assert set(r["results"]) == {"head (served defaults)", "head (tuned)"}
     for x in r["results"].values():
         assert 0.0 <= x["test"]["der"] and len(x["per_conversation"]) == 2
     # 16 new-speaker frames are below change_frames (24): skipped, not an error
-    assert len(r["tuning"]["head"]["grid"]) == 32 and r["peer_delta"] is None
+    assert len(r["tuning"]["head"]["grid"]) == 64 and r["peer_delta"] is None
     assert {row[4] for row in r["tuning"]["head"]["grid"]} == {None, 0.2}
-    assert r["results"]["head (served defaults)"]["switch_margin"] == scoring.DEFAULT.switch_margin
+    assert {row[5] for row in r["tuning"]["head"]["grid"]} == {0, 2}
+    served = r["results"]["head (served defaults)"]
+    assert served["switch_margin"] == scoring.DEFAULT.switch_margin
+    assert served["backdate_windows"] == scoring.DEFAULT.backdate_windows
     assert "resemblyzer" not in r["versions"]
-    assert "| head (tuned) |" in bench.render(r) and ", switch margin |" in bench.render(r)
+    text = bench.render(r)
+    assert "| head (tuned) |" in text and ", switch margin, backdate windows |" in text
