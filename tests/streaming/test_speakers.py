@@ -173,7 +173,7 @@ def test_a_change_moves_back_over_the_first_windows_that_sound_like_the_new_voic
     mid = _between(a, b, 0.59)  # 55 degrees from A, 35 from B: within A's cluster distance, nearer B
     # A talks 5.12 s; B's turn begins with two windows that sound like both, then goes on clearly
     frames, _ = frames_of([(a, 128), (mid, 32), (b, 64)])
-    cfg = SpeakerTurnConfig(new_speaker_distance=0.5)
+    cfg = SpeakerTurnConfig(new_speaker_distance=0.5, backdate_windows=0)
     turn_s, clear_s = 128 * FRAME_S, 160 * FRAME_S
     # the old rule: the two windows settle to A, the change is dated at B's first clear window (1.28 s late)
     old = run(SpeakerTracker(mean_embed, FRAME_S, cfg), frames, None)
