@@ -141,6 +141,15 @@ def test_summary_pools_seconds_over_conversations():
     assert s["der_ci"][0] <= 0.25 <= s["der_ci"][1]
 
 
+def test_tuning_jobs_run_in_forked_processes_and_keep_their_order():
+    bench = load_benchmark("diarization")
+    offset = 10  # a closure, as the recordings' embedders are: it does not pickle, a forked worker has it
+    jobs = [(lambda x: x + offset, (1,)), (pow, (2, 3)), (lambda: __import__("os").getpid(), ())]
+    first, second, pid = bench._in_parallel(jobs)
+    assert (first, second) == (11, 8) and pid != __import__("os").getpid()
+    assert bench._in_parallel(jobs[:1]) == [11] and not bench._JOBS
+
+
 @pytest.mark.slow  # builds a random checkpoint and loads Resemblyzer: ~20 s on two shared cores
 def test_the_benchmark_runs_end_to_end_on_a_random_model(prepared_manifests):
     """Every headline number present (a random model's values mean nothing). Without the peer:
