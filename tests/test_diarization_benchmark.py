@@ -141,6 +141,14 @@ def test_summary_pools_seconds_over_conversations():
     assert s["der_ci"][0] <= 0.25 <= s["der_ci"][1]
 
 
+def test_the_choice_does_not_buy_a_two_voice_pass_with_der():
+    rows = [["merges voices", 0.22, 10], ["best", 0.085, 9], ["near", 0.09, 9], ["fewer", 0.086, 8]]
+    assert scoring.pick(rows, None)[0] == "merges voices"  # the most passes, whatever its DER
+    assert scoring.pick(rows, 0.01)[0] == "best"  # only within a point of the lowest DER
+    assert scoring.pick(rows, 0.1)[0] == "best"  # the merging row is 13.5 points above: still out
+    assert scoring.pick(rows, 0.14)[0] == "merges voices"
+
+
 def test_tuning_jobs_run_in_forked_processes_and_keep_their_order():
     bench = load_benchmark("diarization")
     offset = 10  # a closure, as the recordings' embedders are: it does not pickle, a forked worker has it
