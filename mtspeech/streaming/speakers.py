@@ -106,7 +106,7 @@ class SpeakerTurnConfig:
     switch_margin: float | None = 0.2
     # At most this many windows just before a change's first far window, each nearer the new speaker's
     # centroid than the previous one's, join the new turn: its start moves back over them (0: never).
-    backdate_windows: int = 0
+    backdate_windows: int = 4
 
     def __post_init__(self) -> None:
         for key in ("window_frames", "min_window_frames", "change_frames", "new_speaker_frames", "max_speakers"):
