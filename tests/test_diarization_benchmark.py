@@ -141,6 +141,23 @@ def test_summary_pools_seconds_over_conversations():
     assert s["der_ci"][0] <= 0.25 <= s["der_ci"][1]
 
 
+def test_the_choice_does_not_buy_a_two_voice_pass_with_der():
+    rows = [["merges voices", 0.22, 10], ["best", 0.085, 9], ["near", 0.09, 9], ["fewer", 0.086, 8]]
+    assert scoring.pick(rows, None)[0] == "merges voices"  # the most passes, whatever its DER
+    assert scoring.pick(rows, 0.01)[0] == "best"  # only within a point of the lowest DER
+    assert scoring.pick(rows, 0.1)[0] == "best"  # the merging row is 13.5 points above: still out
+    assert scoring.pick(rows, 0.14)[0] == "merges voices"
+
+
+def test_tuning_jobs_run_in_forked_processes_and_keep_their_order():
+    bench = load_benchmark("diarization")
+    offset = 10  # a closure, as the recordings' embedders are: it does not pickle, a forked worker has it
+    jobs = [(lambda x: x + offset, (1,)), (pow, (2, 3)), (lambda: __import__("os").getpid(), ())]
+    first, second, pid = bench._in_parallel(jobs)
+    assert (first, second) == (11, 8) and pid != __import__("os").getpid()
+    assert bench._in_parallel(jobs[:1]) == [11] and not bench._JOBS
+
+
 @pytest.mark.slow  # builds a random checkpoint and loads Resemblyzer: ~20 s on two shared cores
 def test_the_benchmark_runs_end_to_end_on_a_random_model(prepared_manifests):
     """Every headline number present (a random model's values mean nothing). Without the peer:
@@ -149,15 +166,19 @@ def test_the_benchmark_runs_end_to_end_on_a_random_model(prepared_manifests):
     r = bench.main(["--random-model", "--data", str(prepared_manifests["dev"].parent), "--test-splits", "test-unseen",
                     "--speakers", "2,2", "--tune-conversations", "1", "--conversations", "2", "--acceptance", "1",
                     "--tune-acceptance", "1", "--seconds", "4", "--grid", "0.3,0.6", "--gaps", "none,3",
-                    "--new-speaker-frames", "16,24,48", "--switch-margins", "none,0.2", "--no-pyannote-sample",
-                    "--no-peer"])
+                    "--new-speaker-frames", "16,24,48", "--switch-margins", "none,0.2", "--backdate-windows", "0,2",
+                    "--no-pyannote-sample", "--no-peer"])
     assert r["conversations"] == {"tune": 1, "tune-acceptance": 1, "test": 2, "acceptance": 1}
     assert set(r["results"]) == {"head (served defaults)", "head (tuned)"}
     for x in r["results"].values():
         assert 0.0 <= x["test"]["der"] and len(x["per_conversation"]) == 2
     # 16 new-speaker frames are below change_frames (24): skipped, not an error
-    assert len(r["tuning"]["head"]["grid"]) == 32 and r["peer_delta"] is None
+    assert len(r["tuning"]["head"]["grid"]) == 64 and r["peer_delta"] is None
     assert {row[4] for row in r["tuning"]["head"]["grid"]} == {None, 0.2}
-    assert r["results"]["head (served defaults)"]["switch_margin"] == scoring.DEFAULT.switch_margin
+    assert {row[5] for row in r["tuning"]["head"]["grid"]} == {0, 2}
+    served = r["results"]["head (served defaults)"]
+    assert served["switch_margin"] == scoring.DEFAULT.switch_margin
+    assert served["backdate_windows"] == scoring.DEFAULT.backdate_windows
     assert "resemblyzer" not in r["versions"]
-    assert "| head (tuned) |" in bench.render(r) and ", switch margin |" in bench.render(r)
+    text = bench.render(r)
+    assert "| head (tuned) |" in text and ", switch margin, backdate windows |" in text

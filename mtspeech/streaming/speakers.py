@@ -47,11 +47,22 @@ true turn; it is *confirmed* later (after `change_frames` of a known voice or `n
 of a new one, or at its pause). All of it is online: per window one embedding and one cosine
 per cluster.
 
+Why a change may move back (`backdate_windows`): a new voice's first windows are often odd (an
+overlap, a window pooling the end of one voice with the start of the next, a voice whose
+windows disagree with one another), so they are dropped as strays or settled to the speaker
+talking before, and the change is dated at the first window of the run that founds or finds
+the new voice, one or more windows late (seen on dev conversations among the changes found
+more than 1 s late). Once the change is confirmed, the new voice has a centroid to compare
+those windows with: the windows just before its first far window that are nearer the new
+speaker's centroid than the previous one's join its turn (at most `backdate_windows`, never
+back to the previous turn's start). Only the change's `start` moves, not when it is sent, nor
+any centroid: an event already sent is never taken back.
+
 Enrolment: named reference embeddings seed clusters that never move; a window joins one when
 its cosine similarity is at least `enrol_similarity`, otherwise the speaker stays anonymous.
 
-The defaults of `change_distance`, `new_speaker_distance`, `gap_frames`, `new_speaker_frames`
-and `switch_margin` are the demo model's setting chosen by `benchmarks/diarization.py` on
+The defaults of `change_distance`, `new_speaker_distance`, `gap_frames`, `new_speaker_frames`,
+`switch_margin` and `backdate_windows` are the demo model's setting chosen by `benchmarks/diarization.py` on
 conversations of dev voices only (docs/results/diarization/demo.json, `tuning.head.chosen`),
 which also reports them on held-out voices. Another model's speaker head spreads its embeddings differently: run the
 benchmark on it (`--recordings` makes the tuning replays cheap).
@@ -72,6 +83,8 @@ from mtspeech.streaming.stream import FinalEvent, SpeakerChangeEvent
 
 MAX_ENROLLED = 32  # named references a stream may bring
 MAX_TURNS_KEPT = 64  # turns remembered for labelling words (finals only ask about recent ones)
+MAX_BACKDATE_WINDOWS = 8  # the most backdate_windows may be
+RECENT_WINDOWS_KEPT = 64  # windows remembered for backdating (the far windows of a change come after them)
 
 
 @dataclass(frozen=True)
@@ -91,11 +104,17 @@ class SpeakerTurnConfig:
     # How much closer (cosine distance) to the speaker switched to than to the current one less
     # than `change_frames` of far speech must be for a pause to settle a switch (None: any is enough).
     switch_margin: float | None = 0.2
+    # At most this many windows just before a change's first far window, each nearer the new speaker's
+    # centroid than the previous one's, join the new turn: its start moves back over them (0: never).
+    backdate_windows: int = 4
 
     def __post_init__(self) -> None:
         for key in ("window_frames", "min_window_frames", "change_frames", "new_speaker_frames", "max_speakers"):
             if getattr(self, key) < 1:
                 raise ValueError(f"speaker turns: {key}={getattr(self, key)}: expected >= 1")
+        if not 0 <= self.backdate_windows <= MAX_BACKDATE_WINDOWS:
+            raise ValueError(f"speaker turns: backdate_windows={self.backdate_windows}: expected 0 to "
+                             f"{MAX_BACKDATE_WINDOWS}")
         if self.gap_frames is not None and self.gap_frames < 1:
             raise ValueError(f"speaker turns: gap_frames={self.gap_frames}: expected None or >= 1")
         if self.new_speaker_frames < self.change_frames:
@@ -182,6 +201,7 @@ class SpeakerTracker:
         self._far: list[_Window] = []  # consecutive windows far from the current speaker
         self._turns: list[tuple[int, str]] = []  # (start frame, label), in stream order
         self._changes: list[SpeakerChangeEvent] = []
+        self._recent: list[_Window] = []  # the last windows embedded, for backdate_windows
         self._frames_seen = 0
         self.windows_embedded = 0  # how often `embed` ran: the tracker's cost
 
@@ -277,6 +297,8 @@ class SpeakerTracker:
         window = _Window(self._window_start, frames.shape[0], _unit(self.embed(frames)))
         self.windows_embedded += 1
         self._speech, self._speech_frames, self._window_start = [], 0, None
+        self._recent.append(window)
+        del self._recent[:-RECENT_WINDOWS_KEPT]
         if self._far and 1.0 - float(window.embedding @ self._pooled_far()) > self.config.new_speaker_distance:
             # a window that would not join the pending far windows' cluster ends their run, as a
             # pause would: pending windows found a speaker only if they are one voice
@@ -339,11 +361,25 @@ class SpeakerTracker:
         """`who` talks from stream frame `start`: a turn (and its event) unless `who` talks already."""
         if who is self._current:
             return
+        if self._current is not None and self.config.backdate_windows:
+            start = self._backdate(who, start)
         self._changes.append(SpeakerChangeEvent(who.label, self.current, round(start * self.frame_shift_s, 3),
                                                 round(self._frames_seen * self.frame_shift_s, 3)))
         self._current = who
         self._turns.append((start, who.label))
         del self._turns[:-MAX_TURNS_KEPT]
+
+    def _backdate(self, who: _Cluster, start: int) -> int:
+        """The start of `who`'s turn moved back over the windows just before stream frame `start`
+        (at most `backdate_windows`, none at or before the current turn's start) while each is nearer
+        `who`'s centroid than the current speaker's."""
+        since = self._turns[-1][0]
+        before = [w for w in self._recent if since < w.start_frame < start][-self.config.backdate_windows:]
+        for w in reversed(before):
+            if float(w.embedding @ who.centroid) <= float(w.embedding @ self._current.centroid):
+                break
+            start = w.start_frame
+        return start
 
     def _match(self, e: np.ndarray) -> _Cluster | None:
         """The nearest cluster within its distance (`new_speaker_distance`; an enrolled one:

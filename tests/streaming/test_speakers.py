@@ -7,6 +7,8 @@ not a speaker model (tests/serve/test_speaker_turns.py streams through the serve
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -164,6 +166,28 @@ def test_an_ambiguous_first_window_of_a_true_turn_is_confirmed_after_the_pause()
     assert after_pause_s < changes[3].detected_at <= after_pause_s + (16 + CHUNK) * FRAME_S
 
 
+def test_a_change_moves_back_over_the_first_windows_that_sound_like_the_new_voice():
+    a, b = voices(2, seed=3)
+    b = b - (b @ a) * a  # orthogonal voices, so the windows between them sit where the test says
+    b /= np.linalg.norm(b)
+    mid = _between(a, b, 0.59)  # 55 degrees from A, 35 from B: within A's cluster distance, nearer B
+    # A talks 5.12 s; B's turn begins with two windows that sound like both, then goes on clearly
+    frames, _ = frames_of([(a, 128), (mid, 32), (b, 64)])
+    cfg = SpeakerTurnConfig(new_speaker_distance=0.5, backdate_windows=0)
+    turn_s, clear_s = 128 * FRAME_S, 160 * FRAME_S
+    # the old rule: the two windows settle to A, the change is dated at B's first clear window (1.28 s late)
+    old = run(SpeakerTracker(mean_embed, FRAME_S, cfg), frames, None)
+    assert [c.speaker for c in old] == ["S1", "S2"] and old[1].start == pytest.approx(clear_s)
+    # backdated: once S2 has a centroid, both windows are nearer it than A's and join its turn;
+    # when the change is sent does not move
+    new = run(SpeakerTracker(mean_embed, FRAME_S, dataclasses.replace(cfg, backdate_windows=4)), frames, None)
+    assert [c.speaker for c in new] == ["S1", "S2"] and new[1].start == pytest.approx(turn_s)
+    assert new[1].detected_at == old[1].detected_at
+    # at most backdate_windows windows back; A's own windows (nearer A) never move
+    one = run(SpeakerTracker(mean_embed, FRAME_S, dataclasses.replace(cfg, backdate_windows=1)), frames, None)
+    assert one[1].start == pytest.approx(turn_s + 16 * FRAME_S)
+
+
 def test_non_speech_frames_are_not_pooled():
     a, b = voices(2, seed=5)
     frames, _ = frames_of([(a, 40), (b, 60), (a, 40)])
@@ -247,6 +271,10 @@ def test_config_is_checked():
     with pytest.raises(ValueError, match="switch_margin=-0.1"):
         SpeakerTurnConfig(switch_margin=-0.1)
     assert SpeakerTurnConfig(switch_margin=None).switch_margin is None
+    with pytest.raises(ValueError, match="backdate_windows=-1"):
+        SpeakerTurnConfig(backdate_windows=-1)
+    with pytest.raises(ValueError, match="backdate_windows=9: expected 0 to 8"):
+        SpeakerTurnConfig(backdate_windows=9)
 
 
 # ----------------------------------------------------------------------------- through the recognizer
