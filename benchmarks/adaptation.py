@@ -219,7 +219,8 @@ def run(args: argparse.Namespace) -> dict:
 def render(result: dict) -> str:
     fmt = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
     lines = [f"adaptation of {result['set']['kind']} on {result['manifest']} ({len(result['voices'])} voices, "
-             f"seeds {result['seeds']}, {result['steps']} steps)", "",
+             f"seeds {result['seeds']}, {result['steps']} Adam steps of {result['lr']:g}, {result['threads']} threads)",
+             "",
              "| method | k | CER [voices] | Δ vs none [voices] | seed interval | s / adaptation | delta bytes |",
              "|---|---|---|---|---|---|---|"]
     for method, by_k in result["results"].items():
@@ -228,6 +229,9 @@ def render(result: dict) -> str:
                          f"{fmt(r['delta_vs_none'])} [{fmt(r['delta_ci_low'])}, {fmt(r['delta_ci_high'])}] | "
                          f"[{fmt(r['seed_ci_low'])}, {fmt(r['seed_ci_high'])}] | {fmt(r['adapt_seconds_median'])} | "
                          f"{r['delta_bytes'] or '-'} |")
+    if result["skipped"]:
+        lines.append(f"\nskipped (nothing left to score): {len(result['skipped'])} voice x k pairs, "
+                     f"k = {sorted({s['k'] for s in result['skipped']})}")
     for method, why in result["not_available"].items():
         lines.append(f"\n{method}: not available: {why}")
     return "\n".join(lines)

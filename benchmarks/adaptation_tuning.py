@@ -5,14 +5,16 @@ each voice of the manifest to k of its utterances (every k, every selection seed
 the voice's other utterances; the voices and the unadapted model's errors are loaded once.
 The chosen step size of a set is the one with the lowest CER averaged over the k values (each
 k weighs the same; a tie goes to the smaller step), and per k the best is listed beside it, so
-a page can show whether one step size serves every k. Only dev voices may be given: the choice
+a page can show whether one step size serves every k. Run again with --out naming an earlier
+result of the same voices and settings, it keeps that result's step sizes and adds the new
+ones (a grid extended without re-running it). Only dev voices may be given: the choice
 is what `mtspeech/adaptation/command.py`'s defaults are, and test splits are scored with them
 once, afterwards (benchmarks/adaptation.py).
 
     python benchmarks/adaptation_tuning.py --model exp/synthetic/all/final.pt \\
         --manifest data-adapt/synthetic/adapt-dev.jsonl \\
-        --grid input-norm=1e-3,3e-3,1e-2 layer-norms=1e-4,3e-4,1e-3,3e-3 lora=1e-4,3e-4,1e-3 \\
-        --out docs/results/adaptation/tuning-adapt-dev.json
+        --grid layer-norms=3e-4,1e-3,3e-3 --voices 4 --threads 1 \\
+        --out docs/results/adaptation/adapt-dev-tuning.json
 """
 
 from __future__ import annotations
@@ -57,6 +59,16 @@ def choose(by_lr: dict[str, dict], ks: list[int]) -> dict:
     return {"lr": float(best), "mean_cer": mean_cer(best), "best_lr_per_k": {k: float(v) for k, v in per_k.items()}}
 
 
+def _earlier(out: str | None, settings: dict) -> dict | None:
+    """The JSON at `out` when it was measured on the same model, voices, k, seeds, steps and
+    threads as `settings` (its step sizes can be kept), else None."""
+    if not out or not Path(out).is_file():
+        return None
+    earlier = json.loads(Path(out).read_text(encoding="utf-8"))
+    keys = ("model", "manifest", "voices", "ks", "seeds", "steps", "threads")
+    return earlier if all(earlier.get(key) == settings[key] for key in keys) else None
+
+
 def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     grid = parse_grid(args.grid)
@@ -65,20 +77,29 @@ def run(args: argparse.Namespace) -> dict:
     voices = load_voices(model, Path(args.manifest), args.voices)
     result = {"model": str(args.model), "manifest": str(args.manifest), "voices": sorted(voices.by_voice),
               "ks": args.ks, "seeds": args.seeds, "steps": args.steps, "threads": args.threads,
-              "grid": grid, "none": None, "sets": {}}
+              "grid": {}, "none": None, "sets": {}}
+    earlier = _earlier(args.out, result)
+    if earlier:  # extend an earlier grid on the same voices and settings: its step sizes are not re-run
+        result.update(none=earlier["none"], sets=earlier["sets"])
+        grid = {kind: sorted({*earlier["grid"].get(kind, []), *grid.get(kind, [])})
+                for kind in {**earlier["grid"], **grid}}
+    result["grid"] = grid
     for kind, lrs in grid.items():
         pset = ParamSet(model, ParamSetConfig(kind))
-        by_lr = {}
+        by_lr = result["sets"].get(kind, {}).get("by_lr", {})
         for lr in lrs:
+            if str(lr) in by_lr:
+                continue
             runs, _ = adapt_voices(model, pset, voices, args.ks, args.seeds, args.steps, lr)
             summary = summarize(runs, ["none", "fine-tune"], args.ks, args.seeds, args.resamples)
             result["none"] = summary["none"]
             by_lr[str(lr)] = summary["fine-tune"]
+            by_lr = dict(sorted(by_lr.items(), key=lambda item: float(item[0])))
             result["sets"][kind] = {"set": pset.cfg.as_dict(), "by_lr": by_lr, "chosen": choose(by_lr, args.ks)}
             if args.out:  # a long grid on shared cores: what is done so far survives an interruption
                 Path(args.out).parent.mkdir(parents=True, exist_ok=True)
                 Path(args.out).write_text(json.dumps(result | {"unfinished": True}, indent=1))
-    return result | {"seconds": time.perf_counter() - t0}
+    return result | {"seconds": (earlier or {}).get("seconds", 0.0) + time.perf_counter() - t0}
 
 
 def render(result: dict) -> str:

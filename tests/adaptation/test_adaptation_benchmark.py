@@ -80,3 +80,11 @@ def test_tuning_runs_every_set_and_step_size_on_the_same_voices(tiny_trained, ne
         for by_k in entry["by_lr"].values():  # scored on the voice's other utterances, as the benchmark does
             assert by_k["1"]["scored_utterances"] == result["none"]["1"]["scored_utterances"] > 0
     assert "(chosen)" in tuning.render(result)
+
+    tuning.main(["--model", str(tiny_trained), "--manifest", str(new_condition), "--grid", "layer-norms=1e-1",
+                 "lora=1e-3", "--ks", "1", "--steps", "1", "--threads", "1", "--resamples", "100", "--out", str(out)])
+    extended = json.loads(out.read_text())  # the earlier step sizes kept as measured, the new ones added
+    assert list(extended["sets"]["layer-norms"]["by_lr"]) == ["0.001", "0.01", "0.1"]
+    assert extended["sets"]["layer-norms"]["by_lr"]["0.01"] == result["sets"]["layer-norms"]["by_lr"]["0.01"]
+    assert extended["sets"]["input-norm"] == result["sets"]["input-norm"] and "lora" in extended["sets"]
+    assert extended["grid"]["layer-norms"] == [1e-3, 1e-2, 1e-1] and extended["seconds"] > result["seconds"]
