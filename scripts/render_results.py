@@ -41,6 +41,11 @@ def render_rir_match(result: dict) -> str:
     return "\n".join([rir.HEADER, *(rir.render_row(row) for row in result["rows"])])
 
 
+def render_adaptation(result: dict) -> str:
+    """A step-size grid on dev voices (adaptation_tuning.py's JSON has a grid) or a scored split."""
+    return benchmark("adaptation_tuning" if "grid" in result else "adaptation").render(result)
+
+
 @dataclass(frozen=True)
 class Page:
     """One results page: `folder/README.md`, a section per JSON file matching `pattern`."""
@@ -105,6 +110,15 @@ PAGES = [
          "of voices training never heard. The served defaults are the head's setting chosen so. The pyannote sample is one "
          "real recording (no interval); both pipelines use the model's VAD frames there, trained on "
          "synthetic speech only, so its miss share is the VAD's. The model: the demo model of docs/results/demo/."),
+    Page("adaptation", "Adapting to new voices: step sizes chosen on adapt-dev, then held-out voices scored once",
+         "python benchmarks/adaptation_tuning.py --model exp/synthetic/all/final.pt --manifest "
+         "data-adapt/synthetic/adapt-dev.jsonl --grid layer-norms=3e-4,1e-3,3e-3 --ks 1 5 20 --seeds 0 "
+         "--voices 4 --threads 1 --out docs/results/adaptation/adapt-dev-tuning.json",
+         "*.json", render_adaptation,
+         "Definitions: the docstrings of `benchmarks/adaptation_tuning.py` and `benchmarks/adaptation.py`; "
+         "the method: docs/adaptation.md. Step sizes are chosen on adapt-dev only (docs/data.md: new voices "
+         "no other split has, reading dev sentences), each voice adapted on k of its utterances and scored on "
+         "its other ones, never on those. The model: the demo model of docs/results/demo/."),
     Page("hotwords", "Hotwords: recall, false alarms and the WER cost of a list, on the demo",
          "python benchmarks/hotwords.py --model exp/synthetic/all/final.pt --data data/synthetic "
          "--out docs/results/hotwords/hotwords.json",
