@@ -81,8 +81,8 @@ def run(args: argparse.Namespace) -> dict:
     earlier = _earlier(args.out, result)
     if earlier:  # extend an earlier grid on the same voices and settings: its step sizes are not re-run
         result.update(none=earlier["none"], sets=earlier["sets"])
-        grid = {kind: sorted({*earlier["grid"].get(kind, []), *grid.get(kind, [])})
-                for kind in {**earlier["grid"], **grid}}
+        measured = {kind: [float(lr) for lr in entry["by_lr"]] for kind, entry in earlier["sets"].items()}
+        grid = {kind: sorted({*measured.get(kind, []), *grid.get(kind, [])}) for kind in {**measured, **grid}}
     result["grid"] = grid
     for kind, lrs in grid.items():
         pset = ParamSet(model, ParamSetConfig(kind))

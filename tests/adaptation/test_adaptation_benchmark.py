@@ -88,3 +88,11 @@ def test_tuning_runs_every_set_and_step_size_on_the_same_voices(tiny_trained, ne
     assert extended["sets"]["layer-norms"]["by_lr"]["0.01"] == result["sets"]["layer-norms"]["by_lr"]["0.01"]
     assert extended["sets"]["input-norm"] == result["sets"]["input-norm"] and "lora" in extended["sets"]
     assert extended["grid"]["layer-norms"] == [1e-3, 1e-2, 1e-1] and extended["seconds"] > result["seconds"]
+
+    # an interrupted run's JSON lists its whole grid but holds only what it measured: resuming keeps those
+    out.write_text(json.dumps(extended | {"grid": extended["grid"] | {"lora": [1e-3, 1e-2]}, "unfinished": True}))
+    tuning.main(["--model", str(tiny_trained), "--manifest", str(new_condition), "--grid", "input-norm=1e-2",
+                 "--ks", "1", "--steps", "1", "--threads", "1", "--resamples", "100", "--out", str(out)])
+    finished = json.loads(out.read_text())
+    assert finished["grid"]["lora"] == [1e-3] and "unfinished" not in finished
+    assert finished["sets"] == extended["sets"]  # nothing re-run
