@@ -113,7 +113,9 @@ PAGES = [
     Page("adaptation", "Adapting to new voices: step sizes chosen on adapt-dev, then held-out voices scored once",
          "python benchmarks/adaptation_tuning.py --model exp/synthetic/all/final.pt --manifest "
          "data-adapt/synthetic/adapt-dev.jsonl --grid layer-norms=3e-4,1e-3,3e-3 --ks 1 5 20 --seeds 0 "
-         "--voices 4 --threads 1 --out docs/results/adaptation/adapt-dev-tuning.json",
+         "--voices 4 --threads 1 --out docs/results/adaptation/adapt-dev-tuning.json  # then the same with "
+         "--grid input-norm=1e-3,3e-3,1e-2 lora=1e-4,3e-4,1e-3, and with --grid input-norm=3e-2 lora=3e-3 "
+         "(each choice was at its grid's edge): the same --out extends the grid",
          "*.json", render_adaptation,
          "Definitions: the docstrings of `benchmarks/adaptation_tuning.py` and `benchmarks/adaptation.py`; "
          "the method: docs/adaptation.md. Step sizes are chosen on adapt-dev only (docs/data.md: new voices "
