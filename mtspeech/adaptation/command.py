@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 # averaged over k = 1, 5, 20 (4 voices, seed 0), each choice inside its grid (a larger and a
 # smaller step were worse); docs/results/adaptation/adapt-dev-tuning.json, whose page names the
 # commands. With 4 voices the neighbours are often within the interval: the rule picks. The test
-# splits were scored once afterwards (layer-norms only; docs/results/adaptation/).
+# splits were scored once afterwards (layer-norms and lora; docs/results/adaptation/).
 DEFAULT_LR = {"input-norm": 1e-2, "layer-norms": 1e-3, "lora": 1e-3}
 INIT_KEY = "adaptation_init"  # a checkpoint's meta-learned start (written by `mtspeech meta-train`)
 
