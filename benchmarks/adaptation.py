@@ -37,6 +37,7 @@ import math
 import statistics
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -117,6 +118,69 @@ def summarize(runs: list[dict], methods: list[str], ks: list[int], seeds: list[i
     return out
 
 
+@dataclass
+class Voices:
+    """A manifest's voices, loaded once: utterances per voice, waveforms by id, and the
+    unadapted model's (character errors, reference characters) per utterance."""
+
+    manifest: Path
+    by_voice: dict[str, list[Utterance]]
+    wavs: dict[str, torch.Tensor]
+    base_errors: dict[str, tuple[int, int]]
+
+
+def load_voices(model, manifest: Path, n_voices: int | None = None) -> Voices:
+    """The first `n_voices` voices of `manifest` (all when None), in sorted speaker order."""
+    by_voice: dict[str, list[Utterance]] = defaultdict(list)
+    for u in read_manifest(manifest):
+        if u.speaker is not None and u.text:
+            by_voice[u.speaker].append(u)
+    kept = {v: by_voice[v] for v in sorted(by_voice)[: n_voices or None]}
+    rate = model.geometry.sample_rate
+    wavs = {u.id: w for utts in kept.values() for u, w in zip(utts, inputs.load_waves(utts, rate))}
+    base_errors = {uid: e for utts in kept.values() for uid, e in char_errors(model, utts, wavs).items()}
+    return Voices(manifest, kept, wavs, base_errors)
+
+
+def adapt_voices(model, pset: ParamSet, voices: Voices, ks: list[int], seeds: list[int], steps: int, lr: float,
+                 meta_tensors: dict[str, torch.Tensor] | None = None) -> tuple[list[dict], list[dict]]:
+    """(runs, skipped): every voice x k x seed adapted (fine-tune, and reptile from
+    `meta_tensors` when given) and scored on the voice's other utterances; a k that leaves a
+    voice nothing to score is skipped. `model` stays the base."""
+    scorer_model = copy.deepcopy(model)  # receives each adapted state
+    rate = model.geometry.sample_rate
+    runs, skipped = [], []
+    for voice, utts in voices.by_voice.items():
+        for k in ks:
+            if k >= len(utts):
+                skipped.append({"voice": voice, "k": k, "reason": f"the voice has {len(utts)} utterances: "
+                                                                  "none would be left to score"})
+                continue
+            for seed in seeds:
+                chosen = inputs.choose(utts, k, seed)
+                chosen_ids = {u.id for u in chosen}
+                scored = [u for u in utts if u.id not in chosen_ids]
+                batches = inputs.batches(chosen, [voices.wavs[u.id] for u in chosen], model.tasks[model.asr_task],
+                                         60.0, rate)
+                record = {"voice": voice, "k": k, "seed": seed, "adapted_on": sorted(chosen_ids),
+                          "scored": {u.id: voices.base_errors[u.id] for u in scored},
+                          "errors": {"none": {u.id: voices.base_errors[u.id][0] for u in scored}},
+                          "seconds": {}, "delta_bytes": {}, "loss": {}}
+                starts = {"fine-tune": pset.initial(seed)}
+                if meta_tensors is not None:
+                    starts["reptile"] = meta_tensors
+                for method, start in starts.items():
+                    result = fine_tune(model, pset, start, batches, steps, lr)
+                    scorer_model.load_state_dict(pset.merged_state(result.trainable))
+                    errors = char_errors(scorer_model, scored, voices.wavs)
+                    record["errors"][method] = {uid: e for uid, (e, _) in errors.items()}
+                    record["seconds"][method] = result.seconds
+                    record["delta_bytes"][method] = delta_bytes(pset, result.trainable)
+                    record["loss"][method] = [result.losses[0], result.losses[-1]]
+                runs.append(record)
+    return runs, skipped
+
+
 def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     cfg = set_config(args)
@@ -139,49 +203,12 @@ def run(args: argparse.Namespace) -> dict:
         not_available["speaker-embedding"] = str(e)
 
     manifest = Path(args.manifest) if args.manifest else Path(args.data) / f"{args.split}.jsonl"
-    by_voice: dict[str, list[Utterance]] = defaultdict(list)
-    for u in read_manifest(manifest):
-        if u.speaker is not None and u.text:
-            by_voice[u.speaker].append(u)
-    voices = sorted(by_voice)[: args.voices or None]
-    rate = model.geometry.sample_rate
-    wavs = {u.id: w for v in voices for u, w in zip(by_voice[v], inputs.load_waves(by_voice[v], rate))}
-    base_errors = {uid: e for v in voices for uid, e in char_errors(model, by_voice[v], wavs).items()}
-    scorer_model = copy.deepcopy(model)  # receives each adapted state; `model` stays the base
-
-    runs, skipped = [], []
     t0 = time.perf_counter()
-    for voice in voices:
-        for k in args.ks:
-            if k >= len(by_voice[voice]):
-                skipped.append({"voice": voice, "k": k, "reason": f"the voice has {len(by_voice[voice])} utterances: "
-                                                                  "none would be left to score"})
-                continue
-            for seed in args.seeds:
-                chosen = inputs.choose(by_voice[voice], k, seed)
-                chosen_ids = {u.id for u in chosen}
-                scored = [u for u in by_voice[voice] if u.id not in chosen_ids]
-                batches = inputs.batches(chosen, [wavs[u.id] for u in chosen], model.tasks[model.asr_task],
-                                         60.0, rate)
-                record = {"voice": voice, "k": k, "seed": seed, "adapted_on": sorted(chosen_ids),
-                          "scored": {u.id: base_errors[u.id] for u in scored},
-                          "errors": {"none": {u.id: base_errors[u.id][0] for u in scored}},
-                          "seconds": {}, "delta_bytes": {}, "loss": {}}
-                starts = {"fine-tune": pset.initial(seed)}
-                if meta_tensors is not None:
-                    starts["reptile"] = meta_tensors
-                for method, start in starts.items():
-                    result = fine_tune(model, pset, start, batches, args.steps, lr)
-                    scorer_model.load_state_dict(pset.merged_state(result.trainable))
-                    errors = char_errors(scorer_model, scored, wavs)
-                    record["errors"][method] = {uid: e for uid, (e, _) in errors.items()}
-                    record["seconds"][method] = result.seconds
-                    record["delta_bytes"][method] = delta_bytes(pset, result.trainable)
-                    record["loss"][method] = [result.losses[0], result.losses[-1]]
-                runs.append(record)
+    voices = load_voices(model, manifest, args.voices)
+    runs, skipped = adapt_voices(model, pset, voices, args.ks, args.seeds, args.steps, lr, meta_tensors)
     return {
         "model": str(args.model), "manifest": str(manifest), "set": cfg.as_dict(), "steps": args.steps, "lr": lr,
-        "ks": args.ks, "seeds": args.seeds, "threads": args.threads, "voices": voices,
+        "ks": args.ks, "seeds": args.seeds, "threads": args.threads, "voices": sorted(voices.by_voice),
         "meta": {"checkpoint": str(args.meta), "settings": meta_settings} if args.meta else None,
         "methods": methods, "not_available": not_available, "skipped": skipped,
         "results": summarize(runs, methods, args.ks, args.seeds, args.resamples),
@@ -192,7 +219,8 @@ def run(args: argparse.Namespace) -> dict:
 def render(result: dict) -> str:
     fmt = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
     lines = [f"adaptation of {result['set']['kind']} on {result['manifest']} ({len(result['voices'])} voices, "
-             f"seeds {result['seeds']}, {result['steps']} steps)", "",
+             f"seeds {result['seeds']}, {result['steps']} Adam steps of {result['lr']:g}, {result['threads']} threads)",
+             "",
              "| method | k | CER [voices] | Δ vs none [voices] | seed interval | s / adaptation | delta bytes |",
              "|---|---|---|---|---|---|---|"]
     for method, by_k in result["results"].items():
@@ -201,6 +229,9 @@ def render(result: dict) -> str:
                          f"{fmt(r['delta_vs_none'])} [{fmt(r['delta_ci_low'])}, {fmt(r['delta_ci_high'])}] | "
                          f"[{fmt(r['seed_ci_low'])}, {fmt(r['seed_ci_high'])}] | {fmt(r['adapt_seconds_median'])} | "
                          f"{r['delta_bytes'] or '-'} |")
+    if result["skipped"]:
+        lines.append(f"\nskipped (nothing left to score): {len(result['skipped'])} voice x k pairs, "
+                     f"k = {sorted({s['k'] for s in result['skipped']})}")
     for method, why in result["not_available"].items():
         lines.append(f"\n{method}: not available: {why}")
     return "\n".join(lines)

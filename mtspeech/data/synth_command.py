@@ -2,7 +2,8 @@
 
 The command sits above the modules it drives (`synth.py`: the corpus; `new_voices.py`:
 test-voices and train-voices next to it; `noisy_twins.py`: the noisy, reverberant and
-telephone twins; `final_test.py`: test-final, the final test set, with its twins). It lived in
+telephone twins; `final_test.py`: test-final, the final test set, with its twins; `adapt_dev.py`: adapt-dev,
+new voices to tune adaptation on). It lived in
 `synth.py` until `new_voices.py`, which builds on synth's plan and renderer, made the two
 import each other.
 """
@@ -13,7 +14,8 @@ import argparse
 import json
 import logging
 
-from mtspeech.data.final_test import FINAL_SEED  # no torch behind it: `synth --help` stays quick
+from mtspeech.data.adapt_dev import ADAPT_DEV_SEED  # no torch behind these two: `synth --help` stays quick
+from mtspeech.data.final_test import FINAL_SEED
 from mtspeech.data.synth import SynthConfig, synthesize_corpus
 
 log = logging.getLogger(__name__)
@@ -73,10 +75,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--final-speakers", type=int, default=16, help="test-final: speakers (default %(default)s)")
     parser.add_argument("--final-utterances", type=int, default=16,
                         help="test-final: utterances per speaker, each a sentence of its own (default %(default)s)")
+    parser.add_argument("--adapt-dev-only", action="store_true",
+                        help="only write adapt-dev (new voices reading dev sentences, to tune `mtspeech adapt` "
+                             "on; no other split has them) next to the corpus already in --out")
+    parser.add_argument("--adapt-dev-seed", type=int, default=ADAPT_DEV_SEED,
+                        help="adapt-dev's seed (default %(default)s: the documented one)")
+    parser.add_argument("--adapt-dev-speakers", type=int, default=12, help="adapt-dev: speakers (default %(default)s)")
+    parser.add_argument("--adapt-dev-utterances", type=int, default=30,
+                        help="adapt-dev: utterances per speaker, distinct dev sentences (default %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def main(args: argparse.Namespace) -> int:
+    from mtspeech.data.adapt_dev import synthesize_adapt_dev
     from mtspeech.data.final_test import synthesize_final
     from mtspeech.data.new_voices import synthesize_train_voices, synthesize_voices
     from mtspeech.data.noisy_twins import make_noisy_twins, make_phone_twins
@@ -87,6 +98,15 @@ def main(args: argparse.Namespace) -> int:
                                        jobs=args.jobs, progress=not args.no_progress)
         except (ValueError, FileNotFoundError) as e:  # too small a corpus, or none: say so, no traceback
             log.error("mtspeech synth --final-only: %s", e)
+            return 2
+        print(json.dumps({k: v for k, v in summary.items() if k != "voices"}, indent=2))
+        return 0
+    if args.adapt_dev_only:
+        try:
+            summary = synthesize_adapt_dev(args.out, args.adapt_dev_speakers, args.adapt_dev_utterances,
+                                           seed=args.adapt_dev_seed, jobs=args.jobs, progress=not args.no_progress)
+        except (ValueError, FileNotFoundError) as e:
+            log.error("mtspeech synth --adapt-dev-only: %s", e)
             return 2
         print(json.dumps({k: v for k, v in summary.items() if k != "voices"}, indent=2))
         return 0

@@ -1,4 +1,5 @@
-"""benchmarks/adaptation.py end to end on the tiny model: two voices, k = 1 and 2, two seeds."""
+"""benchmarks/adaptation.py end to end on the tiny model: two voices, k = 1 and 2, two seeds; and
+benchmarks/adaptation_tuning.py, which chooses the step sizes on dev voices with its loop."""
 
 from __future__ import annotations
 
@@ -6,10 +7,11 @@ import dataclasses
 import json
 import math
 
+import pytest
 from bench_module import load_benchmark
 
 from mtspeech.adaptation import reptile
-from mtspeech.adaptation.param_sets import ParamSetConfig
+from mtspeech.adaptation.param_sets import AdaptationError, ParamSetConfig
 from mtspeech.data.manifest import read_manifest, write_manifest
 
 bench = load_benchmark("adaptation")
@@ -48,3 +50,49 @@ def test_benchmark_scores_only_utterances_it_did_not_adapt_on(tiny_trained, new_
     assert result["results"]["none"]["1"]["delta_vs_none"] == 0
     assert result["results"]["fine-tune"]["1"]["delta_bytes"] > 0
     assert result["results"]["reptile"]["1"]["adapt_seconds_median"] > 0
+
+
+tuning = load_benchmark("adaptation_tuning")
+
+
+def test_tuning_picks_the_step_size_with_the_lowest_mean_cer_and_the_smaller_on_a_tie():
+    by_lr = {"0.001": {"1": {"cer": 0.375}, "5": {"cer": 0.125}},    # mean 0.25
+             "0.01": {"1": {"cer": 0.25}, "5": {"cer": 0.25}},        # mean 0.25: a tie, the larger step
+             "0.0001": {"1": {"cer": 0.3125}, "5": {"cer": 0.3125}}}  # mean 0.3125
+    chosen = tuning.choose(by_lr, [1, 5])
+    assert chosen["lr"] == 0.001 and chosen["best_lr_per_k"] == {"1": 0.01, "5": 0.001}
+    assert tuning.parse_grid(["lora=3e-4,1e-4"]) == {"lora": [1e-4, 3e-4]}
+    for bad in ("lora", "nope=1e-3", "lora=fast"):
+        with pytest.raises(AdaptationError):
+            tuning.parse_grid([bad])
+
+
+def test_tuning_runs_every_set_and_step_size_on_the_same_voices(tiny_trained, new_condition, tmp_path):
+    out = tmp_path / "tuning.json"
+    tuning.main(["--model", str(tiny_trained), "--manifest", str(new_condition), "--grid", "layer-norms=1e-3,1e-2",
+                 "input-norm=1e-2", "--ks", "1", "--steps", "1", "--threads", "1", "--resamples", "100",
+                 "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert set(result["sets"]) == {"layer-norms", "input-norm"}
+    assert set(result["sets"]["layer-norms"]["by_lr"]) == {"0.001", "0.01"}
+    for entry in result["sets"].values():
+        assert str(entry["chosen"]["lr"]) in entry["by_lr"]
+        for by_k in entry["by_lr"].values():  # scored on the voice's other utterances, as the benchmark does
+            assert by_k["1"]["scored_utterances"] == result["none"]["1"]["scored_utterances"] > 0
+    assert "(chosen)" in tuning.render(result)
+
+    tuning.main(["--model", str(tiny_trained), "--manifest", str(new_condition), "--grid", "layer-norms=1e-1",
+                 "lora=1e-3", "--ks", "1", "--steps", "1", "--threads", "1", "--resamples", "100", "--out", str(out)])
+    extended = json.loads(out.read_text())  # the earlier step sizes kept as measured, the new ones added
+    assert list(extended["sets"]["layer-norms"]["by_lr"]) == ["0.001", "0.01", "0.1"]
+    assert extended["sets"]["layer-norms"]["by_lr"]["0.01"] == result["sets"]["layer-norms"]["by_lr"]["0.01"]
+    assert extended["sets"]["input-norm"] == result["sets"]["input-norm"] and "lora" in extended["sets"]
+    assert extended["grid"]["layer-norms"] == [1e-3, 1e-2, 1e-1] and extended["seconds"] > result["seconds"]
+
+    # an interrupted run's JSON lists its whole grid but holds only what it measured: resuming keeps those
+    out.write_text(json.dumps(extended | {"grid": extended["grid"] | {"lora": [1e-3, 1e-2]}, "unfinished": True}))
+    tuning.main(["--model", str(tiny_trained), "--manifest", str(new_condition), "--grid", "input-norm=1e-2",
+                 "--ks", "1", "--steps", "1", "--threads", "1", "--resamples", "100", "--out", str(out)])
+    finished = json.loads(out.read_text())
+    assert finished["grid"]["lora"] == [1e-3] and "unfinished" not in finished
+    assert finished["sets"] == extended["sets"]  # nothing re-run
