@@ -2,10 +2,8 @@
 with voices, ids and chapters no other split has, and written without touching the corpus."""
 
 import argparse
-import hashlib
 import json
 import shutil
-from pathlib import Path
 
 from mtspeech.data.adapt_dev import ADAPT_DEV_SEED, ADAPT_DEV_SPLIT, ADAPT_DEV_VARIANTS, plan_adapt_dev
 from mtspeech.data.final_test import FINAL_VARIANTS, plan_final
@@ -14,14 +12,11 @@ from mtspeech.data.new_voices import NEW_VARIANTS, TRAIN_VARIANTS, plan_train_vo
 from mtspeech.data.synth import SynthConfig, plan_corpus, spare_training_sentences
 from mtspeech.data.synth_command import add_arguments, main
 from mtspeech.data.voices import SEEN_VARIANTS, UNSEEN_VARIANTS
+from corpus_digests import file_digests
 
 # Large enough for 30 distinct dev sentences per speaker and for test-final's plan; only planned.
 CFG = SynthConfig(hours=0.4, seed=3, jobs=1, progress=False)
 
-
-def _digests(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def test_the_plan_is_fixed_by_its_seed_and_reads_distinct_dev_sentences():
@@ -62,20 +57,20 @@ def test_its_voices_ids_and_chapters_are_no_other_splits():
 def test_adapt_dev_only_writes_the_split_and_leaves_the_corpus_alone(synth_corpus, tmp_path):
     root = tmp_path / "corpus"
     shutil.copytree(synth_corpus, root)
-    before = _digests(root)
+    before = file_digests(root)
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     argv = ["--out", str(root), "--adapt-dev-only", "--adapt-dev-speakers", "2", "--adapt-dev-utterances", "2",
             "--jobs", "1", "--no-progress"]
     assert main(parser.parse_args([*argv[:-1], "--adapt-dev-utterances", "1000", "--no-progress"])) == 2
-    assert _digests(root) == before
+    assert file_digests(root) == before
     assert main(parser.parse_args(argv)) == 0
-    after = _digests(root)
+    after = file_digests(root)
     assert {k for k in before if before[k] != after.get(k)} == {"SPEAKERS.TXT"}  # appended to
     summary = json.loads((root / "adapt_dev.json").read_text())
     assert summary["seed"] == ADAPT_DEV_SEED and summary["speakers"] == 2 and summary["utterances"] == 4
     assert main(parser.parse_args(argv)) == 0
-    assert _digests(root) == after  # the same seed writes the same bytes
+    assert file_digests(root) == after  # the same seed writes the same bytes
 
     out = prepare_librispeech(root, tmp_path / "m", splits=[ADAPT_DEV_SPLIT], jobs=1, progress=False)
     assert set(out["splits"]) == {ADAPT_DEV_SPLIT}

@@ -2,7 +2,6 @@
 in sentences and voices, closed-vocabulary, twinned, and never made or scored by run.sh."""
 
 import argparse
-import hashlib
 import json
 import re
 import shutil
@@ -17,6 +16,7 @@ from mtspeech.data.noisy_twins import OPTIONAL_TWIN_SPLITS, TWIN_SPLITS
 from mtspeech.data.synth import SynthConfig, plan_corpus, spare_training_sentences
 from mtspeech.data.synth_command import add_arguments, main
 from mtspeech.data.voices import SEEN_VARIANTS, TEST_ENGINE, TRAIN_FLITE_VOICES, UNSEEN_VARIANTS
+from corpus_digests import file_digests
 
 REPO = Path(__file__).resolve().parents[2]
 # Large enough that training reads a vocabulary with hundreds of unread sentences inside it;
@@ -24,10 +24,6 @@ REPO = Path(__file__).resolve().parents[2]
 CFG = SynthConfig(hours=0.3, seed=3, jobs=1, progress=False)
 TWINS = (f"{FINAL_SPLIT}-snr10", f"{FINAL_SPLIT}-snr0", f"{FINAL_SPLIT}-room")
 
-
-def _digests(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def test_the_plan_is_fixed_by_its_seed():
@@ -82,16 +78,16 @@ def test_its_voices_are_used_by_no_other_split_and_never_the_test_engine():
 def test_final_only_writes_the_split_and_its_twins_and_leaves_the_corpus_alone(synth_corpus, tmp_path):
     root = tmp_path / "corpus"
     shutil.copytree(synth_corpus, root)
-    before = _digests(root)
+    before = file_digests(root)
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     argv = ["--out", str(root), "--final-only", "--final-speakers", "2", "--final-utterances", "2",
             "--jobs", "1", "--no-progress"]
     too_many = ["--final-speakers", "16", "--final-utterances", "16"]  # more than the tiny corpus leaves
-    assert main(parser.parse_args([*argv, *too_many])) == 2 and _digests(root) == before
+    assert main(parser.parse_args([*argv, *too_many])) == 2 and file_digests(root) == before
     assert main(parser.parse_args(["--out", str(tmp_path / "none"), "--final-only"])) == 2
     assert main(parser.parse_args(argv)) == 0
-    after = _digests(root)
+    after = file_digests(root)
     assert {k for k in before if before[k] != after.get(k)} == {"SPEAKERS.TXT"}  # appended to
     assert not (root / "noisy_twins.json").exists()  # the other splits' twin record is not rewritten
     summary = json.loads((root / "test_final.json").read_text())
@@ -101,7 +97,7 @@ def test_final_only_writes_the_split_and_its_twins_and_leaves_the_corpus_alone(s
     for twin in TWINS:
         assert sorted(p.relative_to(root / twin) for p in (root / twin).rglob("*.flac")) == clean
     assert main(parser.parse_args(argv)) == 0
-    assert _digests(root) == after  # the same seed writes the same bytes
+    assert file_digests(root) == after  # the same seed writes the same bytes
 
     out = prepare_librispeech(root, tmp_path / "m", jobs=1, progress=False)
     assert {FINAL_SPLIT, *TWINS} <= set(out["splits"])
