@@ -122,7 +122,8 @@ def test_server_load_through_nginx_replicas(assets):
     # each utterance is 1.6 s and every one was decoded by one of the two replicas
     assert lv["audio_s"] == pytest.approx(1.6 * lv["utterances"], rel=0.05)
     assert _finite(lv["server_cpu_s"]) and lv["server_cpu_s"] > 0
-    assert 0 < lv["balancer_cpu_s"] < lv["server_cpu_s"]  # nginx proxied every frame: its CPU is in the group's
+    # nginx's own CPU, part of the group's; /proc counts it in 10 ms ticks, so a 0.5 s level may show 0
+    assert 0 <= lv["balancer_cpu_s"] <= lv["server_cpu_s"]
 
 
 def bench_nginx():
