@@ -17,13 +17,19 @@ def add_model_arguments(ap: argparse.ArgumentParser) -> None:
 
 
 def run_main(doc: str, add_arguments: Callable, run: Callable, render: Callable,
-             argv: list[str] | None = None, indent: int | None = 1) -> dict:
+             argv: list[str] | None = None, indent: int | None = 1,
+             usage_errors: tuple[type[Exception], ...] = ()) -> dict:
     """Parse `argv`, run, print the rendered result, write it as JSON to `--out` if given
-    (`indent` None: on one line, for results with many per-item records)."""
+    (`indent` None: on one line, for results with many per-item records). An exception of
+    `usage_errors` from `run` is reported as a usage error (argparse's message, exit 2)."""
     ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     add_arguments(ap)
     args = ap.parse_args(argv)
-    return emit(run(args), render, args.out, indent)
+    try:
+        result = run(args)
+    except usage_errors as e:
+        ap.error(str(e))
+    return emit(result, render, args.out, indent)
 
 
 def emit(result: dict, render: Callable, out: str | None, indent: int | None = 1) -> dict:

@@ -18,16 +18,14 @@ The streams connect to nginx's port, as a client of a deployment would.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import socket
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
-from _server_procs import cpu_seconds_of, parse_metrics, process_tree, rss_bytes_of
+from _server_procs import cpu_seconds_of, http_get, parse_metrics, process_tree, rss_bytes_of
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "deploy"))
@@ -59,7 +57,7 @@ def free_port_run(count: int, tries: int = 50) -> int:
 class ReplicaGroup:
     """N replicas behind nginx, with `ServerProcess`'s interface (see the module doc)."""
 
-    def __init__(self, ckpt: str, serve_flags: list[str], replicas: int, startup_timeout: float) -> None:
+    def __init__(self, ckpt: str, serve_flags: list[str], replicas: int) -> None:
         if replicas < 1:
             raise SystemExit(f"--replicas {replicas}: expected >= 1")
         first = free_port_run(replicas + 1)
@@ -67,7 +65,6 @@ class ReplicaGroup:
         self.base = f"http://127.0.0.1:{self.port}"
         self._run_dir = tempfile.TemporaryDirectory(prefix="mtspeech_bench_replicas_")
         self.group = Replicas(ckpt, replicas, first, self._run_dir.name, first + 1, serve_flags)
-        self.startup_timeout = startup_timeout  # replicas.py has its own (READY_TIMEOUT_S)
 
     def __enter__(self) -> ReplicaGroup:
         t0 = time.monotonic()
@@ -121,18 +118,13 @@ class ReplicaGroup:
     def metrics(self) -> dict:
         total: dict = {}
         for url in self._replica_urls():
-            for key, value in parse_metrics(_get(url + "/metrics").decode()).items():
+            for key, value in parse_metrics(http_get(url + "/metrics").decode()).items():
                 total[key] = total.get(key, 0.0) + value
         return total
 
     def wait_idle(self, timeout: float = 30.0) -> None:
         t0 = time.monotonic()
         while time.monotonic() - t0 < timeout:
-            if all(json.loads(_get(url + "/healthz"))["streams_open"] == 0 for url in self._replica_urls()):
+            if all(json.loads(http_get(url + "/healthz"))["streams_open"] == 0 for url in self._replica_urls()):
                 return
             time.sleep(0.1)
-
-
-def _get(url: str, timeout: float = 10.0) -> bytes:
-    with contextlib.closing(urllib.request.urlopen(url, timeout=timeout)) as r:
-        return r.read()

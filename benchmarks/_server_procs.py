@@ -1,11 +1,18 @@
 """What a load benchmark reads about server processes: their tree, CPU and memory from /proc,
-and a Prometheus `/metrics` page as a dict."""
+an HTTP GET of their routes, and a Prometheus `/metrics` page as a dict."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import urllib.request
 from pathlib import Path
+
+
+def http_get(url: str, timeout: float = 10.0) -> bytes:
+    """The body of a GET of `url` (a server's /healthz or /metrics)."""
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return r.read()
 
 
 def process_tree(roots: list[int]) -> list[int]:

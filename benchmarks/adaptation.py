@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from _cli import emit
+from _cli import run_main
 
 from mtspeech.adaptation import inputs
 from mtspeech.adaptation.command import DEFAULT_LR, INIT_KEY, add_set_arguments, load_base, set_config
@@ -256,14 +256,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(ap)
-    args = ap.parse_args(argv)
-    try:
-        result = run(args)
-    except AdaptationError as e:
-        ap.error(str(e))
-    return emit(result, render, args.out)
+    return run_main(__doc__, add_arguments, run, render, argv, usage_errors=(AdaptationError,))
 
 
 if __name__ == "__main__":

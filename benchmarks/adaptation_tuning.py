@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import torch
-from _cli import emit
+from _cli import run_main
 from adaptation import adapt_voices, load_voices, summarize
 
 from mtspeech.adaptation.command import load_base
@@ -126,8 +126,7 @@ def render(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--model", required=True, help="trained checkpoint (final.pt)")
     ap.add_argument("--manifest", required=True, help="a dev split of new voices (adapt-dev.jsonl), never a test split")
     ap.add_argument("--grid", nargs="+", required=True, metavar="SET=LR,LR,...", help="step sizes to try per set")
@@ -138,12 +137,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples over voices")
     ap.add_argument("--out", default=None, help="JSON output")
-    args = ap.parse_args(argv)
-    try:
-        result = run(args)
-    except AdaptationError as e:
-        ap.error(str(e))
-    return emit(result, render, args.out)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    return run_main(__doc__, add_arguments, run, render, argv, usage_errors=(AdaptationError,))
 
 
 if __name__ == "__main__":

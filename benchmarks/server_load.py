@@ -72,7 +72,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,7 +82,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _cli import add_model_arguments, run_main  # noqa: E402
 from _pyspy import Profile  # noqa: E402
-from _server_procs import cpu_seconds_of, parse_metrics, process_tree, rss_bytes_of  # noqa: E402
+from _server_procs import cpu_seconds_of, http_get, parse_metrics, process_tree, rss_bytes_of  # noqa: E402
 from _server_load_features import (PLAIN, FeatureSet, cost_rows, parse_features, render_costs,  # noqa: E402
                                    run_order, words_of_manifest)
 
@@ -146,7 +145,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     srv.add_argument("--replicas", type=int, default=None,
                      help="N replicas behind nginx on this machine (deploy/replicas.py; each gets cores / N "
                           "workers unless --workers is given); the streams connect to nginx")
-    srv.add_argument("--startup-timeout", type=float, default=180.0, help="seconds to wait for /healthz")
+    srv.add_argument("--startup-timeout", type=float, default=180.0,
+                     help="seconds to wait for /healthz (one server; --replicas: deploy/replicas.py's own wait)")
 
 
 # ----------------------------------------------------------------------------- test audio
@@ -268,11 +268,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _get(url: str, timeout: float = 10.0) -> bytes:
-    with urllib.request.urlopen(url, timeout=timeout) as r:
-        return r.read()
-
-
 def serve_flags(args, max_streams: int, backend: str = "torch", onnx_dir: str | None = None) -> list[str]:
     """`mtspeech serve`'s flags for a run, but --model, --host and --port."""
     flags = ["--device", args.device,
@@ -301,7 +296,7 @@ def start_server(ckpt: str, args, max_streams: int, backend: str = "torch", onnx
     if getattr(args, "replicas", None):
         from _server_load_replicas import ReplicaGroup
 
-        return ReplicaGroup(str(Path(ckpt).resolve()), flags, args.replicas, args.startup_timeout)
+        return ReplicaGroup(str(Path(ckpt).resolve()), flags, args.replicas)  # replicas.py waits by its own timeout
     return ServerProcess(ckpt, flags, args.startup_timeout)
 
 
@@ -325,7 +320,7 @@ class ServerProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_tail()}")
             with contextlib.suppress(OSError, ValueError):
-                if json.loads(_get(self.base + "/healthz", 2.0))["status"] == "ok":
+                if json.loads(http_get(self.base + "/healthz", 2.0))["status"] == "ok":
                     self.startup_s = time.monotonic() - t0
                     return self
             time.sleep(0.2)
@@ -364,12 +359,12 @@ class ServerProcess:
 
     def metrics(self) -> dict:
         """The /metrics samples as {(name, ((label, value), ...)): value}."""
-        return parse_metrics(_get(self.base + "/metrics").decode())
+        return parse_metrics(http_get(self.base + "/metrics").decode())
 
     def wait_idle(self, timeout: float = 30.0) -> None:
         t0 = time.monotonic()
         while time.monotonic() - t0 < timeout:
-            if json.loads(_get(self.base + "/healthz"))["streams_open"] == 0:
+            if json.loads(http_get(self.base + "/healthz"))["streams_open"] == 0:
                 return
             time.sleep(0.1)
 

@@ -1,18 +1,16 @@
 """adapt-dev: new voices to tune adaptation on. Fixed by its seed, reading dev sentences only,
 with voices, ids and chapters no other split has, and written without touching the corpus."""
 
-import argparse
 import json
-import shutil
 
 from mtspeech.data.adapt_dev import ADAPT_DEV_SEED, ADAPT_DEV_SPLIT, ADAPT_DEV_VARIANTS, plan_adapt_dev
 from mtspeech.data.final_test import FINAL_VARIANTS, plan_final
 from mtspeech.data.librispeech import prepare_librispeech
 from mtspeech.data.new_voices import NEW_VARIANTS, TRAIN_VARIANTS, plan_train_voices, plan_voices
 from mtspeech.data.synth import SynthConfig, plan_corpus, spare_training_sentences
-from mtspeech.data.synth_command import add_arguments, main
+from mtspeech.data.synth_command import main
 from mtspeech.data.voices import SEEN_VARIANTS, UNSEEN_VARIANTS
-from corpus_digests import file_digests
+from corpus_digests import copied_corpus, file_digests
 
 # Large enough for 30 distinct dev sentences per speaker and for test-final's plan; only planned.
 CFG = SynthConfig(hours=0.4, seed=3, jobs=1, progress=False)
@@ -55,11 +53,7 @@ def test_its_voices_ids_and_chapters_are_no_other_splits():
 
 
 def test_adapt_dev_only_writes_the_split_and_leaves_the_corpus_alone(synth_corpus, tmp_path):
-    root = tmp_path / "corpus"
-    shutil.copytree(synth_corpus, root)
-    before = file_digests(root)
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
+    root, before, parser = copied_corpus(synth_corpus, tmp_path)
     argv = ["--out", str(root), "--adapt-dev-only", "--adapt-dev-speakers", "2", "--adapt-dev-utterances", "2",
             "--jobs", "1", "--no-progress"]
     assert main(parser.parse_args([*argv[:-1], "--adapt-dev-utterances", "1000", "--no-progress"])) == 2

@@ -1,10 +1,8 @@
 """test-final: the final test set. Deterministic from its seed, disjoint from every other split
 in sentences and voices, closed-vocabulary, twinned, and never made or scored by run.sh."""
 
-import argparse
 import json
 import re
-import shutil
 from pathlib import Path
 
 import pytest
@@ -14,9 +12,9 @@ from mtspeech.data.librispeech import prepare_librispeech
 from mtspeech.data.new_voices import NEW_VARIANTS, TRAIN_VARIANTS, plan_train_voices, plan_voices
 from mtspeech.data.noisy_twins import OPTIONAL_TWIN_SPLITS, TWIN_SPLITS
 from mtspeech.data.synth import SynthConfig, plan_corpus, spare_training_sentences
-from mtspeech.data.synth_command import add_arguments, main
+from mtspeech.data.synth_command import main
 from mtspeech.data.voices import SEEN_VARIANTS, TEST_ENGINE, TRAIN_FLITE_VOICES, UNSEEN_VARIANTS
-from corpus_digests import file_digests
+from corpus_digests import copied_corpus, file_digests
 
 REPO = Path(__file__).resolve().parents[2]
 # Large enough that training reads a vocabulary with hundreds of unread sentences inside it;
@@ -76,11 +74,7 @@ def test_its_voices_are_used_by_no_other_split_and_never_the_test_engine():
 
 
 def test_final_only_writes_the_split_and_its_twins_and_leaves_the_corpus_alone(synth_corpus, tmp_path):
-    root = tmp_path / "corpus"
-    shutil.copytree(synth_corpus, root)
-    before = file_digests(root)
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
+    root, before, parser = copied_corpus(synth_corpus, tmp_path)
     argv = ["--out", str(root), "--final-only", "--final-speakers", "2", "--final-utterances", "2",
             "--jobs", "1", "--no-progress"]
     too_many = ["--final-speakers", "16", "--final-utterances", "16"]  # more than the tiny corpus leaves
