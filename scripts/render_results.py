@@ -192,6 +192,18 @@ PAGES = [
          "which gives the ASR head an intermediate CTC on layer 1; `no-interctc` is the same run without it (the "
          "grid before the fix). Every number is read on `dev` (training loss and dev CER); no test split is scored. "
          "One thread per run on the 2-core development machine; each JSON's `command` re-read the runs."),
+    Page("left-context", "Left context of streaming: dev accuracy and step cost per --left-chunks",
+         "python benchmarks/left_context.py --model exp/synthetic/all/final.pt --manifest data/synthetic/dev.jsonl "
+         "--left-chunks 4 8 16 --out docs/results/left-context/dev.json  # adapt-dev.json: --manifest "
+         "data-adapt/synthetic/adapt-dev.jsonl --left-chunks 8 16 --repeats 3",
+         "*.json", lambda r: benchmark("left_context").render(r),
+         "Definitions and the choice rule: the docstring of `benchmarks/left_context.py`. Only dev material is "
+         "read: `dev` (the corpus's dev split) and `adapt-dev` (new voices reading dev sentences, docs/data.md). "
+         "The rule was fixed before `dev.json` was measured; on dev the continuous shape's interval (27 streams) "
+         "was too wide to show left 8 within the margin, so `adapt-dev.json` (90 streams) was measured after it "
+         "with the same rule; its interval is too wide as well, so the served default stays 16. Step times: 1 thread of the 2-core development machine while other "
+         "work ran (interleaved repeats, so read the ratios, not the milliseconds). The model: the demo model of "
+         "docs/results/demo/."),
     Page("synth-speed", "Synthesis speed of the demo corpus per engine",
          "python benchmarks/synth_speed.py --per-kind 8 --out speed.json", "*.json",
          lambda r: benchmark("synth_speed").render(r),

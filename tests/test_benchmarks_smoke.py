@@ -301,3 +301,22 @@ def test_speaker_turns_cost_benchmark():
     c = r["cpu_s_per_audio_s"]
     assert r["backend"] == "torch-traced" and _finite(r["ratio_median"])
     assert len(c["plain"]) == len(c["speaker_turns"]) == 1 and min(c["plain"] + c["speaker_turns"]) > 0
+
+
+def test_left_context_benchmark(assets):
+    bench = _load("left_context")
+    out = assets["root"] / "left.json"
+    bench.main(["--model", str(assets["ckpt"]), "--manifest", str(assets["manifest"]), "--left-chunks", "1", "2",
+                "--reference", "2", "--join", "2", "--batch", "2", "--repeats", "2", "--steps", "1", "--out", str(out)])
+    result = json.loads(out.read_text())
+    rows = {r["left_chunks"]: r for r in result["rows"]}
+    assert set(rows) == {1, 2} and rows[2]["step_time_vs_reference"] == 1.0
+    assert result["utterances"] == 2 and result["streams"] == 1
+    for shape in ("utterances", "continuous"):
+        assert "ci" not in rows[2][shape]  # the reference is not compared with itself
+        low, high = rows[1][shape]["ci"]
+        assert low <= rows[1][shape]["delta_wer"] <= high
+    # the rule: left 1 is chosen only if both upper bounds are within the margin
+    within = all(rows[1][s]["ci"][1] <= result["settings"]["margin"] for s in ("utterances", "continuous"))
+    assert result["choice"] == (1 if within else 2)
+    assert all(len(r["step_ms_repeats"]) == 2 and r["step_ms"] > 0 for r in rows.values())

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from mtspeech.serve import app as serve_app
 from mtspeech.serve.limits import STREAMS_PER_CORE
+from mtspeech.streaming import StreamingConfig
 
 RESULT = Path(__file__).resolve().parents[2] / "docs/results/server-load/default-continuous-2cores.json"
 
@@ -16,6 +17,7 @@ def test_streams_per_core_is_what_the_committed_benchmark_measured():
     settings = result["settings"]
     # the default server: phones + LM (auto), worker processes and decoding steps at their defaults
     assert settings["decoder"] == "auto" and settings["workers"] is None and settings["decode_threads"] is None
+    assert settings["left_chunks"] == StreamingConfig.left_chunks and settings["chunk_frames"] == StreamingConfig.chunk_frames
     assert result["max_streams_keeping_up"] == STREAMS_PER_CORE * settings["cpu_count"]
 
 
