@@ -2,10 +2,18 @@
 
 Every tensor has the batch on a fixed axis (`BATCH_DIM`) and a size that never changes while
 a stream runs, so caches of streams at different progress are rows of one batch
-(`mtspeech.streaming.encoder.CachePool`: `take` the rows of a step, `put_` them back).
-Attention keys are stored *after* rotary embedding (at their absolute positions), so they
-stay valid as later chunks arrive; `frames_seen` gives each row the position of its next
+(`mtspeech.streaming.encoder.CachePool`: `take` the rows of a step, write its `CacheUpdate`
+back). Attention keys are stored *after* rotary embedding (at their absolute positions), so
+they stay valid as later chunks arrive; `frames_seen` gives each row the position of its next
 frame.
+
+The left context is a ring: the frame at absolute position p lives in slot p mod left_frames.
+Attention does not care where a key sits (each carries its own position, and the mask says
+which slots hold one), so a step only writes its own t new frames over the oldest ones,
+instead of shifting the whole left context by t and writing every slot back: a server step
+moved each stream's left context four times (gather, concatenate, stack, scatter), which was
+most of the streaming encoder's time; now it moves it once, for the concatenation attention
+needs (docs/benchmarks.md, "Server load").
 """
 
 from __future__ import annotations
@@ -23,8 +31,8 @@ class EncoderCache:
     `L` counts every block that runs: the encoder's layers, or with task towers
     (`towers.py`) the trunk's blocks then each tower's, tower by tower (`encoder.cache_layers`).
 
-    keys, values: (L, B, H, left_frames, Dh) rotated keys / values of the left context,
-        oldest first; `left_frames = left_chunks * chunk_frames`.
+    keys, values: (L, B, H, left_frames, Dh) rotated keys / values of the left context, the
+        frame at position p in slot p mod left_frames; `left_frames = left_chunks * chunk_frames`.
     key_valid: (B, left_frames) bool, False where a slot holds no frame yet.
     conv: (L, B, D, kernel-1) input history of each layer's causal depthwise convolution
         (size 0 for encoders without one).
@@ -132,6 +140,26 @@ class EncoderCache:
         for f, d in BATCH_DIM.items():
             getattr(self, f).index_copy_(d, rows, getattr(other, f))
 
+    def slots(self, frames: int) -> torch.Tensor:
+        """(B, frames) int64: the ring slots of each row's next `frames` frames."""
+        ahead = torch.arange(frames, device=self.frames_seen.device)
+        return (self.frames_seen.unsqueeze(1) + ahead) % self.left_frames
+
+    def updated(self, update: "CacheUpdate") -> "EncoderCache":
+        """The cache after a chunk: `update`'s valid frames written over the oldest slots (a new
+        cache; gather / where / scatter, so it exports to ONNX)."""
+        keys, values, key_valid = self.keys, self.values, self.key_valid
+        t = update.valid.shape[1]
+        if self.left_frames and t:
+            slots = self.slots(t)  # (B, t); distinct per row, since t <= chunk_frames <= left_frames
+            idx = slots[None, :, None, :, None].expand(*update.keys.shape)
+            valid = update.valid[None, :, None, :, None]
+            keys = keys.scatter(3, idx, torch.where(valid, update.keys, keys.gather(3, idx)))
+            values = values.scatter(3, idx, torch.where(valid, update.values, values.gather(3, idx)))
+            key_valid = key_valid.scatter(1, slots, key_valid.gather(1, slots) | update.valid)
+        return EncoderCache(keys=keys, values=values, key_valid=key_valid, conv=update.conv,
+                            frames_seen=update.frames_seen, chunk_frames=self.chunk_frames)
+
     def to(self, device: torch.device | str) -> "EncoderCache":
         """The same cache on another device."""
         return dataclasses.replace(
@@ -142,6 +170,24 @@ class EncoderCache:
             conv=self.conv.to(device),
             frames_seen=self.frames_seen.to(device),
         )
+
+
+@dataclass(frozen=True, eq=False)
+class CacheUpdate:
+    """What one chunk adds to an `EncoderCache` of batch B (`forward_chunk_update`).
+
+    keys, values: (L, B, H, t, Dh) the chunk's rotated keys / values, frame j of row b at
+        position `frames_seen[b] + j` of the cache it was computed from;
+    valid: (B, t) bool, False for a right-padded row's frames past its end (not written);
+    conv: (L, B, D, kernel-1) the new convolution history (replaces the old one);
+    frames_seen: (B,) int64 the new positions.
+    """
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    valid: torch.Tensor
+    conv: torch.Tensor
+    frames_seen: torch.Tensor
 
 
 # The batch axis of each tensor field.

@@ -26,7 +26,7 @@ from torch import nn
 
 from mtspeech.data.geometry import RIGHT_CONTEXT, SUBSAMPLING
 from mtspeech.encoders.output import EncoderOutput
-from mtspeech.encoders.cache import EncoderCache
+from mtspeech.encoders.cache import CacheUpdate, EncoderCache
 from mtspeech.encoders.conditioning import Conditioner, condition
 from mtspeech.encoders.masks import attention_mask, padding_mask, sample_chunk
 from mtspeech.encoders.subsampling import Conv2dSubsampling4, chunk_window, subsampled_lens
@@ -348,8 +348,16 @@ class ConformerEncoder(nn.Module):
         `chunk_lens` (B,) gives each row's real frame count when rows are right-padded to N
         (e.g. one stream at its last chunk); a row with 0 real frames leaves its cache as is.
         Returns (EncoderOutput: L × (B, c', D) and lens (B,), the new cache); the cache is
-        updated with each row's real frames only.
+        updated with each row's real frames only. `forward_chunk_update` returns what changed
+        instead, for a caller that keeps the cache in place (`streaming.encoder.CachePool`).
         """
+        out, update = self.forward_chunk_update(x, cache, chunk_lens)
+        return out, cache if update.valid.shape[1] == 0 else cache.updated(update)
+
+    def forward_chunk_update(
+        self, x: torch.Tensor, cache: EncoderCache, chunk_lens: torch.Tensor | None = None
+    ) -> tuple[EncoderOutput, CacheUpdate]:
+        """`forward_chunk`, returning the chunk's `CacheUpdate` instead of the new cache."""
         b, n, _ = x.shape
         c = cache.chunk_frames
         window, _ = chunk_window(c)
@@ -360,35 +368,33 @@ class ConformerEncoder(nn.Module):
         if cache.keys.shape[0] != self.cache_layers:
             raise ValueError(f"cache holds {cache.keys.shape[0]} layers of state but this encoder needs "
                              f"{self.cache_layers} (trunk + towers); build it with init_cache")
-        full = chunk_lens is None  # every row a full window: the new left context is a slice
+        full = chunk_lens is None  # every row a full window: the new conv history is a slice
         if chunk_lens is None:
             chunk_lens = torch.full((b,), n, dtype=torch.long, device=x.device)
         h, lens = self.front(x, chunk_lens)
         t = h.shape[1]
+        valid = padding_mask(lens, t)  # (B, t)
         if t == 0:
-            return self._empty_output(h, lens), cache
+            return self._empty_output(h, lens), self._no_update(cache, valid)
 
         left = cache.left_frames
-        valid = padding_mask(lens, t)  # (B, t)
-        key_valid = torch.cat([cache.key_valid, valid], dim=1)  # (B, left + t)
+        key_valid = torch.cat([cache.key_valid, valid], dim=1)  # (B, left + t): the ring, then the chunk
         mask = key_valid.unsqueeze(1).repeat(1, t, 1)  # every query sees its whole chunk
         diag = torch.arange(t, device=h.device)
         mask[:, diag, left + diag] = True  # no all-False row on padding rows
         mask = mask.unsqueeze(1)
         positions = cache.frames_seen.unsqueeze(1) + torch.arange(t, device=h.device)
         pad = ~valid.unsqueeze(-1)
-        if not full:  # the new left context ends at each row's last real frame: slots [lens, lens + left)
-            keep = lens.unsqueeze(1) + torch.arange(left, device=h.device)  # (B, left)
+        if not full:  # the new conv history ends at each row's last real frame
             keep_conv = lens.unsqueeze(1) + torch.arange(self.conv_history_frames, device=h.device)
-            idx = keep[:, None, :, None].expand(b, self.heads, left, self.head_dim)
-        keys, values, convs = {}, {}, {}  # cache slot → its new entries (towers run layer-major)
+        keys, values, convs = {}, {}, {}  # cache slot → the chunk's entries (towers run layer-major)
 
         def step(slot: int, block: nn.Module, h: torch.Tensor) -> torch.Tensor:
             h, k, v, conv_in = block(h, positions, mask, cache.keys[slot], cache.values[slot], cache.conv[slot])
-            if full:  # views; the stack below copies them once (a gather would copy twice)
-                keys[slot], values[slot], convs[slot] = k[:, :, t:], v[:, :, t:], conv_in[:, :, t:]
+            keys[slot], values[slot] = k[:, :, left:], v[:, :, left:]  # views; stacked (copied) once below
+            if full:
+                convs[slot] = conv_in[:, :, t:]
             else:
-                keys[slot], values[slot] = k.gather(2, idx), v.gather(2, idx)
                 convs[slot] = conv_in.gather(2, keep_conv[:, None, :].expand(b, conv_in.shape[1], -1))
             return h.masked_fill(pad, 0.0)
 
@@ -399,10 +405,15 @@ class ConformerEncoder(nn.Module):
             h = condition(self.conditioners, i, h, lens, pad, head_logits)  # this chunk's posteriors only
         out = self._output(layers, h, lens, head_logits, step)
         slots = range(self.cache_layers)
-        new_cache = EncoderCache(
+        update = CacheUpdate(
             keys=torch.stack([keys[s] for s in slots]), values=torch.stack([values[s] for s in slots]),
-            key_valid=key_valid[:, t:] if full else key_valid.gather(1, keep),
-            conv=torch.stack([convs[s] for s in slots]),
-            frames_seen=cache.frames_seen + lens, chunk_frames=c,
+            valid=valid, conv=torch.stack([convs[s] for s in slots]), frames_seen=cache.frames_seen + lens,
         )
-        return out, new_cache
+        return out, update
+
+    @staticmethod
+    def _no_update(cache: EncoderCache, valid: torch.Tensor) -> CacheUpdate:
+        """The update of a chunk without encoder frames: nothing written, nothing moved."""
+        shape = (*cache.keys.shape[:3], 0, cache.keys.shape[4])
+        return CacheUpdate(keys=cache.keys.new_zeros(shape), values=cache.values.new_zeros(shape), valid=valid,
+                           conv=cache.conv, frames_seen=cache.frames_seen)

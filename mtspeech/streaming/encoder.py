@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from mtspeech.encoders import EncoderOutput
-from mtspeech.encoders.cache import EncoderCache
+from mtspeech.encoders.cache import BATCH_DIM, CacheUpdate, EncoderCache
 from mtspeech.tasks.base import Role, task_with_role
 from mtspeech.tasks.layer_mix import LEARNED, task_input
 
@@ -64,6 +64,14 @@ class EncoderStep(Protocol):
 
     def __call__(self, feats: torch.Tensor, cache: EncoderCache, roles: Iterable[str] = ("asr",),
                  chunk_lens: torch.Tensor | None = None) -> tuple[ChunkOutput, EncoderCache]: ...
+
+
+def step_update(step: EncoderStep, feats: torch.Tensor, cache: EncoderCache, roles: Iterable[str],
+                chunk_lens: torch.Tensor | None = None) -> tuple[ChunkOutput, EncoderCache | CacheUpdate]:
+    """One step, returning what changed in the cache where the runtime can (`update`, the torch
+    steps: cheaper to store, `CachePool.apply`), else the new cache (onnxruntime's graphs)."""
+    update = getattr(step, "update", None)
+    return update(feats, cache, roles, chunk_lens) if update is not None else step(feats, cache, roles, chunk_lens)
 
 
 # ----------------------------------------------------------------------------- heads by role
@@ -171,33 +179,41 @@ def head_logits(heads: dict[str, nn.Module], out: EncoderOutput, roles: Iterable
 class CachePool:
     """The encoder caches of a recognizer's streams, one row each of one batched cache.
 
-    A step gathers its streams' rows with one copy per tensor and writes them back with one,
-    where stacking B caches and splitting them back took 5·B tensor operations, each a trip
-    out of Python that another thread (the server's event loop) may hold up. Rows freed by
-    finished or dropped streams are reused; the pool grows by doubling and keeps its peak size.
-    Thread-safe: the server steps disjoint streams on several threads.
+    A step gathers its streams' rows with one copy per tensor, where stacking B caches took
+    5·B tensor operations, each a trip out of Python that another thread (the server's event
+    loop) may hold up. It writes back only what changed (`apply`: the chunk's frames into their
+    ring slots, `encoders/cache.py`), or a whole new cache (`put`: steps that return one, as
+    onnxruntime's does). Rows are stored batch-major (every tensor's batch axis first), so a
+    row is one contiguous block: gathering 48 of 64 rows of a demo model's (layers, batch, ...)
+    keys along the second axis took 4.6x as long as along the first. `take` hands the encoder
+    views in its own layout. Rows freed by finished or dropped streams are reused; the pool
+    grows by doubling and keeps its peak size. Thread-safe: the server steps disjoint streams
+    on several threads.
     """
 
     def __init__(self, init_cache: Callable[[int], EncoderCache]) -> None:
         self._init = init_cache
         self._lock = threading.Lock()
-        self._cache = init_cache(0)
-        self._blank = init_cache(1)
+        self._rows = _batch_major(init_cache(0))
+        self._blank = _batch_major(init_cache(1))
+        self._chunk_frames = init_cache(0).chunk_frames
         self._free: list[int] = []
 
     @property
     def capacity(self) -> int:
-        return self._cache.batch_size
+        return self._rows["frames_seen"].shape[0]
 
     def acquire(self) -> int:
         """A row holding the state before any audio."""
         with self._lock:
             if not self._free:
                 n = max(8, self.capacity)
-                self._cache = EncoderCache.stack([self._cache, self._init(n)])
+                more = _batch_major(self._init(n))
+                self._rows = {f: torch.cat([t, more[f]]) for f, t in self._rows.items()}
                 self._free = list(range(self.capacity - 1, self.capacity - n - 1, -1))
             row = self._free.pop()
-            self._cache.put_(torch.tensor([row]), self._blank)
+            for f, t in self._rows.items():
+                t[row] = self._blank[f][0]
             return row
 
     def release(self, row: int) -> None:
@@ -205,16 +221,43 @@ class CachePool:
             self._free.append(row)
 
     def take(self, rows: Sequence[int]) -> EncoderCache:
-        """A copy of these rows, as one cache of batch len(rows)."""
+        """A copy of these rows, as one cache of batch len(rows) (its tensors: views of the copy)."""
         index = torch.tensor(rows, dtype=torch.long)
         with self._lock:
-            return self._cache.take(index)
+            return EncoderCache(**{f: t.index_select(0, index).movedim(0, BATCH_DIM[f])
+                                   for f, t in self._rows.items()}, chunk_frames=self._chunk_frames)
 
     def put(self, rows: Sequence[int], cache: EncoderCache) -> None:
         """Store `cache` (batch len(rows)) as these rows."""
         index = torch.tensor(rows, dtype=torch.long)
         with self._lock:
-            self._cache.put_(index, cache)
+            for f, t in self._rows.items():
+                t.index_copy_(0, index, getattr(cache, f).movedim(BATCH_DIM[f], 0))
+
+    def apply(self, rows: Sequence[int], update: CacheUpdate) -> None:
+        """Write a step's `update` (batch len(rows)) into these rows, in place: its valid frames
+        over the oldest slots of each row's ring, the new conv history and positions."""
+        index = torch.tensor(rows, dtype=torch.long)
+        t = update.valid.shape[1]
+        with self._lock:
+            keys, values, key_valid = self._rows["keys"], self._rows["values"], self._rows["key_valid"]
+            if keys.shape[3] and t:
+                seen = self._rows["frames_seen"].index_select(0, index)
+                slots = (seen.unsqueeze(1) + torch.arange(t)) % keys.shape[3]  # (B, t)
+                at = (index.unsqueeze(1), slice(None), slice(None), slots)  # → (B, t, L, H, Dh)
+                valid = update.valid
+                everything = bool(valid.all())
+                for store, new in ((keys, update.keys), (values, update.values)):
+                    new = new.permute(1, 3, 0, 2, 4)  # (L, B, H, t, Dh) → (B, t, L, H, Dh)
+                    store[at] = new if everything else torch.where(valid[:, :, None, None, None], new, store[at])
+                key_valid[index.unsqueeze(1), slots] |= valid
+            self._rows["conv"].index_copy_(0, index, update.conv.movedim(BATCH_DIM["conv"], 0))
+            self._rows["frames_seen"].index_copy_(0, index, update.frames_seen)
+
+
+def _batch_major(cache: EncoderCache) -> dict[str, torch.Tensor]:
+    """The cache's tensors with their batch axis first, contiguous."""
+    return {f: getattr(cache, f).movedim(d, 0).contiguous() for f, d in BATCH_DIM.items()}
 
 
 # ----------------------------------------------------------------------------- the torch step
@@ -247,8 +290,14 @@ class TorchEncoderStep:
                  chunk_lens: torch.Tensor | None = None) -> tuple[ChunkOutput, EncoderCache]:
         """feats (B, N <= 4c+3, F) → (heads `roles` of the chunk, the new cache). `chunk_lens`
         (B,): real feature frames of right-padded rows (None: all N)."""
-        out, cache = self.encoder.forward_chunk(feats, cache, chunk_lens)
-        return ChunkOutput(head_logits(self.heads, out, roles), out.lens), cache
+        out, update = self.update(feats, cache, roles, chunk_lens)
+        return out, cache if update.valid.shape[1] == 0 else cache.updated(update)
+
+    def update(self, feats: torch.Tensor, cache: EncoderCache, roles: Iterable[str] = ("asr",),
+               chunk_lens: torch.Tensor | None = None) -> tuple[ChunkOutput, CacheUpdate]:
+        """`__call__`, returning what changed in the cache instead of the new cache."""
+        out, update = self.encoder.forward_chunk_update(feats, cache, chunk_lens)
+        return ChunkOutput(head_logits(self.heads, out, roles), out.lens), update
 
 
 def check_encoder_step(step: EncoderStep, chunk_frames: int, left_chunks: int, model: nn.Module) -> None:

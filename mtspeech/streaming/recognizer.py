@@ -46,13 +46,14 @@ import numpy as np
 import torch
 
 from mtspeech.data.resample import check_samples
+from mtspeech.encoders.cache import CacheUpdate
 from mtspeech.streaming.endpoint import EndpointConfig, Endpointer
 from mtspeech.streaming.biased_beam import BiasCache
 from mtspeech.streaming.decoders import BeamDecoder, GreedyDecoder, TokenDecoder
 from mtspeech.streaming.hotwords import parse_hotwords
 from mtspeech.streaming.encoder import (  # noqa: F401 (phone_task, vad_task re-exported)
     AttributeHeads, CachePool, ChunkOutput, EncoderStep, TorchEncoderStep, asr_task, check_encoder_step, phone_task,
-    speaker_frames, vad_task)
+    speaker_frames, step_update, vad_task)
 from mtspeech.streaming.features import featurize
 from mtspeech.streaming.speakers import SpeakerTurnConfig, label_final, new_tracker
 from mtspeech.streaming.stream import Event, FinalEvent, PartialEvent, SpeechActivityEvent, Stream
@@ -253,8 +254,11 @@ class StreamingRecognizer:
         """Run the encoder on one window per stream (x (B, N, F); `chunk_lens`: real frames per
         row when rows are right-padded) with the streams' caches, then decode its output."""
         rows = [s.cache_row for s in streams]
-        out, cache = self.encoder_step(x, self._caches.take(rows), self._roles(streams), chunk_lens)
-        self._caches.put(rows, cache)
+        out, new = step_update(self.encoder_step, x, self._caches.take(rows), self._roles(streams), chunk_lens)
+        if isinstance(new, CacheUpdate):
+            self._caches.apply(rows, new)
+        else:
+            self._caches.put(rows, new)
         self._decode_frames(streams, out)
 
     def finish(self, stream: Stream) -> None:

@@ -31,6 +31,7 @@ from mtspeech.streaming.encoder import HEAD_ROLES, head_logits, head_tasks
 
 CACHE_FIELDS = ("keys", "values", "key_valid", "conv", "frames_seen")
 INPUT_NAMES = ("feats", "chunk_lens", *CACHE_FIELDS)
+UPDATE_FIELDS = ("keys", "values", "conv", "frames_seen")  # FullChunkGraph's outputs after the heads
 
 
 def output_names(roles: tuple[str, ...]) -> tuple[str, ...]:
@@ -68,8 +69,15 @@ class StreamingStepGraph(nn.Module):
 
 
 class FullChunkGraph(StreamingStepGraph):
-    """The same step for full windows only, without `chunk_lens`: the encoder then takes its
-    slicing path for the new left context. What `mtspeech.streaming.traced` traces."""
+    """The same step for full windows only, without `chunk_lens`, returning the cache's update
+    instead of the new cache: after the heads, the chunk's keys and values (L, B, H, c, Dh), the
+    new conv history and frames_seen (`UPDATE_FIELDS`; every frame of a full window is valid).
+    The caller writes them into its cache in place (`CachePool.apply`), so the graph never
+    copies the whole left context out. What `mtspeech.streaming.traced` traces."""
 
     def forward(self, feats, keys, values, key_valid, conv, frames_seen):
-        return self.step(feats, None, keys, values, key_valid, conv, frames_seen)
+        cache = EncoderCache(keys=keys, values=values, key_valid=key_valid, conv=conv,
+                             frames_seen=frames_seen, chunk_frames=self.chunk_frames)
+        out, update = self.encoder.forward_chunk_update(feats, cache, None)
+        logits = head_logits(self.heads, out, self.roles)
+        return (out.lens, *(logits[r] for r in self.roles), *(getattr(update, f) for f in UPDATE_FIELDS))

@@ -24,8 +24,8 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from mtspeech.encoders.cache import EncoderCache
-from mtspeech.streaming.step_graph import CACHE_FIELDS, FullChunkGraph
+from mtspeech.encoders.cache import CacheUpdate, EncoderCache
+from mtspeech.streaming.step_graph import CACHE_FIELDS, UPDATE_FIELDS, FullChunkGraph
 from mtspeech.streaming.encoder import ChunkOutput, TorchEncoderStep
 
 log = logging.getLogger(__name__)
@@ -58,9 +58,17 @@ class TracedEncoderStep(TorchEncoderStep):
         cache = self.init_cache(batch)
         return [feats, *(getattr(cache, f) for f in CACHE_FIELDS)]
 
+    def _update(self, out: tuple) -> CacheUpdate:
+        """The cache update a graph step returned (every frame of a full window valid)."""
+        fields = dict(zip(UPDATE_FIELDS, out[1 + len(self.graph_roles):]))
+        b, t = fields["keys"].shape[1], fields["keys"].shape[3]
+        return CacheUpdate(**fields, valid=torch.ones(b, t, dtype=torch.bool, device=fields["keys"].device))
+
     def _next_inputs(self, inputs: list[torch.Tensor], out: tuple) -> list[torch.Tensor]:
-        """The next step's inputs: new features, the cache step `out` returned."""
-        return [torch.randn_like(inputs[0]), *out[1 + len(self.graph_roles):]]
+        """The next step's inputs: new features, the cache after step `out`."""
+        cache = EncoderCache(**dict(zip(CACHE_FIELDS, inputs[1:])), chunk_frames=self.chunk_frames)
+        new = cache.updated(self._update(out))
+        return [torch.randn_like(inputs[0]), *(getattr(new, f) for f in CACHE_FIELDS)]
 
     def _check(self, graph: nn.Module, feat_dim: int) -> None:
         """Traced = eager over more steps than the left context holds, at another batch size."""
@@ -72,18 +80,17 @@ class TracedEncoderStep(TorchEncoderStep):
                     raise ValueError("the traced streaming step differs from the eager one")
             inputs = self._next_inputs(inputs, want)
 
-    def __call__(self, feats: torch.Tensor, cache: EncoderCache, roles: Iterable[str] = ("asr",),
-                 chunk_lens: torch.Tensor | None = None) -> tuple[ChunkOutput, EncoderCache]:
+    def update(self, feats: torch.Tensor, cache: EncoderCache, roles: Iterable[str] = ("asr",),
+               chunk_lens: torch.Tensor | None = None) -> tuple[ChunkOutput, CacheUpdate]:
         b, n, _ = feats.shape
         full = n == self.window_frames and (chunk_lens is None or bool((chunk_lens == n).all()))
         if not full or b == 0:
-            return super().__call__(feats, cache, roles, chunk_lens)
+            return super().update(feats, cache, roles, chunk_lens)
         with torch.jit.optimized_execution(False):  # no re-specialisation per batch size
             out = self.graph(feats, *(getattr(cache, f) for f in CACHE_FIELDS))
-        k, wanted = len(self.graph_roles), set(roles)
+        wanted = set(roles)
         logits = {r: out[1 + i] for i, r in enumerate(self.graph_roles) if r in wanted}
-        new = EncoderCache(**dict(zip(CACHE_FIELDS, out[1 + k:])), chunk_frames=self.chunk_frames)
-        return ChunkOutput(logits, out[0]), new
+        return ChunkOutput(logits, out[0]), self._update(out)
 
 
 def traced_or_eager(model: nn.Module, chunk_frames: int, left_chunks: int) -> TorchEncoderStep:
