@@ -839,7 +839,7 @@ def _render_one(result: dict) -> str:
             lines.append(f"py-spy, N={lv['streams']} repeat {lv['repeat']} [{lv.get('features', 'plain')}] "
                          f"({p['samples']} samples at {p['rate_hz']} Hz over the server processes; share of "
                          "samples with the function on the stack):")
-            lines += [f"  {share:6.1%}  {name}" for name, share in p["inclusive"][:15]]
+            lines += [f"  {share:6.1%}  {name}" for name, share in p["inclusive"][:30]]
     return "\n".join(lines)
 
 

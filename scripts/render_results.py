@@ -88,7 +88,8 @@ PAGES = [
          "--seconds-per-level 20 --levels 64,80,96,112,128,144; greedy-continuous-*: --decoder greedy "
          "--levels 208,224,240,256,272; features-*: --levels 32,64 --features plain,diarization+hotwords100; "
          "window-*-onnx-*: --backend onnx --levels 128,144,160,176; window-*-onnx-int8-*: --backend onnx-int8 "
-         "--levels 128,144,160,176; window-*-2replicas-nginx-*: --replicas 2 --levels 112,128,144,160",
+         "--levels 128,144,160,176; window-*-2replicas-nginx-*: --replicas 2 --levels 112,128,144,160; "
+         "profile-default-continuous-*: --levels 176 --repeats 1 --profile DIR",
          "*.json", lambda r: benchmark("server_load").render(r),
          "Definitions (latencies, keeps up): the docstring of `benchmarks/server_load.py`. 2 cores, the load "
          "client on the same cores; continuous: N streams started together, each 20 s of test speech at real "
@@ -104,6 +105,9 @@ PAGES = [
          "server's two runs there, and default-continuous-* from an earlier session the same day, differ by more than one "
          "level: a keep-up level moves that much between runs of one configuration, so only a difference "
          "larger than that, seen in every run, says one configuration keeps up with more streams. "
+         "profile-*: where the default server's CPU goes (py-spy on every worker, one level, one repeat, "
+         "measured after the streaming cache became a ring written in place); not a capacity figure, and "
+         "py-spy's own sampling costs the server some CPU. The other files were measured before that change. "
          "The summary's first table: one line per file; its efficiency is at that file's kept-up level. "
 "The model: the demo model of docs/results/demo/.",
          summary=lambda rs: benchmark("server_load").render_summary(rs)),
