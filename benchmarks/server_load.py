@@ -604,6 +604,7 @@ async def _run_levels(server: ServerProcess, audios: dict[str, list[TestAudio]],
         server.wait_idle()
         await asyncio.sleep(2.5)  # past the server's decode-lag window (serve/lag.py): no carried-over refusals
         m0, c0, r0, t0 = server.metrics(), server.cpu_seconds(), resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
+        workers0 = {pid: cpu_seconds_of([pid]) for pid in server.worker_pids()}
         balancer = getattr(server, "balancer_cpu_seconds", None)  # nginx's share, with --replicas
         b0 = balancer() if balancer else None
         rss_peak = [server.rss_bytes() or 0]
@@ -628,6 +629,10 @@ async def _run_levels(server: ServerProcess, audios: dict[str, list[TestAudio]],
         level["repeat"], level["features"] = repeat, feature.name
         if b0 is not None:
             level["balancer_cpu_s"] = round(balancer() - b0, 3)
+        # Each decoding process's CPU over the level, largest first: a worker can use one core, so
+        # one that got more than its share of the streams falls behind while the others idle.
+        level["worker_cpu_s"] = sorted((round(cpu_seconds_of([pid]) - c, 2) for pid, c in workers0.items()
+                                        if c is not None and cpu_seconds_of([pid]) is not None), reverse=True)
         if prof is not None:
             level["profile"] = prof.summary
         results.append(level)
@@ -821,6 +826,10 @@ def _render_one(result: dict) -> str:
                          f"{_num(row['final_latency_p95_s']):>6} {_num(row['partial_latency_p95_s']):>7} "
                          f"{_num(row['first_partial_latency_p95_s']):>11} {_num(row['endpoint_latency_p95_s']):>8} "
                          f"{_num(row['stream_lag_p95_s']):>10} {row['errors']:>6} {row['x_realtime_min']:>7.1f}")
+    split = [lv for lv in levels if len(lv.get("worker_cpu_s") or []) > 1 and sum(lv["worker_cpu_s"])]
+    if split:
+        lines.append("the busiest decoding process's share of their CPU, per level and repeat (1/N: even): " + ", ".join(
+            f"N={lv['streams']}: {lv['worker_cpu_s'][0] / sum(lv['worker_cpu_s']):.0%}" for lv in split))
     if any("balancer_cpu_s" in lv for lv in levels):
         lines.append("nginx's share of the cpu column, per level: " + ", ".join(
             f"N={lv['streams']}: {lv['balancer_cpu_s'] / lv['server_cpu_s']:.1%}" for lv in levels

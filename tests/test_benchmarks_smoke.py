@@ -98,6 +98,10 @@ def test_server_load_benchmark(assets):
                     "server_cpu_s", "cpu_cores", "rtf_cpu", "efficiency_audio_s_per_cpu_s", "efficiency_vs_n1"):
             assert _finite(lv[key]), (key, lv[key])
         assert lv["audio_s"] == pytest.approx(1.6 * lv["utterances"], rel=0.05)
+        # each decoding process's CPU, largest first, within the server's (which adds the supervisor)
+        workers = lv["worker_cpu_s"]
+        assert workers and workers == sorted(workers, reverse=True) and min(workers) >= 0
+        assert sum(workers) <= lv["server_cpu_s"] + 0.02  # /proc counts 10 ms ticks per process
         if lv["keeps_up"]:  # the documented bound, checked on the level's own measurements
             assert lv["final_latency_p95_s"] < 0.5 and lv["rtf"] < 1 and not lv["why_not"], lv
         else:
