@@ -84,7 +84,7 @@ PAGES = [
          "the cost of speaker turns and hotwords; ONNX; two replicas behind nginx",
          "python benchmarks/server_load.py --model exp/synthetic/all/final.pt --utterances 8 --decoder auto "
          "--shape continuous --levels 112,128,144,160,176,192 --repeats 3 --keep-going --out load.json  "
-         "# default-continuous-* and window-*-one-server-*; default-utterances-*: --shape utterances "
+         "# default-continuous-* (the rerun: --levels 176,192,208) and window-*-one-server-*; default-utterances-*: --shape utterances "
          "--seconds-per-level 20 --levels 64,80,96,112,128,144; greedy-continuous-*: --decoder greedy "
          "--levels 208,224,240,256,272; features-*: --levels 32,64 --features plain,diarization+hotwords100; "
          "window-*-onnx-*: --backend onnx --levels 128,144,160,176; window-*-onnx-int8-*: --backend onnx-int8 "
@@ -107,7 +107,9 @@ PAGES = [
          "larger than that, seen in every run, says one configuration keeps up with more streams. "
          "profile-*: where the default server's CPU goes (py-spy on every worker, one level, one repeat, "
          "measured after the streaming cache became a ring written in place); not a capacity figure, and "
-         "py-spy's own sampling costs the server some CPU. The other files were measured before that change. "
+         "py-spy's own sampling costs the server some CPU. default-continuous-* (two runs, both after that "
+         "change; the rerun also records each worker's CPU) and profile-* are of the current code; the other "
+         "files were measured before that change. "
          "The summary's first table: one line per file; its efficiency is at that file's kept-up level. "
 "The model: the demo model of docs/results/demo/.",
          summary=lambda rs: benchmark("server_load").render_summary(rs)),
