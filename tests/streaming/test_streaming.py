@@ -282,6 +282,33 @@ def test_long_stream_memory_is_bounded():
     assert len(finals_of(rec.events(s))) >= 8
 
 
+def test_cache_pool_applies_updates_in_place_as_the_cache_would_functionally():
+    """`CachePool.apply` (in place, the server's path) leaves a row exactly as `EncoderCache.updated`
+    (the functional path, what ONNX exports) would: over more chunks than the ring holds, with some
+    rows right-padded (frames not written) and one row skipping a chunk."""
+    from mtspeech.encoders.cache import CacheUpdate
+    from mtspeech.streaming.encoder import CachePool
+
+    encoder = tiny_recognizer().model.encoder
+    pool = CachePool(lambda n: encoder.init_cache(n, CHUNK, LEFT))
+    rows = [pool.acquire() for _ in range(3)]
+    want = encoder.init_cache(3, CHUNK, LEFT)
+    g = torch.Generator().manual_seed(0)
+    for step in range(LEFT + 3):  # the ring wraps around
+        lens = torch.tensor([CHUNK, CHUNK - 1 if step % 2 else CHUNK, 0 if step == 1 else CHUNK])
+        valid = torch.arange(CHUNK).unsqueeze(0) < lens.unsqueeze(1)
+        shape = (*want.keys.shape[:3], CHUNK, want.keys.shape[4])
+        update = CacheUpdate(keys=torch.randn(shape, generator=g), values=torch.randn(shape, generator=g),
+                             valid=valid, conv=torch.randn(want.conv.shape, generator=g),
+                             frames_seen=want.frames_seen + lens)
+        want = want.updated(update)
+        pool.apply(rows, update)
+        got = pool.take(rows)
+        for f in ("keys", "values", "key_valid", "conv", "frames_seen"):
+            assert torch.equal(getattr(got, f), getattr(want, f)), (step, f)
+    assert want.key_valid.all() and int(want.frames_seen[2]) == (LEFT + 2) * CHUNK
+
+
 def test_cache_pool_rows_are_taken_put_reused_and_freed_with_their_stream():
     import gc
 
