@@ -264,9 +264,19 @@ def run(args: argparse.Namespace) -> dict:
 
 def render(result: dict) -> str:
     fmt = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
-    lines = [f"adaptation of {result['set']['kind']} on {result['manifest']} ({len(result['voices'])} voices, "
-             f"seeds {result['seeds']}, {result['steps']} Adam steps of {result['lr']:g}, {result['threads']} threads)",
-             "",
+    where = f"on {result['manifest']} ({len(result['voices'])} voices, seeds {result['seeds']}"
+    if "fine-tune" in result["methods"]:
+        head = (f"adaptation of {result['set']['kind']} {where}, {result['steps']} Adam steps of {result['lr']:g}, "
+                f"{result['threads']} threads)")
+    else:
+        head = f"adaptation {where}, {result['threads']} threads)"
+    adapter = result.get("speaker_adapter")
+    if adapter:
+        layers = adapter["config"]["layers"]
+        blocks = "all" if layers is None else f"the top {layers}"
+        head += (f"\nspeaker-embedding: the adapter of {adapter['checkpoint']} ({adapter['steps_done']} training "
+                 f"steps; it sets the LayerNorms of {blocks} blocks on the ASR path)")
+    lines = [head, "",
              "| method | k | CER [voices] | Δ vs none [voices] | seed interval | s / adaptation | delta bytes |",
              "|---|---|---|---|---|---|---|"]
     for method, by_k in result["results"].items():

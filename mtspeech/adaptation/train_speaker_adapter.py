@@ -7,12 +7,14 @@ training voices, so that `mtspeech adapt --params speaker-embedding` adapts with
     mtspeech adapt exp/synthetic/all-adapter/adapter.pt --manifest data/synthetic/test-voices.jsonl \\
         --speaker 1170 --k 5 --params speaker-embedding --out exp/adapted/1170-embedding.pt
 
-The base model is frozen; only the adapter learns. Each step draws `voices_per_step` voices
-and, for each, a support of k of its utterances (k itself drawn from 1..`max_k`, so one adapter
-serves every k) and `query` OTHER utterances of the same voice. The adapter maps the support's
-voice vector to the set's values, and the loss is the ASR CTC loss of the query under them: the
-support's words are never scored, so the adapter can only gain by what the voice's utterances
-share, which is what it must do for a voice it has never heard.
+The base model is frozen; only the adapter learns. It first embeds every utterance of the
+training voices, for the mean and spread of their voice vectors: the adapter's zero point and
+units (`SpeakerAdapter`). Each step then draws `voices_per_step` voices and, for each, a
+support of k of its utterances (k itself drawn from 1..`max_k`, so one adapter serves every k)
+and `query` OTHER utterances of the same voice. The adapter maps the support's voice vector to
+the set's values, and the loss is the ASR CTC loss of the query under them: the support's words
+are never scored, so the adapter can only gain by what the voice's utterances share, which is
+what it must do for a voice it has never heard.
 
 The output is the base checkpoint, weights unchanged (evaluating it evaluates the base model),
 with the adapter stored beside them under `speaker_adapter` (config, weights, Adam's state,
@@ -45,6 +47,10 @@ from mtspeech.checkpoint import load_state, save_atomic
 from mtspeech.data.manifest import Utterance
 
 log = logging.getLogger(__name__)
+
+# Voice vectors have entries of order 1 (`voice_vector`); a dimension in which the training
+# voices spread less than this is divided by this instead.
+SPREAD_FLOOR = 1e-3
 
 
 @dataclass(frozen=True)
@@ -135,6 +141,16 @@ def train_speaker_adapter(checkpoint: str | Path, utts: list[Utterance], out: st
             wavs = inputs.load_waves(new, geometry.sample_rate)
             embeddings.update(zip([u.id for u in new], embed_utterances(model, wavs)))
         return voice_vector(torch.stack([embeddings[u.id] for u in support])).to(device)
+
+    if entry is None:  # the training voices' mean voice vector (where the delta is zero) and spread
+        t0 = time.perf_counter()
+        every = tqdm(sorted(voices), desc="embed training voices", unit="voice", disable=not progress, leave=False)
+        vectors = torch.stack([voice_of(voices[v]) for v in every])
+        adapter.center.copy_(vectors.mean(0))
+        # population std (one voice: none, hence the floor); the floor keeps a dimension in which
+        # the training voices agree from turning a new voice's rounding noise into a large input
+        adapter.spread.copy_(vectors.std(0, correction=0).clamp(min=SPREAD_FLOOR))
+        seconds += time.perf_counter() - t0
 
     def save(step: int) -> dict:
         saved = adapter_entry(adapter, optimizer=opt.state_dict(), settings=settings, steps_done=step,

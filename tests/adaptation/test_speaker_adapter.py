@@ -26,21 +26,47 @@ from mtspeech.checkpoint import load_model, load_state, save_atomic
 from mtspeech.data.manifest import read_manifest
 
 SET = ParamSetConfig("speaker-embedding")
-TOY = training.AdapterTrainingConfig(steps=12, voices_per_step=1, max_k=2, query=2, lr=1e-2, save_every=4)
+TOY = training.AdapterTrainingConfig(steps=30, voices_per_step=2, max_k=4, query=4, lr=3e-3, save_every=10)
 
 
-@pytest.fixture(scope="module")
-def voice(new_condition):
-    """The new channel's utterances: the first ones to train the adapter on, the last four held
-    back (never drawn in training): two to embed, two to score."""
-    utts = read_manifest(new_condition)
+def _split(utts):
+    """A voice's utterances → (to train the adapter on, two held back to embed, two to score)."""
     return utts[:-4], utts[-4:-2], utts[-2:]
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_trained, voice, tmp_path_factory):
+def two_voices(prepared_manifests, tmp_path_factory):
+    """Every utterance of the session corpus twice, as two voices: as recorded ("clean"), and
+    through the new channel of `new_condition` ("channel": highs boosted, 10 dB down). The
+    adapter is centred on the mean training voice, so it has to learn how the two differ."""
+    from scipy.signal import lfilter
+
+    folder = tmp_path_factory.mktemp("two_voices")
+    clean, channel = [], []
+    for split in ("train", "dev", "test", "test-unseen", "test-engine"):
+        for u in read_manifest(prepared_manifests[split]):
+            wav, rate = soundfile.read(u.audio, dtype="float32")
+            path = folder / f"{u.id}.wav"
+            soundfile.write(path, (0.3 * lfilter([1.0, -0.9], [1.0], wav)).astype("float32"), rate)
+            clean.append(dataclasses.replace(u, speaker="clean"))
+            channel.append(dataclasses.replace(u, id=u.id + "-ch", audio=str(path), speaker="channel"))
+    return _split(channel), _split(clean)
+
+
+@pytest.fixture(scope="module")
+def voice(two_voices):
+    return two_voices[0]
+
+
+@pytest.fixture(scope="module")
+def clean(two_voices):
+    return two_voices[1]
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_trained, voice, clean, tmp_path_factory):
     out = tmp_path_factory.mktemp("speaker_adapter") / "adapter.pt"
-    return out, training.train_speaker_adapter(tiny_trained, voice[0], out, training=TOY)
+    return out, training.train_speaker_adapter(tiny_trained, voice[0] + clean[0], out, training=TOY)
 
 
 def _batches(model, utts):
@@ -65,41 +91,47 @@ def test_an_untrained_adapter_is_the_trained_model_exactly(tiny_trained, voice, 
         assert all(torch.equal(a, b) for a, b in layers)
 
 
-def test_training_lowers_the_loss_of_utterances_it_never_saw(tiny_trained, voice, trained):
+def test_training_lowers_the_loss_of_utterances_it_never_saw(tiny_trained, voice, clean, trained):
     out, entry = trained
     assert entry["steps_done"] == TOY.steps and len(entry["query_losses"]) == TOY.steps
     model = load_model(out)[0]
     adapter, pset = load_adapter(load_state(out), model)
-    values = condition(model, adapter, pset, inputs.load_waves(voice[1], model.geometry.sample_rate)).values
-    held_back = _batches(model, voice[2])
-    assert asr_loss(model, pset, values, held_back) < asr_loss(model, pset, pset.initial(), held_back)
+    adapted, base = 0.0, 0.0
+    for _, to_embed, to_score in (voice, clean):
+        values = condition(model, adapter, pset, inputs.load_waves(to_embed, model.geometry.sample_rate)).values
+        held_back = _batches(model, to_score)
+        adapted += asr_loss(model, pset, values, held_back)
+        base += asr_loss(model, pset, pset.initial(), held_back)
+    assert adapted < base
     base, with_adapter = load_state(tiny_trained)["model"], load_state(out)["model"]
     assert all(torch.equal(base[k], with_adapter[k]) for k in base)  # evaluating it evaluates the base
 
 
-def test_training_resumes_and_extends_exactly(tiny_trained, voice, trained, tmp_path, monkeypatch):
+def test_training_resumes_and_extends_exactly(tiny_trained, voice, clean, tmp_path, monkeypatch):
+    short = dataclasses.replace(TOY, steps=6, save_every=2)
+    utts = voice[0] + clean[0]
+    straight = training.train_speaker_adapter(tiny_trained, utts, tmp_path / "straight.pt", training=short)
     calls = {"n": 0}
     real = training.batch_loss
 
     def interrupted(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] > 5:  # steps 1-4 saved (one batch each), killed inside step 6
+        if calls["n"] > 5:  # steps 1-2 saved (two voices, one batch each), killed inside step 3
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
     out = tmp_path / "resumed.pt"
     monkeypatch.setattr(training, "batch_loss", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        training.train_speaker_adapter(tiny_trained, voice[0], out, training=TOY)
-    assert load_state(out)[ADAPTER_KEY]["steps_done"] == 4
+        training.train_speaker_adapter(tiny_trained, utts, out, training=short)
+    assert load_state(out)[ADAPTER_KEY]["steps_done"] == 2
     monkeypatch.setattr(training, "batch_loss", real)
-    half = dataclasses.replace(TOY, steps=8)
-    training.train_speaker_adapter(tiny_trained, voice[0], out, training=half)  # resumed, then extended below
-    resumed = training.train_speaker_adapter(tiny_trained, voice[0], out, training=TOY)
-    for k, v in trained[1]["state"].items():
-        assert torch.equal(resumed["state"][k], v)
+    training.train_speaker_adapter(tiny_trained, utts, out, training=dataclasses.replace(short, steps=4))  # resumed
+    resumed = training.train_speaker_adapter(tiny_trained, utts, out, training=short)  # and extended
+    for k, v in straight["state"].items():
+        assert torch.equal(resumed["state"][k], v), k
     with pytest.raises(AdaptationError, match="not written by a train-speaker-adapter run with these settings"):
-        training.train_speaker_adapter(tiny_trained, voice[0], out, training=dataclasses.replace(TOY, lr=1e-3))
+        training.train_speaker_adapter(tiny_trained, utts, out, training=dataclasses.replace(short, lr=1e-3))
 
 
 def test_adapt_changes_only_the_layer_norms_with_no_step_and_the_delta_rebuilds(tiny_trained, voice, trained,
