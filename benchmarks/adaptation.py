@@ -274,8 +274,9 @@ def render(result: dict) -> str:
     if adapter:
         layers = adapter["config"]["layers"]
         blocks = "all" if layers is None else f"the top {layers}"
+        trained = "" if adapter.get("seconds") is None else f" in {adapter['seconds']:.0f} s"
         head += (f"\nspeaker-embedding: the adapter of {adapter['checkpoint']} ({adapter['steps_done']} training "
-                 f"steps; it sets the LayerNorms of {blocks} blocks on the ASR path)")
+                 f"steps{trained}; it sets the LayerNorms of {blocks} blocks on the ASR path)")
     lines = [head, "",
              "| method | k | CER [voices] | Δ vs none [voices] | seed interval | s / adaptation | delta bytes |",
              "|---|---|---|---|---|---|---|"]
