@@ -41,8 +41,9 @@ class SpeakerAdapterConfig:
 
     layers: int | None = None
     # Chosen on adapt-dev (docs/results/adaptation/speaker-embedding-adapt-dev-*.json): width 64
-    # fitted the 58 training voices and raised the new voices' CER at every k; width 4 (and the
-    # trainer's 200 steps) did not. With few training voices, capacity is what has to be small.
+    # raised the new voices' CER at every k, input standardised or not; width 4 (with the
+    # trainer's 200 steps) did not. Likely: with few training voices, a wide adapter fits them in
+    # ways that do not carry over to other voices.
     hidden_dim: int = 4
 
     def __post_init__(self) -> None:
@@ -64,12 +65,11 @@ class SpeakerAdapter(nn.Module):
     `center` and `spread` (buffers, set by the trainer) are the mean and per-dimension standard
     deviation of the training voices' vectors. At the mean voice the delta is zero by
     construction: the trained model already is the best single setting for those voices on
-    average, so the adapter may only say how a voice differs from them. Without the centre, an
-    adapter learned a shared shift that lowered the loss of the training utterances (which the
-    base model had fitted) and raised adapt-dev's CER (docs/results/adaptation/, the uncentred
-    adapter). Dividing by the spread measures that difference in units of how much the training
-    voices differ: a speaker head whose embeddings share one large direction (a briefly trained
-    one) would otherwise hand every voice nearly the same input.
+    average, so the adapter may only say how a voice differs from them. Dividing by the spread
+    measures that difference in units of how much the training voices differ: a speaker head
+    whose embeddings share one large direction (the tiny test model's: cosines of 0.99) would
+    otherwise hand every voice nearly the same input. On the demo model this alone did not stop a
+    wide adapter from raising adapt-dev's CER; a narrow one left it unchanged (`SpeakerAdapterConfig`).
 
     Args:
         cfg: its `SpeakerAdapterConfig`.

@@ -96,6 +96,8 @@ def test_training_lowers_the_loss_of_utterances_it_never_saw(tiny_trained, voice
     assert entry["steps_done"] == TOY.steps and len(entry["query_losses"]) == TOY.steps
     model = load_model(out)[0]
     adapter, pset = load_adapter(load_state(out), model)
+    assert all(not d.any() for d in adapter(adapter.center).values())  # the mean training voice: no change
+    assert any(d.any() for d in adapter(adapter.center + adapter.spread).values())
     adapted, base = 0.0, 0.0
     for _, to_embed, to_score in (voice, clean):
         values = condition(model, adapter, pset, inputs.load_waves(to_embed, model.geometry.sample_rate)).values
