@@ -1,5 +1,5 @@
 """Fast adaptation to new voices (issue 36 item 3): CER on a voice after adapting to k of its
-utterances, against no adaptation, for plain fine-tuning, a Reptile start and embedding
+utterances, against no adaptation, for plain fine-tuning, a Reptile start and speaker-embedding
 conditioning.
 
 For every voice of the manifest (default split: test-voices, voices no training split has),
@@ -12,20 +12,30 @@ leaves a voice nothing to score is skipped for that voice, and listed. Methods:
     none               the model as trained, on the same scored utterances (the paired baseline)
     fine-tune          the set adapted from the trained values
     reptile            the set adapted from the start `mtspeech meta-train` learned (--meta)
-    speaker-embedding  no gradient steps; only for models with speaker-conditioned layers, else
-                       listed under not_available with the reason
+    speaker-embedding  no gradient step: the layer-norms values the speaker adapter of
+                       `mtspeech train-speaker-adapter` (--speaker-adapter) gives for the speaker
+                       head's embedding of the k utterances (`mtspeech adapt --params
+                       speaker-embedding`)
+
+A method without its checkpoint is listed under not_available with the reason; `--methods`
+runs only those named (the `none` baseline always).
 
 Intervals: per method and k, the utterances of every seed are pooled per voice and the CER and
 its difference to `none` are bootstrapped over voices (`speaker_bootstrap`, a cluster bootstrap:
 one voice's utterances fail together); the spread over selection seeds is reported beside it (t
 interval of the per-seed CERs, `mean_std_ci`). Adaptation time: wall seconds of the steps on
-`--threads` threads (2 by default, as the issue asks), median over runs. Delta size: bytes of the
-delta file `mtspeech adapt` would write.
+`--threads` threads (2 by default, as the issue asks), median over runs; for speaker-embedding,
+from the k waveforms to the set's values (their embeddings and the adapter). Delta size: bytes
+of the delta file `mtspeech adapt` would write.
 
     mtspeech meta-train EXP/final.pt --manifest data/synthetic/train-voices.jsonl \\
         --params layer-norms --k 5 --out EXP/meta-layer-norms.pt
     python benchmarks/adaptation.py --model EXP/final.pt --meta EXP/meta-layer-norms.pt \\
         --data data/synthetic --params layer-norms --out adaptation.json
+    mtspeech train-speaker-adapter EXP/final.pt --manifest data/synthetic/train.jsonl \\
+        data/synthetic/train-voices.jsonl --out EXP/adapter.pt
+    python benchmarks/adaptation.py --model EXP/final.pt --speaker-adapter EXP/adapter.pt \\
+        --methods speaker-embedding --data data/synthetic --out adaptation-embedding.json
 """
 
 from __future__ import annotations
@@ -46,7 +56,8 @@ from _cli import run_main
 from mtspeech.adaptation import inputs
 from mtspeech.adaptation.command import DEFAULT_LR, INIT_KEY, add_set_arguments, load_base, set_config
 from mtspeech.adaptation.fine_tune import fine_tune
-from mtspeech.adaptation.param_sets import AdaptationError, ParamSet, ParamSetConfig
+from mtspeech.adaptation.param_sets import AdaptationError, ParamSet, weights_fingerprint
+from mtspeech.adaptation.speaker_adapter import ADAPTER_KEY, SpeakerAdapter, condition, load_adapter
 from mtspeech.data.manifest import Utterance, read_manifest
 from mtspeech.evaluation.stats import mean_std_ci, speaker_bootstrap
 from mtspeech.tasks.base import ScoredBatch
@@ -143,10 +154,13 @@ def load_voices(model, manifest: Path, n_voices: int | None = None) -> Voices:
 
 
 def adapt_voices(model, pset: ParamSet, voices: Voices, ks: list[int], seeds: list[int], steps: int, lr: float,
-                 meta_tensors: dict[str, torch.Tensor] | None = None) -> tuple[list[dict], list[dict]]:
-    """(runs, skipped): every voice x k x seed adapted (fine-tune, and reptile from
-    `meta_tensors` when given) and scored on the voice's other utterances; a k that leaves a
-    voice nothing to score is skipped. `model` stays the base."""
+                 meta_tensors: dict[str, torch.Tensor] | None = None,
+                 adapter: tuple[SpeakerAdapter, ParamSet] | None = None,
+                 methods: tuple[str, ...] = METHODS) -> tuple[list[dict], list[dict]]:
+    """(runs, skipped): every voice x k x seed adapted by each of `methods` that can run
+    (fine-tune; reptile from `meta_tensors`, speaker-embedding with `adapter` and the set it
+    writes, when given) and scored on the voice's other utterances; a k that leaves a voice
+    nothing to score is skipped. `model` stays the base."""
     scorer_model = copy.deepcopy(model)  # receives each adapted state
     rate = model.geometry.sample_rate
     runs, skipped = [], []
@@ -166,9 +180,16 @@ def adapt_voices(model, pset: ParamSet, voices: Voices, ks: list[int], seeds: li
                           "scored": {u.id: voices.base_errors[u.id] for u in scored},
                           "errors": {"none": {u.id: voices.base_errors[u.id][0] for u in scored}},
                           "seconds": {}, "delta_bytes": {}, "loss": {}}
-                starts = {"fine-tune": pset.initial(seed)}
-                if meta_tensors is not None:
+                starts = {"fine-tune": pset.initial(seed)} if "fine-tune" in methods else {}
+                if meta_tensors is not None and "reptile" in methods:
                     starts["reptile"] = meta_tensors
+                if adapter is not None and "speaker-embedding" in methods:
+                    done = condition(model, adapter[0], adapter[1], [voices.wavs[u.id] for u in chosen])
+                    scorer_model.load_state_dict(adapter[1].merged_state(done.values))
+                    errors = char_errors(scorer_model, scored, voices.wavs)
+                    record["errors"]["speaker-embedding"] = {uid: e for uid, (e, _) in errors.items()}
+                    record["seconds"]["speaker-embedding"] = done.seconds
+                    record["delta_bytes"]["speaker-embedding"] = delta_bytes(adapter[1], done.values)
                 for method, start in starts.items():
                     result = fine_tune(model, pset, start, batches, steps, lr)
                     scorer_model.load_state_dict(pset.merged_state(result.trainable))
@@ -181,6 +202,21 @@ def adapt_voices(model, pset: ParamSet, voices: Voices, ks: list[int], seeds: li
     return runs, skipped
 
 
+def speaker_adapter(checkpoint: str, base_state: dict, model) -> tuple[tuple[SpeakerAdapter, ParamSet], dict]:
+    """The adapter of `mtspeech train-speaker-adapter`'s output `checkpoint` with the set it
+    writes, and what the JSON records of it; refused unless its base weights are --model's."""
+    state = load_base(checkpoint)[0]
+    if ADAPTER_KEY not in state:
+        raise AdaptationError(f"--speaker-adapter {checkpoint} holds no speaker adapter (run `mtspeech "
+                              "train-speaker-adapter` first)")
+    if weights_fingerprint(state["model"]) != weights_fingerprint(base_state["model"]):
+        raise AdaptationError(f"--speaker-adapter {checkpoint} was trained on other base weights than --model's")
+    entry = state[ADAPTER_KEY]
+    record = {"checkpoint": str(checkpoint), "config": entry["config"], "settings": entry.get("settings"),
+              "steps_done": entry.get("steps_done"), "seconds": entry.get("seconds")}
+    return load_adapter(state, model), record
+
+
 def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     cfg = set_config(args)
@@ -188,7 +224,7 @@ def run(args: argparse.Namespace) -> dict:
     pset = ParamSet(model, cfg)
     lr = DEFAULT_LR[cfg.kind] if args.lr is None else args.lr
     methods, not_available = ["none", "fine-tune"], {}
-    meta_tensors, meta_settings = None, None
+    meta_tensors, meta_settings, adapter, adapter_record = None, None, None, None
     if args.meta:
         meta = load_base(args.meta)[0].get(INIT_KEY)
         if meta is None or meta["set"] != cfg.as_dict():
@@ -197,19 +233,29 @@ def run(args: argparse.Namespace) -> dict:
         methods.append("reptile")
     else:
         not_available["reptile"] = "no --meta checkpoint given (run `mtspeech meta-train` first)"
-    try:
-        ParamSet(model, ParamSetConfig("speaker-embedding"))
-    except AdaptationError as e:
-        not_available["speaker-embedding"] = str(e)
+    if args.speaker_adapter:
+        adapter, adapter_record = speaker_adapter(args.speaker_adapter, state, model)
+        methods.append("speaker-embedding")
+    else:
+        not_available["speaker-embedding"] = ("no --speaker-adapter checkpoint given (run `mtspeech "
+                                              "train-speaker-adapter` first)")
+    if args.methods:
+        missing = [m for m in args.methods if m not in methods]
+        if missing:
+            why = "; ".join(f"{m}: {not_available[m]}" for m in missing)
+            raise AdaptationError(f"--methods {' '.join(missing)}: not available here ({why})")
+        methods = ["none", *[m for m in methods[1:] if m in args.methods]]
 
     manifest = Path(args.manifest) if args.manifest else Path(args.data) / f"{args.split}.jsonl"
     t0 = time.perf_counter()
     voices = load_voices(model, manifest, args.voices)
-    runs, skipped = adapt_voices(model, pset, voices, args.ks, args.seeds, args.steps, lr, meta_tensors)
+    runs, skipped = adapt_voices(model, pset, voices, args.ks, args.seeds, args.steps, lr, meta_tensors, adapter,
+                                 tuple(methods))
     return {
         "model": str(args.model), "manifest": str(manifest), "set": cfg.as_dict(), "steps": args.steps, "lr": lr,
         "ks": args.ks, "seeds": args.seeds, "threads": args.threads, "voices": sorted(voices.by_voice),
         "meta": {"checkpoint": str(args.meta), "settings": meta_settings} if args.meta else None,
+        "speaker_adapter": adapter_record,
         "methods": methods, "not_available": not_available, "skipped": skipped,
         "results": summarize(runs, methods, args.ks, args.seeds, args.resamples),
         "runs": runs, "seconds": time.perf_counter() - t0,
@@ -218,9 +264,20 @@ def run(args: argparse.Namespace) -> dict:
 
 def render(result: dict) -> str:
     fmt = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
-    lines = [f"adaptation of {result['set']['kind']} on {result['manifest']} ({len(result['voices'])} voices, "
-             f"seeds {result['seeds']}, {result['steps']} Adam steps of {result['lr']:g}, {result['threads']} threads)",
-             "",
+    where = f"on {result['manifest']} ({len(result['voices'])} voices, seeds {result['seeds']}"
+    if "fine-tune" in result["methods"]:
+        head = (f"adaptation of {result['set']['kind']} {where}, {result['steps']} Adam steps of {result['lr']:g}, "
+                f"{result['threads']} threads)")
+    else:
+        head = f"adaptation {where}, {result['threads']} threads)"
+    adapter = result.get("speaker_adapter")
+    if adapter:
+        layers = adapter["config"]["layers"]
+        blocks = "all" if layers is None else f"the top {layers}"
+        trained = "" if adapter.get("seconds") is None else f" in {adapter['seconds']:.0f} s"
+        head += (f"\nspeaker-embedding: the adapter of {adapter['checkpoint']} ({adapter['steps_done']} training "
+                 f"steps{trained}; it sets the LayerNorms of {blocks} blocks on the ASR path)")
+    lines = [head, "",
              "| method | k | CER [voices] | Δ vs none [voices] | seed interval | s / adaptation | delta bytes |",
              "|---|---|---|---|---|---|---|"]
     for method, by_k in result["results"].items():
@@ -240,6 +297,10 @@ def render(result: dict) -> str:
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--model", required=True, help="trained checkpoint (final.pt)")
     ap.add_argument("--meta", default=None, help="`mtspeech meta-train`'s output for the same set (the reptile rows)")
+    ap.add_argument("--speaker-adapter", default=None,
+                    help="`mtspeech train-speaker-adapter`'s output for --model (the speaker-embedding rows)")
+    ap.add_argument("--methods", nargs="+", default=None, choices=METHODS[1:],
+                    help="only these methods beside `none` (default: every one whose checkpoint is given)")
     where = ap.add_mutually_exclusive_group(required=True)
     where.add_argument("--data", help="manifest folder (data/synthetic); with --split")
     where.add_argument("--manifest", help="a manifest of the voices instead")

@@ -132,7 +132,7 @@ PAGES = [
          "of voices training never heard. The served defaults are the head's setting chosen so. The pyannote sample is one "
          "real recording (no interval); both pipelines use the model's VAD frames there, trained on "
          "synthetic speech only, so its miss share is the VAD's. The model: the demo model of docs/results/demo/."),
-    Page("adaptation", "Adapting to new voices: step sizes chosen on adapt-dev, then held-out voices scored once",
+    Page("adaptation", "Adapting to new voices: settings chosen on adapt-dev, then held-out voices scored once",
          "python benchmarks/adaptation_tuning.py --model exp/synthetic/all/final.pt --manifest "
          "data-adapt/synthetic/adapt-dev.jsonl --grid layer-norms=3e-4,1e-3,3e-3 --ks 1 5 20 --seeds 0 "
          "--voices 4 --threads 1 --out docs/results/adaptation/adapt-dev-tuning.json  # then the same with "
@@ -144,7 +144,20 @@ PAGES = [
          "--params lora --out docs/results/adaptation/lora-SPLIT.json. The time on 2 threads, "
          "on dev voices: python benchmarks/adaptation.py --model exp/synthetic/all/final.pt --manifest "
          "data-adapt/synthetic/adapt-dev.jsonl --params layer-norms --ks 1 5 20 --seeds 0 --voices 2 --threads 2 "
-         "--out docs/results/adaptation/adapt-dev-2threads.json",
+         "--out docs/results/adaptation/adapt-dev-2threads.json. Speaker-embedding conditioning: mtspeech "
+         "train-speaker-adapter exp/synthetic/all/final.pt --manifest data/synthetic/train.jsonl "
+         "data/synthetic/train-voices.jsonl --steps 400 --out exp/synthetic/all-adapter/adapter.pt, at 3be5944 "
+         "(uncentred) and at 387ab02 (standardised input), then with --hidden-dim 4 --steps 200, extended with "
+         "--steps 400; each adapter scored on adapt-dev with python benchmarks/adaptation.py --model "
+         "exp/synthetic/all/final.pt --speaker-adapter ADAPTER --methods speaker-embedding --manifest "
+         "data-adapt/synthetic/adapt-dev.jsonl --ks 1 5 20 --seeds 0 --threads 1 --out "
+         "docs/results/adaptation/speaker-embedding-adapt-dev-NAME.json. Then, once, with the adapter so chosen, "
+         "for SPLIT in test-engine test-voices test-unseen: python benchmarks/adaptation.py --model "
+         "exp/synthetic/all/final.pt --speaker-adapter ADAPTER --methods speaker-embedding --data data/synthetic "
+         "--split SPLIT --ks 1 5 20 --seeds 0 1 2 --threads 1 --out "
+         "docs/results/adaptation/speaker-embedding-SPLIT.json, and its time on 2 threads with --manifest "
+         "data-adapt/synthetic/adapt-dev.jsonl --ks 1 5 20 --seeds 0 --voices 2 --threads 2 --out "
+         "docs/results/adaptation/speaker-embedding-adapt-dev-2threads.json",
          "*.json", render_adaptation,
          "Definitions: the docstrings of `benchmarks/adaptation_tuning.py` and `benchmarks/adaptation.py`; "
          "the method: docs/adaptation.md. Step sizes were chosen on adapt-dev only (docs/data.md: new voices "
@@ -158,8 +171,15 @@ PAGES = [
          "splits, since other benchmarks and trainings shared both cores; `adapt-dev-2threads.json` times 2 "
          "threads, as the issue asks, on 2 dev voices. Upper bounds more than costs. `delta bytes`: the file `mtspeech adapt` writes beside the checkpoint. The JSON is written "
          "without indentation and the test splits' per-run records (adapted and scored utterance ids, "
-         "per-utterance errors) are left out, to keep docs/results under its size limit. The model: the demo "
-         "model of docs/results/demo/."),
+         "per-utterance errors) are left out, to keep docs/results under its size limit (the speaker-embedding "
+         "files' too). The model: the demo model of docs/results/demo/. `speaker-embedding-*.json`: no gradient "
+         "step, the speaker adapter of docs/adaptation.md trained on the training voices only (train and "
+         "train-voices); its settings were chosen on adapt-dev (all 12 voices, seed 0): `-uncentred` (hidden "
+         "width 64, 400 steps, before its input was standardised), `-standardised` (the same, standardised), "
+         "`-hidden4-200` and `-hidden4-400` (hidden width 4, 200 and 400 steps; the first scored as `hidden4.pt`, "
+         "copied to `hidden4-200.pt` before the run was extended); the test splits were then "
+         "scored once with the chosen one. Its `s / adaptation` is the wall time from the k waveforms to the "
+         "set's values (k speaker embeddings and the adapter)."),
     Page("hotwords", "Hotwords: recall, false alarms and the WER cost of a list, on the demo",
          "python benchmarks/hotwords.py --model exp/synthetic/all/final.pt --data data/synthetic "
          "--out docs/results/hotwords/hotwords.json",

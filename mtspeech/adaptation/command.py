@@ -11,6 +11,11 @@ did. OUT's `adaptation` entry records what was done (set, k, the utterance ids, 
 loss before and after, the start: the trained values or a Reptile init from `meta-train`);
 `OUT.delta.pt` holds only the changed tensors (LoRA: its factors), the size that a per-voice
 copy costs, and `param_sets.apply_delta` rebuilds OUT's weights from it and the base.
+
+`--params speaker-embedding` takes no gradient step and no transcript: the speaker adapter that
+`mtspeech train-speaker-adapter` stored in the checkpoint maps the speaker head's embedding of
+the k utterances to new layer-norms values (`speaker_adapter.py`); OUT and its delta are those
+of a layer-norms adaptation, so everything downstream reads them alike.
 """
 
 from __future__ import annotations
@@ -22,9 +27,10 @@ from pathlib import Path
 import torch
 
 from mtspeech.adaptation import inputs
-from mtspeech.adaptation.fine_tune import fine_tune
+from mtspeech.adaptation.fine_tune import asr_loss, fine_tune
 from mtspeech.adaptation.param_sets import (KINDS, LORA_TARGETS, AdaptationError, ParamSet, ParamSetConfig,
                                            weights_fingerprint)
+from mtspeech.adaptation.speaker_adapter import ADAPTER_KEY, condition, load_adapter
 from mtspeech.checkpoint import CheckpointError, load_state, save_atomic
 
 log = logging.getLogger(__name__)
@@ -77,46 +83,74 @@ def start_values(state: dict, pset: ParamSet, init: str, seed: int) -> tuple[dic
 
 
 def adapt(checkpoint: str | Path, utts: list, cfg: ParamSetConfig, out: str | Path, *, k: int | None = None,
-          steps: int = 20, lr: float | None = None, seed: int = 0, init: str = "auto",
+          steps: int | None = None, lr: float | None = None, seed: int = 0, init: str = "auto",
           max_batch_seconds: float = 60.0, device: str = "cpu", progress: bool = False) -> dict:
     """Adapt `checkpoint` to `utts` (one voice; `k` of them drawn with `seed`), write `out` and
-    its delta file; returns the record stored in `out` under `adaptation`."""
+    its delta file; returns the record stored in `out` under `adaptation`. A gradient set takes
+    `steps` Adam steps (default 20) of size `lr` (default: DEFAULT_LR); speaker-embedding takes
+    none and needs no transcripts: the checkpoint's speaker adapter sets the layer-norms."""
     if init not in ("auto", "model", "meta"):
         raise AdaptationError(f"--init must be auto, model or meta, got {init!r}")
+    conditioned = cfg.kind == "speaker-embedding"
+    if conditioned and (steps is not None or lr is not None or init == "meta"):
+        raise AdaptationError("--params speaker-embedding takes no gradient steps: leave out --steps, --lr and "
+                              "--init meta (its adapter was trained by `mtspeech train-speaker-adapter`)")
+    steps = 20 if steps is None else steps
     if steps < 1:
         raise AdaptationError(f"--steps must be at least 1, got {steps}")
-    chosen = inputs.choose(utts, k, seed)
+    chosen = inputs.choose(utts, k, seed, need_text=not conditioned)
     state, model = load_base(checkpoint)
     model.to(device)
-    pset = ParamSet(model, cfg)
     geometry = model.geometry
     wavs = inputs.load_waves(chosen, geometry.sample_rate)
-    batches = inputs.batches(chosen, wavs, model.tasks[model.asr_task], max_batch_seconds, geometry.sample_rate)
-    start, start_from = start_values(state, pset, init, seed)
-    lr = DEFAULT_LR[cfg.kind] if lr is None else lr
-    result = fine_tune(model, pset, start, batches, steps, lr, device=device, progress=progress)
+    transcribed = all(u.text and u.text.strip() for u in chosen)
+    batches = (inputs.batches(chosen, wavs, model.tasks[model.asr_task], max_batch_seconds, geometry.sample_rate)
+               if transcribed else None)
+    if conditioned:
+        pset, values, seconds, how = _conditioned(state, model, cfg, wavs)
+        # the loss on the k utterances is a record, not an input: only when they have transcripts
+        losses = [asr_loss(model, pset, t, batches, device) if batches else None for t in (pset.initial(), values)]
+        steps, lr, start_from = 0, None, "speaker-adapter"
+    else:
+        pset = ParamSet(model, cfg)
+        start, start_from = start_values(state, pset, init, seed)
+        lr = DEFAULT_LR[cfg.kind] if lr is None else lr
+        result = fine_tune(model, pset, start, batches, steps, lr, device=device, progress=progress)
+        values, seconds, losses, how = result.trainable, result.seconds, result.losses, f"{steps} steps"
 
     out = Path(out)
-    delta = {name: t.contiguous() for name, t in pset.delta(result.trainable).items()}
+    delta = {name: t.contiguous() for name, t in pset.delta(values).items()}
     record = {
-        "set": cfg.as_dict(), "k": len(chosen), "utterances": [u.id for u in chosen],
+        "set": pset.cfg.as_dict(), "k": len(chosen), "utterances": [u.id for u in chosen],
         "speakers": sorted({u.speaker for u in chosen if u.speaker is not None}),
         "steps": steps, "lr": lr, "seed": seed, "init": start_from, "base_checkpoint": str(checkpoint),
-        "loss_before": result.losses[0], "loss_after": result.losses[-1], "seconds": result.seconds,
+        "loss_before": losses[0], "loss_after": losses[-1], "seconds": seconds,
         "audio_seconds": sum(len(w) for w in wavs) / geometry.sample_rate,
         "delta_file": delta_path(out).name, "delta_values": sum(v.numel() for v in delta.values()),
     }
-    save_atomic({"set": cfg.as_dict(), "tensors": delta, "adaptation": record,
+    save_atomic({"set": pset.cfg.as_dict(), "tensors": delta, "adaptation": record,
                  "base_weights": weights_fingerprint(state["model"])}, delta_path(out))
     record["delta_bytes"] = delta_path(out).stat().st_size
-    adapted = {key: value for key, value in state.items() if key != INIT_KEY}
-    adapted["model"] = pset.merged_state(result.trainable)
+    adapted = {key: value for key, value in state.items() if key not in (INIT_KEY, ADAPTER_KEY)}
+    adapted["model"] = pset.merged_state(values)
     adapted["adaptation"] = record
     save_atomic(adapted, out)
-    log.info("adapted %s to %d utterance(s) (%s, %d steps): ASR loss %.3f -> %.3f on them; %s (%d bytes of delta)",
-             checkpoint, len(chosen), cfg.kind, steps, record["loss_before"], record["loss_after"], out,
-             record["delta_bytes"])
+    loss = "" if losses[0] is None else f": ASR loss {losses[0]:.3f} -> {losses[-1]:.3f} on them"
+    log.info("adapted %s to %d utterance(s) (%s, %s)%s; %s (%d bytes of delta)", checkpoint, len(chosen),
+             pset.cfg.kind, how, loss, out, record["delta_bytes"])
     return record
+
+
+def _conditioned(state: dict, model: torch.nn.Module, cfg: ParamSetConfig,
+                 wavs: list[torch.Tensor]) -> tuple[ParamSet, dict[str, torch.Tensor], float, str]:
+    """speaker-embedding: the set, its values from the checkpoint's adapter for the voice of
+    `wavs`, the wall seconds from waveforms to values, and how (for the log)."""
+    adapter, pset = load_adapter(state, model)
+    if cfg.layers is not None and cfg.layers != adapter.cfg.layers:
+        raise AdaptationError(f"--layers {cfg.layers}: the checkpoint's speaker adapter sets the top "
+                              f"{adapter.cfg.layers or 'all'} blocks' LayerNorms; leave --layers out")
+    done = condition(model, adapter, pset, wavs)
+    return pset, done.values, done.seconds, "no gradient step: the speaker adapter"
 
 
 def add_set_arguments(parser: argparse.ArgumentParser) -> None:
@@ -138,13 +172,15 @@ def set_config(args: argparse.Namespace) -> ParamSetConfig:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `mtspeech adapt`."""
     parser.add_argument("checkpoint", help="trained checkpoint (final.pt), or one `meta-train` wrote")
-    parser.add_argument("files", nargs="*", help="audio files, each with a transcript FILE.txt beside it")
+    parser.add_argument("files", nargs="*", help="audio files, each with a transcript FILE.txt beside it "
+                                                 "(speaker-embedding: transcripts optional)")
     parser.add_argument("--manifest", default=None, help="JSON Lines manifest of the voice's utterances instead of files")
     parser.add_argument("--speaker", default=None, help="the voice to take from a manifest of several")
     parser.add_argument("--out", required=True, help="the adapted checkpoint to write (and OUT.delta.pt)")
     add_set_arguments(parser)
     parser.add_argument("--k", type=int, default=None, help="utterances to adapt on, drawn with --seed (default all)")
-    parser.add_argument("--steps", type=int, default=20, help="Adam steps on all k utterances")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="Adam steps on all k utterances (default 20; speaker-embedding takes none)")
     parser.add_argument("--lr", type=float, default=None, help="Adam step size (default depends on --params)")
     parser.add_argument("--seed", type=int, default=0, help="draws the k utterances and LoRA's first factor")
     parser.add_argument("--init", default="auto", choices=("auto", "model", "meta"),
@@ -159,7 +195,9 @@ def main(args: argparse.Namespace) -> int:
         if bool(args.manifest) == bool(args.files):
             raise AdaptationError("give the voice's utterances either as --manifest or as audio files, not both or neither")
         cfg = set_config(args)
-        utts = inputs.from_manifest(args.manifest, args.speaker) if args.manifest else inputs.from_files(args.files)
+        need_text = cfg.kind != "speaker-embedding"  # conditioning reads only the voice
+        utts = (inputs.from_manifest(args.manifest, args.speaker) if args.manifest
+                else inputs.from_files(args.files, need_transcripts=need_text))
         adapt(args.checkpoint, utts, cfg, args.out, k=args.k, steps=args.steps, lr=args.lr, seed=args.seed,
               init=args.init, max_batch_seconds=args.max_batch_seconds, device=args.device, progress=True)
     except AdaptationError as e:

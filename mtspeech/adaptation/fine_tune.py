@@ -55,20 +55,31 @@ def frozen(model: nn.Module):
         model.train(was_training)
 
 
+def batch_loss(model: nn.Module, pset: ParamSet, trainable: dict[str, torch.Tensor], batch: Batch,
+               total_units: float, device: torch.device, check: bool = False) -> torch.Tensor:
+    """One batch's share of the ASR loss (its loss per transcript unit, weighted by its units out
+    of `total_units`), with the set's tensors at `trainable`: differentiable in `trainable`."""
+    name = model.asr_task
+    b = batch.to(device)
+    losses, _, lens = functional_call(model, pset.overrides(trainable), (b.wav, b.wav_lens, {name: b.targets[name]}))
+    if check:
+        check_lengths(b, lens.cpu(), name)
+    return losses[name] * (float(b.targets[name].lens.sum()) / total_units)
+
+
+def units(batches: list[Batch], task_name: str) -> float:
+    """Transcript units of task `task_name` in `batches`: what `batch_loss` weighs by."""
+    return float(sum(int(b.targets[task_name].lens.sum()) for b in batches))
+
+
 def _batch_losses(model: nn.Module, pset: ParamSet, trainable: dict[str, torch.Tensor], batches: list[Batch],
                   device: torch.device, backward: bool, check: bool = False) -> float:
     """The ASR loss over all batches (per transcript unit, as the task's loss is); with
     `backward`, its gradient accumulated into `trainable`'s .grad, one batch at a time."""
-    name = model.asr_task
-    total_units = float(sum(int(b.targets[name].lens.sum()) for b in batches))
+    total_units = units(batches, model.asr_task)
     total = 0.0
     for b in batches:
-        b = b.to(device)
-        targets = {name: b.targets[name]}
-        losses, _, lens = functional_call(model, pset.overrides(trainable), (b.wav, b.wav_lens, targets))
-        if check:
-            check_lengths(b, lens.cpu(), name)
-        loss = losses[name] * (float(b.targets[name].lens.sum()) / total_units)
+        loss = batch_loss(model, pset, trainable, b, total_units, device, check)
         if backward:
             loss.backward()
         total += float(loss.detach())

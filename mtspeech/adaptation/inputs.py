@@ -5,8 +5,9 @@ format (`--manifest`, narrowed to one voice with `--speaker`), or audio files, e
 transcript in a `.txt` file of the same name beside it (LibriSpeech-style text, normalised as
 `prepare` normalises training text). Everything that would make adaptation learn nothing, or
 learn from the wrong thing, is refused before a step runs, with the file or utterance named:
-no transcript, unreadable audio, a rate below `MIN_SAMPLE_RATE`, k larger than what was given,
-several voices mixed, audio too short for its transcript under CTC.
+no transcript (where the set trains on the words: all but speaker-embedding), unreadable audio,
+a rate below `MIN_SAMPLE_RATE`, k larger than what was given, several voices mixed, audio too
+short for its transcript under CTC.
 """
 
 from __future__ import annotations
@@ -57,14 +58,18 @@ def from_manifest(path: str | Path, speaker: str | None = None) -> list[Utteranc
     return utts
 
 
-def from_files(files: list[str | Path]) -> list[Utterance]:
-    """One utterance per audio file, its transcript read from `<file without suffix>.txt`."""
+def from_files(files: list[str | Path], need_transcripts: bool = True) -> list[Utterance]:
+    """One utterance per audio file, its transcript read from `<file without suffix>.txt`
+    (without `need_transcripts`, a file without one gets no text)."""
     utts = []
     missing = []
     for f in map(Path, files):
         transcript = f.with_suffix(".txt")
         if not transcript.is_file():
-            missing.append(str(transcript))
+            if need_transcripts:
+                missing.append(str(transcript))
+            else:
+                utts.append(Utterance(id=f.stem, audio=str(f), duration=0.0, text=None))
             continue
         text = normalize_text(transcript.read_text(encoding="utf-8"))
         utts.append(Utterance(id=f.stem, audio=str(f), duration=0.0, text=text or None))
@@ -74,10 +79,11 @@ def from_files(files: list[str | Path]) -> list[Utterance]:
     return utts
 
 
-def choose(utts: list[Utterance], k: int | None, seed: int) -> list[Utterance]:
-    """`k` of `utts` drawn with `seed` (all of them, in order, when k is None)."""
+def choose(utts: list[Utterance], k: int | None, seed: int, need_text: bool = True) -> list[Utterance]:
+    """`k` of `utts` drawn with `seed` (all of them, in order, when k is None); with
+    `need_text`, every utterance given must have its transcript."""
     untranscribed = [u.id for u in utts if not (u.text and u.text.strip())]
-    if untranscribed:
+    if untranscribed and need_text:
         raise AdaptationError(f"no transcripts for {len(untranscribed)} utterance(s) ({', '.join(untranscribed[:5])}): "
                               "adaptation trains on the words, give each utterance its text")
     if k is None:

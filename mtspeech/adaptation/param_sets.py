@@ -10,6 +10,10 @@ unchanged (the streaming step never learns it was adapted).
                  The std is trained as its log, so it stays positive.
     layer-norms  the LayerNorm gains and biases of the top `layers` encoder blocks on the ASR
                  path (all blocks when `layers` is None): per-channel rescaling of every block.
+    speaker-embedding
+                 the layer-norms tensors, set with no gradient step: a speaker adapter
+                 (`speaker_adapter.py`, trained by `mtspeech train-speaker-adapter`) maps the
+                 speaker head's embedding of the k utterances to their new values.
     lora         a low-rank update ΔW = (alpha / rank) · B A of the attention (or feed-forward)
                  projections of the top `layers` blocks (Hu et al. 2021); B starts at zero, so
                  adaptation starts at the trained model. Merged into W when written.
@@ -82,26 +86,10 @@ def asr_path_blocks(model: nn.Module) -> list[str]:
     return blocks
 
 
-def speaker_conditioning_error(model: nn.Module) -> AdaptationError:
-    """Why `speaker-embedding` cannot run on `model`: no encoder layer takes a speaker vector.
-
-    The conditioning mtspeech's encoders have feeds a lower CTC head's posteriors upwards
-    (`encoders/conditioning.py`); an embedding averaged over k utterances would have nowhere to
-    go, and storing one that nothing reads would only pretend to adapt."""
-    conditioned = {int(layer): sorted(group) for layer, group in model.encoder.conditioners.items()}
-    what = (f"its only conditioning is on CTC posteriors ({conditioned}, layer → heads)" if conditioned
-            else "its encoder has no conditioning input at all")
-    return AdaptationError(
-        "--params speaker-embedding needs encoder layers conditioned on a speaker embedding; this "
-        f"model has none ({what}). Adapt a gradient set instead: --params input-norm, layer-norms or lora")
-
-
 class ParamSet:
     """The tensors `cfg` adapts in `model` (which is only read)."""
 
     def __init__(self, model: nn.Module, cfg: ParamSetConfig):
-        if cfg.kind == "speaker-embedding":
-            raise speaker_conditioning_error(model)
         self.cfg = cfg
         self.state = {k: v.detach() for k, v in model.state_dict().items()}
         blocks = asr_path_blocks(model)
@@ -110,7 +98,7 @@ class ParamSet:
         top = tuple(b + "." for b in blocks[-(cfg.layers or len(blocks)):])
         if cfg.kind == "input-norm":
             self.keys = ["cmvn.mean", "cmvn.std"]
-        elif cfg.kind == "layer-norms":
+        elif cfg.kind in ("layer-norms", "speaker-embedding"):  # the conditioning writes the layer-norms set
             self.keys = [f"{name}.{p}" for name, m in model.named_modules()
                          if isinstance(m, nn.LayerNorm) and name.startswith(top) and m.elementwise_affine
                          for p in ("weight", "bias") if getattr(m, p) is not None]
@@ -127,7 +115,7 @@ class ParamSet:
         if self.cfg.kind == "input-norm":
             return {"cmvn.mean": self.state["cmvn.mean"].clone(),
                     "cmvn.std" + _LOG_STD: self.state["cmvn.std"].log()}
-        if self.cfg.kind == "layer-norms":
+        if self.cfg.kind in ("layer-norms", "speaker-embedding"):
             return {k: self.state[k].clone() for k in self.keys}
         gen = torch.Generator().manual_seed(seed)
         out = {}

@@ -93,6 +93,9 @@ def meta_train(checkpoint: str | Path, utts: list[Utterance], cfg: ParamSetConfi
                reptile: ReptileConfig = ReptileConfig(), progress: bool = False) -> dict:
     """Reptile over the voices of `utts`; writes (and resumes) `out`. Returns its `adaptation_init`."""
     out = Path(out)
+    if cfg.kind == "speaker-embedding":
+        raise AdaptationError("meta-train learns where gradient steps start; speaker-embedding takes none: "
+                              "train its adapter with `mtspeech train-speaker-adapter`")
     voices = voices_of(utts, reptile.k)
     if reptile.meta_batch > len(voices):
         raise AdaptationError(f"--meta-batch {reptile.meta_batch} is larger than the {len(voices)} voices")

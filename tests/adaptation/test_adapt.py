@@ -151,11 +151,6 @@ def test_unknown_set_is_refused():
         ParamSetConfig("everything")
 
 
-def test_speaker_embedding_without_a_conditioned_layer_is_refused(tiny_trained, voice, tmp_path):
-    with pytest.raises(AdaptationError, match="speaker-embedding needs encoder layers conditioned"):
-        adapt(tiny_trained, voice[0], ParamSetConfig("speaker-embedding"), tmp_path / "x.pt")
-
-
 def test_command_line_refuses_a_mixed_manifest_and_returns_2(tiny_trained, prepared_manifests, tmp_path, caplog):
     parser = argparse.ArgumentParser()
     add_arguments(parser)

@@ -33,7 +33,7 @@ def test_benchmark_scores_only_utterances_it_did_not_adapt_on(tiny_trained, new_
     result = json.loads(out.read_text())
 
     assert result["methods"] == ["none", "fine-tune", "reptile"]
-    assert "speaker-embedding" in result["not_available"]
+    assert "--speaker-adapter" in result["not_available"]["speaker-embedding"]
     assert {(s["voice"], s["k"]) for s in result["skipped"]} == {("A", 4), ("B", 4)}  # nothing left to score
     assert len(result["runs"]) == 2 * 2 * 2  # voices x k in (1, 2) x seeds
     for run in result["runs"]:
@@ -50,6 +50,35 @@ def test_benchmark_scores_only_utterances_it_did_not_adapt_on(tiny_trained, new_
     assert result["results"]["none"]["1"]["delta_vs_none"] == 0
     assert result["results"]["fine-tune"]["1"]["delta_bytes"] > 0
     assert result["results"]["reptile"]["1"]["adapt_seconds_median"] > 0
+
+
+def test_benchmark_scores_speaker_embedding_alone_when_asked(tiny_trained, new_condition, prepared_manifests,
+                                                            tmp_path):
+    from mtspeech.adaptation.train_speaker_adapter import AdapterTrainingConfig, train_speaker_adapter
+
+    utts = read_manifest(new_condition)
+    manifest = tmp_path / "voices.jsonl"
+    write_manifest(manifest, [dataclasses.replace(u, speaker="AB"[i % 2]) for i, u in enumerate(utts)])
+    adapter = tmp_path / "adapter.pt"
+    train_speaker_adapter(tiny_trained, read_manifest(prepared_manifests["train"]), adapter,
+                          training=AdapterTrainingConfig(steps=1, voices_per_step=1, max_k=1, query=1))
+    out = tmp_path / "adaptation.json"
+    common = ["--model", str(tiny_trained), "--manifest", str(manifest), "--ks", "1", "2", "--seeds", "0",
+              "--threads", "1", "--resamples", "200"]
+    bench.main([*common, "--speaker-adapter", str(adapter), "--methods", "speaker-embedding", "--out", str(out)])
+    result = json.loads(out.read_text())
+
+    assert result["methods"] == ["none", "speaker-embedding"] and "fine-tune" not in result["results"]
+    assert result["speaker_adapter"]["steps_done"] == 1
+    for run in result["runs"]:
+        assert len(run["adapted_on"]) == run["k"] and not set(run["adapted_on"]) & set(run["scored"])
+        assert set(run["errors"]) == {"none", "speaker-embedding"}
+    r = result["results"]["speaker-embedding"]["1"]
+    assert r["delta_bytes"] > 0 and r["adapt_seconds_median"] > 0 and r["voices"] == 2
+    with pytest.raises(SystemExit):  # a method whose checkpoint is missing is a usage error, not an empty row
+        bench.main([*common, "--methods", "reptile"])
+    with pytest.raises(SystemExit):
+        bench.main([*common, "--speaker-adapter", str(tiny_trained)])  # no adapter in it
 
 
 tuning = load_benchmark("adaptation_tuning")
