@@ -31,7 +31,9 @@ Settings: `change_distance` x `new_speaker_distance` over `--grid`, x `gap_frame
 (far speech a voice needs before it founds a speaker), x `switch_margin` over `--switch-margins`
 (how decisive less than `change_frames` of far speech must be for a pause to settle a switch),
 x `backdate_windows` over `--backdate-windows` (how many windows before a change's first far
-window may join the new turn when they sound more like its voice); each pipeline's setting is
+window may join the new turn when they sound more like its voice), x `first_speaker_frames` over
+`--first-speaker-frames` (speech the stream's first voice needs before a pause or a window unlike
+it may found it; 'none': any window may); each pipeline's setting is
 chosen on dev voices only: among the settings whose DER over the tuning conversations is within
 `--der-slack` (one point) of the lowest, the most two-voice, two-turn dev conversations
 (`--tune-acceptance`) passing the acceptance below, then the lowest DER (the served defaults,
@@ -78,6 +80,7 @@ GAPS = "none,3,6"  # SpeakerTurnConfig.gap_frames: off, 0.12 s, 0.24 s
 NEW_SPEAKER_FRAMES = "24,32,48"  # SpeakerTurnConfig.new_speaker_frames: 0.96, 1.28, 1.92 s of speech
 SWITCH_MARGINS = "none,0.1,0.2,0.3"  # SpeakerTurnConfig.switch_margin ('none': a pause settles any far window)
 BACKDATE_WINDOWS = "0,4"  # SpeakerTurnConfig.backdate_windows: off, up to 4 windows (2.56 s) back
+FIRST_SPEAKER_FRAMES = "none,16"  # SpeakerTurnConfig.first_speaker_frames: off, one whole window (0.64 s)
 DER_SLACK = 0.01  # a setting is chosen among those within one point of the lowest dev DER
 
 
@@ -98,6 +101,8 @@ def add_arguments(ap) -> None:
     ap.add_argument("--new-speaker-frames", default=NEW_SPEAKER_FRAMES, help="new_speaker_frames values tried")
     ap.add_argument("--switch-margins", default=SWITCH_MARGINS, help="switch_margin values tried ('none': off)")
     ap.add_argument("--backdate-windows", default=BACKDATE_WINDOWS, help="backdate_windows values tried (0: off)")
+    ap.add_argument("--first-speaker-frames", default=FIRST_SPEAKER_FRAMES,
+                    help="first_speaker_frames values tried ('none': off), off first so a tie keeps it off")
     ap.add_argument("--der-slack", type=float, default=DER_SLACK,
                     help="the acceptance picks among settings whose dev DER is within this of the lowest (a fraction)")
     ap.add_argument("--tolerance", type=float, default=1.0, help="seconds between a true change and its event")
@@ -171,8 +176,9 @@ def run(args) -> dict:
     frames = [int(x) for x in args.new_speaker_frames.split(",")]
     margins = [None if m == "none" else float(m) for m in args.switch_margins.split(",")]
     backdates = [int(b) for b in args.backdate_windows.split(",")]
+    firsts = [None if f == "none" else int(f) for f in args.first_speaker_frames.split(",")]
     tuned = _in_parallel([(choose, (recordings["tune"], recordings["tune-acceptance"], p, grid, gaps, frames,
-                                    args.tolerance, margins, backdates, args.der_slack)) for p in pipelines])
+                                    args.tolerance, margins, backdates, args.der_slack, firsts)) for p in pipelines])
     tuning = dict(zip(pipelines, tuned))
     settings = {"head (served defaults)": ("head", DEFAULT)}
     settings.update({f"{p} (tuned)": (p, turn_config(*tuning[p]["chosen"])) for p in pipelines})
@@ -183,7 +189,7 @@ def run(args) -> dict:
         results[name] = {"pipeline": pipeline, "change_distance": cfg.change_distance,
                          "new_speaker_distance": cfg.new_speaker_distance, "gap_frames": cfg.gap_frames,
                          "new_speaker_frames": cfg.new_speaker_frames, "switch_margin": cfg.switch_margin,
-                         "backdate_windows": cfg.backdate_windows,
+                         "backdate_windows": cfg.backdate_windows, "first_speaker_frames": cfg.first_speaker_frames,
                          "test": summarise(scored["test"], seed=args.seed),
                          "acceptance": two_labels_in_time(scored["acceptance"]),
                          "acceptance_per_conversation": scored["acceptance"],
@@ -253,6 +259,7 @@ def render(r: dict) -> str:
     n = r["conversations"]
     margins = any("switch_margin" in x for x in r["results"].values())  # results before the margin lack it
     backdate = any("backdate_windows" in x for x in r["results"].values())  # and before backdating
+    first = any("first_speaker_frames" in x for x in r["results"].values())  # and before the first-voice rule
     lines = [f"diarization, model {r['model']}, commit {r['commit']}, {r['backend']}, chunks of {r['chunk_frames']} "
              f"frames, windows of {r['window_frames']} speech frames, seed {r['seed']}",
              f"  settings chosen on {n['tune-acceptance']} two-voice and {n['tune']} conversations of "
@@ -261,7 +268,8 @@ def render(r: dict) -> str:
              f"  DER: pyannote.metrics, collar {r['collar_s']} s, overlap counted; change found: an event within "
              f"{r['tolerance_s']:g} s of the true change; 95 % bootstrap over conversations", "",
              "| pipeline | change / new-speaker distance, gap frames, new-speaker frames"
-             + (", switch margin" if margins else "") + (", backdate windows" if backdate else "") + " | DER % [95 % CI] "
+             + (", switch margin" if margins else "") + (", backdate windows" if backdate else "")
+             + (", first-speaker frames" if first else "") + " | DER % [95 % CI] "
              "| miss / FA / confusion % | changes found % [CI] | latency median s [CI] | p90 s | false changes / min | "
              "2-voice acceptance | pyannote sample DER % (miss / FA / confusion) | the same, reference speech |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -272,6 +280,7 @@ def render(r: dict) -> str:
             f"| {name} | {x['change_distance']:g} / {x['new_speaker_distance']:g}, {x.get('gap_frames') or 'off'}, "
             f"{x['new_speaker_frames']}" + (f", {_margin(x.get('switch_margin'))}" if margins else "")
             + (f", {x['backdate_windows']}" if backdate else "")
+            + (f", {x.get('first_speaker_frames') or 'off'}" if first else "")
             + f" | {_pct(t['der'])} "
             f"[{_pct(t['der_ci'][0])}, {_pct(t['der_ci'][1])}] | {_pct(t['missed'])} / {_pct(t['false_alarm'])} / "
             f"{_pct(t['confusion'])} | {_pct(t['found'])} [{_pct(t['found_ci'][0])}, {_pct(t['found_ci'][1])}] | "
@@ -293,7 +302,8 @@ def render(r: dict) -> str:
     # the served setting as the run recorded it (the code's defaults may have moved on since)
     x = r["results"]["head (served defaults)"]
     default = [x["change_distance"], x["new_speaker_distance"], x["gap_frames"], x["new_speaker_frames"]] \
-        + ([x["switch_margin"]] if margins else []) + ([x["backdate_windows"]] if backdate else [])
+        + ([x["switch_margin"]] if margins else []) + ([x["backdate_windows"]] if backdate else []) \
+        + ([x["first_speaker_frames"]] if first else [])
     for pipeline, t in r["tuning"].items():  # a row: the setting, then [DER, passed] (fewer axes in older runs)
         served = [row[-2:] for row in t["grid"] if row[:-2] == default]
         slack = "" if t.get("der_slack") is None else f" (among DER within {_pct(t['der_slack'])} points of the lowest)"

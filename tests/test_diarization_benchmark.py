@@ -167,18 +167,20 @@ def test_the_benchmark_runs_end_to_end_on_a_random_model(prepared_manifests):
                     "--speakers", "2,2", "--tune-conversations", "1", "--conversations", "2", "--acceptance", "1",
                     "--tune-acceptance", "1", "--seconds", "4", "--grid", "0.3,0.6", "--gaps", "none,3",
                     "--new-speaker-frames", "16,24,48", "--switch-margins", "none,0.2", "--backdate-windows", "0,2",
-                    "--no-pyannote-sample", "--no-peer"])
+                    "--first-speaker-frames", "none,16", "--no-pyannote-sample", "--no-peer"])
     assert r["conversations"] == {"tune": 1, "tune-acceptance": 1, "test": 2, "acceptance": 1}
     assert set(r["results"]) == {"head (served defaults)", "head (tuned)"}
     for x in r["results"].values():
         assert 0.0 <= x["test"]["der"] and len(x["per_conversation"]) == 2
     # 16 new-speaker frames are below change_frames (24): skipped, not an error
-    assert len(r["tuning"]["head"]["grid"]) == 64 and r["peer_delta"] is None
+    assert len(r["tuning"]["head"]["grid"]) == 128 and r["peer_delta"] is None
     assert {row[4] for row in r["tuning"]["head"]["grid"]} == {None, 0.2}
     assert {row[5] for row in r["tuning"]["head"]["grid"]} == {0, 2}
+    assert {row[6] for row in r["tuning"]["head"]["grid"]} == {None, 16}
     served = r["results"]["head (served defaults)"]
     assert served["switch_margin"] == scoring.DEFAULT.switch_margin
     assert served["backdate_windows"] == scoring.DEFAULT.backdate_windows
+    assert served["first_speaker_frames"] == scoring.DEFAULT.first_speaker_frames
     assert "resemblyzer" not in r["versions"]
     text = bench.render(r)
-    assert "| head (tuned) |" in text and ", switch margin, backdate windows |" in text
+    assert "| head (tuned) |" in text and ", switch margin, backdate windows, first-speaker frames |" in text
