@@ -114,6 +114,9 @@ def add_arguments(ap) -> None:
     ap.add_argument("--recordings", default=None,
                     help="folder where what the tracker was fed is saved and read back, so a later run with other "
                          "settings decodes nothing (keep it out of git: e.g. exp/diarization-recordings)")
+    ap.add_argument("--tune-only", action="store_true",
+                    help="choose the settings on the tuning voices and stop: no held-out conversation is built or "
+                         "scored (a rule that dev does not choose is never measured on held-out voices)")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     ap.add_argument("--out", default=None)
 
@@ -153,10 +156,11 @@ def run(args) -> dict:
         "tune": build_conversations(tunes, args.tune_conversations, args.seed, rate, shape, "tune-"),
         "tune-acceptance": build_conversations(tunes, args.tune_acceptance, args.seed + 3, rate, two_turns,
                                                "tune-accept-"),
-        "test": build_conversations(tests, args.conversations, args.seed + 1, rate, shape, "test-"),
-        "acceptance": build_conversations(tests, args.acceptance, args.seed + 2, rate, two_turns, "accept-"),
     }
-    if not args.no_pyannote_sample:
+    if not args.tune_only:
+        sets["test"] = build_conversations(tests, args.conversations, args.seed + 1, rate, shape, "test-")
+        sets["acceptance"] = build_conversations(tests, args.acceptance, args.seed + 2, rate, two_turns, "accept-")
+    if not args.no_pyannote_sample and not args.tune_only:
         sets["pyannote-sample"] = [pyannote_sample(pyannote_wheel(args.pyannote_cache), rate)]
     peer = None
     if not args.no_peer:
@@ -180,6 +184,23 @@ def run(args) -> dict:
     tuned = _in_parallel([(choose, (recordings["tune"], recordings["tune-acceptance"], p, grid, gaps, frames,
                                     args.tolerance, margins, backdates, args.der_slack, firsts)) for p in pipelines])
     tuning = dict(zip(pipelines, tuned))
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).parent).stdout.strip() or None
+    run_info = {"benchmark": "diarization", "commit": commit,
+                "model": "random-tiny" if args.random_model else str(model), "backend": rec.encoder_step.name,
+                "chunk_frames": rec.config.chunk_frames, "window_frames": DEFAULT.window_frames,
+                "frame_shift_s": rec.frame_shift_s, "seed": args.seed, "tune_splits": args.tune_splits,
+                "test_splits": args.test_splits, "tolerance_s": args.tolerance, "collar_s": 0.25, "skip_overlap": False,
+                "conversations": {k: len(v) for k, v in sets.items()},
+                "audio_s": {k: round(sum(c.seconds for c in v), 1) for k, v in sets.items()}}
+    versions = {m: version(m) for m in ("pyannote.metrics", "torch") + (("resemblyzer",) if peer else ())}
+    if args.tune_only:
+        served = DEFAULT
+        return {**run_info, "tune_only": True, "tuning": tuning, "versions": versions,
+                "served_setting": [served.change_distance, served.new_speaker_distance, served.gap_frames,
+                                   served.new_speaker_frames, served.switch_margin, served.backdate_windows,
+                                   served.first_speaker_frames],
+                "cpu_s": round(time.process_time() + _children_cpu_s() - cpu0, 1), "cpus": os.cpu_count()}
     settings = {"head (served defaults)": ("head", DEFAULT)}
     settings.update({f"{p} (tuned)": (p, turn_config(*tuning[p]["chosen"])) for p in pipelines})
     results = {}
@@ -206,20 +227,11 @@ def run(args) -> dict:
         boot = speaker_bootstrap([(s["error_ms"], s["total_ms"]) for s in a], [s["id"] for s in a],
                                  [(s["error_ms"], s["total_ms"]) for s in b], seed=args.seed)
         delta = {"der_resemblyzer_minus_head": boot.delta, "ci": [boot.delta_ci_low, boot.delta_ci_high]}
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).parent).stdout.strip() or None
-    return {"benchmark": "diarization", "commit": commit, "model": "random-tiny" if args.random_model else str(model),
-            "backend": rec.encoder_step.name, "chunk_frames": rec.config.chunk_frames,
-            "window_frames": DEFAULT.window_frames, "frame_shift_s": rec.frame_shift_s, "seed": args.seed,
-            "tune_splits": args.tune_splits, "test_splits": args.test_splits, "tolerance_s": args.tolerance,
-            "collar_s": 0.25, "skip_overlap": False,
-            "conversations": {k: len(v) for k, v in sets.items()},
-            "audio_s": {k: round(sum(c.seconds for c in v), 1) for k, v in sets.items()},
-            "test_speakers_per_conversation": [len(c.speakers) for c in sets["test"]],
+    return {**run_info, "test_speakers_per_conversation": [len(c.speakers) for c in sets["test"]],
             "test_overlapped_turns": sum(b.start < a.end for c in sets["test"] for a, b in zip(c.turns, c.turns[1:])),
             "test_turns": sum(len(c.turns) for c in sets["test"]),
             "tuning": tuning, "results": results, "peer_delta": delta if peer is not None else None,
-            "versions": {m: version(m) for m in ("pyannote.metrics", "torch") + (("resemblyzer",) if peer else ())},
+            "versions": versions,
             "pyannote_wheel": None if args.no_pyannote_sample else PYANNOTE_WHEEL,
             "cpu_s": round(time.process_time() + _children_cpu_s() - cpu0, 1), "cpus": os.cpu_count()}
 
@@ -256,6 +268,8 @@ def _pct(x: float | None) -> str:
 
 
 def render(r: dict) -> str:
+    if r.get("tune_only"):
+        return _render_tune_only(r)
     n = r["conversations"]
     margins = any("switch_margin" in x for x in r["results"].values())  # results before the margin lack it
     backdate = any("backdate_windows" in x for x in r["results"].values())  # and before backdating
@@ -304,14 +318,52 @@ def render(r: dict) -> str:
     default = [x["change_distance"], x["new_speaker_distance"], x["gap_frames"], x["new_speaker_frames"]] \
         + ([x["switch_margin"]] if margins else []) + ([x["backdate_windows"]] if backdate else []) \
         + ([x["first_speaker_frames"]] if first else [])
-    for pipeline, t in r["tuning"].items():  # a row: the setting, then [DER, passed] (fewer axes in older runs)
+    return "\n".join(lines + _dev_lines(r["tuning"], default))
+
+
+def _dev_lines(tuning: dict, default: list) -> list[str]:
+    lines = []
+    for pipeline, t in tuning.items():  # a row: the setting, then [DER, passed] (fewer axes in older runs)
         served = [row[-2:] for row in t["grid"] if row[:-2] == default]
         slack = "" if t.get("der_slack") is None else f" (among DER within {_pct(t['der_slack'])} points of the lowest)"
         lines.append(f"  dev, {pipeline}: chosen {t['acceptance_passed']} of {t['acceptance_conversations']} two-voice "
                      f"passed, DER {_pct(t['der'])} %{slack}" + (f"; at the served defaults {served[0][1]} passed, DER "
                                                           f"{_pct(served[0][0])} %" if served else "")
                      + f" ({len(t['grid'])} settings)")
+    return lines
+
+
+AXES = ("change distance", "new-speaker distance", "gap frames", "new-speaker frames", "switch margin",
+        "backdate windows", "first-speaker frames")  # a tuning row's settings, in order
+
+
+def _render_tune_only(r: dict) -> str:
+    """A run that stopped after the dev choice (`--tune-only`): the choice, and for each value of
+    each axis tried with more than one, the setting the same rule picks among the rows holding
+    that value (within the slack of the lowest DER over all rows): what each rule did on dev."""
+    n = r["conversations"]
+    lines = [f"diarization, settings chosen on dev only (no held-out conversation scored), model {r['model']}, "
+             f"commit {r['commit']}, {r['backend']}, chunks of {r['chunk_frames']} frames, windows of "
+             f"{r['window_frames']} speech frames, seed {r['seed']}",
+             f"  {n['tune-acceptance']} two-voice and {n['tune']} conversations of {r['tune_splits']} voices"]
+    lines += _dev_lines(r["tuning"], r["served_setting"])
+    for pipeline, t in r["tuning"].items():
+        floor = min(row[-2] for row in t["grid"])
+        for axis, name in enumerate(AXES[2:], start=2):  # the rules; the two distances are a scale
+            values = list(dict.fromkeys(row[axis] for row in t["grid"]))
+            if len(values) < 2:
+                continue
+            for v in values:
+                rows = [row for row in t["grid"] if row[axis] == v and row[-2] <= floor + (t["der_slack"] or 0) + 1e-9]
+                best = min(rows, key=lambda row: (-row[-1], row[-2])) if rows else None
+                lines.append(f"    {pipeline}, {name} {_setting(v)}: " + (
+                    "no setting within the slack" if best is None else
+                    f"{best[-1]} passed, DER {_pct(best[-2])} % at {', '.join(_setting(x) for x in best[:-2])}"))
     return "\n".join(lines)
+
+
+def _setting(x) -> str:
+    return "off" if x is None else f"{x:g}"
 
 
 def _margin(m: float | None) -> str:
