@@ -345,7 +345,8 @@ def _render_tune_only(r: dict) -> str:
     lines = [f"diarization, settings chosen on dev only (no held-out conversation scored), model {r['model']}, "
              f"commit {r['commit']}, {r['backend']}, chunks of {r['chunk_frames']} frames, windows of "
              f"{r['window_frames']} speech frames, seed {r['seed']}",
-             f"  {n['tune-acceptance']} two-voice and {n['tune']} conversations of {r['tune_splits']} voices"]
+             f"  {n['tune-acceptance']} two-voice and {n['tune']} conversations of {r['tune_splits']} voices; "
+             f"a setting: {', '.join(AXES)}"]
     lines += _dev_lines(r["tuning"], r["served_setting"])
     for pipeline, t in r["tuning"].items():
         floor = min(row[-2] for row in t["grid"])

@@ -164,7 +164,7 @@ def test_a_tune_only_run_renders_what_each_rule_did_on_dev():
     assert "dev, head: chosen 9 of 10 two-voice passed, DER 8.5 %" in text and "served defaults 9 passed" in text
     assert "head, first-speaker frames off: 9 passed, DER 8.5 % at 0.1, 0.4, 3, 32, 0.2, 4, off" in text
     assert "head, first-speaker frames 16: 9 passed, DER 9.4 % at 0.1, 0.4, 3, 32, 0.2, 4, 16" in text
-    assert "gap frames" not in text  # an axis tried with one value says nothing
+    assert "head, gap frames" not in text  # an axis tried with one value says nothing
 
 
 def test_tuning_jobs_run_in_forked_processes_and_keep_their_order():

@@ -70,7 +70,8 @@ its cosine similarity is at least `enrol_similarity`, otherwise the speaker stay
 The defaults of `change_distance`, `new_speaker_distance`, `gap_frames`, `new_speaker_frames`,
 `switch_margin` and `backdate_windows` are the demo model's setting chosen by `benchmarks/diarization.py` on
 conversations of dev voices only (docs/results/diarization/demo.json, `tuning.head.chosen`),
-which also reports them on held-out voices. Another model's speaker head spreads its embeddings differently: run the
+which also reports them on held-out voices. `first_speaker_frames` stays off: searched the same way
+on dev voices it was not chosen (docs/results/diarization/dev-first-speaker-frames.json). Another model's speaker head spreads its embeddings differently: run the
 benchmark on it (`--recordings` makes the tuning replays cheap).
 """
 
