@@ -128,7 +128,8 @@ PAGES = [
          "synthetic speech only, so its miss share is the VAD's. The model: the demo model of docs/results/demo/. "
          "`dev-first-speaker-frames.json`: the same choice on dev voices only, with `first_speaker_frames` (speech "
          "the stream's first voice needs before a pause, or a window unlike it, may found it) as one more axis, "
-         "measured with the same command plus `--tune-only --no-peer` and `--out` that file: rejected on dev (the "
+         "measured with the same command plus `--first-speaker-frames none,16 --tune-only --no-peer` and `--out` "
+         "that file: rejected on dev (the "
          "choice keeps it off), so no held-out conversation was scored with it. Per value of each rule's axis it "
          "lists the setting the same choice makes among the settings holding that value."),
     Page("adaptation", "Adapting to new voices: step sizes chosen on adapt-dev, then held-out voices scored once",
