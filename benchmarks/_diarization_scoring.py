@@ -21,14 +21,15 @@ COLLAR_S = 0.25
 
 def turn_config(change_distance: float, new_speaker_distance: float, gap_frames: int | None = None,
                 new_speaker_frames: int | None = None, switch_margin: float | None = DEFAULT.switch_margin,
-                backdate_windows: int = DEFAULT.backdate_windows) -> SpeakerTurnConfig:
+                backdate_windows: int = DEFAULT.backdate_windows,
+                first_speaker_frames: int | None = DEFAULT.first_speaker_frames) -> SpeakerTurnConfig:
     """The served settings with these replaced (`new_speaker_frames` None: the served one;
-    `switch_margin` None: off, as in SpeakerTurnConfig)."""
+    `switch_margin` and `first_speaker_frames` None: off, as in SpeakerTurnConfig)."""
     return dataclasses.replace(DEFAULT, change_distance=change_distance, new_speaker_distance=new_speaker_distance,
                                gap_frames=gap_frames,
                                new_speaker_frames=DEFAULT.new_speaker_frames if new_speaker_frames is None
                                else new_speaker_frames, switch_margin=switch_margin,
-                               backdate_windows=backdate_windows)
+                               backdate_windows=backdate_windows, first_speaker_frames=first_speaker_frames)
 
 
 class RecordingTracker(SpeakerTracker):
@@ -260,12 +261,15 @@ def summarise(scored: list[dict], seed: int = 0) -> dict:
 def choose(recordings: list[Recording], acceptance: list[Recording], pipeline: str, grid: list[float],
            gaps: list[int | None], new_speaker_frames: list[int], tolerance_s: float = 1.0,
            switch_margins: list[float | None] = (DEFAULT.switch_margin,),
-           backdate_windows: list[int] = (DEFAULT.backdate_windows,), der_slack: float | None = None) -> dict:
+           backdate_windows: list[int] = (DEFAULT.backdate_windows,), der_slack: float | None = None,
+           first_speaker_frames: list[int | None] = (DEFAULT.first_speaker_frames,)) -> dict:
     """The (change_distance, new_speaker_distance, gap_frames, new_speaker_frames, switch_margin,
-    backdate_windows) of `grid` x `grid` x `gaps` x `new_speaker_frames` x `switch_margins` x
-    `backdate_windows` (settings the config refuses are skipped) that `best` picks from the
-    two-voice conversations of `acceptance` it passes and its pooled DER over `recordings`; and
-    every row [cd, nd, gap, frames, margin, backdate, DER, passed]."""
+    backdate_windows, first_speaker_frames) of `grid` x `grid` x `gaps` x `new_speaker_frames` x
+    `switch_margins` x `backdate_windows` x `first_speaker_frames` (settings the config refuses are
+    skipped) that `pick` picks from the two-voice conversations of `acceptance` it passes and its
+    pooled DER over `recordings`; and every row [cd, nd, gap, frames, margin, backdate, first,
+    DER, passed]. The first values of each axis are tried first, so a tie goes to them (list
+    today's behaviour first)."""
     rows, scores = [], {}
 
     def scored(r: Recording, cfg: SpeakerTurnConfig) -> dict:  # many settings give the same events:
@@ -275,18 +279,19 @@ def choose(recordings: list[Recording], acceptance: list[Recording], pipeline: s
             scores[key] = score(r, events, tolerance_s)
         return scores[key]
 
-    for back, margin, frames, gap, cd, nd in itertools.product(backdate_windows, switch_margins, new_speaker_frames,
-                                                              gaps, grid, grid):
+    for first, back, margin, frames, gap, cd, nd in itertools.product(first_speaker_frames, backdate_windows,
+                                                                     switch_margins, new_speaker_frames, gaps, grid,
+                                                                     grid):
         try:
-            cfg = turn_config(cd, nd, gap, frames, margin, back)
+            cfg = turn_config(cd, nd, gap, frames, margin, back, first)
         except ValueError:  # e.g. new_speaker_frames below change_frames
             continue
         tune = [scored(r, cfg) for r in recordings]
         der = sum(s["error_ms"] for s in tune) / sum(s["total_ms"] for s in tune)
         passed = two_labels_in_time([scored(r, cfg) for r in acceptance])["passed"]
-        rows.append([cd, nd, gap, frames, margin, back, round(der, 4), passed])
+        rows.append([cd, nd, gap, frames, margin, back, first, round(der, 4), passed])
     best = pick(rows, der_slack)
-    return {"chosen": best[:6], "der": best[6], "acceptance_passed": best[7], "acceptance_conversations":
+    return {"chosen": best[:-2], "der": best[-2], "acceptance_passed": best[-1], "acceptance_conversations":
             len(acceptance), "der_slack": der_slack, "grid": rows}
 
 

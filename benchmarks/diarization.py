@@ -31,7 +31,9 @@ Settings: `change_distance` x `new_speaker_distance` over `--grid`, x `gap_frame
 (far speech a voice needs before it founds a speaker), x `switch_margin` over `--switch-margins`
 (how decisive less than `change_frames` of far speech must be for a pause to settle a switch),
 x `backdate_windows` over `--backdate-windows` (how many windows before a change's first far
-window may join the new turn when they sound more like its voice); each pipeline's setting is
+window may join the new turn when they sound more like its voice), x `first_speaker_frames` over
+`--first-speaker-frames` (speech the stream's first voice needs before a pause or a window unlike
+it may found it; 'none': any window may); each pipeline's setting is
 chosen on dev voices only: among the settings whose DER over the tuning conversations is within
 `--der-slack` (one point) of the lowest, the most two-voice, two-turn dev conversations
 (`--tune-acceptance`) passing the acceptance below, then the lowest DER (the served defaults,
@@ -78,6 +80,9 @@ GAPS = "none,3,6"  # SpeakerTurnConfig.gap_frames: off, 0.12 s, 0.24 s
 NEW_SPEAKER_FRAMES = "24,32,48"  # SpeakerTurnConfig.new_speaker_frames: 0.96, 1.28, 1.92 s of speech
 SWITCH_MARGINS = "none,0.1,0.2,0.3"  # SpeakerTurnConfig.switch_margin ('none': a pause settles any far window)
 BACKDATE_WINDOWS = "0,4"  # SpeakerTurnConfig.backdate_windows: off, up to 4 windows (2.56 s) back
+# SpeakerTurnConfig.first_speaker_frames: off only. 'none,16' (off, one whole window) doubles the grid and
+# was rejected on dev (docs/results/diarization/dev-first-speaker-frames.json), so the default run leaves it out.
+FIRST_SPEAKER_FRAMES = "none"
 DER_SLACK = 0.01  # a setting is chosen among those within one point of the lowest dev DER
 
 
@@ -98,6 +103,8 @@ def add_arguments(ap) -> None:
     ap.add_argument("--new-speaker-frames", default=NEW_SPEAKER_FRAMES, help="new_speaker_frames values tried")
     ap.add_argument("--switch-margins", default=SWITCH_MARGINS, help="switch_margin values tried ('none': off)")
     ap.add_argument("--backdate-windows", default=BACKDATE_WINDOWS, help="backdate_windows values tried (0: off)")
+    ap.add_argument("--first-speaker-frames", default=FIRST_SPEAKER_FRAMES,
+                    help="first_speaker_frames values tried ('none': off), off first so a tie keeps it off")
     ap.add_argument("--der-slack", type=float, default=DER_SLACK,
                     help="the acceptance picks among settings whose dev DER is within this of the lowest (a fraction)")
     ap.add_argument("--tolerance", type=float, default=1.0, help="seconds between a true change and its event")
@@ -109,6 +116,9 @@ def add_arguments(ap) -> None:
     ap.add_argument("--recordings", default=None,
                     help="folder where what the tracker was fed is saved and read back, so a later run with other "
                          "settings decodes nothing (keep it out of git: e.g. exp/diarization-recordings)")
+    ap.add_argument("--tune-only", action="store_true",
+                    help="choose the settings on the tuning voices and stop: no held-out conversation is built or "
+                         "scored (a rule that dev does not choose is never measured on held-out voices)")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     ap.add_argument("--out", default=None)
 
@@ -148,10 +158,11 @@ def run(args) -> dict:
         "tune": build_conversations(tunes, args.tune_conversations, args.seed, rate, shape, "tune-"),
         "tune-acceptance": build_conversations(tunes, args.tune_acceptance, args.seed + 3, rate, two_turns,
                                                "tune-accept-"),
-        "test": build_conversations(tests, args.conversations, args.seed + 1, rate, shape, "test-"),
-        "acceptance": build_conversations(tests, args.acceptance, args.seed + 2, rate, two_turns, "accept-"),
     }
-    if not args.no_pyannote_sample:
+    if not args.tune_only:
+        sets["test"] = build_conversations(tests, args.conversations, args.seed + 1, rate, shape, "test-")
+        sets["acceptance"] = build_conversations(tests, args.acceptance, args.seed + 2, rate, two_turns, "accept-")
+    if not args.no_pyannote_sample and not args.tune_only:
         sets["pyannote-sample"] = [pyannote_sample(pyannote_wheel(args.pyannote_cache), rate)]
     peer = None
     if not args.no_peer:
@@ -171,9 +182,27 @@ def run(args) -> dict:
     frames = [int(x) for x in args.new_speaker_frames.split(",")]
     margins = [None if m == "none" else float(m) for m in args.switch_margins.split(",")]
     backdates = [int(b) for b in args.backdate_windows.split(",")]
+    firsts = [None if f == "none" else int(f) for f in args.first_speaker_frames.split(",")]
     tuned = _in_parallel([(choose, (recordings["tune"], recordings["tune-acceptance"], p, grid, gaps, frames,
-                                    args.tolerance, margins, backdates, args.der_slack)) for p in pipelines])
+                                    args.tolerance, margins, backdates, args.der_slack, firsts)) for p in pipelines])
     tuning = dict(zip(pipelines, tuned))
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).parent).stdout.strip() or None
+    run_info = {"benchmark": "diarization", "commit": commit,
+                "model": "random-tiny" if args.random_model else str(model), "backend": rec.encoder_step.name,
+                "chunk_frames": rec.config.chunk_frames, "window_frames": DEFAULT.window_frames,
+                "frame_shift_s": rec.frame_shift_s, "seed": args.seed, "tune_splits": args.tune_splits,
+                "test_splits": args.test_splits, "tolerance_s": args.tolerance, "collar_s": 0.25, "skip_overlap": False,
+                "conversations": {k: len(v) for k, v in sets.items()},
+                "audio_s": {k: round(sum(c.seconds for c in v), 1) for k, v in sets.items()}}
+    versions = {m: version(m) for m in ("pyannote.metrics", "torch") + (("resemblyzer",) if peer else ())}
+    if args.tune_only:
+        served = DEFAULT
+        return {**run_info, "tune_only": True, "tuning": tuning, "versions": versions,
+                "served_setting": [served.change_distance, served.new_speaker_distance, served.gap_frames,
+                                   served.new_speaker_frames, served.switch_margin, served.backdate_windows,
+                                   served.first_speaker_frames],
+                "cpu_s": round(time.process_time() + _children_cpu_s() - cpu0, 1), "cpus": os.cpu_count()}
     settings = {"head (served defaults)": ("head", DEFAULT)}
     settings.update({f"{p} (tuned)": (p, turn_config(*tuning[p]["chosen"])) for p in pipelines})
     results = {}
@@ -183,7 +212,7 @@ def run(args) -> dict:
         results[name] = {"pipeline": pipeline, "change_distance": cfg.change_distance,
                          "new_speaker_distance": cfg.new_speaker_distance, "gap_frames": cfg.gap_frames,
                          "new_speaker_frames": cfg.new_speaker_frames, "switch_margin": cfg.switch_margin,
-                         "backdate_windows": cfg.backdate_windows,
+                         "backdate_windows": cfg.backdate_windows, "first_speaker_frames": cfg.first_speaker_frames,
                          "test": summarise(scored["test"], seed=args.seed),
                          "acceptance": two_labels_in_time(scored["acceptance"]),
                          "acceptance_per_conversation": scored["acceptance"],
@@ -200,20 +229,11 @@ def run(args) -> dict:
         boot = speaker_bootstrap([(s["error_ms"], s["total_ms"]) for s in a], [s["id"] for s in a],
                                  [(s["error_ms"], s["total_ms"]) for s in b], seed=args.seed)
         delta = {"der_resemblyzer_minus_head": boot.delta, "ci": [boot.delta_ci_low, boot.delta_ci_high]}
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).parent).stdout.strip() or None
-    return {"benchmark": "diarization", "commit": commit, "model": "random-tiny" if args.random_model else str(model),
-            "backend": rec.encoder_step.name, "chunk_frames": rec.config.chunk_frames,
-            "window_frames": DEFAULT.window_frames, "frame_shift_s": rec.frame_shift_s, "seed": args.seed,
-            "tune_splits": args.tune_splits, "test_splits": args.test_splits, "tolerance_s": args.tolerance,
-            "collar_s": 0.25, "skip_overlap": False,
-            "conversations": {k: len(v) for k, v in sets.items()},
-            "audio_s": {k: round(sum(c.seconds for c in v), 1) for k, v in sets.items()},
-            "test_speakers_per_conversation": [len(c.speakers) for c in sets["test"]],
+    return {**run_info, "test_speakers_per_conversation": [len(c.speakers) for c in sets["test"]],
             "test_overlapped_turns": sum(b.start < a.end for c in sets["test"] for a, b in zip(c.turns, c.turns[1:])),
             "test_turns": sum(len(c.turns) for c in sets["test"]),
             "tuning": tuning, "results": results, "peer_delta": delta if peer is not None else None,
-            "versions": {m: version(m) for m in ("pyannote.metrics", "torch") + (("resemblyzer",) if peer else ())},
+            "versions": versions,
             "pyannote_wheel": None if args.no_pyannote_sample else PYANNOTE_WHEEL,
             "cpu_s": round(time.process_time() + _children_cpu_s() - cpu0, 1), "cpus": os.cpu_count()}
 
@@ -250,9 +270,12 @@ def _pct(x: float | None) -> str:
 
 
 def render(r: dict) -> str:
+    if r.get("tune_only"):
+        return _render_tune_only(r)
     n = r["conversations"]
     margins = any("switch_margin" in x for x in r["results"].values())  # results before the margin lack it
     backdate = any("backdate_windows" in x for x in r["results"].values())  # and before backdating
+    first = any("first_speaker_frames" in x for x in r["results"].values())  # and before the first-voice rule
     lines = [f"diarization, model {r['model']}, commit {r['commit']}, {r['backend']}, chunks of {r['chunk_frames']} "
              f"frames, windows of {r['window_frames']} speech frames, seed {r['seed']}",
              f"  settings chosen on {n['tune-acceptance']} two-voice and {n['tune']} conversations of "
@@ -261,7 +284,8 @@ def render(r: dict) -> str:
              f"  DER: pyannote.metrics, collar {r['collar_s']} s, overlap counted; change found: an event within "
              f"{r['tolerance_s']:g} s of the true change; 95 % bootstrap over conversations", "",
              "| pipeline | change / new-speaker distance, gap frames, new-speaker frames"
-             + (", switch margin" if margins else "") + (", backdate windows" if backdate else "") + " | DER % [95 % CI] "
+             + (", switch margin" if margins else "") + (", backdate windows" if backdate else "")
+             + (", first-speaker frames" if first else "") + " | DER % [95 % CI] "
              "| miss / FA / confusion % | changes found % [CI] | latency median s [CI] | p90 s | false changes / min | "
              "2-voice acceptance | pyannote sample DER % (miss / FA / confusion) | the same, reference speech |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -272,6 +296,7 @@ def render(r: dict) -> str:
             f"| {name} | {x['change_distance']:g} / {x['new_speaker_distance']:g}, {x.get('gap_frames') or 'off'}, "
             f"{x['new_speaker_frames']}" + (f", {_margin(x.get('switch_margin'))}" if margins else "")
             + (f", {x['backdate_windows']}" if backdate else "")
+            + (f", {x.get('first_speaker_frames') or 'off'}" if first else "")
             + f" | {_pct(t['der'])} "
             f"[{_pct(t['der_ci'][0])}, {_pct(t['der_ci'][1])}] | {_pct(t['missed'])} / {_pct(t['false_alarm'])} / "
             f"{_pct(t['confusion'])} | {_pct(t['found'])} [{_pct(t['found_ci'][0])}, {_pct(t['found_ci'][1])}] | "
@@ -293,15 +318,55 @@ def render(r: dict) -> str:
     # the served setting as the run recorded it (the code's defaults may have moved on since)
     x = r["results"]["head (served defaults)"]
     default = [x["change_distance"], x["new_speaker_distance"], x["gap_frames"], x["new_speaker_frames"]] \
-        + ([x["switch_margin"]] if margins else []) + ([x["backdate_windows"]] if backdate else [])
-    for pipeline, t in r["tuning"].items():  # a row: the setting, then [DER, passed] (fewer axes in older runs)
+        + ([x["switch_margin"]] if margins else []) + ([x["backdate_windows"]] if backdate else []) \
+        + ([x["first_speaker_frames"]] if first else [])
+    return "\n".join(lines + _dev_lines(r["tuning"], default))
+
+
+def _dev_lines(tuning: dict, default: list) -> list[str]:
+    lines = []
+    for pipeline, t in tuning.items():  # a row: the setting, then [DER, passed] (fewer axes in older runs)
         served = [row[-2:] for row in t["grid"] if row[:-2] == default]
         slack = "" if t.get("der_slack") is None else f" (among DER within {_pct(t['der_slack'])} points of the lowest)"
         lines.append(f"  dev, {pipeline}: chosen {t['acceptance_passed']} of {t['acceptance_conversations']} two-voice "
                      f"passed, DER {_pct(t['der'])} %{slack}" + (f"; at the served defaults {served[0][1]} passed, DER "
                                                           f"{_pct(served[0][0])} %" if served else "")
                      + f" ({len(t['grid'])} settings)")
+    return lines
+
+
+AXES = ("change distance", "new-speaker distance", "gap frames", "new-speaker frames", "switch margin",
+        "backdate windows", "first-speaker frames")  # a tuning row's settings, in order
+
+
+def _render_tune_only(r: dict) -> str:
+    """A run that stopped after the dev choice (`--tune-only`): the choice, and for each value of
+    each axis tried with more than one, the setting the same rule picks among the rows holding
+    that value (within the slack of the lowest DER over all rows): what each rule did on dev."""
+    n = r["conversations"]
+    lines = [f"diarization, settings chosen on dev only (no held-out conversation scored), model {r['model']}, "
+             f"commit {r['commit']}, {r['backend']}, chunks of {r['chunk_frames']} frames, windows of "
+             f"{r['window_frames']} speech frames, seed {r['seed']}",
+             f"  {n['tune-acceptance']} two-voice and {n['tune']} conversations of {r['tune_splits']} voices; "
+             f"a setting: {', '.join(AXES)}"]
+    lines += _dev_lines(r["tuning"], r["served_setting"])
+    for pipeline, t in r["tuning"].items():
+        floor = min(row[-2] for row in t["grid"])
+        for axis, name in enumerate(AXES[2:], start=2):  # the rules; the two distances are a scale
+            values = list(dict.fromkeys(row[axis] for row in t["grid"]))
+            if len(values) < 2:
+                continue
+            for v in values:
+                rows = [row for row in t["grid"] if row[axis] == v and row[-2] <= floor + (t["der_slack"] or 0) + 1e-9]
+                best = min(rows, key=lambda row: (-row[-1], row[-2])) if rows else None
+                lines.append(f"    {pipeline}, {name} {_setting(v)}: " + (
+                    "no setting within the slack" if best is None else
+                    f"{best[-1]} passed, DER {_pct(best[-2])} % at {', '.join(_setting(x) for x in best[:-2])}"))
     return "\n".join(lines)
+
+
+def _setting(x) -> str:
+    return "off" if x is None else f"{x:g}"
 
 
 def _margin(m: float | None) -> str:

@@ -131,7 +131,13 @@ PAGES = [
          "the lowest dev DER; they are reported on conversations "
          "of voices training never heard. The served defaults are the head's setting chosen so. The pyannote sample is one "
          "real recording (no interval); both pipelines use the model's VAD frames there, trained on "
-         "synthetic speech only, so its miss share is the VAD's. The model: the demo model of docs/results/demo/."),
+         "synthetic speech only, so its miss share is the VAD's. The model: the demo model of docs/results/demo/. "
+         "`dev-first-speaker-frames.json`: the same choice on dev voices only, with `first_speaker_frames` (speech "
+         "the stream's first voice needs before a pause, or a window unlike it, may found it) as one more axis, "
+         "measured with the same command plus `--first-speaker-frames none,16 --tune-only --no-peer` and `--out` "
+         "that file: rejected on dev (the "
+         "choice keeps it off), so no held-out conversation was scored with it. Per value of each rule's axis it "
+         "lists the setting the same choice makes among the settings holding that value."),
     Page("adaptation", "Adapting to new voices: settings chosen on adapt-dev, then held-out voices scored once",
          "python benchmarks/adaptation_tuning.py --model exp/synthetic/all/final.pt --manifest "
          "data-adapt/synthetic/adapt-dev.jsonl --grid layer-norms=3e-4,1e-3,3e-3 --ks 1 5 20 --seeds 0 "

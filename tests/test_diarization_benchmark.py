@@ -149,6 +149,24 @@ def test_the_choice_does_not_buy_a_two_voice_pass_with_der():
     assert scoring.pick(rows, 0.14)[0] == "merges voices"
 
 
+def test_a_tune_only_run_renders_what_each_rule_did_on_dev():
+    bench = load_benchmark("diarization")
+    # rows: [cd, nd, gap, new-speaker frames, margin, backdate, first-speaker frames, DER, passed]
+    grid = [[0.1, 0.4, 3, 32, 0.2, 4, None, 0.085, 9], [0.1, 0.4, 3, 32, 0.2, 4, 16, 0.094, 9],
+            [0.2, 0.4, 3, 32, 0.2, 4, 16, 0.3, 10]]  # 10 passes, but far past the slack
+    tuning = {"head": {"chosen": grid[0][:7], "der": 0.085, "acceptance_passed": 9, "acceptance_conversations": 10,
+                       "der_slack": 0.01, "grid": grid}}
+    r = {"tune_only": True, "model": "m.pt", "commit": "abc", "backend": "torch", "chunk_frames": 8,
+         "window_frames": 16, "seed": 0, "tune_splits": "dev", "conversations": {"tune": 20, "tune-acceptance": 10},
+         "tuning": tuning, "served_setting": grid[0][:7]}
+    text = bench.render(r)
+    assert "no held-out conversation scored" in text
+    assert "dev, head: chosen 9 of 10 two-voice passed, DER 8.5 %" in text and "served defaults 9 passed" in text
+    assert "head, first-speaker frames off: 9 passed, DER 8.5 % at 0.1, 0.4, 3, 32, 0.2, 4, off" in text
+    assert "head, first-speaker frames 16: 9 passed, DER 9.4 % at 0.1, 0.4, 3, 32, 0.2, 4, 16" in text
+    assert "head, gap frames" not in text  # an axis tried with one value says nothing
+
+
 def test_tuning_jobs_run_in_forked_processes_and_keep_their_order():
     bench = load_benchmark("diarization")
     offset = 10  # a closure, as the recordings' embedders are: it does not pickle, a forked worker has it
@@ -167,18 +185,29 @@ def test_the_benchmark_runs_end_to_end_on_a_random_model(prepared_manifests):
                     "--speakers", "2,2", "--tune-conversations", "1", "--conversations", "2", "--acceptance", "1",
                     "--tune-acceptance", "1", "--seconds", "4", "--grid", "0.3,0.6", "--gaps", "none,3",
                     "--new-speaker-frames", "16,24,48", "--switch-margins", "none,0.2", "--backdate-windows", "0,2",
-                    "--no-pyannote-sample", "--no-peer"])
+                    "--first-speaker-frames", "none,16", "--no-pyannote-sample", "--no-peer"])
     assert r["conversations"] == {"tune": 1, "tune-acceptance": 1, "test": 2, "acceptance": 1}
     assert set(r["results"]) == {"head (served defaults)", "head (tuned)"}
     for x in r["results"].values():
         assert 0.0 <= x["test"]["der"] and len(x["per_conversation"]) == 2
     # 16 new-speaker frames are below change_frames (24): skipped, not an error
-    assert len(r["tuning"]["head"]["grid"]) == 64 and r["peer_delta"] is None
+    assert len(r["tuning"]["head"]["grid"]) == 128 and r["peer_delta"] is None
     assert {row[4] for row in r["tuning"]["head"]["grid"]} == {None, 0.2}
     assert {row[5] for row in r["tuning"]["head"]["grid"]} == {0, 2}
+    assert {row[6] for row in r["tuning"]["head"]["grid"]} == {None, 16}
     served = r["results"]["head (served defaults)"]
     assert served["switch_margin"] == scoring.DEFAULT.switch_margin
     assert served["backdate_windows"] == scoring.DEFAULT.backdate_windows
+    assert served["first_speaker_frames"] == scoring.DEFAULT.first_speaker_frames
     assert "resemblyzer" not in r["versions"]
     text = bench.render(r)
-    assert "| head (tuned) |" in text and ", switch margin, backdate windows |" in text
+    assert "| head (tuned) |" in text and ", switch margin, backdate windows, first-speaker frames |" in text
+    # stopped after the dev choice: no held-out set is built, the same choice is made
+    dev = bench.main(["--random-model", "--data", str(prepared_manifests["dev"].parent), "--test-splits", "test-unseen",
+                      "--speakers", "2,2", "--tune-conversations", "1", "--tune-acceptance", "1", "--seconds", "4",
+                      "--grid", "0.3,0.6", "--gaps", "none,3", "--new-speaker-frames", "16,24,48", "--switch-margins",
+                      "none,0.2", "--backdate-windows", "0,2", "--first-speaker-frames", "none,16", "--tune-only",
+                      "--no-peer"])
+    assert dev["conversations"] == {"tune": 1, "tune-acceptance": 1} and "results" not in dev
+    assert dev["tuning"]["head"]["grid"] == r["tuning"]["head"]["grid"]
+    assert "first-speaker frames 16:" in bench.render(dev)

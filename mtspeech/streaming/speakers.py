@@ -23,7 +23,13 @@ voice coming back is cheaper to get wrong (the next windows correct it), so it n
 `change_frames`. Pending windows must also agree: a far window farther than
 `new_speaker_distance` from their mean ends their run as a pause would, so windows of two
 different odd sounds never add up to a speaker. The stream's first voice is founded the same
-way (it has no current speaker to be close to). Centroids are running means of the windows
+way (it has no current speaker to be close to), except that at a pause, or at a window unlike
+its windows, it is founded on whatever they hold (there is no known speaker to hand them to).
+With `first_speaker_frames`, less speech than that does not found it: it stays pending past a
+pause and is dropped at a break, so one short odd first window cannot take S1 and leave the
+voice itself to found S2. A final sent meanwhile carries no speaker (none is known yet); the
+first turn, once founded, is dated at its run's first window and reaches back to the stream's
+start for later labels (`speaker_of_span`), but nothing sent is taken back. Centroids are running means of the windows
 assigned within their distance; a short burst handed to the nearest speaker at a pause is not
 added, so it cannot drag a centroid away.
 
@@ -64,7 +70,8 @@ its cosine similarity is at least `enrol_similarity`, otherwise the speaker stay
 The defaults of `change_distance`, `new_speaker_distance`, `gap_frames`, `new_speaker_frames`,
 `switch_margin` and `backdate_windows` are the demo model's setting chosen by `benchmarks/diarization.py` on
 conversations of dev voices only (docs/results/diarization/demo.json, `tuning.head.chosen`),
-which also reports them on held-out voices. Another model's speaker head spreads its embeddings differently: run the
+which also reports them on held-out voices. `first_speaker_frames` stays off: searched the same way
+on dev voices it was not chosen (docs/results/diarization/dev-first-speaker-frames.json). Another model's speaker head spreads its embeddings differently: run the
 benchmark on it (`--recordings` makes the tuning replays cheap).
 """
 
@@ -107,6 +114,9 @@ class SpeakerTurnConfig:
     # At most this many windows just before a change's first far window, each nearer the new speaker's
     # centroid than the previous one's, join the new turn: its start moves back over them (0: never).
     backdate_windows: int = 4
+    # Speech the stream's first voice must hold before a pause, or a window unlike it, may found it
+    # (None: any window may; without either it waits for `new_speaker_frames`, as every new voice does).
+    first_speaker_frames: int | None = None
 
     def __post_init__(self) -> None:
         for key in ("window_frames", "min_window_frames", "change_frames", "new_speaker_frames", "max_speakers"):
@@ -115,6 +125,9 @@ class SpeakerTurnConfig:
         if not 0 <= self.backdate_windows <= MAX_BACKDATE_WINDOWS:
             raise ValueError(f"speaker turns: backdate_windows={self.backdate_windows}: expected 0 to "
                              f"{MAX_BACKDATE_WINDOWS}")
+        if self.first_speaker_frames is not None and not 1 <= self.first_speaker_frames <= self.new_speaker_frames:
+            raise ValueError(f"speaker turns: first_speaker_frames={self.first_speaker_frames}: expected None or "
+                             f"1 to new_speaker_frames={self.new_speaker_frames} (past it a voice is founded anyway)")
         if self.gap_frames is not None and self.gap_frames < 1:
             raise ValueError(f"speaker turns: gap_frames={self.gap_frames}: expected None or >= 1")
         if self.new_speaker_frames < self.change_frames:
@@ -336,6 +349,11 @@ class SpeakerTracker:
             if not enough and self._current is not None:
                 self._far = []  # centroids stay means of windows within their distance: not added
                 self._switch(max(self.clusters, key=lambda c: float(pooled @ c.centroid)), windows[0].start_frame)
+                return
+            if not enough and cfg.first_speaker_frames is not None and \
+                    sum(w.frames for w in windows) < cfg.first_speaker_frames:
+                if broken:  # the first voice: too little to found it on; pending past a pause, dropped at a break
+                    self._far = []
                 return
             self._anonymous += 1
             who = _Cluster(f"S{self._anonymous}", pooled, 0)

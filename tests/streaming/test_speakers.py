@@ -188,6 +188,50 @@ def test_a_change_moves_back_over_the_first_windows_that_sound_like_the_new_voic
     assert one[1].start == pytest.approx(turn_s + 16 * FRAME_S)
 
 
+def test_the_first_voice_is_not_founded_on_one_short_odd_window():
+    a, b, odd = voices(3, seed=3)
+    # the stream opens with 10 frames unlike A (a cough, a first word whose window is odd), a gap
+    # that ends that window, then A, then B: the break after the short window founded S1 on it, so
+    # A became S2 and B S3
+    frames, speech = frames_of([(odd, 10), (None, 4), (a, 64), (b, 64)])
+    old = run(SpeakerTracker(mean_embed, FRAME_S), frames, speech, pauses_end_segments=False)
+    assert [c.speaker for c in old] == ["S1", "S2", "S3"]
+    # with first_speaker_frames of one whole window the short window is dropped at the break
+    tracker = SpeakerTracker(mean_embed, FRAME_S, SpeakerTurnConfig(first_speaker_frames=16))
+    new = run(tracker, frames, speech, pauses_end_segments=False)
+    assert [c.speaker for c in new] == ["S1", "S2"] and len(tracker.clusters) == 2
+    assert new[1].start == pytest.approx(78 * FRAME_S, abs=16 * FRAME_S)
+    # the same at a pause: the short window stays pending past it (no label yet) and A's first
+    # window, unlike it, drops it
+    frames, speech = frames_of([(odd, 10), (None, 16), (a, 64), (b, 64)])
+    tracker = SpeakerTracker(mean_embed, FRAME_S, SpeakerTurnConfig(first_speaker_frames=16))
+    new = run(tracker, frames, speech)
+    assert [c.speaker for c in new] == ["S1", "S2"] and len(tracker.clusters) == 2
+    old = run(SpeakerTracker(mean_embed, FRAME_S), frames, speech)
+    assert [c.speaker for c in old] == ["S1", "S2", "S3"]
+
+
+def test_a_short_first_utterance_of_the_first_voice_still_opens_its_turn():
+    a, b = voices(2, seed=3)
+    # A says 10 frames, pauses, goes on, then B: the same two turns with and without the rule
+    frames, speech = frames_of([(a, 10), (None, 16), (a, 64), (b, 64)])
+    old = run(SpeakerTracker(mean_embed, FRAME_S), frames, speech)
+    tracker = SpeakerTracker(mean_embed, FRAME_S, SpeakerTurnConfig(first_speaker_frames=16))
+    pending = []  # what a client has been sent by the pause after A's short utterance
+    for t0 in range(0, 24, CHUNK):  # A's 10 frames and part of the pause
+        tracker.push(frames[t0 : t0 + CHUNK], speech[t0 : t0 + CHUNK], t0)
+    tracker.end_segment()
+    pending += tracker.changes()
+    assert pending == [] and tracker.current is None  # a final here is sent without a speaker
+    new = run(SpeakerTracker(mean_embed, FRAME_S, SpeakerTurnConfig(first_speaker_frames=16)), frames, speech)
+    assert [(c.speaker, c.previous) for c in new] == [(c.speaker, c.previous) for c in old] == [("S1", None),
+                                                                                                 ("S2", "S1")]
+    # the short utterance waited past its pause and was founded with A's next window: the turn
+    # still starts at the stream's first speech, only it is confirmed later
+    assert new[0].start == old[0].start == 0.0 and new[0].detected_at > old[0].detected_at
+    assert new[1].start == old[1].start
+
+
 def test_non_speech_frames_are_not_pooled():
     a, b = voices(2, seed=5)
     frames, _ = frames_of([(a, 40), (b, 60), (a, 40)])
@@ -275,6 +319,10 @@ def test_config_is_checked():
         SpeakerTurnConfig(backdate_windows=-1)
     with pytest.raises(ValueError, match="backdate_windows=9: expected 0 to 8"):
         SpeakerTurnConfig(backdate_windows=9)
+    with pytest.raises(ValueError, match="first_speaker_frames=0"):
+        SpeakerTurnConfig(first_speaker_frames=0)
+    with pytest.raises(ValueError, match="first_speaker_frames=33: expected None or 1 to new_speaker_frames=32"):
+        SpeakerTurnConfig(first_speaker_frames=33)
 
 
 # ----------------------------------------------------------------------------- through the recognizer
