@@ -119,6 +119,10 @@ def add_arguments(ap) -> None:
     ap.add_argument("--tune-only", action="store_true",
                     help="choose the settings on the tuning voices and stop: no held-out conversation is built or "
                          "scored (a rule that dev does not choose is never measured on held-out voices)")
+    ap.add_argument("--grid-keep", type=float, default=None, metavar="DER",
+                    help="with --tune-only: keep in the JSON only the settings within DER (e.g. 0.05) of the lowest "
+                         "dev DER, and the served one (the choice reads only those within --der-slack); it records "
+                         "how many were searched and every axis's values")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     ap.add_argument("--out", default=None)
 
@@ -198,10 +202,12 @@ def run(args) -> dict:
     versions = {m: version(m) for m in ("pyannote.metrics", "torch") + (("resemblyzer",) if peer else ())}
     if args.tune_only:
         served = DEFAULT
+        setting = [served.change_distance, served.new_speaker_distance, served.gap_frames, served.new_speaker_frames,
+                   served.switch_margin, served.backdate_windows, served.first_speaker_frames]
+        if args.grid_keep is not None:
+            tuning = {p: trim_grid(t, args.grid_keep, setting) for p, t in tuning.items()}
         return {**run_info, "tune_only": True, "tuning": tuning, "versions": versions,
-                "served_setting": [served.change_distance, served.new_speaker_distance, served.gap_frames,
-                                   served.new_speaker_frames, served.switch_margin, served.backdate_windows,
-                                   served.first_speaker_frames],
+                "served_setting": setting,
                 "cpu_s": round(time.process_time() + _children_cpu_s() - cpu0, 1), "cpus": os.cpu_count()}
     settings = {"head (served defaults)": ("head", DEFAULT)}
     settings.update({f"{p} (tuned)": (p, turn_config(*tuning[p]["chosen"])) for p in pipelines})
@@ -323,6 +329,15 @@ def render(r: dict) -> str:
     return "\n".join(lines + _dev_lines(r["tuning"], default))
 
 
+def trim_grid(t: dict, keep: float, served: list) -> dict:
+    """A pipeline's tuning with only the rows within `keep` of its lowest DER (and the served
+    setting's): what the choice and `_render_tune_only` read, in a JSON a fraction of the size."""
+    floor = min(row[-2] for row in t["grid"])
+    axes = [list(dict.fromkeys(row[i] for row in t["grid"])) for i in range(len(t["grid"][0]) - 2)]
+    kept = [row for row in t["grid"] if row[-2] <= floor + keep + 1e-9 or row[:-2] == served]
+    return {**t, "grid": kept, "settings_searched": len(t["grid"]), "axis_values": axes, "grid_kept_within": keep}
+
+
 def _dev_lines(tuning: dict, default: list) -> list[str]:
     lines = []
     for pipeline, t in tuning.items():  # a row: the setting, then [DER, passed] (fewer axes in older runs)
@@ -331,7 +346,7 @@ def _dev_lines(tuning: dict, default: list) -> list[str]:
         lines.append(f"  dev, {pipeline}: chosen {t['acceptance_passed']} of {t['acceptance_conversations']} two-voice "
                      f"passed, DER {_pct(t['der'])} %{slack}" + (f"; at the served defaults {served[0][1]} passed, DER "
                                                           f"{_pct(served[0][0])} %" if served else "")
-                     + f" ({len(t['grid'])} settings)")
+                     + f" ({t.get('settings_searched', len(t['grid']))} settings)")
     return lines
 
 
@@ -353,7 +368,7 @@ def _render_tune_only(r: dict) -> str:
     for pipeline, t in r["tuning"].items():
         floor = min(row[-2] for row in t["grid"])
         for axis, name in enumerate(AXES[2:], start=2):  # the rules; the two distances are a scale
-            values = list(dict.fromkeys(row[axis] for row in t["grid"]))
+            values = t["axis_values"][axis] if "axis_values" in t else list(dict.fromkeys(row[axis] for row in t["grid"]))
             if len(values) < 2:
                 continue
             for v in values:

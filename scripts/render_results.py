@@ -134,7 +134,9 @@ PAGES = [
          "synthetic speech only, so its miss share is the VAD's. The model: the demo model of docs/results/demo/. "
          "`dev-first-speaker-frames.json`: the same choice on dev voices only, with `first_speaker_frames` (speech "
          "the stream's first voice needs before a pause, or a window unlike it, may found it) as one more axis, "
-         "measured with the same command plus `--first-speaker-frames none,16 --tune-only --no-peer` and `--out` "
+         "measured with the same command plus `--first-speaker-frames none,16 --tune-only --no-peer --grid-keep 0.05` "
+         "(it keeps the settings within 5 DER points of the lowest, and the served one, and renders as the whole "
+         "grid of 9216 would) and `--out` "
          "that file: rejected on dev (the "
          "choice keeps it off), so no held-out conversation was scored with it. Per value of each rule's axis it "
          "lists the setting the same choice makes among the settings holding that value."),

@@ -167,6 +167,25 @@ def test_a_tune_only_run_renders_what_each_rule_did_on_dev():
     assert "head, gap frames" not in text  # an axis tried with one value says nothing
 
 
+def test_a_trimmed_dev_grid_renders_as_the_whole_one():
+    # --grid-keep drops the settings far from the lowest dev DER; the page must not change.
+    bench = load_benchmark("diarization")
+    grid = [[0.1, 0.4, 3, 32, 0.2, 4, None, 0.085, 9], [0.1, 0.4, 3, 32, 0.2, 4, 16, 0.094, 9],
+            [0.2, 0.4, 3, 32, 0.2, 4, None, 0.3, 10], [0.2, 0.4, 5, 32, 0.2, 4, 16, 0.5, 2],
+            [0.1, 0.4, 5, 32, 0.2, 4, None, 0.6, 1]]
+    served = grid[4][:7]  # far from the lowest, but the page quotes it
+    t = {"chosen": grid[0][:7], "der": 0.085, "acceptance_passed": 9, "acceptance_conversations": 10,
+         "der_slack": 0.01, "grid": grid}
+    r = {"tune_only": True, "model": "m.pt", "commit": "abc", "backend": "torch", "chunk_frames": 8,
+         "window_frames": 16, "seed": 0, "tune_splits": "dev", "conversations": {"tune": 20, "tune-acceptance": 10},
+         "tuning": {"head": t}, "served_setting": served}
+    trimmed = bench.trim_grid(t, 0.05, served)
+    assert [row[-2] for row in trimmed["grid"]] == [0.085, 0.094, 0.6]
+    assert trimmed["settings_searched"] == 5 and trimmed["axis_values"][2] == [3, 5]
+    assert bench.render({**r, "tuning": {"head": trimmed}}) == bench.render(r)
+    assert "gap frames 5: no setting within the slack" in bench.render(r)
+
+
 def test_tuning_jobs_run_in_forked_processes_and_keep_their_order():
     bench = load_benchmark("diarization")
     offset = 10  # a closure, as the recordings' embedders are: it does not pickle, a forked worker has it
