@@ -44,6 +44,13 @@ class AdaptationError(ValueError):
     """Adaptation cannot run on this input; the message names the file, utterance or option."""
 
 
+def require_counts(config, names: tuple[str, ...]) -> None:
+    """AdaptationError naming the command-line option when one of `config`'s counts is below 1."""
+    for name in names:
+        if getattr(config, name) < 1:
+            raise AdaptationError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
+
+
 @dataclass(frozen=True)
 class ParamSetConfig:
     """Which tensors adaptation changes. `layers`: how many of the top encoder blocks on the

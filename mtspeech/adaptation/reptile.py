@@ -33,7 +33,7 @@ from tqdm import tqdm
 from mtspeech.adaptation import inputs
 from mtspeech.adaptation.command import DEFAULT_LR, INIT_KEY, add_set_arguments, load_base, set_config
 from mtspeech.adaptation.fine_tune import fine_tune
-from mtspeech.adaptation.param_sets import AdaptationError, ParamSet, ParamSetConfig
+from mtspeech.adaptation.param_sets import AdaptationError, ParamSet, ParamSetConfig, require_counts
 from mtspeech.checkpoint import load_state, save_atomic
 from mtspeech.data.manifest import Utterance
 
@@ -56,9 +56,7 @@ class ReptileConfig:
     save_every: int = 10
 
     def __post_init__(self) -> None:
-        for name in ("outer_steps", "meta_batch", "k", "inner_steps", "save_every"):
-            if getattr(self, name) < 1:
-                raise AdaptationError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        require_counts(self, ("outer_steps", "meta_batch", "k", "inner_steps", "save_every"))
         if not 0 < self.outer_lr <= 1:
             raise AdaptationError(f"--outer-lr must lie in (0, 1], got {self.outer_lr}")
 

@@ -39,7 +39,7 @@ from tqdm import tqdm
 from mtspeech.adaptation import inputs
 from mtspeech.adaptation.command import load_base
 from mtspeech.adaptation.fine_tune import batch_loss, frozen, units
-from mtspeech.adaptation.param_sets import AdaptationError
+from mtspeech.adaptation.param_sets import AdaptationError, require_counts
 from mtspeech.adaptation.reptile import voices_of
 from mtspeech.adaptation.speaker_adapter import (ADAPTER_KEY, SpeakerAdapterConfig, adapter_entry, embed_utterances,
                                                  new_adapter, voice_vector)
@@ -68,9 +68,7 @@ class AdapterTrainingConfig:
     save_every: int = 50
 
     def __post_init__(self) -> None:
-        for name in ("steps", "voices_per_step", "max_k", "query", "save_every"):
-            if getattr(self, name) < 1:
-                raise AdaptationError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        require_counts(self, ("steps", "voices_per_step", "max_k", "query", "save_every"))
         if not self.lr > 0:
             raise AdaptationError(f"--lr must be positive, got {self.lr}")
 
