@@ -81,10 +81,20 @@ def _decode(rec, samples: np.ndarray) -> str:
     return " ".join(e.text for e in rec.events(s) if isinstance(e, FinalEvent))
 
 
+def _chunk_seconds(args) -> float:
+    """Seconds of audio one chunk of `--chunk-frames` encoder frames holds."""
+    from mtspeech.data.geometry import FrameGeometry
+
+    return args.chunk_frames * FrameGeometry().frame_shift_s
+
+
 def _step_seconds(recs: dict, audio: list[np.ndarray], args) -> dict[int, list[float]]:
-    """Per left context: `repeats` medians... of `steps` batched steps, repeats interleaved."""
-    long = [np.tile(a, int(np.ceil((args.repeats * args.steps + 4) * 0.04 * args.chunk_frames * 16000 / len(a)) + 1))
-            for a in audio[: args.batch]]
+    """Per left context: the mean step time of each of `repeats` runs of `steps` batched steps,
+    repeats interleaved across the left contexts."""
+    from mtspeech.data.geometry import SAMPLE_RATE
+
+    need = (args.repeats * args.steps + 4) * _chunk_seconds(args) * SAMPLE_RATE  # samples each stream must hold
+    long = [np.tile(a, int(np.ceil(need / len(a))) + 1) for a in audio[: args.batch]]
     streams = {}
     for left, rec in recs.items():
         streams[left] = [rec.new_stream(endpointing=False) for _ in range(args.batch)]
@@ -156,7 +166,7 @@ def run(args) -> dict:
     rows = []
     for left in lefts:
         t = statistics.median(times[left])
-        row = {"left_chunks": left, "left_seconds": round(left * args.chunk_frames * 0.04, 2),
+        row = {"left_chunks": left, "left_seconds": round(left * _chunk_seconds(args), 2),
                "step_ms": round(t * 1e3, 2), "step_time_vs_reference": round(t / ref_time, 3),
                "step_ms_repeats": [round(x * 1e3, 2) for x in times[left]]}
         for shape, by_left in shapes.items():
