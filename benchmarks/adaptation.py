@@ -306,10 +306,16 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     where.add_argument("--manifest", help="a manifest of the voices instead")
     ap.add_argument("--split", default="test-voices")
     add_set_arguments(ap)
-    ap.add_argument("--ks", type=int, nargs="+", default=[1, 5, 20])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="selection seeds of the k utterances")
-    ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--lr", type=float, default=None, help="default: `mtspeech adapt`'s for the set")
+    add_run_arguments(ap, seeds=[0, 1, 2])
+
+
+def add_run_arguments(ap: argparse.ArgumentParser, seeds: list[int]) -> None:
+    """What every adaptation measurement takes (this script and adaptation_tuning.py): the k's, the
+    selection seeds, the Adam steps, how many voices, threads, resamples, and the JSON output."""
+    ap.add_argument("--ks", type=int, nargs="+", default=[1, 5, 20])
+    ap.add_argument("--seeds", type=int, nargs="+", default=seeds, help="selection seeds of the k utterances")
+    ap.add_argument("--steps", type=int, default=20, help="Adam steps (`mtspeech adapt`'s default)")
     ap.add_argument("--voices", type=int, default=None, help="the first N voices only (a quick look)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (the issue's 2 cores)")
     ap.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples over voices")

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 from _cli import run_main
-from adaptation import adapt_voices, load_voices, summarize
+from adaptation import adapt_voices, add_run_arguments, load_voices, summarize
 
 from mtspeech.adaptation.command import load_base
 from mtspeech.adaptation.param_sets import AdaptationError, ParamSet, ParamSetConfig
@@ -130,13 +130,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--model", required=True, help="trained checkpoint (final.pt)")
     ap.add_argument("--manifest", required=True, help="a dev split of new voices (adapt-dev.jsonl), never a test split")
     ap.add_argument("--grid", nargs="+", required=True, metavar="SET=LR,LR,...", help="step sizes to try per set")
-    ap.add_argument("--ks", type=int, nargs="+", default=[1, 5, 20])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="selection seeds of the k utterances")
-    ap.add_argument("--steps", type=int, default=20, help="Adam steps (`mtspeech adapt`'s default)")
-    ap.add_argument("--voices", type=int, default=None, help="the first N voices only")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples over voices")
-    ap.add_argument("--out", default=None, help="JSON output")
+    add_run_arguments(ap, seeds=[0])
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -142,8 +142,7 @@ class EncoderCache:
 
     def slots(self, frames: int) -> torch.Tensor:
         """(B, frames) int64: the ring slots of each row's next `frames` frames."""
-        ahead = torch.arange(frames, device=self.frames_seen.device)
-        return (self.frames_seen.unsqueeze(1) + ahead) % self.left_frames
+        return ring_slots(self.frames_seen, frames, self.left_frames)
 
     def updated(self, update: "CacheUpdate") -> "EncoderCache":
         """The cache after a chunk: `update`'s valid frames written over the oldest slots (a new
@@ -188,6 +187,13 @@ class CacheUpdate:
     valid: torch.Tensor
     conv: torch.Tensor
     frames_seen: torch.Tensor
+
+
+def ring_slots(frames_seen: torch.Tensor, frames: int, left_frames: int) -> torch.Tensor:
+    """(B, frames) int64: where the next `frames` frames of rows that have seen `frames_seen` (B,)
+    go in a ring of `left_frames` slots (the frame at position p in slot p mod left_frames)."""
+    ahead = torch.arange(frames, device=frames_seen.device)
+    return (frames_seen.unsqueeze(1) + ahead) % left_frames
 
 
 # The batch axis of each tensor field.

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from mtspeech.encoders import EncoderOutput
-from mtspeech.encoders.cache import BATCH_DIM, CacheUpdate, EncoderCache
+from mtspeech.encoders.cache import BATCH_DIM, CacheUpdate, EncoderCache, ring_slots
 from mtspeech.tasks.base import Role, task_with_role
 from mtspeech.tasks.layer_mix import LEARNED, task_input
 
@@ -194,9 +194,10 @@ class CachePool:
     def __init__(self, init_cache: Callable[[int], EncoderCache]) -> None:
         self._init = init_cache
         self._lock = threading.Lock()
-        self._rows = _batch_major(init_cache(0))
+        empty = init_cache(0)
+        self._rows = _batch_major(empty)
         self._blank = _batch_major(init_cache(1))
-        self._chunk_frames = init_cache(0).chunk_frames
+        self._chunk_frames = empty.chunk_frames
         self._free: list[int] = []
 
     @property
@@ -243,7 +244,7 @@ class CachePool:
             keys, values, key_valid = self._rows["keys"], self._rows["values"], self._rows["key_valid"]
             if keys.shape[3] and t:
                 seen = self._rows["frames_seen"].index_select(0, index)
-                slots = (seen.unsqueeze(1) + torch.arange(t)) % keys.shape[3]  # (B, t)
+                slots = ring_slots(seen, t, keys.shape[3])  # (B, t)
                 at = (index.unsqueeze(1), slice(None), slice(None), slots)  # → (B, t, L, H, Dh)
                 valid = update.valid
                 everything = bool(valid.all())
