@@ -324,3 +324,20 @@ def test_left_context_benchmark(assets):
     within = all(rows[1][s]["ci"][1] <= result["settings"]["margin"] for s in ("utterances", "continuous"))
     assert result["choice"] == (1 if within else 2)
     assert all(len(r["step_ms_repeats"]) == 2 and r["step_ms"] > 0 for r in rows.values())
+
+
+def test_beam_threshold_benchmark(assets):
+    bench = _load("beam_threshold")
+    out = assets["root"] / "beam.json"
+    bench.main(["--model", str(assets["ckpt"]), "--manifest", str(assets["manifest"]), "--lm", "none",
+                "--thresholds", "50", "2", "--repeats", "2", "--out", str(out)])
+    result = json.loads(out.read_text())
+    rows = {r["threshold"]: r for r in result["rows"]}
+    assert set(rows) == {50, 2} and rows[50]["cpu_vs_reference"] == 1.0 and "ci" not in rows[50]
+    assert result["settings"]["decoder"] == "beam" and result["utterances"] == 2 and result["frames"] > 0
+    assert rows[50]["identical_to_reference"] == 2 and 0 <= rows[2]["identical_to_reference"] <= 2
+    low, high = rows[2]["ci"]
+    assert low <= rows[2]["delta_wer"] <= high
+    # the rule: threshold 2 is chosen only if its upper bound is within the margin
+    assert result["choice"] == (2 if high <= result["settings"]["margin"] else 50)
+    assert all(len(r["cpu_us_per_frame_repeats"]) == 2 and r["cpu_us_per_frame"] > 0 for r in rows.values())

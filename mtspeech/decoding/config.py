@@ -40,7 +40,8 @@ class DecodingConfig:
     `lm`: an ARPA (or KenLM binary) word LM, or `auto`: the LM embedded in the checkpoint, else
     an `lm_order`-gram of the training transcripts named in its config.
     `beam_size`, `lm_weight`, `word_score`: the beam search's (score = acoustic + lm_weight *
-    LM + word_score * words).
+    LM + word_score * words). `beam_threshold`: each frame the search keeps only hypotheses
+    scoring within this much (log domain) of the best (`benchmarks/beam_threshold.py`).
     `lexicon_extra`: a file of words added to the LM (at a unigram back-off) and to the lexicons,
     spelled by CMUdict or the G2P model (`decoding/vocabulary.py`); needs an LM.
     """
@@ -50,6 +51,7 @@ class DecodingConfig:
     beam_size: int = 20
     lm_weight: float = 1.0
     word_score: float = 0.0
+    beam_threshold: float = 8.0  # chosen on dev: docs/results/beam-threshold/
     lm_order: int = 3
     lexicon_extra: str | None = None
 
@@ -60,6 +62,8 @@ class DecodingConfig:
             raise DecodingError("--decoder phones needs a word LM: pass --lm ARPA or --lm auto")
         if self.beam_size < 1:
             raise DecodingError(f"beam_size={self.beam_size}: expected >= 1")
+        if not self.beam_threshold > 0:
+            raise DecodingError(f"beam_threshold={self.beam_threshold}: expected > 0")
         if self.lm_order < 1:
             raise DecodingError(f"lm_order={self.lm_order}: expected >= 1")
 
@@ -88,6 +92,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--beam-size", type=int, default=d.beam_size)
     parser.add_argument("--lm-weight", type=float, default=d.lm_weight)
     parser.add_argument("--word-score", type=float, default=d.word_score)
+    parser.add_argument("--beam-threshold", type=float, default=d.beam_threshold,
+                        help="beam pruning: keep hypotheses within this log-score of the best each frame")
     parser.add_argument("--lm-order", type=int, default=d.lm_order, help="n-gram order of --lm auto")
     parser.add_argument("--lexicon-extra", default=d.lexicon_extra, metavar="FILE",
                         help="words to add to the LM and the lexicons, one a line (optionally followed by its "
@@ -97,5 +103,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def from_args(args: argparse.Namespace) -> DecodingConfig:
     """The DecodingConfig of parsed `add_arguments` flags; raises DecodingError."""
     return DecodingConfig(decoder=args.decoder, lm=args.lm, beam_size=args.beam_size, lm_weight=args.lm_weight,
-                          word_score=args.word_score, lm_order=args.lm_order,
+                          word_score=args.word_score, beam_threshold=args.beam_threshold, lm_order=args.lm_order,
                           lexicon_extra=args.lexicon_extra)

@@ -129,7 +129,7 @@ class BeamSearchDecoder:
         lm_weight: float = DecodingConfig.lm_weight,
         word_score: float = DecodingConfig.word_score,
         beam_size_token: int | None = None,
-        beam_threshold: float = 50.0,
+        beam_threshold: float = DecodingConfig.beam_threshold,
         log_add: bool = False,
         nbest: int = 1,
     ):

@@ -67,7 +67,8 @@ def build_decoders(model: torch.nn.Module, tokenizer, frame_shift_s: float,
     to `work_dir` (default: next to the LM). `decoding.lexicon_extra`: its words join the LM
     (`vocabulary.extend_arpa`, written to `work_dir` too) and so both lexicons.
     """
-    options = dict(beam_size=decoding.beam_size, lm_weight=decoding.lm_weight, word_score=decoding.word_score)
+    options = dict(beam_size=decoding.beam_size, lm_weight=decoding.lm_weight, word_score=decoding.word_score,
+                   beam_threshold=decoding.beam_threshold)
     spellings = None
     if decoding.lexicon_extra is not None:
         if lm is None:

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from mtspeech.alignment import TokenSpan, Word, align_tokens, ctc_runs, piece_groups, timed_words
+from mtspeech.decoding.config import DecodingConfig
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +199,8 @@ class BeamDecoder:
 
     def __init__(self, table, head: str, frame_shift_s: float, *, beam_size: int,
                  lm: str | Path | None = None, lexicon: str | Path | None = None,
-                 lm_weight: float | None = None, word_score: float = 0.0, beam_threshold: float = 50.0,
+                 lm_weight: float | None = None, word_score: float = 0.0,
+                 beam_threshold: float = DecodingConfig.beam_threshold,
                  stable_history: int = 3):
         from torchaudio.models.decoder import ctc_decoder  # needs flashlight-text
 

@@ -53,7 +53,8 @@ def _built_by(command, argv: list[str], monkeypatch) -> object:
     ([], False, "greedy"),  # auto, no LM anywhere
     ([], True, "phones"),  # auto with the LM `mtspeech embed-lm` stored
     (["--decoder", "beam", "--beam-size", "4"], False, "beam"),
-    (["--lm", "auto", "--beam-size", "4", "--lm-weight", "0.7", "--word-score", "0.5"], False, "phones"),
+    (["--lm", "auto", "--beam-size", "4", "--lm-weight", "0.7", "--word-score", "0.5", "--beam-threshold", "7"],
+     False, "phones"),
 ])
 def test_serve_transcribe_and_evaluate_build_the_same_decoder(tmp_path, monkeypatch, flags, embed, default):
     from mtspeech.decoding.embedded_lm import embed_lm
@@ -73,6 +74,8 @@ def test_serve_transcribe_and_evaluate_build_the_same_decoder(tmp_path, monkeypa
     assert _settings(served) == _settings(transcribed) == _settings(evaluated)
     if "--beam-size" in flags:
         assert {d.options["beam_size"] for name, d in served.decoders.items() if name != "greedy"} == {4}
+    if "--beam-threshold" in flags:
+        assert {d.options["beam_threshold"] for name, d in served.decoders.items() if name != "greedy"} == {7.0}
 
 
 def test_evaluate_decodes_with_the_recognizers_settings(tmp_path):
