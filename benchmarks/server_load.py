@@ -87,6 +87,7 @@ from _server_load_features import (PLAIN, FeatureSet, cost_rows, parse_features,
                                    run_order, words_of_manifest)
 
 from mtspeech.data.geometry import SAMPLE_RATE, FrameGeometry  # noqa: E402
+from mtspeech.decoding.config import DecodingConfig  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MANIFEST = "data/synthetic/test.jsonl"
@@ -725,7 +726,8 @@ def _result(levels: list[dict], args, source: str, audios: list[TestAudio],
                                                    "max_batch_size", "max_wait_ms", "endpoint_mode", "decoder", "device",
                                                    "workers", "decode_threads", "intra_op_threads", "replicas", "max_final_latency",
                                                    "max_partial_latency", "features")}
-                    | {"endpointing": not args.no_endpointing, "cpu_count": os.cpu_count()},
+                    | {"endpointing": not args.no_endpointing, "cpu_count": os.cpu_count(),
+                       "beam_threshold": DecodingConfig.beam_threshold},  # the server's default pruning
         "keep_up_definition": (f"no errors or unfinished utterances, p95 final latency < {args.max_final_latency:g} s, "
                                f"p95 partial latency < {args.max_partial_latency:g} s, rtf < 1"),
         "baseline": {"streams": base["streams"], "efficiency_audio_s_per_cpu_s": base["efficiency_audio_s_per_cpu_s"]},

@@ -83,13 +83,13 @@ PAGES = [
     Page("server-load", "Server load: the default server (phones + LM, --workers auto), two load shapes; greedy; "
          "the cost of speaker turns and hotwords; ONNX; two replicas behind nginx",
          "python benchmarks/server_load.py --model exp/synthetic/all/final.pt --utterances 8 --decoder auto "
-         "--shape continuous --levels 112,128,144,160,176,192 --repeats 3 --keep-going --out load.json  "
-         "# default-continuous-* (the rerun: --levels 176,192,208) and window-*-one-server-*; default-utterances-*: --shape utterances "
+         "--shape continuous --levels 176,192,208,224,240 --repeats 3 --keep-going --out load.json  "
+         "# default-continuous-* (the rerun: --levels 240,256,272,288,304) and window-*-one-server-* (--levels 112,128,144,160,176,192); default-utterances-*: --shape utterances "
          "--seconds-per-level 20 --levels 64,80,96,112,128,144; greedy-continuous-*: --decoder greedy "
          "--levels 208,224,240,256,272; features-*: --levels 32,64 --features plain,diarization+hotwords100; "
          "window-*-onnx-*: --backend onnx --levels 128,144,160,176; window-*-onnx-int8-*: --backend onnx-int8 "
          "--levels 128,144,160,176; window-*-2replicas-nginx-*: --replicas 2 --levels 112,128,144,160; "
-         "profile-default-continuous-*: --levels 176 --repeats 1 --profile DIR",
+         "profile-default-continuous-*: --levels 240 --repeats 1 --profile DIR",
          "*.json", lambda r: benchmark("server_load").render(r),
          "Definitions (latencies, keeps up): the docstring of `benchmarks/server_load.py`. 2 cores, the load "
          "client on the same cores; continuous: N streams started together, each 20 s of test speech at real "
@@ -105,11 +105,12 @@ PAGES = [
          "server's two runs there, and default-continuous-* from an earlier session the same day, differ by more than one "
          "level: a keep-up level moves that much between runs of one configuration, so only a difference "
          "larger than that, seen in every run, says one configuration keeps up with more streams. "
-         "profile-*: where the default server's CPU goes (py-spy on every worker, one level, one repeat, "
-         "measured after the streaming cache became a ring written in place); not a capacity figure, and "
-         "py-spy's own sampling costs the server some CPU. default-continuous-* (two runs, both after that "
-         "change; the rerun also records each worker's CPU) and profile-* are of the current code; the other "
-         "files were measured before that change. "
+         "profile-*: where the default server's CPU goes (py-spy on every worker, one level, one repeat); not a "
+         "capacity figure, and py-spy's own sampling costs the server some CPU. default-continuous-* (two runs) "
+         "and profile-* are of the current code and the served beam pruning (`--beam-threshold 8`, chosen on dev: "
+         "docs/results/beam-threshold/; settings.beam_threshold). The other files were measured before it, at "
+         "the old threshold 50 (their settings lack the key), and before the streaming cache became a ring "
+         "written in place; greedy-continuous-* does not prune a beam. "
          "The summary's first table: one line per file; its efficiency is at that file's kept-up level. "
 "The model: the demo model of docs/results/demo/.",
          summary=lambda rs: benchmark("server_load").render_summary(rs)),

@@ -9,11 +9,11 @@ from starlette.requests import HTTPConnection
 
 # `mtspeech serve`'s default --max-streams per core: what benchmarks/server_load.py measured the
 # default server (2 workers, phones + the embedded LM, the demo model) keep up with on 2 cores,
-# continuous speech, every repeat (docs/results/server-load/default-continuous-2cores.json: 176;
-# a rerun, default-continuous-rerun-2cores.json, kept up with 192: the lower one is the default),
-# halved. A test keeps the two equal. Other models and machines: measure and pass --max-streams;
+# continuous speech, every repeat (docs/results/server-load/default-continuous-2cores.json: 240;
+# a rerun, default-continuous-rerun-2cores.json, kept up with 240 and fell behind at 256 in one of
+# three repeats), halved. A test keeps the two equal. Other models and machines: measure and pass --max-streams;
 # admission by measured lag (max_decode_lag_s) refuses streams before this cap when decoding falls behind.
-STREAMS_PER_CORE = 88
+STREAMS_PER_CORE = 120
 
 
 @dataclass(frozen=True)
