@@ -250,7 +250,8 @@ def run(args) -> dict:
                 f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
                 for k, v in vars(args).items() if v is not None),
             "settings": {"boosts": args.boosts, "list_size": len(entries), "targets": len(targets),
-                         "per_word": args.per_word, "seed": args.seed, "lm": args.lm},
+                         "per_word": args.per_word, "seed": args.seed, "lm": args.lm,
+                         "beam_threshold": DecodingConfig.beam_threshold},
             "g2p_load_s": g2p_load_s,
             "hotword_set": {"utterances": len(sentences), "audio_s": round(hot_s, 2)},
             "test": {"utterances": len(test), "audio_s": round(test_s, 2)},
