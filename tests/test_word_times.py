@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mtspeech.decoding.config import DecodingConfig
 from mtspeech.alignment import TokenSpan, piece_groups, timed_words, word_alignments
 from mtspeech.decoding.ctc import GreedyDecoder as OfflineGreedy
 from mtspeech.streaming.decoders import BeamDecoder, GreedyDecoder
@@ -53,7 +54,7 @@ def test_streaming_greedy_words_equal_evaluate_word_alignments(seed):
 @pytest.mark.parametrize("seed", range(3))
 def test_streaming_beam_words_equal_evaluate_word_alignments(seed):
     lp = _log_probs(100, seed)
-    got = _streamed(BeamDecoder(Pieces(), "asr", SHIFT, beam_size=6), lp, seed)
+    got = _streamed(BeamDecoder(Pieces(), "asr", SHIFT, beam_size=6, beam_threshold=DecodingConfig.beam_threshold), lp, seed)
     assert got.tokens
     assert got.words == word_alignments(lp, list(got.tokens), Pieces(), SHIFT)
 

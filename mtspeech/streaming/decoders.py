@@ -42,7 +42,6 @@ import numpy as np
 import torch
 
 from mtspeech.alignment import TokenSpan, Word, align_tokens, ctc_runs, piece_groups, timed_words
-from mtspeech.decoding.config import DecodingConfig
 
 log = logging.getLogger(__name__)
 
@@ -191,17 +190,16 @@ class BeamDecoder:
     a piece lexicon `lexicon` (`decoding.ctc.lexicon_for_lm` writes one from the LM's vocabulary).
     `head="phones"`: over the phone head, `lexicon` a phone lexicon (`decoding.lm.build_phone_lexicon`,
     CMUdict), an LM required. Options as `mtspeech.decoding.ctc.BeamSearchDecoder`, whose defaults
-    are `DecodingConfig`'s: `decoding.loader.build_decoders` passes them, so none is repeated here.
+    are `DecodingConfig`'s: `decoding.loader.build_decoders` passes them, so none is repeated here
+    (`beam_size` and the pruning `beam_threshold` have no default at all).
     The LM, the lexicon trie and the dictionaries are built once and shared by every stream;
     each utterance gets only a fresh search object. `options` holds the search's settings, so
     the offline decoder of `mtspeech evaluate` can be built with the very same ones.
     """
 
-    def __init__(self, table, head: str, frame_shift_s: float, *, beam_size: int,
+    def __init__(self, table, head: str, frame_shift_s: float, *, beam_size: int, beam_threshold: float,
                  lm: str | Path | None = None, lexicon: str | Path | None = None,
-                 lm_weight: float | None = None, word_score: float = 0.0,
-                 beam_threshold: float = DecodingConfig.beam_threshold,
-                 stable_history: int = 3):
+                 lm_weight: float | None = None, word_score: float = 0.0, stable_history: int = 3):
         from torchaudio.models.decoder import ctc_decoder  # needs flashlight-text
 
         if head not in ("asr", "phones"):

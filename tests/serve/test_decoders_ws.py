@@ -37,7 +37,7 @@ class Pieces:
 def beam_server():
     """A live server whose recognizer has a lexicon-free 'beam' decoder besides greedy."""
     rec = tiny_recognizer()
-    rec.decoders["beam"] = BeamDecoder(Pieces(), "asr", rec.frame_shift_s, beam_size=8)
+    rec.decoders["beam"] = BeamDecoder(Pieces(), "asr", rec.frame_shift_s, beam_size=8, beam_threshold=DecodingConfig.beam_threshold)
     with live_server(create_app(rec, steady_settings())) as (addr, _server):
         yield addr, rec
 

@@ -11,6 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from websockets.asyncio.client import connect
 
+from mtspeech.decoding.config import DecodingConfig
 from mtspeech.client import to_pcm16
 from mtspeech.serve.app import create_app
 from mtspeech.streaming import FinalEvent
@@ -39,7 +40,7 @@ class Pieces:
 def beam_recognizer():
     """The tiny recognizer with a lexicon-free 'beam' decoder, the server's default."""
     rec = tiny_recognizer()
-    rec.decoders["beam"] = BeamDecoder(Pieces(), "asr", rec.frame_shift_s, beam_size=8)
+    rec.decoders["beam"] = BeamDecoder(Pieces(), "asr", rec.frame_shift_s, beam_size=8, beam_threshold=DecodingConfig.beam_threshold)
     rec.default_decoder = "beam"
     return rec
 

@@ -26,6 +26,7 @@ from tiny_asr import CHUNK, LEFT, PIECES, PieceTable, signal, tiny_model
 
 torch.set_num_threads(1)
 
+PRUNE = DecodingConfig.beam_threshold  # the served pruning
 PHONES = ["AE", "AH", "B", "D", "K", "S", "T"]
 # words over PIECES (▁A ▁B C D ▁E F ▁G H I ▁J) and over PHONES
 PIECE_LEXICON = {"A": "\u2581A", "ACD": "\u2581A C D", "B": "\u2581B", "BF": "\u2581B F", "EH": "\u2581E H",
@@ -69,9 +70,9 @@ def recognizer(lm_files, seed=0, endpoint=None) -> StreamingRecognizer:
     rec = StreamingRecognizer(model, PieceTable(), StreamingConfig(CHUNK, LEFT, endpoint or EndpointConfig()))
     fs = rec.frame_shift_s
     rec.decoders.update({
-        "beam": BeamDecoder(Pieces(), "asr", fs, beam_size=8),
-        "beam_lm": BeamDecoder(Pieces(), "asr", fs, beam_size=8, lm=lm, lexicon=piece_lex, lm_weight=0.5),
-        "phones": BeamDecoder(PhoneTable(PHONES), "phones", fs, beam_size=8, lm=lm, lexicon=phone_lex, lm_weight=0.5),
+        "beam": BeamDecoder(Pieces(), "asr", fs, beam_size=8, beam_threshold=PRUNE),
+        "beam_lm": BeamDecoder(Pieces(), "asr", fs, beam_size=8, beam_threshold=PRUNE, lm=lm, lexicon=piece_lex, lm_weight=0.5),
+        "phones": BeamDecoder(PhoneTable(PHONES), "phones", fs, beam_size=8, beam_threshold=PRUNE, lm=lm, lexicon=phone_lex, lm_weight=0.5),
     })
     return rec
 
@@ -99,10 +100,10 @@ def test_streamed_beam_equals_offline_beam(lm_files, name):
     rec = recognizer(lm_files)
     wav = signal(3.0, seed=2)
     if name == "phones":
-        offline = BeamSearchDecoder(PhoneTable(PHONES), beam_size=8, lm=lm, lexicon=phone_lex)
+        offline = BeamSearchDecoder(PhoneTable(PHONES), beam_size=8, beam_threshold=PRUNE, lm=lm, lexicon=phone_lex)
         lp = offline_log_probs(rec, wav, "phones")
     else:
-        offline = BeamSearchDecoder(Pieces(), beam_size=8, lm=lm if name == "beam_lm" else None,
+        offline = BeamSearchDecoder(Pieces(), beam_size=8, beam_threshold=PRUNE, lm=lm if name == "beam_lm" else None,
                                     lexicon=piece_lex if name == "beam_lm" else None)
         lp = offline_log_probs(rec, wav, "asr")
     ref = offline.decode(lp[None], torch.tensor([lp.shape[0]]))[0]
@@ -157,11 +158,11 @@ def test_unknown_or_impossible_decoder_is_refused(lm_files):
     with pytest.raises(ValueError, match="not available"):
         rec.new_stream(decoder="nope")
     lm, _piece_lex, phone_lex = lm_files
-    phones = BeamDecoder(PhoneTable(PHONES), "phones", 0.04, beam_size=8, lm=lm, lexicon=phone_lex, lm_weight=0.5)
+    phones = BeamDecoder(PhoneTable(PHONES), "phones", 0.04, beam_size=8, beam_threshold=PRUNE, lm=lm, lexicon=phone_lex, lm_weight=0.5)
     with pytest.raises(ValueError, match="phone head"):
         StreamingRecognizer(tiny_model(), PieceTable(), decoders={"phones": phones})
     with pytest.raises(ValueError, match="needs a word LM"):
-        BeamDecoder(PhoneTable(PHONES), "phones", 0.04, beam_size=8)
+        BeamDecoder(PhoneTable(PHONES), "phones", 0.04, beam_size=8, beam_threshold=PRUNE)
 
 
 def test_build_decoders_spells_lm_words_in_phones(lm_files, tmp_path):
