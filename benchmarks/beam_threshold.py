@@ -18,9 +18,9 @@ decoder (`BeamDecoder`: begin, push per chunk, end) at each threshold:
 - **accuracy**: WER and CER of the joined finals, each threshold against `--reference` (the old
   default) by a paired bootstrap over utterances (`mtspeech.evaluation.stats`), and how many
   utterances' transcripts are identical to the reference's;
-- **cost**: CPU microseconds of the searches per frame (pushes and the final's word times), the median of `--repeats` repeats
-  interleaved across thresholds so that machine noise hits each alike, as a ratio to the
-  reference in the same run.
+- **cost**: CPU microseconds of the searches per frame (pushes and the final's word times),
+  the median of `--repeats` repeats interleaved across thresholds so that machine noise hits
+  each alike, as a ratio to the reference in the same run.
 
 The choice rule (`choice`): the smallest threshold whose WER is not worse than the reference's
 by more than `--margin` (upper end of the paired 95 % interval). Decide on dev only.

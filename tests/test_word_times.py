@@ -12,6 +12,8 @@ from mtspeech.decoding.ctc import GreedyDecoder as OfflineGreedy
 from mtspeech.streaming.decoders import BeamDecoder, GreedyDecoder
 from tiny_asr import PIECES, PieceTable
 
+PRUNE = DecodingConfig.beam_threshold  # the served beam pruning
+
 torch.set_num_threads(1)
 SHIFT = 0.04
 
@@ -54,7 +56,7 @@ def test_streaming_greedy_words_equal_evaluate_word_alignments(seed):
 @pytest.mark.parametrize("seed", range(3))
 def test_streaming_beam_words_equal_evaluate_word_alignments(seed):
     lp = _log_probs(100, seed)
-    got = _streamed(BeamDecoder(Pieces(), "asr", SHIFT, beam_size=6, beam_threshold=DecodingConfig.beam_threshold), lp, seed)
+    got = _streamed(BeamDecoder(Pieces(), "asr", SHIFT, beam_size=6, beam_threshold=PRUNE), lp, seed)
     assert got.tokens
     assert got.words == word_alignments(lp, list(got.tokens), Pieces(), SHIFT)
 

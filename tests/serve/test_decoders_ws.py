@@ -24,6 +24,8 @@ from serve_helpers import (LM_TEXTS, live_server, lm_checkpoint, recv_all, signa
                            tiny_recognizer)
 from tiny_asr import PIECES
 
+PRUNE = DecodingConfig.beam_threshold  # the served beam pruning
+
 
 class Pieces:
     blank_id = 0
@@ -37,7 +39,7 @@ class Pieces:
 def beam_server():
     """A live server whose recognizer has a lexicon-free 'beam' decoder besides greedy."""
     rec = tiny_recognizer()
-    rec.decoders["beam"] = BeamDecoder(Pieces(), "asr", rec.frame_shift_s, beam_size=8, beam_threshold=DecodingConfig.beam_threshold)
+    rec.decoders["beam"] = BeamDecoder(Pieces(), "asr", rec.frame_shift_s, beam_size=8, beam_threshold=PRUNE)
     with live_server(create_app(rec, steady_settings())) as (addr, _server):
         yield addr, rec
 

@@ -20,6 +20,8 @@ from serve_helpers import (live_server, next_message, recv_all, signal, steady_s
                            tiny_recognizer, wav_bytes)
 from tiny_asr import PIECES, longest_match_ids
 
+PRUNE = DecodingConfig.beam_threshold  # the served beam pruning
+
 HOTWORDS = [{"phrase": "GH", "boost": 3.0}, {"phrase": "b c", "boost": 1.5}]
 
 
@@ -40,7 +42,7 @@ class Pieces:
 def beam_recognizer():
     """The tiny recognizer with a lexicon-free 'beam' decoder, the server's default."""
     rec = tiny_recognizer()
-    rec.decoders["beam"] = BeamDecoder(Pieces(), "asr", rec.frame_shift_s, beam_size=8, beam_threshold=DecodingConfig.beam_threshold)
+    rec.decoders["beam"] = BeamDecoder(Pieces(), "asr", rec.frame_shift_s, beam_size=8, beam_threshold=PRUNE)
     rec.default_decoder = "beam"
     return rec
 

@@ -16,6 +16,8 @@ from mtspeech.streaming.decoders import BeamDecoder
 from mtspeech.streaming.hotwords import MAX_HOTWORDS, ContextGraph, parse_hotwords
 from tiny_asr import PIECES, PieceTable, longest_match_ids, signal, tiny_recognizer
 
+PRUNE = DecodingConfig.beam_threshold  # the served beam pruning
+
 torch.set_num_threads(1)
 
 PHONES = ["AE", "AH", "B", "D", "K", "S", "T"]
@@ -125,8 +127,8 @@ def phone_decoder(tmp_path_factory):
     d = tmp_path_factory.mktemp("hot")
     lm = build_ngram_lm(SENTENCES, 2, d / "lm.arpa")
     (d / "phones.lex").write_text("".join(f"{w}\t{s}\n" for w, s in PHONE_LEXICON.items()))
-    return BeamDecoder(PhoneTable(PHONES), "phones", 0.04, beam_size=8, beam_threshold=DecodingConfig.beam_threshold, lm=lm, lexicon=d / "phones.lex",
-                       lm_weight=1.0)
+    return BeamDecoder(PhoneTable(PHONES), "phones", 0.04, beam_size=8, beam_threshold=PRUNE, lm=lm,
+                       lexicon=d / "phones.lex", lm_weight=1.0)
 
 
 def phone_path(spoken: list[list[tuple[str, float]]]) -> np.ndarray:
@@ -164,7 +166,7 @@ def test_hotwords_the_phone_head_cannot_spell_are_refused(phone_decoder):
 def test_piece_beam_without_lm_writes_a_boosted_phrase_only_when_boosted():
     """Lexicon-free: pieces "▁A ▁E H" with ▁G a close second to ▁E; "A GH" only when GH is boosted."""
     table = Pieces()
-    decoder = BeamDecoder(table, "asr", 0.04, beam_size=8, beam_threshold=DecodingConfig.beam_threshold)
+    decoder = BeamDecoder(table, "asr", 0.04, beam_size=8, beam_threshold=PRUNE)
     ids = {p: i for i, p in enumerate(PIECES)}
     frames = [[(ids["\u2581A"], 0.0)], [(0, 0.0)], [(ids["\u2581E"], 0.0), (ids["\u2581G"], -1.0)], [(0, 0.0)],
               [(ids["H"], 0.0)], [(0, 0.0)], [(0, 0.0)]]
@@ -180,7 +182,7 @@ def test_streams_with_hotwords_through_the_recognizer():
     rec = tiny_recognizer()
     with pytest.raises(ValueError, match="need a beam decoder"):
         rec.new_stream(hotwords=[("GH", 2.0)])
-    rec.decoders["beam"] = BeamDecoder(Pieces(), "asr", rec.frame_shift_s, beam_size=4, beam_threshold=DecodingConfig.beam_threshold)
+    rec.decoders["beam"] = BeamDecoder(Pieces(), "asr", rec.frame_shift_s, beam_size=4, beam_threshold=PRUNE)
     a = rec.new_stream(decoder="beam", hotwords=[("GH", 2.0)])
     b = rec.new_stream(decoder="beam", hotwords=[("gh", 2.0)])
     assert isinstance(a.decoder, BiasedBeamDecoder) and a.decoder is b.decoder
@@ -193,7 +195,7 @@ def test_streams_with_hotwords_through_the_recognizer():
 
 def test_bias_cache_is_bounded():
     cache = BiasCache(size=2)
-    decoder = BeamDecoder(Pieces(), "asr", 0.04, beam_size=4, beam_threshold=DecodingConfig.beam_threshold)
+    decoder = BeamDecoder(Pieces(), "asr", 0.04, beam_size=4, beam_threshold=PRUNE)
     lists = [parse_hotwords([(w, 1.0)]) for w in ("A", "B", "GH")]
     first = cache.get(decoder, lists[0])
     assert cache.get(decoder, lists[0]) is first
@@ -210,7 +212,7 @@ def test_a_negligible_boost_searches_exactly_as_the_unbiased_decoder(phone_decod
     rng = np.random.default_rng(seed)
     lp = torch.from_numpy(rng.normal(0, 2.0, (40, len(PHONES) + 1)).astype(np.float32)).log_softmax(-1).numpy()
     pieces = Pieces()
-    piece_decoder = BeamDecoder(pieces, "asr", 0.04, beam_size=8, beam_threshold=DecodingConfig.beam_threshold)
+    piece_decoder = BeamDecoder(pieces, "asr", 0.04, beam_size=8, beam_threshold=PRUNE)
     lp_pieces = torch.from_numpy(rng.normal(0, 2.0, (40, len(PIECES))).astype(np.float32)).log_softmax(-1).numpy()
     tiny = parse_hotwords([("bad", 1e-9), ("cat sat", 1e-9)])  # lexicon words: nothing added
     assert decode(BiasedBeamDecoder(phone_decoder, tiny), lp) == decode(phone_decoder, lp) != ""
@@ -248,7 +250,7 @@ def test_biased_search_over_many_pieces_extends_the_likely_ones():
 
     table = Many()
     assert table.vocab_size > BIASED_PIECES_PER_FRAME
-    decoder = BeamDecoder(table, "asr", 0.04, beam_size=8, beam_threshold=DecodingConfig.beam_threshold)
+    decoder = BeamDecoder(table, "asr", 0.04, beam_size=8, beam_threshold=PRUNE)
     frames = [[(5, 0.0)], [(0, 0.0)], [(7, 0.0), (250, -1.0)], [(0, 0.0)], [(9, 0.0)], [(0, 0.0)]]
     lp = log_probs(frames, table.vocab_size)
     heard, second = " ".join(table.pieces[i][1:] for i in (5, 7, 9)), table.pieces[250][1:]

@@ -71,8 +71,10 @@ def recognizer(lm_files, seed=0, endpoint=None) -> StreamingRecognizer:
     fs = rec.frame_shift_s
     rec.decoders.update({
         "beam": BeamDecoder(Pieces(), "asr", fs, beam_size=8, beam_threshold=PRUNE),
-        "beam_lm": BeamDecoder(Pieces(), "asr", fs, beam_size=8, beam_threshold=PRUNE, lm=lm, lexicon=piece_lex, lm_weight=0.5),
-        "phones": BeamDecoder(PhoneTable(PHONES), "phones", fs, beam_size=8, beam_threshold=PRUNE, lm=lm, lexicon=phone_lex, lm_weight=0.5),
+        "beam_lm": BeamDecoder(Pieces(), "asr", fs, beam_size=8, beam_threshold=PRUNE, lm=lm, lexicon=piece_lex,
+                               lm_weight=0.5),
+        "phones": BeamDecoder(PhoneTable(PHONES), "phones", fs, beam_size=8, beam_threshold=PRUNE, lm=lm,
+                              lexicon=phone_lex, lm_weight=0.5),
     })
     return rec
 
@@ -158,7 +160,8 @@ def test_unknown_or_impossible_decoder_is_refused(lm_files):
     with pytest.raises(ValueError, match="not available"):
         rec.new_stream(decoder="nope")
     lm, _piece_lex, phone_lex = lm_files
-    phones = BeamDecoder(PhoneTable(PHONES), "phones", 0.04, beam_size=8, beam_threshold=PRUNE, lm=lm, lexicon=phone_lex, lm_weight=0.5)
+    phones = BeamDecoder(PhoneTable(PHONES), "phones", 0.04, beam_size=8, beam_threshold=PRUNE, lm=lm,
+                         lexicon=phone_lex, lm_weight=0.5)
     with pytest.raises(ValueError, match="phone head"):
         StreamingRecognizer(tiny_model(), PieceTable(), decoders={"phones": phones})
     with pytest.raises(ValueError, match="needs a word LM"):
