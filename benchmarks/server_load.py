@@ -131,7 +131,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     srv.add_argument("--chunk-frames", type=int, default=8)
     srv.add_argument("--left-chunks", type=int, default=16)
     srv.add_argument("--max-batch-size", type=int, default=64)
-    srv.add_argument("--max-wait-ms", type=float, default=10.0)
+    srv.add_argument("--max-wait-ms", type=float, default=None, help="(default: the server's)")
+    srv.add_argument("--batch-target", type=int, default=None, help="(default: the server's)")
     srv.add_argument("--endpoint-mode", choices=["vad", "blank"], default="vad")
     srv.add_argument("--decoder", choices=["greedy", "beam", "phones", "auto"], default="greedy",
                      help="the streams' decoder (`mtspeech serve --decoder`; beam, phones and auto use --lm)")
@@ -269,12 +270,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _or_default(value, setting: str):
+    """`value`, or the server's default of `setting` (serve/limits.py) when not given."""
+    from mtspeech.serve.limits import ServerSettings
+
+    return getattr(ServerSettings, setting) if value is None else value
+
+
 def serve_flags(args, max_streams: int, backend: str = "torch", onnx_dir: str | None = None) -> list[str]:
     """`mtspeech serve`'s flags for a run, but --model, --host and --port."""
     flags = ["--device", args.device,
              "--max-streams", str(max(64, 2 * max_streams)),  # room for reconnects
              "--max-batch-size", str(args.max_batch_size),
-             "--max-wait-ms", str(args.max_wait_ms), "--chunk-frames", str(args.chunk_frames),
+             "--chunk-frames", str(args.chunk_frames),
              "--left-chunks", str(args.left_chunks), "--endpoint-mode", args.endpoint_mode,
              "--log-level", "warning"]
     if getattr(args, "decoder", None):
@@ -285,7 +293,7 @@ def serve_flags(args, max_streams: int, backend: str = "torch", onnx_dir: str | 
         flags += ["--backend", "torch-eager"]
     elif backend != "torch":
         flags += ["--backend", "onnx", "--onnx-dir", str(onnx_dir)] + (["--int8"] if backend == "onnx-int8" else [])
-    for flag in ("workers", "decode_threads", "intra_op_threads"):
+    for flag in ("workers", "decode_threads", "intra_op_threads", "max_wait_ms", "batch_target"):
         if getattr(args, flag, None) is not None:  # --decode-threads 0 is a setting (inline steps)
             flags += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
     return flags
@@ -723,11 +731,14 @@ def _result(levels: list[dict], args, source: str, audios: list[TestAudio],
         "audio": {"source": source, "utterances": [{"name": a.name, "duration_s": round(a.duration, 3),
                                                     "local_partials": len(a.partials)} for a in audios]},
         "settings": {k: getattr(args, k) for k in ("shape", "continuous_seconds", "repeats", "frame_ms", "seconds_per_level", "chunk_frames", "left_chunks",
-                                                   "max_batch_size", "max_wait_ms", "endpoint_mode", "decoder", "device",
+                                                   "max_batch_size", "endpoint_mode", "decoder", "device",
                                                    "workers", "decode_threads", "intra_op_threads", "replicas", "max_final_latency",
                                                    "max_partial_latency", "features")}
                     | {"endpointing": not args.no_endpointing, "cpu_count": os.cpu_count(),
-                       "beam_threshold": DecodingConfig.beam_threshold},  # the server's default pruning
+                       "beam_threshold": DecodingConfig.beam_threshold,  # the server's default pruning
+                       # batching as the server ran it: the flags given, else its defaults
+                       "max_wait_ms": _or_default(args.max_wait_ms, "max_wait_ms"),
+                       "batch_target": _or_default(args.batch_target, "batch_target")},
         "keep_up_definition": (f"no errors or unfinished utterances, p95 final latency < {args.max_final_latency:g} s, "
                                f"p95 partial latency < {args.max_partial_latency:g} s, rtf < 1"),
         "baseline": {"streams": base["streams"], "efficiency_audio_s_per_cpu_s": base["efficiency_audio_s_per_cpu_s"]},

@@ -169,7 +169,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"{STREAMS_PER_CORE} per core, what the load benchmark measured the default server "
                              "keep up with (docs/deploy.md, Capacity)")
     parser.add_argument("--max-batch-size", type=int, default=d.max_batch_size)
-    parser.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms, help="wait for a fuller batch")
+    parser.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms,
+                        help="how long a ready stream may wait for a batch of --batch-target streams")
+    parser.add_argument("--batch-target", type=int, default=d.batch_target,
+                        help="streams a step waits (up to --max-wait-ms) to batch together")
     parser.add_argument("--workers", type=_workers, default="auto",
                         help="server processes sharing the port, each with its own model and a share of "
                              "--max-streams (default auto: one per core; one process is bound by its GIL, "
@@ -235,7 +238,7 @@ def main(args: argparse.Namespace) -> int:
             raise ValueError("--decode-threads must be >= 0 and --intra-op-threads >= 1")
         settings = ServerSettings(
             max_streams=args.max_streams, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
-            decode_threads=decode_threads,
+            batch_target=args.batch_target, decode_threads=decode_threads,
             max_frame_bytes=args.max_frame_bytes, max_upload_bytes=args.max_upload_bytes,
             max_stream_seconds=args.max_stream_seconds, idle_timeout_s=args.idle_timeout,
             max_buffered_seconds=args.max_buffered_seconds, shutdown_timeout_s=args.shutdown_timeout,

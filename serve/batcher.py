@@ -2,8 +2,9 @@
 
 Connections (WebSocket streams, HTTP transcriptions) register a `Job` per stream, feed it
 audio (`Server.feed`: `StreamingRecognizer.accept`) and call `notify`. One asyncio task
-collects the jobs whose stream is `ready`, waits up to `max_wait_ms` for a fuller batch (at
-most `max_batch_size`), and runs `recognizer.step` on a worker thread so the event loop keeps
+collects the jobs whose stream is `ready`, waits up to `max_wait_ms` for a batch of
+`batch_target` streams (only while some other stream could still join it; a step takes at most
+`max_batch_size`), and runs `recognizer.step` on a worker thread so the event loop keeps
 moving bytes while the network runs. Up to `workers` steps run at once, each on its own
 thread with disjoint streams (a stream is in at most one step): the encoder releases the GIL,
 so two single-threaded steps use two cores without the barriers of one two-threaded step.
@@ -84,13 +85,15 @@ class Batcher:
     added without naming one is decoded by."""
 
     def __init__(self, recognizer: StreamingRecognizer, max_batch_size: int = 16,
-                 max_wait_ms: float = 10.0, metrics: Metrics | None = None, workers: int = 1) -> None:
+                 max_wait_ms: float = 10.0, metrics: Metrics | None = None, workers: int = 1,
+                 batch_target: int | None = None) -> None:
         if workers < 0:
             raise ValueError(f"workers={workers}: expected >= 0 (0: steps on the event loop's thread)")
         self.recognizer = recognizer
         self.default_model = ServedModel(BASE_ID, recognizer)
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1000.0
+        self.batch_target = min(batch_target or max_batch_size, max_batch_size)
         self.metrics = metrics
         self.workers = workers
         self._jobs: set[Job] = set()
@@ -215,7 +218,10 @@ class Batcher:
                 oldest = min(ready + flush, key=lambda j: j.ready_since if j in ready_set else j.finish_since)
                 ready = [j for j in ready if j.model is oldest.model]
                 flush = [j for j in flush if j.model is oldest.model]
-                if ready and not flush and len(ready) < self.max_batch_size and self.max_wait_s > 0:
+                # Wait for a fuller batch only while another stream of this model could join it:
+                # one that is idle but not ready yet (a lone stream never waits for company).
+                could_join = any(j.model is oldest.model and j not in ready_set and not j.finishing for j in idle)
+                if ready and not flush and len(ready) < self.batch_target and could_join and self.max_wait_s > 0:
                     remaining = min(j.ready_since for j in ready) + self.max_wait_s - now
                     if remaining > 0:  # wait for a fuller batch, then look again
                         try:

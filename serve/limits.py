@@ -26,7 +26,10 @@ class ServerSettings:
 
     max_streams: int = 64
     max_batch_size: int = 64
+    # A step waits up to max_wait_ms for a batch of batch_target streams (fuller batches cost less
+    # per stream; a staggered load fills them slowly), and only while another stream could join.
     max_wait_ms: float = 10.0
+    batch_target: int = 64
     decode_threads: int = 1  # decoding steps run at once (disjoint streams, one thread each); 0: inline
     max_frame_bytes: int = 256 * 1024  # one WebSocket binary frame
     max_upload_bytes: int = 50 * 1024 * 1024
@@ -49,7 +52,7 @@ class ServerSettings:
     def __post_init__(self) -> None:
         if self.decode_threads < 0:
             raise ValueError(f"decode_threads={self.decode_threads}: expected >= 0 (0: on the event loop's thread)")
-        for name in ("max_streams", "max_batch_size", "max_frame_bytes", "max_upload_bytes"):
+        for name in ("max_streams", "max_batch_size", "batch_target", "max_frame_bytes", "max_upload_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}: expected >= 1")
         for name in ("max_stream_seconds", "max_file_seconds", "idle_timeout_s", "max_buffered_seconds"):

@@ -60,7 +60,7 @@ class Server:
         self.model_streams = {i: self.metrics.model_streams.labels(i) for i in self.router.models}
         self.slots = StreamSlots(settings.max_streams)
         self.batcher = Batcher(recognizer, settings.max_batch_size, settings.max_wait_ms, self.metrics,
-                               workers=settings.decode_threads)
+                               workers=settings.decode_threads, batch_target=settings.batch_target)
         if len(self.router.models) > 1:
             log.info("serving %d models: %s", len(self.router.models), ", ".join(self.router.models))
         self.connections: set = set()  # open WebSocket connections (ws.StreamConnection)

@@ -51,3 +51,43 @@ def test_steps_alternate_between_models_and_each_decodes_its_own_streams():
     assert models[:4] == ["busy", "quiet", "busy", "quiet"]  # each model's turn comes as it waits longest
     last_quiet = max(i for i, model in enumerate(models) if model == "quiet")
     assert last_quiet < len(models) / 2  # the quiet model was done long before the busy one ran dry
+
+
+def _first_step(streams: int, with_audio: int, batch_target: int | None = None) -> tuple[float, int]:
+    """Seconds until a batcher allowed to wait 2 s launches its first step, and that step's size,
+    for `streams` open streams of which the first `with_audio` have audio."""
+    model = ServedModel("base", tiny_recognizer(seed=0))
+
+    async def run():
+        batcher = Batcher(model.recognizer, max_batch_size=8, max_wait_ms=2000, workers=0, batch_target=batch_target)
+        launched = []
+        work = batcher._work
+
+        def spy(recognizer, batch, flush):
+            launched.append((asyncio.get_running_loop().time(), len(batch)))
+            return work(recognizer, batch, flush)
+
+        batcher._work = spy
+        batcher.start()
+        jobs = [batcher.add(model.recognizer.new_stream(endpointing=False), model=model) for _ in range(streams)]
+        t0 = asyncio.get_running_loop().time()
+        for job in jobs[:with_audio]:
+            model.recognizer.accept(job.stream, signal(1.0, seed=1))
+            batcher.notify(job)
+        while not launched and asyncio.get_running_loop().time() - t0 < 5:
+            await asyncio.sleep(0.01)
+        await batcher.stop()
+        return (launched[0][0] - t0, launched[0][1]) if launched else (float("inf"), 0)
+
+    return asyncio.run(run())
+
+
+def test_a_step_waits_for_company_only_while_some_can_come_and_only_up_to_the_batch_target():
+    """max_wait_ms buys fuller batches while other streams' chunks may still come; a lone stream
+    is stepped at once, and so is a batch that has reached batch_target."""
+    assert _first_step(1, 1)[0] < 0.5  # no other stream: no wait
+    delay, size = _first_step(2, 1)
+    assert 1.5 < delay < 5 and size == 1  # the idle second stream could have joined: waited it out
+    delay, size = _first_step(3, 2, batch_target=2)
+    assert delay < 0.5 and size == 2  # the target reached: no wait for the third
+    assert _first_step(3, 2)[0] > 1.5  # without a target (the batch's maximum, 8) it waits
