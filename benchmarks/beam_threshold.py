@@ -37,7 +37,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _cli import add_model_arguments, run_main  # noqa: E402
+from _cli import add_model_arguments, model_path, run_main, transcribed_audio, wer_delta  # noqa: E402
 
 FEED_SECONDS = 0.1  # as a live client sends audio
 
@@ -123,36 +123,16 @@ def _with_threshold(decoder, threshold: float):
 def run(args) -> dict:
     import torch
 
-    from mtspeech.data.audio import load_audio
-    from mtspeech.data.manifest import read_manifest
     from mtspeech.decoding.config import DecodingConfig
     from mtspeech.decoding.loader import load_recognizer
-    from mtspeech.evaluation.stats import paired_bootstrap
     from mtspeech.metrics import cer, utterance_word_errors, wer
     from mtspeech.streaming import SAMPLE_RATE, StreamingConfig
 
     torch.set_num_threads(1)
     thresholds = sorted(set(args.thresholds) | {args.reference}, reverse=True)
-    model, lm = args.model, None if args.lm == "none" else args.lm
-    if args.random_model:
-        import tempfile
-
-        from _tiny_model import build_random_checkpoint
-
-        model = build_random_checkpoint(tempfile.mkdtemp() + "/random.pt")
-        lm = None
-    if Path(args.manifest).is_file():
-        utts = [u for u in read_manifest(args.manifest) if u.text][: args.limit]
-        audio = [load_audio(u.audio, SAMPLE_RATE).numpy() for u in utts]
-        refs = [u.text for u in utts]
-    elif args.random_model:  # smoke run: a noise signal, scored against a made-up text
-        rng = np.random.default_rng(0)
-        audio = [(0.1 * rng.standard_normal(3 * SAMPLE_RATE)).astype(np.float32) for _ in range(args.limit or 2)]
-        refs = ["A TEST"] * len(audio)
-    else:
-        raise SystemExit(f"{args.manifest}: no such manifest")
-    if not audio:
-        raise SystemExit(f"{args.manifest}: no utterance with a transcript")
+    model = model_path(args)
+    lm = None if args.lm == "none" or args.random_model else args.lm
+    audio, refs = transcribed_audio(args.manifest, args.limit, args.random_model)
     decoder = "beam" if lm is None and args.decoder == "auto" else args.decoder  # no LM: lexicon-free
     decoding = DecodingConfig(decoder=decoder, lm=lm)
     rec = load_recognizer(model, decoding, "torch", streaming=StreamingConfig(chunk_frames=args.chunk_frames))
@@ -179,8 +159,7 @@ def run(args) -> dict:
                "cpu_vs_reference": round(statistics.median(cpu[t]) / ref_cpu, 3),
                "cpu_us_per_frame_repeats": [round(x, 2) for x in cpu[t]]}
         if t != args.reference:
-            r = paired_bootstrap(errors[args.reference], errors[t], n_resamples=2000)
-            row |= {"delta_wer": round(r.delta, 5), "ci": [round(r.ci_low, 5), round(r.ci_high, 5)], "p": r.p_value}
+            row |= wer_delta(errors[args.reference], errors[t])
         rows.append(row)
     passing = [r["threshold"] for r in rows if r["threshold"] == args.reference or r["ci"][1] <= args.margin]
     return {"benchmark": "beam_threshold", "model": "random-tiny" if args.random_model else str(args.model),

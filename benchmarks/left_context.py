@@ -36,7 +36,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _cli import add_model_arguments, run_main  # noqa: E402
+from _cli import add_model_arguments, model_path, run_main, transcribed_audio, wer_delta  # noqa: E402
 
 FEED_SECONDS = 0.1  # as a live client sends audio
 
@@ -114,42 +114,16 @@ def _step_seconds(recs: dict, audio: list[np.ndarray], args) -> dict[int, list[f
     return times
 
 
-def _compare(errors: dict, left: int, reference: int) -> dict:
-    from mtspeech.evaluation.stats import paired_bootstrap
-
-    r = paired_bootstrap(errors[reference], errors[left], n_resamples=2000)
-    return {"delta_wer": round(r.delta, 5), "ci": [round(r.ci_low, 5), round(r.ci_high, 5)], "p": r.p_value}
-
-
 def run(args) -> dict:
     import torch
 
-    from mtspeech.data.audio import load_audio
-    from mtspeech.data.manifest import read_manifest
     from mtspeech.metrics import cer, utterance_word_errors, wer
     from mtspeech.streaming import SAMPLE_RATE
 
     torch.set_num_threads(args.threads)
     lefts = sorted(set(args.left_chunks) | {args.reference})
-    model = args.model
-    if args.random_model:
-        import tempfile
-
-        from _tiny_model import build_random_checkpoint
-
-        model = build_random_checkpoint(tempfile.mkdtemp() + "/random.pt")
-    if Path(args.manifest).is_file():
-        utts = [u for u in read_manifest(args.manifest) if u.text][: args.limit]
-        audio = [load_audio(u.audio, SAMPLE_RATE).numpy() for u in utts]
-        refs = [u.text for u in utts]
-    elif args.random_model:  # smoke run: a noise signal, scored against a made-up text
-        rng = np.random.default_rng(0)
-        audio = [(0.1 * rng.standard_normal(3 * SAMPLE_RATE)).astype(np.float32) for _ in range(args.limit or 2)]
-        refs = ["A TEST"] * len(audio)
-    else:
-        raise SystemExit(f"{args.manifest}: no such manifest")
-    if not audio:
-        raise SystemExit(f"{args.manifest}: no utterance with a transcript")
+    model = model_path(args)
+    audio, refs = transcribed_audio(args.manifest, args.limit, args.random_model)
     groups = [list(range(i, min(i + args.join, len(audio)))) for i in range(0, len(audio), args.join)]
     recs = {left: _recognizer(model, left, args) for left in lefts}
     shapes = {"utterances": {}, "continuous": {}}
@@ -172,7 +146,7 @@ def run(args) -> dict:
         for shape, by_left in shapes.items():
             row[shape] = {"wer": round(by_left[left]["wer"], 5), "cer": round(by_left[left]["cer"], 5)}
             if left != args.reference:
-                row[shape] |= _compare({k: v["errors"] for k, v in by_left.items()}, left, args.reference)
+                row[shape] |= wer_delta(by_left[args.reference]["errors"], by_left[left]["errors"])
         rows.append(row)
     passing = [r["left_chunks"] for r in rows if r["left_chunks"] == args.reference
                or all(r[s]["ci"][1] <= args.margin for s in shapes)]
