@@ -120,9 +120,9 @@ def add_arguments(ap) -> None:
                     help="choose the settings on the tuning voices and stop: no held-out conversation is built or "
                          "scored (a rule that dev does not choose is never measured on held-out voices)")
     ap.add_argument("--grid-keep", type=float, default=None, metavar="DER",
-                    help="with --tune-only: keep in the JSON only the settings within DER (e.g. 0.05) of the lowest "
-                         "dev DER, and the served one (the choice reads only those within --der-slack); it records "
-                         "how many were searched and every axis's values")
+                    help="keep in the JSON only the dev settings within DER (e.g. 0.05) of the lowest dev DER, and "
+                         "the served one (the choice reads only those within --der-slack); it records how many were "
+                         "searched and every axis's values")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     ap.add_argument("--out", default=None)
 
@@ -200,13 +200,12 @@ def run(args) -> dict:
                 "conversations": {k: len(v) for k, v in sets.items()},
                 "audio_s": {k: round(sum(c.seconds for c in v), 1) for k, v in sets.items()}}
     versions = {m: version(m) for m in ("pyannote.metrics", "torch") + (("resemblyzer",) if peer else ())}
+    served = DEFAULT
+    setting = [served.change_distance, served.new_speaker_distance, served.gap_frames, served.new_speaker_frames,
+               served.switch_margin, served.backdate_windows, served.first_speaker_frames]
+    kept = tuning if args.grid_keep is None else {p: trim_grid(t, args.grid_keep, setting) for p, t in tuning.items()}
     if args.tune_only:
-        served = DEFAULT
-        setting = [served.change_distance, served.new_speaker_distance, served.gap_frames, served.new_speaker_frames,
-                   served.switch_margin, served.backdate_windows, served.first_speaker_frames]
-        if args.grid_keep is not None:
-            tuning = {p: trim_grid(t, args.grid_keep, setting) for p, t in tuning.items()}
-        return {**run_info, "tune_only": True, "tuning": tuning, "versions": versions,
+        return {**run_info, "tune_only": True, "tuning": kept, "versions": versions,
                 "served_setting": setting,
                 "cpu_s": round(time.process_time() + _children_cpu_s() - cpu0, 1), "cpus": os.cpu_count()}
     settings = {"head (served defaults)": ("head", DEFAULT)}
@@ -238,7 +237,7 @@ def run(args) -> dict:
     return {**run_info, "test_speakers_per_conversation": [len(c.speakers) for c in sets["test"]],
             "test_overlapped_turns": sum(b.start < a.end for c in sets["test"] for a, b in zip(c.turns, c.turns[1:])),
             "test_turns": sum(len(c.turns) for c in sets["test"]),
-            "tuning": tuning, "results": results, "peer_delta": delta if peer is not None else None,
+            "tuning": kept, "results": results, "peer_delta": delta if peer is not None else None,
             "versions": versions,
             "pyannote_wheel": None if args.no_pyannote_sample else PYANNOTE_WHEEL,
             "cpu_s": round(time.process_time() + _children_cpu_s() - cpu0, 1), "cpus": os.cpu_count()}
