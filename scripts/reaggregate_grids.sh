@@ -24,6 +24,8 @@ again() {  # again FOLDER [BASELINE]: FOLDER/results.json re-reported (into FOLD
   fi
 }
 for dir in "$R"/grid-*/ "$R"/grid-augment/sitting3/ "$R"/grid-augment/sitting4/; do
+  # a grid reported from its runs under today's protocol (dev-only selection) keeps that report
+  grep -q '"selection_splits"' "$dir/results.json" && continue
   again "${dir%/}"
 done
 again "$R/grid-sharing" +phones

@@ -128,6 +128,38 @@ def test_reaggregate_a_committed_results_file(tmp_path):
         reaggregate(src, tmp_path / "x", baseline="nope")
 
 
+def test_reaggregate_a_grid_whose_baseline_is_a_tuned_search(tmp_path):
+    """A results.json of today's protocol: the baseline is a search's name (its chosen trial), the
+    trials are a table, not comparisons, and the file's dev-only selection is kept, not relabelled."""
+    from mtspeech.ablation import reaggregate
+
+    values = {"asr_reg_tuned.t0": [0.27, 0.27, 0.27], "asr_reg_tuned.t1": [0.26, 0.24, 0.25],
+              "asr_only": [0.26, 0.257, 0.259], "+phones": [0.246, 0.232, 0.232]}
+    table = {v: {"asr/cer": {"values": x}} for v, x in values.items()} | {
+        "asr_reg_tuned": {"asr/cer": {"values": values["asr_reg_tuned.t1"]}}}
+    current = {
+        "baseline": "asr_reg_tuned", "seeds": [0, 1, 2], "variants": list(values), "asr_task": "asr",
+        "runs_finished": [f"{v}/seed{s}" for s in (0, 1, 2) for v in values], "runs_missing": [], "failed": {},
+        "selection_splits": ["dev"], "final": False, "test_splits": [], "test_splits_not_scored": ["test"],
+        "searches": {"asr_reg_tuned": {
+            "chosen": "asr_reg_tuned.t1", "metric": "asr/cer", "from": "asr_only", "split": "dev", "seeds": 3,
+            "trials": {t: {"settings": {"encoder.dropout": d}, "dev_mean": sum(values[t]) / 3, "n": 3}
+                       for t, d in (("asr_reg_tuned.t0", 0.2), ("asr_reg_tuned.t1", 0.1))}}},
+        "splits": {"dev": {"manifest": "data/dev.jsonl", "table": table, "comparisons": {}}},
+    }
+    src = tmp_path / "current.json"
+    src.write_text(json.dumps(current))
+    report = reaggregate(src, tmp_path / "out")
+    comparisons = report["splits"]["dev"]["comparisons"]
+    assert set(comparisons) == {"asr_only", "+phones"}  # not the trials, not the baseline itself
+    assert comparisons["+phones"]["asr/cer"]["per_seed"] == {
+        "0": pytest.approx(-0.014), "1": pytest.approx(-0.008), "2": pytest.approx(-0.018)}
+    assert "selection_note" not in report and report["selection_splits"] == ["dev"]
+    assert report["searches"]["asr_reg_tuned"]["chosen"] == "asr_reg_tuned.t1"
+    vs = reaggregate(src, tmp_path / "vs", baseline="asr_only")  # the tuned control compared like a variant
+    assert vs["splits"]["dev"]["comparisons"]["asr_reg_tuned"]["asr/cer"]["per_seed"]["0"] == pytest.approx(0.0)
+
+
 def test_a_grid_selects_on_dev_and_reads_test_only_with_final(prepared_manifests, tmp_path, monkeypatch):
     """Without --final no run is ever scored on a test split, and the report holds dev alone."""
     import mtspeech.evaluation.evaluate as evaluate_module

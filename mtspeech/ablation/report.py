@@ -273,13 +273,18 @@ def reaggregate(results_json: str | Path, out: str | Path, baseline: str | None 
     old = json.loads(Path(results_json).read_text())
     out = Path(out)
     baseline = baseline or old["baseline"]
-    if baseline not in old["variants"]:
-        raise ValueError(f"{results_json}: no variant {baseline!r}; variants are {old['variants']}")
+    searches = old.get("searches") or {}  # tuned baselines: each compared as its chosen trial
+    alias = {name: pick["chosen"] for name, pick in searches.items() if pick.get("chosen")}
+    trials = {t for pick in searches.values() for t in pick.get("trials", {})}
+    if baseline not in old["variants"] and baseline not in alias:
+        raise ValueError(f"{results_json}: no variant {baseline!r}; variants are {old['variants'] + list(alias)}")
     seeds_of = {}
     for name in old["runs_finished"]:
         variant, _, seed = name.rpartition("/seed")
         seeds_of.setdefault(variant, []).append(int(seed))
-    report = {k: old[k] for k in ("seeds", "variants", "runs_finished", "runs_missing", "failed", "asr_task")
+    seeds_of.update({name: seeds_of.get(trial, []) for name, trial in alias.items()})
+    report = {k: old[k] for k in ("seeds", "variants", "runs_finished", "runs_missing", "failed", "asr_task",
+                                  "searches", "selection_splits", "final", "test_splits", "test_splits_not_scored")
               if k in old}
     report.update(baseline=baseline, splits={}, plots=[],
                   reaggregated_from=old.get("reaggregated_from")
@@ -306,7 +311,8 @@ def reaggregate(results_json: str | Path, out: str | Path, baseline: str | None 
             b = old_boot(variant, metric)
             return (b["ci_high"] - b["ci_low"]) / (2 * z) if b else 0.0
 
-        comparisons = compare_split(table, baseline, utterance_only=old_boot, utterance_se=utterance_se,
+        compared = {v: row for v, row in table.items() if v not in trials}  # the trials: a table, not a family
+        comparisons = compare_split(compared, baseline, utterance_only=old_boot, utterance_se=utterance_se,
                                     n_resamples=n_resamples)
         report["splits"][split] = {"manifest": sec["manifest"], "table": table, "comparisons": comparisons}
     _finish(report, out)
@@ -314,8 +320,9 @@ def reaggregate(results_json: str | Path, out: str | Path, baseline: str | None 
         if old.get(key) and (out / old[key]).is_file():
             report[key] = old[key]
             report["plots"].append(old[key])
-    report["selection_note"] = ("these runs predate dev-only selection: the splits below were scored together and "
-                                "informed recipe choices, so they are exploratory, not a final test")
+    if "selection_splits" not in old:  # a file from before dev-only selection
+        report["selection_note"] = ("these runs predate dev-only selection: the splits below were scored together "
+                                    "and informed recipe choices, so they are exploratory, not a final test")
     report["stopping"] = old.get("stopping") or {
         "runs": {}, "converged": False, "plots": [],
         "verdict": "not recorded (these runs predate stopping.json; the issue-30 audit of their logs found "
