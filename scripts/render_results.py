@@ -86,10 +86,11 @@ PAGES = [
          "--shape continuous --levels 176,192,208,224,240 --repeats 3 --keep-going --out load.json  "
          "# default-continuous-* (the rerun: --levels 240,256,272,288,304) and window-*-one-server-* (--levels 112,128,144,160,176,192); default-utterances-*: --shape utterances "
          "--seconds-per-level 20 --levels 128,144,160,176,192; greedy-continuous-*: --decoder greedy "
-         "--levels 208,224,240,256,272; features-*: --levels 32,64 --features plain,diarization+hotwords100; "
+         "--levels 240,256,272,288; features-*: --levels 32,64 --features plain,diarization+hotwords100; "
          "window-*-onnx-*: --backend onnx --levels 128,144,160,176; window-*-onnx-int8-*: --backend onnx-int8 "
          "--levels 128,144,160,176; window-*-2replicas-nginx-*: --replicas 2 --levels 112,128,144,160; "
-         "profile-default-continuous-*: --levels 240 --repeats 1 --profile DIR",
+         "profile-default-continuous-*: --levels 240 --repeats 1 --profile DIR; profile-greedy-continuous-*: "
+         "--decoder greedy --levels 256 --repeats 1 --profile DIR",
          "*.json", lambda r: benchmark("server_load").render(r),
          "Definitions (latencies, keeps up): the docstring of `benchmarks/server_load.py`. 2 cores, the load "
          "client on the same cores; continuous: N streams started together, each 20 s of test speech at real "
@@ -107,10 +108,10 @@ PAGES = [
          "larger than that, seen in every run, says one configuration keeps up with more streams. "
          "profile-*: where the default server's CPU goes (py-spy on every worker, one level, one repeat); not a "
          "capacity figure, and py-spy's own sampling costs the server some CPU. default-continuous-* (two runs), "
-         "default-utterances-* and profile-* are of the current code and the served beam pruning (`--beam-threshold 8`, chosen on dev: "
+         "default-utterances-*, greedy-continuous-* and profile-* are of the current code and the served beam pruning (`--beam-threshold 8`, chosen on dev: "
          "docs/results/beam-threshold/; settings.beam_threshold). The other files were measured before it, at "
          "the old threshold 50 (their settings lack the key), and before the streaming cache became a ring "
-         "written in place; greedy-continuous-* does not prune a beam. "
+         "written in place. "
          "The summary's first table: one line per file; its efficiency is at that file's kept-up level. "
 "The model: the demo model of docs/results/demo/.",
          summary=lambda rs: benchmark("server_load").render_summary(rs)),
