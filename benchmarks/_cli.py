@@ -52,6 +52,21 @@ def transcribed_audio(manifest: str, limit: int | None, random_model: bool) -> t
     return audio, refs
 
 
+def stream_live(rec, samples, decoder: str | None = None, seconds: float = 0.1) -> list:
+    """Feed one new endpointing stream of `rec` the 16 kHz `samples` `seconds` at a time, as a live
+    client sends audio, stepping whenever a chunk is ready; its events once it is finished."""
+    from mtspeech.data.geometry import SAMPLE_RATE
+
+    s = rec.new_stream(SAMPLE_RATE, endpointing=True, interim=False, decoder=decoder)
+    feed = int(seconds * SAMPLE_RATE)
+    for i in range(0, len(samples), feed):
+        rec.accept(s, samples[i: i + feed])
+        while rec.ready(s):
+            rec.step([s])
+    rec.finish(s)
+    return rec.events(s)
+
+
 def wer_delta(reference_errors: list, errors: list) -> dict:
     """The WER difference of `errors` to `reference_errors` (per-utterance (errors, words), paired)
     with its 95 % paired-bootstrap interval over utterances and p-value."""

@@ -37,7 +37,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _cli import add_model_arguments, model_path, run_main, transcribed_audio, wer_delta  # noqa: E402
+from _cli import add_model_arguments, model_path, run_main, stream_live, transcribed_audio, wer_delta  # noqa: E402
 
 FEED_SECONDS = 0.1  # as a live client sends audio
 
@@ -81,19 +81,10 @@ class _Recording:
 
 def _emissions(rec, name: str, samples: np.ndarray) -> list[list[np.ndarray]]:
     """The pieces of log-probs decoder `name` was pushed for each utterance of one stream."""
-    from mtspeech.streaming import SAMPLE_RATE
-
     recording = _Recording(rec.decoders[name])
     rec.decoders[name] = recording
     try:
-        s = rec.new_stream(SAMPLE_RATE, endpointing=True, interim=False, decoder=name)
-        feed = int(FEED_SECONDS * SAMPLE_RATE)
-        for i in range(0, len(samples), feed):
-            rec.accept(s, samples[i: i + feed])
-            while rec.ready(s):
-                rec.step([s])
-        rec.finish(s)
-        rec.events(s)
+        stream_live(rec, samples, decoder=name, seconds=FEED_SECONDS)
     finally:
         rec.decoders[name] = recording.inner
     return [u for u in recording.utterances if u]

@@ -36,7 +36,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _cli import add_model_arguments, model_path, run_main, transcribed_audio, wer_delta  # noqa: E402
+from _cli import add_model_arguments, model_path, run_main, stream_live, transcribed_audio, wer_delta  # noqa: E402
 
 FEED_SECONDS = 0.1  # as a live client sends audio
 
@@ -69,16 +69,9 @@ def _recognizer(model, left: int, args):
 
 def _decode(rec, samples: np.ndarray) -> str:
     """The joined finals of one stream fed `samples` in real-time-sized pieces."""
-    from mtspeech.streaming import SAMPLE_RATE, FinalEvent
+    from mtspeech.streaming import FinalEvent
 
-    s = rec.new_stream(SAMPLE_RATE, endpointing=True, interim=False)
-    feed = int(FEED_SECONDS * SAMPLE_RATE)
-    for i in range(0, len(samples), feed):
-        rec.accept(s, samples[i: i + feed])
-        while rec.ready(s):
-            rec.step([s])
-    rec.finish(s)
-    return " ".join(e.text for e in rec.events(s) if isinstance(e, FinalEvent))
+    return " ".join(e.text for e in stream_live(rec, samples, seconds=FEED_SECONDS) if isinstance(e, FinalEvent))
 
 
 def _chunk_seconds(args) -> float:
